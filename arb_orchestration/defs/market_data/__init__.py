@@ -1,0 +1,5 @@
+"""Dagster definitions of the market_data domain."""
+
+from dagster import Definitions
+
+defs = Definitions()

@@ -1,0 +1,5 @@
+"""Dagster definitions of the rebalance domain."""
+
+from dagster import Definitions
+
+defs = Definitions()

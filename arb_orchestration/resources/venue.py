@@ -1,0 +1,120 @@
+"""The venue interface: what sagas and assets need from an exchange.
+
+Shaped after ccxt's unified API (method names and semantics), so the simulator
+client (`SimVenueClient`) and the ccxt-backed client (`CcxtVenueClient`) both
+fit it naturally. Every order and withdrawal carries an idempotency key the
+caller derives (client order id / withdrawal key); implementations must, after
+an ambiguous timeout, look the object up by that key before retrying.
+
+`ExchangeResource` is the Dagster resource ops receive (`exchange`); it
+hands out one `VenueClient` per venue name.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from dagster import ConfigurableResource
+
+from arb_orchestration.domain.models import (
+    Balance,
+    DepositAddress,
+    FundingRate,
+    NetworkFee,
+    Order,
+    OrderType,
+    Position,
+    Side,
+    Withdrawal,
+)
+
+
+class VenueClient(abc.ABC):
+    """One exchange account. All methods are blocking and safe to call from threads."""
+
+    name: str
+
+    @abc.abstractmethod
+    def fetch_balance(self) -> dict[str, Balance]: ...
+
+    @abc.abstractmethod
+    def fetch_positions(self) -> list[Position]: ...
+
+    @abc.abstractmethod
+    def fetch_funding_rates(self) -> list[FundingRate]: ...
+
+    @abc.abstractmethod
+    def fetch_mark_prices(self) -> dict[str, float]:
+        """Mark price per unified symbol (perps) and per spot symbol."""
+
+    @abc.abstractmethod
+    def create_order(
+        self,
+        symbol: str,
+        type: OrderType,
+        side: Side,
+        amount: float,
+        price: float | None = None,
+        *,
+        client_order_id: str,
+        reduce_only: bool = False,
+        stop_price: float | None = None,
+    ) -> Order:
+        """Place an order; the same `client_order_id` twice returns the first order."""
+
+    @abc.abstractmethod
+    def cancel_order(self, order_id: str, symbol: str | None = None) -> Order: ...
+
+    @abc.abstractmethod
+    def cancel_all_orders(self, symbol: str | None = None) -> list[Order]: ...
+
+    @abc.abstractmethod
+    def fetch_open_orders(self, symbol: str | None = None) -> list[Order]: ...
+
+    @abc.abstractmethod
+    def fetch_order_by_client_id(self, client_order_id: str, symbol: str | None = None) -> Order | None:
+        """Reconcile lookup after an ambiguous outcome; None when no such order exists."""
+
+    @abc.abstractmethod
+    def fetch_deposit_withdraw_fees(self) -> list[NetworkFee]: ...
+
+    @abc.abstractmethod
+    def fetch_deposit_address(self, asset: str, network: str) -> DepositAddress:
+        """This venue's deposit address for `asset` on `network`."""
+
+    @abc.abstractmethod
+    def withdraw(
+        self,
+        asset: str,
+        amount: float,
+        *,
+        address: str,
+        network: str,
+        idempotency_key: str,
+        tag: str | None = None,
+    ) -> Withdrawal:
+        """Withdraw to `address` on `network`; the same key twice returns the first withdrawal."""
+
+    @abc.abstractmethod
+    def fetch_withdrawal(self, idempotency_key: str) -> Withdrawal | None: ...
+
+    @abc.abstractmethod
+    def cancel_withdrawal(self, withdrawal_id: str) -> Withdrawal:
+        """Cancel a withdrawal that has not been broadcast yet (BusinessError otherwise)."""
+
+    def health(self) -> dict:
+        """Circuit-breaker state and anything else worth showing in metadata."""
+        return {}
+
+
+class ExchangeResource(ConfigurableResource, abc.ABC):
+    """All trading venues of the desk. Ops ask it for a `VenueClient` by name."""
+
+    @abc.abstractmethod
+    def venue_names(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def venue(self, name: str) -> VenueClient: ...
+
+    def venues(self) -> list[VenueClient]:
+        return [self.venue(name) for name in self.venue_names()]

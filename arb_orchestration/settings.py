@@ -1,0 +1,158 @@
+"""Every environment variable the platform reads, in one table.
+
+Non-secret settings are read when the code location loads and validated there,
+so a missing or malformed one fails the load with the variable's name.
+Secrets are *never* read here: they reach resources as `dagster.EnvVar` and are
+resolved at run time; at load we only check that they are set (in `prod`).
+The README's configuration table is this table (`arb-orchestration settings`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+
+class SettingError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    help: str
+    local_default: str | None = None  # None: required in local too
+    prod_required: bool = True
+    secret: bool = False
+
+
+def _as_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _as_float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _as_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise SettingError(f"{name} must be true/false, got {raw!r}")
+
+
+def _as_url(name: str, raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise SettingError(f"{name} must be an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _as_list(name: str, raw: str) -> list[str]:
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if not items:
+        raise SettingError(f"{name} must be a non-empty comma-separated list")
+    return items
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        Setting("DAGSTER_DEPLOYMENT", "Which resources to wire: `local` (simulators) or `prod`.", "local", False),
+        Setting("EXCHANGE_BACKEND", "`sim` (the exchange simulator) or `ccxt` (real venues).", "sim", False),
+        Setting("EXCHANGE_SIM_URL", "Base URL of the exchange simulator.", "http://127.0.0.1:8701"),
+        Setting("EXCHANGE_SIM_API_KEY", "API key the simulator expects (secret).", None, True, True),
+        Setting("EXCHANGE_VENUES", "Comma-separated venue names.", "binance,okx,bybit,kraken,hyperliquid"),
+        Setting("WISE_API_URL", "Wise API base URL (sandbox: https://api.sandbox.transferwise.tech).", "http://127.0.0.1:8702"),
+        Setting("WISE_API_TOKEN", "Wise API token (secret).", None, True, True),
+        Setting("WISE_PROFILE_ID", "Wise business profile id that pays.", "1001"),
+        Setting("KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers, host:port[,host:port].", "127.0.0.1:9092"),
+        Setting("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", "PLAINTEXT", False),
+        Setting("KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*).", "", False),
+        Setting("KAFKA_SASL_USERNAME", "SASL username.", "", False),
+        Setting("KAFKA_SASL_PASSWORD", "SASL password (secret).", "", False, True),
+        Setting("KAFKA_SSL_CA_LOCATION", "CA bundle path for SSL/SASL_SSL.", "", False),
+        Setting("EVENT_SIGNING_KEY", "HMAC-SHA256 key that signs critical events (secret).", None, True, True),
+        Setting("SMTP_HOST", "SMTP server host.", "127.0.0.1"),
+        Setting("SMTP_PORT", "SMTP server port.", "8025"),
+        Setting("SMTP_USERNAME", "SMTP username (empty: no auth).", "", False),
+        Setting("SMTP_PASSWORD", "SMTP password (secret).", "", False, True),
+        Setting("SMTP_STARTTLS", "Use STARTTLS.", "false", False),
+        Setting("SMTP_SENDER", "From address of risk mails.", "arb-orchestration@localhost"),
+        Setting("RISK_TEAM_EMAILS", "Comma-separated addresses of the risk team.", "risk@localhost"),
+    ]
+}
+
+
+def raw(name: str, deployment: str | None = None) -> str:
+    """The raw value of a non-secret setting, or its local default; raises naming the variable."""
+    setting = SETTINGS[name]
+    if setting.secret:
+        raise SettingError(f"{name} is a secret: pass it as dagster.EnvVar({name!r}), never read it at load")
+    deployment = deployment or deployment_name()
+    value = os.environ.get(name)
+    if value is not None and value != "":
+        return value
+    if deployment == "local" and setting.local_default is not None:
+        return setting.local_default
+    if not setting.prod_required and setting.local_default is not None:
+        return setting.local_default
+    raise SettingError(f"missing required setting {name}: {setting.help}")
+
+
+def get(name: str, parse: Callable[[str, str], object] | None = None, deployment: str | None = None):
+    value = raw(name, deployment)
+    return parse(name, value) if parse else value
+
+
+def get_int(name: str, deployment: str | None = None) -> int:
+    return _as_int(name, raw(name, deployment))
+
+
+def get_float(name: str, deployment: str | None = None) -> float:
+    return _as_float(name, raw(name, deployment))
+
+
+def get_bool(name: str, deployment: str | None = None) -> bool:
+    return _as_bool(name, raw(name, deployment))
+
+
+def get_url(name: str, deployment: str | None = None) -> str:
+    return _as_url(name, raw(name, deployment))
+
+
+def get_list(name: str, deployment: str | None = None) -> list[str]:
+    return _as_list(name, raw(name, deployment))
+
+
+def deployment_name() -> str:
+    value = os.environ.get("DAGSTER_DEPLOYMENT", "local") or "local"
+    if value not in {"local", "prod"}:
+        raise SettingError(f"DAGSTER_DEPLOYMENT must be 'local' or 'prod', got {value!r}")
+    return value
+
+
+def require_secret_present(name: str, deployment: str | None = None) -> None:
+    """Fail at load when a required secret is unset (its value is not read into config)."""
+    setting = SETTINGS[name]
+    deployment = deployment or deployment_name()
+    if deployment == "prod" and setting.prod_required and not os.environ.get(name):
+        raise SettingError(f"missing required secret {name}: {setting.help}")
+
+
+def markdown_table() -> str:
+    rows = ["| variable | local default | required in prod | secret | meaning |", "|---|---|---|---|---|"]
+    for s in SETTINGS.values():
+        default = "—" if s.local_default is None else f"`{s.local_default}`" if s.local_default else "(empty)"
+        rows.append(
+            f"| `{s.name}` | {default} | {'yes' if s.prod_required else 'no'} | {'yes' if s.secret else 'no'} | {s.help} |"
+        )
+    return "\n".join(rows)

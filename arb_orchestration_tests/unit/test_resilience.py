@@ -1,0 +1,141 @@
+"""Retry/backoff/jitter and circuit-breaker behaviour of `resources.resilience` (no I/O)."""
+
+import random
+
+import pytest
+
+from arb_orchestration.resources.errors import (
+    AmbiguousOutcomeError,
+    BusinessError,
+    CircuitOpenError,
+    TransientError,
+)
+from arb_orchestration.resources.resilience import CircuitBreaker, ResilientCaller, RetrySettings
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def make_caller(threshold=3, reset=10.0, attempts=4):
+    clock = FakeClock()
+    sleeps: list[float] = []
+    breaker = CircuitBreaker("test", failure_threshold=threshold, reset_timeout=reset, clock=clock)
+    caller = ResilientCaller(breaker, RetrySettings(max_attempts=attempts, base_delay=0.1, max_delay=1.0),
+                             sleep=sleeps.append, rng=random.Random(1))
+    return caller, breaker, clock, sleeps
+
+
+def test_backoff_is_exponential_and_capped_without_jitter():
+    policy = RetrySettings(base_delay=0.1, max_delay=0.5, jitter=False)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
+
+
+def test_full_jitter_stays_within_the_exponential_cap():
+    policy = RetrySettings(base_delay=0.1, max_delay=10)
+    rng = random.Random(7)
+    for n in range(1, 6):
+        values = [policy.delay(n, rng) for _ in range(200)]
+        assert all(0 <= v <= 0.1 * 2 ** (n - 1) for v in values)
+        assert len(set(values)) > 100  # really jittered
+
+
+def test_transient_failures_are_retried_then_succeed():
+    caller, breaker, _, sleeps = make_caller(threshold=10)
+    calls = iter([TransientError("503"), TransientError("503"), "ok"])
+
+    def fn():
+        item = next(calls)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    assert caller.call(fn, what="t") == "ok"
+    assert len(sleeps) == 2
+    assert breaker.state == "closed" and breaker.consecutive_failures == 0
+
+
+def test_retry_after_is_honoured():
+    caller, _, _, sleeps = make_caller(threshold=10)
+    calls = iter([TransientError("429", retry_after=2.5), "ok"])
+
+    def fn():
+        item = next(calls)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    caller.call(fn, what="t")
+    assert sleeps == [2.5]
+
+
+def test_business_errors_are_not_retried():
+    caller, _, _, sleeps = make_caller()
+
+    def fn():
+        raise BusinessError("insufficient funds")
+
+    with pytest.raises(BusinessError):
+        caller.call(fn, what="t")
+    assert sleeps == []
+
+
+def test_ambiguous_outcome_reconciles_instead_of_resubmitting():
+    caller, _, _, _ = make_caller(threshold=10)
+    submitted = []
+
+    def submit():
+        submitted.append(1)
+        raise AmbiguousOutcomeError("read timeout")
+
+    result = caller.call(submit, what="order", reconcile=lambda: "found-order")
+    assert result == "found-order"
+    assert len(submitted) == 1
+
+
+def test_ambiguous_outcome_without_reconcile_is_raised():
+    caller, _, _, _ = make_caller(threshold=10)
+
+    def submit():
+        raise AmbiguousOutcomeError("read timeout")
+
+    with pytest.raises(AmbiguousOutcomeError):
+        caller.call(submit, what="order")
+
+
+def test_breaker_opens_fails_fast_then_half_opens_and_closes():
+    caller, breaker, clock, _ = make_caller(threshold=3, reset=10, attempts=1)
+
+    def failing():
+        raise TransientError("503")
+
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            caller.call(failing, what="t")
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpenError):
+        caller.call(lambda: "never called", what="t")
+    clock.now = 10.5
+    assert caller.call(lambda: "probe ok", what="t") == "probe ok"
+    assert breaker.state == "closed"
+
+
+def test_failed_half_open_probe_reopens():
+    caller, breaker, clock, _ = make_caller(threshold=2, reset=5, attempts=1)
+
+    def failing():
+        raise TransientError("503")
+
+    for _ in range(2):
+        with pytest.raises(TransientError):
+            caller.call(failing, what="t")
+    clock.now = 6
+    with pytest.raises(TransientError):
+        caller.call(failing, what="t")
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpenError):
+        caller.call(lambda: 1, what="t")
