@@ -5,7 +5,7 @@ Nothing here opens a connection or calls an API; resources are configured, not s
 
 from dagster import Definitions
 
-from arb_orchestration.defs import hedging, market_data, ops_control, rebalance, stop_loss
+from arb_orchestration.defs import events, hedging, market_data, ops_control, rebalance, stop_loss
 from arb_orchestration.defs.resources import resources_for_deployment
 from arb_orchestration.settings import deployment_name
 
@@ -15,5 +15,6 @@ defs = Definitions.merge(
     hedging.defs,
     stop_loss.defs,
     ops_control.defs,
+    events.defs,
     Definitions(resources=resources_for_deployment(deployment_name())),
 )

@@ -1,0 +1,120 @@
+"""`arb-orchestration dev`: the whole platform on embedded defaults, with the Dagster UI.
+
+Starts the local world (exchange and Wise simulators, SMTP sink, and an embedded
+Kafka-protocol broker unless KAFKA_BOOTSTRAP_SERVERS is set), creates the topics,
+starts the demo event generator, then runs `dagster dev` on a project-local
+SQLite instance (.dagster_home/) with every definition loaded and sensors and
+schedules running. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import webbrowser
+from pathlib import Path
+
+from arb_orchestration.commands.world import add_world_arguments, print_world, world_from_args
+
+LOCAL_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "sim" / "dagster_local.yaml"
+
+
+def prepare_dagster_home(path: Path) -> Path:
+    path = path.resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(LOCAL_INSTANCE_YAML, path / "dagster.yaml")
+    return path
+
+
+def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="arb-orchestration dev", description=__doc__)
+    add_world_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="Dagster UI host")
+    parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
+    parser.add_argument("--dagster-home", type=Path, default=Path(".dagster_home"))
+    parser.add_argument("--no-generator", action="store_true", help="do not publish demo traffic")
+    parser.add_argument("--events-per-second", type=float, default=2.0)
+    parser.add_argument("--no-browser", action="store_true", help="do not try to open a browser")
+    args = parser.parse_args(argv)
+
+    dagster_home = prepare_dagster_home(args.dagster_home)
+    world = world_from_args(args, dagster_home / "mail")
+    generator = None
+    dagster = None
+    try:
+        world.start()
+        env = {**os.environ, **world.env(), "DAGSTER_HOME": str(dagster_home)}
+        os.environ.update(world.env())
+
+        from arb_orchestration.commands.topics import create_all_topics
+
+        create_all_topics(env["KAFKA_BOOTSTRAP_SERVERS"], partitions=4, replication=1, verbose=True)
+        if not args.no_generator:
+            from arb_orchestration.sim.event_generator import EventGenerator
+
+            generator = EventGenerator(
+                bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                signing_key=env["EVENT_SIGNING_KEY"],
+                events_per_second=args.events_per_second,
+                seed=args.seed,
+            )
+            generator.start()
+
+        dagster = subprocess.Popen(
+            [
+                sys.executable, "-m", "dagster", "dev",
+                "-m", "arb_orchestration.definitions",
+                "-h", args.host, "-p", str(args.port),
+            ],
+            env=env,
+        )
+        ui = f"http://{args.host}:{args.port}"
+        if not wait_for_http(f"{ui}/server_info", timeout=120, proc=dagster):
+            print("arb-orchestration dev: the Dagster UI did not come up; see the output above", file=sys.stderr)
+            return 1
+        print("\narb-orchestration is running on embedded defaults:")
+        print(f"  Dagster UI          {ui}")
+        print_world(world)
+        print(f"  Dagster instance    {dagster_home} (SQLite)")
+        print("Publish an event:    arb-orchestration publish market-events '{...}'  (see README)")
+        print("Ctrl-C to stop.\n", flush=True)
+        if not args.no_browser:
+            try:
+                webbrowser.open(ui)
+            except Exception:
+                pass
+        signal.signal(signal.SIGTERM, lambda *_: dagster.send_signal(signal.SIGINT))
+        return dagster.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if dagster is not None and dagster.poll() is None:
+            dagster.send_signal(signal.SIGINT)
+            try:
+                dagster.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                dagster.kill()
+        if generator is not None:
+            generator.stop()
+        world.stop()
