@@ -1,0 +1,516 @@
+"""Event schemas of the three Kafka topics, their validation, signing and the DLQ envelope.
+
+Pure: no Dagster, no I/O. Everything a sensor needs to turn a raw Kafka value into
+a typed event, or into a typed rejection with a reason a human can act on:
+
+- `parse_event(topic, raw_bytes)` -> `MarketShockEvent | CapitalThresholdEvent |
+  FundingRateEvent`, or `EventRejected(reason, field=...)`.
+- Signing: HMAC-SHA256 over `canonical_payload(obj)` (the JSON object as sent,
+  without `signature`, as sorted-keys compact UTF-8 JSON), hex in `signature`.
+  Verification uses the object as received (`event.raw`), never a re-serialised
+  model, so a producer in any language signs exactly what it sends.
+- Critical events (`event.is_critical`) must also be signed, inside a timestamp
+  window and not replayed: `check_critical_event`.
+- `dlq_envelope(...)` builds the message parked on `<topic>.dlq`;
+  `parse_dlq_envelope` reads it back for `arb-orchestration replay-dlq`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Protocol, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+
+SCHEMA_VERSION = 1
+DLQ_SCHEMA_VERSION = 1
+
+MARKET_EVENTS = "market-events"
+CAPITAL_EVENTS = "capital-events"
+FUNDING_RATE_EVENTS = "funding-rate-events"
+TOPICS: tuple[str, ...] = (MARKET_EVENTS, CAPITAL_EVENTS, FUNDING_RATE_EVENTS)
+DLQ_SUFFIX = ".dlq"
+
+DEFAULT_MAX_EVENT_BYTES = 64 * 1024
+
+# Plausible epoch seconds (2001-09-09 .. 2286-11-20): a value outside is most
+# likely milliseconds or garbage, and guessing the unit would move money on a guess.
+_MIN_EPOCH_S = 1_000_000_000
+_MAX_EPOCH_S = 9_999_999_999
+
+
+class EventRejected(ValueError):
+    """An event that must not be acted on; `reason` says why, `field` names the culprit if one does."""
+
+    def __init__(self, reason: str, field: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of `topic`."""
+    return topic + DLQ_SUFFIX
+
+
+def source_topic_of(dlq: str) -> str:
+    """The topic a dead-letter topic belongs to; raises ValueError for a name without `.dlq`."""
+    if not dlq.endswith(DLQ_SUFFIX) or len(dlq) == len(DLQ_SUFFIX):
+        raise ValueError(f"{dlq!r} is not a dead-letter topic (expected '<topic>{DLQ_SUFFIX}')")
+    return dlq[: -len(DLQ_SUFFIX)]
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def _to_utc_datetime(value: Any) -> datetime:
+    """`ts` is UTC epoch seconds (int/float) or an ISO-8601 string with an offset."""
+    if isinstance(value, bool):
+        raise ValueError("must be epoch seconds or an ISO-8601 string, got a boolean")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of epoch seconds")
+        if not _MIN_EPOCH_S <= value <= _MAX_EPOCH_S:
+            raise ValueError(
+                f"{value!r} is not plausible epoch seconds (milliseconds? send seconds, e.g. 1767225600)"
+            )
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO-8601 timestamp") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"{value!r} has no UTC offset (append 'Z' or '+00:00')")
+        return parsed.astimezone(timezone.utc)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("datetime has no timezone")
+        return value.astimezone(timezone.utc)
+    raise ValueError(f"must be epoch seconds or an ISO-8601 string, got {type(value).__name__}")
+
+
+UtcTimestamp = Annotated[datetime, BeforeValidator(_to_utc_datetime)]
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+HexSignature = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _EventBase(BaseModel):
+    """Fields every event carries. Strict types: "5" is not a number here."""
+
+    # Unknown fields are ignored (additive, optional fields may appear within a
+    # schema version); they are still covered by the signature, which is
+    # computed over the object as received.
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    schema_version: Literal[1]
+    event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    ts: UtcTimestamp
+    venue: Name
+    signature: HexSignature | None = None
+
+    _raw: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The JSON object this event was parsed from (what the signature covers)."""
+        if self._raw is not None:
+            return self._raw
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @property
+    def is_critical(self) -> bool:
+        return False
+
+    @property
+    def topic(self) -> str:
+        raise NotImplementedError
+
+
+class MarketShockEvent(_EventBase):
+    """A price move on one venue/symbol within a window; `critical` means an extreme shock (stop-loss)."""
+
+    symbol: Name
+    price_change_pct: FiniteFloat
+    window_seconds: Annotated[int, Field(gt=0)]
+    severity: Literal["info", "warning", "critical"]
+
+    @property
+    def is_critical(self) -> bool:
+        return self.severity == "critical"
+
+    @property
+    def topic(self) -> str:
+        return MARKET_EVENTS
+
+
+class CapitalThresholdEvent(_EventBase):
+    """A balance on one venue crossed its floor; `critical` triggers the emergency path."""
+
+    asset: Name
+    balance: FiniteFloat
+    threshold: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    level: Literal["warning", "critical"]
+
+    @property
+    def is_critical(self) -> bool:
+        return self.level == "critical"
+
+    @property
+    def topic(self) -> str:
+        return CAPITAL_EVENTS
+
+
+class FundingRateEvent(_EventBase):
+    """A perp funding rate as the venue quotes it: `rate` per `interval_hours` (8 on most venues, 1 on hyperliquid)."""
+
+    symbol: Name
+    rate: FiniteFloat
+    interval_hours: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+    @property
+    def topic(self) -> str:
+        return FUNDING_RATE_EVENTS
+
+
+Event = Union[MarketShockEvent, CapitalThresholdEvent, FundingRateEvent]
+
+EVENT_MODELS: dict[str, type[_EventBase]] = {
+    MARKET_EVENTS: MarketShockEvent,
+    CAPITAL_EVENTS: CapitalThresholdEvent,
+    FUNDING_RATE_EVENTS: FundingRateEvent,
+}
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else type(value).__name__
+
+
+def _reason_from(error: ValidationError) -> EventRejected:
+    first = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    count = error.error_count()
+    more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
+    if first["type"] == "missing":
+        return EventRejected(f"missing field '{field}'{more}", field)
+    message = first["msg"].removeprefix("Value error, ")
+    return EventRejected(f"field '{field}': {message}{more}", field)
+
+
+def parse_event(topic: str, raw: bytes | str | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Event:
+    """Decode and validate one Kafka value of `topic`; raises `EventRejected` with the reason."""
+    model = EVENT_MODELS.get(topic)
+    if model is None:
+        raise EventRejected(f"unknown topic '{topic}' (expected one of {', '.join(TOPICS)})")
+    if raw is None or len(raw) == 0:
+        raise EventRejected("empty message (no value)")
+    data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    if len(data) > max_bytes:
+        raise EventRejected(f"oversized: {len(data)} bytes > limit {max_bytes} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventRejected(f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError and NaN/Infinity
+        raise EventRejected(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise EventRejected(f"not a JSON object (got {_json_type(obj)})")
+    if "schema_version" not in obj:
+        raise EventRejected("missing field 'schema_version'", "schema_version")
+    version = obj["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise EventRejected(
+            f"field 'schema_version': must be an integer, got {type(version).__name__}", "schema_version"
+        )
+    if version != SCHEMA_VERSION:
+        raise EventRejected(
+            f"unknown schema_version {version} (this consumer understands {SCHEMA_VERSION})", "schema_version"
+        )
+    try:
+        event = model.model_validate(obj)
+    except ValidationError as exc:
+        raise _reason_from(exc) from None
+    event._raw = obj
+    return event  # type: ignore[return-value]
+
+
+def validate_payload(topic: str, payload: Mapping[str, Any]) -> Event:
+    """`parse_event` for an object built in code (e.g. by the `publish` command)."""
+    return parse_event(topic, encode_event(payload), max_bytes=DEFAULT_MAX_EVENT_BYTES)
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def encode_event(payload: Mapping[str, Any]) -> bytes:
+    """The bytes put on the wire: compact JSON, UTF-8."""
+    return json.dumps(dict(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def partition_key(payload: Mapping[str, Any]) -> bytes:
+    """Kafka message key: venue and instrument, so one instrument's events stay in order."""
+    instrument = payload.get("symbol") or payload.get("asset") or ""
+    return f"{payload.get('venue', '')}:{instrument}".encode("utf-8")
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def _key_bytes(key: str | bytes) -> bytes:
+    data = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if not data:
+        raise ValueError("the signing key is empty")
+    return data
+
+
+def canonical_payload(obj: Mapping[str, Any]) -> bytes:
+    """What the signature covers: the object without `signature`, sorted keys, compact, UTF-8."""
+    unsigned = {k: v for k, v in obj.items() if k != "signature"}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def compute_signature(obj: Mapping[str, Any], key: str | bytes) -> str:
+    return hmac.new(_key_bytes(key), canonical_payload(obj), hashlib.sha256).hexdigest()
+
+
+def sign_event(event: Mapping[str, Any], key: str | bytes) -> dict[str, Any]:
+    """A copy of `event` with `signature` = hex HMAC-SHA256 of its canonical payload."""
+    signed = {k: v for k, v in event.items() if k != "signature"}
+    signed["signature"] = compute_signature(signed, key)
+    return signed
+
+
+def verify_signature(event: Event | Mapping[str, Any], key: str | bytes) -> None:
+    """Raises `EventRejected` unless the event carries a valid signature under `key`."""
+    obj = event.raw if isinstance(event, _EventBase) else event
+    signature = obj.get("signature")
+    if not signature:
+        raise EventRejected("missing signature", "signature")
+    if not isinstance(signature, str):
+        raise EventRejected("field 'signature': must be a hex string", "signature")
+    expected = compute_signature(obj, key)
+    if not hmac.compare_digest(expected, signature.lower()):
+        raise EventRejected("bad signature (HMAC-SHA256 does not match the payload)", "signature")
+
+
+@dataclass(frozen=True)
+class TimestampWindow:
+    """How old (or how far ahead of our clock) a critical event may be."""
+
+    max_age_seconds: float = 60.0
+    max_future_seconds: float = 5.0
+
+
+DEFAULT_WINDOW = TimestampWindow()
+
+
+def check_timestamp_window(
+    event: Event, *, now: datetime | None = None, window: TimestampWindow = DEFAULT_WINDOW
+) -> None:
+    """Raises `EventRejected` when `event.ts` is outside `window` around `now` (UTC)."""
+    now = now or datetime.now(timezone.utc)
+    age = (now - event.ts).total_seconds()
+    if age > window.max_age_seconds:
+        raise EventRejected(f"stale: event is {age:.1f} s old (window {window.max_age_seconds:g} s)", "ts")
+    if -age > window.max_future_seconds:
+        raise EventRejected(
+            f"from the future: ts is {-age:.1f} s ahead of now (allowed {window.max_future_seconds:g} s)", "ts"
+        )
+
+
+class SeenEventIds(Protocol):
+    """Where replay protection remembers event ids: a `set` works, so does `RecentEventIds`."""
+
+    def __contains__(self, event_id: object) -> bool: ...
+
+    def add(self, event_id: str) -> None: ...
+
+
+class RecentEventIds:
+    """A bounded set of the most recently seen event ids (oldest evicted first); serialisable into a cursor.
+
+    Bounded because critical events outside the timestamp window are rejected
+    anyway: the store only has to cover ids young enough to pass the window.
+    """
+
+    def __init__(self, ids: Iterable[str] = (), capacity: int = 10_000):
+        if capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        for event_id in ids:
+            self.add(event_id)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        self._ids.move_to_end(event_id)
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+    def to_list(self) -> list[str]:
+        return list(self._ids)
+
+
+def check_not_replayed(event: Event, seen: SeenEventIds) -> None:
+    """Raises `EventRejected` if `event.event_id` was seen; otherwise records it."""
+    if event.event_id in seen:
+        raise EventRejected(f"replayed: event id '{event.event_id}' was already accepted", "event_id")
+    seen.add(event.event_id)
+
+
+def check_critical_event(
+    event: Event,
+    signing_key: str | bytes | None,
+    seen: SeenEventIds,
+    *,
+    now: datetime | None = None,
+    window: TimestampWindow = DEFAULT_WINDOW,
+) -> None:
+    """The admission rule for acting on an event.
+
+    Critical events must be signed, inside the timestamp window and new (their id
+    is recorded only once all three checks pass). A non-critical event that
+    carries a signature must carry a valid one. Raises `EventRejected`; raises
+    `ValueError` when a critical event arrives and no key is configured (a
+    deployment error, not the event's fault).
+    """
+    if event.is_critical:
+        if not signing_key:
+            raise ValueError("EVENT_SIGNING_KEY is not configured: critical events cannot be verified")
+        verify_signature(event, signing_key)
+        check_timestamp_window(event, now=now, window=window)
+        check_not_replayed(event, seen)
+    elif event.signature is not None and signing_key:
+        verify_signature(event, signing_key)
+
+
+# --------------------------------------------------------------------------- dead-letter envelope
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def dlq_envelope(
+    *,
+    value: bytes | None,
+    reason: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    key: bytes | None = None,
+    parked_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The JSON object parked on `<topic>.dlq`: the original message, losslessly, and why it was parked."""
+    text = None
+    if value is not None:
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+    return {
+        "dlq_schema_version": DLQ_SCHEMA_VERSION,
+        "reason": reason,
+        "source": {"topic": topic, "partition": partition, "offset": offset, "timestamp_ms": timestamp_ms},
+        "original": {
+            "value_b64": _b64(value),
+            # Readable copy for people browsing the topic; replay uses value_b64.
+            "value_text": text,
+            "key_b64": _b64(key),
+            "size_bytes": 0 if value is None else len(value),
+        },
+        "parked_at": (parked_at or datetime.now(timezone.utc)).isoformat(),
+    }
+
+
+def encode_dlq_envelope(**kwargs: Any) -> bytes:
+    """`dlq_envelope(...)` as the bytes to produce."""
+    return json.dumps(dlq_envelope(**kwargs), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class DlqSource(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+class DlqOriginal(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    value_b64: str | None = None
+    value_text: str | None = None
+    key_b64: str | None = None
+    size_bytes: int = 0
+
+
+class DlqEnvelope(BaseModel):
+    """A parked message read back from a `.dlq` topic."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    dlq_schema_version: Literal[1]
+    reason: str
+    source: DlqSource
+    original: DlqOriginal
+    parked_at: str
+
+    def original_value(self) -> bytes | None:
+        v = self.original.value_b64
+        return None if v is None else base64.b64decode(v)
+
+    def original_key(self) -> bytes | None:
+        k = self.original.key_b64
+        return None if k is None else base64.b64decode(k)
+
+
+def parse_dlq_envelope(raw: bytes | str) -> DlqEnvelope:
+    """Read a `.dlq` message; raises `EventRejected` if it is not an envelope this code wrote."""
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        raise EventRejected(f"not a DLQ envelope: not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise EventRejected("not a DLQ envelope: not a JSON object")
+    try:
+        return DlqEnvelope.model_validate(obj)
+    except ValidationError as exc:
+        rejected = _reason_from(exc)
+        raise EventRejected(f"not a DLQ envelope: {rejected.reason}", rejected.field) from None
