@@ -1,8 +1,44 @@
-"""Kafka client configuration (placeholder: implemented by the Kafka work)."""
+"""Kafka: one resource that owns the confluent-kafka client configuration.
+
+`KafkaResource` builds validated librdkafka configs (PLAINTEXT, SSL, SASL_PLAINTEXT,
+SASL_SSL with PLAIN/SCRAM) and hands out producers, consumers and admin clients.
+Consumers are for manual partition assignment: offsets live in the Dagster sensor
+cursor, so auto-commit is off and the group id only satisfies librdkafka (no
+subscribe, no commits). Nothing connects until a client is asked for.
+
+Secrets (`sasl_password`, `signing_key`) arrive as `dagster.EnvVar` and never
+appear in errors, logs or `describe()`.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
 from dagster import ConfigurableResource
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SECRET_KEYS = {"sasl.password", "ssl.key.password"}
+
+
+class KafkaConfigError(ValueError):
+    """The Kafka configuration is unusable; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Where a produced message landed."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def redact(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a librdkafka config that is safe to print."""
+    return {k: ("***" if k in _SECRET_KEYS and v else v) for k, v in config.items()}
 
 
 class KafkaResource(ConfigurableResource):
@@ -16,3 +52,261 @@ class KafkaResource(ConfigurableResource):
     ssl_ca_location: str | None = None
     client_id: str = "arb-orchestration"
     signing_key: str | None = None
+    # librdkafka waits this long for data in a fetch; low, because sensors read in
+    # short ticks (and the demo mock broker always waits the full time).
+    fetch_wait_max_ms: int = 10
+    request_timeout_ms: int = 10_000
+
+    # ------------------------------------------------------------------ config
+
+    def client_config(self) -> dict[str, Any]:
+        """The validated settings every client shares (connection and security)."""
+        servers = [s.strip() for s in (self.bootstrap_servers or "").split(",") if s.strip()]
+        if not servers:
+            raise KafkaConfigError("KafkaResource.bootstrap_servers: empty (expected host:port[,host:port])")
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise KafkaConfigError(
+                    f"KafkaResource.bootstrap_servers: {server!r} is not host:port (expected host:port[,host:port])"
+                )
+        protocol = (self.security_protocol or "").strip().upper()
+        if protocol not in SECURITY_PROTOCOLS:
+            raise KafkaConfigError(
+                f"KafkaResource.security_protocol: {self.security_protocol!r} is not one of {', '.join(SECURITY_PROTOCOLS)}"
+            )
+        config: dict[str, Any] = {
+            "bootstrap.servers": ",".join(servers),
+            "client.id": self.client_id,
+            "security.protocol": protocol,
+            "socket.timeout.ms": self.request_timeout_ms,
+        }
+        uses_sasl = protocol.startswith("SASL_")
+        uses_tls = protocol.endswith("SSL")
+        if uses_sasl:
+            mechanism = (self.sasl_mechanism or "").strip().upper()
+            if not mechanism:
+                raise KafkaConfigError(
+                    f"KafkaResource.sasl_mechanism: required with security_protocol {protocol} "
+                    f"(one of {', '.join(SASL_MECHANISMS)})"
+                )
+            if mechanism not in SASL_MECHANISMS:
+                raise KafkaConfigError(
+                    f"KafkaResource.sasl_mechanism: {self.sasl_mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}"
+                )
+            if not self.sasl_username:
+                raise KafkaConfigError(f"KafkaResource.sasl_username: required with security_protocol {protocol}")
+            if not self.sasl_password:
+                raise KafkaConfigError(
+                    f"KafkaResource.sasl_password: required with security_protocol {protocol} "
+                    "(set KAFKA_SASL_PASSWORD; it is passed as EnvVar)"
+                )
+            config.update(
+                {
+                    "sasl.mechanism": mechanism,
+                    "sasl.username": self.sasl_username,
+                    "sasl.password": self.sasl_password,
+                }
+            )
+        else:
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+                if getattr(self, name):
+                    raise KafkaConfigError(
+                        f"KafkaResource.{name}: set, but security_protocol {protocol} does not use SASL "
+                        "(use SASL_PLAINTEXT or SASL_SSL, or unset it)"
+                    )
+        if self.ssl_ca_location:
+            if not uses_tls:
+                raise KafkaConfigError(
+                    f"KafkaResource.ssl_ca_location: set, but security_protocol {protocol} does not use TLS "
+                    "(use SSL or SASL_SSL, or unset it)"
+                )
+            if not os.path.isfile(self.ssl_ca_location):
+                raise KafkaConfigError(f"KafkaResource.ssl_ca_location: no such file {self.ssl_ca_location!r}")
+            config["ssl.ca.location"] = self.ssl_ca_location
+        return config
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        config = {
+            **self.client_config(),
+            # A produced event is acknowledged only once the in-sync replicas have it,
+            # and retries never duplicate or reorder it.
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.timeout.ms": 30_000,
+        }
+        config.update(_dotted(overrides))
+        return config
+
+    def consumer_config(self, **overrides: Any) -> dict[str, Any]:
+        config = {
+            **self.client_config(),
+            # Required by librdkafka even without subscribe(); with assign() no group is joined.
+            "group.id": f"{self.client_id}-manual",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": self.fetch_wait_max_ms,
+        }
+        config.update(_dotted(overrides))
+        return config
+
+    def admin_config(self, **overrides: Any) -> dict[str, Any]:
+        config = self.client_config()
+        config.update(_dotted(overrides))
+        return config
+
+    def __repr_args__(self):
+        # repr() shows up in tracebacks and debug logs: mask the secrets there too.
+        for name, value in super().__repr_args__():
+            yield name, ("***" if name in ("sasl_password", "signing_key") and value else value)
+
+    def describe(self) -> dict[str, Any]:
+        """The client configuration with secrets masked (for logs and error messages)."""
+        return redact(self.client_config())
+
+    # ------------------------------------------------------------------ clients
+
+    def producer(self, **overrides: Any):
+        from confluent_kafka import Producer
+
+        return Producer(self.producer_config(**overrides))
+
+    def consumer(self, **overrides: Any):
+        """A consumer for manual `assign()`; keyword overrides use `_` for `.` (fetch_wait_max_ms=50)."""
+        from confluent_kafka import Consumer
+
+        return Consumer(self.consumer_config(**overrides))
+
+    def admin(self, **overrides: Any):
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient(self.admin_config(**overrides))
+
+    # ------------------------------------------------------------------ operations
+
+    def partitions_for(self, topic: str, timeout: float = 10.0) -> list[int]:
+        """Partition ids of an existing topic; raises LookupError when it does not exist."""
+        metadata = self.admin().list_topics(topic=topic, timeout=timeout)
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None:
+            raise LookupError(f"topic {topic!r} does not exist ({info.error if info else 'no metadata'})")
+        return sorted(info.partitions)
+
+    def create_topics(
+        self, names: Iterable[str], partitions: int = 1, replication: int = 1, timeout: float = 30.0
+    ) -> dict[str, str]:
+        """Create topics; idempotent. Returns {name: 'created' | 'exists'}; raises on any other outcome.
+
+        A cluster without a reachable controller (librdkafka's mock broker, used by
+        `arb-orchestration dev`) cannot serve CreateTopics; there a metadata request
+        auto-creates the topics with the broker's default partition count.
+        """
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import NewTopic
+
+        names = list(dict.fromkeys(names))
+        if partitions < 1 or replication < 1:
+            raise ValueError("partitions and replication must be >= 1")
+        admin = self.admin()
+        metadata = admin.list_topics(timeout=timeout)
+        existing = {name for name, info in metadata.topics.items() if info.error is None}
+        outcome = {name: "exists" for name in names if name in existing}
+        missing = [name for name in names if name not in existing]
+        if not missing:
+            return outcome
+        if metadata.controller_id not in metadata.brokers:
+            return {**outcome, **self._auto_create(missing, timeout)}
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=replication) for name in missing],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        failures = []
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout + 5)
+                outcome[name] = "created"
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    outcome[name] = "exists"
+                else:
+                    failures.append(f"{name}: {error}")
+        if failures:
+            raise RuntimeError(f"could not create Kafka topics: {'; '.join(failures)}")
+        return outcome
+
+    def _auto_create(self, names: list[str], timeout: float) -> dict[str, str]:
+        producer = self.producer(allow_auto_create_topics=True)
+        try:
+            outcome = {}
+            for name in names:
+                info = producer.list_topics(topic=name, timeout=timeout).topics.get(name)
+                if info is None or info.error is not None or not info.partitions:
+                    raise RuntimeError(
+                        f"could not create Kafka topic {name}: the cluster has no controller and did not "
+                        f"auto-create it ({info.error if info else 'no metadata'})"
+                    )
+                outcome[name] = "created"
+            return outcome
+        finally:
+            producer.flush(1)
+
+    def publish(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        timeout: float = 30.0,
+        producer=None,
+    ) -> Delivered:
+        """Produce one message and wait for the broker's acknowledgement; raises on failure."""
+        own = producer is None
+        producer = producer or self.producer()
+        result: dict[str, Any] = {}
+
+        def on_delivery(err, msg):
+            result["err"], result["msg"] = err, msg
+
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            remaining = producer.flush(timeout)
+        finally:
+            if own:
+                producer.flush(0)
+        if "err" not in result:
+            raise TimeoutError(
+                f"no delivery report for {topic} within {timeout:g}s ({remaining} message(s) still queued); "
+                f"is the broker at {self.bootstrap_servers} reachable?"
+            )
+        if result["err"] is not None:
+            raise RuntimeError(f"delivery to {topic} failed: {result['err']}")
+        msg = result["msg"]
+        return Delivered(msg.topic(), msg.partition(), msg.offset())
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "KafkaResource":
+        """Built from the environment at run time (the CLI commands): settings plus the secrets' values."""
+        from arb_orchestration import settings
+
+        values: dict[str, Any] = {
+            "bootstrap_servers": settings.get("KAFKA_BOOTSTRAP_SERVERS"),
+            "security_protocol": settings.get("KAFKA_SECURITY_PROTOCOL"),
+            "sasl_mechanism": settings.get("KAFKA_SASL_MECHANISM") or None,
+            "sasl_username": settings.get("KAFKA_SASL_USERNAME") or None,
+            "sasl_password": os.environ.get("KAFKA_SASL_PASSWORD") or None,
+            "ssl_ca_location": settings.get("KAFKA_SSL_CA_LOCATION") or None,
+            "signing_key": os.environ.get("EVENT_SIGNING_KEY") or None,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+def _dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`fetch_wait_max_ms=50` -> `{"fetch.wait.max.ms": 50}`; keys with dots pass through."""
+    return {key.replace("_", "."): value for key, value in overrides.items()}
