@@ -1,0 +1,290 @@
+"""Exact rebalancing route planner: which rails to use, how much to send, and in what order.
+
+The public surface of the planner (the rebalance saga and the `plan-route`
+command import only from here):
+
+- `plan_routes(balances, targets, rails) -> Plan`: the proven cheapest set of
+  transfers that leaves every venue at or above its target, ordered so that
+  each transfer is funded when it runs;
+- `naive_plan(...) -> Plan`: direct transfers only, cheapest direct rail per
+  deficit (the comparison baseline);
+- `parse_problem(...)`/`RoutingInputError`: input validation that names the
+  offending field, e.g. ``rails[3].fee_rate must be between 0 and 1``.
+
+The model (a fixed-charge generalised min-cost flow solved per asset with
+`scipy.optimize.milp`), the pruning rules and the ordering are explained in
+`docs/route-planner.md`; the solver lives in `routing_solver.py` and the
+ordering in `routing_order.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Plan",
+    "Problem",
+    "Rail",
+    "RoutingError",
+    "RoutingInputError",
+    "Transfer",
+    "naive_plan",
+    "parse_problem",
+    "plan_routes",
+]
+
+
+class RoutingInputError(ValueError):
+    """The instance is malformed; `field` names the offending input, e.g. ``rails[3].fee_rate``."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field = field
+
+
+class RoutingError(RuntimeError):
+    """The solver failed to prove an answer (time limit, numerical trouble): never a silent guess."""
+
+
+@dataclass(frozen=True)
+class Rail:
+    """One way to move `asset` from `from_venue` to `to_venue` (a withdrawal network).
+
+    Sending `amount` debits `amount` at the source and credits
+    ``amount * (1 - fee_rate) - fixed_fee`` at the destination. `max_amount`
+    None means unbounded.
+    """
+
+    id: str
+    from_venue: str
+    to_venue: str
+    asset: str
+    fixed_fee: float
+    fee_rate: float
+    min_amount: float = 0.0
+    max_amount: float | None = None
+    eta_seconds: float = 0.0
+
+    def fee(self, amount: float) -> float:
+        return self.fixed_fee + self.fee_rate * amount
+
+    def credit(self, amount: float) -> float:
+        return amount * (1.0 - self.fee_rate) - self.fixed_fee
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One planned move on one rail."""
+
+    rail: str
+    from_venue: str
+    to_venue: str
+    asset: str
+    amount: float
+    fee: float
+
+    @property
+    def credited(self) -> float:
+        return self.amount - self.fee
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rail": self.rail,
+            "from": self.from_venue,
+            "to": self.to_venue,
+            "asset": self.asset,
+            "amount": self.amount,
+            "fee": self.fee,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's answer.
+
+    Feasible: `transfers` in executable order and their `total_fee` (the sum of
+    fees across assets, each in its own asset's units; `fee_by_asset` splits it).
+    Infeasible: `reason` says which venue/asset cannot be covered and by how much.
+    `optimal` is True when the fee is a proven optimum (always, for
+    `plan_routes`; never claimed for `naive_plan`).
+    """
+
+    feasible: bool
+    total_fee: float = 0.0
+    transfers: tuple[Transfer, ...] = ()
+    reason: str | None = None
+    optimal: bool = False
+    fee_by_asset: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        if not self.feasible:
+            return {"feasible": False, "reason": self.reason}
+        return {
+            "feasible": True,
+            "total_fee": self.total_fee,
+            "transfers": [t.to_dict() for t in self.transfers],
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated instance: non-negative finite numbers, known venues, unique rail ids."""
+
+    balances: Mapping[str, Mapping[str, float]]
+    targets: Mapping[str, Mapping[str, float]]
+    rails: tuple[Rail, ...]
+
+    @property
+    def venues(self) -> tuple[str, ...]:
+        return tuple(self.balances)
+
+    @property
+    def assets(self) -> tuple[str, ...]:
+        found = {r.asset for r in self.rails}
+        for table in (self.balances, self.targets):
+            for per_asset in table.values():
+                found.update(per_asset)
+        return tuple(sorted(found))
+
+    def balance(self, venue: str, asset: str) -> float:
+        return self.balances.get(venue, {}).get(asset, 0.0)
+
+    def target(self, venue: str, asset: str) -> float:
+        return self.targets.get(venue, {}).get(asset, 0.0)
+
+
+# ---------------------------------------------------------------- validation
+
+_RAIL_FIELDS = ("id", "from", "to", "asset", "fixed_fee", "fee_rate", "min_amount", "max_amount", "eta_seconds")
+
+
+def _number(value: Any, name: str, *, minimum: float = 0.0) -> float:
+    # bool is an int subclass: `true` in JSON is not an amount.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RoutingInputError(name, f"must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise RoutingInputError(name, "must be finite")
+    if number < minimum:
+        raise RoutingInputError(name, f"must be >= {minimum:g}, got {number:g}")
+    return number
+
+
+def _name(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise RoutingInputError(name, "must be a non-empty string")
+    return value
+
+
+def _amount_table(table: Any, name: str, venues: Iterable[str] | None) -> dict[str, dict[str, float]]:
+    if not isinstance(table, Mapping):
+        raise RoutingInputError(name, "must be an object {venue: {asset: amount}}")
+    known = None if venues is None else set(venues)
+    out: dict[str, dict[str, float]] = {}
+    for venue, per_asset in table.items():
+        _name(venue, f"{name} key")
+        if known is not None and venue not in known:
+            raise RoutingInputError(f"{name}.{venue}", "is an unknown venue (not in balances)")
+        if not isinstance(per_asset, Mapping):
+            raise RoutingInputError(f"{name}.{venue}", "must be an object {asset: amount}")
+        out[venue] = {}
+        for asset, amount in per_asset.items():
+            _name(asset, f"{name}.{venue} key")
+            out[venue][asset] = _number(amount, f"{name}.{venue}.{asset}")
+    return out
+
+
+def _rail(raw: Any, index: int, venues: set[str]) -> Rail:
+    where = f"rails[{index}]"
+    if isinstance(raw, Rail):
+        raw = {
+            "id": raw.id, "from": raw.from_venue, "to": raw.to_venue, "asset": raw.asset,
+            "fixed_fee": raw.fixed_fee, "fee_rate": raw.fee_rate, "min_amount": raw.min_amount,
+            "max_amount": raw.max_amount, "eta_seconds": raw.eta_seconds,
+        }
+    if not isinstance(raw, Mapping):
+        raise RoutingInputError(where, "must be an object")
+    for required in ("id", "from", "to", "asset", "fixed_fee", "fee_rate"):
+        if required not in raw:
+            raise RoutingInputError(f"{where}.{required}", "is missing")
+    unknown = sorted(set(raw) - set(_RAIL_FIELDS))
+    if unknown:
+        raise RoutingInputError(f"{where}.{unknown[0]}", f"is not a rail field (expected {', '.join(_RAIL_FIELDS)})")
+    rail_id = _name(raw["id"], f"{where}.id")
+    source = _name(raw["from"], f"{where}.from")
+    dest = _name(raw["to"], f"{where}.to")
+    for key, venue in (("from", source), ("to", dest)):
+        if venue not in venues:
+            raise RoutingInputError(f"{where}.{key}", f"is an unknown venue {venue!r} (not in balances)")
+    if source == dest:
+        raise RoutingInputError(f"{where}.to", "must differ from from")
+    fee_rate = _number(raw["fee_rate"], f"{where}.fee_rate")
+    if fee_rate >= 1.0:
+        raise RoutingInputError(f"{where}.fee_rate", f"must be between 0 and 1 (exclusive of 1), got {fee_rate:g}")
+    min_amount = _number(raw.get("min_amount", 0.0), f"{where}.min_amount")
+    max_raw = raw.get("max_amount")
+    max_amount = None if max_raw is None else _number(max_raw, f"{where}.max_amount")
+    if max_amount is not None and max_amount < min_amount:
+        raise RoutingInputError(f"{where}.max_amount", f"must be >= min_amount ({min_amount:g}), got {max_amount:g}")
+    eta_raw = raw.get("eta_seconds")
+    return Rail(
+        id=rail_id,
+        from_venue=source,
+        to_venue=dest,
+        asset=_name(raw["asset"], f"{where}.asset"),
+        fixed_fee=_number(raw["fixed_fee"], f"{where}.fixed_fee"),
+        fee_rate=fee_rate,
+        min_amount=min_amount,
+        max_amount=max_amount,
+        eta_seconds=0.0 if eta_raw is None else _number(eta_raw, f"{where}.eta_seconds"),
+    )
+
+
+def parse_problem(balances: Any, targets: Any, rails: Any) -> Problem:
+    """Validate raw input (parsed JSON or `Rail` objects); raise `RoutingInputError` naming the field.
+
+    Every venue must appear in `balances` (possibly as ``{}``); targets and
+    rails may only name those venues.
+    """
+    balance_table = _amount_table(balances, "balances", None)
+    target_table = _amount_table({} if targets is None else targets, "targets", balance_table)
+    if isinstance(rails, (str, bytes)) or not isinstance(rails, Iterable) or isinstance(rails, Mapping):
+        raise RoutingInputError("rails", "must be a list of rail objects")
+    venues = set(balance_table)
+    parsed = tuple(_rail(raw, i, venues) for i, raw in enumerate(rails))
+    seen: dict[str, int] = {}
+    for i, rail in enumerate(parsed):
+        if rail.id in seen:
+            raise RoutingInputError(f"rails[{i}].id", f"duplicates rails[{seen[rail.id]}].id ({rail.id!r})")
+        seen[rail.id] = i
+    return Problem(balance_table, target_table, parsed)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def plan_routes(balances: Any, targets: Any, rails: Any, *, time_limit: float = 60.0) -> Plan:
+    """The proven-cheapest executable plan (see the module docstring and docs/route-planner.md).
+
+    Raises `RoutingInputError` for malformed input and `RoutingError` if the
+    solver cannot prove an answer within `time_limit` seconds per asset.
+    """
+    from arb_orchestration.domain.routing_solver import solve_problem
+
+    problem = balances if isinstance(balances, Problem) else parse_problem(balances, targets, rails)
+    return solve_problem(problem, time_limit=time_limit)
+
+
+def naive_plan(balances: Any, targets: Any, rails: Any) -> Plan:
+    """Baseline: cover each deficit with direct transfers from surplus venues, cheapest rail first.
+
+    Never relays, never uses a venue's money below its own target; infeasible
+    when a deficit cannot be covered that way even if `plan_routes` can.
+    """
+    from arb_orchestration.domain.routing_solver import solve_naive
+
+    problem = balances if isinstance(balances, Problem) else parse_problem(balances, targets, rails)
+    return solve_naive(problem)

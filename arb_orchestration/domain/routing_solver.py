@@ -1,0 +1,410 @@
+"""The planner's solver: per-asset pruning, the fixed-charge MILP, polishing, ordering, diagnostics.
+
+Assets never interact (a rail moves one asset and charges its fee in that
+asset), so each asset is its own small problem. Every pruning rule here keeps
+at least one optimal executable plan; the reasons are in docs/route-planner.md
+and next to each rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+from scipy.sparse import coo_array
+
+from arb_orchestration.domain.routing import Plan, Problem, Rail, RoutingError, Transfer
+from arb_orchestration.domain.routing_order import Move, order_moves
+
+# HiGHS proves optimality to this relative gap (its default, 1e-4, is not "exact").
+MIP_REL_GAP = 1e-9
+_EPS = 1e-9
+
+
+@dataclass
+class AssetInstance:
+    """One asset's slice of the problem, after pruning."""
+
+    asset: str
+    venues: list[str]
+    balance: dict[str, float]
+    target: dict[str, float]
+    rails: list[Rail]
+    big_m: list[float]  # upper bound on each rail's amount in the model
+    min_eff: list[float]  # lower bound when used: max(min_amount, amount whose credit is 0)
+    holdings: float
+
+    @property
+    def needs(self) -> dict[str, float]:
+        return {v: self.target[v] - self.balance[v] for v in self.venues if self.target[v] > self.balance[v] + _EPS}
+
+
+@dataclass
+class AssetResult:
+    feasible: bool
+    fee: float = 0.0
+    transfers: list[Transfer] | None = None
+    reason: str | None = None
+
+
+# ------------------------------------------------------------------ pruning
+
+
+def _min_eff(rail: Rail) -> float:
+    # A transfer whose credit is negative only destroys money; dropping it
+    # leaves every balance at least as high and every later transfer funded.
+    return max(rail.min_amount, rail.fixed_fee / (1.0 - rail.fee_rate))
+
+
+def asset_instance(problem: Problem, asset: str, *, dominance: bool = True) -> AssetInstance:
+    """Slice `asset` out of `problem` and drop rails that no optimal executable plan needs."""
+    venues = list(problem.venues)
+    balance = {v: problem.balance(v, asset) for v in venues}
+    target = {v: problem.target(v, asset) for v in venues}
+    holdings = sum(balance.values())
+    # No venue ever holds more than the whole asset (fees only destroy), so no
+    # single transfer can exceed `holdings`.
+    rails = [
+        r for r in problem.rails
+        if r.asset == asset
+        and _min_eff(r) <= min(holdings, math.inf if r.max_amount is None else r.max_amount) + _EPS
+        and min(holdings, math.inf if r.max_amount is None else r.max_amount) * (1 - r.fee_rate) - r.fixed_fee > _EPS
+    ]
+    rails = _prune_unreachable(rails, balance, target)
+    counts: dict[tuple[str, str], int] = {}
+    for r in rails:
+        counts[(r.from_venue, r.to_venue)] = counts.get((r.from_venue, r.to_venue), 0) + 1
+    dominated_by_count: dict[str, int] = {}
+    if dominance:
+        rails, dominated_by_count = _prune_dominated(rails, holdings, counts)
+    big_m = []
+    for r in rails:
+        # A kept rail may have absorbed the transfers of the rails it dominates
+        # (each at most `holdings`), hence the multiplier.
+        bound = holdings * (1 + dominated_by_count.get(r.id, 0))
+        big_m.append(bound if r.max_amount is None else min(r.max_amount, bound))
+    return AssetInstance(asset, venues, balance, target, rails, big_m, [_min_eff(r) for r in rails], holdings)
+
+
+def _prune_unreachable(rails: list[Rail], balance: dict[str, float], target: dict[str, float]) -> list[Rail]:
+    """Drop rails out of venues that can never hold the asset, and into venues that lead to no deficit.
+
+    A venue with no balance and no usable inbound rail can never fund a
+    transfer. A venue that cannot reach any venue with a deficit only strands
+    what it receives: removing every transfer into (and so within) that set
+    leaves all other venues with at least as much, for less fee.
+    """
+    while True:
+        funded = {v for v, b in balance.items() if b > _EPS}
+        frontier = list(funded)
+        out: dict[str, list[Rail]] = {}
+        inn: dict[str, list[Rail]] = {}
+        for r in rails:
+            out.setdefault(r.from_venue, []).append(r)
+            inn.setdefault(r.to_venue, []).append(r)
+        while frontier:
+            v = frontier.pop()
+            for r in out.get(v, ()):
+                if r.to_venue not in funded:
+                    funded.add(r.to_venue)
+                    frontier.append(r.to_venue)
+        useful = {v for v in balance if target[v] > balance[v] + _EPS}
+        frontier = list(useful)
+        while frontier:
+            v = frontier.pop()
+            for r in inn.get(v, ()):
+                if r.from_venue not in useful:
+                    useful.add(r.from_venue)
+                    frontier.append(r.from_venue)
+        kept = [r for r in rails if r.from_venue in funded and r.to_venue in useful]
+        if len(kept) == len(rails):
+            return kept
+        rails = kept
+
+
+def _prune_dominated(rails: list[Rail], holdings: float, counts: dict[tuple[str, str], int]) -> tuple[list[Rail], dict[str, int]]:
+    """Drop a rail when a parallel rail is no worse on fixed fee, fee rate, min_amount and eta, and never runs out of room.
+
+    Any transfer on the dropped rail can move to the dominating one (merged
+    with its own transfer if it has one): same debit, no smaller credit, no
+    larger fee. "Never runs out of room" means its max_amount is None or at
+    least `holdings` times the number of parallel rails, i.e. above anything
+    that merging could put on it.
+    """
+    by_edge: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(rails):
+        by_edge.setdefault((r.from_venue, r.to_venue), []).append(i)
+    dropped: set[int] = set()
+    absorbed: dict[str, int] = {}
+    for edge, members in by_edge.items():
+        if len(members) < 2:
+            continue
+        room = holdings * counts[edge]
+        for i in members:
+            r = rails[i]
+            for j in members:
+                if i == j:
+                    continue
+                d = rails[j]
+                roomy = d.max_amount is None or d.max_amount >= room
+                no_worse = (
+                    d.fixed_fee <= r.fixed_fee and d.fee_rate <= r.fee_rate
+                    and d.min_amount <= r.min_amount and d.eta_seconds <= r.eta_seconds
+                )
+                # Identical rails: keep the first, so two copies never drop each other.
+                strictly = (d.fixed_fee, d.fee_rate, d.min_amount, d.eta_seconds) != (r.fixed_fee, r.fee_rate, r.min_amount, r.eta_seconds) or j < i
+                if roomy and no_worse and strictly:
+                    dropped.add(i)
+                    break
+        kept_here = [j for j in members if j not in dropped]
+        for j in kept_here:
+            absorbed[rails[j].id] = len(members) - len(kept_here)
+    return [r for i, r in enumerate(rails) if i not in dropped], absorbed
+
+
+# ------------------------------------------------------------------ the MILP
+
+
+def _flow_matrix(inst: AssetInstance, rows: list[str]) -> tuple[coo_array, int]:
+    """Rows: one per venue in `rows`, net change of that venue's balance as a function of (x, y)."""
+    k = len(inst.rails)
+    index = {v: i for i, v in enumerate(rows)}
+    ri, ci, val = [], [], []
+    for j, r in enumerate(inst.rails):
+        if r.to_venue in index:
+            ri += [index[r.to_venue], index[r.to_venue]]
+            ci += [j, k + j]
+            val += [1.0 - r.fee_rate, -r.fixed_fee]
+        if r.from_venue in index:
+            ri.append(index[r.from_venue])
+            ci.append(j)
+            val.append(-1.0)
+    return coo_array((val, (ri, ci)), shape=(len(rows), 2 * k)), k
+
+
+def _touched_venues(inst: AssetInstance) -> list[str]:
+    touched = {v for r in inst.rails for v in (r.from_venue, r.to_venue)} | set(inst.needs)
+    return [v for v in inst.venues if v in touched]
+
+
+def _link_constraints(inst: AssetInstance) -> list[LinearConstraint]:
+    k = len(inst.rails)
+    eye = np.arange(k)
+    # x - M y <= 0 and x - min_eff y >= 0
+    upper = coo_array((np.r_[np.ones(k), -np.asarray(inst.big_m)], (np.r_[eye, eye], np.r_[eye, k + eye])), shape=(k, 2 * k))
+    lower = coo_array((np.r_[np.ones(k), -np.asarray(inst.min_eff)], (np.r_[eye, eye], np.r_[eye, k + eye])), shape=(k, 2 * k))
+    return [LinearConstraint(upper, -np.inf, 0.0), LinearConstraint(lower, 0.0, np.inf)]
+
+
+def _cover_cuts(inst: AssetInstance) -> LinearConstraint | None:
+    # A venue with a deficit must receive at least one transfer: implied by
+    # the integer model, not by its LP relaxation, so it tightens the bound.
+    k = len(inst.rails)
+    needs = list(inst.needs)
+    if not needs:
+        return None
+    index = {v: i for i, v in enumerate(needs)}
+    ri, ci = [], []
+    for j, r in enumerate(inst.rails):
+        if r.to_venue in index:
+            ri.append(index[r.to_venue])
+            ci.append(k + j)
+    return LinearConstraint(coo_array((np.ones(len(ri)), (ri, ci)), shape=(len(needs), 2 * k)), 1.0, np.inf)
+
+
+def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None]:
+    """Min-fee plan ignoring order. Returns ("optimal", x_and_y) or ("infeasible", None)."""
+    k = len(inst.rails)
+    rows = _touched_venues(inst)
+    flow, _ = _flow_matrix(inst, rows)
+    need = np.array([inst.target[v] - inst.balance[v] for v in rows])
+    constraints = [LinearConstraint(flow, need, np.inf), *_link_constraints(inst)]
+    cover = _cover_cuts(inst)
+    if cover is not None:
+        constraints.append(cover)
+    cost = np.r_[[r.fee_rate for r in inst.rails], [r.fixed_fee for r in inst.rails]]
+    result = milp(
+        cost,
+        integrality=np.r_[np.zeros(k), np.ones(k)],
+        bounds=Bounds(np.zeros(2 * k), np.r_[inst.big_m, np.ones(k)]),
+        constraints=constraints,
+        options={"time_limit": time_limit, "mip_rel_gap": MIP_REL_GAP},
+    )
+    if result.status == 2:
+        return "infeasible", None
+    if result.status != 0 or result.x is None:
+        raise RoutingError(f"{inst.asset}: solver did not prove an optimum ({result.message})")
+    return "optimal", result.x
+
+
+def _polish(inst: AssetInstance, used: list[int], fee: float) -> np.ndarray | None:
+    """Among plans on the same rails and no higher fee, the one that moves the least.
+
+    The MILP is indifferent to sending more than needed on a rail without a
+    proportional fee; this LP removes that slack (and zero-fee circulations).
+    """
+    if not used:
+        return np.zeros(0)
+    rails = [inst.rails[j] for j in used]
+    rows = _touched_venues(inst)
+    index = {v: i for i, v in enumerate(rows)}
+    a = np.zeros((len(rows), len(used)))
+    rhs = np.array([inst.target[v] - inst.balance[v] for v in rows])
+    for c, r in enumerate(rails):
+        a[index[r.to_venue], c] += 1.0 - r.fee_rate
+        a[index[r.from_venue], c] -= 1.0
+        rhs[index[r.to_venue]] += r.fixed_fee
+    fixed = sum(r.fixed_fee for r in rails)
+    rates = np.array([r.fee_rate for r in rails])
+    a_ub = np.vstack([-a, rates[None, :]])
+    b_ub = np.r_[-rhs, fee - fixed + 1e-9 * max(1.0, fee)]
+    bounds = [(inst.min_eff[j], inst.big_m[j]) for j in used]
+    result = linprog(np.ones(len(used)), A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
+    return result.x if result.status == 0 else None
+
+
+def _shortfall_reason(inst: AssetInstance, time_limit: float) -> str:
+    """Why the targets cannot be met: the smallest total shortfall any plan leaves, and where."""
+    needs = inst.needs
+    total_needed = sum(inst.target.values())
+    if total_needed > inst.holdings + _EPS:
+        return (
+            f"{inst.asset}: targets total {total_needed:g} but only {inst.holdings:g} is held across venues "
+            f"(short {total_needed - inst.holdings:g})"
+        )
+    inbound = {r.to_venue for r in inst.rails}
+    stranded = [v for v in needs if v not in inbound]
+    if stranded:
+        return f"{inst.asset}: no usable rail can bring funds to " + ", ".join(
+            f"{v} (needs {needs[v]:g} more)" for v in stranded
+        )
+    k = len(inst.rails)
+    rows = _touched_venues(inst)
+    flow, _ = _flow_matrix(inst, rows)
+    short_cols = [i for i, v in enumerate(rows) if v in needs]
+    slack = coo_array((np.ones(len(short_cols)), (short_cols, range(len(short_cols)))), shape=(len(rows), len(short_cols)))
+    from scipy.sparse import hstack
+
+    n = len(short_cols)
+    need = np.array([inst.target[v] - inst.balance[v] for v in rows])
+    constraints = [LinearConstraint(hstack([flow, slack]), need, np.inf)]
+    for link in _link_constraints(inst):
+        constraints.append(LinearConstraint(hstack([link.A, coo_array((k, n))]), link.lb, link.ub))
+    result = milp(
+        np.r_[np.zeros(2 * k), np.ones(n)],
+        integrality=np.r_[np.zeros(k), np.ones(k), np.zeros(n)],
+        bounds=Bounds(np.zeros(2 * k + n), np.r_[inst.big_m, np.ones(k), np.full(n, np.inf)]),
+        constraints=constraints,
+        options={"time_limit": time_limit},
+    )
+    if result.status != 0 or result.x is None:
+        return f"{inst.asset}: the rails cannot cover the deficits at " + ", ".join(f"{v} (needs {d:g} more)" for v, d in needs.items())
+    shorts = {rows[c]: result.x[2 * k + i] for i, c in enumerate(short_cols) if result.x[2 * k + i] > 1e-7}
+    detail = ", ".join(f"{v} short {s:g}" for v, s in sorted(shorts.items(), key=lambda kv: -kv[1]))
+    return (
+        f"{inst.asset}: the rails (fees, min/max amounts) cannot cover every deficit; "
+        f"the best plan still leaves a total shortfall of {sum(shorts.values()):g} ({detail})"
+    )
+
+
+def _transfers(inst: AssetInstance, used: list[int], amounts: Sequence[float]) -> list[Transfer]:
+    out = []
+    for j, amount in zip(used, amounts):
+        r = inst.rails[j]
+        out.append(Transfer(r.id, r.from_venue, r.to_venue, r.asset, float(amount), r.fee(float(amount))))
+    return out
+
+
+def _ordered(inst: AssetInstance, transfers: list[Transfer]) -> list[Transfer] | None:
+    moves = [Move(t.from_venue, t.to_venue, t.amount, t.amount - t.fee) for t in transfers]
+    order = order_moves(inst.balance, moves)
+    return None if order is None else [transfers[i] for i in order]
+
+
+def solve_asset(problem: Problem, asset: str, time_limit: float) -> AssetResult:
+    inst = asset_instance(problem, asset)
+    if not inst.needs:
+        return AssetResult(True, 0.0, [])
+    status, solution = _solve_milp(inst, time_limit)
+    if status == "infeasible":
+        return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
+    assert solution is not None
+    k = len(inst.rails)
+    used = [j for j in range(k) if solution[k + j] > 0.5 and solution[j] > _EPS]
+    fee = sum(inst.rails[j].fee(solution[j]) for j in used)
+    amounts = _polish(inst, used, fee)
+    if amounts is None:  # numerical trouble in the LP: the MILP's own amounts are valid
+        amounts = solution[used]
+    keep = [c for c, a in enumerate(amounts) if a > _EPS]
+    transfers = _transfers(inst, [used[c] for c in keep], [amounts[c] for c in keep])
+    ordered = _ordered(inst, transfers)
+    if ordered is None:
+        from arb_orchestration.domain.routing_sequenced import solve_sequenced
+
+        return solve_sequenced(problem, asset, time_limit)
+    return AssetResult(True, sum(t.fee for t in ordered), ordered)
+
+
+def solve_problem(problem: Problem, *, time_limit: float = 60.0) -> Plan:
+    transfers: list[Transfer] = []
+    fees: dict[str, float] = {}
+    reasons: list[str] = []
+    for asset in problem.assets:
+        result = solve_asset(problem, asset, time_limit)
+        if not result.feasible:
+            reasons.append(result.reason or f"{asset}: infeasible")
+            continue
+        if result.transfers:
+            transfers.extend(result.transfers)
+            fees[asset] = result.fee
+    if reasons:
+        return Plan(False, reason="; ".join(reasons))
+    return Plan(True, sum(fees.values()), tuple(transfers), optimal=True, fee_by_asset=fees)
+
+
+# ------------------------------------------------------------------ naive baseline
+
+
+def solve_naive(problem: Problem) -> Plan:
+    """Direct transfers only: each deficit, largest first, from the cheapest single direct rail that covers it.
+
+    A source never goes below its own target. When no single rail covers a
+    deficit, the cheapest-per-unit rails are combined, each used once.
+    """
+    transfers: list[Transfer] = []
+    fees: dict[str, float] = {}
+    for asset in problem.assets:
+        surplus = {v: problem.balance(v, asset) - problem.target(v, asset) for v in problem.venues}
+        needs = sorted(((-s, v) for v, s in surplus.items() if s < -_EPS), reverse=True)
+        used: set[str] = set()
+        for need, venue in needs:
+            remaining = need
+            while remaining > _EPS:
+                best: tuple[tuple[float, float], float, Rail] | None = None
+                for r in problem.rails:
+                    if r.asset != asset or r.to_venue != venue or r.id in used:
+                        continue
+                    room = surplus[r.from_venue]
+                    if r.max_amount is not None:
+                        room = min(room, r.max_amount)
+                    wanted = max((remaining + r.fixed_fee) / (1 - r.fee_rate), r.min_amount)
+                    amount = min(wanted, room)
+                    if amount < r.min_amount - _EPS or r.credit(amount) <= _EPS:
+                        continue
+                    delivered = min(r.credit(amount), remaining)
+                    # Covering the whole deficit beats any partial cover; then cheapest per unit delivered.
+                    key = (0.0 if delivered >= remaining - _EPS else 1.0, r.fee(amount) / delivered)
+                    if best is None or key < best[0]:
+                        best = (key, amount, r)
+                if best is None:
+                    return Plan(False, reason=f"{asset}: direct transfers cannot cover {venue} (still needs {remaining:g})")
+                _, amount, r = best
+                used.add(r.id)
+                surplus[r.from_venue] -= amount
+                remaining -= r.credit(amount)
+                transfers.append(Transfer(r.id, r.from_venue, r.to_venue, asset, amount, r.fee(amount)))
+                fees[asset] = fees.get(asset, 0.0) + r.fee(amount)
+    return Plan(True, sum(fees.values()), tuple(transfers), fee_by_asset=fees)
