@@ -88,6 +88,13 @@ SETTINGS: dict[str, Setting] = {
         Setting("SMTP_STARTTLS", "Use STARTTLS.", "false", False),
         Setting("SMTP_SENDER", "From address of risk mails.", "arb-orchestration@localhost"),
         Setting("RISK_TEAM_EMAILS", "Comma-separated addresses of the risk team.", "risk@localhost"),
+        # Kafka-triggered sensors (defs/events; docs/sensors.md).
+        Setting("ARB_EVENT_TOPIC_PREFIX", "Prefix for the three event topics and their .dlq (tests, benchmarks); empty in prod.", "", False),
+        Setting("ARB_SENSOR_LONG_POLL_SECONDS", "How long the market/capital sensors wait for events inside one tick (0-30).", "4.0", False),
+        Setting("ARB_SENSOR_MAX_MESSAGES", "Most messages one sensor tick reads.", "1000", False),
+        Setting("ARB_EVENT_MAX_AGE_SECONDS", "Non-critical events older than this are read but not acted on.", "900", False),
+        Setting("ARB_CRITICAL_EVENT_MAX_AGE_SECONDS", "Timestamp window of signed critical events (older: refused).", "60", False),
+        Setting("ARB_FUNDING_DEVIATION_BPS", "Hedge when a funding rate (per 8 h) moved more than this since the last hedge.", "20", False),
     ]
 }
 
