@@ -57,6 +57,21 @@ class EventRejected(ValueError):
         self.field = field
 
 
+def topic_name(base: str, prefix: str = "") -> str:
+    """The full name of one of the three topics under a deployment prefix (ARB_EVENT_TOPIC_PREFIX)."""
+    if base not in TOPICS:
+        raise ValueError(f"unknown topic '{base}' (expected one of {', '.join(TOPICS)})")
+    return prefix + base
+
+
+def base_topic(name: str, prefix: str = "") -> str:
+    """Inverse of `topic_name`: 'bench-market-events' with prefix 'bench-' -> 'market-events'."""
+    base = name[len(prefix) :] if prefix and name.startswith(prefix) else name
+    if base not in TOPICS:
+        raise ValueError(f"unknown topic '{name}' (expected one of {', '.join(prefix + t for t in TOPICS)})")
+    return base
+
+
 def dlq_topic(topic: str) -> str:
     """The dead-letter topic of `topic`."""
     return topic + DLQ_SUFFIX
