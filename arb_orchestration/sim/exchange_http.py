@@ -327,6 +327,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: "SimHTTPServer"
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; without this, Nagle + delayed ACK
+        # stall every keep-alive response by ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self) -> None:
         self._serve("GET")
 
