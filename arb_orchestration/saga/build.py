@@ -1,0 +1,206 @@
+"""Dagster wiring of the engine: `build_saga` turns step definitions into a job.
+
+Each step becomes one op, chained by `Nothing` dependencies (data flows
+through the saga log, not IO managers, so any executor and any re-execution
+works). A job-level `ConfigMapping` hands the saga's single `Config` to every
+step. One failure hook per saga compensates or alerts; the logic it calls is
+`recovery.on_step_failure`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from dagster import (
+    Backoff,
+    ConfigMapping,
+    DagsterRun,
+    ExecutorDefinition,
+    Failure,
+    HookContext,
+    In,
+    Jitter,
+    JobDefinition,
+    MetadataValue,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    RetryPolicy,
+    SensorDefinition,
+    failure_hook,
+    in_process_executor,
+    job,
+    op,
+)
+
+from arb_orchestration.resources.errors import BusinessError
+from arb_orchestration.saga.engine import SagaDefinition, SagaStep, StepRuntime, execute_step
+from arb_orchestration.saga.keys import SAGA_ID_TAG, SAGA_TAG, may_have_history, saga_id_for_run
+from arb_orchestration.saga.kill_switch import InstanceTradingSwitch
+from arb_orchestration.saga.log import InstanceSagaLog
+from arb_orchestration.saga.recovery import on_step_failure
+
+# Transient failures (5xx, timeouts, an open breaker) get 3 more tries: ~1 s, 3 s, 7 s apart (±jitter).
+DEFAULT_STEP_RETRY = RetryPolicy(max_retries=3, delay=1.0, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+
+
+@dataclass(frozen=True)
+class Saga:
+    """A saga job and what the rest of the platform needs from it."""
+
+    definition: SagaDefinition
+    job: JobDefinition
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def recovery_sensors(self, **kwargs: Any) -> list[SensorDefinition]:
+        """`<name>_recovery_sensor` (run failures) and `<name>_recovery_sweep_sensor` (periodic)."""
+        from arb_orchestration.saga.sensors import build_saga_recovery_sensors
+
+        return build_saga_recovery_sensors([self], name=f"{self.name}_recovery_sensor", **kwargs)
+
+
+def build_saga(
+    name: str,
+    steps: Sequence[SagaStep],
+    *,
+    config: type | None = None,
+    description: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    executor_def: ExecutorDefinition = in_process_executor,
+    retry_policy: RetryPolicy | None = DEFAULT_STEP_RETRY,
+    refuse_while_trading_paused: bool = True,
+    alert_resource_key: str | None = "smtp",
+    max_forward_attempts: int = 3,
+    max_compensation_attempts: int = 5,
+) -> Saga:
+    """Build the job `name` from `steps` (run in order).
+
+    `config`: a `dagster.Config` class; its run config is the top level of the
+    job's run config and every step sees it as `ctx.config`.
+    `tags`: job tags (e.g. `dagster/priority`); `arb/saga=<name>` is added.
+    `retry_policy`: default for steps that do not set their own.
+    `refuse_while_trading_paused`: the first step fails (nothing moved) while
+    the kill switch is engaged. Only the stop-loss turns this off.
+    `alert_resource_key`: resource with `send(subject, body)` for the risk team.
+    """
+    definition = SagaDefinition(
+        name=name,
+        steps=tuple(steps),
+        config_class=config,
+        refuse_while_trading_paused=refuse_while_trading_paused,
+        alert_resource_key=alert_resource_key,
+        max_forward_attempts=max_forward_attempts,
+        max_compensation_attempts=max_compensation_attempts,
+    )
+    config_schema = config.to_config_schema() if config is not None else None
+    ops = [_step_op(definition, step, i, retry_policy, config_schema) for i, step in enumerate(definition.steps)]
+    hook = _failure_hook(definition)
+
+    job_kwargs: dict[str, Any] = dict(
+        name=name,
+        description=description or f"Saga {name}: {' → '.join(s.name for s in definition.steps)}"
+        f" (pivot: {definition.pivot.name}).",
+        tags={SAGA_TAG: name, **(tags or {})},
+        executor_def=executor_def,
+        hooks={hook},
+    )
+    if config is not None:
+        job_kwargs["config"] = ConfigMapping(
+            config_fn=lambda cfg: {"ops": {s.name: {"config": cfg} for s in definition.steps}},
+            config_schema=config_schema,
+        )
+
+    @job(**job_kwargs)
+    def _saga_job():
+        previous = None
+        for step_op in ops:
+            previous = step_op() if previous is None else step_op(after=previous)
+
+    return Saga(definition=definition, job=_saga_job)
+
+
+def _step_op(definition: SagaDefinition, step: SagaStep, index: int, default_retry: RetryPolicy | None,
+             config_schema: Any):
+    @op(
+        name=step.name,
+        description=step.description,
+        ins={"after": In(Nothing)} if index else {},
+        out=Out(Nothing),
+        required_resource_keys=set(step.resource_keys),
+        retry_policy=step.retry_policy or default_retry,
+        config_schema=config_schema,
+        tags={"arb/saga_step": step.name, **({"arb/saga_pivot": "true"} if step.pivot else {})},
+    )
+    def _op(context: OpExecutionContext) -> None:
+        runtime = _runtime(definition, step, context)
+        try:
+            result = execute_step(definition, step.name, runtime)
+        except BusinessError as exc:
+            raise Failure(
+                description=f"saga {definition.name} step {step.name}: {exc} (business error: not retried)",
+                metadata={SAGA_ID_TAG: MetadataValue.text(runtime.saga_id)},
+                allow_retries=False,
+            ) from exc
+        context.log.info(f"saga {definition.name} [{runtime.saga_id}] step {step.name} done: {result}")
+
+    return _op
+
+
+def _config(definition: SagaDefinition, raw: Mapping[str, Any] | None) -> Any:
+    if definition.config_class is None:
+        return None
+    return definition.config_class(**(raw or {}))
+
+
+def saga_id_of(run: DagsterRun, instance: Any) -> str:
+    return saga_id_for_run(run, instance.get_run_by_id)
+
+
+def _runtime(definition: SagaDefinition, step: SagaStep, context: OpExecutionContext) -> StepRuntime:
+    run = context.dagster_run
+    instance = context.instance
+    return StepRuntime(
+        saga_id=saga_id_of(run, instance),
+        log=InstanceSagaLog(instance, run, in_run=True),
+        resources={key: getattr(context.resources, key) for key in step.resource_keys},
+        config=_config(definition, context.op_config),
+        run_id=run.run_id,
+        attempt=context.retry_number,
+        logger=context.log,
+        trading_switch=InstanceTradingSwitch(instance),
+        may_have_history=may_have_history(run),
+    )
+
+
+def alert_from(resources: Any, key: str | None):
+    """`send(subject, body)` of the alert resource, or None when the saga has none."""
+    if key is None:
+        return None
+    mailer = resources[key] if isinstance(resources, Mapping) else getattr(resources, key)
+    return mailer.send
+
+
+def _failure_hook(definition: SagaDefinition):
+    @failure_hook(name=f"{definition.name}_on_step_failure", required_resource_keys=definition.compensation_resource_keys)
+    def _hook(context: HookContext) -> None:
+        # Thin on purpose: find the saga, hand over to the tested function.
+        run = context.instance.get_run_by_id(context.run_id)
+        assert run is not None
+        saga_id = saga_id_of(run, context.instance)
+        on_step_failure(
+            definition,
+            saga_id,
+            context.op.name,
+            context.op_exception,
+            log=InstanceSagaLog(context.instance, run, in_run=True),
+            resources={key: getattr(context.resources, key) for key in definition.compensation_resource_keys},
+            alert=alert_from(context.resources, definition.alert_resource_key),
+            config=_config(definition, context.op_config),
+            logger=context.log,
+        )
+
+    return _hook

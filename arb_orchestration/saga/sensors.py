@@ -1,0 +1,217 @@
+"""Crash recovery: the sensors that finish what dead runs left half-done.
+
+Hooks never run when the run process is SIGKILLed (or OOM-killed, or its pod
+evicted). Once Dagster marks such a run FAILURE — the code server notices
+locally; on Kubernetes only run monitoring does (`run_monitoring.enabled` in
+dagster.yaml) — these sensors take over:
+
+* `<name>` — a run-failure sensor over the saga jobs: reacts within seconds.
+* `<name>_sweep` — every `sweep_interval_seconds`, re-checks failed and
+  canceled saga runs of the last `lookback_seconds`, so a failure that
+  happened while the first sensor was off (or whose tick errored) is not
+  missed. It skips runs younger than `grace_seconds` to let the first
+  sensor and the hook act first.
+
+Both call `recovery.recover_saga`, which compensates in place or returns a
+forward relaunch, and records what it did: running them again does nothing.
+Both default to RUNNING: a recovery sensor that is off is a silent risk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    RunStatusSensorContext,
+    RunStatusSensorDefinition,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+from arb_orchestration.saga.build import Saga, _config, alert_from, saga_id_of
+from arb_orchestration.saga.engine import SagaDefinition
+from arb_orchestration.saga.keys import RECOVERY_OF_TAG
+from arb_orchestration.saga.log import InstanceSagaLog
+from arb_orchestration.saga.recovery import Action, FailedRun, RecoveryOutcome, recover_saga
+
+_log = logging.getLogger("arb_orchestration.saga.recovery")
+
+
+def recover_run(
+    instance: DagsterInstance,
+    definition: SagaDefinition,
+    run: DagsterRun,
+    resources: Mapping[str, Any],
+    logger: Any = None,
+) -> RecoveryOutcome:
+    """Recover the saga of one finished (failed/canceled) run; records go into that run's log."""
+    saga_id = saga_id_of(run, instance)
+    log = InstanceSagaLog(instance, run)
+    active = [
+        r for r in log.runs_of_saga(saga_id) if r.run_id != run.run_id and r.status in IN_PROGRESS_RUN_STATUSES
+    ]
+    relaunched = instance.get_runs(filters=RunsFilter(tags={RECOVERY_OF_TAG: run.run_id}), limit=1)
+    return recover_saga(
+        definition,
+        saga_id,
+        FailedRun(
+            run_id=run.run_id,
+            job_name=run.job_name,
+            canceled=run.status == DagsterRunStatus.CANCELED,
+            run_config=run.run_config,
+        ),
+        log=log,
+        resources=resources,
+        alert=alert_from(resources, definition.alert_resource_key),
+        config=_safe_config(definition, run, logger or _log),
+        active_runs=len(active),
+        relaunch_exists=bool(relaunched),
+        logger=logger or _log,
+    )
+
+
+def _safe_config(definition: SagaDefinition, run: DagsterRun, logger: Any) -> Any:
+    try:
+        return _config(definition, run.run_config)
+    except Exception as exc:  # compensations get None rather than the sensor dying on old config
+        logger.error(f"run {run.run_id}: run config no longer parses as {definition.config_class}: {exc}")
+        return None
+
+
+def _run_request(outcome: RecoveryOutcome) -> RunRequest:
+    assert outcome.relaunch is not None
+    return RunRequest(
+        run_key=outcome.relaunch.run_key,
+        job_name=outcome.relaunch.job_name,
+        run_config=dict(outcome.relaunch.run_config),
+        tags=dict(outcome.relaunch.tags),
+    )
+
+
+def build_saga_recovery_sensors(
+    sagas: Sequence[Saga],
+    *,
+    name: str = "saga_recovery_sensor",
+    sweep_interval_seconds: int = 60,
+    lookback_seconds: float = 3 * 24 * 3600,
+    grace_seconds: float = 60,
+    default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
+) -> list[SensorDefinition]:
+    """The failure sensor `name` and the sweep `name`_sweep for `sagas`."""
+    by_job = {s.job.name: s.definition for s in sagas}
+    jobs = [s.job for s in sagas]
+    resource_keys: set[str] = set()
+    for s in sagas:
+        resource_keys |= s.definition.compensation_resource_keys
+
+    def _resources(context: Any) -> dict[str, Any]:
+        return {key: getattr(context.resources, key) for key in resource_keys}
+
+    def on_failure(context: RunStatusSensorContext):
+        run = context.dagster_run
+        definition = by_job.get(run.job_name)
+        if definition is None:
+            return None
+        outcome = recover_run(context.instance, definition, run, _resources(context), context.log)
+        context.log.info(f"saga recovery of run {run.run_id}: {outcome.action.value} — {outcome.reason}")
+        if outcome.action is Action.RELAUNCH:
+            return _run_request(outcome)
+        # None lets the sensor go on to the next failed run in the same tick.
+        return None
+
+    failure_sensor = RunStatusSensorDefinition(
+        name=name,
+        run_status=DagsterRunStatus.FAILURE,
+        run_status_sensor_fn=on_failure,
+        monitored_jobs=jobs,
+        request_jobs=jobs,
+        default_status=default_status,
+        required_resource_keys=resource_keys,
+        description="Compensates (before the pivot) or relaunches forward (after it) saga runs that failed "
+        "without their hook finishing the job — e.g. a SIGKILLed run worker.",
+    )
+
+    @sensor(
+        name=f"{name}_sweep",
+        minimum_interval_seconds=sweep_interval_seconds,
+        jobs=jobs,
+        required_resource_keys=resource_keys,
+        default_status=default_status,
+        description="Periodic safety net for the saga recovery sensor: re-checks recent failed/canceled saga "
+        "runs so none is missed while the failure sensor was off.",
+    )
+    def sweep(context: SensorEvaluationContext):
+        requests, lines = sweep_failed_sagas(
+            context.instance,
+            by_job,
+            _resources(context),
+            lookback_seconds=lookback_seconds,
+            grace_seconds=grace_seconds,
+            logger=context.log,
+        )
+        errors = [line for line in lines if ": error " in line]
+        if requests:
+            return SensorResult(run_requests=requests)
+        if errors:
+            # Red tick, so it is seen; the sagas that did recover have recorded it already.
+            raise RuntimeError(f"saga recovery failed for {len(errors)} saga(s): {'; '.join(errors)}")
+        return SkipReason("; ".join(lines) if lines else "no failed saga runs needing recovery")
+
+    return [failure_sensor, sweep]
+
+
+def sweep_failed_sagas(
+    instance: DagsterInstance,
+    sagas_by_job: Mapping[str, SagaDefinition],
+    resources: Mapping[str, Any],
+    *,
+    lookback_seconds: float,
+    grace_seconds: float,
+    logger: Any = None,
+    now: float | None = None,
+) -> tuple[list[RunRequest], list[str]]:
+    """One sweep over failed/canceled saga runs; returns relaunches to submit and a line per action."""
+    logger = logger or _log
+    now = time.time() if now is None else now
+    requests: list[RunRequest] = []
+    lines: list[str] = []
+    seen_sagas: set[str] = set()
+    for job_name, definition in sagas_by_job.items():
+        runs = instance.get_runs(
+            filters=RunsFilter(
+                job_name=job_name,
+                statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+                updated_after=datetime.fromtimestamp(now - lookback_seconds, tz=timezone.utc),
+                updated_before=datetime.fromtimestamp(now - grace_seconds, tz=timezone.utc),
+            ),
+            limit=500,
+        )
+        for run in runs:  # newest first: one decision per saga per sweep
+            saga_id = saga_id_of(run, instance)
+            if saga_id in seen_sagas:
+                continue
+            seen_sagas.add(saga_id)
+            try:
+                outcome = recover_run(instance, definition, run, resources, logger)
+            except Exception as exc:  # reported; one bad saga must not block the others' recovery
+                logger.error(f"saga recovery of run {run.run_id} raised: {type(exc).__name__}: {exc}")
+                lines.append(f"{saga_id}: error {type(exc).__name__}")
+                continue
+            if outcome.action is Action.RELAUNCH:
+                requests.append(_run_request(outcome))
+            if outcome.action is not Action.NONE:
+                lines.append(f"{saga_id}: {outcome.action.value} ({outcome.reason})")
+    return requests, lines

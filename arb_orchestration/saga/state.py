@@ -1,0 +1,179 @@
+"""Saga-log records and the state folded from them (pure Python, no Dagster).
+
+The log is append-only. `SagaState.from_records` replays it into one
+`StepState` per step; the engine and the recovery planner decide from that
+state alone, so everything they do can be tested without a Dagster instance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+
+class RecordKind(str, enum.Enum):
+    STEP_STARTED = "step_started"
+    STEP_PROGRESS = "step_progress"
+    STEP_DONE = "step_done"
+    STEP_FAILED = "step_failed"
+    STEP_COMPENSATED = "step_compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    FORWARD_REQUESTED = "forward_requested"
+    ESCALATED = "escalated"
+
+
+@dataclass(frozen=True)
+class SagaRecord:
+    """One durable fact about a saga. `data` holds what the step did (ids, amounts, errors)."""
+
+    kind: RecordKind
+    saga_id: str
+    saga_name: str
+    step: str | None = None
+    run_id: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    timestamp: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "saga_id": self.saga_id,
+            "saga_name": self.saga_name,
+            "step": self.step,
+            "run_id": self.run_id,
+            "data": jsonable(self.data),
+            "timestamp": self.timestamp,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "SagaRecord":
+        return cls(
+            kind=RecordKind(raw["kind"]),
+            saga_id=raw["saga_id"],
+            saga_name=raw["saga_name"],
+            step=raw.get("step"),
+            run_id=raw.get("run_id"),
+            data=dict(raw.get("data") or {}),
+            timestamp=float(raw.get("timestamp") or 0.0),
+        )
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON types: pydantic models, dataclasses, enums and sets included."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return jsonable(value.model_dump(mode="json"))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    # Last resort keeps the log writable; the repr still says what it was.
+    return json.loads(json.dumps(value, default=repr))
+
+
+@dataclass
+class StepState:
+    """What the log says about one step."""
+
+    name: str
+    key: str | None = None
+    started: bool = False
+    starts: int = 0
+    done: bool = False
+    result: dict[str, Any] | None = None
+    progress: list[dict[str, Any]] = field(default_factory=list)
+    last_error: str | None = None
+    # The last failure was a business error: the venue definitively refused, nothing applied.
+    failed_business: bool = False
+    compensated: bool = False
+    compensation: dict[str, Any] | None = None
+    compensation_failures: int = 0
+    last_compensation_error: str | None = None
+
+
+@dataclass
+class SagaState:
+    """A saga as its log describes it. Decisions need the definition's step order (see recovery)."""
+
+    saga_id: str
+    saga_name: str | None = None
+    steps: dict[str, StepState] = field(default_factory=dict)
+    records: list[SagaRecord] = field(default_factory=list)
+    forward_requested_for: list[str] = field(default_factory=list)  # failed run ids
+    escalated: bool = False
+    escalation_reason: str | None = None
+
+    def step(self, name: str) -> StepState:
+        return self.steps.get(name) or StepState(name)
+
+    @property
+    def any_started(self) -> bool:
+        return any(s.started for s in self.steps.values())
+
+    @property
+    def compensation_began(self) -> bool:
+        """Once any compensation ran or failed, the saga only ever goes backward."""
+        return any(s.compensated or s.compensation_failures for s in self.steps.values())
+
+    @property
+    def forward_attempts(self) -> int:
+        return len(self.forward_requested_for)
+
+    @property
+    def run_ids(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for r in self.records:
+            if r.run_id:
+                seen.setdefault(r.run_id)
+        return list(seen)
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """Recorded results of the steps that are done, by step name."""
+        return {name: dict(s.result or {}) for name, s in self.steps.items() if s.done}
+
+    @classmethod
+    def from_records(cls, saga_id: str, records: Iterable[SagaRecord]) -> "SagaState":
+        ordered = sorted(records, key=lambda r: r.timestamp)
+        state = cls(saga_id=saga_id, records=ordered)
+        for r in ordered:
+            state.saga_name = state.saga_name or r.saga_name
+            if r.kind is RecordKind.FORWARD_REQUESTED:
+                state.forward_requested_for.append(str(r.data.get("failed_run_id")))
+                continue
+            if r.kind is RecordKind.ESCALATED:
+                state.escalated = True
+                state.escalation_reason = str(r.data.get("reason"))
+                continue
+            if r.step is None:
+                continue
+            s = state.steps.setdefault(r.step, StepState(r.step))
+            if r.kind is RecordKind.STEP_STARTED:
+                s.started = True
+                s.starts += 1
+                s.key = r.data.get("key", s.key)
+                s.failed_business = False
+            elif r.kind is RecordKind.STEP_PROGRESS:
+                s.progress.append(dict(r.data))
+            elif r.kind is RecordKind.STEP_DONE:
+                s.done = True
+                s.result = dict(r.data.get("result") or {})
+                s.failed_business = False
+            elif r.kind is RecordKind.STEP_FAILED:
+                s.last_error = r.data.get("error")
+                s.failed_business = bool(r.data.get("business"))
+            elif r.kind is RecordKind.STEP_COMPENSATED:
+                s.compensated = True
+                s.compensation = dict(r.data.get("details") or {})
+            elif r.kind is RecordKind.COMPENSATION_FAILED:
+                s.compensation_failures += 1
+                s.last_compensation_error = r.data.get("error")
+        return state
