@@ -13,7 +13,9 @@ only resubmits when the venue has no trace of it, so nothing happens twice.
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 import threading
 import time
 from typing import Any, Callable, TypeVar
@@ -49,6 +51,13 @@ log = logging.getLogger("arb_orchestration.resources.sim_venue")
 API_KEY_HEADER = "X-API-Key"
 
 
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    # Building the default context (loading the CA bundle) costs ~0.1 s; one per
+    # venue client per run adds up, and the context is safe to share.
+    return httpx.create_ssl_context()
+
+
 def _seg(value: str) -> str:
     """One URL path segment (client order ids and keys may hold '/', ':' ...)."""
     return quote(value, safe="")
@@ -72,7 +81,9 @@ class SimVenueClient(VenueClient):
         self.name = name
         self._base = f"/venues/{_seg(name)}"
         headers = {API_KEY_HEADER: api_key} if api_key else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport, verify=_ssl_context()
+        )
         self._breaker = breaker or breaker_for(f"venue:{name}")
         self._caller = ResilientCaller(self._breaker, retry or RetrySettings(), sleep=sleep)
         self._last_state = self._breaker.state
