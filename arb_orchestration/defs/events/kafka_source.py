@@ -1,0 +1,353 @@
+"""Reading one topic for one sensor tick, from offsets the sensor's cursor gives, and parking to the DLQ.
+
+No Dagster here. The sensor hands over the offsets in its cursor; `open_topic_read`
+assigns exactly those (manual `assign()`, no consumer group, nothing committed),
+so the Dagster cursor stays the only source of truth for what has been read.
+
+Consumers are kept warm across ticks in the long-lived code-server process (one
+per sensor, topic and client configuration), which saves the connection and
+metadata round trips at the start of each tick. A warm consumer carries no
+state that matters: it is re-assigned from the cursor every tick, unassigned at
+the end of it, and thrown away after any tick that raised (a broker restart or
+a network failure never leaves a half-broken client in the cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+log = logging.getLogger("arb_orchestration.defs.events")
+
+# A DLQ envelope carries the original message twice (base64 and text); above this
+# size the original is left out of the envelope (it stays in the source topic).
+# Kept below the producer's and the broker's default message.max.bytes (1 MB).
+MAX_DLQ_MESSAGE_BYTES = 900_000
+
+
+class KafkaUnavailable(RuntimeError):
+    """Kafka could not be reached or refused us; the tick must fail so its cursor is not saved."""
+
+
+class DeadLetterError(RuntimeError):
+    """A parked message was not acknowledged by the DLQ topic; the tick must fail."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One message read from the source topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+@dataclass
+class _ClientErrors:
+    """What librdkafka's error callback reported; counts only (it can fire hundreds of times a second)."""
+
+    transport: int = 0
+    fatal: list[str] = field(default_factory=list)
+    last: str = ""
+
+    def __call__(self, error: KafkaError) -> None:
+        self.last = str(error)
+        if error.fatal() or error.code() in _REFUSALS:
+            if len(self.fatal) < 5:
+                self.fatal.append(str(error))
+        else:
+            self.transport += 1
+
+    def reset(self) -> None:
+        self.transport, self.fatal, self.last = 0, [], ""
+
+
+_REFUSALS = {
+    getattr(KafkaError, name)
+    for name in ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "TOPIC_AUTHORIZATION_FAILED", "_SSL")
+    if hasattr(KafkaError, name)
+}
+
+# Connection settings for sensor consumers: reconnect quickly after a broker restart.
+_CONSUMER_OVERRIDES = {
+    "reconnect.backoff.ms": 50,
+    "reconnect.backoff.max.ms": 1000,
+    "enable.partition.eof": False,
+    "allow.auto.create.topics": False,
+    # Prefetch little: the tick reads a bounded batch and unassigns.
+    "queued.max.messages.kbytes": 16384,
+}
+
+
+class _WarmConsumer:
+    def __init__(self, config: Mapping[str, Any]):
+        self.errors = _ClientErrors()
+        self.consumer = Consumer({**config, **_CONSUMER_OVERRIDES, "error_cb": self.errors})
+        self.lock = threading.Lock()
+        self.created = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except Exception:  # closing a client whose broker is gone can itself fail; nothing to keep
+            log.debug("closing a sensor consumer failed", exc_info=True)
+
+
+_cache_lock = threading.Lock()
+_consumers: dict[str, _WarmConsumer] = {}
+
+
+def _cache_key(owner: str, topic: str, config: Mapping[str, Any]) -> str:
+    # The config holds secrets: key on a digest, never on the values themselves.
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{owner}|{topic}|{digest}"
+
+
+@contextmanager
+def _consumer(owner: str, topic: str, config: Mapping[str, Any]) -> Iterator[_WarmConsumer]:
+    """The warm consumer for (owner, topic, config), or a one-off one when it is busy."""
+    key = _cache_key(owner, topic, config)
+    with _cache_lock:
+        warm = _consumers.get(key)
+        if warm is None:
+            warm = _consumers[key] = _WarmConsumer(config)
+    if not warm.lock.acquire(blocking=False):
+        # Another evaluation of the same sensor is running (a preview, a test): don't share.
+        oneoff = _WarmConsumer(config)
+        try:
+            yield oneoff
+        finally:
+            oneoff.close()
+        return
+    try:
+        yield warm
+    except BaseException:
+        with _cache_lock:
+            if _consumers.get(key) is warm:
+                del _consumers[key]
+        warm.close()
+        raise
+    finally:
+        if warm.lock.locked():
+            warm.lock.release()
+
+
+def drop_warm_consumers() -> None:
+    """Close every cached consumer (tests; a code server shutting down)."""
+    with _cache_lock:
+        cached = list(_consumers.values())
+        _consumers.clear()
+    for warm in cached:
+        warm.close()
+
+
+@dataclass
+class TopicRead:
+    """One tick's read of one topic: partitions, watermarks at the start, and a poll."""
+
+    topic: str
+    consumer: Consumer
+    errors: _ClientErrors
+    partitions: list[int]
+    start_offsets: dict[int, int]  # as assigned; OFFSET_BEGINNING for never-read partitions
+    high_at_start: dict[int, int]
+    low_at_start: dict[int, int]
+    positions: dict[int, int] = field(default_factory=dict)  # next offset per partition after what was read
+    warnings: list[str] = field(default_factory=list)  # offsets the cursor had that the broker no longer has
+
+    def poll(self, timeout: float) -> Record | None:
+        """The next message, or None after `timeout` seconds without one."""
+        msg = self.consumer.poll(max(0.0, timeout))
+        if msg is None:
+            return None
+        if msg.error() is not None:
+            error = msg.error()
+            raise KafkaUnavailable(f"reading {self.topic}: {error}")
+        timestamp_type, timestamp = msg.timestamp()
+        record = Record(
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            key=msg.key(),
+            value=msg.value(),
+            timestamp_ms=timestamp if timestamp_type else None,
+        )
+        self.positions[record.partition] = record.offset + 1
+        return record
+
+    def caught_up(self) -> bool:
+        """True once every partition was read up to its high watermark as it was at the start."""
+        for partition in self.partitions:
+            high = self.high_at_start.get(partition, 0)
+            start = self.start_offsets[partition]
+            if start == OFFSET_BEGINNING:
+                start = self.low_at_start.get(partition, 0)
+            position = self.positions.get(partition, start)
+            if position < high:
+                return False
+        return True
+
+    def lag(self, next_offsets: Mapping[int, int | None]) -> dict[int, int | None]:
+        """Messages left per partition after `next_offsets` (None when unknown)."""
+        lags: dict[int, int | None] = {}
+        for partition in self.partitions:
+            low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), cached=True)
+            if high < 0:
+                high, low = self.high_at_start.get(partition, -1), self.low_at_start.get(partition, -1)
+            if high < 0:
+                lags[partition] = None
+                continue
+            position = next_offsets.get(partition)
+            lags[partition] = max(0, high - (low if position is None else max(position, low)))
+        return lags
+
+
+@contextmanager
+def open_topic_read(
+    *,
+    owner: str,
+    topic: str,
+    config: Mapping[str, Any],
+    offsets: Mapping[int, int],
+    metadata_timeout: float,
+) -> Iterator[TopicRead | None]:
+    """Assign every partition of `topic` at the given offsets (EARLIEST for the others).
+
+    Yields None when the topic does not exist. Raises `KafkaUnavailable` when the
+    cluster cannot be reached within `metadata_timeout` seconds or refuses us.
+    """
+    with _consumer(owner, topic, config) as warm:
+        consumer = warm.consumer
+        consumer.poll(0)  # serve callbacks queued since the last tick (reconnect noise)
+        warm.errors.reset()
+        try:
+            metadata = consumer.list_topics(topic=topic, timeout=metadata_timeout)
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"Kafka unreachable: no metadata for {topic} within {metadata_timeout:g}s ({exc.args[0]})"
+            ) from exc
+        if warm.errors.fatal:
+            raise KafkaUnavailable(f"Kafka refused the sensor's client: {'; '.join(warm.errors.fatal)}")
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None:
+            if info is not None and info.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise KafkaUnavailable(f"metadata for {topic}: {info.error}")
+            yield None
+            return
+        partitions = sorted(info.partitions)
+        low_at_start: dict[int, int] = {}
+        high_at_start: dict[int, int] = {}
+        try:
+            for p in partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=metadata_timeout)
+                low_at_start[p], high_at_start[p] = low, high
+        except KafkaException as exc:
+            raise KafkaUnavailable(f"Kafka unreachable: watermarks of {topic} ({exc.args[0]})") from exc
+        start: dict[int, int] = {}
+        warnings: list[str] = []
+        for p in partitions:
+            stored = offsets.get(p)
+            low, high = low_at_start[p], high_at_start[p]
+            if stored is None or stored < 0:
+                start[p] = OFFSET_BEGINNING
+            elif stored > high:
+                warnings.append(
+                    f"{topic}/{p}: cursor offset {stored} is past the end ({high}): the topic was recreated "
+                    "or truncated; reading it again from the earliest offset (run keys stop duplicate runs)"
+                )
+                start[p] = OFFSET_BEGINNING
+            elif stored < low:
+                warnings.append(
+                    f"{topic}/{p}: offsets {stored}..{low - 1} were deleted by retention before this sensor "
+                    f"read them; continuing at {low}"
+                )
+                start[p] = low
+            else:
+                start[p] = stored
+        consumer.assign([TopicPartition(topic, p, start[p]) for p in partitions])
+        read = TopicRead(
+            topic=topic,
+            consumer=consumer,
+            errors=warm.errors,
+            partitions=partitions,
+            start_offsets=start,
+            high_at_start=high_at_start,
+            low_at_start=low_at_start,
+            warnings=warnings,
+        )
+        try:
+            yield read
+            if warm.errors.fatal:
+                raise KafkaUnavailable(f"Kafka refused the sensor's client: {'; '.join(warm.errors.fatal)}")
+        finally:
+            try:
+                consumer.unassign()
+            except KafkaException:
+                log.debug("unassign failed", exc_info=True)
+
+
+# --------------------------------------------------------------------------- dead-letter producer
+
+
+@dataclass
+class Parked:
+    """A message to park on `dlq_topic`, already encoded."""
+
+    dlq_topic: str
+    key: bytes
+    value: bytes
+
+
+def park_all(producer_config: Mapping[str, Any], parked: list[Parked], timeout: float) -> None:
+    """Produce every parked message and wait until the broker has acknowledged all of them.
+
+    Raises `DeadLetterError` (the tick fails, its cursor is not saved, the same
+    messages are read and parked again next tick) when any one is not delivered.
+    """
+    if not parked:
+        return
+    failures: list[str] = []
+
+    def on_delivery(err, msg) -> None:
+        if err is not None:
+            failures.append(f"{msg.topic()}: {err}")
+
+    producer = Producer({**producer_config, "error_cb": lambda err: None})
+    deadline = time.monotonic() + timeout
+    try:
+        for item in parked:
+            while True:
+                try:
+                    producer.produce(item.dlq_topic, value=item.value, key=item.key, on_delivery=on_delivery)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    if time.monotonic() > deadline:
+                        raise DeadLetterError(f"DLQ producer queue stayed full for {timeout:g}s") from None
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    raise DeadLetterError(f"could not produce to {item.dlq_topic}: {exc.args[0]}") from exc
+        remaining = producer.flush(max(0.0, deadline - time.monotonic()))
+    finally:
+        producer.flush(0)
+    if remaining:
+        raise DeadLetterError(
+            f"{remaining} of {len(parked)} DLQ message(s) not acknowledged within {timeout:g}s (is Kafka reachable?)"
+        )
+    if failures:
+        raise DeadLetterError(f"{len(failures)} DLQ message(s) failed: {'; '.join(sorted(set(failures))[:5])}")

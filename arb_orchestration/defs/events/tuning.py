@@ -1,0 +1,94 @@
+"""The event sensors' knobs and topic names, read from the settings table at load.
+
+Every knob has an environment variable in `arb_orchestration.settings` (see
+docs/sensors.md); tests and benchmarks build `EventSensorSettings(...)` directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from arb_orchestration import settings
+from arb_orchestration.domain.events import (
+    CAPITAL_EVENTS,
+    DEFAULT_MAX_EVENT_BYTES,
+    FUNDING_RATE_EVENTS,
+    MARKET_EVENTS,
+    TimestampWindow,
+)
+
+# Dagster gives a sensor evaluation 60 s (DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS).
+SENSOR_EVALUATION_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class EventTopics:
+    """Physical topic names of the three event streams (their DLQs are `<name>.dlq`)."""
+
+    market: str = MARKET_EVENTS
+    capital: str = CAPITAL_EVENTS
+    funding: str = FUNDING_RATE_EVENTS
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> "EventTopics":
+        return cls(market=prefix + MARKET_EVENTS, capital=prefix + CAPITAL_EVENTS, funding=prefix + FUNDING_RATE_EVENTS)
+
+
+@dataclass(frozen=True)
+class EventSensorSettings:
+    """How the event sensors read, decide and report. Seconds unless named otherwise."""
+
+    # Market/capital sensors wait this long for events inside a tick and return at
+    # once when a critical one arrives. 0: read what is there and return.
+    long_poll_seconds: float = 4.0
+    # Most messages read per tick, and the time budget for reading them when not long-polling.
+    max_messages: int = 1000
+    max_read_seconds: float = 10.0
+    metadata_timeout_seconds: float = 10.0  # Kafka unreachable for this long: the tick fails
+    dlq_timeout_seconds: float = 15.0  # parked messages must be acknowledged within this
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    event_max_age_seconds: float = 900.0  # older non-critical events are counted, not acted on
+    critical_window: TimestampWindow = field(default_factory=TimestampWindow)
+    funding_deviation_bps: float = 20.0
+    hedge_without_baseline: bool = True  # a market never hedged by the sensor counts as deviated
+    minimum_interval_seconds: int = 5  # the daemon loop runs every 5 s; this keeps pace with it
+    stop_loss_priority: int = 100  # `dagster/priority` of stop-loss runs (higher runs first)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.long_poll_seconds <= 30:
+            raise ValueError(f"long_poll_seconds must be within 0..30, got {self.long_poll_seconds}")
+        if self.max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        worst = (
+            max(self.long_poll_seconds, self.max_read_seconds)
+            + 2 * self.metadata_timeout_seconds
+            + self.dlq_timeout_seconds
+        )
+        if worst >= SENSOR_EVALUATION_TIMEOUT_SECONDS - 5:
+            raise ValueError(
+                f"a tick could take {worst:g}s, too close to Dagster's {SENSOR_EVALUATION_TIMEOUT_SECONDS:g}s "
+                "sensor timeout: lower the long poll, read budget, metadata or DLQ timeouts"
+            )
+
+    @classmethod
+    def from_env(cls, deployment: str | None = None) -> "EventSensorSettings":
+        window = settings.get_float("ARB_CRITICAL_EVENT_MAX_AGE_SECONDS", deployment)
+        try:
+            return cls(
+                long_poll_seconds=settings.get_float("ARB_SENSOR_LONG_POLL_SECONDS", deployment),
+                max_messages=settings.get_int("ARB_SENSOR_MAX_MESSAGES", deployment),
+                event_max_age_seconds=settings.get_float("ARB_EVENT_MAX_AGE_SECONDS", deployment),
+                critical_window=TimestampWindow(max_age_seconds=window),
+                funding_deviation_bps=settings.get_float("ARB_FUNDING_DEVIATION_BPS", deployment),
+            )
+        except ValueError as exc:
+            if isinstance(exc, settings.SettingError):
+                raise
+            raise settings.SettingError(f"event sensor settings: {exc}") from None
+
+    def but(self, **changes) -> "EventSensorSettings":
+        return replace(self, **changes)
+
+
+def topics_from_env(deployment: str | None = None) -> EventTopics:
+    return EventTopics.with_prefix(settings.get("ARB_EVENT_TOPIC_PREFIX", deployment=deployment) or "")

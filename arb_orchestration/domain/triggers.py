@@ -1,0 +1,350 @@
+"""What an event triggers, and the bookkeeping that makes re-reading an event harmless. Pure.
+
+The Kafka sensors (`arb_orchestration/defs/events`) are thin: they read bytes and
+hand them here. This module decides, with no Dagster and no I/O:
+
+- `route_event`: which job an event asks for. Critical events (an extreme market
+  shock, a capital balance at its critical floor) go to the emergency stop-loss;
+  warnings go to the rebalancing saga; informational market events to nothing.
+  Criticality is the producer's label (`event.is_critical`), which the HMAC
+  signature covers, so it cannot be flipped in transit.
+- `admit_event`: the admission rule of `domain.events.check_critical_event`
+  (signed, inside the timestamp window, not replayed) with a replay memory that
+  lives in the sensor cursor (`SeenCriticalIds`), plus an age limit for acting on
+  non-critical events.
+- `decide_hedges`: funding-rate deviation per venue/symbol against the rate at
+  the last hedge the sensor requested (`HedgeBaselines`), newest rate per market
+  within a batch.
+- `SensorCursor`: the JSON the sensor stores as its Dagster cursor (offsets per
+  topic-partition, recent critical ids, hedge baselines) and `TickTally`, the
+  one-line account of a tick.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from arb_orchestration.domain.events import (
+    CapitalThresholdEvent,
+    Event,
+    EventRejected,
+    FundingRateEvent,
+    MarketShockEvent,
+    TimestampWindow,
+    check_critical_event,
+)
+from arb_orchestration.domain.funding import FundingDeviation, RatePoint, to_bps
+from arb_orchestration.domain.models import FundingRate
+
+CURSOR_VERSION = 1
+# librdkafka's "start at the earliest available offset" (OFFSET_BEGINNING).
+EARLIEST = -2
+
+
+class Action(str, Enum):
+    """The job family an event asks for."""
+
+    STOP_LOSS = "stop_loss"
+    REBALANCE = "rebalance"
+    HEDGE = "hedge"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class Route:
+    action: Action
+    critical: bool
+    reason: str
+
+
+def route_event(event: Event) -> Route:
+    """Which job `event` asks for, and a sentence saying why (for logs and run config)."""
+    if isinstance(event, MarketShockEvent):
+        move = f"{event.symbol} {event.price_change_pct:+.2f}% in {event.window_seconds} s on {event.venue}"
+        if event.is_critical:
+            return Route(Action.STOP_LOSS, True, f"extreme market shock: {move}")
+        if event.severity == "warning":
+            return Route(Action.REBALANCE, False, f"market shock: {move}")
+        return Route(Action.NONE, False, f"informational market event: {move}")
+    if isinstance(event, CapitalThresholdEvent):
+        where = f"{event.asset} on {event.venue}: balance {event.balance:g}, floor {event.threshold:g}"
+        if event.is_critical:
+            return Route(Action.STOP_LOSS, True, f"critical capital threshold: {where}")
+        return Route(Action.REBALANCE, False, f"capital threshold: {where}")
+    if isinstance(event, FundingRateEvent):
+        return Route(Action.HEDGE, False, f"funding rate {event.venue} {event.symbol}")
+    raise TypeError(f"no route for {type(event).__name__}")
+
+
+# --------------------------------------------------------------------------- replay memory
+
+
+class SeenCriticalIds:
+    """Ids of accepted critical events with their timestamps; lives in the sensor cursor.
+
+    Bounded two ways. By time: an id older than the timestamp window is dropped,
+    because its event would be refused as stale anyway. By count: past `capacity`
+    the oldest ids are dropped and `floor` rises to their timestamp; events at or
+    before the floor are refused, so forgetting an id never re-opens a replay.
+    """
+
+    def __init__(self, ids: Mapping[str, float] | None = None, floor: float = 0.0, capacity: int = 5000):
+        if capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.ids: dict[str, float] = dict(ids or {})
+        self.floor = float(floor)
+        self.capacity = capacity
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def remember(self, event_id: str, ts: float) -> None:
+        self.ids[event_id] = ts
+        if len(self.ids) > self.capacity:
+            for old_id, old_ts in sorted(self.ids.items(), key=lambda item: item[1])[: len(self.ids) - self.capacity]:
+                del self.ids[old_id]
+                self.floor = max(self.floor, old_ts)
+
+    def prune(self, now: float, window: TimestampWindow) -> None:
+        """Forget ids whose events the window already refuses."""
+        horizon = now - window.max_age_seconds
+        self.ids = {event_id: ts for event_id, ts in self.ids.items() if ts >= horizon}
+
+    def recorder(self, ts: float) -> "_RecordingView":
+        """A `SeenEventIds` view for `check_critical_event` that records ids with `ts`."""
+        return _RecordingView(self, ts)
+
+
+class _RecordingView:
+    def __init__(self, seen: SeenCriticalIds, ts: float):
+        self._seen, self._ts = seen, ts
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._seen
+
+    def add(self, event_id: str) -> None:
+        self._seen.remember(event_id, self._ts)
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """When an event may be acted on."""
+
+    window: TimestampWindow = field(default_factory=TimestampWindow)
+    max_age_seconds: float = 900.0  # non-critical events older than this are not acted on
+
+
+@dataclass(frozen=True)
+class Admission:
+    """`admitted` events are acted on; otherwise `stale` ones are only counted, the rest are parked."""
+
+    admitted: bool
+    reason: str = ""
+    stale: bool = False
+
+
+def admit_event(
+    event: Event,
+    signing_key: str | bytes | None,
+    seen: SeenCriticalIds,
+    *,
+    now: datetime,
+    policy: AdmissionPolicy = AdmissionPolicy(),
+) -> Admission:
+    """May the sensor act on `event`? A critical one is recorded in `seen` when admitted.
+
+    Refusals that must be parked (and, for critical events, alerted on) come back
+    with `admitted=False, stale=False`; a valid but old non-critical event comes
+    back `stale=True` (nothing to park: it is just too late to act on).
+    Raises ValueError when a critical event arrives and no key is configured.
+    """
+    ts = event.ts.timestamp()
+    if event.is_critical and ts <= seen.floor:
+        return Admission(False, f"refused: ts {event.ts.isoformat()} is older than the replay memory (floor)")
+    try:
+        check_critical_event(event, signing_key, seen.recorder(ts), now=now, window=policy.window)
+    except EventRejected as exc:
+        return Admission(False, exc.reason)
+    if not event.is_critical:
+        age = (now - event.ts).total_seconds()
+        if age > policy.max_age_seconds:
+            return Admission(False, f"stale: {age:.0f} s old (acting limit {policy.max_age_seconds:g} s)", stale=True)
+    return Admission(True)
+
+
+# --------------------------------------------------------------------------- funding deviation
+
+
+def market_key(venue: str, symbol: str) -> str:
+    return f"{venue}|{symbol}"
+
+
+class HedgeBaselines:
+    """The funding rate each venue/symbol had when the sensor last requested its hedge."""
+
+    def __init__(self, points: Mapping[str, Mapping[str, Any]] | None = None):
+        self.points: dict[str, dict[str, Any]] = {key: dict(value) for key, value in (points or {}).items()}
+
+    def get(self, venue: str, symbol: str) -> RatePoint | None:
+        point = self.points.get(market_key(venue, symbol))
+        if point is None:
+            return None
+        return RatePoint(rate=float(point["rate"]), interval_hours=float(point["interval_hours"]), at=point.get("at"))
+
+    def record(self, event: FundingRateEvent) -> None:
+        self.points[market_key(event.venue, event.symbol)] = {
+            "rate": event.rate,
+            "interval_hours": event.interval_hours,
+            "at": event.ts.timestamp(),
+            "event_id": event.event_id,
+        }
+
+
+@dataclass(frozen=True)
+class HedgeDecision:
+    """One market's verdict; `hedge` means a run is requested for `event`."""
+
+    event: FundingRateEvent
+    hedge: bool
+    reason: str
+    delta_bps: float | None
+    current_bps_8h: float
+
+
+def newest_per_market(events: Iterable[tuple[FundingRateEvent, int]]) -> list[tuple[FundingRateEvent, int]]:
+    """Keep the newest rate per venue/symbol: latest `ts`, ties broken by read order (the int)."""
+    newest: dict[tuple[str, str], tuple[FundingRateEvent, int]] = {}
+    for event, order in events:
+        key = (event.venue, event.symbol)
+        held = newest.get(key)
+        if held is None or (event.ts, order) >= (held[0].ts, held[1]):
+            newest[key] = (event, order)
+    return sorted(newest.values(), key=lambda pair: pair[1])
+
+
+def decide_hedges(
+    events: Iterable[FundingRateEvent], baselines: HedgeBaselines, deviation: FundingDeviation
+) -> list[HedgeDecision]:
+    """Compare each rate (one per market) with the rate at its last hedge; record the new baseline on a hedge."""
+    decisions = []
+    for event in events:
+        current = FundingRate(
+            venue=event.venue,
+            symbol=event.symbol,
+            rate=event.rate,
+            interval_hours=event.interval_hours,
+            observed_at=event.ts.timestamp(),
+        )
+        result = deviation.check(baselines.get(event.venue, event.symbol), current)
+        if result.exceeded:
+            baselines.record(event)
+        decisions.append(
+            HedgeDecision(
+                event=event,
+                hedge=result.exceeded,
+                reason=result.reason,
+                delta_bps=result.delta_bps,
+                current_bps_8h=to_bps(result.current_rate),
+            )
+        )
+    return decisions
+
+
+# --------------------------------------------------------------------------- cursor
+
+
+class CursorError(ValueError):
+    """The stored cursor cannot be read; the sensor refuses to guess offsets."""
+
+
+def partition_key(topic: str, partition: int) -> str:
+    return f"{topic}/{partition}"
+
+
+@dataclass
+class SensorCursor:
+    """The sensor's Dagster cursor: the source of truth for what has been read.
+
+    JSON: ``{"v": 1, "offsets": {"market-events/0": 42}, "seen": {"<event_id>": ts},
+    "floor": ts, "hedged": {"binance|BTC/USDT:USDT": {"rate", "interval_hours", "at", "event_id"}}}``.
+    An offset is the *next* offset to read; a partition missing from `offsets`
+    is read from the earliest offset the broker still has.
+    """
+
+    offsets: dict[str, int] = field(default_factory=dict)
+    seen: SeenCriticalIds = field(default_factory=SeenCriticalIds)
+    baselines: HedgeBaselines = field(default_factory=HedgeBaselines)
+
+    @classmethod
+    def parse(cls, text: str | None) -> "SensorCursor":
+        if not text:
+            return cls()
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise CursorError(f"sensor cursor is not JSON ({exc}); reset it with `dagster sensor cursor`") from None
+        if not isinstance(obj, dict) or obj.get("v") != CURSOR_VERSION:
+            raise CursorError(f"sensor cursor has an unknown format (expected v={CURSOR_VERSION}): {text[:200]!r}")
+        try:
+            offsets = {str(k): int(v) for k, v in (obj.get("offsets") or {}).items()}
+            seen = SeenCriticalIds({str(k): float(v) for k, v in (obj.get("seen") or {}).items()}, float(obj.get("floor", 0)))
+            baselines = HedgeBaselines(obj.get("hedged") or {})
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise CursorError(f"sensor cursor is malformed ({exc}): {text[:200]!r}") from None
+        for key, offset in offsets.items():
+            if "/" not in key or offset < 0:
+                raise CursorError(f"sensor cursor has a bad offset entry {key!r}: {offset}")
+        return cls(offsets=offsets, seen=seen, baselines=baselines)
+
+    def offset(self, topic: str, partition: int) -> int:
+        """Where to start reading `topic/partition` (EARLIEST when never read)."""
+        return self.offsets.get(partition_key(topic, partition), EARLIEST)
+
+    def advance(self, topic: str, partition: int, offset: int) -> None:
+        """Record that `offset` was read: the next read starts after it."""
+        key = partition_key(topic, partition)
+        self.offsets[key] = max(self.offsets.get(key, 0), offset + 1)
+
+    def serialize(self) -> str:
+        obj: dict[str, Any] = {"v": CURSOR_VERSION, "offsets": dict(sorted(self.offsets.items()))}
+        if self.seen.ids or self.seen.floor:
+            obj["seen"] = self.seen.ids
+            obj["floor"] = self.seen.floor
+        if self.baselines.points:
+            obj["hedged"] = self.baselines.points
+        return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+
+
+# --------------------------------------------------------------------------- tick account
+
+
+@dataclass
+class TickTally:
+    """What one tick did, for the operator: read = acted + parked + ignored."""
+
+    read: int = 0
+    acted: int = 0
+    parked: int = 0
+    ignored: int = 0
+    lag: dict[str, int | None] = field(default_factory=dict)
+    stopped_early: bool = False
+
+    def text(self) -> str:
+        lag = ", ".join(f"{key}: {'?' if value is None else value}" for key, value in sorted(self.lag.items()))
+        tail = ", returned early for a critical event" if self.stopped_early else ""
+        return (
+            f"read {self.read}, acted {self.acted}, parked {self.parked}, ignored {self.ignored}, "
+            f"lag {{{lag}}}{tail}"
+        )
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
