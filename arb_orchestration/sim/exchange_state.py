@@ -511,7 +511,9 @@ class ExchangeState:
             v.wallet[asset] = v.wallet.get(asset, 0.0) + amount
             return self.balances(venue)[asset]
 
-    def set_positions(self, venue: str, positions: Iterable[Mapping[str, Any] | PositionSpec | Position]) -> list[Position]:
+    def set_positions(
+        self, venue: str, positions: Iterable[Mapping[str, Any] | PositionSpec | Position]
+    ) -> list[Position]:
         """Replace a venue's open positions; `entry_price` defaults to the current mark."""
         with self._lock:
             v = self._venue(venue)
@@ -562,11 +564,15 @@ class ExchangeState:
                 self._venue(venue)
             if pct <= -1:
                 raise _rejected("bad_request", "pct must be > -1")
-            keys = [
-                (name, sym)
-                for (name, sym) in self._premium
-                if (venue is None or name == venue) and (symbol is None or sym == symbol or (venue is None and _base_of(sym) == _base_of(symbol)))
-            ]
+            def selected(name: str, sym: str) -> bool:
+                if venue is not None and name != venue:
+                    return False
+                if symbol is None or sym == symbol:
+                    return True
+                # An index move reaches every market on the same base.
+                return venue is None and _base_of(sym) == _base_of(symbol)
+
+            keys = [(name, sym) for (name, sym) in self._premium if selected(name, sym)]
             if not keys:
                 raise _rejected("unknown_symbol", f"no market matches venue={venue!r} symbol={symbol!r}")
             if pct:
@@ -584,7 +590,12 @@ class ExchangeState:
                         self._funding[key] = self._funding_anchor[key] = float(funding_rate)
             self._process_resting_orders()
             return [
-                {"venue": name, "symbol": sym, "mark_price": self._mark(name, sym), "funding_rate": self._funding.get((name, sym))}
+                {
+                    "venue": name,
+                    "symbol": sym,
+                    "mark_price": self._mark(name, sym),
+                    "funding_rate": self._funding.get((name, sym)),
+                }
                 for name, sym in keys
             ]
 
@@ -606,7 +617,8 @@ class ExchangeState:
                 self._index[base] *= math.exp(shock)
         for key in sorted(self._premium):
             anchor = self._premium_anchor[key]
-            self._premium[key] = anchor + _PREMIUM_REVERSION * (self._premium[key] - anchor) + rng.gauss(0.0, _PREMIUM_SIGMA)
+            drift = _PREMIUM_REVERSION * (self._premium[key] - anchor)
+            self._premium[key] = anchor + drift + rng.gauss(0.0, _PREMIUM_SIGMA)
         for key in sorted(self._funding):
             anchor = self._funding_anchor[key]
             interval = self._perp(self._venues[key[0]], key[1]).funding_interval_hours
@@ -725,7 +737,8 @@ class ExchangeState:
             pos = v.positions.get(symbol)
             delta = amount if side == "buy" else -amount
             current = pos.signed if pos else 0.0
-            added = max(0.0, abs(current + delta) - abs(current)) if current * delta >= 0 else max(0.0, abs(delta) - abs(current))
+            # Margin is needed only for the part that opens or adds exposure (not for the part that closes).
+            added = abs(delta) if current * delta >= 0 else max(0.0, abs(delta) - abs(current))
             need, asset = added * price / v.spec.leverage + amount * price * v.spec.taker_fee, settle
         free = self._free(v, asset)
         if need > free + _EPS:
@@ -868,7 +881,8 @@ class ExchangeState:
             if amount + rail.fee > free + _EPS:
                 raise _rejected(
                     "insufficient_funds",
-                    f"{v.name}: withdrawing {amount} {asset} + fee {rail.fee} needs more than the {max(free, 0.0)} free",
+                    f"{v.name}: withdrawing {amount} {asset} + fee {rail.fee} needs more than the "
+                    f"{max(free, 0.0)} free",
                 )
             now = self._clock()
             broadcast_at = now + self.withdrawal_hold

@@ -89,7 +89,9 @@ def test_networks_and_deposit_addresses(http):
     trc20 = next(n for n in networks if (n["asset"], n["network"]) == ("USDT", "TRC20"))
     assert trc20["fee"] > 0 and trc20["min_amount"] > 0 and trc20["eta_seconds"] == pytest.approx(0.5)
     address = http.get("/venues/okx/deposit-address", params={"asset": "USDT", "network": "TRC20"}).json()
-    assert address == {"venue": "okx", "asset": "USDT", "network": "TRC20", "address": "sim:okx:USDT:TRC20", "tag": None}
+    assert address == {
+        "venue": "okx", "asset": "USDT", "network": "TRC20", "address": "sim:okx:USDT:TRC20", "tag": None
+    }
     iban = http.get("/venues/kraken/deposit-address", params={"asset": "EUR", "network": "SEPA"}).json()
     assert iban["address"].startswith("LT")
     bad = http.get("/venues/okx/deposit-address", params={"asset": "USDT", "network": "CARRIER_PIGEON"})
