@@ -1,0 +1,157 @@
+"""`arb-orchestration replay-dlq TOPIC.dlq`: re-publish parked messages to their source topic.
+
+Each message on a `.dlq` topic is an envelope (see docs/kafka.md) holding the
+original value and key byte for byte, the reason it was parked and where it came
+from. Replay produces the original back onto the source topic, with a header
+`x-arb-replayed-from: <dlq>:<partition>:<offset>`, so the sensors see it again
+and judge it again (a replay bypasses no check: a still-invalid message is parked
+again; a critical event past its timestamp window is refused again).
+
+  --all                  every message currently on the DLQ (up to its end now)
+  --offset N [N ...]     only these offsets (of --partition, default 0)
+  --dry-run              show what would be replayed, send nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from arb_orchestration import settings
+from arb_orchestration.domain.events import (
+    EventRejected,
+    base_topic,
+    parse_dlq_envelope,
+    parse_event,
+    source_topic_of,
+)
+from arb_orchestration.resources.kafka import KafkaConfigError, KafkaResource
+
+REPLAY_HEADER = "x-arb-replayed-from"
+
+
+def read_messages(kafka: KafkaResource, topic: str, wanted: dict[int, set[int] | None], timeout: float = 30.0):
+    """Yield messages of `topic`: per partition, the offsets in the set, or all up to the end (None)."""
+    from confluent_kafka import KafkaError, TopicPartition
+
+    consumer = kafka.consumer(enable_partition_eof=True)
+    try:
+        todo: dict[int, tuple[int, int, set[int] | None]] = {}
+        for partition, offsets in wanted.items():
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if offsets is None:
+                if high > low:
+                    todo[partition] = (low, high, None)
+                continue
+            outside = sorted(o for o in offsets if not low <= o < high)
+            if outside:
+                raise LookupError(
+                    f"offset(s) {outside} not on {topic} partition {partition} (it holds offsets {low}..{high - 1})"
+                    if high > low else f"{topic} partition {partition} is empty"
+                )
+            if offsets:
+                todo[partition] = (min(offsets), max(offsets) + 1, set(offsets))
+        if not todo:
+            return
+        consumer.assign([TopicPartition(topic, p, start) for p, (start, _, _) in todo.items()])
+        deadline = time.monotonic() + timeout
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} did not finish within {timeout:g}s")
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    todo.pop(msg.partition(), None)
+                    continue
+                raise RuntimeError(f"reading {topic}: {msg.error()}")
+            partition, offset = msg.partition(), msg.offset()
+            if partition not in todo:
+                continue
+            _, end, offsets = todo[partition]
+            if offsets is None or offset in offsets:
+                yield msg
+            if offset + 1 >= end:
+                todo.pop(partition)
+    finally:
+        consumer.close()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="arb-orchestration replay-dlq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("topic", help="the dead-letter topic, e.g. market-events.dlq")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="replay every message on the DLQ")
+    which.add_argument("--offset", type=int, nargs="+", help="replay only these offsets")
+    parser.add_argument("--partition", type=int, default=0, help="partition of --offset (default 0)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be replayed, send nothing")
+    parser.add_argument("--bootstrap", default=None, help="override KAFKA_BOOTSTRAP_SERVERS")
+    args = parser.parse_args(argv)
+
+    try:
+        prefix = settings.get("ARB_EVENT_TOPIC_PREFIX")
+        source = source_topic_of(args.topic)
+        base = base_topic(source, prefix)
+        kafka = KafkaResource.from_env(**({"bootstrap_servers": args.bootstrap} if args.bootstrap else {}))
+        kafka.client_config()
+    except (ValueError, settings.SettingError) as exc:  # KafkaConfigError is a ValueError
+        print(f"arb-orchestration replay-dlq: {exc}", file=sys.stderr)
+        return 2
+
+    try:
+        partitions = kafka.partitions_for(args.topic)
+        if args.all:
+            wanted: dict[int, set[int] | None] = {p: None for p in partitions}
+        else:
+            if args.partition not in partitions:
+                print(f"arb-orchestration replay-dlq: {args.topic} has no partition {args.partition} "
+                      f"(partitions: {partitions})", file=sys.stderr)
+                return 2
+            wanted = {args.partition: set(args.offset)}
+        producer = None if args.dry_run else kafka.producer()
+        replayed = skipped = 0
+        for msg in read_messages(kafka, args.topic, wanted):
+            where = f"{args.topic}:{msg.partition()}:{msg.offset()}"
+            try:
+                envelope = parse_dlq_envelope(msg.value() or b"")
+            except EventRejected as exc:
+                print(f"  skip   {where}: {exc.reason}")
+                skipped += 1
+                continue
+            if envelope.source.topic != source:
+                print(f"  skip   {where}: parked from {envelope.source.topic}, not {source}")
+                skipped += 1
+                continue
+            value, key = envelope.original_value(), envelope.original_key()
+            origin = f"{source}:{envelope.source.partition}:{envelope.source.offset}"
+            try:
+                parse_event(base, value)
+                verdict = ""
+            except EventRejected as exc:
+                verdict = f"  [still invalid: {exc.reason}; it will be parked again]"
+            if args.dry_run:
+                print(f"  would  {where} -> {source} (from {origin}, parked for: {envelope.reason}){verdict}")
+                replayed += 1
+                continue
+            delivered = kafka.publish(
+                source, value, key=key, headers=[(REPLAY_HEADER, where.encode())], producer=producer
+            )
+            print(f"  replay {where} -> {delivered.topic}:{delivered.partition}:{delivered.offset} "
+                  f"(from {origin}, parked for: {envelope.reason}){verdict}")
+            replayed += 1
+    except KafkaConfigError as exc:
+        print(f"arb-orchestration replay-dlq: {exc}", file=sys.stderr)
+        return 2
+    except LookupError as exc:
+        print(f"arb-orchestration replay-dlq: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"arb-orchestration replay-dlq: {exc}", file=sys.stderr)
+        return 1
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {replayed} message(s), skipped {skipped}")
+    return 1 if skipped else 0

@@ -1,0 +1,389 @@
+"""Event schemas, parse rejections, canonical signing, the critical-event window and replay checks, the DLQ envelope."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arb_orchestration.domain import events as ev
+from arb_orchestration.domain.events import (
+    CapitalThresholdEvent,
+    EventRejected,
+    FundingRateEvent,
+    MarketShockEvent,
+    RecentEventIds,
+    TimestampWindow,
+    canonical_payload,
+    check_critical_event,
+    check_not_replayed,
+    check_timestamp_window,
+    dlq_envelope,
+    encode_dlq_envelope,
+    parse_dlq_envelope,
+    parse_event,
+    sign_event,
+    verify_signature,
+)
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+KEY = "test-signing-key"
+
+
+def market(**changes):
+    payload = {
+        "schema_version": 1,
+        "event_id": "m-1",
+        "ts": NOW.timestamp(),
+        "venue": "binance",
+        "symbol": "BTC/USDT:USDT",
+        "price_change_pct": -4.2,
+        "window_seconds": 60,
+        "severity": "warning",
+    }
+    payload.update(changes)
+    return payload
+
+
+def capital(**changes):
+    payload = {
+        "schema_version": 1,
+        "event_id": "c-1",
+        "ts": "2026-03-01T12:00:00Z",
+        "venue": "okx",
+        "asset": "USDT",
+        "balance": 41_000.5,
+        "threshold": 50_000,
+        "level": "warning",
+    }
+    payload.update(changes)
+    return payload
+
+
+def funding(**changes):
+    payload = {
+        "schema_version": 1,
+        "event_id": "f-1",
+        "ts": 1772366400,
+        "venue": "hyperliquid",
+        "symbol": "ETH/USDT:USDT",
+        "rate": 0.0000125,
+        "interval_hours": 1,
+    }
+    payload.update(changes)
+    return payload
+
+
+def raw(payload) -> bytes:
+    return json.dumps(payload).encode()
+
+
+def rejected(topic, data, **kwargs) -> EventRejected:
+    with pytest.raises(EventRejected) as info:
+        parse_event(topic, data, **kwargs)
+    return info.value
+
+
+# ------------------------------------------------------------------ valid events
+
+
+def test_each_topic_parses_into_its_model():
+    m = parse_event("market-events", raw(market()))
+    c = parse_event("capital-events", raw(capital()))
+    f = parse_event("funding-rate-events", raw(funding()))
+    assert isinstance(m, MarketShockEvent) and m.price_change_pct == -4.2 and m.topic == "market-events"
+    assert isinstance(c, CapitalThresholdEvent) and c.threshold == 50_000.0
+    assert isinstance(f, FundingRateEvent) and f.interval_hours == 1.0
+
+
+def test_ts_accepts_epoch_seconds_and_iso_with_offset_as_utc():
+    assert parse_event("market-events", raw(market(ts=NOW.timestamp()))).ts == NOW
+    assert parse_event("market-events", raw(market(ts="2026-03-01T12:00:00Z"))).ts == NOW
+    assert parse_event("market-events", raw(market(ts="2026-03-01T14:00:00+02:00"))).ts == NOW
+
+
+def test_criticality_follows_severity_and_level():
+    assert parse_event("market-events", raw(market(severity="critical"))).is_critical
+    assert not parse_event("market-events", raw(market(severity="warning"))).is_critical
+    assert parse_event("capital-events", raw(capital(level="critical"))).is_critical
+    assert not parse_event("funding-rate-events", raw(funding())).is_critical
+
+
+def test_raw_is_the_object_as_received():
+    payload = market(extra_field="kept for the signature")
+    event = parse_event("market-events", raw(payload))
+    assert event.raw == payload
+
+
+# ------------------------------------------------------------------ rejections
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b"", "empty message"),
+        (None, "empty message"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"{not json", "not JSON"),
+        (b'{"a": NaN}', "not JSON"),
+        (b"[1, 2]", "not a JSON object (got array)"),
+        (b'"hello"', "not a JSON object (got string)"),
+    ],
+)
+def test_undecodable_values_are_rejected_with_a_reason(data, expected):
+    assert expected in rejected("market-events", data).reason
+
+
+def test_oversized_values_are_rejected_before_decoding():
+    payload = raw(market(note="x" * 2000))
+    error = rejected("market-events", payload, max_bytes=1024)
+    assert error.reason == f"oversized: {len(payload)} bytes > limit 1024 bytes"
+
+
+def test_default_size_limit_is_64_kib():
+    assert ev.DEFAULT_MAX_EVENT_BYTES == 65536
+    assert "oversized" in rejected("market-events", raw(market(note="x" * 70_000))).reason
+
+
+def test_unknown_topic():
+    error = rejected("trades", raw(market()))
+    assert "unknown topic 'trades'" in error.reason and "market-events" in error.reason
+
+
+@pytest.mark.parametrize("version, expected", [(2, "unknown schema_version 2"), ("1", "must be an integer"),
+                                                (True, "must be an integer")])
+def test_schema_version_must_be_known(version, expected):
+    error = rejected("market-events", raw(market(schema_version=version)))
+    assert expected in error.reason and error.field == "schema_version"
+
+
+def test_missing_schema_version():
+    payload = market()
+    del payload["schema_version"]
+    assert rejected("market-events", raw(payload)).reason == "missing field 'schema_version'"
+
+
+@pytest.mark.parametrize("field", ["event_id", "ts", "venue", "symbol", "price_change_pct", "window_seconds", "severity"])
+def test_missing_fields_are_named(field):
+    payload = market()
+    del payload[field]
+    error = rejected("market-events", raw(payload))
+    assert error.reason == f"missing field '{field}'" and error.field == field
+
+
+@pytest.mark.parametrize(
+    "topic, payload, field",
+    [
+        ("market-events", market(price_change_pct="4.2"), "price_change_pct"),  # strings are not numbers
+        ("market-events", market(price_change_pct=True), "price_change_pct"),
+        ("market-events", market(window_seconds=1.5), "window_seconds"),
+        ("market-events", market(window_seconds=0), "window_seconds"),
+        ("market-events", market(severity="panic"), "severity"),
+        ("market-events", market(venue=""), "venue"),
+        ("market-events", market(event_id=17), "event_id"),
+        ("capital-events", capital(level="info"), "level"),
+        ("capital-events", capital(threshold=-1), "threshold"),
+        ("funding-rate-events", funding(interval_hours=0), "interval_hours"),
+        ("funding-rate-events", funding(interval_hours=-8), "interval_hours"),
+        ("funding-rate-events", funding(rate=[0.1]), "rate"),
+        ("market-events", market(signature="not-hex"), "signature"),
+    ],
+)
+def test_wrong_types_and_values_name_the_field(topic, payload, field):
+    error = rejected(topic, raw(payload))
+    assert error.field == field
+    assert error.reason.startswith(f"field '{field}':")
+
+
+@pytest.mark.parametrize(
+    "ts, expected",
+    [
+        ("2026-03-01T12:00:00", "no UTC offset"),
+        ("yesterday", "not an ISO-8601 timestamp"),
+        (NOW.timestamp() * 1000, "milliseconds?"),
+        (True, "boolean"),
+    ],
+)
+def test_bad_timestamps(ts, expected):
+    error = rejected("market-events", raw(market(ts=ts)))
+    assert error.field == "ts" and expected in error.reason
+
+
+def test_several_problems_are_counted():
+    error = rejected("market-events", raw(market(venue="", severity="x", window_seconds=-1)))
+    assert "(and 2 more problems)" in error.reason
+
+
+# ------------------------------------------------------------------ signing
+
+
+def test_canonical_payload_is_sorted_compact_utf8_without_signature():
+    obj = {"b": 1, "a": "é", "signature": "ignored", "c": {"y": 2, "x": 1.5}}
+    assert canonical_payload(obj) == '{"a":"é","b":1,"c":{"x":1.5,"y":2}}'.encode("utf-8")
+
+
+def test_signature_is_hmac_sha256_hex_of_the_canonical_payload():
+    import hashlib
+    import hmac
+
+    signed = sign_event(market(), KEY)
+    expected = hmac.new(KEY.encode(), canonical_payload(market()), hashlib.sha256).hexdigest()
+    assert signed["signature"] == expected and len(expected) == 64
+
+
+def test_signed_event_verifies_after_a_round_trip_through_bytes():
+    signed = sign_event(market(severity="critical", ts="2026-03-01T12:00:00Z"), KEY)
+    event = parse_event("market-events", raw(signed))
+    verify_signature(event, KEY)  # does not raise
+    verify_signature(signed, KEY)  # a plain dict works too
+
+
+def test_key_order_and_whitespace_on_the_wire_do_not_matter():
+    signed = sign_event(market(), KEY)
+    reordered = json.dumps(dict(reversed(list(signed.items()))), indent=2).encode()
+    verify_signature(parse_event("market-events", reordered), KEY)
+
+
+def test_tampering_wrong_key_and_missing_signature_are_rejected():
+    signed = sign_event(market(), KEY)
+    tampered = parse_event("market-events", raw({**signed, "price_change_pct": -40.0}))
+    with pytest.raises(EventRejected, match="bad signature"):
+        verify_signature(tampered, KEY)
+    with pytest.raises(EventRejected, match="bad signature"):
+        verify_signature(parse_event("market-events", raw(signed)), "another-key")
+    with pytest.raises(EventRejected, match="missing signature"):
+        verify_signature(parse_event("market-events", raw(market())), KEY)
+
+
+def test_unknown_fields_are_covered_by_the_signature():
+    signed = sign_event(market(extra="a"), KEY)
+    with pytest.raises(EventRejected, match="bad signature"):
+        verify_signature(parse_event("market-events", raw({**signed, "extra": "b"})), KEY)
+
+
+def test_resigning_replaces_the_old_signature_and_empty_keys_are_refused():
+    once = sign_event(market(), KEY)
+    assert sign_event(once, KEY) == once
+    with pytest.raises(ValueError, match="empty"):
+        sign_event(market(), "")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    venue=st.text(min_size=1, max_size=20),
+    pct=st.floats(allow_nan=False, allow_infinity=False, width=64),
+    window=st.integers(min_value=1, max_value=10**6),
+)
+def test_any_valid_market_event_round_trips_its_signature(venue, pct, window):
+    signed = sign_event(market(venue=venue, price_change_pct=pct, window_seconds=window), KEY)
+    verify_signature(parse_event("market-events", ev.encode_event(signed)), KEY)
+
+
+# ------------------------------------------------------------------ window and replay
+
+
+def critical_event(ts: datetime, event_id: str = "crit-1", key: str | None = KEY):
+    payload = market(severity="critical", ts=ts.isoformat(), event_id=event_id, price_change_pct=-18.0)
+    if key:
+        payload = sign_event(payload, key)
+    return parse_event("market-events", raw(payload))
+
+
+def test_timestamp_window_past_and_future_edges():
+    window = TimestampWindow(max_age_seconds=60, max_future_seconds=5)
+    check_timestamp_window(critical_event(NOW - timedelta(seconds=60)), now=NOW, window=window)
+    check_timestamp_window(critical_event(NOW + timedelta(seconds=5)), now=NOW, window=window)
+    with pytest.raises(EventRejected, match=r"stale: event is 61.0 s old \(window 60 s\)"):
+        check_timestamp_window(critical_event(NOW - timedelta(seconds=61)), now=NOW, window=window)
+    with pytest.raises(EventRejected, match="from the future"):
+        check_timestamp_window(critical_event(NOW + timedelta(seconds=6)), now=NOW, window=window)
+
+
+def test_replay_check_records_then_refuses_the_same_id():
+    seen: set[str] = set()
+    event = critical_event(NOW)
+    check_not_replayed(event, seen)
+    assert "crit-1" in seen
+    with pytest.raises(EventRejected, match="replayed"):
+        check_not_replayed(event, seen)
+
+
+def test_recent_event_ids_is_bounded_and_serialisable():
+    store = RecentEventIds(capacity=3)
+    for i in range(5):
+        store.add(f"e{i}")
+    assert store.to_list() == ["e2", "e3", "e4"] and "e0" not in store and len(store) == 3
+    assert RecentEventIds(store.to_list(), capacity=3).to_list() == store.to_list()
+
+
+def test_critical_event_admission():
+    seen = RecentEventIds()
+    check_critical_event(critical_event(NOW), KEY, seen, now=NOW)
+    with pytest.raises(EventRejected, match="replayed"):
+        check_critical_event(critical_event(NOW), KEY, seen, now=NOW)
+    with pytest.raises(EventRejected, match="missing signature"):
+        check_critical_event(critical_event(NOW, "crit-2", key=None), KEY, seen, now=NOW)
+    with pytest.raises(EventRejected, match="stale"):
+        check_critical_event(critical_event(NOW - timedelta(minutes=5), "crit-3"), KEY, seen, now=NOW)
+    # Refused events are not remembered: a later valid delivery of the same id is accepted.
+    assert "crit-2" not in seen and "crit-3" not in seen
+    with pytest.raises(ValueError, match="EVENT_SIGNING_KEY"):
+        check_critical_event(critical_event(NOW, "crit-4"), None, seen, now=NOW)
+
+
+def test_non_critical_events_need_no_signature_but_a_present_one_must_be_valid():
+    seen: set[str] = set()
+    check_critical_event(parse_event("market-events", raw(market())), KEY, seen, now=NOW)
+    forged = parse_event("market-events", raw({**market(), "signature": "0" * 64}))
+    with pytest.raises(EventRejected, match="bad signature"):
+        check_critical_event(forged, KEY, seen, now=NOW)
+    assert seen == set()  # only critical events are tracked for replay
+
+
+# ------------------------------------------------------------------ DLQ envelope and topics
+
+
+def test_dlq_envelope_keeps_the_original_losslessly():
+    value = b"\x00\xffnot json"
+    envelope = dlq_envelope(value=value, reason="not JSON", topic="market-events", partition=2, offset=41,
+                            timestamp_ms=1_772_366_400_000, key=b"binance:BTC", parked_at=NOW)
+    assert envelope["reason"] == "not JSON"
+    assert envelope["source"] == {"topic": "market-events", "partition": 2, "offset": 41,
+                                  "timestamp_ms": 1_772_366_400_000}
+    assert base64.b64decode(envelope["original"]["value_b64"]) == value
+    assert envelope["original"]["value_text"] is None  # not UTF-8: no readable copy
+    assert envelope["parked_at"] == "2026-03-01T12:00:00+00:00"
+
+    parsed = parse_dlq_envelope(encode_dlq_envelope(value=value, reason="not JSON", topic="market-events",
+                                                    partition=2, offset=41, timestamp_ms=None, key=b"binance:BTC"))
+    assert parsed.original_value() == value and parsed.original_key() == b"binance:BTC"
+    assert parsed.source.offset == 41 and parsed.reason == "not JSON"
+
+
+def test_dlq_envelope_of_a_tombstone_and_a_readable_value():
+    assert dlq_envelope(value=None, reason="empty", topic="t", partition=0, offset=0,
+                        timestamp_ms=None)["original"]["value_b64"] is None
+    readable = dlq_envelope(value=b'{"a":1}', reason="r", topic="t", partition=0, offset=0, timestamp_ms=None)
+    assert readable["original"]["value_text"] == '{"a":1}'
+
+
+def test_parse_dlq_envelope_rejects_other_messages():
+    with pytest.raises(EventRejected, match="not a DLQ envelope"):
+        parse_dlq_envelope(b'{"hello": 1}')
+    with pytest.raises(EventRejected, match="not a DLQ envelope"):
+        parse_dlq_envelope(b"garbage")
+
+
+def test_topic_helpers():
+    assert ev.dlq_topic("market-events") == "market-events.dlq"
+    assert ev.source_topic_of("market-events.dlq") == "market-events"
+    with pytest.raises(ValueError):
+        ev.source_topic_of("market-events")
+    assert ev.topic_name("capital-events", "bench-") == "bench-capital-events"
+    assert ev.base_topic("bench-capital-events", "bench-") == "capital-events"
+    with pytest.raises(ValueError, match="unknown topic"):
+        ev.base_topic("orders", "")
