@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import threading
 
 from arb_orchestration.sim.exchange_faults import ENDPOINTS, KINDS, Fault, FaultInjector
@@ -145,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     sim = ExchangeSimulator(
         seed=args.seed, api_key=os.environ.get("EXCHANGE_SIM_API_KEY") or None, tick_interval=args.tick_interval
     )
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
     print(sim.start(args.host, args.port), flush=True)
     try:
-        threading.Event().wait()
+        while not done.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
