@@ -120,9 +120,11 @@ class SmtpResource(ConfigurableResource):
 
     def _deliver_once(self, message: EmailMessage, recipients: list[str]) -> None:
         where = f"{self.host}:{self.port}"
-        client = smtplib.SMTP(timeout=self.timeout_seconds)
+        client: smtplib.SMTP | None = None
         try:
-            client.connect(self.host, self.port)
+            # Connect in the constructor: only then does smtplib remember the host
+            # that STARTTLS checks the certificate against.
+            client = smtplib.SMTP(self.host, self.port, timeout=self.timeout_seconds)
             client.ehlo()
             if self.starttls:
                 context = ssl.create_default_context(cafile=self.tls_ca_file)
@@ -156,9 +158,10 @@ class SmtpResource(ConfigurableResource):
         except (smtplib.SMTPException, socket.timeout, ConnectionError, OSError) as exc:
             raise TransientError(f"smtp {where}: {type(exc).__name__}: {exc}") from exc
         finally:
-            try:
-                client.quit()
-            except Exception:  # the message is already handed over (or not); closing is best effort
-                client.close()
+            if client is not None:
+                try:
+                    client.quit()
+                except Exception:  # the message is already handed over (or not); closing is best effort
+                    client.close()
         if refused:
             raise BusinessError(f"smtp {where}: some recipients refused: {sorted(refused)}", code="smtp.partial")

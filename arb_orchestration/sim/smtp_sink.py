@@ -32,8 +32,6 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 log = logging.getLogger("arb_orchestration.sim.smtp_sink")
 
-# AUTH without TLS is what a loopback test sink does on purpose; aiosmtpd warns on every connection.
-warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,13 @@ class _PortZeroController(Controller):
 
         return bind()
 
+    def factory(self):
+        # AUTH without TLS is what a loopback test sink does on purpose; aiosmtpd
+        # warns about it on every connection.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+            return super().factory()
+
 
 class SmtpSink:
     """An SMTP server on loopback that keeps what it receives (see the module docstring)."""
@@ -155,6 +160,8 @@ class SmtpSink:
                 authenticator=self._authenticate,
                 auth_required=True,
                 auth_require_tls=self._tls_cert is not None,
+                # One mechanism only, so one refused login is one AUTH exchange.
+                auth_exclude_mechanism=["LOGIN"],
             )
         controller = _PortZeroController(_Handler(self), hostname=host, port=port, **kwargs)
         controller.start()
@@ -225,6 +232,12 @@ class SmtpSink:
         with self._lock:
             self._failures.extend([f"{code} {text}"] * count)
 
+    @property
+    def pending_failures(self) -> int:
+        """How many of the `fail_next` refusals are still to come."""
+        with self._lock:
+            return len(self._failures)
+
     def _take_failure(self) -> str | None:
         with self._lock:
             return self._failures.pop(0) if self._failures else None
@@ -236,7 +249,8 @@ class SmtpSink:
         ok = (login, auth_data.password.decode(errors="replace")) == self._credentials
         with self._lock:
             self.auth_attempts.append((login, ok))
-        return AuthResult(success=ok)
+        # handled=False: let aiosmtpd answer 235/535 itself.
+        return AuthResult(success=ok, handled=False)
 
     def _store(self, mail_from: str, rcpt_tos: list[str], raw: bytes) -> None:
         received_at = time.time()
