@@ -127,6 +127,11 @@ def main(argv: list[str]) -> int:
                 skipped += 1
                 continue
             value, key = envelope.original_value(), envelope.original_key()
+            if value is None:
+                # A tombstone, or an original too large to copy: nothing to put back.
+                print(f"  skip   {where}: the envelope holds no original value ({envelope.reason})")
+                skipped += 1
+                continue
             origin = f"{source}:{envelope.source.partition}:{envelope.source.offset}"
             try:
                 parse_event(base, value)
