@@ -122,11 +122,15 @@ def test_replay_dlq_moves_a_parked_message_back_to_its_topic(kafka_env, capsys):
                                            topic=source, partition=first.partition, offset=first.offset,
                                            timestamp_ms=int(time.time() * 1000)))
     kafka.publish(dlq, b"not an envelope")
+    kafka.publish(dlq, encode_dlq_envelope(value=None, reason="oversized, not copied", topic=source, partition=0,
+                                           offset=99, timestamp_ms=None))
 
     assert replay_dlq.main([dlq, "--all", "--dry-run"]) == 1  # the stray message is reported
     out = capsys.readouterr().out
     assert f"would  {dlq}:0:0 -> {source}" in out and "parked for: missing signature" in out
-    assert f"skip   {dlq}:0:1" in out
+    assert f"skip   {dlq}:0:1: not a DLQ envelope" in out
+    assert f"skip   {dlq}:0:2: the envelope holds no original value" in out
+    assert "would replay 1 message(s), skipped 2" in out
     assert high_watermarks(kafka, source) == 1  # dry run sent nothing
 
     assert replay_dlq.main([dlq, "--offset", "0"]) == 0
