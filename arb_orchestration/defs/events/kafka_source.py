@@ -95,12 +95,20 @@ _CONSUMER_OVERRIDES = {
 }
 
 
+# librdkafka's own log lines (connection refused while a broker restarts, ...) go to
+# Python logging instead of stderr; the tick summary reports what matters.
+_client_log = logging.getLogger("arb_orchestration.defs.events.librdkafka")
+# A cached consumer nobody used for this long is closed (a sensor that was stopped,
+# a test's topic): it would otherwise keep a connection and reconnect forever.
+IDLE_CONSUMER_SECONDS = 300.0
+
+
 class _WarmConsumer:
     def __init__(self, config: Mapping[str, Any]):
         self.errors = _ClientErrors()
-        self.consumer = Consumer({**config, **_CONSUMER_OVERRIDES, "error_cb": self.errors})
+        self.consumer = Consumer({**config, **_CONSUMER_OVERRIDES, "error_cb": self.errors, "logger": _client_log})
         self.lock = threading.Lock()
-        self.created = time.monotonic()
+        self.last_used = time.monotonic()
 
     def close(self) -> None:
         try:
@@ -111,6 +119,7 @@ class _WarmConsumer:
 
 _cache_lock = threading.Lock()
 _consumers: dict[str, _WarmConsumer] = {}
+_producers: dict[str, Producer] = {}  # DLQ producers (thread-safe, shared)
 
 
 def _cache_key(owner: str, topic: str, config: Mapping[str, Any]) -> str:
@@ -123,10 +132,17 @@ def _cache_key(owner: str, topic: str, config: Mapping[str, Any]) -> str:
 def _consumer(owner: str, topic: str, config: Mapping[str, Any]) -> Iterator[_WarmConsumer]:
     """The warm consumer for (owner, topic, config), or a one-off one when it is busy."""
     key = _cache_key(owner, topic, config)
+    now = time.monotonic()
     with _cache_lock:
+        idle = [k for k, w in _consumers.items() if k != key and now - w.last_used > IDLE_CONSUMER_SECONDS]
+        retired = [_consumers.pop(k) for k in idle]
         warm = _consumers.get(key)
         if warm is None:
             warm = _consumers[key] = _WarmConsumer(config)
+        warm.last_used = now
+    for old in retired:
+        if old.lock.acquire(blocking=False):
+            old.close()
     if not warm.lock.acquire(blocking=False):
         # Another evaluation of the same sensor is running (a preview, a test): don't share.
         oneoff = _WarmConsumer(config)
@@ -148,13 +164,17 @@ def _consumer(owner: str, topic: str, config: Mapping[str, Any]) -> Iterator[_Wa
             warm.lock.release()
 
 
-def drop_warm_consumers() -> None:
-    """Close every cached consumer (tests; a code server shutting down)."""
+def drop_warm_clients() -> None:
+    """Close every cached consumer and producer (tests; a code server shutting down)."""
     with _cache_lock:
         cached = list(_consumers.values())
+        producers = list(_producers.values())
         _consumers.clear()
+        _producers.clear()
     for warm in cached:
         warm.close()
+    for producer in producers:
+        producer.flush(1)
 
 
 @dataclass
@@ -314,6 +334,27 @@ class Parked:
     value: bytes
 
 
+def _warm_producer(config: Mapping[str, Any]) -> tuple[str, Producer]:
+    # An idempotent producer spends ~0.5 s getting its producer id: keep one warm.
+    key = _cache_key("dlq", "*", config)
+    with _cache_lock:
+        producer = _producers.get(key)
+        if producer is None:
+            producer = _producers[key] = Producer({**config, "error_cb": lambda err: None, "logger": _client_log})
+    return key, producer
+
+
+def _drop_producer(key: str, producer: Producer) -> None:
+    with _cache_lock:
+        if _producers.get(key) is producer:
+            del _producers[key]
+    try:
+        producer.purge()
+        producer.flush(0)
+    except Exception:  # a broken producer is being thrown away; nothing to save
+        log.debug("discarding the DLQ producer failed", exc_info=True)
+
+
 def park_all(producer_config: Mapping[str, Any], parked: list[Parked], timeout: float) -> None:
     """Produce every parked message and wait until the broker has acknowledged all of them.
 
@@ -328,7 +369,7 @@ def park_all(producer_config: Mapping[str, Any], parked: list[Parked], timeout: 
         if err is not None:
             failures.append(f"{msg.topic()}: {err}")
 
-    producer = Producer({**producer_config, "error_cb": lambda err: None})
+    key, producer = _warm_producer(producer_config)
     deadline = time.monotonic() + timeout
     try:
         for item in parked:
@@ -343,11 +384,13 @@ def park_all(producer_config: Mapping[str, Any], parked: list[Parked], timeout: 
                 except KafkaException as exc:
                     raise DeadLetterError(f"could not produce to {item.dlq_topic}: {exc.args[0]}") from exc
         remaining = producer.flush(max(0.0, deadline - time.monotonic()))
-    finally:
-        producer.flush(0)
-    if remaining:
-        raise DeadLetterError(
-            f"{remaining} of {len(parked)} DLQ message(s) not acknowledged within {timeout:g}s (is Kafka reachable?)"
-        )
-    if failures:
-        raise DeadLetterError(f"{len(failures)} DLQ message(s) failed: {'; '.join(sorted(set(failures))[:5])}")
+        if remaining:
+            raise DeadLetterError(
+                f"{remaining} of {len(parked)} DLQ message(s) not acknowledged within {timeout:g}s "
+                "(is Kafka reachable?)"
+            )
+        if failures:
+            raise DeadLetterError(f"{len(failures)} DLQ message(s) failed: {'; '.join(sorted(set(failures))[:5])}")
+    except BaseException:
+        _drop_producer(key, producer)
+        raise

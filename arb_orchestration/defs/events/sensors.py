@@ -432,8 +432,9 @@ def build_event_sensors(
 
 
 def _named(evaluate: _EventSensor, name: str):
-    # @sensor inspects a plain function's signature for the context parameter.
-    def evaluation(context: SensorEvaluationContext) -> SensorResult:
+    # @sensor inspects a plain function's signature for the context parameter; a direct
+    # call (tests) also passes the required resources as keywords: they are in context.resources.
+    def evaluation(context: SensorEvaluationContext, **_resources: Any) -> SensorResult:
         return evaluate(context)
 
     evaluation.__name__ = name
