@@ -38,6 +38,7 @@ class LocalWorld:
         seed: int = 42,
         world_secrets: WorldSecrets | None = None,
         wise_settle_delay: float = 1.0,
+        exchange_options: dict | None = None,
     ):
         self.ports = {**DEFAULT_PORTS, **(ports or {})}
         self.maildir = maildir
@@ -46,6 +47,8 @@ class LocalWorld:
         self.seed = seed
         self.secrets = world_secrets or WorldSecrets()
         self.wise_settle_delay = wise_settle_delay
+        # ExchangeSimulator keyword options: tick_interval, withdrawal_hold, settle_delay.
+        self.exchange_options = dict(exchange_options or {})
         self.exchange = None
         self.wise = None
         self.smtp = None
@@ -59,7 +62,9 @@ class LocalWorld:
         from arb_orchestration.sim.wise import WiseSimulator
 
         try:
-            self.exchange = ExchangeSimulator(seed=self.seed, api_key=self.secrets.exchange_api_key)
+            self.exchange = ExchangeSimulator(
+                seed=self.seed, api_key=self.secrets.exchange_api_key, **self.exchange_options
+            )
             self.exchange_url = self.exchange.start(port=self.ports["exchange"])
             self.wise = WiseSimulator(
                 deliver=self._deliver_fiat,
@@ -89,6 +94,16 @@ class LocalWorld:
         venue, _asset, _network = resolved
         self.exchange.state.credit(venue, currency, amount)
         return True
+
+    def reset(self) -> None:
+        """Back to the seeded initial state: balances, positions, orders, transfers, mail, faults."""
+        from arb_orchestration.resources.resilience import reset_breakers
+
+        self.exchange.faults.clear()
+        self.exchange.state.reset()
+        self.wise.reset()
+        self.smtp.clear()
+        reset_breakers()
 
     def stop(self) -> None:
         for part in (self.mock_kafka, self.smtp, self.wise, self.exchange):
