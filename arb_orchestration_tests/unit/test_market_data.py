@@ -57,15 +57,19 @@ from arb_orchestration_tests.unit.test_market_data_fakes import (
 
 VENUES = ["binance", "okx", "hyperliquid"]
 OBSERVED = [balances_key(v) for v in VENUES] + [positions_key(v) for v in VENUES] + [FUNDING_RATES_KEY]
-NO_PLOTS = {"ops": {"observe_market_state": {"config": {"plots": False}}}}
+
+
+CHARTS = MarketDataPolicy(plots=True)
 
 
 def defs_for(exchange, policy: MarketDataPolicy | None = None) -> Definitions:
+    # Charts cost ~0.3 s each: only the tests about charts draw them.
+    policy = policy or MarketDataPolicy(plots=False)
     extra = Definitions(
         resources={"exchange": exchange},
         jobs=[define_asset_job("observed_state_checks", selection=AssetSelection.checks_for_assets(*OBSERVED))],
     )
-    return Definitions.merge(build_market_data_defs(VENUES, policy or MarketDataPolicy()), extra)
+    return Definitions.merge(build_market_data_defs(VENUES, policy), extra)
 
 
 def latest(instance: DagsterInstance, key: AssetKey) -> dict:
@@ -95,7 +99,8 @@ def instance():
 
 
 def test_observe_job_records_tables_totals_funding_and_charts(instance):
-    result = defs_for(fake_exchange()).resolve_job_def("observe_market_state_job").execute_in_process(instance=instance)
+    job = defs_for(fake_exchange(), CHARTS).resolve_job_def("observe_market_state_job")
+    result = job.execute_in_process(instance=instance)
     assert result.success
 
     binance = latest(instance, balances_key("binance"))
@@ -137,13 +142,13 @@ def test_observe_job_records_tables_totals_funding_and_charts(instance):
 def test_a_failing_venue_is_not_observed_and_fails_the_run(instance):
     exchange = fake_exchange(world(okx=FakeVenue("okx", fail_with=ConnectionError("connection refused"))))
     result = defs_for(exchange).resolve_job_def("observe_market_state_job").execute_in_process(
-        instance=instance, run_config=NO_PLOTS, raise_on_error=False
+        instance=instance, raise_on_error=False
     )
     assert not result.success
     failure = result.failure_data_for_node("observe_market_state")
     assert "okx" in failure.user_failure_data.description
     assert "ConnectionError: connection refused" in str(failure.user_failure_data.metadata["error/okx"])
-    assert instance.fetch_observations(balances_key("binance"), limit=1).records
+    assert "chart" not in latest(instance, balances_key("binance"))  # policy.plots=False
     assert not instance.fetch_observations(balances_key("okx"), limit=1).records
     # funding_rates covers every venue: no partial picture is recorded.
     assert not instance.fetch_observations(FUNDING_RATES_KEY, limit=1).records
@@ -165,10 +170,6 @@ def test_observe_one_venue_on_demand_and_reject_unknown_ones(instance):
 # ---------------------------------------------------------------- observation sensor
 
 
-def sensor_defs(exchange, policy=None):
-    return defs_for(exchange, policy)
-
-
 def tick(defs: Definitions, name: str, instance, cursor=None):
     sensor = next(s for s in defs.sensors if s.name == name)
     with build_sensor_context(instance=instance, cursor=cursor, resources=dict(defs.resources)) as context:
@@ -176,7 +177,7 @@ def tick(defs: Definitions, name: str, instance, cursor=None):
 
 
 def test_sensor_observes_throttles_charts_and_repeats_checks_only_on_change(instance):
-    defs = sensor_defs(fake_exchange())
+    defs = defs_for(fake_exchange(), CHARTS)
     first = tick(defs, "market_state_observation_sensor", instance)
     assert isinstance(first, SensorResult)
     observed = {e.asset_key for e in first.asset_events if isinstance(e, AssetObservation)}
@@ -197,7 +198,7 @@ def test_sensor_observes_throttles_charts_and_repeats_checks_only_on_change(inst
 
 def test_sensor_observes_healthy_venues_and_fails_the_tick_when_none_answer(instance):
     broken = world(hyperliquid=FakeVenue("hyperliquid", fail_with=TimeoutError("read timed out")))
-    result = tick(sensor_defs(fake_exchange(broken)), "market_state_observation_sensor", instance)
+    result = tick(defs_for(fake_exchange(broken)), "market_state_observation_sensor", instance)
     observed = {e.asset_key for e in result.asset_events if isinstance(e, AssetObservation)}
     assert balances_key("binance") in observed
     assert balances_key("hyperliquid") not in observed
@@ -205,11 +206,10 @@ def test_sensor_observes_healthy_venues_and_fails_the_tick_when_none_answer(inst
 
     down = {v: FakeVenue(v, fail_with=ConnectionError("refused")) for v in VENUES}
     with pytest.raises(MarketDataUnavailable, match="no venue answered"):
-        tick(sensor_defs(fake_exchange(down)), "market_state_observation_sensor", instance)
+        tick(defs_for(fake_exchange(down)), "market_state_observation_sensor", instance)
 
 
 def test_sensor_records_a_floor_breach_and_its_recovery():
-    low = world(binance=FakeVenue("binance", balances={"USDT": 9_000.0}, marks=marks()))
     cursor = SensorCursor()
     policy = MarketDataPolicy()
     outcome = balance_floors_outcome("binance", {"USDT": 9_000.0}, policy.floors)
@@ -218,7 +218,6 @@ def test_sensor_records_a_floor_breach_and_its_recovery():
     recovered = balance_floors_outcome("binance", {"USDT": 90_000.0}, policy.floors)
     assert [e.passed for e in cursor.due([recovered], now=20.0, heartbeat=600)] == [True]
     assert [e.passed for e in cursor.due([recovered], now=700.0, heartbeat=600)] == [True]  # heartbeat
-    assert low["binance"].fetch_balance()["USDT"].free == 9_000.0
 
 
 def test_bad_cursor_starts_over():
@@ -250,7 +249,7 @@ def test_floor_check_definitions_read_the_latest_observation(instance):
     assert result.success
     assert not latest_check(instance, balances_key("binance"), BALANCES_FLOORS_CHECK).passed
 
-    defs.resolve_job_def("observe_market_state_job").execute_in_process(instance=instance, run_config=NO_PLOTS)
+    defs.resolve_job_def("observe_market_state_job").execute_in_process(instance=instance)
     checks_job.execute_in_process(instance=instance)
     assert latest_check(instance, balances_key("binance"), BALANCES_FLOORS_CHECK).passed
     okx = latest_check(instance, balances_key("okx"), BALANCES_FLOORS_CHECK)
@@ -321,7 +320,7 @@ def materialize_hedge_targets(exchange, instance, policy=None):
 
 
 def test_hedge_targets_of_a_neutral_book_pass_the_drift_check(instance):
-    result = materialize_hedge_targets(fake_exchange(), instance)
+    result = materialize_hedge_targets(fake_exchange(), instance, CHARTS)
     assert result.success
     metadata = result.asset_materializations_for_node("hedge_targets")[0].metadata
     deltas = {row["asset"]: row for row in rows(metadata["net_delta"])}
@@ -354,7 +353,7 @@ def test_hedge_drift_is_an_error_when_no_order_can_fix_it(instance):
     drifted = world()
     drifted["okx"].balances["SOL"] = 1_000.0
     drifted["okx"].marks["SOL/USDT"] = 150.0
-    policy = MarketDataPolicy(hedge=HedgePolicy(hedge_assets=("BTC", "ETH", "SOL")))
+    policy = MarketDataPolicy(plots=False, hedge=HedgePolicy(hedge_assets=("BTC", "ETH", "SOL")))
     result = materialize_hedge_targets(fake_exchange(drifted), instance, policy)
     (check,) = result.get_asset_check_evaluations()
     assert (check.passed, check.severity) == (False, AssetCheckSeverity.ERROR)

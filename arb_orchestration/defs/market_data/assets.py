@@ -106,7 +106,9 @@ def _r(value: float | None, digits: int = 8) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def hedge_targets_metadata(plan: HedgePlan, snapshot: MarketSnapshot, prices: dict[str, float]) -> dict:
+def hedge_targets_metadata(
+    plan: HedgePlan, snapshot: MarketSnapshot, prices: dict[str, float], *, plots_on: bool = True
+) -> dict:
     delta_rows = [
         {
             "asset": d.asset,
@@ -150,6 +152,8 @@ def hedge_targets_metadata(plan: HedgePlan, snapshot: MarketSnapshot, prices: di
     }
     for d in plan.deltas:
         metadata[f"net_delta/{d.asset}"] = MetadataValue.float(round(d.net_delta, 8))
+    if not plots_on:
+        return metadata
     priced = [d for d in plan.deltas if d.price_usd is not None]
     if priced:
         metadata["delta_chart"] = plots.grouped_bars_chart(
@@ -221,7 +225,7 @@ def build_hedge_targets(venues: list[str], policy: MarketDataPolicy):
                 f"{' (reduce-only)' if order.reduce_only else ''}: {order.reason}"
             )
         return MaterializeResult(
-            metadata=hedge_targets_metadata(plan, snapshot, prices),
+            metadata=hedge_targets_metadata(plan, snapshot, prices, plots_on=policy.plots),
             check_results=[hedge_drift_outcome(plan, policy).as_result()],
         )
 

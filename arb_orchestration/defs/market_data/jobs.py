@@ -37,7 +37,8 @@ def build_observe_market_state_job(venues: list[str], policy: MarketDataPolicy):
         if unknown:
             raise Failure(description=f"unknown venues {unknown}; known: {sorted(venues)}", allow_retries=False)
         snapshot = fetch_market_snapshot(exchange, wanted, deadline_seconds=policy.fetch_deadline_seconds)
-        events = market_observations(snapshot, with_plot=lambda key: config.plots, all_venues=venues)
+        plots = config.plots and policy.plots
+        events = market_observations(snapshot, with_plot=lambda key: plots, all_venues=venues)
         for event in events:
             context.log_event(event)
         for venue, state in snapshot.states.items():

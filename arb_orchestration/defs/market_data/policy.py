@@ -48,7 +48,9 @@ class MarketDataPolicy:
     # How often the sensor observes (the daemon loop cannot go below 5 s).
     observe_every_seconds: int = 30
     freshness_every_seconds: int = 60
-    # PNG charts are ~10 kB each: the sensor attaches them at most this often per asset.
+    # PNG charts are ~10 kB and ~0.3 s each: the sensor attaches them at most this
+    # often per asset; `plots=False` turns them off everywhere.
+    plots: bool = True
     plot_every_seconds: float = 300.0
     # A check result that has not changed is re-recorded this often (a heartbeat).
     check_heartbeat_seconds: float = 600.0

@@ -102,7 +102,7 @@ def build_observation_sensor(venues: list[str], policy: MarketDataPolicy):
 
         events = market_observations(
             snapshot,
-            with_plot=lambda key: cursor.plot_due(key, now, policy.plot_every_seconds),
+            with_plot=lambda key: policy.plots and cursor.plot_due(key, now, policy.plot_every_seconds),
             all_venues=venues,
         )
         for event in events:
