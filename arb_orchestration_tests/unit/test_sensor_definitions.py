@@ -1,0 +1,97 @@
+"""The event sensors' Dagster definitions: names, status, interval, targets, settings, run config.
+
+No broker: evaluation is covered by integration/test_sensors_kafka.py.
+"""
+
+from typing import Any
+
+import pytest
+from dagster import DefaultSensorStatus, job, op
+
+from arb_orchestration.defs.events import (
+    CAPITAL_THRESHOLD_SENSOR,
+    FUNDING_DEVIATION_SENSOR,
+    MARKET_SHOCK_SENSOR,
+    EventSensorSettings,
+    EventTopics,
+    TriggerEventConfig,
+    build_event_sensors,
+    defs,
+    event_run_config,
+)
+from arb_orchestration.defs.events.tuning import topics_from_env
+from arb_orchestration.settings import SettingError
+
+
+@op
+def entry(config: TriggerEventConfig) -> str:
+    return config.event_id
+
+
+@op
+def other(x: str) -> None:
+    pass
+
+
+@job
+def saga_job():
+    other(entry())
+
+
+@job
+def plain_job():
+    other(entry.alias("not_this")())  # an aliased op is addressed by its alias
+
+
+def test_the_code_location_has_the_three_sensors_running_every_5s():
+    repo = defs.get_repository_def()
+    names = {s.name for s in repo.sensor_defs}
+    assert {MARKET_SHOCK_SENSOR, CAPITAL_THRESHOLD_SENSOR, FUNDING_DEVIATION_SENSOR} <= names
+    for name in (MARKET_SHOCK_SENSOR, CAPITAL_THRESHOLD_SENSOR, FUNDING_DEVIATION_SENSOR):
+        definition = repo.get_sensor_def(name)
+        assert definition.default_status == DefaultSensorStatus.RUNNING
+        assert definition.minimum_interval_seconds == 5
+        assert {"kafka", "smtp"} <= set(definition.required_resource_keys)
+
+
+def test_sensors_target_the_given_jobs():
+    market, capital, funding = build_event_sensors(
+        rebalance_job=saga_job, stop_loss_job=plain_job, hedge_job=saga_job, topics=EventTopics.with_prefix("x-")
+    )
+    assert {j.name for j in market.jobs} == {j.name for j in capital.jobs} == {"saga_job", "plain_job"}
+    assert [j.name for j in funding.jobs] == ["saga_job"]
+    assert "x-market-events.dlq" in market.description
+
+
+def test_run_config_goes_to_the_ops_that_take_the_trigger():
+    trigger = TriggerEventConfig(
+        event_id="e1", topic="market-events", source="market-events/0/3", kind="market_shock",
+        critical=False, reason="why", payload={"severity": "warning"},
+    )
+    config: dict[str, Any] = event_run_config(saga_job, trigger)
+    assert config == {"ops": {"entry": {"config": trigger.model_dump()}}}
+    assert saga_job.execute_in_process(run_config=config).success
+    assert event_run_config(plain_job, trigger) == {"ops": {"not_this": {"config": trigger.model_dump()}}}
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ARB_SENSOR_LONG_POLL_SECONDS", "2.5")
+    monkeypatch.setenv("ARB_FUNDING_DEVIATION_BPS", "35")
+    monkeypatch.setenv("ARB_CRITICAL_EVENT_MAX_AGE_SECONDS", "30")
+    monkeypatch.setenv("ARB_EVENT_TOPIC_PREFIX", "bench-")
+    settings = EventSensorSettings.from_env("local")
+    assert settings.long_poll_seconds == 2.5 and settings.funding_deviation_bps == 35
+    assert settings.critical_window.max_age_seconds == 30
+    assert topics_from_env("local") == EventTopics("bench-market-events", "bench-capital-events", "bench-funding-rate-events")
+
+
+@pytest.mark.parametrize("value", ["45", "-1", "soon"])
+def test_a_bad_long_poll_fails_the_load_with_the_variable_name(monkeypatch, value):
+    monkeypatch.setenv("ARB_SENSOR_LONG_POLL_SECONDS", value)
+    with pytest.raises(SettingError, match="ARB_SENSOR_LONG_POLL_SECONDS|long_poll"):
+        EventSensorSettings.from_env("local")
+
+
+def test_a_tick_budget_near_the_sensor_timeout_is_refused():
+    with pytest.raises(ValueError, match="sensor timeout"):
+        EventSensorSettings(long_poll_seconds=25, metadata_timeout_seconds=10, dlq_timeout_seconds=15)

@@ -1,0 +1,235 @@
+"""`domain.triggers`: routing, admission of (critical) events, replay memory, funding deviation, cursor, tally.
+
+Pure logic: no Kafka, no Dagster.
+"""
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from arb_orchestration.domain.events import (
+    CAPITAL_EVENTS,
+    FUNDING_RATE_EVENTS,
+    MARKET_EVENTS,
+    TimestampWindow,
+    encode_event,
+    parse_event,
+    sign_event,
+)
+from arb_orchestration.domain.funding import FundingDeviation
+from arb_orchestration.domain.triggers import (
+    EARLIEST,
+    Action,
+    AdmissionPolicy,
+    CursorError,
+    HedgeBaselines,
+    SeenCriticalIds,
+    SensorCursor,
+    TickTally,
+    admit_event,
+    decide_hedges,
+    newest_per_market,
+    route_event,
+)
+
+KEY = "unit-key"
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def _market(severity="warning", *, ts=NOW, sign=False, key=KEY, event_id=None, pct=-5.0):
+    obj = {
+        "schema_version": 1,
+        "event_id": event_id or str(uuid.uuid4()),
+        "ts": ts.timestamp(),
+        "venue": "binance",
+        "symbol": "BTC/USDT:USDT",
+        "price_change_pct": pct,
+        "window_seconds": 60,
+        "severity": severity,
+    }
+    return parse_event(MARKET_EVENTS, encode_event(sign_event(obj, key) if sign else obj))
+
+
+def _capital(level):
+    obj = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "ts": NOW.timestamp(),
+        "venue": "okx",
+        "asset": "USDT",
+        "balance": 10.0,
+        "threshold": 100.0,
+        "level": level,
+    }
+    return parse_event(CAPITAL_EVENTS, encode_event(obj))
+
+
+def _funding(venue, rate, hours, *, ts=NOW, symbol="ETH/USDT:USDT"):
+    obj = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "ts": ts.timestamp(),
+        "venue": venue,
+        "symbol": symbol,
+        "rate": rate,
+        "interval_hours": hours,
+    }
+    return parse_event(FUNDING_RATE_EVENTS, encode_event(obj))
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize(
+    ("event", "action", "critical"),
+    [
+        (lambda: _market("critical"), Action.STOP_LOSS, True),
+        (lambda: _market("warning"), Action.REBALANCE, False),
+        (lambda: _market("info"), Action.NONE, False),
+        (lambda: _capital("critical"), Action.STOP_LOSS, True),
+        (lambda: _capital("warning"), Action.REBALANCE, False),
+        (lambda: _funding("binance", 0.0001, 8), Action.HEDGE, False),
+    ],
+)
+def test_route_event(event, action, critical):
+    route = route_event(event())
+    assert (route.action, route.critical) == (action, critical)
+    assert route.reason
+
+
+# --------------------------------------------------------------------------- admission
+
+
+def test_signed_critical_event_in_window_is_admitted_and_remembered():
+    seen = SeenCriticalIds()
+    event = _market("critical", sign=True, ts=NOW - timedelta(seconds=5))
+    assert admit_event(event, KEY, seen, now=NOW).admitted
+    assert event.event_id in seen and seen.ids[event.event_id] == event.ts.timestamp()
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: _market("critical"), "missing signature"),
+        (lambda: _market("critical", sign=True, key="other"), "bad signature"),
+        (lambda: _market("critical", sign=True, ts=NOW - timedelta(seconds=61)), "stale"),
+        (lambda: _market("critical", sign=True, ts=NOW + timedelta(seconds=30)), "from the future"),
+    ],
+)
+def test_critical_events_that_are_not_authentic_and_fresh_are_refused(make, reason):
+    seen = SeenCriticalIds()
+    admission = admit_event(make(), KEY, seen, now=NOW)
+    assert not admission.admitted and not admission.stale
+    assert admission.reason.startswith(reason)
+    assert len(seen) == 0
+
+
+def test_a_replayed_critical_event_is_refused_using_the_cursor_memory():
+    event = _market("critical", sign=True)
+    cursor = SensorCursor()
+    assert admit_event(event, KEY, cursor.seen, now=NOW).admitted
+    restored = SensorCursor.parse(cursor.serialize())  # the next tick reads the saved cursor
+    admission = admit_event(event, KEY, restored.seen, now=NOW + timedelta(seconds=1))
+    assert not admission.admitted and admission.reason.startswith("replayed")
+
+
+def test_critical_event_without_a_configured_key_fails_loudly():
+    with pytest.raises(ValueError, match="EVENT_SIGNING_KEY"):
+        admit_event(_market("critical", sign=True), None, SeenCriticalIds(), now=NOW)
+
+
+def test_non_critical_events_need_no_signature_but_a_wrong_one_is_refused():
+    assert admit_event(_market("warning"), KEY, SeenCriticalIds(), now=NOW).admitted
+    refused = admit_event(_market("warning", sign=True, key="other"), KEY, SeenCriticalIds(), now=NOW)
+    assert not refused.admitted and refused.reason.startswith("bad signature")
+
+
+def test_old_non_critical_events_are_counted_not_parked():
+    policy = AdmissionPolicy(max_age_seconds=900)
+    admission = admit_event(_market("warning", ts=NOW - timedelta(hours=1)), KEY, SeenCriticalIds(), now=NOW, policy=policy)
+    assert not admission.admitted and admission.stale and "stale" in admission.reason
+
+
+def test_replay_memory_is_pruned_by_the_window_and_bounded_by_a_floor():
+    seen = SeenCriticalIds(capacity=2)
+    window = TimestampWindow(max_age_seconds=60)
+    now = NOW.timestamp()
+    seen.remember("a", now - 120)
+    seen.remember("b", now - 10)
+    seen.prune(now, window)
+    assert set(seen.ids) == {"b"}
+    seen.remember("c", now - 5)
+    seen.remember("d", now - 1)  # over capacity: "b" is forgotten and the floor rises to its ts
+    assert set(seen.ids) == {"c", "d"} and seen.floor == now - 10
+    # An event at or before the floor can no longer be checked for replay: it is refused.
+    old = _market("critical", sign=True, ts=NOW - timedelta(seconds=10))
+    admission = admit_event(old, KEY, seen, now=NOW)
+    assert not admission.admitted and "replay memory" in admission.reason
+
+
+# --------------------------------------------------------------------------- funding
+
+
+def test_funding_deviation_compares_rates_normalised_to_8h():
+    deviation = FundingDeviation(threshold_bps=20)
+    baselines = HedgeBaselines()
+    baselines.record(_funding("hyperliquid", 0.0001, 1))  # 8 bp per 8 h
+    baselines.record(_funding("binance", 0.0001, 8))  # 1 bp per 8 h
+    decisions = decide_hedges(
+        [_funding("hyperliquid", 0.0004, 1), _funding("binance", 0.0020, 8)], baselines, deviation
+    )
+    hyper, binance = decisions
+    assert hyper.hedge and hyper.delta_bps == pytest.approx(24.0)  # raw +3 bp, normalised +24 bps
+    assert not binance.hedge and binance.delta_bps == pytest.approx(19.0)
+    assert baselines.get("hyperliquid", "ETH/USDT:USDT").rate == 0.0004  # recorded at the hedge
+    assert baselines.get("binance", "ETH/USDT:USDT").rate == 0.0001  # unchanged without a hedge
+
+
+def test_a_market_never_hedged_by_the_sensor_is_hedged_unless_configured_otherwise():
+    event = _funding("okx", 0.0001, 8)
+    assert decide_hedges([event], HedgeBaselines(), FundingDeviation())[0].hedge
+    assert not decide_hedges([event], HedgeBaselines(), FundingDeviation(trigger_without_baseline=False))[0].hedge
+
+
+def test_newest_rate_per_market_wins_within_a_batch():
+    older = _funding("binance", 0.0050, 8, ts=NOW - timedelta(seconds=2))
+    newer = _funding("binance", 0.0010, 8, ts=NOW)
+    late_but_older = _funding("binance", 0.0090, 8, ts=NOW - timedelta(seconds=5))
+    other = _funding("okx", 0.0010, 8)
+    kept = newest_per_market([(older, 0), (newer, 1), (late_but_older, 2), (other, 3)])
+    assert [event.event_id for event, _ in kept] == [newer.event_id, other.event_id]
+
+
+# --------------------------------------------------------------------------- cursor
+
+
+def test_cursor_round_trip_and_defaults():
+    cursor = SensorCursor.parse(None)
+    assert cursor.offset("market-events", 0) == EARLIEST
+    cursor.advance("market-events", 0, 41)
+    cursor.advance("market-events", 0, 7)  # never moves back
+    cursor.seen.remember("id-1", 123.0)
+    cursor.baselines.record(_funding("binance", 0.0001, 8))
+    text = cursor.serialize()
+    obj = json.loads(text)
+    assert obj["v"] == 1 and obj["offsets"] == {"market-events/0": 42} and obj["seen"] == {"id-1": 123.0}
+    again = SensorCursor.parse(text)
+    assert again.offset("market-events", 0) == 42 and "id-1" in again.seen
+    assert again.baselines.get("binance", "ETH/USDT:USDT").interval_hours == 8
+    assert again.serialize() == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json", '{"offsets": {}}', '{"v": 2}', '{"v": 1, "offsets": {"no-partition": 3}}', '{"v": 1, "offsets": {"t/0": -5}}'],
+)
+def test_an_unreadable_cursor_is_refused_not_guessed(text):
+    with pytest.raises(CursorError):
+        SensorCursor.parse(text)
+
+
+def test_tick_tally_text_names_every_count_and_lag():
+    tally = TickTally(read=12, acted=1, parked=2, ignored=9, lag={"market-events/1": None, "market-events/0": 0})
+    assert tally.text() == "read 12, acted 1, parked 2, ignored 9, lag {market-events/0: 0, market-events/1: ?}"
