@@ -135,7 +135,7 @@ def _step_op(definition: SagaDefinition, step: SagaStep, index: int, default_ret
         config_schema=config_schema,
         tags={"arb/saga_step": step.name, **({"arb/saga_pivot": "true"} if step.pivot else {})},
     )
-    def _op(context: OpExecutionContext) -> None:
+    def _op(context) -> None:  # (no annotation: dagster checks it at definition time)
         runtime = _runtime(definition, step, context)
         try:
             result = execute_step(definition, step.name, runtime)
@@ -186,7 +186,7 @@ def alert_from(resources: Any, key: str | None):
 
 def _failure_hook(definition: SagaDefinition):
     @failure_hook(name=f"{definition.name}_on_step_failure", required_resource_keys=definition.compensation_resource_keys)
-    def _hook(context: HookContext) -> None:
+    def _hook(context) -> None:
         # Thin on purpose: find the saga, hand over to the tested function.
         run = context.instance.get_run_by_id(context.run_id)
         assert run is not None

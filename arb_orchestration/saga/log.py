@@ -139,13 +139,15 @@ class InstanceSagaLog(SagaLog):
     def append(self, record: SagaRecord, *, error: BaseException | None = None) -> None:
         from dagster import MetadataValue
         from dagster._core.events import EngineEventData
-        from dagster._utils.error import serializable_error_info_from_exc_info
+        from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
 
         if self.run is None:
             raise RuntimeError("InstanceSagaLog without a run is read-only")
         error_info = None
-        if error is not None:
+        if error is not None and error.__traceback__ is not None:
             error_info = serializable_error_info_from_exc_info((type(error), error, error.__traceback__))
+        elif error is not None:  # an error built but never raised (e.g. the kill-switch refusal)
+            error_info = SerializableErrorInfo(describe(error), [], type(error).__name__)
         target = f" step {record.step}" if record.step else ""
         self.instance.report_engine_event(
             f"saga {record.saga_name} [{record.saga_id}]{target}: {record.kind.value}{_summary(record)}",

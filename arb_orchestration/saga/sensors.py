@@ -120,7 +120,8 @@ def build_saga_recovery_sensors(
     def _resources(context: Any) -> dict[str, Any]:
         return {key: getattr(context.resources, key) for key in resource_keys}
 
-    def on_failure(context: RunStatusSensorContext):
+    def on_failure(context: RunStatusSensorContext, **_direct_invocation_resources: Any):
+        # Resources come from context.resources (direct invocation in tests also passes them as kwargs).
         run = context.dagster_run
         definition = by_job.get(run.job_name)
         if definition is None:
@@ -153,7 +154,7 @@ def build_saga_recovery_sensors(
         description="Periodic safety net for the saga recovery sensor: re-checks recent failed/canceled saga "
         "runs so none is missed while the failure sensor was off.",
     )
-    def sweep(context: SensorEvaluationContext):
+    def sweep(context: SensorEvaluationContext, **_direct_invocation_resources: Any):
         requests, lines = sweep_failed_sagas(
             context.instance,
             by_job,
