@@ -18,7 +18,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
-from dagster import DagsterRunStatus, RunsFilter, build_sensor_context, job, op
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context, job, op
 
 from arb_orchestration.defs.events import EventSensorSettings, EventTopics, TriggerEventConfig, build_event_sensors
 from arb_orchestration.defs.events.kafka_source import drop_warm_clients
@@ -135,7 +135,7 @@ class Setup:
         assert self._producer.flush(30) == 0
 
     def tick(self, sensor, cursor: str | None, resources: dict | None = None):
-        return sensor(build_sensor_context(cursor=cursor, resources=resources or self.resources))
+        return sensor(build_sensor_context(instance=_instance(), cursor=cursor, resources=resources or self.resources))
 
     def dlq(self, topic: str, expected: int, timeout: float = 20.0) -> list:
         """Read `expected` envelopes from `<topic>.dlq` (fails after `timeout`)."""
@@ -155,6 +155,16 @@ class Setup:
         finally:
             consumer.close()
         return envelopes
+
+
+_instances: list[DagsterInstance] = []
+
+
+def _instance() -> DagsterInstance:
+    # One ephemeral instance for the module: building one per context costs ~0.4 s.
+    if not _instances:
+        _instances.append(DagsterInstance.ephemeral())
+    return _instances[0]
 
 
 def offsets(result) -> dict[str, int]:
@@ -429,7 +439,7 @@ def test_kafka_unreachable_fails_the_tick(setup):
     resources = dict(setup.resources, kafka=KafkaResource(bootstrap_servers=f"127.0.0.1:{free_port()}", signing_key=KEY))
     started = time.monotonic()
     with pytest.raises(Exception, match="Kafka unreachable"):
-        sensors[0](build_sensor_context(cursor='{"v":1,"offsets":{}}', resources=resources))
+        sensors[0](build_sensor_context(instance=_instance(), cursor='{"v":1,"offsets":{}}', resources=resources))
     assert time.monotonic() - started < 10
 
 
