@@ -1,0 +1,159 @@
+"""Crash recovery for real: a saga run in a child process is SIGKILLed inside a step (no hook can
+run), the run is marked failed as run monitoring would, and the recovery sensors bring the saga to a
+consistent state — compensated before the pivot, finished forward after it — and do nothing the
+second time. The child is this module run with `python -m ... child`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_run_status_sensor_context, build_sensor_context
+
+from arb_orchestration.saga import InstanceSagaLog, RecordKind, Verdict, decide
+from arb_orchestration_tests.unit.test_saga_dagster import (
+    TRANSFER_SAGA,
+    LedgerResource,
+    MailboxResource,
+    resources_from_env,
+)
+
+CHILD_DEADLINE = 90.0
+
+
+def _child() -> int:
+    instance = DagsterInstance.local_temp(os.environ["DAGSTER_HOME"])
+    TRANSFER_SAGA.job.execute_in_process(
+        instance=instance, run_config={"amount": 3.0}, resources=resources_from_env(), raise_on_error=False
+    )
+    return 0
+
+
+@pytest.fixture
+def home():
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(dir=shm) as tmp:
+        yield Path(tmp)
+
+
+def _run_and_kill(home: Path, block_in: str) -> tuple[DagsterInstance, LedgerResource, MailboxResource, str]:
+    ledger = LedgerResource(path=str(home / "ledger.jsonl"))
+    mailbox = MailboxResource(path=str(home / "mail.jsonl"))
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home / "dagster"),
+        "SAGA_TEST_LEDGER": ledger.path,
+        "SAGA_TEST_MAILBOX": mailbox.path,
+        "SAGA_TEST_BLOCK": block_in,
+    }
+    (home / "dagster").mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "arb_orchestration_tests.unit.test_saga_crash", "child"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    marker = Path(f"{ledger.path}.{block_in}.entered")
+    deadline = time.monotonic() + CHILD_DEADLINE
+    try:
+        while not marker.exists():
+            if child.poll() is not None:
+                raise AssertionError(f"child exited early: {child.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError("child never reached the blocking step")
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+        child.stderr.close()
+
+    instance = DagsterInstance.local_temp(str(home / "dagster"))
+    [run] = instance.get_runs()
+    assert run.status == DagsterRunStatus.STARTED  # nobody noticed: no hook ran, nothing marked it
+    # What the code server (locally) or run monitoring (Kubernetes) does for a dead run worker:
+    instance.report_run_failed(run, "run worker exited unexpectedly (SIGKILL)")
+    return instance, ledger, mailbox, run.run_id
+
+
+def _failure_sensor_tick(instance, run_id, resources):
+    failure_sensor, _ = TRANSFER_SAGA.recovery_sensors(grace_seconds=0)
+    run = instance.get_run_by_id(run_id)
+    event = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)[-1].dagster_event
+    ctx = build_run_status_sensor_context(
+        sensor_name=failure_sensor.name, dagster_event=event, dagster_instance=instance, dagster_run=run,
+        resources=resources,
+    )
+    return failure_sensor(ctx)
+
+
+def _sweep_tick(instance, resources):
+    _, sweep = TRANSFER_SAGA.recovery_sensors(grace_seconds=0)
+    with build_sensor_context(instance=instance, resources=resources) as ctx:
+        return sweep(ctx)
+
+
+def _steps(ledger, kind):
+    return [e["step"] for e in ledger.entries() if e["kind"] == kind]
+
+
+def test_sigkill_before_the_pivot_is_compensated_and_a_second_pass_does_nothing(home):
+    instance, ledger, mailbox, run_id = _run_and_kill(home, block_in="withdraw")
+    try:
+        state = InstanceSagaLog(instance).load(run_id)
+        # The start of the killed step was durable before its side effect.
+        assert state.step("withdraw").started and not state.step("withdraw").done
+        assert _steps(ledger, "do") == ["reserve"]
+        resources = {"ledger": ledger, "smtp": mailbox}
+
+        assert _failure_sensor_tick(instance, run_id, resources) is None
+        assert _steps(ledger, "undo") == ["withdraw", "reserve"]
+        state = InstanceSagaLog(instance).load(run_id)
+        assert decide(TRANSFER_SAGA.definition, state).verdict is Verdict.COMPENSATED
+        records = len(state.records)
+
+        skip = _sweep_tick(instance, resources)  # second pass
+        assert "no failed saga runs needing recovery" in skip.skip_message
+        assert _steps(ledger, "undo") == ["withdraw", "reserve"]
+        assert len(InstanceSagaLog(instance).load(run_id).records) == records
+    finally:
+        instance.dispose()
+
+
+def test_sigkill_after_the_pivot_is_finished_forward_once(home):
+    instance, ledger, mailbox, run_id = _run_and_kill(home, block_in="settle")
+    try:
+        resources = {"ledger": ledger, "smtp": mailbox}
+        request = _sweep_tick(instance, resources).run_requests[0]  # the sweep finds it too
+        assert request.tags["arb/saga_id"] == run_id and request.tags["arb/saga_recovery_of"] == run_id
+
+        # The daemon would launch this; run it in-process against the same instance.
+        relaunch = TRANSFER_SAGA.job.execute_in_process(
+            instance=instance, run_config=request.run_config, tags=request.tags,
+            resources={"ledger": LedgerResource(path=ledger.path), "smtp": mailbox},
+        )
+        assert relaunch.success
+        assert _steps(ledger, "do") == ["reserve", "withdraw", "deposit", "settle"]  # each exactly once
+        assert _steps(ledger, "undo") == []
+        state = InstanceSagaLog(instance).load(run_id)
+        assert decide(TRANSFER_SAGA.definition, state).verdict is Verdict.COMPLETED
+        assert [r.kind for r in state.records].count(RecordKind.FORWARD_REQUESTED) == 1
+
+        # Second pass, both sensors: nothing.
+        assert _failure_sensor_tick(instance, run_id, resources) is None
+        assert "no failed saga runs needing recovery" in _sweep_tick(instance, resources).skip_message
+        assert _steps(ledger, "do") == ["reserve", "withdraw", "deposit", "settle"]
+    finally:
+        instance.dispose()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["child"]:
+    sys.exit(_child())
