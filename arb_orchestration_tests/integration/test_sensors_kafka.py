@@ -330,6 +330,20 @@ def test_partition_added_while_running_is_read_from_its_start(setup):
     assert offsets(second) == {f"{topic}/0": 1, f"{topic}/1": 1, f"{topic}/2": 1}
 
 
+def test_a_cursor_past_the_end_of_a_partition_rereads_it_once(setup):
+    topic = setup.topics.market
+    events = [market("warning"), market("warning")]
+    setup.publish(topic, *events)
+    stale_cursor = json.dumps({"v": 1, "offsets": {f"{topic}/0": 50}})  # e.g. the topic was recreated
+
+    first = setup.tick(setup.market_sensor, stale_cursor)
+    second = setup.tick(setup.market_sensor, first.cursor)
+
+    assert [r.run_key for r in first.run_requests] == [e["event_id"] for e in events]
+    assert offsets(first) == offsets(second) == {f"{topic}/0": 2}
+    assert second.run_requests == []
+
+
 def test_broker_restart_between_ticks_loses_nothing(setup):
     topic = setup.topics.market
     before = [market("warning") for _ in range(3)]

@@ -162,6 +162,13 @@ class _EventSensor:
                 return SensorResult(skip_reason=message, cursor=context.cursor)
             for warning in read.warnings:
                 context.log.warning(warning)
+            # Where reading really starts (a cursor past the end or behind retention was corrected).
+            for partition, start in read.start_offsets.items():
+                key = partition_key(spec.topic, partition)
+                if start < 0:
+                    tick.cursor.offsets.pop(key, None)
+                else:
+                    tick.cursor.offsets[key] = start
             long_poll = spec.long_poll_seconds
             deadline = started + (long_poll if long_poll > 0 else settings.max_read_seconds)
             while tick.tally.read < settings.max_messages:
