@@ -26,7 +26,7 @@ HOURS_PER_YEAR = 24.0 * 365.0
 BPS_PER_UNIT = 10_000.0
 DEFAULT_DEVIATION_THRESHOLD_BPS = 20.0
 # Float noise allowance when comparing a deviation with its threshold, in bps:
-# 0.003 - 0.001 is 20.000000000000004 bps in binary floating point.
+# (0.0022 + 0.002) - 0.0022 is 20.000000000000004 bps in binary floating point.
 _BPS_EPSILON = 1e-9
 
 

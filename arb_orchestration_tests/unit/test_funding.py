@@ -58,9 +58,12 @@ def test_bps_units():
 
 def test_deviation_exactly_at_threshold_does_not_trigger_and_just_above_does():
     check = FundingDeviation(threshold_bps=20)
-    at = check.check(RatePoint(0.0010, 8), rate(0.0030))  # 20 bps in floats is 20.000000000000004
+    at = check.check(RatePoint(0.0010, 8), rate(0.0030))
     assert at.delta_bps == pytest.approx(20.0)
     assert not at.exceeded
+    noisy = check.check(RatePoint(0.0022, 8), rate(0.0022 + 0.0020))
+    assert noisy.delta_bps > 20.0  # 20.000000000000004 in binary floating point
+    assert not noisy.exceeded
     above = check.check(RatePoint(0.0010, 8), rate(0.0030001))
     assert above.exceeded
     below_negative = check.check(RatePoint(0.0030, 8), rate(0.0010))

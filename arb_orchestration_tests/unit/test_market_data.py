@@ -374,3 +374,32 @@ def test_hedge_targets_refuse_a_partial_book(instance):
     assert not result.success
     assert "partial book" in result.failure_data_for_node("hedge_targets").user_failure_data.description
     assert not result.asset_materializations_for_node("hedge_targets")
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def test_a_secret_api_key_reaches_the_venues_but_no_event_or_log(instance, monkeypatch, caplog, capfd):
+    from dagster import EnvVar
+    from dagster._serdes import serialize_value
+
+    secret = "test-secret-xyz"
+    monkeypatch.setenv("EXCHANGE_SIM_API_KEY", secret)
+    caplog.set_level("DEBUG")
+    venues = world()
+    for venue in venues.values():
+        venue.expected_api_key = secret  # answers only when the EnvVar was resolved
+    venues["okx"].fail_with = PermissionError("refused")  # an error path too
+    defs = defs_for(fake_exchange(venues, api_key=EnvVar("EXCHANGE_SIM_API_KEY")))
+    run = defs.resolve_job_def("observe_market_state_job").execute_in_process(instance=instance, raise_on_error=False)
+    assert instance.fetch_observations(balances_key("binance"), limit=1).records  # the key worked
+    for event in tick(defs, "market_state_observation_sensor", instance).asset_events:
+        instance.report_runless_asset_event(event)
+
+    stored = "\n".join(serialize_value(entry) for entry in instance.all_logs(run.run_id))
+    for key in [balances_key(v) for v in VENUES] + [positions_key(v) for v in VENUES]:
+        stored += "\n".join(serialize_value(r.event_log_entry) for r in instance.fetch_observations(key, 10).records)
+    assert "total_usd" in stored and "okx" in stored
+    out, err = capfd.readouterr()
+    for text in (stored, caplog.text, out, err):
+        assert secret not in text
