@@ -35,7 +35,7 @@ from dagster._core.test_utils import create_run_for_test
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
     QueuedRunCoordinatorDaemon,
 )
-from dagster._serdes import class_from_code_pointer
+from dagster._serdes import ConfigurableClassData, class_from_code_pointer
 from dagster_postgres.utils import pg_url_from_config
 
 from arb_orchestration.defs import k8s as tags
@@ -78,14 +78,26 @@ def test_every_configurable_class_accepts_its_rendered_config(environment, pg_pa
         "compute_logs",
     }
     for name, section in sections.items():
-        klass = class_from_code_pointer(section["module"], section["class"])
+        klass = _configurable_class(section)
         result = process_config(klass.config_type(), section.get("config", {}))
         assert result.success, f"{name}: {[e.message for e in result.errors]}"
 
 
+def _configurable_class(section: dict) -> type:
+    # As DagsterInstance does: ConfigurableClassData maps `dagster.core.*` (which some chart
+    # versions write) to `dagster._core.*`, then imports the class.
+    data = ConfigurableClassData(section["module"], section["class"], yaml.safe_dump(section.get("config", {})))
+    return class_from_code_pointer(data.module_name, data.class_name)
+
+
+@pytest.mark.parametrize("module", ["dagster._core.run_coordinator", "dagster.core.run_coordinator"])
+def test_both_spellings_of_the_run_coordinator_module_load(module):
+    assert _configurable_class({"module": module, "class": "QueuedRunCoordinator"}) is QueuedRunCoordinator
+
+
 def test_k8s_run_launcher_config_as_dagster_k8s_reads_it(pg_password):
     section = model.render_instance(model.merged_values("prod"))["run_launcher"]
-    klass = class_from_code_pointer(section["module"], section["class"])
+    klass = _configurable_class(section)
     value = process_config(klass.config_type(), section["config"]).value
     assert value["job_namespace"] == model.NAMESPACE
     assert value["env_secrets"] == [
@@ -117,7 +129,7 @@ def test_dagster_rejects_a_misspelled_key_in_a_configurable_class(section_path, 
     for part in section_path[1:]:
         node = node[part]
     node[bad_key] = ["x"]
-    klass = class_from_code_pointer(section["module"], section["class"])
+    klass = _configurable_class(section)
     result = process_config(klass.config_type(), section["config"])
     assert not result.success
     assert bad_key in " ".join(error.message for error in result.errors)
