@@ -39,7 +39,7 @@ def read_messages(kafka: KafkaResource, topic: str, wanted: dict[int, set[int] |
     try:
         todo: dict[int, tuple[int, int, set[int] | None]] = {}
         for partition, offsets in wanted.items():
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            low, high = kafka.watermarks(topic, partition, timeout=10, consumer=consumer)
             if offsets is None:
                 if high > low:
                     todo[partition] = (low, high, None)

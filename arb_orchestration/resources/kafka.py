@@ -236,7 +236,82 @@ class KafkaResource(ConfigurableResource):
                     failures.append(f"{name}: {error}")
         if failures:
             raise RuntimeError(f"could not create Kafka topics: {'; '.join(failures)}")
+        self._wait_for_leaders(admin, [n for n in missing if outcome[n] == "created"], timeout)
         return outcome
+
+    def _wait_for_leaders(self, admin, names: list[str], timeout: float) -> None:
+        """A created topic is usable once every partition has a leader that answers for it.
+
+        The metadata names the leader a moment before that broker serves the
+        partition (NOT_LEADER_FOR_PARTITION meanwhile), so this also asks each
+        partition for its offsets.
+        """
+        import time
+
+        if not names:
+            return
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        ready: dict[str, list[int]] = {}
+        while pending:
+            metadata = admin.list_topics(timeout=max(1.0, deadline - time.monotonic()))
+            for name in list(pending):
+                info = metadata.topics.get(name)
+                if (
+                    info is not None
+                    and info.error is None
+                    and info.partitions
+                    and all(p.leader >= 0 and p.error is None for p in info.partitions.values())
+                ):
+                    ready[name] = sorted(info.partitions)
+                    pending.remove(name)
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"topics created but without a leader after {timeout:g}s: {', '.join(pending)}")
+            time.sleep(0.05)
+        consumer = self.consumer()
+        try:
+            for name, partitions in ready.items():
+                for partition in partitions:
+                    self.watermarks(name, partition, timeout=max(1.0, deadline - time.monotonic()), consumer=consumer)
+        finally:
+            consumer.close()
+
+    def watermarks(self, topic: str, partition: int, timeout: float = 10.0, consumer=None) -> tuple[int, int]:
+        """(low, high) offsets of one partition, retrying while leadership settles; raises after `timeout`."""
+        import time
+
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+        own = consumer is None
+        consumer = consumer or self.consumer()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    return consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=max(0.5, deadline - time.monotonic())
+                    )
+                except KafkaException as exc:
+                    error = exc.args[0] if exc.args else None
+                    # librdkafka does not flag these retriable here; they are while leadership settles.
+                    retriable = isinstance(error, KafkaError) and (
+                        error.retriable()
+                        or error.code()
+                        in (
+                            KafkaError.NOT_LEADER_FOR_PARTITION,
+                            KafkaError.LEADER_NOT_AVAILABLE,
+                            KafkaError.UNKNOWN_TOPIC_OR_PART,
+                            KafkaError._TIMED_OUT,
+                        )
+                    )
+                    if not retriable or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            if own:
+                consumer.close()
 
     def _auto_create(self, names: list[str], timeout: float) -> dict[str, str]:
         producer = self.producer(allow_auto_create_topics=True)

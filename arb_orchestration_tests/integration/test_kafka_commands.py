@@ -48,15 +48,7 @@ def read_topic(kafka, topic: str, timeout: float = 15.0) -> list:
 
 
 def high_watermarks(kafka, topic: str) -> int:
-    from confluent_kafka import TopicPartition
-
-    consumer = kafka.consumer()
-    try:
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in kafka.partitions_for(topic)
-        )
-    finally:
-        consumer.close()
+    return sum(kafka.watermarks(topic, p)[1] for p in kafka.partitions_for(topic))
 
 
 def test_topics_create_is_idempotent(kafka_env, capsys):
