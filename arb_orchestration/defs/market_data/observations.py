@@ -13,6 +13,7 @@ balance sheet keeps its version across observations.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
@@ -96,8 +97,6 @@ def _version(payload: object) -> DataVersion:
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    import datetime as dt
-
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
