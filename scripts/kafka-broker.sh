@@ -18,6 +18,7 @@
 #   KAFKA_JVM_OPTS       extra JVM options, appended
 #   KAFKA_START_TIMEOUT  seconds to wait for "Kafka Server started" (default 90)
 #   KAFKA_STOP_TIMEOUT   seconds to wait for a clean exit before SIGKILL (default 20)
+#   KAFKA_PARENT_PID     if set, the broker is stopped when that process exits (the test fixture sets it)
 #   ARB_KAFKA_CDS        1 (default): `fetch` also records a JVM class-data-sharing archive of a
 #                        broker start, which `start` then uses (about half the start time on a
 #                        busy 2-core machine); 0 disables it
@@ -46,7 +47,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 # What the cached jar set was built from: the version and the pom's content.
@@ -258,6 +259,14 @@ cmd_start() {
         kafka.Kafka "$dir/server.properties" >>"$dir/stdout.log" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >"$dir/broker.pid"
+    if [[ -n "${KAFKA_PARENT_PID:-}" ]]; then
+        # Tie the broker to a parent (the pytest process): a killed test run leaves no broker behind.
+        (
+            while kill -0 "$KAFKA_PARENT_PID" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do sleep 2; done
+            kill -TERM "$pid" 2>/dev/null || true
+        ) </dev/null >/dev/null 2>&1 &
+        disown
+    fi
     local timeout="${KAFKA_START_TIMEOUT:-90}"
     local deadline=$((SECONDS + timeout))
     while :; do
