@@ -57,7 +57,9 @@ class Saga:
         return self.definition.name
 
     def recovery_sensors(self, **kwargs: Any) -> list[SensorDefinition]:
-        """`<name>_recovery_sensor` (run failures) and `<name>_recovery_sweep_sensor` (periodic)."""
+        """`<name>_recovery_sensor` (run failures) and `<name>_recovery_sweep_sensor` (periodic).
+
+        Keyword arguments go to `build_saga_recovery_sensors` (e.g. `sweep_interval_seconds`)."""
         from arb_orchestration.saga.sensors import build_saga_recovery_sensors
 
         return build_saga_recovery_sensors([self], name=f"{self.name}_recovery_sensor", **kwargs)
@@ -172,6 +174,7 @@ def _runtime(definition: SagaDefinition, step: SagaStep, context: OpExecutionCon
         attempt=context.retry_number,
         logger=context.log,
         trading_switch=InstanceTradingSwitch(instance),
+        run_tags=dict(run.tags),
         may_have_history=may_have_history(run),
     )
 

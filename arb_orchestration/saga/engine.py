@@ -217,6 +217,7 @@ class StepContext:
     run_id: str | None
     log: Any  # logging.Logger or Dagster's log manager
     trading_switch: TradingSwitch | None = None
+    run_tags: Mapping[str, str] = field(default_factory=dict)
     _log: SagaLog | None = field(default=None, repr=False)
 
     def key(self, *parts: object) -> str:
@@ -258,6 +259,7 @@ class StepRuntime:
     attempt: int = 0
     logger: Any = field(default_factory=lambda: logging.getLogger("arb_orchestration.saga"))
     trading_switch: TradingSwitch | None = None
+    run_tags: Mapping[str, str] = field(default_factory=dict)
     # False only for a fresh run's first attempt: skips a log read on the hot path.
     may_have_history: bool = True
 
@@ -312,6 +314,7 @@ def execute_step(saga: SagaDefinition, step_name: str, rt: StepRuntime) -> dict[
         run_id=rt.run_id,
         log=rt.logger,
         trading_switch=rt.trading_switch,
+        run_tags=rt.run_tags,
         _log=rt.log,
     )
     try:

@@ -6,7 +6,7 @@ locally; on Kubernetes only run monitoring does (`run_monitoring.enabled` in
 dagster.yaml) — these sensors take over:
 
 * `<name>` — a run-failure sensor over the saga jobs: reacts within seconds.
-* `<name>_sweep` — every `sweep_interval_seconds`, re-checks failed and
+* `<name minus _sensor>_sweep_sensor` — every `sweep_interval_seconds`, re-checks failed and
   canceled saga runs of the last `lookback_seconds`, so a failure that
   happened while the first sensor was off (or whose tick errored) is not
   missed. It skips runs younger than `grace_seconds` to let the first
@@ -105,12 +105,15 @@ def build_saga_recovery_sensors(
     sagas: Sequence[Saga],
     *,
     name: str = "saga_recovery_sensor",
+    sweep_name: str | None = None,
     sweep_interval_seconds: int = 60,
     lookback_seconds: float = 3 * 24 * 3600,
     grace_seconds: float = 60,
     default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
 ) -> list[SensorDefinition]:
-    """The failure sensor `name` and the sweep `name`_sweep for `sagas`."""
+    """The failure sensor `name` and the sweep (`..._sweep_sensor`) for `sagas`."""
+    if sweep_name is None:
+        sweep_name = f"{name.removesuffix('_sensor')}_sweep_sensor"
     by_job = {s.job.name: s.definition for s in sagas}
     jobs = [s.job for s in sagas]
     resource_keys: set[str] = set()
@@ -146,7 +149,7 @@ def build_saga_recovery_sensors(
     )
 
     @sensor(
-        name=f"{name}_sweep",
+        name=sweep_name,
         minimum_interval_seconds=sweep_interval_seconds,
         jobs=jobs,
         required_resource_keys=resource_keys,

@@ -1,5 +1,27 @@
-"""Dagster definitions of the ops_control domain."""
+"""Dagster definitions of the ops_control domain: the trading kill switch (pause/resume jobs).
+
+`trading_paused(instance) -> (paused, reason)` is the accessor money-moving jobs and sensors use.
+"""
 
 from dagster import Definitions
 
-defs = Definitions()
+from arb_orchestration.defs.ops_control.kill_switch import (
+    pause_trading_job,
+    resume_blockers,
+    resume_trading_job,
+    skip_if_trading_paused,
+)
+from arb_orchestration.saga.kill_switch import pause_trading, resume_trading, trading_paused
+
+defs = Definitions(jobs=[pause_trading_job, resume_trading_job])
+
+__all__ = [
+    "defs",
+    "pause_trading",
+    "pause_trading_job",
+    "resume_blockers",
+    "resume_trading",
+    "resume_trading_job",
+    "skip_if_trading_paused",
+    "trading_paused",
+]
