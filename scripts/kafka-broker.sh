@@ -98,6 +98,8 @@ build_cds() {
     local archive tmpdir began
     archive="$(cds_archive)"
     [[ -f "$archive" ]] && return 0
+    # A build that failed once for this JVM/options/classpath is not retried on every fetch.
+    [[ -f "$archive.failed" ]] && return 1
     began="$EPOCHREALTIME"
     mkdir -p "$(dirname "$archive")"
     tmpdir="$(mktemp -d "$KAFKA_HOME/cds/run.XXXXXX")"
@@ -131,11 +133,12 @@ build_cds() {
         return 0
     fi
     echo "kafka-broker.sh: warning: could not build the class-data archive (brokers start without it); logs in $tmpdir" >&2
+    echo "$tmpdir" >"$archive.failed"
     return 1
 }
 
 cmd_fetch() {
-    if jars_ready && { ! cds_enabled || [[ -f "$(cds_archive)" ]]; }; then
+    if jars_ready && { ! cds_enabled || [[ -f "$(cds_archive)" || -f "$(cds_archive).failed" ]]; }; then
         echo "kafka $KAFKA_VERSION: jars cached in $LIBS"
         return 0
     fi
