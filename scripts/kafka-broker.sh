@@ -76,7 +76,8 @@ cds_enabled() {
 
 cds_archive() {
     local id
-    id="$( { java -version 2>&1; echo "$HEAP_OPTS $JVM_OPTS"; ls "$LIBS"; } | sha256sum | cut -c1-16)"
+    # The JVM checks the classpath jars' paths, sizes and mtimes against the archive: so do we.
+    id="$( { java -version 2>&1; echo "$HEAP_OPTS $JVM_OPTS"; stat -c '%n %s %Y' "$LIBS"/*; } | sha256sum | cut -c1-16)"
     echo "$KAFKA_HOME/cds/broker-$id.jsa"
 }
 
@@ -129,6 +130,8 @@ build_cds() {
     if ((ok)) && [[ -s "$tmpdir/broker.jsa" ]]; then
         mv "$tmpdir/broker.jsa" "$archive"
         rm -rf "$tmpdir"
+        # Archives of other jar sets or JVMs are dead weight (~50 MB each).
+        find "$(dirname "$archive")" -maxdepth 1 -name 'broker-*.jsa*' ! -name "$(basename "$archive")" -delete
         echo "kafka $KAFKA_VERSION: class-data archive for faster broker starts built in $(awk -v a="$began" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s"
         return 0
     fi
