@@ -1,0 +1,161 @@
+"""Run config of `auto_rebalance_saga` and of the `rebalance_plan` asset (defaults: docs/rebalance.md).
+
+`RebalancePolicyConfig` is the policy and the guardrails (what the asset and
+the saga share); `RebalanceConfig` adds what only a run needs (dry run,
+timeouts, the triggering event). The saga's run config is this class at the
+top level (the saga engine maps it onto every step), e.g.:
+
+    dry_run: true
+    floors: {USDT: 20000}
+    targets: [{venue: okx, asset: USDT, share: 0.3}]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from dagster import Config
+from pydantic import Field
+
+from arb_orchestration.defs.market_data.policy import DEFAULT_POLICY as MARKET_DATA_POLICY
+from arb_orchestration.domain.rebalance import Guardrails, TargetPolicy, TargetRule
+
+DEFAULT_ASSETS = ["USDT", "USDC", "EUR"]
+DEFAULT_FLOORS = {"USDT": 10_000.0, "USDC": 10_000.0, "EUR": 5_000.0}
+DEFAULT_MAX_TRANSFER = {"USDT": 250_000.0, "USDC": 250_000.0, "EUR": 100_000.0, "BTC": 5.0, "ETH": 100.0}
+DEFAULT_MAX_DAILY = {"USDT": 1_000_000.0, "USDC": 1_000_000.0, "EUR": 250_000.0, "BTC": 10.0, "ETH": 200.0}
+DEFAULT_MIN_DEFICIT = {"USDT": 500.0, "USDC": 500.0, "EUR": 500.0, "BTC": 0.01, "ETH": 0.2}
+# Networks the desk sends on today; a venue that starts offering a new one is not used until listed.
+DEFAULT_ALLOWED_DESTINATIONS = ["*:TRC20", "*:ARBITRUM", "*:SOL", "*:ERC20", "*:BTC", "*:SEPA"]
+
+
+class RebalanceTargetConfig(Config):
+    """One target rule: a floor and/or a share for a venue (or `*`) and asset."""
+
+    venue: str = Field(description="Venue name, or '*' for every venue that carries the asset.")
+    asset: str = Field(description="Asset, e.g. USDT or EUR.")
+    floor: float = Field(default=0.0, description="Minimum free balance, in the asset's units.")
+    share: Optional[float] = Field(
+        default=None, description="Fraction (0..1) of the asset's total free balance over the managed venues."
+    )
+
+
+class RebalanceTriggerConfig(Config):
+    """The event that asked for this run (the event sensors fill it in; the launchpad may leave it out).
+
+    Same fields as the sensors' `TriggerEventConfig`, all optional here.
+    """
+
+    event_id: str = ""
+    topic: str = ""
+    source: str = ""
+    kind: str = ""
+    critical: bool = False
+    reason: str = ""
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    def describe(self) -> str:
+        where = " / ".join(
+            str(self.payload[k]) for k in ("venue", "asset", "symbol") if self.payload.get(k) not in (None, "")
+        )
+        return (
+            f"{self.kind or 'event'} {self.event_id or '(no id)'}"
+            f"{f' on {where}' if where else ''}{f' from {self.source}' if self.source else ''}"
+            f"{f': {self.reason}' if self.reason else ''}"
+        )
+
+
+class RebalancePolicyConfig(Config):
+    """Target policy and guardrails (what `rebalance_plan` and the saga share)."""
+
+    assets: list[str] = Field(default=list(DEFAULT_ASSETS), description="Assets the rebalance manages.")
+    floors: dict[str, float] = Field(
+        default=dict(DEFAULT_FLOORS),
+        description="Default floor (minimum free balance) per asset on every venue that carries it.",
+    )
+    targets: list[RebalanceTargetConfig] = Field(
+        default=[], description="Per-venue (or '*') rules overriding the default floors; may set shares."
+    )
+    use_market_data_floors: bool = Field(
+        default=True, description="Never plan below the market_data balance floors (they are checked there)."
+    )
+    tolerance: float = Field(default=0.05, description="Share band: deficit below share*(1-tolerance).")
+    refill_headroom: float = Field(
+        default=0.20, description="A venue under its floor is refilled to floor*(1+headroom); sources keep as much."
+    )
+    wise_reserve: dict[str, float] = Field(
+        default={"EUR": 0.0}, description="Kept on the desk's Wise balance per fiat currency."
+    )
+    max_transfer: dict[str, float] = Field(
+        default=dict(DEFAULT_MAX_TRANSFER), description="Per-transfer limit per asset (amount leaving the source)."
+    )
+    max_daily: dict[str, float] = Field(
+        default=dict(DEFAULT_MAX_DAILY), description="Per-UTC-day limit per asset, over every rebalance saga."
+    )
+    allowed_destinations: list[str] = Field(
+        default=list(DEFAULT_ALLOWED_DESTINATIONS),
+        description="'venue:network' patterns money may be sent to ('*' wildcards).",
+    )
+    min_deficit: dict[str, float] = Field(
+        default=dict(DEFAULT_MIN_DEFICIT), description="An asset whose total deficit is smaller is not moved."
+    )
+    max_fee_ratio: float = Field(
+        default=0.01, description="An asset whose fees exceed this fraction of its deficit is not moved."
+    )
+    planner_time_limit_seconds: float = Field(default=30.0, description="Per asset, for the exact MILP.")
+
+    def policy(self) -> TargetPolicy:
+        minimum: dict[str, dict[str, float]] = {}
+        if self.use_market_data_floors:
+            floors = MARKET_DATA_POLICY.floors
+            # The default floors hold on every venue ('*'); per-venue ones override them there.
+            minimum = {"*": dict(floors.default), **{v: floors.floors_for(v) for v in floors.per_venue}}
+        return TargetPolicy(
+            assets=tuple(self.assets),
+            default_floors=dict(self.floors),
+            rules=tuple(TargetRule(t.venue, t.asset, t.floor, t.share) for t in self.targets),
+            minimum_floors=minimum,
+            tolerance=self.tolerance,
+            refill_headroom=self.refill_headroom,
+            fiat_reserve=dict(self.wise_reserve),
+        )
+
+    def guardrails(self) -> Guardrails:
+        return Guardrails(
+            max_transfer=dict(self.max_transfer),
+            max_daily=dict(self.max_daily),
+            allowed_destinations=tuple(self.allowed_destinations),
+            min_deficit=dict(self.min_deficit),
+            max_fee_ratio=self.max_fee_ratio,
+        )
+
+
+class RebalanceConfig(RebalancePolicyConfig):
+    """Run config of `auto_rebalance_saga`: the policy plus the run's own switches."""
+
+    dry_run: bool = Field(default=False, description="Plan and report only; nothing moves.")
+    arrival_timeout_seconds: float = Field(
+        default=1800.0, description="How long one attempt of await_arrival waits before it fails (then retries)."
+    )
+    poll_interval_seconds: float = Field(default=2.0, description="Between status polls while waiting.")
+    max_fee_increase: float = Field(
+        default=0.5, description="A Wise quote whose fee exceeds the planned fee by more than this fraction aborts."
+    )
+    verify_tolerance: float = Field(
+        default=0.01, description="A destination may show up to this fraction of the credited amount less."
+    )
+    wise_recipient_holder: str = Field(
+        default="Arb Desk", description="Account holder name of the venues' IBANs (Wise recipients)."
+    )
+    trigger: Optional[RebalanceTriggerConfig] = Field(
+        default=None, description="The event behind a sensor-triggered run (logged; planning does not use it)."
+    )
+
+
+def rebalance_run_config(trigger: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Run config for `auto_rebalance_saga` (top level, see the module docstring), e.g. for a sensor:
+    `rebalance_run_config(trigger=trigger_event_config.model_dump())`."""
+    config: dict[str, Any] = dict(overrides)
+    if trigger is not None:
+        config["trigger"] = {k: trigger[k] for k in RebalanceTriggerConfig.model_fields if k in trigger}
+    return config

@@ -1,0 +1,124 @@
+"""The rebalance saga's view of the Dagster instance: today's rebalances, and reports into the run's log.
+
+Saga steps receive resources, not the op context, so what they need from the
+instance comes through `RebalanceJournalResource` (key `rebalance_journal`):
+
+* `used_today()` — what earlier rebalance sagas moved or still hold reserved
+  today, per asset, read from their saga logs (the per-day guardrail);
+* `report(step, message, metadata)` — an engine event in the current run,
+  attached to the step, carrying Dagster metadata (tables, markdown) so the
+  UI shows transfer ids, amounts, fees and etas next to each step.
+
+It opens nothing at import or load; the instance comes from the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Mapping
+
+from dagster import ConfigurableResource, InitResourceContext, MetadataValue, RunsFilter
+from pydantic import PrivateAttr
+
+from arb_orchestration.defs.k8s import REBALANCE_JOB
+from arb_orchestration.domain.rebalance import PastRebalance, daily_usage
+from arb_orchestration.saga import InstanceSagaLog, RecordKind, SagaState, saga_id_for_run
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+_log = logging.getLogger("arb_orchestration.defs.rebalance")
+
+PLAN_STEP = "plan_rebalance"
+COMMIT_STEP = "commit_transfers"
+
+
+def utc_midnight(now: datetime | None = None) -> datetime:
+    now = now or datetime.now(timezone.utc)
+    return now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def past_rebalance(state: SagaState, since: float) -> PastRebalance | None:
+    """What one saga planned and did, from its log; None if it planned nothing on or after `since`."""
+    plan = state.step(PLAN_STEP)
+    if not plan.done or not plan.result:
+        return None
+    planned_at = max(
+        (r.timestamp for r in state.records if r.step == PLAN_STEP and r.kind is RecordKind.STEP_DONE), default=0.0
+    )
+    if planned_at < since:
+        return None
+    commit = state.step(COMMIT_STEP)
+    committed = {int(p["committed"]) for p in commit.progress if "committed" in p}
+    if commit.done and commit.result:
+        committed |= {int(i) for i in (commit.result.get("committed") or {})}
+    cancelled = set()
+    if commit.compensation:  # written by cancel_uncommitted
+        committed |= {int(i) for i in commit.compensation.get("in_flight", [])}
+        cancelled = {int(i) for i in commit.compensation.get("cancelled", [])}
+        cancelled |= {int(i) for i in commit.compensation.get("not_created", [])}
+    return PastRebalance(
+        saga_id=state.saga_id,
+        planned=tuple((int(t["index"]), str(t["asset"]), float(t["amount"])) for t in plan.result.get("transfers", [])),
+        committed=frozenset(committed),
+        cancelled=frozenset(cancelled),
+        rolled_back=state.compensation_began,
+        dry_run=bool(plan.result.get("dry_run")),
+    )
+
+
+def rebalances_today(
+    instance: "DagsterInstance", *, exclude_saga: str | None = None, now: datetime | None = None,
+    job_name: str = REBALANCE_JOB,
+) -> list[PastRebalance]:
+    """Every rebalance saga with a plan recorded since UTC midnight (other than `exclude_saga`)."""
+    midnight = utc_midnight(now)
+    runs = instance.get_runs(filters=RunsFilter(job_name=job_name, updated_after=midnight), limit=1000)
+    log = InstanceSagaLog(instance)
+    seen: set[str] = set()
+    out: list[PastRebalance] = []
+    for run in runs:
+        saga_id = saga_id_for_run(run, instance.get_run_by_id)
+        if saga_id in seen or saga_id == exclude_saga:
+            continue
+        seen.add(saga_id)
+        past = past_rebalance(log.load(saga_id), midnight.timestamp())
+        if past is not None:
+            out.append(past)
+    return out
+
+
+def usage_today(instance: "DagsterInstance", *, exclude_saga: str | None = None,
+                now: datetime | None = None) -> dict[str, float]:
+    return daily_usage(rebalances_today(instance, exclude_saga=exclude_saga, now=now))
+
+
+class RebalanceJournalResource(ConfigurableResource):
+    """The rebalance saga's access to the Dagster instance (see the module docstring)."""
+
+    job_name: str = REBALANCE_JOB
+
+    _instance: Any = PrivateAttr(default=None)
+    _run: Any = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._instance = context.instance
+        self._run = context.dagster_run
+
+    def used_today(self, *, exclude_saga: str | None = None) -> dict[str, float]:
+        if self._instance is None:
+            raise RuntimeError("rebalance_journal has no Dagster instance (used outside a run?)")
+        return daily_usage(rebalances_today(self._instance, exclude_saga=exclude_saga, job_name=self.job_name))
+
+    def report(self, step: str, message: str, metadata: Mapping[str, Any]) -> None:
+        """An engine event in this run, under `step`, with `metadata` (MetadataValue or plain values)."""
+        from dagster._core.events import EngineEventData
+
+        if self._instance is None or self._run is None:
+            _log.info("%s: %s", step, message)
+            return
+        values = {k: v if isinstance(v, MetadataValue) else MetadataValue.json(v) if isinstance(v, (dict, list))
+                  else MetadataValue.text(str(v)) for k, v in metadata.items()}
+        self._instance.report_engine_event(message, self._run, EngineEventData(metadata=values), step_key=step)
+

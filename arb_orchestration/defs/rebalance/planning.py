@@ -1,0 +1,174 @@
+"""Observe the venues and Wise, then propose a plan: shared by the saga's first step and `rebalance_plan`.
+
+`propose` does all the I/O the decision needs (fresh balances, withdrawal
+fees, the IBANs and Wise quotes of the fiat legs) and hands the rest to the
+pure modules: targets and guardrails (`domain/rebalance.py`), the exact route
+planner (`domain/routing.py`). It moves nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, TypeVar
+
+from arb_orchestration.domain.models import Balance, NetworkFee
+from arb_orchestration.domain.rebalance import (
+    FIAT_ASSETS,
+    FIAT_NETWORK,
+    Breach,
+    PlannedTransfer,
+    RailSpec,
+    Targets,
+    apply_min_benefit,
+    check_guardrails,
+    compute_targets,
+    fee_from_quotes,
+    planned_transfers,
+    split_executable,
+    wise_rails,
+    withdrawal_rails,
+)
+from arb_orchestration.domain.routing import naive_plan, plan_routes
+from arb_orchestration.resources.errors import BusinessError
+from arb_orchestration.resources.venue import ExchangeResource
+from arb_orchestration.resources.wise import WiseResource
+
+T = TypeVar("T")
+_log = logging.getLogger("arb_orchestration.defs.rebalance")
+
+# Quote sizes for fitting Wise's fee line: at least this much, so the fee is a small part of it.
+_MIN_QUOTE_AMOUNT = 1_000.0
+
+
+@dataclass
+class Proposal:
+    """What a rebalance would do now, and whether it may."""
+
+    observed_at: float
+    balances: dict[str, dict[str, Balance]]  # per venue, fresh
+    fiat_balances: dict[str, float]  # the desk's Wise balance (only fetched when fiat is short somewhere)
+    targets: Targets
+    rails: dict[str, RailSpec]
+    plan_fee: dict[str, float] = field(default_factory=dict)  # optimal, per asset
+    naive_fee: dict[str, float | None] = field(default_factory=dict)  # direct-only baseline (None: infeasible)
+    infeasible: dict[str, str] = field(default_factory=dict)
+    transfers: list[PlannedTransfer] = field(default_factory=list)  # every leg of the optimal plan
+    run_now: list[PlannedTransfer] = field(default_factory=list)  # what the saga executes
+    deferred: list[PlannedTransfer] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # asset -> min-benefit reason
+    breaches: list[Breach] = field(default_factory=list)
+    used_today: dict[str, float] = field(default_factory=dict)
+    fiat_notes: list[str] = field(default_factory=list)
+
+    @property
+    def needs(self) -> dict[str, float]:
+        return self.targets.needs()
+
+    @property
+    def may_run(self) -> bool:
+        return not self.infeasible and not self.breaches
+
+    def fee_of(self, legs: list[PlannedTransfer]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for t in legs:
+            out[t.asset] = out.get(t.asset, 0.0) + t.fee
+        return out
+
+
+def _per_venue(venues: list[str], fn: Callable[[str], T]) -> dict[str, T]:
+    """`fn(venue)` for every venue concurrently; the first error is raised (no plan from a partial book)."""
+    if not venues:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(venues)), thread_name_prefix="rebalance-fetch") as pool:
+        futures = {venue: pool.submit(fn, venue) for venue in venues}
+        return {venue: future.result() for venue, future in futures.items()}
+
+
+def fetch_balances(exchange: ExchangeResource, venues: list[str]) -> dict[str, dict[str, Balance]]:
+    return _per_venue(venues, lambda v: exchange.venue(v).fetch_balance())
+
+
+def _free(balances: Mapping[str, Mapping[str, Balance]]) -> dict[str, dict[str, float]]:
+    return {v: {a: b.free for a, b in per_asset.items()} for v, per_asset in balances.items()}
+
+
+def _fiat_rails(
+    exchange: ExchangeResource, wise: WiseResource, asset: str, targets: Targets, notes: list[str]
+) -> list[RailSpec]:
+    """Rails `wise → venue` to every venue short of `asset` that has an IBAN, priced from two Wise quotes."""
+    short = sorted({row.venue for row in targets.rows if row.asset == asset and row.deficit > 0})
+    destinations = []
+    for venue in short:
+        try:
+            address = exchange.venue(venue).fetch_deposit_address(asset, FIAT_NETWORK)
+        except BusinessError as exc:  # no IBAN for this venue: it cannot be paid in fiat
+            notes.append(f"{venue} has no {asset} IBAN ({exc}); no Wise rail to it")
+            continue
+        if address.address:
+            destinations.append(venue)
+    if not destinations:
+        return []
+    need = targets.needs().get(asset, 0.0)
+    first = max(need, _MIN_QUOTE_AMOUNT)
+    quotes = [wise.create_quote(asset, asset, source_amount=round(amount, 2)) for amount in (first, 2 * first)]
+    fixed, rate = fee_from_quotes([(q.source_amount, q.fee_total) for q in quotes])
+    eta = 0.0
+    delivery = quotes[0].estimated_delivery
+    if delivery is not None:
+        eta = max(0.0, (delivery - datetime.now(timezone.utc)).total_seconds())
+    notes.append(f"Wise {asset} fee from quotes: {fixed:g} fixed + {rate:.4%}, eta ~{eta:.0f}s")
+    return wise_rails(destinations, asset, fixed, rate, eta)
+
+
+def propose(
+    exchange: ExchangeResource,
+    wise: WiseResource,
+    config: Any,
+    used_today: Mapping[str, float],
+    *,
+    logger: Any = None,
+) -> Proposal:
+    """Observe, plan and check (see the module docstring). `config` is a `RebalancePolicyConfig`."""
+    logger = logger or _log
+    policy, guardrails = config.policy(), config.guardrails()
+    venues = exchange.venue_names()
+    balances = fetch_balances(exchange, venues)
+    free = _free(balances)
+    targets = compute_targets(policy, free)
+    needs = targets.needs()
+    fiat_balances: dict[str, float] = {}
+    if any(asset in FIAT_ASSETS for asset in needs):
+        fiat_balances = {c: v for c, v in wise.balances().items() if c in FIAT_ASSETS}
+        targets = compute_targets(policy, free, fiat_balances)
+    proposal = Proposal(time.time(), balances, fiat_balances, targets, rails={}, used_today=dict(used_today))
+    if not needs:
+        logger.info("rebalance: every managed venue is at or above its trigger level; nothing to plan")
+        return proposal
+
+    fees: dict[str, list[NetworkFee]] = _per_venue(venues, lambda v: exchange.venue(v).fetch_deposit_withdraw_fees())
+    specs = withdrawal_rails(fees, targets.managed)
+    for asset in sorted(a for a in needs if a in FIAT_ASSETS):
+        specs += _fiat_rails(exchange, wise, asset, targets, proposal.fiat_notes)
+    proposal.rails = {s.rail.id: s for s in specs}
+
+    chosen = []
+    for asset in sorted(needs):
+        rails = [s.rail for s in specs if s.rail.asset == asset]
+        asset_balances, asset_targets = targets.for_asset(asset)
+        plan = plan_routes(asset_balances, asset_targets, rails, time_limit=config.planner_time_limit_seconds)
+        if not plan.feasible:
+            proposal.infeasible[asset] = plan.reason or f"{asset}: no plan covers the deficits"
+            continue
+        proposal.plan_fee[asset] = plan.total_fee
+        naive = naive_plan(asset_balances, asset_targets, rails)
+        proposal.naive_fee[asset] = naive.total_fee if naive.feasible else None
+        chosen.extend(plan.transfers)
+    proposal.transfers = planned_transfers(chosen, proposal.rails)
+    kept, proposal.skipped = apply_min_benefit(proposal.transfers, needs, guardrails)
+    proposal.run_now, proposal.deferred = split_executable(kept, targets.balances)
+    proposal.breaches = check_guardrails(proposal.run_now, guardrails, used_today)
+    return proposal

@@ -1,0 +1,508 @@
+"""The steps of `auto_rebalance_saga`: actions, compensations and the keys they send.
+
+    plan_rebalance ──▶ prepare_transfers ──▶ commit_transfers (PIVOT) ──▶ await_arrival ──▶ verify_balances
+    release_reservations  cancel_prepared      cancel_uncommitted           (forward only)    (forward only)
+
+The plan has a variable number of legs, the saga a fixed list of steps: each
+step loops over the plan's legs (in the planner's executable order) and
+records every leg's sub-step in the saga log (`ctx.note`) as soon as it
+happened, so a compensation or a recovery run knows exactly what exists.
+
+Idempotency keys are derived from the step's key (saga name + saga id + step)
+plus the leg's index and rail, so retries, re-executions and recovery runs of
+the same saga send the same keys:
+
+* withdrawal key: `ctx.key("withdraw", index, rail)` of `commit_transfers`;
+* Wise customerTransactionId: `ctx.key("wise", index, rail)` of `prepare_transfers`.
+
+Before the pivot every side effect can be undone (an unfunded Wise transfer is
+cancelled; a withdrawal is cancellable while `pending`). The pivot commits
+withdrawals first, Wise fundings last (irreversible at once). If it fails part
+way, its compensation cancels what is still cancellable and reports (and
+mails) any leg already on its way. After the pivot only forward recovery:
+await_arrival / verify_balances retry, then the engine's hook mails the risk
+team and the recovery sensor relaunches the saga with the same keys.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from dagster import Failure, MetadataValue
+
+from arb_orchestration.defs.rebalance.planning import Proposal, propose
+from arb_orchestration.defs.rebalance.report import (
+    legs_markdown,
+    proposal_metadata,
+    summary_markdown,
+)
+from arb_orchestration.domain.rebalance import FIAT_SOURCE, PlannedTransfer
+from arb_orchestration.resources.errors import BusinessError, TransientError
+from arb_orchestration.resources.wise import CANCELLED, WAITING, customer_transaction_id_for
+
+PLAN = "plan_rebalance"
+PREPARE = "prepare_transfers"
+COMMIT = "commit_transfers"
+AWAIT = "await_arrival"
+VERIFY = "verify_balances"
+
+GUARDRAIL_METADATA_KEY = "arb/guardrail"
+RULE_INFEASIBLE = "plan_infeasible"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _legs(plan: Mapping[str, Any] | None) -> list[PlannedTransfer]:
+    return [PlannedTransfer.from_dict(t) for t in (plan or {}).get("transfers", [])]
+
+
+def _skip_reason(plan: Mapping[str, Any]) -> str | None:
+    if plan.get("dry_run"):
+        return "dry run: nothing moves"
+    if not plan.get("transfers"):
+        return "nothing to move"
+    return None
+
+
+def _mask(address: str | None) -> str:
+    if not address:
+        return ""
+    return address if len(address) <= 10 else f"{address[:6]}…{address[-4:]}"
+
+
+def _by_source(legs: list[PlannedTransfer]) -> dict[str, list[PlannedTransfer]]:
+    out: dict[str, list[PlannedTransfer]] = {}
+    for leg in legs:
+        out.setdefault(leg.from_venue, []).append(leg)
+    return out
+
+
+# --------------------------------------------------------------------------- 1. plan
+
+
+def plan_rebalance(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
+    """Observe fresh balances, plan the cheapest transfers (exact MILP), check the guardrails.
+
+    Fails (not retried, nothing moved) when the plan is infeasible or breaks a
+    guardrail; the Failure's metadata `arb/guardrail` names the rule. The plan
+    it records is the reservation the per-day limit counts.
+    """
+    cfg = ctx.config
+    trigger = cfg.trigger.model_dump() if cfg.trigger is not None else None
+    if cfg.trigger is not None:
+        ctx.log.info(f"rebalance [{ctx.saga_id}] triggered by {cfg.trigger.describe()}")
+    used = rebalance_journal.used_today(exclude_saga=ctx.saga_id)
+    proposal = propose(exchange, wise, cfg, used, logger=ctx.log)
+    title = f"Rebalance plan{' (DRY RUN)' if cfg.dry_run else ''} [{ctx.saga_id}]"
+    metadata: dict[str, Any] = proposal_metadata(proposal, title=title)
+    metadata["dry_run"] = MetadataValue.bool(cfg.dry_run)
+    if trigger is not None:
+        metadata["trigger"] = MetadataValue.json(trigger)
+    rebalance_journal.report(PLAN, f"{title}: {len(proposal.run_now)} transfer(s)", metadata)
+
+    if proposal.infeasible and not cfg.dry_run:
+        reasons = "; ".join(f"{a}: {why}" for a, why in sorted(proposal.infeasible.items()))
+        raise Failure(
+            description=f"rebalance plan is infeasible, nothing moved: {reasons}",
+            metadata={GUARDRAIL_METADATA_KEY: RULE_INFEASIBLE, "infeasible": MetadataValue.json(proposal.infeasible)},
+            allow_retries=False,
+        )
+    if proposal.breaches and not cfg.dry_run:
+        rules = sorted({b.rule for b in proposal.breaches})
+        raise Failure(
+            description="rebalance guardrail breached, nothing moved: "
+            + "; ".join(f"{b.rule}: {b.message}" for b in proposal.breaches),
+            metadata={
+                GUARDRAIL_METADATA_KEY: rules[0],
+                "arb/guardrails_breached": MetadataValue.json(rules),
+                "breaches": MetadataValue.json([b.to_dict() for b in proposal.breaches]),
+            },
+            allow_retries=False,
+        )
+    for line in [*proposal.infeasible.values(), *(b.message for b in proposal.breaches)]:
+        ctx.log.warning(f"dry run: a real run would stop here: {line}")
+    return _plan_result(proposal, dry_run=cfg.dry_run, trigger=trigger)
+
+
+def _plan_result(proposal: Proposal, *, dry_run: bool, trigger: dict | None) -> dict[str, Any]:
+    touched = {(t.to_venue, t.asset) for t in proposal.run_now} | {
+        (t.from_venue, t.asset) for t in proposal.run_now if t.from_venue != FIAT_SOURCE
+    }
+    before: dict[str, dict[str, dict[str, float]]] = {}
+    for venue, asset in sorted(touched):
+        balance = proposal.balances.get(venue, {}).get(asset)
+        before.setdefault(venue, {})[asset] = {
+            "free": balance.free if balance else 0.0,
+            "total": balance.total if balance else 0.0,
+        }
+    return {
+        "dry_run": dry_run,
+        "transfers": [t.to_dict() for t in proposal.run_now],
+        "deferred": [t.to_dict() for t in proposal.deferred],
+        "skipped": dict(proposal.skipped),
+        "deficits": proposal.needs,
+        "fee": proposal.fee_of(proposal.run_now),
+        "naive_fee": dict(proposal.naive_fee),
+        "used_today": dict(proposal.used_today),
+        "breaches": [b.to_dict() for b in proposal.breaches],
+        "infeasible": dict(proposal.infeasible),
+        "before": before,
+        "observed_at": proposal.observed_at,
+        "trigger": trigger,
+    }
+
+
+def release_reservations(ctx) -> dict[str, Any]:
+    """Release the plan's reservation of the per-day limit (recording this is the release).
+
+    Legs that had already left and could not be cancelled stay counted: the
+    daily usage reads them from `commit_transfers`' compensation.
+    """
+    reserved: dict[str, float] = {}
+    for leg in _legs(ctx.result):
+        reserved[leg.asset] = reserved.get(leg.asset, 0.0) + leg.amount
+    return {"released": reserved}
+
+
+# --------------------------------------------------------------------------- 2. prepare
+
+
+def prepare_transfers(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
+    """Per leg: the destination's deposit address (checked); for Wise legs also quote → recipient → transfer.
+
+    Wise legs go first, so a failure on a later leg finds the Wise transfers
+    to cancel. Every Wise transfer carries the customerTransactionId derived
+    from this step's key, so a retry finds the same transfer.
+    """
+    plan = ctx.results[PLAN]
+    skip = _skip_reason(plan)
+    if skip:
+        return {"skipped": skip}
+    cfg = ctx.config
+    prepared: dict[str, dict[str, Any]] = {}
+    for leg in sorted(_legs(plan), key=lambda t: (t.kind != "wise", t.index)):
+        address = exchange.venue(leg.to_venue).fetch_deposit_address(leg.asset, leg.network)
+        if (address.venue, address.asset, address.network) != (leg.to_venue, leg.asset, leg.network):
+            raise BusinessError(
+                f"leg #{leg.index}: {leg.to_venue} gave a deposit address for {address.venue} "
+                f"{address.asset}/{address.network}, not {leg.to_venue} {leg.asset}/{leg.network}",
+                code="address_mismatch",
+            )
+        entry: dict[str, Any] = {"address": address.address, "tag": address.tag}
+        if leg.kind == "wise":
+            entry.update(_prepare_wise_leg(ctx, wise, leg, address.address, cfg))
+        prepared[str(leg.index)] = entry
+    rows = {
+        int(i): {"destination": _mask(p["address"]), "Wise transfer": p.get("wise_transfer_id", "")}
+        for i, p in prepared.items()
+    }
+    rebalance_journal.report(
+        PREPARE,
+        f"prepared {len(prepared)} leg(s)",
+        {"legs": MetadataValue.md(legs_markdown(_legs(plan), rows, ("destination", "Wise transfer"))),
+         "wise_transfer_ids": [p["wise_transfer_id"] for p in prepared.values() if "wise_transfer_id" in p]},
+    )
+    return {"legs": prepared}
+
+
+def _prepare_wise_leg(ctx, wise, leg: PlannedTransfer, iban: str, cfg) -> dict[str, Any]:
+    quote = wise.create_quote(leg.asset, leg.asset, source_amount=round(leg.amount, 2))
+    allowed = leg.fee * (1 + cfg.max_fee_increase) + 0.01
+    if quote.fee_total > allowed:
+        raise BusinessError(
+            f"leg #{leg.index}: Wise now charges {quote.fee_total:g} {leg.asset}, planned {leg.fee:g} "
+            f"(max {allowed:g}); not sending",
+            code="fee_increase",
+        )
+    recipient = wise.create_recipient(leg.asset, iban, cfg.wise_recipient_holder)
+    key = ctx.key("wise", leg.index, leg.rail)
+    transfer = wise.create_transfer(quote.id, recipient.id, key, reference=f"rebalance {ctx.saga_id[:8]}-{leg.index}")
+    if transfer.status == CANCELLED or transfer.is_failed:
+        raise BusinessError(f"leg #{leg.index}: Wise transfer {transfer.id} for this saga is {transfer.status}",
+                            code="transfer_closed")
+    ctx.note(index=leg.index, wise_transfer_id=transfer.id, status=transfer.status)
+    return {
+        "wise_transfer_id": transfer.id,
+        "customer_transaction_id": customer_transaction_id_for(key),
+        "quote_id": transfer.quote_uuid or quote.id,
+        "recipient_id": recipient.id,
+        "source_value": transfer.source_value,
+        "target_value": transfer.target_value,
+        "wise_fee": quote.fee_total,
+    }
+
+
+def cancel_prepared(ctx, wise) -> dict[str, Any]:
+    """Cancel every unfunded Wise transfer of this saga (looked up by its customerTransactionId).
+
+    Safe when the action never ran or ran half way; a funded transfer cannot
+    be cancelled and is reported as in flight instead.
+    """
+    out: dict[str, list] = {"cancelled": [], "absent": [], "in_flight": []}
+    for leg in _legs(ctx.results.get(PLAN)):
+        if leg.kind != "wise":
+            continue
+        transfer = wise.find_transfer(ctx.key("wise", leg.index, leg.rail))
+        if transfer is None:
+            out["absent"].append(leg.index)
+        elif transfer.status == WAITING:
+            wise.cancel_transfer(transfer.id)
+            out["cancelled"].append(leg.index)
+        elif transfer.status == CANCELLED:
+            out["cancelled"].append(leg.index)
+        else:
+            out["in_flight"].append(leg.index)
+    return out
+
+
+# --------------------------------------------------------------------------- 3. commit (pivot)
+
+
+def commit_transfers(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
+    """PIVOT: create the withdrawals, then fund the Wise transfers. Past this, money is on its way.
+
+    Funds are checked for every leg not yet committed before the first one
+    moves; a leg an earlier attempt already committed is found by its key and
+    not sent again.
+    """
+    plan = ctx.results[PLAN]
+    skip = _skip_reason(plan)
+    if skip:
+        return {"skipped": skip}
+    prepared = ctx.results[PREPARE]["legs"]
+    legs = _legs(plan)
+    withdrawals = [t for t in legs if t.kind == "withdrawal"]
+    fiat = [t for t in legs if t.kind == "wise"]
+
+    needed: dict[tuple[str, str], float] = {}
+    for leg in withdrawals:
+        if exchange.venue(leg.from_venue).fetch_withdrawal(ctx.key("withdraw", leg.index, leg.rail)) is None:
+            needed[(leg.from_venue, leg.asset)] = needed.get((leg.from_venue, leg.asset), 0.0) + leg.amount
+    wise_needed: dict[str, float] = {}
+    for leg in fiat:
+        transfer = wise.get_transfer(prepared[str(leg.index)]["wise_transfer_id"])
+        if not transfer.is_funded:
+            wise_needed[leg.asset] = wise_needed.get(leg.asset, 0.0) + transfer.source_value
+    for venue in sorted({v for v, _ in needed}):
+        balances = exchange.venue(venue).fetch_balance()
+        for (v, asset), amount in sorted(needed.items()):
+            free = balances[asset].free if v == venue and asset in balances else None
+            if v == venue and (free is None or amount > free + 1e-9):
+                raise BusinessError(f"{venue} has {free or 0:g} {asset} free, the plan sends {amount:g}; not sending",
+                                    code="insufficient_funds")
+    if wise_needed:
+        available = wise.balances()
+        for asset, amount in sorted(wise_needed.items()):
+            if amount > available.get(asset, 0.0) + 1e-9:
+                raise BusinessError(f"the Wise balance holds {available.get(asset, 0.0):g} {asset}, the plan pays "
+                                    f"{amount:g}; not funding", code="insufficient_funds")
+
+    committed: dict[str, dict[str, Any]] = {}
+    for leg in withdrawals:
+        key = ctx.key("withdraw", leg.index, leg.rail)
+        target = prepared[str(leg.index)]
+        w = exchange.venue(leg.from_venue).withdraw(
+            leg.asset, leg.credited, address=target["address"], network=leg.network, idempotency_key=key,
+            tag=target.get("tag"),
+        )
+        if w.status in ("canceled", "failed"):
+            raise BusinessError(f"leg #{leg.index}: withdrawal {w.id} under this saga's key is {w.status}",
+                                code="withdrawal_closed")
+        ctx.note(committed=leg.index, withdrawal_id=w.id, status=w.status)
+        committed[str(leg.index)] = {
+            "kind": "withdrawal", "venue": leg.from_venue, "withdrawal_id": w.id, "idempotency_key": key,
+            "amount": w.amount, "fee": w.fee, "status": w.status, "eta_seconds": leg.eta_seconds,
+            "committed_at": time.time(),
+        }
+    for leg in fiat:
+        target = prepared[str(leg.index)]
+        wise.fund_transfer(target["wise_transfer_id"])
+        ctx.note(committed=leg.index, wise_transfer_id=target["wise_transfer_id"])
+        committed[str(leg.index)] = {
+            "kind": "wise", "wise_transfer_id": target["wise_transfer_id"],
+            "customer_transaction_id": target["customer_transaction_id"], "amount": target["target_value"],
+            "fee": target["wise_fee"], "status": "funded", "eta_seconds": leg.eta_seconds,
+            "committed_at": time.time(),
+        }
+    rows = {int(i): {"id": c.get("withdrawal_id") or c.get("wise_transfer_id"), "status": c["status"]}
+            for i, c in committed.items()}
+    rebalance_journal.report(
+        COMMIT,
+        f"committed {len(committed)} leg(s): money is on its way",
+        {"legs": MetadataValue.md(legs_markdown(legs, rows, ("id", "status"))),
+         "withdrawal_ids": [c["withdrawal_id"] for c in committed.values() if "withdrawal_id" in c],
+         "wise_transfer_ids": [c["wise_transfer_id"] for c in committed.values() if "wise_transfer_id" in c]},
+    )
+    return {"committed": committed}
+
+
+def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
+    """Undo a pivot that failed part way: cancel withdrawals still `pending`; report legs already gone.
+
+    Unfunded Wise transfers are left to `cancel_prepared` (it runs next). A leg
+    that can no longer be stopped (broadcast withdrawal, funded Wise transfer)
+    is listed as `in_flight` and mailed to the risk team: it will arrive at the
+    destination venue, but the saga did not run to its end.
+    """
+    prepared = (ctx.results.get(PREPARE) or {}).get("legs", {})
+    out: dict[str, list] = {"cancelled": [], "not_created": [], "in_flight": []}
+    for leg in _legs(ctx.results.get(PLAN)):
+        if leg.kind == "withdrawal":
+            venue = exchange.venue(leg.from_venue)
+            key = ctx.key("withdraw", leg.index, leg.rail)
+            w = venue.fetch_withdrawal(key)
+            if w is not None and w.status == "pending":
+                try:
+                    w = venue.cancel_withdrawal(w.id)
+                except BusinessError:  # broadcast in the meantime: look again
+                    w = venue.fetch_withdrawal(key)
+            if w is None:
+                out["not_created"].append(leg.index)
+            elif w.status in ("canceled", "failed"):
+                out["cancelled"].append(leg.index)
+            else:
+                out["in_flight"].append(leg.index)
+        else:
+            transfer_id = prepared.get(str(leg.index), {}).get("wise_transfer_id")
+            transfer = wise.get_transfer(transfer_id) if transfer_id is not None else None
+            if transfer is not None and transfer.is_funded:
+                out["in_flight"].append(leg.index)
+            else:
+                out["not_created"].append(leg.index)
+    if out["in_flight"]:
+        legs = {t.index: t for t in _legs(ctx.results.get(PLAN))}
+        body = "\n".join(
+            [f"Rebalance saga {ctx.saga_id} failed during its pivot ({COMMIT}).",
+             "These legs had already left and could not be cancelled; they will arrive, but the saga was rolled "
+             "back around them (no arrival check, no balance verification):"]
+            + [f"  #{i}: {legs[i].rail} {legs[i].amount:g} {legs[i].asset}" for i in out["in_flight"] if i in legs]
+            + [f"Cancelled: {out['cancelled'] or 'none'}; never created: {out['not_created'] or 'none'}."]
+        )
+        try:
+            smtp.send(f"[rebalance] partially committed: {len(out['in_flight'])} leg(s) in flight [{ctx.saga_id}]",
+                      body)
+        except Exception as exc:  # the saga log holds the facts; the mail is the courtesy copy
+            ctx.log.error(f"could not mail the in-flight legs of saga {ctx.saga_id}: {type(exc).__name__}: {exc}")
+    return out
+
+
+# --------------------------------------------------------------------------- 4. await (forward only)
+
+
+def await_arrival(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
+    """Poll every committed leg until it has arrived (withdrawal `completed`, Wise `outgoing_payment_sent`).
+
+    Transient read errors are waited out; past `arrival_timeout_seconds` the
+    step fails (retried, then the recovery sensor relaunches it). A leg that
+    ends cancelled or refunded after commit is a business error: escalated.
+    """
+    plan = ctx.results[PLAN]
+    skip = _skip_reason(plan)
+    if skip:
+        return {"skipped": skip}
+    cfg = ctx.config
+    committed: Mapping[str, Mapping[str, Any]] = ctx.results[COMMIT]["committed"]
+    started = time.monotonic()
+    deadline = started + cfg.arrival_timeout_seconds
+    waiting = sorted(committed, key=int)
+    arrived: dict[str, dict[str, Any]] = {}
+    status: dict[str, str] = {}
+    while waiting:
+        for index in list(waiting):
+            leg = committed[index]
+            try:
+                done, status[index] = _arrival_status(exchange, wise, index, leg)
+            except TransientError as exc:
+                status[index] = f"unknown ({type(exc).__name__})"
+                continue
+            if done:
+                waiting.remove(index)
+                arrived[index] = {"status": status[index], "after_seconds": round(time.time() - leg["committed_at"], 3)}
+        if not waiting:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TransientError(
+                f"{len(waiting)} leg(s) not arrived after {cfg.arrival_timeout_seconds:g}s: "
+                + ", ".join(f"#{i} {status.get(i)}" for i in waiting)
+            )
+        time.sleep(min(cfg.poll_interval_seconds, remaining))
+    rebalance_journal.report(
+        AWAIT, f"{len(arrived)} leg(s) arrived",
+        {"arrivals": {i: a for i, a in arrived.items()}, "waited_seconds": round(time.monotonic() - started, 3)},
+    )
+    return {"arrived": arrived}
+
+
+def _arrival_status(exchange, wise, index: str, leg: Mapping[str, Any]) -> tuple[bool, str]:
+    if leg["kind"] == "withdrawal":
+        w = exchange.venue(leg["venue"]).fetch_withdrawal(leg["idempotency_key"])
+        if w is None:
+            raise BusinessError(f"leg #{index}: withdrawal {leg['withdrawal_id']} is gone from {leg['venue']}")
+        if w.status in ("canceled", "failed"):
+            raise BusinessError(f"leg #{index}: withdrawal {w.id} ended {w.status} after it was committed")
+        return w.status == "completed", w.status
+    transfer = wise.get_transfer(leg["wise_transfer_id"])
+    if transfer.is_failed:
+        raise BusinessError(f"leg #{index}: Wise transfer {transfer.id} ended {transfer.status} after funding")
+    return transfer.is_sent, transfer.status
+
+
+# --------------------------------------------------------------------------- 5. verify (forward only)
+
+
+def verify_balances(ctx, exchange, rebalance_journal) -> dict[str, Any]:
+    """Re-read every destination: its total must have grown by what arrived (less `verify_tolerance`).
+
+    Reports the markdown summary of the executed plan. A shortfall fails the
+    step (retried; balances can lag the transfer status), then escalates.
+    """
+    plan = ctx.results[PLAN]
+    skip = _skip_reason(plan)
+    if skip:
+        summary = f"### Rebalance {ctx.saga_id}: {skip}"
+        rebalance_journal.report(VERIFY, skip, {"summary": MetadataValue.md(summary)})
+        return {"skipped": skip, "summary_markdown": summary}
+    cfg = ctx.config
+    legs = _legs(plan)
+    committed = ctx.results[COMMIT]["committed"]
+    arrived = ctx.results[AWAIT]["arrived"]
+    prepared = ctx.results[PREPARE]["legs"]
+    change: dict[tuple[str, str], float] = {}
+    inbound: dict[tuple[str, str], float] = {}
+    for leg in legs:
+        if str(leg.index) not in arrived:
+            continue
+        credited = float(prepared[str(leg.index)].get("target_value", leg.credited))
+        inbound[(leg.to_venue, leg.asset)] = inbound.get((leg.to_venue, leg.asset), 0.0) + credited
+        change[(leg.to_venue, leg.asset)] = change.get((leg.to_venue, leg.asset), 0.0) + credited
+        if leg.from_venue != FIAT_SOURCE:
+            change[(leg.from_venue, leg.asset)] = change.get((leg.from_venue, leg.asset), 0.0) - leg.amount
+    rows = []
+    for venue in sorted({v for v, _ in inbound}):
+        now = exchange.venue(venue).fetch_balance()
+        for (v, asset), received in sorted(inbound.items()):
+            if v != venue:
+                continue
+            before = float(plan["before"].get(venue, {}).get(asset, {}).get("total", 0.0))
+            expected = before + change[(venue, asset)] - cfg.verify_tolerance * received - 1e-6
+            current = now[asset].total if asset in now else 0.0
+            rows.append({"venue": venue, "asset": asset, "before": before, "expected": expected,
+                         "now": current, "ok": current >= expected})
+    ids = {int(i): {"id": c.get("withdrawal_id") or c.get("wise_transfer_id"),
+                    "status": arrived.get(i, {}).get("status", c["status"]),
+                    "arrived after": f"{arrived[i]['after_seconds']:.1f} s" if i in arrived else ""}
+           for i, c in committed.items()}
+    summary = summary_markdown(legs, ids, rows, saga_id=ctx.saga_id, fee_by_asset=plan.get("fee", {}),
+                               naive_fee=plan.get("naive_fee", {}))
+    bad = [r for r in rows if not r["ok"]]
+    rebalance_journal.report(
+        VERIFY, "balances verified" if not bad else f"{len(bad)} balance(s) short",
+        {"summary": MetadataValue.md(summary), "verification": rows},
+    )
+    if bad:
+        raise TransientError("balances short after arrival: " + ", ".join(
+            f"{r['venue']} {r['asset']} {r['now']:g} < {r['expected']:g}" for r in bad))
+    return {"verified": rows, "summary_markdown": summary}

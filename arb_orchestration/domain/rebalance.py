@@ -1,0 +1,650 @@
+"""Rebalancing policy, rails and guardrails (pure Python: no Dagster, no I/O).
+
+The `auto_rebalance_saga` (defs/rebalance) observes balances, then asks this
+module three questions before any money moves:
+
+1. **What should every venue hold?** `compute_targets(policy, balances)` turns a
+   `TargetPolicy` (per venue and asset: a floor and/or a share of the asset's
+   total) into the route planner's targets. Three levels per venue and asset:
+
+   * `trigger = max(floor, share·total·(1 − tolerance))` — below it the venue
+     is in deficit;
+   * `refill  = max(floor·(1 + headroom), share·total)` — what a venue in
+     deficit is brought up to;
+   * `keep    = max(floor·(1 + headroom), share·total·(1 − tolerance))` — the
+     lowest a *source* may be drawn down to (never into its own trigger zone,
+     so one rebalance does not cause the next).
+
+   Venues without a rule for an asset are left alone (neither source nor
+   destination): nothing is ever drained because nobody said it may be.
+
+2. **How can money move?** `withdrawal_rails` builds one planner `Rail` per
+   (source venue, destination venue, asset, network) from the venues'
+   withdrawal fees; `wise_rails` builds the fiat rails. Venues cannot withdraw
+   fiat: a venue's EUR deficit is covered by a Wise transfer from the desk's
+   Wise balance, modelled as the source "venue" `wise` (`FIAT_SOURCE`) with
+   rails `wise → <venue>` whose fee comes from Wise quotes.
+
+3. **May this plan run?** `apply_min_benefit` drops assets whose rebalance is
+   not worth it (deficit too small, fees too high); `check_guardrails` returns
+   every breached rule (per-transfer and per-day limits per asset, destination
+   allowlist). A breach stops the saga before anything moves.
+
+Amount conventions follow the planner (`domain/routing.py`): a transfer's
+`amount` is what leaves the source, `fee` what is lost on the way and
+`credited = amount − fee` what arrives — which is the amount to *withdraw*
+(venues charge the network fee on top) or the source amount of a Wise quote
+(Wise deducts its fee from it).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from arb_orchestration.domain.models import NetworkFee
+from arb_orchestration.domain.routing import Plan, Rail, Transfer
+
+__all__ = [
+    "FIAT_ASSETS",
+    "FIAT_NETWORK",
+    "FIAT_SOURCE",
+    "Breach",
+    "Guardrails",
+    "PastRebalance",
+    "PlannedTransfer",
+    "RailSpec",
+    "TargetPolicy",
+    "TargetRule",
+    "Targets",
+    "VenueTarget",
+    "apply_min_benefit",
+    "check_guardrails",
+    "compute_targets",
+    "daily_usage",
+    "fee_from_quotes",
+    "planned_transfers",
+    "rail_id",
+    "round_up",
+    "split_executable",
+    "wise_rails",
+    "withdrawal_rails",
+]
+
+FIAT_SOURCE = "wise"  # the desk's Wise balance, the only source of fiat for venues
+FIAT_NETWORK = "SEPA"  # how Wise pays a venue's IBAN
+FIAT_ASSETS = frozenset({"EUR"})
+
+# Rule names, as they appear in Failure metadata, logs and docs/rebalance.md.
+RULE_PER_TRANSFER = "per_transfer_limit"
+RULE_DAILY = "daily_limit"
+RULE_ALLOWLIST = "destination_allowlist"
+RULE_MIN_BENEFIT = "min_benefit"
+
+_EPS = 1e-9
+# Decimal places the venues and Wise accept per asset (default: 8).
+ASSET_DECIMALS: Mapping[str, int] = {"EUR": 2, "USD": 2, "GBP": 2, "USDT": 6, "USDC": 6}
+
+
+def round_up(asset: str, amount: float) -> float:
+    """`amount` rounded *up* to the asset's precision: a deficit is covered, never missed by a cent."""
+    decimals = ASSET_DECIMALS.get(asset, 8)
+    scale = 10**decimals
+    # The small slack keeps 100.000000001 (float noise) from becoming 100.01.
+    return math.ceil(amount * scale - 1e-6) / scale
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    """Policy for one venue (or `*`: every venue that carries the asset) and asset.
+
+    `floor`: minimum free balance. `share`: fraction of the asset's total free
+    balance over the managed venues. A venue-specific rule overrides a `*` rule,
+    which overrides the per-asset default floor.
+    """
+
+    venue: str
+    asset: str
+    floor: float = 0.0
+    share: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.venue or not self.asset:
+            raise ValueError("a target rule needs a venue (or '*') and an asset")
+        if not math.isfinite(self.floor) or self.floor < 0:
+            raise ValueError(f"target {self.venue}/{self.asset}: floor must be >= 0, got {self.floor}")
+        if self.share is not None and not (0.0 <= self.share <= 1.0):
+            raise ValueError(f"target {self.venue}/{self.asset}: share must be within [0, 1], got {self.share}")
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """What the desk wants every venue to hold (see the module docstring for the three levels)."""
+
+    assets: tuple[str, ...]
+    default_floors: Mapping[str, float] = field(default_factory=dict)
+    rules: tuple[TargetRule, ...] = ()
+    # Hard lower bounds {venue: {asset: floor}} (the market_data floors): a rule never goes below them.
+    # A '*' entry applies to every venue without an entry of its own.
+    minimum_floors: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    tolerance: float = 0.05
+    refill_headroom: float = 0.20
+    # Kept on the Wise balance per fiat asset.
+    fiat_reserve: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "assets", tuple(dict.fromkeys(self.assets)))
+        object.__setattr__(self, "rules", tuple(self.rules))
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ValueError(f"tolerance must be within [0, 1), got {self.tolerance}")
+        if not 0.0 <= self.refill_headroom <= 10.0:
+            raise ValueError(f"refill_headroom must be within [0, 10], got {self.refill_headroom}")
+        for asset, floor in self.default_floors.items():
+            if not math.isfinite(floor) or floor < 0:
+                raise ValueError(f"default floor for {asset} must be >= 0, got {floor}")
+        seen: set[tuple[str, str]] = set()
+        for rule in self.rules:
+            if (rule.venue, rule.asset) in seen:
+                raise ValueError(f"two target rules for {rule.venue}/{rule.asset}")
+            seen.add((rule.venue, rule.asset))
+            if rule.venue == FIAT_SOURCE:
+                raise ValueError(f"'{FIAT_SOURCE}' is the fiat source, not a venue with targets (use fiat_reserve)")
+        for asset in self.assets:
+            specific = sum(r.share or 0.0 for r in self.rules if r.asset == asset and r.venue != "*")
+            if specific > 1.0 + _EPS:
+                raise ValueError(f"target shares for {asset} add up to {specific:g} > 1")
+
+    def minimum_floor(self, venue: str, asset: str) -> float:
+        floors = self.minimum_floors.get(venue, self.minimum_floors.get("*", {}))
+        return float(floors.get(asset, 0.0))
+
+    def rule_for(self, venue: str, asset: str, carried: bool) -> TargetRule | None:
+        """The effective rule, or None when the venue is not managed for this asset."""
+        specific = next((r for r in self.rules if r.venue == venue and r.asset == asset), None)
+        if specific is not None:
+            return specific
+        if not carried:  # '*' and defaults only cover venues that carry the asset
+            return None
+        wildcard = next((r for r in self.rules if r.venue == "*" and r.asset == asset), None)
+        if wildcard is not None:
+            return wildcard
+        if asset in self.default_floors:
+            return TargetRule(venue, asset, floor=self.default_floors[asset])
+        return None
+
+
+@dataclass(frozen=True)
+class VenueTarget:
+    """One managed (venue, asset): its balance, levels and what the planner must achieve."""
+
+    venue: str
+    asset: str
+    balance: float
+    floor: float
+    share: float | None
+    trigger: float
+    refill: float
+    keep: float
+    target: float  # the planner's target: final balance >= target
+
+    @property
+    def deficit(self) -> float:
+        """How much this venue must receive (0 unless it is below its trigger)."""
+        return max(0.0, self.target - self.balance)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "venue": self.venue,
+            "asset": self.asset,
+            "balance": self.balance,
+            "floor": self.floor,
+            "share": self.share,
+            "trigger": self.trigger,
+            "refill": self.refill,
+            "keep": self.keep,
+            "target": self.target,
+            "deficit": self.deficit,
+        }
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Everything the route planner needs, plus the per-venue levels for reports."""
+
+    rows: tuple[VenueTarget, ...]
+    balances: Mapping[str, Mapping[str, float]]  # planner balances (venues + FIAT_SOURCE)
+    targets: Mapping[str, Mapping[str, float]]  # planner targets
+    managed: Mapping[str, frozenset[str]]  # asset -> venues that may send/receive it
+
+    def needs(self) -> dict[str, float]:
+        """Total deficit per asset (only assets with one)."""
+        out: dict[str, float] = {}
+        for row in self.rows:
+            if row.deficit > _EPS:
+                out[row.asset] = out.get(row.asset, 0.0) + row.deficit
+        return out
+
+    def for_asset(self, asset: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        """(balances, targets) restricted to one asset, every venue kept (the planner needs them all)."""
+        balances = {v: {asset: b[asset]} if asset in b else {} for v, b in self.balances.items()}
+        targets = {v: {asset: t[asset]} for v, t in self.targets.items() if asset in t}
+        return balances, targets
+
+
+def compute_targets(
+    policy: TargetPolicy,
+    balances: Mapping[str, Mapping[str, float]],
+    fiat_balances: Mapping[str, float] | None = None,
+) -> Targets:
+    """The planner's targets for free `balances` {venue: {asset: free}} under `policy`.
+
+    A venue carries an asset when the asset appears in its balances. The fiat
+    source (`wise`) holds `fiat_balances` and may give all but its reserve.
+    """
+    fiat_balances = dict(fiat_balances or {})
+    if FIAT_SOURCE in balances:
+        raise ValueError(f"'{FIAT_SOURCE}' is reserved for the Wise balance; a venue cannot be called that")
+    rows: list[VenueTarget] = []
+    managed: dict[str, set[str]] = {}
+    planner_balances: dict[str, dict[str, float]] = {v: {} for v in balances}
+    planner_targets: dict[str, dict[str, float]] = {}
+    for asset in policy.assets:
+        rules = {}
+        for venue in balances:
+            rule = policy.rule_for(venue, asset, carried=asset in balances[venue])
+            if rule is not None:
+                rules[venue] = rule
+        total = sum(max(0.0, balances[v].get(asset, 0.0)) for v in rules)
+        for venue, rule in rules.items():
+            balance = max(0.0, float(balances[venue].get(asset, 0.0)))
+            floor = max(rule.floor, policy.minimum_floor(venue, asset))
+            share_level = (rule.share or 0.0) * total
+            trigger = max(floor, share_level * (1 - policy.tolerance))
+            refill = max(floor * (1 + policy.refill_headroom), share_level)
+            keep = max(floor * (1 + policy.refill_headroom), share_level * (1 - policy.tolerance))
+            target = refill if balance < trigger - _EPS else min(balance, keep)
+            rows.append(VenueTarget(venue, asset, balance, floor, rule.share, trigger, refill, keep, target))
+            planner_balances[venue][asset] = balance
+            planner_targets.setdefault(venue, {})[asset] = target
+            managed.setdefault(asset, set()).add(venue)
+        if asset in FIAT_ASSETS and asset in fiat_balances:
+            available = max(0.0, float(fiat_balances[asset]))
+            reserve = policy.fiat_reserve.get(asset, 0.0)
+            planner_balances.setdefault(FIAT_SOURCE, {})[asset] = available
+            planner_targets.setdefault(FIAT_SOURCE, {})[asset] = min(available, reserve)
+            managed.setdefault(asset, set()).add(FIAT_SOURCE)
+    return Targets(
+        rows=tuple(rows),
+        balances=planner_balances,
+        targets=planner_targets,
+        managed={a: frozenset(v) for a, v in managed.items()},
+    )
+
+
+# --------------------------------------------------------------------------- rails
+
+
+@dataclass(frozen=True)
+class RailSpec:
+    """A planner rail plus what executing it needs: the network and the kind of leg."""
+
+    rail: Rail
+    network: str
+    kind: str  # "withdrawal" (a venue withdraws over `network`) | "wise" (Wise pays the venue's IBAN)
+
+
+def rail_id(source: str, dest: str, asset: str, network: str) -> str:
+    return f"{source}->{dest}:{asset}:{network}"
+
+
+def withdrawal_rails(
+    fees: Mapping[str, Sequence[NetworkFee]],
+    managed: Mapping[str, Iterable[str]],
+) -> list[RailSpec]:
+    """One rail per (source, destination, asset, network) between managed venues.
+
+    `fees` is each venue's `fetch_deposit_withdraw_fees()`. A venue is assumed
+    to accept deposits on the networks it withdraws on (the deposit address is
+    fetched, and checked, only for the transfers the plan uses). The venue's
+    `min_amount`/`max_amount` bound the withdrawn (credited) amount, so the
+    rail's bounds on the sent amount add the fee.
+    """
+    receivable = {v: {(f.asset, f.network) for f in rows} for v, rows in fees.items()}
+    out: list[RailSpec] = []
+    for source in sorted(fees):
+        for nf in sorted(fees[source], key=lambda f: (f.asset, f.network)):
+            if nf.asset in FIAT_ASSETS:
+                continue  # fiat leaves venues through Wise only
+            venues = set(managed.get(nf.asset, ()))
+            if source not in venues:
+                continue
+            if not 0.0 <= nf.fee_rate < 1.0 or nf.fee < 0:
+                continue  # a fee the planner cannot model is not a rail
+            scale = 1.0 / (1.0 - nf.fee_rate)
+            for dest in sorted(venues - {source, FIAT_SOURCE}):
+                if (nf.asset, nf.network) not in receivable.get(dest, set()):
+                    continue
+                out.append(
+                    RailSpec(
+                        Rail(
+                            id=rail_id(source, dest, nf.asset, nf.network),
+                            from_venue=source,
+                            to_venue=dest,
+                            asset=nf.asset,
+                            fixed_fee=nf.fee,
+                            fee_rate=nf.fee_rate,
+                            min_amount=(nf.min_amount + nf.fee) * scale,
+                            max_amount=None if nf.max_amount is None else (nf.max_amount + nf.fee) * scale,
+                            eta_seconds=nf.eta_seconds,
+                        ),
+                        network=nf.network,
+                        kind="withdrawal",
+                    )
+                )
+    return out
+
+
+def fee_from_quotes(samples: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """(fixed fee, fee rate) fitted to quotes given as (source amount, total fee).
+
+    Two quotes at different amounts pin a linear fee; one quote is taken as a
+    fixed fee. Negative parts are clamped to 0 (the line through two points
+    may dip below; the planner then slightly underestimates nothing but the
+    rounding).
+    """
+    points = sorted({(float(a), float(f)) for a, f in samples if a > 0})
+    if not points:
+        raise ValueError("need at least one quote (source amount > 0, fee)")
+    if len(points) == 1 or points[-1][0] - points[0][0] < _EPS:
+        return max(0.0, points[-1][1]), 0.0
+    (a1, f1), (a2, f2) = points[0], points[-1]
+    rate = max(0.0, (f2 - f1) / (a2 - a1))
+    fixed = max(0.0, f1 - rate * a1)
+    return fixed, min(rate, 0.5)
+
+
+def wise_rails(destinations: Iterable[str], asset: str, fixed_fee: float, fee_rate: float,
+               eta_seconds: float = 0.0) -> list[RailSpec]:
+    """Rails `wise → <venue>` for a fiat asset: Wise pays the venue's IBAN from the desk's balance."""
+    return [
+        RailSpec(
+            Rail(
+                id=rail_id(FIAT_SOURCE, dest, asset, FIAT_NETWORK),
+                from_venue=FIAT_SOURCE,
+                to_venue=dest,
+                asset=asset,
+                fixed_fee=fixed_fee,
+                fee_rate=fee_rate,
+                eta_seconds=eta_seconds,
+            ),
+            network=FIAT_NETWORK,
+            kind="wise",
+        )
+        for dest in sorted(set(destinations) - {FIAT_SOURCE})
+    ]
+
+
+# --------------------------------------------------------------------------- planned transfers
+
+
+@dataclass(frozen=True)
+class PlannedTransfer:
+    """One move of the plan, with everything executing it needs. `index` is its place in the plan."""
+
+    index: int
+    rail: str
+    kind: str  # "withdrawal" | "wise"
+    from_venue: str
+    to_venue: str
+    asset: str
+    network: str
+    amount: float  # leaves the source
+    fee: float
+    credited: float  # arrives: the withdrawal amount / the Wise quote's source amount minus its fee
+    eta_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "rail": self.rail,
+            "kind": self.kind,
+            "from": self.from_venue,
+            "to": self.to_venue,
+            "asset": self.asset,
+            "network": self.network,
+            "amount": self.amount,
+            "fee": self.fee,
+            "credited": self.credited,
+            "eta_seconds": self.eta_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "PlannedTransfer":
+        return cls(
+            index=int(raw["index"]),
+            rail=str(raw["rail"]),
+            kind=str(raw["kind"]),
+            from_venue=str(raw["from"]),
+            to_venue=str(raw["to"]),
+            asset=str(raw["asset"]),
+            network=str(raw["network"]),
+            amount=float(raw["amount"]),
+            fee=float(raw["fee"]),
+            credited=float(raw["credited"]),
+            eta_seconds=float(raw.get("eta_seconds") or 0.0),
+        )
+
+
+def planned_transfers(transfers: Sequence[Transfer], specs: Mapping[str, RailSpec]) -> list[PlannedTransfer]:
+    """The planner's transfers (in executable order) as executable legs, amounts rounded to what venues take.
+
+    The credited amount is rounded *up* (a deficit is covered, not missed by
+    a cent); the fee is the rail's fee, so `amount = credited + fee` (for a
+    rail with a rate, the fee at the rounded amount).
+    """
+    out: list[PlannedTransfer] = []
+    for i, t in enumerate(transfers):
+        spec = specs[t.rail]
+        credited = round_up(t.asset, t.credited)
+        rail = spec.rail
+        amount = (credited + rail.fixed_fee) / (1.0 - rail.fee_rate)
+        out.append(
+            PlannedTransfer(
+                index=i,
+                rail=t.rail,
+                kind=spec.kind,
+                from_venue=t.from_venue,
+                to_venue=t.to_venue,
+                asset=t.asset,
+                network=spec.network,
+                amount=amount,
+                fee=amount - credited,
+                credited=credited,
+                eta_seconds=rail.eta_seconds,
+            )
+        )
+    return out
+
+
+def split_executable(
+    transfers: Sequence[PlannedTransfer], balances: Mapping[str, Mapping[str, float]]
+) -> tuple[list[PlannedTransfer], list[PlannedTransfer]]:
+    """(run now, deferred): legs whose source can pay them *without* waiting for another leg to arrive.
+
+    A relay (A → B → C) needs B to receive before it sends; the saga commits
+    every leg at its pivot, so such legs are deferred to the next rebalance,
+    which re-plans from the balances they left. Optimal plans with direct
+    rails contain none.
+    """
+    inbound = {(t.to_venue, t.asset) for t in transfers}
+    outgoing: dict[tuple[str, str], float] = {}
+    for t in transfers:
+        outgoing[(t.from_venue, t.asset)] = outgoing.get((t.from_venue, t.asset), 0.0) + t.amount
+    now, deferred = [], []
+    for t in transfers:
+        key = (t.from_venue, t.asset)
+        own = balances.get(t.from_venue, {}).get(t.asset, 0.0)
+        if key in inbound and outgoing[key] > own + _EPS:
+            deferred.append(t)
+        else:
+            now.append(t)
+    return now, deferred
+
+
+# --------------------------------------------------------------------------- guardrails
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    """Limits a plan must satisfy before anything moves (defaults: docs/rebalance.md).
+
+    `max_transfer`/`max_daily`: per asset, in the asset's units, on the amount
+    that leaves the source; an asset without a limit is refused (fail closed).
+    `allowed_destinations`: `venue:network` patterns (`*` wildcards, e.g.
+    `*:TRC20`, `kraken:*`). `min_deficit`/`max_fee_ratio`: an asset whose
+    total deficit is below its minimum, or whose fees exceed that fraction of
+    the deficit, is not rebalanced (skipped, not a failure).
+    """
+
+    max_transfer: Mapping[str, float]
+    max_daily: Mapping[str, float]
+    allowed_destinations: tuple[str, ...]
+    min_deficit: Mapping[str, float] = field(default_factory=dict)
+    max_fee_ratio: float = 0.01
+
+    def allows(self, venue: str, network: str) -> bool:
+        target = f"{venue}:{network}"
+        return any(fnmatch.fnmatchcase(target, pattern if ":" in pattern else f"{pattern}:*")
+                   for pattern in self.allowed_destinations)
+
+
+@dataclass(frozen=True)
+class Breach:
+    """One broken rule: `rule` is its name (metadata `arb/guardrail`), `message` says how."""
+
+    rule: str
+    message: str
+    asset: str | None = None
+    transfer: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "message": self.message, "asset": self.asset, "transfer": self.transfer}
+
+
+def apply_min_benefit(
+    transfers: Sequence[PlannedTransfer], needs: Mapping[str, float], guardrails: Guardrails
+) -> tuple[list[PlannedTransfer], dict[str, str]]:
+    """(kept transfers, {asset: why skipped}) — assets not worth moving are dropped whole.
+
+    Assets are independent in the plan, so dropping one leaves the others executable.
+    """
+    fees: dict[str, float] = {}
+    for t in transfers:
+        fees[t.asset] = fees.get(t.asset, 0.0) + t.fee
+    skipped: dict[str, str] = {}
+    for asset in sorted(fees):
+        need = needs.get(asset, 0.0)
+        minimum = guardrails.min_deficit.get(asset, 0.0)
+        if need < minimum:
+            skipped[asset] = f"{RULE_MIN_BENEFIT}: deficit {need:g} {asset} is below the minimum {minimum:g}"
+        elif need > 0 and fees[asset] / need > guardrails.max_fee_ratio:
+            skipped[asset] = (
+                f"{RULE_MIN_BENEFIT}: fees {fees[asset]:g} {asset} are {fees[asset] / need:.2%} of the "
+                f"{need:g} deficit (max {guardrails.max_fee_ratio:.2%})"
+            )
+    return [t for t in transfers if t.asset not in skipped], skipped
+
+
+def check_guardrails(
+    transfers: Sequence[PlannedTransfer],
+    guardrails: Guardrails,
+    used_today: Mapping[str, float] | None = None,
+) -> list[Breach]:
+    """Every rule `transfers` break (empty: the plan may run). `used_today`: see `daily_usage`."""
+    used_today = used_today or {}
+    breaches: list[Breach] = []
+    totals: dict[str, float] = {}
+    for t in transfers:
+        totals[t.asset] = totals.get(t.asset, 0.0) + t.amount
+        limit = guardrails.max_transfer.get(t.asset)
+        if limit is None:
+            breaches.append(Breach(RULE_PER_TRANSFER, f"no per-transfer limit is configured for {t.asset}",
+                                   t.asset, t.index))
+        elif t.amount > limit + _EPS:
+            breaches.append(Breach(
+                RULE_PER_TRANSFER,
+                f"transfer #{t.index} moves {t.amount:g} {t.asset} ({t.rail}), above the per-transfer limit {limit:g}",
+                t.asset, t.index,
+            ))
+        if not guardrails.allows(t.to_venue, t.network):
+            breaches.append(Breach(
+                RULE_ALLOWLIST,
+                f"transfer #{t.index} goes to {t.to_venue} over {t.network}, which is not in the destination "
+                f"allowlist ({', '.join(guardrails.allowed_destinations) or 'empty'})",
+                t.asset, t.index,
+            ))
+    for asset, amount in sorted(totals.items()):
+        limit = guardrails.max_daily.get(asset)
+        used = used_today.get(asset, 0.0)
+        if limit is None:
+            breaches.append(Breach(RULE_DAILY, f"no daily limit is configured for {asset}", asset))
+        elif used + amount > limit + _EPS:
+            breaches.append(Breach(
+                RULE_DAILY,
+                f"{asset}: {used:g} already moved or reserved today + {amount:g} planned = {used + amount:g}, "
+                f"above the daily limit {limit:g}",
+                asset,
+            ))
+    return breaches
+
+
+@dataclass(frozen=True)
+class PastRebalance:
+    """What one earlier rebalance saga (of the same UTC day) planned and did, from its saga log.
+
+    `planned`: (index, asset, amount) of the legs it reserved (the plan it
+    committed to run; dry runs reserve nothing). `committed`: legs whose money
+    left (withdrawal created / Wise transfer funded). `cancelled`: legs its
+    compensation cancelled. `rolled_back`: its compensation began.
+    """
+
+    saga_id: str
+    planned: tuple[tuple[int, str, float], ...] = ()
+    committed: frozenset[int] = frozenset()
+    cancelled: frozenset[int] = frozenset()
+    rolled_back: bool = False
+    dry_run: bool = False
+
+
+def daily_usage(past: Iterable[PastRebalance]) -> dict[str, float]:
+    """Per asset, what earlier rebalances today moved or still hold reserved.
+
+    A saga that is running or finished counts its whole plan (reserved until it
+    ends; committed after); a rolled-back one counts only the legs that had left
+    and could not be cancelled.
+    """
+    used: dict[str, float] = {}
+    for saga in past:
+        if saga.dry_run:
+            continue
+        for index, asset, amount in saga.planned:
+            if saga.rolled_back and (index not in saga.committed or index in saga.cancelled):
+                continue
+            used[asset] = used.get(asset, 0.0) + amount
+    return used
+
+
+def fee_summary(plan: Plan | None) -> dict[str, float]:
+    """Fee per asset of a planner answer ({} when there is none or it is infeasible)."""
+    if plan is None or not plan.feasible:
+        return {}
+    out: dict[str, float] = {}
+    for t in plan.transfers:
+        out[t.asset] = out.get(t.asset, 0.0) + t.fee
+    return out
