@@ -276,7 +276,11 @@ def parse_event(topic: str, raw: bytes | str | None, *, max_bytes: int = DEFAULT
 
 def validate_payload(topic: str, payload: Mapping[str, Any]) -> Event:
     """`parse_event` for an object built in code (e.g. by the `publish` command)."""
-    return parse_event(topic, encode_event(payload), max_bytes=DEFAULT_MAX_EVENT_BYTES)
+    try:
+        data = encode_event(payload)
+    except (TypeError, ValueError) as exc:  # NaN/Infinity, non-JSON types
+        raise EventRejected(f"not JSON: {exc}") from None
+    return parse_event(topic, data, max_bytes=DEFAULT_MAX_EVENT_BYTES)
 
 
 def new_event_id() -> str:

@@ -378,6 +378,12 @@ def test_parse_dlq_envelope_rejects_other_messages():
         parse_dlq_envelope(b"garbage")
 
 
+def test_validate_payload_rejects_values_json_cannot_carry():
+    with pytest.raises(EventRejected, match="not JSON"):
+        ev.validate_payload("market-events", market(price_change_pct=float("nan")))
+    assert ev.validate_payload("market-events", market()).event_id == "m-1"
+
+
 def test_topic_helpers():
     assert ev.dlq_topic("market-events") == "market-events.dlq"
     assert ev.source_topic_of("market-events.dlq") == "market-events"
