@@ -28,6 +28,7 @@ from typing import Callable, TypeVar
 
 from arb_orchestration.resources.errors import (
     AmbiguousOutcomeError,
+    BusinessError,
     CircuitOpenError,
     TransientError,
 )
@@ -198,6 +199,14 @@ class ResilientCaller:
                 )
                 self.sleep(delay)
                 continue
+            except BusinessError:
+                # The service answered (a 4xx is an answer): it is healthy, whatever we asked.
+                self.breaker.record_success()
+                raise
+            except BaseException:
+                # Anything unexpected still ends a half-open probe, or the breaker would stay stuck.
+                self.breaker.record_failure()
+                raise
             self.breaker.record_success()
             return result
 

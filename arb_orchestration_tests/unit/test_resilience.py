@@ -139,3 +139,40 @@ def test_failed_half_open_probe_reopens():
     assert breaker.state == "open"
     with pytest.raises(CircuitOpenError):
         caller.call(lambda: 1, what="t")
+
+
+def test_business_error_during_half_open_probe_closes_the_breaker():
+    caller, breaker, clock, _ = make_caller(threshold=2, reset=5, attempts=1)
+
+    def failing():
+        raise TransientError("503")
+
+    for _ in range(2):
+        with pytest.raises(TransientError):
+            caller.call(failing, what="t")
+    clock.now = 6
+
+    def not_found():
+        raise BusinessError("404 not found")
+
+    with pytest.raises(BusinessError):
+        caller.call(not_found, what="t")
+    assert breaker.state == "closed"
+    assert caller.call(lambda: "next call goes through", what="t") == "next call goes through"
+
+
+def test_unexpected_error_during_half_open_probe_does_not_wedge_the_breaker():
+    caller, breaker, clock, _ = make_caller(threshold=2, reset=5, attempts=1)
+
+    def failing():
+        raise TransientError("503")
+
+    for _ in range(2):
+        with pytest.raises(TransientError):
+            caller.call(failing, what="t")
+    clock.now = 6
+    with pytest.raises(ValueError):
+        caller.call(lambda: (_ for _ in ()).throw(ValueError("bad json")), what="t")
+    assert breaker.state == "open"
+    clock.now = 12
+    assert caller.call(lambda: "recovered", what="t") == "recovered"
