@@ -14,7 +14,8 @@ from arb_orchestration.resources.sim_venue import SimExchangeResource
 from arb_orchestration.resources.smtp import SmtpResource
 from arb_orchestration.resources.wise import WiseResource
 
-_SECRETS = ("EXCHANGE_SIM_API_KEY", "WISE_API_TOKEN", "EVENT_SIGNING_KEY")
+# Secrets every prod deployment needs; venue credentials depend on the exchange backend.
+_SECRETS = ("WISE_API_TOKEN", "EVENT_SIGNING_KEY")
 
 
 def _optional_secret(name: str):
@@ -27,6 +28,8 @@ def _optional_secret(name: str):
 def exchange_resource(deployment: str):
     backend = settings.get("EXCHANGE_BACKEND", deployment=deployment)
     if backend == "sim":
+        if deployment == "prod":
+            settings.require_secret_present("EXCHANGE_SIM_API_KEY", deployment)
         return SimExchangeResource(
             base_url=settings.get_url("EXCHANGE_SIM_URL", deployment),
             api_key=EnvVar("EXCHANGE_SIM_API_KEY"),
