@@ -29,8 +29,15 @@ from arb_orchestration_tests.unit.test_saga_dagster import (
 CHILD_DEADLINE = 90.0
 
 
+def open_instance(home: str) -> DagsterInstance:
+    """SQLite under `home`, or PostgreSQL when SAGA_TEST_PG_URL is set (the integration variant)."""
+    url = os.environ.get("SAGA_TEST_PG_URL")
+    overrides = {"storage": {"postgres": {"postgres_url": url}}} if url else None
+    return DagsterInstance.local_temp(home, overrides=overrides)
+
+
 def _child() -> int:
-    instance = DagsterInstance.local_temp(os.environ["DAGSTER_HOME"])
+    instance = open_instance(os.environ["DAGSTER_HOME"])
     TRANSFER_SAGA.job.execute_in_process(
         instance=instance, run_config={"amount": 3.0}, resources=resources_from_env(), raise_on_error=False
     )
@@ -44,7 +51,8 @@ def home():
         yield Path(tmp)
 
 
-def _run_and_kill(home: Path, block_in: str) -> tuple[DagsterInstance, LedgerResource, MailboxResource, str]:
+def run_and_kill(home: Path, block_in: str, extra_env: dict | None = None):
+    """Run TRANSFER_SAGA in a child process, SIGKILL it inside `block_in`, mark the run failed."""
     ledger = LedgerResource(path=str(home / "ledger.jsonl"))
     mailbox = MailboxResource(path=str(home / "mail.jsonl"))
     env = {
@@ -53,6 +61,7 @@ def _run_and_kill(home: Path, block_in: str) -> tuple[DagsterInstance, LedgerRes
         "SAGA_TEST_LEDGER": ledger.path,
         "SAGA_TEST_MAILBOX": mailbox.path,
         "SAGA_TEST_BLOCK": block_in,
+        **(extra_env or {}),
     }
     (home / "dagster").mkdir()
     child = subprocess.Popen(
@@ -76,7 +85,7 @@ def _run_and_kill(home: Path, block_in: str) -> tuple[DagsterInstance, LedgerRes
             child.wait(timeout=30)
         child.stderr.close()
 
-    instance = DagsterInstance.local_temp(str(home / "dagster"))
+    instance = open_instance(str(home / "dagster"))  # the same storage the child wrote to
     [run] = instance.get_runs()
     assert run.status == DagsterRunStatus.STARTED  # nobody noticed: no hook ran, nothing marked it
     # What the code server (locally) or run monitoring (Kubernetes) does for a dead run worker:
@@ -84,7 +93,7 @@ def _run_and_kill(home: Path, block_in: str) -> tuple[DagsterInstance, LedgerRes
     return instance, ledger, mailbox, run.run_id
 
 
-def _failure_sensor_tick(instance, run_id, resources):
+def failure_sensor_tick(instance, run_id, resources):
     failure_sensor, _ = TRANSFER_SAGA.recovery_sensors(grace_seconds=0)
     run = instance.get_run_by_id(run_id)
     event = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)[-1].dagster_event
@@ -95,7 +104,7 @@ def _failure_sensor_tick(instance, run_id, resources):
     return failure_sensor(ctx)
 
 
-def _sweep_tick(instance, resources):
+def sweep_tick(instance, resources):
     _, sweep = TRANSFER_SAGA.recovery_sensors(grace_seconds=0)
     with build_sensor_context(instance=instance, resources=resources) as ctx:
         return sweep(ctx)
@@ -106,33 +115,38 @@ def _steps(ledger, kind):
 
 
 def test_sigkill_before_the_pivot_is_compensated_and_a_second_pass_does_nothing(home):
-    instance, ledger, mailbox, run_id = _run_and_kill(home, block_in="withdraw")
+    instance, ledger, mailbox, run_id = run_and_kill(home, block_in="withdraw")
     try:
-        state = InstanceSagaLog(instance).load(run_id)
-        # The start of the killed step was durable before its side effect.
-        assert state.step("withdraw").started and not state.step("withdraw").done
-        assert _steps(ledger, "do") == ["reserve"]
-        resources = {"ledger": ledger, "smtp": mailbox}
-
-        assert _failure_sensor_tick(instance, run_id, resources) is None
-        assert _steps(ledger, "undo") == ["withdraw", "reserve"]
-        state = InstanceSagaLog(instance).load(run_id)
-        assert decide(TRANSFER_SAGA.definition, state).verdict is Verdict.COMPENSATED
-        records = len(state.records)
-
-        skip = _sweep_tick(instance, resources)  # second pass
-        assert "no failed saga runs needing recovery" in skip.skip_message
-        assert _steps(ledger, "undo") == ["withdraw", "reserve"]
-        assert len(InstanceSagaLog(instance).load(run_id).records) == records
+        check_compensated_after_kill(instance, ledger, mailbox, run_id)
     finally:
         instance.dispose()
 
 
+def check_compensated_after_kill(instance, ledger, mailbox, run_id):
+    """Recovery of a saga killed before its pivot: compensated once, then nothing."""
+    state = InstanceSagaLog(instance).load(run_id)
+    # The start of the killed step was durable before its side effect.
+    assert state.step("withdraw").started and not state.step("withdraw").done
+    assert _steps(ledger, "do") == ["reserve"]
+    resources = {"ledger": ledger, "smtp": mailbox}
+
+    assert failure_sensor_tick(instance, run_id, resources) is None
+    assert _steps(ledger, "undo") == ["withdraw", "reserve"]
+    state = InstanceSagaLog(instance).load(run_id)
+    assert decide(TRANSFER_SAGA.definition, state).verdict is Verdict.COMPENSATED
+    records = len(state.records)
+
+    skip = sweep_tick(instance, resources)  # second pass
+    assert "no failed saga runs needing recovery" in skip.skip_message
+    assert _steps(ledger, "undo") == ["withdraw", "reserve"]
+    assert len(InstanceSagaLog(instance).load(run_id).records) == records
+
+
 def test_sigkill_after_the_pivot_is_finished_forward_once(home):
-    instance, ledger, mailbox, run_id = _run_and_kill(home, block_in="settle")
+    instance, ledger, mailbox, run_id = run_and_kill(home, block_in="settle")
     try:
         resources = {"ledger": ledger, "smtp": mailbox}
-        request = _sweep_tick(instance, resources).run_requests[0]  # the sweep finds it too
+        request = sweep_tick(instance, resources).run_requests[0]  # the sweep finds it too
         assert request.tags["arb/saga_id"] == run_id and request.tags["arb/saga_recovery_of"] == run_id
 
         # The daemon would launch this; run it in-process against the same instance.
@@ -148,8 +162,8 @@ def test_sigkill_after_the_pivot_is_finished_forward_once(home):
         assert [r.kind for r in state.records].count(RecordKind.FORWARD_REQUESTED) == 1
 
         # Second pass, both sensors: nothing.
-        assert _failure_sensor_tick(instance, run_id, resources) is None
-        assert "no failed saga runs needing recovery" in _sweep_tick(instance, resources).skip_message
+        assert failure_sensor_tick(instance, run_id, resources) is None
+        assert "no failed saga runs needing recovery" in sweep_tick(instance, resources).skip_message
         assert _steps(ledger, "do") == ["reserve", "withdraw", "deposit", "settle"]
     finally:
         instance.dispose()
