@@ -464,7 +464,7 @@ def planned_transfers(transfers: Sequence[Transfer], specs: Mapping[str, RailSpe
                 asset=t.asset,
                 network=spec.network,
                 amount=amount,
-                fee=amount - credited,
+                fee=round(amount - credited, 12),  # float noise off the books
                 credited=credited,
                 eta_seconds=rail.eta_seconds,
             )
