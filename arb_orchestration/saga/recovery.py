@@ -94,6 +94,7 @@ class FailedRun:
     job_name: str
     canceled: bool = False
     run_config: Mapping[str, Any] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)  # carried over to a relaunch (not dagster/*)
 
 
 @dataclass(frozen=True)
@@ -206,11 +207,13 @@ def recover_saga(
 
 
 def _relaunch(saga_id: str, failed_run: FailedRun, attempt: int) -> RelaunchRequest:
+    # The trigger's own tags (e.g. arb/event_id) travel on; Dagster's system tags do not.
+    carried = {k: v for k, v in failed_run.tags.items() if not k.startswith("dagster/")}
     return RelaunchRequest(
         job_name=failed_run.job_name,
         run_key=f"saga-forward:{saga_id}:{attempt}",
         run_config=dict(failed_run.run_config),
-        tags={SAGA_ID_TAG: saga_id, RECOVERY_OF_TAG: failed_run.run_id, FORWARD_ATTEMPT_TAG: str(attempt)},
+        tags={**carried, SAGA_ID_TAG: saga_id, RECOVERY_OF_TAG: failed_run.run_id, FORWARD_ATTEMPT_TAG: str(attempt)},
     )
 
 

@@ -72,6 +72,7 @@ def recover_run(
             job_name=run.job_name,
             canceled=run.status == DagsterRunStatus.CANCELED,
             run_config=run.run_config,
+            tags=run.tags,
         ),
         log=log,
         resources=resources,

@@ -325,10 +325,12 @@ def test_crash_after_pivot_is_relaunched_forward_once_then_reissued_if_lost():
     saga, log, world = _saga(pivot="b", compensable="ab"), InMemorySagaLog(), World()
     for s in "ab":
         execute_step(saga, s, _rt(log, world))
-    failed = FailedRun("run-1", "test_saga", run_config={"x": 1})
+    failed = FailedRun("run-1", "test_saga", run_config={"x": 1},
+                       tags={"arb/event_id": "evt-3", "dagster/priority": "100", "dagster/root_run_id": "r0"})
     first = recover_saga(saga, "saga-1", failed, log=log, resources={}, alert=world.send)
     assert first.action is Action.RELAUNCH
     assert first.relaunch.tags["arb/saga_id"] == "saga-1" and first.relaunch.run_config == {"x": 1}
+    assert first.relaunch.tags["arb/event_id"] == "evt-3" and "dagster/root_run_id" not in first.relaunch.tags
     # The relaunch run exists: nothing more to do.
     assert recover_saga(saga, "saga-1", failed, log=log, resources={}, alert=world.send,
                         relaunch_exists=True).action is Action.NONE
