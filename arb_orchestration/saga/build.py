@@ -152,7 +152,7 @@ def _step_op(definition: SagaDefinition, step: SagaStep, index: int, default_ret
     return _op
 
 
-def _config(definition: SagaDefinition, raw: Mapping[str, Any] | None) -> Any:
+def parse_saga_config(definition: SagaDefinition, raw: Mapping[str, Any] | None) -> Any:
     if definition.config_class is None:
         return None
     return definition.config_class(**(raw or {}))
@@ -169,7 +169,7 @@ def _runtime(definition: SagaDefinition, step: SagaStep, context: OpExecutionCon
         saga_id=saga_id_of(run, instance),
         log=InstanceSagaLog(instance, run, in_run=True),
         resources={key: getattr(context.resources, key) for key in step.resource_keys},
-        config=_config(definition, context.op_config),
+        config=parse_saga_config(definition, context.op_config),
         run_id=run.run_id,
         attempt=context.retry_number,
         logger=context.log,
@@ -202,7 +202,7 @@ def _failure_hook(definition: SagaDefinition):
             log=InstanceSagaLog(context.instance, run, in_run=True),
             resources={key: getattr(context.resources, key) for key in definition.compensation_resource_keys},
             alert=alert_from(context.resources, definition.alert_resource_key),
-            config=_config(definition, context.op_config),
+            config=parse_saga_config(definition, context.op_config),
             logger=context.log,
         )
 

@@ -41,7 +41,7 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-from arb_orchestration.saga.build import Saga, _config, alert_from, saga_id_of
+from arb_orchestration.saga.build import Saga, alert_from, parse_saga_config, saga_id_of
 from arb_orchestration.saga.engine import SagaDefinition
 from arb_orchestration.saga.keys import RECOVERY_OF_TAG
 from arb_orchestration.saga.log import InstanceSagaLog
@@ -77,16 +77,16 @@ def recover_run(
         log=log,
         resources=resources,
         alert=alert_from(resources, definition.alert_resource_key),
-        config=_safe_config(definition, run, logger or _log),
+        config=_config_or_none(definition, run, logger or _log),
         active_runs=len(active),
         relaunch_exists=bool(relaunched),
         logger=logger or _log,
     )
 
 
-def _safe_config(definition: SagaDefinition, run: DagsterRun, logger: Any) -> Any:
+def _config_or_none(definition: SagaDefinition, run: DagsterRun, logger: Any) -> Any:
     try:
-        return _config(definition, run.run_config)
+        return parse_saga_config(definition, run.run_config)
     except Exception as exc:  # compensations get None rather than the sensor dying on old config
         logger.error(f"run {run.run_id}: run config no longer parses as {definition.config_class}: {exc}")
         return None
