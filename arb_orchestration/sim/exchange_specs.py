@@ -102,7 +102,16 @@ _ETH_RAILS = (
 
 
 def default_venues() -> list[VenueSpec]:
-    """The five venues of the local world (a roughly delta-neutral book)."""
+    """The five venues of the local world: an approximately delta-neutral book.
+
+    Two layers of perp positions, netted per market (one position per venue and symbol):
+    cross-venue funding pairs (BTC long binance / short okx and long kraken / short
+    hyperliquid, ETH short binance / long bybit, SOL short bybit / long hyperliquid),
+    and short perps hedging the 5.5 BTC and 90 ETH of spot held on the venues. The
+    hedge is left a small drift off neutral (BTC +0.04, ETH -0.45: a few thousand USD,
+    just outside the default 1,000 USD band) so the first `funding_rate_hedge` run
+    makes modest adjustments, as on a desk whose book moved since the last hedge.
+    """
     return [
         VenueSpec(
             name="binance",
@@ -114,7 +123,7 @@ def default_venues() -> list[VenueSpec]:
             ),
             positions=(
                 PositionSpec("BTC/USDT:USDT", "long", 1.5, 64_200.0),
-                PositionSpec("ETH/USDT:USDT", "short", 12.0, 3_250.0),
+                PositionSpec("ETH/USDT:USDT", "short", 52.0, 3_250.0),
             ),
             networks=_usdt_rails(1.0, 4.5, 1.0, 0.8) + _USDC_RAILS + _BTC_RAILS + _ETH_RAILS,
             leverage=5.0,
@@ -126,7 +135,7 @@ def default_venues() -> list[VenueSpec]:
                 PerpSpec("BTC/USDT:USDT", 0.00008, 8.0, basis=0.0001),
                 PerpSpec("ETH/USDT:USDT", 0.00009, 8.0, basis=0.0002),
             ),
-            positions=(PositionSpec("BTC/USDT:USDT", "short", 1.5, 64_900.0),),
+            positions=(PositionSpec("BTC/USDT:USDT", "short", 2.7, 64_900.0),),
             networks=_usdt_rails(1.5, 5.0, 1.0, 0.5) + _USDC_RAILS + _BTC_RAILS + _ETH_RAILS,
             leverage=5.0,
         ),
@@ -139,6 +148,7 @@ def default_venues() -> list[VenueSpec]:
                 PerpSpec("SOL/USDT:USDT", 0.00015, 8.0, basis=0.0005),
             ),
             positions=(
+                PositionSpec("BTC/USDT:USDT", "short", 3.26, 65_050.0),
                 PositionSpec("ETH/USDT:USDT", "long", 12.0, 3_180.0),
                 PositionSpec("SOL/USDT:USDT", "short", 300.0, 152.0),
             ),
@@ -152,7 +162,10 @@ def default_venues() -> list[VenueSpec]:
                 PerpSpec("BTC/USDT:USDT", 0.00005, 4.0, basis=0.0001),
                 PerpSpec("ETH/USDT:USDT", 0.00005, 4.0, basis=0.0001),
             ),
-            positions=(PositionSpec("BTC/USDT:USDT", "long", 0.3, 65_100.0),),
+            positions=(
+                PositionSpec("BTC/USDT:USDT", "long", 0.3, 65_100.0),
+                PositionSpec("ETH/USDT:USDT", "short", 20.0, 3_190.0),
+            ),
             networks=_usdt_rails(2.5, 6.0, None, 1.5) + _USDC_RAILS + _BTC_RAILS + _ETH_RAILS[:1],
             leverage=3.0,
             taker_fee=0.0005,
@@ -166,7 +179,8 @@ def default_venues() -> list[VenueSpec]:
                 PerpSpec("SOL/USDT:USDT", 0.0000150, 1.0, basis=0.0006),
             ),
             positions=(
-                PositionSpec("BTC/USDT:USDT", "short", 0.3, 65_300.0),
+                PositionSpec("BTC/USDT:USDT", "short", 1.3, 65_300.0),
+                PositionSpec("ETH/USDT:USDT", "short", 30.45, 3_205.0),
                 PositionSpec("SOL/USDT:USDT", "long", 300.0, 149.0),
             ),
             # Hyperliquid moves stablecoins over Arbitrum only and has no fiat.

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from arb_orchestration.sim.exchange import ExchangeSimulator
+from arb_orchestration.sim.exchange_specs import default_venues
 
 pytestmark = pytest.mark.integration
 
@@ -241,7 +242,8 @@ def test_admin_positions_credit_tick_and_reset(http):
     funding = http.post("/admin/shock", json={"venue": "okx", "symbol": PERP, "funding_rate": 0.004}).json()
     assert funding[0]["funding_rate"] == 0.004
     http.post("/admin/reset")
-    assert [p["symbol"] for p in http.get("/venues/kraken/positions").json()] == [PERP]
+    seeded = next(v for v in default_venues() if v.name == "kraken").positions
+    assert [p["symbol"] for p in http.get("/venues/kraken/positions").json()] == [p.symbol for p in seeded]
     assert http.post("/admin/tick", json={"steps": 0}).status_code == 400
 
 

@@ -125,10 +125,10 @@ def test_wrong_api_key_is_a_business_error(sim, admin):
     res.close()
 
 
-def test_transient_5xx_on_reads_is_retried(resource, admin):
+def test_transient_5xx_on_reads_is_retried(sim, resource, admin):
     fault = _fault(admin, kind="error_5xx", venue="bybit", endpoint="positions", count=2)
     positions = resource.venue("bybit").fetch_positions()
-    assert {p.symbol for p in positions} == {"ETH/USDT:USDT", "SOL/USDT:USDT"}
+    assert {p.symbol for p in positions} == {p.symbol for p in sim.state.positions("bybit")} != set()
     assert _hits(admin, fault) == 2
     assert resource.venue("bybit").health()["breaker"]["state"] == "closed"
 
