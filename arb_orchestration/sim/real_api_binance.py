@@ -9,7 +9,10 @@ library without contacting Binance:
 * public: `GET /fapi/v1/{ping,time,exchangeInfo,premiumIndex,fundingInfo}`;
 * signed futures: `GET /fapi/v{2,3}/account`, `GET /fapi/v{2,3}/positionRisk`,
   `GET /fapi/v1/leverageBracket`, `POST|GET|DELETE /fapi/v1/order`,
-  `GET /fapi/v1/openOrders`, `DELETE /fapi/v1/allOpenOrders`;
+  `GET /fapi/v1/openOrders`, `DELETE /fapi/v1/allOpenOrders`, and the Algo
+  Order API that carries conditional orders (`STOP_MARKET`) since Binance moved
+  them off `/order`: `POST|GET|DELETE /fapi/v1/algoOrder`,
+  `GET /fapi/v1/openAlgoOrders`, `DELETE /fapi/v1/algoOpenOrders`;
 * signed wallet (sapi): `GET /sapi/v1/capital/config/getall`,
   `GET /sapi/v1/capital/deposit/address`, `POST /sapi/v1/capital/withdraw/apply`,
   `GET /sapi/v1/capital/withdraw/history`, `POST /sapi/v1/asset/transfer`,
@@ -35,9 +38,9 @@ rule covers a venue whichever API the client speaks. A 5xx answers
 Deliberate simplifications (the simulator's model, not Binance's): one wallet
 per venue backs both the futures account and the spot/funding wallet, so
 `asset/transfer` is accepted and recorded but moves nothing; every futures
-asset is margin; `LIMIT` takes `timeInForce=GTC` only; conditional orders
-(Binance's Algo Order API) are not served; `estimatedArrivalTime` is the
-simulator's rail time in (fractional) minutes.
+asset is margin; `LIMIT` takes `timeInForce=GTC` only; the only conditional order is a
+`STOP_MARKET` (mark-price trigger); `estimatedArrivalTime` is the simulator's
+rail time in (fractional) minutes.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ log = logging.getLogger("arb_orchestration.sim.real_api_binance")
 
 API_KEY_HEADER = "X-MBX-APIKEY"
 ORDER_ID_BASE = 8_000_000_000  # Binance order ids are int64; sim "binance-17" is 8000000017
+ALGO_ID_BASE = 3_000_000_000  # conditional orders have their own id space (algoId)
 MAX_RECV_WINDOW_MS = 60_000
 DEFAULT_STEP_SIZES = {"BTC": "0.001", "ETH": "0.001", "SOL": "0.01"}
 DEFAULT_TICK_SIZES = {"BTC": "0.10", "ETH": "0.01", "SOL": "0.0010"}
@@ -84,6 +88,7 @@ _FIAT = {"EUR", "USD", "GBP"}
 # Withdrawal status codes of `capital/withdraw/history`.
 _WITHDRAW_STATUS = {"pending": 2, "broadcast": 4, "completed": 6, "canceled": 1, "failed": 5}
 _ORDER_STATUS = {"open": "NEW", "closed": "FILLED", "canceled": "CANCELED", "rejected": "EXPIRED"}
+_ALGO_STATUS = {"open": "NEW", "closed": "FINISHED", "canceled": "CANCELED", "rejected": "REJECTED"}
 _TRANSFER_TYPES = {
     "MAIN_UMFUTURE", "UMFUTURE_MAIN", "MAIN_FUNDING", "FUNDING_MAIN",
     "FUNDING_UMFUTURE", "UMFUTURE_FUNDING", "MAIN_MARGIN", "MARGIN_MAIN",
@@ -225,6 +230,11 @@ class BinanceApi:
         r("DELETE", "/fapi/v1/order", self._cancel_order, endpoint="cancel_order")
         r("GET", "/fapi/v1/openOrders", self._open_orders, endpoint="list_orders")
         r("DELETE", "/fapi/v1/allOpenOrders", self._cancel_all, endpoint="cancel_all_orders")
+        r("POST", "/fapi/v1/algoOrder", self._new_algo_order, endpoint="create_order")
+        r("GET", "/fapi/v1/algoOrder", self._query_algo_order, endpoint="get_order_by_client_id")
+        r("DELETE", "/fapi/v1/algoOrder", self._cancel_algo_order, endpoint="cancel_order")
+        r("GET", "/fapi/v1/openAlgoOrders", self._open_algo_orders, endpoint="list_orders")
+        r("DELETE", "/fapi/v1/algoOpenOrders", self._cancel_all_algo, endpoint="cancel_all_orders")
         r("GET", "/sapi/v1/capital/config/getall", self._coins, endpoint="networks")
         r("GET", "/sapi/v1/capital/deposit/address", self._deposit_address, endpoint="deposit_address")
         r("POST", "/sapi/v1/capital/withdraw/apply", self._withdraw, endpoint="create_withdrawal")
@@ -593,8 +603,6 @@ class BinanceApi:
             cid = self._public_cid.get(order.client_order_id or "", order.client_order_id)
         binance_type = {"market": "MARKET", "limit": "LIMIT", "stop_market": "STOP_MARKET"}[order.type]
         status = _ORDER_STATUS[order.status]
-        if order.status == "canceled" and order.reduce_only and order.filled == 0 and order.type != "limit":
-            status = "EXPIRED" if order.type == "stop_market" else status
         body = {
             "orderId": self._order_id(order),
             "symbol": self.market_id(order.symbol),
@@ -756,7 +764,7 @@ class BinanceApi:
                 order = None
         else:
             raise BinanceError(-1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
-        if order is None or order.symbol != symbol:
+        if order is None or order.symbol != symbol or order.type == "stop_market":
             raise BinanceError(-2013, "Order does not exist.")
         return order
 
@@ -779,12 +787,152 @@ class BinanceApi:
         return [
             self._order_json(o)
             for o in self.state.orders(self.venue, status="open", symbol=symbol)
-            if ":" in o.symbol and o.type != "stop_market"
+            if o.type != "stop_market"
         ]
 
     def _cancel_all(self, req, p):
         symbol = self._symbol(p.get("symbol"))
-        self.state.cancel_all_orders(self.venue, symbol=symbol)
+        for order in self.state.orders(self.venue, status="open", symbol=symbol):
+            if order.type != "stop_market":
+                self.state.cancel_order(self.venue, order.id)
+        return {"code": 200, "msg": "The operation of cancel all open order is done."}
+
+    # ------------------------------------------------------------------ conditional (algo) orders
+
+    def _algo_id(self, order: Order) -> int:
+        return ALGO_ID_BASE + int(order.id.rsplit("-", 1)[1])
+
+    def _algo_json(self, order: Order) -> dict[str, Any]:
+        with self._lock:
+            cid = self._public_cid.get(order.client_order_id or "", order.client_order_id)
+        return {
+            "algoId": self._algo_id(order),
+            "clientAlgoId": cid,
+            "algoType": "CONDITIONAL",
+            "orderType": "STOP_MARKET",
+            "symbol": self.market_id(order.symbol),
+            "side": order.side.upper(),
+            "positionSide": "BOTH",
+            "timeInForce": "GTC",
+            "quantity": _num(order.amount),
+            "algoStatus": _ALGO_STATUS[order.status],
+            "triggerPrice": _num(order.stop_price),
+            "price": "0",
+            "icebergQuantity": None,
+            "selfTradePreventionMode": "EXPIRE_MAKER",
+            "workingType": "MARK_PRICE",
+            "priceMatch": "NONE",
+            "closePosition": False,
+            "priceProtect": False,
+            "reduceOnly": order.reduce_only,
+            "createTime": _ms(order.received_at),
+            "updateTime": _ms(self._clock()),
+            "triggerTime": 0,
+            "goodTillDate": 0,
+        }
+
+    def _new_algo_order(self, req: BinanceRequest, p: dict[str, str]):
+        if p.get("algoType") != "CONDITIONAL":
+            raise BinanceError(-1130, "Data sent for parameter 'algoType' is not valid.") if p.get("algoType") else _mandatory("algoType")
+        symbol = self._symbol(p.get("symbol"))
+        side = p.get("side")
+        if not side:
+            raise _mandatory("side")
+        if side not in {"BUY", "SELL"}:
+            raise BinanceError(-1117, "Invalid side.")
+        order_type = p.get("type")
+        if not order_type:
+            raise _mandatory("type")
+        if order_type != "STOP_MARKET":
+            raise BinanceError(-1116, "Invalid orderType.")
+        if p.get("positionSide", "BOTH") != "BOTH":
+            raise BinanceError(-4061, "Order's position side does not match user's setting.")
+        if p.get("closePosition", "false").lower() == "true":
+            raise BinanceError(-1106, "Parameter 'closePosition' sent when not required.")
+        for name in ("quantity", "triggerPrice"):
+            if not p.get(name):
+                raise _mandatory(name)
+        quantity, trigger = float(p["quantity"]), float(p["triggerPrice"])
+        if not math.isfinite(quantity) or quantity <= 0:
+            raise BinanceError(-4003, "Quantity less than or equal to zero.")
+        if not _is_multiple(quantity, self._step(symbol)):
+            raise BinanceError(-1111, "Precision is over the maximum defined for this asset.")
+        if trigger <= 0:
+            raise BinanceError(-4006, "Stop price less than zero.")
+        if not _is_multiple(trigger, self._tick(symbol)):
+            raise BinanceError(-4014, "Price not increased by tick size.")
+        reduce_only = p.get("reduceOnly", "false").lower() == "true"
+        cid = p.get("clientAlgoId") or f"sim-{next(self._alias_seq)}-{int(self._clock() * 1000)}"
+        if len(cid) > 36 or not all(c.isalnum() or c in ".:/_-" for c in cid):
+            raise BinanceError(-4015, "Client order id is not valid.")
+        state_cid = self._claim_client_id(cid)
+        try:
+            order, _ = self.state.place_order(
+                self.venue,
+                symbol=symbol,
+                type="stop_market",
+                side=side.lower(),
+                amount=quantity,
+                stop_price=trigger,
+                client_order_id=state_cid,
+                reduce_only=reduce_only,
+                received_at=req.received_at,
+            )
+        except SimError as exc:
+            self._release_client_id(cid, state_cid)
+            raise self._order_rejection(exc) from None
+        return self._algo_json(order)
+
+    def _find_algo_order(self, p: dict[str, str]) -> Order:
+        order: Order | None = None
+        if p.get("algoId"):
+            try:
+                number = int(p["algoId"]) - ALGO_ID_BASE
+                order = self.state.order(self.venue, f"{self.venue}-{number}")
+            except (ValueError, SimError):
+                order = None
+        elif p.get("clientAlgoId"):
+            with self._lock:
+                history = list(self._cid_history.get(p["clientAlgoId"], [p["clientAlgoId"]]))
+            try:
+                order = self.state.order_by_client_id(self.venue, history[-1])
+            except SimError:
+                order = None
+        else:
+            raise BinanceError(-1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!")
+        if order is None or order.type != "stop_market":
+            raise BinanceError(-2013, "Order does not exist.")
+        return order
+
+    def _query_algo_order(self, req, p):
+        return self._algo_json(self._find_algo_order(p))
+
+    def _cancel_algo_order(self, req, p):
+        try:
+            order = self._find_algo_order(p)
+        except BinanceError as exc:
+            if exc.code == -2013:
+                raise BinanceError(-2011, "Unknown order sent.") from None
+            raise
+        if order.status != "open":
+            raise BinanceError(-2011, "Unknown order sent.")
+        order = self.state.cancel_order(self.venue, order.id)
+        body = self._algo_json(order)
+        return {"algoId": body["algoId"], "clientAlgoId": body["clientAlgoId"], "code": "200", "msg": "success"}
+
+    def _open_algo_orders(self, req, p):
+        symbol = self._symbol(p.get("symbol"), required=False)
+        return [
+            self._algo_json(o)
+            for o in self.state.orders(self.venue, status="open", symbol=symbol)
+            if o.type == "stop_market"
+        ]
+
+    def _cancel_all_algo(self, req, p):
+        symbol = self._symbol(p.get("symbol"))
+        for order in self.state.orders(self.venue, status="open", symbol=symbol):
+            if order.type == "stop_market":
+                self.state.cancel_order(self.venue, order.id)
         return {"code": 200, "msg": "The operation of cancel all open order is done."}
 
     # ------------------------------------------------------------------ wallet (sapi)
