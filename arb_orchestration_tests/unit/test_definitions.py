@@ -30,6 +30,8 @@ EXPECTED_ASSETS: list[str] = [
     *[f"venues/{venue}/{kind}" for venue in VENUES for kind in ("balances", "positions")],
     "funding_rates",
     "hedge_targets",
+    # rebalance
+    "rebalance_plan",
 ]
 
 EXPECTED_ASSET_CHECKS: list[tuple[str, str]] = [
@@ -43,17 +45,21 @@ EXPECTED_ASSET_CHECKS: list[tuple[str, str]] = [
 EXPECTED_JOBS: list[str] = [
     # market_data
     "observe_market_state_job",
+    # rebalance
+    "auto_rebalance_saga",
 ]
 
 EXPECTED_SENSORS: list[str] = [
     # market_data
     "market_state_observation_sensor",
     "market_state_freshness_sensor",
+    # rebalance
+    "auto_rebalance_saga_recovery_sensor",
 ]
 
 EXPECTED_SCHEDULES: list[str] = []
 
-EXPECTED_RESOURCES: list[str] = ["exchange", "wise", "kafka", "smtp"]
+EXPECTED_RESOURCES: list[str] = ["exchange", "wise", "kafka", "smtp", "rebalance_journal"]
 
 # Upstream asset keys per materialised asset (lineage as the UI draws it).
 EXPECTED_DEPS: dict[str, set[str]] = {
@@ -61,6 +67,7 @@ EXPECTED_DEPS: dict[str, set[str]] = {
         *[f"venues/{venue}/{kind}" for venue in VENUES for kind in ("balances", "positions")],
         "funding_rates",
     },
+    "rebalance_plan": {f"venues/{venue}/balances" for venue in VENUES},
 }
 
 # Assets that are observed, never materialised by Dagster.

@@ -1,7 +1,7 @@
 """Dagster definitions of the rebalance domain: `auto_rebalance_saga` and the `rebalance_plan` asset.
 
 Job      auto_rebalance_saga (saga: plan → prepare → commit (pivot) → await arrival → verify)
-Sensors  auto_rebalance_saga_recovery_sensor, auto_rebalance_saga_recovery_sensor_sweep (saga engine)
+Sensors  auto_rebalance_saga_recovery_sensor and its periodic sweep (built by the saga engine)
 Asset    rebalance_plan (deps: venues/<venue>/balances) — the plan a rebalance would run now, dry
 Resource rebalance_journal (the saga's view of the Dagster instance: daily usage, step reports)
 
