@@ -186,8 +186,8 @@ def recover_saga(
                          f"step {nxt.name} was refused (business error, not retried): {nxt.last_error}")
     if failed_run.canceled:
         return _escalate(saga, saga_id, state, decision, log, alert, logger,
-                         f"run {failed_run.run_id} was canceled by an operator after the saga committed; "
-                         f"not relaunching on my own (next step: {nxt.name})")
+                         f"run {failed_run.run_id} was canceled by an operator; this saga can only go forward, "
+                         f"so it is not relaunched without a human (next step: {nxt.name})")
     if failed_run.run_id in state.forward_requested_for:
         if relaunch_exists:
             return RecoveryOutcome(saga_id, decision, Action.NONE, f"run {failed_run.run_id} was already relaunched")
