@@ -47,6 +47,11 @@ EXPECTED_JOBS: list[str] = [
     "observe_market_state_job",
     # rebalance
     "auto_rebalance_saga",
+    # stop_loss
+    "emergency_stop_loss_saga",
+    # ops_control (kill switch)
+    "pause_trading_job",
+    "resume_trading_job",
 ]
 
 EXPECTED_SENSORS: list[str] = [
@@ -55,6 +60,9 @@ EXPECTED_SENSORS: list[str] = [
     "market_state_freshness_sensor",
     # rebalance
     "auto_rebalance_saga_recovery_sensor",
+    # stop_loss
+    "emergency_stop_loss_saga_recovery_sensor",
+    "emergency_stop_loss_saga_recovery_sweep_sensor",
 ]
 
 EXPECTED_SCHEDULES: list[str] = []
