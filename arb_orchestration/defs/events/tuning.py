@@ -51,7 +51,10 @@ class EventSensorSettings:
     critical_window: TimestampWindow = field(default_factory=TimestampWindow)
     funding_deviation_bps: float = 20.0
     hedge_without_baseline: bool = True  # a market never hedged by the sensor counts as deviated
-    minimum_interval_seconds: int = 5  # the daemon loop runs every 5 s; this keeps pace with it
+    # The daemon loop runs every 5 s and never ticks a sensor faster. 5 here would skip every
+    # other loop: a tick starts a few ms after its loop iteration, so 5.0 s later it is "4.9 s
+    # ago" and under the interval (measured: ticks 10 s apart, event -> run up to 5.5 s).
+    minimum_interval_seconds: int = 1
     stop_loss_priority: int = 100  # `dagster/priority` of stop-loss runs (higher runs first)
 
     def __post_init__(self) -> None:
