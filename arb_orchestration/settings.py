@@ -71,6 +71,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("EXCHANGE_SIM_URL", "Base URL of the exchange simulator.", "http://127.0.0.1:8701"),
         Setting("EXCHANGE_SIM_API_KEY", "API key the simulator expects (secret).", None, True, True),
         Setting("EXCHANGE_VENUES", "Comma-separated venue names.", "binance,okx,bybit,kraken,hyperliquid"),
+        # EXCHANGE_BACKEND=ccxt (resources/ccxt_venue.py; docs/real-venues.md). <VENUE> is the venue name upper-cased.
+        Setting("CCXT_VENUES", "JSON object, venue name -> {exchange_id, sandbox, demo_trading, symbols, withdraw_allowlist, fiat_deposit_addresses, default_funding_interval_hours, options, read_only, api_base_url}; a missing venue uses its default ccxt class.", "{}", False),
+        Setting("CCXT_<VENUE>_API_KEY", "API key of that venue account (secret; required in prod with EXCHANGE_BACKEND=ccxt).", "", False, True),
+        Setting("CCXT_<VENUE>_SECRET", "API secret of that venue account (secret; required in prod with EXCHANGE_BACKEND=ccxt).", "", False, True),
+        Setting("CCXT_<VENUE>_PASSWORD", "API passphrase, where the venue has one (OKX) (secret).", "", False, True),
         Setting("WISE_API_URL", "Wise API base URL (sandbox: https://api.sandbox.transferwise.tech).", "http://127.0.0.1:8702"),
         Setting("WISE_API_TOKEN", "Wise API token (secret).", None, True, True),
         Setting("WISE_PROFILE_ID", "Wise business profile id that pays.", "1001"),

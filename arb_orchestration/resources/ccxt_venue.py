@@ -1,0 +1,1208 @@
+"""Real trading venues through ccxt's unified API: `CcxtVenueClient` and `CcxtExchangeResource`.
+
+One `CcxtVenueClient` is one exchange account behind one (unmodified) ccxt
+exchange class, e.g. `binanceusdm` for Binance USDⓈ-M perpetuals. It follows
+the platform's resource policy exactly like the simulator client:
+
+* every call runs through `ResilientCaller` with the process-wide breaker
+  `venue:<name>`; ccxt's exceptions are mapped onto the error taxonomy
+  (`classify_ccxt_error`): rate limits, network errors and timeouts are
+  transient; a timeout, dropped connection or 5xx on an order or withdrawal
+  is an *ambiguous outcome*; rejections (insufficient funds, invalid order,
+  bad request, authentication) are business errors;
+* orders carry the caller's client order id (`newClientOrderId` on Binance,
+  `clientOrderId` elsewhere; ccxt passes it on) and withdrawals the caller's
+  idempotency key (`withdrawOrderId` on Binance). **Nothing is ever resent
+  blind**: before sending, and after an ambiguous outcome, the client looks
+  the order up by its client order id (ccxt's manual: the outcome of a
+  timed-out `create_order` is unknown). That lookup is not optional on real
+  venues: Binance keeps client order ids unique among *open* orders only, so
+  resending the id of a filled market order places a second order;
+* ccxt is imported lazily, in the first call: loading the code location
+  stays fast and opens no connection. Markets are loaded once per client.
+
+Credentials reach the resource as `EnvVar` and live only in the ccxt
+instance; ccxt's own DEBUG log lines (which carry the request headers) go to
+`arb_orchestration.ccxt.<venue>` through a filter that blanks every credential
+and request signature.
+
+`CcxtExchangeResource` is the `exchange` resource when `EXCHANGE_BACKEND=ccxt`;
+`ccxt_exchange_from_env` builds it from `EXCHANGE_VENUES`, `CCXT_VENUES` and
+`CCXT_<VENUE>_API_KEY`/`_SECRET`/`_PASSWORD` (see docs/real-venues.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, TypeVar
+from urllib.parse import urlsplit
+
+from dagster import Config, EnvVar
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from arb_orchestration import settings
+from arb_orchestration.domain.models import (
+    Balance,
+    DepositAddress,
+    FundingRate,
+    NetworkFee,
+    Order,
+    OrderType,
+    Position,
+    Side,
+    Withdrawal,
+)
+from arb_orchestration.resources.errors import (
+    AmbiguousOutcomeError,
+    BusinessError,
+    ExternalServiceError,
+    NotFoundError,
+    TransientError,
+)
+from arb_orchestration.resources.resilience import CircuitBreaker, ResilientCaller, RetrySettings, breaker_for
+from arb_orchestration.resources.venue import ExchangeResource, VenueClient
+
+T = TypeVar("T")
+log = logging.getLogger("arb_orchestration.resources.ccxt_venue")
+
+# ---------------------------------------------------------------------------- per-exchange facts
+
+# The desk's venue names and the ccxt class of their perpetual-futures account.
+DEFAULT_EXCHANGE_IDS = {
+    "binance": "binanceusdm",
+    "bybit": "bybit",
+    "okx": "okx",
+    "kraken": "krakenfutures",
+    "hyperliquid": "hyperliquid",
+}
+
+# Funding interval each exchange documents for its perpetuals, used when neither the
+# funding-rate answer nor the exchange's interval endpoint gives one (Binance's premium
+# index carries no interval; its fundingInfo lists only the symbols that deviate from 8 h).
+DOCUMENTED_FUNDING_INTERVAL_HOURS = {
+    "binance": 8.0,
+    "binanceusdm": 8.0,
+    "bybit": 8.0,
+    "okx": 8.0,
+    "bitget": 8.0,
+    "gate": 8.0,
+    "kucoinfutures": 8.0,
+    "krakenfutures": 4.0,
+    "hyperliquid": 1.0,
+}
+
+# The request parameter that carries our client order id (ccxt also understands
+# `clientOrderId` and maps it itself; these are the names in each exchange's docs).
+CLIENT_ORDER_ID_PARAMS = {"binance": "newClientOrderId", "binanceusdm": "newClientOrderId", "bybit": "orderLinkId", "okx": "clOrdId"}
+
+# What each exchange accepts as a client order id; anything else is mapped to a stable hash.
+CLIENT_ORDER_ID_RULES = {
+    "binance": re.compile(r"^[.A-Za-z0-9:/_-]{1,36}$"),
+    "binanceusdm": re.compile(r"^[.A-Za-z0-9:/_-]{1,36}$"),
+    "bybit": re.compile(r"^[A-Za-z0-9_-]{1,36}$"),
+    "okx": re.compile(r"^[A-Za-z0-9]{1,32}$"),
+}
+_DEFAULT_CLIENT_ORDER_ID_RULE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+# The withdrawal parameter that carries our idempotency key, and lets us look it up again.
+WITHDRAW_CLIENT_ID_PARAMS = {"binance": "withdrawOrderId", "binanceusdm": "withdrawOrderId", "okx": "clientId"}
+
+# Exchanges whose conditional (stop) orders live behind separate endpoints that ccxt
+# reaches with `params={"trigger": True}` (Binance's Algo Order API).
+SEPARATE_TRIGGER_ORDERS = {"binance", "binanceusdm"}
+
+# ccxt options we always set per exchange (on top of the venue's own `options_json`).
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    # Binance refuses an unscoped open-orders query unless told the caller knows it costs more weight.
+    "binanceusdm": {"warnOnFetchOpenOrdersWithoutSymbol": False, "adjustForTimeDifference": True},
+    "binance": {"warnOnFetchOpenOrdersWithoutSymbol": False, "adjustForTimeDifference": True, "defaultType": "swap"},
+    "bybit": {"defaultType": "swap"},
+    "okx": {"defaultType": "swap"},
+}
+
+# Exchange error codes whose meaning matters more than the ccxt class they arrive as
+# (ccxt picks Binance's per-market tables by hostname, so against another host a
+# -2019 arrives as a plain ExchangeError). Values: (kind, normalised code).
+VENUE_ERROR_CODES: dict[str, dict[str, tuple[str, str]]] = {
+    "binance": {
+        "-1001": ("unknown", "internal_error"),
+        "-1003": ("transient", "rate_limited"),
+        "-1007": ("unknown", "backend_timeout"),
+        "-1008": ("transient", "server_busy"),
+        "-1021": ("transient", "timestamp_outside_recv_window"),
+        "-1022": ("business", "authentication"),
+        "-2014": ("business", "authentication"),
+        "-2015": ("business", "authentication"),
+        "-2011": ("not_found", "order_not_found"),
+        "-2013": ("not_found", "order_not_found"),
+        "-2019": ("business", "insufficient_margin"),
+        "-2021": ("business", "would_immediately_trigger"),
+        "-2022": ("business", "reduce_only_rejected"),
+        "-4116": ("duplicate", "duplicate_client_order_id"),
+        "-4118": ("business", "reduce_only_rejected"),
+        "-4164": ("business", "min_notional"),
+        "-4026": ("business", "insufficient_funds"),
+        "-5013": ("business", "insufficient_funds"),
+        "-4022": ("business", "below_min_amount"),
+        "-4019": ("business", "unsupported_network"),
+        "-4007": ("business", "address_rejected"),
+        "-4035": ("business", "address_not_whitelisted"),
+    },
+    "bybit": {
+        "110007": ("business", "insufficient_funds"),
+        "110072": ("duplicate", "duplicate_client_order_id"),
+        "110017": ("business", "reduce_only_rejected"),
+        "10006": ("transient", "rate_limited"),
+        "10002": ("transient", "timestamp_outside_recv_window"),
+    },
+    "okx": {
+        "51008": ("business", "insufficient_funds"),
+        "51016": ("duplicate", "duplicate_client_order_id"),
+        "50011": ("transient", "rate_limited"),
+    },
+}
+VENUE_ERROR_CODES["binanceusdm"] = VENUE_ERROR_CODES["binance"]
+
+_CODE_PATTERN = re.compile(r'"(?:code|retCode|sCode)"\s*:\s*"?(-?\d+)"?')
+
+
+def _family(exchange_id: str) -> str:
+    return "binance" if exchange_id.startswith("binance") else exchange_id
+
+
+def venue_error_code(exc: BaseException) -> str | None:
+    """The exchange's own error code in a ccxt exception message (ccxt quotes the body)."""
+    match = _CODE_PATTERN.search(str(exc))
+    return match.group(1) if match else None
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True when the cause chain shows the request never left (refused, DNS, connect timeout)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        if name in {"ConnectTimeout", "NewConnectionError", "NameResolutionError"} or isinstance(current, ConnectionRefusedError):
+            return True
+        text = str(current)
+        if "NewConnectionError" in text or "Connection refused" in text or "Failed to resolve" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def classify_ccxt_error(exc: BaseException, *, exchange_id: str, mutating: bool, message: str | None = None) -> ExternalServiceError:
+    """Map a ccxt exception onto the platform's error taxonomy.
+
+    `mutating`: the request could change state (an order, a cancel, a withdrawal,
+    a transfer). For those, anything that leaves the outcome unknown -- a
+    timeout, a dropped connection after sending, a 5xx or an "unknown error"
+    answer -- is an `AmbiguousOutcomeError`, which obliges a lookup by the
+    idempotency key before anything is sent again.
+    """
+    import ccxt  # lazy: only ever reached once a call has been made
+
+    text = message or f"{type(exc).__name__}: {exc}"
+    code = venue_error_code(exc)
+    kind, normalised = VENUE_ERROR_CODES.get(_family(exchange_id), {}).get(code or "", (None, None))
+
+    def unknown_outcome(default_code: str) -> ExternalServiceError:
+        if mutating:
+            return AmbiguousOutcomeError(f"{text} (outcome unknown: look it up before any retry)")
+        return TransientError(text)
+
+    if kind == "transient":
+        return TransientError(text)
+    if kind == "unknown":
+        return unknown_outcome(normalised)
+    if kind == "duplicate":
+        return BusinessError(text, code=normalised)
+    if kind == "not_found":
+        return NotFoundError(text, code=normalised)
+    if kind == "business":
+        return BusinessError(text, code=normalised)
+
+    if isinstance(exc, ccxt.InvalidNonce):  # rejected for its timestamp: nothing was applied
+        return TransientError(text)
+    if isinstance(exc, (ccxt.RateLimitExceeded, ccxt.DDoSProtection)):  # 418/429: not applied
+        return TransientError(text, retry_after=getattr(exc, "retry_after", None))
+    if isinstance(exc, ccxt.NetworkError):  # RequestTimeout, ExchangeNotAvailable (5xx), dropped connections
+        if _never_sent(exc):
+            return TransientError(text)
+        return unknown_outcome("network")
+    if isinstance(exc, ccxt.OperationFailed):  # BadResponse, NullResponse, "unknown error"
+        return unknown_outcome("operation_failed")
+    if isinstance(exc, ccxt.AuthenticationError):
+        return BusinessError(text, code="authentication")
+    if isinstance(exc, ccxt.InsufficientFunds):
+        return BusinessError(text, code="insufficient_funds")
+    if isinstance(exc, ccxt.OrderNotFound):
+        return NotFoundError(text, code="order_not_found")
+    if isinstance(exc, ccxt.DuplicateOrderId):
+        return BusinessError(text, code="duplicate_client_order_id")
+    if isinstance(exc, ccxt.InvalidAddress):
+        return BusinessError(text, code="invalid_address")
+    if isinstance(exc, ccxt.BadSymbol):
+        return BusinessError(text, code="bad_symbol")
+    if isinstance(exc, ccxt.InvalidOrder):
+        return BusinessError(text, code="invalid_order")
+    if isinstance(exc, (ccxt.BadRequest, ccxt.ArgumentsRequired)):
+        return BusinessError(text, code="bad_request")
+    if isinstance(exc, ccxt.NotSupported):
+        return BusinessError(text, code="not_supported")
+    if isinstance(exc, ccxt.OperationRejected):
+        return BusinessError(text, code="rejected")
+    if isinstance(exc, ccxt.ExchangeError):  # the exchange answered with an error we do not know
+        return BusinessError(text, code=f"exchange_error:{code}" if code else "exchange_error")
+    return unknown_outcome("unexpected")
+
+
+# ---------------------------------------------------------------------------- secrets in logs
+
+
+class _RedactingFilter(logging.Filter):
+    """Blanks credentials and request signatures in ccxt's own log records."""
+
+    _SIGNATURE = re.compile(r"(signature=)[0-9A-Za-z%+/=_-]+")
+
+    def __init__(self, secrets: Iterable[str]):
+        super().__init__()
+        self._secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return self._SIGNATURE.sub(r"\1***", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: drop its arguments rather than risk leaking them
+            message = str(record.msg)
+        record.msg = self.redact(message)
+        record.args = ()
+        return True
+
+
+def _ccxt_logger(venue: str, redactor: _RedactingFilter) -> logging.Logger:
+    logger = logging.getLogger(f"arb_orchestration.ccxt.{venue}")
+    for old in [f for f in logger.filters if isinstance(f, _RedactingFilter)]:
+        logger.removeFilter(old)
+    logger.addFilter(redactor)
+    return logger
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class CcxtVenueSettings:
+    """Everything one venue client needs, credentials resolved (never logged: see __repr__)."""
+
+    name: str
+    exchange_id: str
+    api_key: str = field(default="", repr=False)
+    secret: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+    sandbox: bool = False
+    demo_trading: bool = False
+    api_base_url: str = ""
+    api_urls: dict[str, str] = field(default_factory=dict)
+    symbols: tuple[str, ...] = ()
+    withdraw_allowlist: tuple[str, ...] = ()
+    fiat_deposit_addresses: dict[str, str] = field(default_factory=dict)
+    default_funding_interval_hours: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    read_only: bool = False
+    timeout_seconds: float = 10.0
+    rate_limit_ms: int | None = None
+    precheck_client_order_id: bool = True
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(url: str, what: str) -> str:
+    """Credentials never travel over plain HTTP except to loopback (the simulator)."""
+    if not url:
+        return url
+    scheme = urlsplit(url).scheme
+    if scheme == "https" or (scheme == "http" and _is_loopback(url)):
+        return url.rstrip("/")
+    raise ValueError(f"{what} must be https:// (or http:// on loopback for the simulator), got {url!r}")
+
+
+# ---------------------------------------------------------------------------- the client
+
+
+class CcxtVenueClient(VenueClient):
+    """One exchange account through ccxt; blocking and thread-safe.
+
+    `exchange`: a ready ccxt instance to use instead of building one (tests).
+    """
+
+    def __init__(
+        self,
+        config: CcxtVenueSettings,
+        *,
+        retry: RetrySettings | None = None,
+        breaker: CircuitBreaker | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        exchange: Any = None,
+    ):
+        self.name = config.name
+        self.config = config
+        self._family = _family(config.exchange_id)
+        self._breaker = breaker or breaker_for(f"venue:{config.name}")
+        self._caller = ResilientCaller(self._breaker, retry or RetrySettings(), sleep=sleep)
+        self._redactor = _RedactingFilter([config.api_key, config.secret, config.password])
+        self._exchange = exchange
+        self._ready = False
+        self._ready_lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._caller_ids: dict[str, str] = {}  # venue client id -> the caller's client order id
+        self._order_symbols: dict[str, str] = {}  # order id / venue client id -> symbol
+        self._trigger_orders: set[str] = set()  # ids of conditional orders (separate endpoints)
+        self._last_state = self._breaker.state
+        self._allowed = set(config.symbols)
+        if config.api_base_url:
+            check_endpoint(config.api_base_url, f"{config.name}: api_base_url")
+        for key, url in config.api_urls.items():
+            check_endpoint(url, f"{config.name}: api_urls[{key}]")
+
+    def __repr__(self) -> str:  # never shows credentials
+        return f"CcxtVenueClient(name={self.name!r}, exchange_id={self.config.exchange_id!r}, sandbox={self.config.sandbox})"
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _build_exchange(self):
+        import ccxt  # lazy: keeps the code location's import fast (ccxt loads every exchange)
+
+        cls = getattr(ccxt, self.config.exchange_id, None)
+        if cls is None or not isinstance(cls, type):
+            raise BusinessError(f"{self.name}: ccxt has no exchange {self.config.exchange_id!r}", code="bad_config")
+        options = {**DEFAULT_OPTIONS.get(self.config.exchange_id, {}), **self.config.options}
+        params: dict[str, Any] = {
+            "enableRateLimit": True,
+            "timeout": int(self.config.timeout_seconds * 1000),
+            "options": options,
+            "logger": _ccxt_logger(self.name, self._redactor),
+            "verbose": False,
+        }
+        for key, value in (("apiKey", self.config.api_key), ("secret", self.config.secret), ("password", self.config.password)):
+            if value:
+                params[key] = value
+        exchange = cls(params)
+        if self.config.sandbox:
+            exchange.set_sandbox_mode(True)
+        if self.config.demo_trading:
+            exchange.enable_demo_trading(True)
+        if self.config.rate_limit_ms is not None:
+            exchange.rateLimit = self.config.rate_limit_ms
+        api = exchange.urls.get("api")
+        if self.config.api_base_url and isinstance(api, dict):
+            base = self.config.api_base_url.rstrip("/")
+            exchange.urls["api"] = {k: base + urlsplit(v).path for k, v in api.items() if isinstance(v, str)}
+        elif self.config.api_base_url:
+            exchange.urls["api"] = self.config.api_base_url
+        if self.config.api_urls:
+            exchange.urls["api"] = {**exchange.urls["api"], **self.config.api_urls}
+        return exchange
+
+    def _ensure_ready(self):
+        with self._ready_lock:
+            if self._exchange is None:
+                self._exchange = self._build_exchange()
+            if not self._ready:
+                self._exchange.load_markets()
+                self._ready = True
+            return self._exchange
+
+    def _ready_exchange(self, what: str):
+        """The loaded exchange; a failure to load markets comes out typed (used in lookups)."""
+        import ccxt
+
+        try:
+            return self._ensure_ready()
+        except ccxt.BaseError as exc:
+            raise self._translate(exc, what, mutating=False) from exc
+
+    def _redact(self, text: str) -> str:
+        return self._redactor.redact(text)
+
+    def _translate(self, exc: BaseException, what: str, mutating: bool) -> ExternalServiceError:
+        message = self._redact(f"{self.name} {what}: {type(exc).__name__}: {exc}")
+        return classify_ccxt_error(exc, exchange_id=self.config.exchange_id, mutating=mutating, message=message)
+
+    def _run(self, fn: Callable[[Any], T], what: str, mutating: bool) -> T:
+        """One attempt: ready the exchange, call ccxt, translate its exceptions."""
+        import ccxt
+
+        try:
+            exchange = self._ensure_ready()
+            return fn(exchange)
+        except ccxt.BaseError as exc:
+            raise self._translate(exc, what, mutating) from exc
+
+    def _call(
+        self,
+        fn: Callable[[Any], T],
+        *,
+        what: str,
+        mutating: bool = False,
+        reconcile: Callable[[], T | None] | None = None,
+    ) -> T:
+        try:
+            return self._caller.call(lambda: self._run(fn, what, mutating), what=f"{self.name}: {what}", reconcile=reconcile)
+        finally:
+            self._note_breaker_state()
+
+    def _note_breaker_state(self) -> None:
+        state = self._breaker.state
+        if state != self._last_state:
+            level = logging.INFO if state == "closed" else logging.WARNING
+            log.log(level, "venue %s: circuit breaker %s -> %s", self.name, self._last_state, state)
+            self._last_state = state
+
+    def _refuse_if_read_only(self, what: str) -> None:
+        if self.config.read_only:
+            raise BusinessError(f"{self.name}: {what} refused: the venue is configured read-only", code="read_only")
+
+    def health(self) -> dict:
+        self._note_breaker_state()
+        return {
+            "venue": self.name,
+            "exchange_id": self.config.exchange_id,
+            "sandbox": self.config.sandbox,
+            "demo_trading": self.config.demo_trading,
+            "read_only": self.config.read_only,
+            "markets_loaded": self._ready,
+            "breaker": self._breaker.snapshot(),
+        }
+
+    # ------------------------------------------------------------------ market state
+
+    def fetch_balance(self) -> dict[str, Balance]:
+        raw = self._call(lambda ex: ex.fetch_balance(), what="fetch_balance")
+        totals = raw.get("total") or {}
+        result = {}
+        for asset in sorted(totals):
+            entry = raw.get(asset) or {}
+            total = float(entry.get("total") or 0.0)
+            free = float(entry.get("free") or 0.0)
+            used = float(entry.get("used") if entry.get("used") is not None else max(0.0, total - free))
+            result[asset] = Balance(asset=asset, free=free, used=used, total=total)
+        return result
+
+    def fetch_positions(self) -> list[Position]:
+        raw = self._call(lambda ex: ex.fetch_positions(), what="fetch_positions")
+        positions = []
+        for p in raw:
+            contracts = float(p.get("contracts") or 0.0)
+            size = contracts * float(p.get("contractSize") or 1.0)
+            if size <= 0:
+                continue
+            side = p.get("side")
+            if side not in {"long", "short"}:
+                continue
+            entry = float(p.get("entryPrice") or 0.0)
+            positions.append(
+                Position(
+                    venue=self.name,
+                    symbol=p["symbol"],
+                    side=side,
+                    size=size,
+                    entry_price=entry,
+                    mark_price=float(p.get("markPrice") or entry),
+                    liquidation_price=float(p["liquidationPrice"]) if p.get("liquidationPrice") else None,
+                    unrealized_pnl=float(p.get("unrealizedPnl") or 0.0),
+                )
+            )
+        return positions
+
+    def _interval_hours(self, interval: str | None) -> float | None:
+        if not interval:
+            return None
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([hm])", str(interval).strip().lower())
+        if not match:
+            return None
+        value = float(match.group(1))
+        return value if match.group(2) == "h" else value / 60.0
+
+    def fetch_funding_rates(self) -> list[FundingRate]:
+        def fetch(ex) -> list[FundingRate]:
+            symbols = sorted(self._allowed) or None
+            rates = ex.fetch_funding_rates(symbols)
+            intervals: dict[str, str | None] = {}
+            if any(not r.get("interval") for r in rates.values()) and ex.has.get("fetchFundingIntervals"):
+                # Binance names only the symbols whose interval deviates; the rest use the documented one.
+                intervals = {s: r.get("interval") for s, r in ex.fetch_funding_intervals().items()}
+            fallback = self.config.default_funding_interval_hours or DOCUMENTED_FUNDING_INTERVAL_HOURS.get(
+                self.config.exchange_id
+            )
+            now = time.time()
+            result = []
+            for symbol, r in sorted(rates.items()):
+                if r.get("fundingRate") is None:
+                    continue
+                hours = self._interval_hours(r.get("interval")) or self._interval_hours(intervals.get(symbol)) or fallback
+                if not hours:
+                    raise BusinessError(
+                        f"{self.name}: no funding interval for {symbol}; set default_funding_interval_hours",
+                        code="unknown_funding_interval",
+                    )
+                ts = r.get("timestamp")
+                nxt = r.get("fundingTimestamp") or r.get("nextFundingTimestamp")
+                result.append(
+                    FundingRate(
+                        venue=self.name,
+                        symbol=symbol,
+                        rate=float(r["fundingRate"]),
+                        interval_hours=hours,
+                        next_funding_time=nxt / 1000.0 if nxt else None,
+                        mark_price=float(r["markPrice"]) if r.get("markPrice") else None,
+                        observed_at=ts / 1000.0 if ts else now,
+                    )
+                )
+            return result
+
+        return self._call(fetch, what="fetch_funding_rates")
+
+    def fetch_mark_prices(self) -> dict[str, float]:
+        def fetch(ex) -> dict[str, float]:
+            if ex.has.get("fetchMarkPrices"):
+                tickers = ex.fetch_mark_prices()
+            else:
+                tickers = ex.fetch_tickers()
+            prices = {}
+            for symbol, t in tickers.items():
+                price = t.get("markPrice") or t.get("last") or t.get("close")
+                if price:
+                    prices[symbol] = float(price)
+            return prices
+
+        return self._call(fetch, what="fetch_mark_prices")
+
+    # ------------------------------------------------------------------ orders
+
+    def _venue_client_id(self, client_order_id: str) -> str:
+        rule = CLIENT_ORDER_ID_RULES.get(self.config.exchange_id, _DEFAULT_CLIENT_ORDER_ID_RULE)
+        venue_id = client_order_id
+        if not rule.fullmatch(client_order_id):
+            # A stable alphanumeric stand-in every venue accepts; the same key always maps the same.
+            venue_id = "x" + hashlib.sha256(client_order_id.encode()).hexdigest()[:31]
+        with self._cache_lock:
+            self._caller_ids[venue_id] = client_order_id
+        return venue_id
+
+    def _remember(self, order: Order, trigger: bool) -> None:
+        with self._cache_lock:
+            self._order_symbols[order.id] = order.symbol
+            if trigger:
+                self._trigger_orders.add(order.id)
+
+    def _to_order(self, raw: dict, *, client_order_id: str | None = None, trigger: bool = False, assume_status: str | None = None) -> Order:
+        info = raw.get("info") or {}
+        venue_cid = raw.get("clientOrderId")
+        with self._cache_lock:
+            caller_cid = client_order_id or self._caller_ids.get(venue_cid or "", venue_cid)
+        raw_type = str(info.get("origType") or info.get("type") or info.get("orderType") or "").upper()
+        trigger_price = raw.get("triggerPrice") or raw.get("stopPrice")
+        if trigger or raw_type in {"STOP_MARKET", "STOP"} or (trigger_price and raw.get("type") == "market"):
+            order_type: OrderType = "stop_market"
+        elif raw.get("type") == "limit":
+            order_type = "limit"
+        else:
+            order_type = "market"
+        status = raw.get("status") or assume_status or "open"
+        status = {"expired": "canceled", "cancelled": "canceled", "canceling": "open"}.get(status, status)
+        if status not in {"open", "closed", "canceled", "rejected"}:
+            status = "open"
+        price = raw.get("price")
+        ts = raw.get("timestamp")
+        order = Order(
+            id=str(raw["id"]),
+            client_order_id=caller_cid,
+            venue=self.name,
+            symbol=raw.get("symbol") or "",
+            type=order_type,
+            side=raw.get("side") or "buy",
+            amount=float(raw.get("amount") or 0.0),
+            price=float(price) if price and order_type == "limit" else None,
+            stop_price=float(trigger_price) if trigger_price else None,
+            filled=float(raw.get("filled") or 0.0),
+            average=float(raw["average"]) if raw.get("average") else None,
+            status=status,
+            reduce_only=bool(raw.get("reduceOnly")),
+            received_at=ts / 1000.0 if ts else None,
+        )
+        self._remember(order, trigger or order_type == "stop_market")
+        return order
+
+    def _uses_trigger_endpoints(self, order_type: str) -> bool:
+        return order_type == "stop_market" and self.config.exchange_id in SEPARATE_TRIGGER_ORDERS
+
+    def _lookup_order(self, venue_cid: str, symbol: str | None, *, trigger: bool | None = None) -> Order | None:
+        """The order with this client order id, or None. Raises typed errors (used inside reconcile)."""
+        import ccxt
+
+        exchange = self._ready_exchange(f"lookup order {venue_cid}")
+        candidates = self._candidate_symbols(symbol, venue_cid)
+        kinds = [trigger] if trigger is not None else [False, True] if self.config.exchange_id in SEPARATE_TRIGGER_ORDERS else [False]
+        for sym in candidates:
+            for is_trigger in kinds:
+                params: dict[str, Any] = {"clientOrderId": venue_cid}
+                if is_trigger:
+                    params["trigger"] = True
+                try:
+                    raw = exchange.fetch_order(None, sym, params)
+                except ccxt.OrderNotFound:
+                    continue
+                except ccxt.BaseError as exc:
+                    err = self._translate(exc, f"lookup order {venue_cid}", mutating=False)
+                    if isinstance(err, NotFoundError):
+                        continue
+                    raise err from exc
+                return self._to_order(raw, trigger=bool(is_trigger))
+        return None
+
+    def _candidate_symbols(self, symbol: str | None, venue_cid: str | None = None) -> list[str]:
+        if symbol:
+            return [symbol]
+        with self._cache_lock:
+            known = self._order_symbols.get(venue_cid or "")
+        if known:
+            return [known]
+        if self._allowed:
+            return sorted(self._allowed)
+        markets = self._exchange.markets or {}
+        return sorted(s for s, m in markets.items() if m.get("swap") and m.get("active", True) is not False)
+
+    def create_order(
+        self,
+        symbol: str,
+        type: OrderType,
+        side: Side,
+        amount: float,
+        price: float | None = None,
+        *,
+        client_order_id: str,
+        reduce_only: bool = False,
+        stop_price: float | None = None,
+    ) -> Order:
+        if not client_order_id:
+            raise ValueError("create_order needs a client_order_id (the idempotency key)")
+        self._refuse_if_read_only(f"create_order {client_order_id}")
+        if self._allowed and symbol not in self._allowed and not reduce_only:
+            # Closing is always allowed: a stop-loss must be able to flatten anything it finds.
+            raise BusinessError(f"{self.name}: {symbol} is not in the venue's symbol allowlist", code="symbol_not_allowed")
+        if type == "stop_market" and stop_price is None:
+            raise ValueError("a stop_market order needs a stop_price")
+        venue_cid = self._venue_client_id(client_order_id)
+        trigger = self._uses_trigger_endpoints(type)
+        with self._cache_lock:
+            self._order_symbols[venue_cid] = symbol
+        if self.config.precheck_client_order_id:
+            found = self._call(lambda ex: self._lookup_order(venue_cid, symbol, trigger=trigger), what=f"lookup order {client_order_id}")
+            if found is not None:
+                log.info("venue %s: order %s already exists (%s); not sending it again", self.name, client_order_id, found.status)
+                return found.model_copy(update={"client_order_id": client_order_id})
+        params: dict[str, Any] = {CLIENT_ORDER_ID_PARAMS.get(self.config.exchange_id, "clientOrderId"): venue_cid}
+        if reduce_only:
+            params["reduceOnly"] = True
+        if type == "stop_market":
+            params["triggerPrice"] = stop_price
+        ccxt_type = "limit" if type == "limit" else "market"
+
+        def place(ex) -> Order:
+            import ccxt
+
+            try:
+                raw = ex.create_order(symbol, ccxt_type, side, amount, price, dict(params))
+            except ccxt.BaseError as exc:
+                err = self._translate(exc, f"create_order {client_order_id}", mutating=True)
+                if isinstance(err, BusinessError) and err.code == "duplicate_client_order_id":
+                    # An open order already carries this id: that order is the answer.
+                    found = self._lookup_order(venue_cid, symbol, trigger=trigger)
+                    if found is not None:
+                        return found.model_copy(update={"client_order_id": client_order_id})
+                raise err from exc
+            return self._to_order(raw, client_order_id=client_order_id, trigger=trigger)
+
+        def reconcile() -> Order | None:
+            found = self._lookup_order(venue_cid, symbol, trigger=trigger)
+            return None if found is None else found.model_copy(update={"client_order_id": client_order_id})
+
+        order = self._call(place, what=f"create_order {client_order_id}", mutating=True, reconcile=reconcile)
+        log.info("venue %s: order %s %s %s %s -> %s", self.name, client_order_id, side, amount, symbol, order.status)
+        return order
+
+    def fetch_order_by_client_id(self, client_order_id: str, symbol: str | None = None) -> Order | None:
+        venue_cid = self._venue_client_id(client_order_id)
+        found = self._call(lambda ex: self._lookup_order(venue_cid, symbol), what=f"fetch_order {client_order_id}")
+        return None if found is None else found.model_copy(update={"client_order_id": client_order_id})
+
+    def _symbol_of(self, order_id: str) -> str | None:
+        with self._cache_lock:
+            return self._order_symbols.get(order_id)
+
+    def cancel_order(self, order_id: str, symbol: str | None = None) -> Order:
+        self._refuse_if_read_only(f"cancel_order {order_id}")
+        symbol = symbol or self._symbol_of(order_id)
+        if symbol is None:
+            match = next((o for o in self.fetch_open_orders() if o.id == order_id), None)
+            if match is None:
+                raise NotFoundError(f"{self.name}: no open order {order_id}; pass its symbol", code="order_not_found")
+            symbol = match.symbol
+        with self._cache_lock:
+            kinds = [order_id in self._trigger_orders]
+        if not kinds[0] and self.config.exchange_id in SEPARATE_TRIGGER_ORDERS:
+            kinds.append(True)
+
+        def cancel(ex) -> Order:
+            import ccxt
+
+            last: ExternalServiceError | None = None
+            for trigger in kinds:
+                params = {"trigger": True} if trigger else {}
+                try:
+                    raw = ex.cancel_order(order_id, symbol, params)
+                    if raw.get("amount") is None:  # Binance's algo cancel answers ids only: read it back
+                        try:
+                            raw = {**ex.fetch_order(order_id, symbol, params), "status": raw.get("status") or "canceled"}
+                        except ccxt.BaseError:
+                            pass
+                    return self._to_order(raw, trigger=trigger, assume_status="canceled")
+                except ccxt.BaseError as exc:
+                    err = self._translate(exc, f"cancel_order {order_id}", mutating=True)
+                    if not isinstance(err, NotFoundError):
+                        raise err from exc
+                    last = err
+                # Binance answers "unknown order" for a cancelled *and* for a filled order: read it.
+                try:
+                    current = self._to_order(ex.fetch_order(order_id, symbol, params), trigger=trigger)
+                except ccxt.OrderNotFound:
+                    continue
+                except ccxt.BaseError as exc:
+                    err = self._translate(exc, f"fetch_order {order_id}", mutating=False)
+                    if isinstance(err, NotFoundError):
+                        continue
+                    raise err from exc
+                if current.status == "canceled":
+                    return current
+                raise BusinessError(f"{self.name}: order {order_id} is {current.status}; cannot cancel it", code="order_not_open")
+            raise last or NotFoundError(f"{self.name}: no order {order_id}", code="order_not_found")
+
+        # Cancelling is idempotent here (a cancelled order is read back), so re-sending reconciles.
+        return self._call(cancel, what=f"cancel_order {order_id}", mutating=True, reconcile=lambda: None)
+
+    def fetch_open_orders(self, symbol: str | None = None) -> list[Order]:
+        def fetch(ex) -> list[Order]:
+            orders = [self._to_order(raw) for raw in ex.fetch_open_orders(symbol)]
+            if self.config.exchange_id in SEPARATE_TRIGGER_ORDERS:
+                orders += [self._to_order(raw, trigger=True) for raw in ex.fetch_open_orders(symbol, None, None, {"trigger": True})]
+            return [o for o in orders if o.status == "open"]
+
+        return self._call(fetch, what="fetch_open_orders")
+
+    def cancel_all_orders(self, symbol: str | None = None) -> list[Order]:
+        self._refuse_if_read_only("cancel_all_orders")
+        open_orders = self.fetch_open_orders(symbol)
+        groups: dict[tuple[str, bool], list[Order]] = {}
+        with self._cache_lock:
+            for order in open_orders:
+                groups.setdefault((order.symbol, order.id in self._trigger_orders), []).append(order)
+        if symbol is not None and (symbol, False) not in groups:
+            groups[(symbol, False)] = []  # an order placed since the listing goes too
+        for (sym, trigger), _orders in sorted(groups.items()):
+            params = {"trigger": True} if trigger else {}
+            self._call(
+                lambda ex, sym=sym, params=params: ex.cancel_all_orders(sym, params),
+                what=f"cancel_all_orders {sym}{' (conditional)' if trigger else ''}",
+                mutating=True,
+                reconcile=lambda: None,  # idempotent: sending it again is the reconciliation
+            )
+        return [o.model_copy(update={"status": "canceled"}) for o in open_orders]
+
+    # ------------------------------------------------------------------ transfers
+
+    def fetch_deposit_withdraw_fees(self) -> list[NetworkFee]:
+        def fetch(ex) -> list[NetworkFee]:
+            fees = ex.fetch_deposit_withdraw_fees()
+            rails = []
+            for code, entry in sorted(fees.items()):
+                currency = (ex.currencies or {}).get(code) or {}
+                for network, fee in sorted((entry.get("networks") or {}).items()):
+                    withdraw_fee = (fee.get("withdraw") or {}).get("fee")
+                    if withdraw_fee is None:
+                        continue
+                    net = (currency.get("networks") or {}).get(network) or {}
+                    if net.get("withdraw") is False:
+                        continue
+                    limits = (net.get("limits") or {}).get("withdraw") or {}
+                    eta_minutes = (net.get("info") or {}).get("estimatedArrivalTime")
+                    rails.append(
+                        NetworkFee(
+                            asset=code,
+                            network=network,
+                            fee=float(withdraw_fee),
+                            fee_rate=float((fee.get("withdraw") or {}).get("percentage") or 0.0),
+                            min_amount=float(limits.get("min") or 0.0),
+                            max_amount=float(limits["max"]) if limits.get("max") else None,
+                            eta_seconds=float(eta_minutes) * 60.0 if eta_minutes else 0.0,
+                        )
+                    )
+            return rails
+
+        return self._call(fetch, what="fetch_deposit_withdraw_fees")
+
+    def fetch_deposit_address(self, asset: str, network: str) -> DepositAddress:
+        configured = self.config.fiat_deposit_addresses.get(f"{asset}:{network}")
+        if configured:
+            # Fiat rails (SEPA) have no crypto deposit address: the account's IBAN is configuration.
+            return DepositAddress(venue=self.name, asset=asset, network=network, address=configured)
+        raw = self._call(lambda ex: ex.fetch_deposit_address(asset, {"network": network}), what=f"fetch_deposit_address {asset}/{network}")
+        return DepositAddress(venue=self.name, asset=asset, network=network, address=raw["address"], tag=raw.get("tag") or None)
+
+    def _to_withdrawal(self, raw: dict, idempotency_key: str) -> Withdrawal:
+        info = raw.get("info") or {}
+        status = raw.get("status")
+        if self._family == "binance" and str(info.get("status", "")).isdigit():
+            status = {0: "pending", 1: "canceled", 2: "pending", 3: "failed", 4: "broadcast", 5: "failed", 6: "completed"}.get(
+                int(info["status"]), "pending"
+            )
+        else:
+            status = {"ok": "completed", "pending": "broadcast" if raw.get("txid") else "pending"}.get(status, status)
+        if status not in {"pending", "broadcast", "completed", "canceled", "failed"}:
+            status = "pending"
+        fee = raw.get("fee") or {}
+        ts = raw.get("timestamp")
+        return Withdrawal(
+            id=str(raw["id"]),
+            idempotency_key=idempotency_key,
+            from_venue=self.name,
+            address=raw.get("address") or raw.get("addressTo") or "",
+            asset=raw.get("currency") or "",
+            amount=float(raw.get("amount") or 0.0),
+            fee=float(fee.get("cost") or 0.0),
+            network=raw.get("network") or "",
+            status=status,
+            created_at=ts / 1000.0 if ts else None,
+        )
+
+    def _lookup_withdrawal(self, idempotency_key: str) -> Withdrawal | None:
+        """The withdrawal sent with this key, or None. Raises typed errors."""
+        import ccxt
+
+        param = WITHDRAW_CLIENT_ID_PARAMS.get(self.config.exchange_id)
+        if param is None:
+            raise AmbiguousOutcomeError(
+                f"{self.name}: {self.config.exchange_id} has no client withdrawal id; cannot look {idempotency_key} up"
+            )
+        exchange = self._ready_exchange(f"lookup withdrawal {idempotency_key}")
+        try:
+            rows = exchange.fetch_withdrawals(None, None, None, {param: idempotency_key})
+        except ccxt.BaseError as exc:
+            raise self._translate(exc, f"lookup withdrawal {idempotency_key}", mutating=False) from exc
+        matches = [r for r in rows if (r.get("info") or {}).get(param) == idempotency_key]
+        if not matches:
+            return None
+        return self._to_withdrawal(max(matches, key=lambda r: r.get("timestamp") or 0), idempotency_key)
+
+    def withdraw(
+        self,
+        asset: str,
+        amount: float,
+        *,
+        address: str,
+        network: str,
+        idempotency_key: str,
+        tag: str | None = None,
+    ) -> Withdrawal:
+        if not idempotency_key:
+            raise ValueError("withdraw needs an idempotency_key")
+        self._refuse_if_read_only(f"withdraw {idempotency_key}")
+        if self.config.withdraw_allowlist and address not in self.config.withdraw_allowlist:
+            raise BusinessError(f"{self.name}: withdrawal address is not in the allowlist", code="address_not_allowed")
+        param = WITHDRAW_CLIENT_ID_PARAMS.get(self.config.exchange_id)
+        if param is not None:
+            # Money leaves here: look first, every time (a relaunched saga sends the same key).
+            found = self._call(lambda ex: self._lookup_withdrawal(idempotency_key), what=f"lookup withdrawal {idempotency_key}")
+            if found is not None:
+                log.info("venue %s: withdrawal %s already exists (%s)", self.name, idempotency_key, found.status)
+                return found
+        params: dict[str, Any] = {"network": network}
+        if tag:
+            params["tag"] = tag
+        if param is not None:
+            params[param] = idempotency_key
+
+        def send(ex) -> Withdrawal:
+            raw = ex.withdraw(asset, amount, address, dict(params))
+            # Binance answers only the id: read the full record, but never let that read
+            # turn a sent withdrawal into a "failure" the caller would retry.
+            try:
+                found = self._lookup_withdrawal(idempotency_key) if param is not None else None
+            except ExternalServiceError as exc:
+                log.warning("venue %s: withdrawal %s sent; reading it back failed (%s)", self.name, idempotency_key, exc)
+                found = None
+            if found is not None:
+                return found
+            return Withdrawal(
+                id=str(raw.get("id")),
+                idempotency_key=idempotency_key,
+                from_venue=self.name,
+                address=address,
+                asset=asset,
+                amount=float(amount),
+                fee=0.0,
+                network=network,
+                status="pending",
+                created_at=time.time(),
+            )
+
+        reconcile = (lambda: self._lookup_withdrawal(idempotency_key)) if param is not None else None
+        withdrawal = self._call(send, what=f"withdraw {idempotency_key}", mutating=True, reconcile=reconcile)
+        log.info("venue %s: withdrawal %s of %s %s over %s is %s", self.name, idempotency_key, amount, asset, network, withdrawal.status)
+        return withdrawal
+
+    def fetch_withdrawal(self, idempotency_key: str) -> Withdrawal | None:
+        return self._call(lambda ex: self._lookup_withdrawal(idempotency_key), what=f"fetch_withdrawal {idempotency_key}")
+
+    def cancel_withdrawal(self, withdrawal_id: str) -> Withdrawal:
+        # ccxt has no unified withdrawal cancel, and Binance offers none through its API.
+        raise BusinessError(
+            f"{self.name}: {self.config.exchange_id} withdrawals cannot be cancelled through the API "
+            f"({withdrawal_id}); treat the withdrawal as the pivot",
+            code="not_supported",
+        )
+
+    def transfer(self, asset: str, amount: float, from_account: str, to_account: str) -> dict:
+        """An internal move between the account's wallets (e.g. Binance futures -> spot before a withdrawal).
+
+        Exchanges take no client id for these, so an ambiguous outcome is raised to
+        the caller (check the balances, then decide) instead of being resent.
+        """
+        self._refuse_if_read_only(f"transfer {amount} {asset} {from_account}->{to_account}")
+        raw = self._call(
+            lambda ex: ex.transfer(asset, amount, from_account, to_account),
+            what=f"transfer {amount} {asset} {from_account}->{to_account}",
+            mutating=True,
+        )
+        return {"id": raw.get("id"), "asset": asset, "amount": amount, "from": from_account, "to": to_account}
+
+    def close(self) -> None:
+        exchange, self._exchange = self._exchange, None
+        self._ready = False
+        session = getattr(exchange, "session", None)
+        if session is not None:
+            session.close()
+
+
+# ---------------------------------------------------------------------------- the resource
+
+
+class CcxtVenueConfig(Config):
+    """One venue account of `CcxtExchangeResource` (credentials: pass `EnvVar`s)."""
+
+    name: str = Field(description="The desk's venue name (as in EXCHANGE_VENUES and asset keys).")
+    exchange_id: str = Field(description="ccxt exchange class, e.g. 'binanceusdm'.")
+    api_key: str = Field(default="", repr=False, description="EnvVar('CCXT_<VENUE>_API_KEY').")
+    secret: str = Field(default="", repr=False, description="EnvVar('CCXT_<VENUE>_SECRET').")
+    password: str = Field(default="", repr=False, description="EnvVar('CCXT_<VENUE>_PASSWORD') (OKX passphrase).")
+    sandbox: bool = Field(default=False, description="ccxt set_sandbox_mode(True): the exchange's testnet.")
+    demo_trading: bool = Field(default=False, description="ccxt enable_demo_trading(True) (Binance demo trading).")
+    api_base_url: str = Field(default="", description="Point every API URL at this host (the simulator).")
+    api_urls: dict[str, str] = Field(default_factory=dict, description="Override single entries of ccxt urls['api'].")
+    symbols: list[str] = Field(default_factory=list, description="Allowlist for orders that add exposure (empty: all).")
+    withdraw_allowlist: list[str] = Field(default_factory=list, description="Only these withdrawal addresses (empty: any).")
+    fiat_deposit_addresses: dict[str, str] = Field(default_factory=dict, description="'EUR:SEPA' -> the account's IBAN.")
+    default_funding_interval_hours: float | None = Field(default=None, description="Funding interval when the venue gives none.")
+    options_json: str = Field(default="", description="Extra ccxt options as a JSON object.")
+    read_only: bool = Field(default=False, description="Refuse every order, cancel, withdrawal and transfer.")
+    rate_limit_ms: int | None = Field(default=None, description="ccxt rateLimit override (None: the exchange's).")
+
+    def to_settings(self, *, timeout_seconds: float, precheck_client_order_id: bool) -> CcxtVenueSettings:
+        try:
+            options = json.loads(self.options_json) if self.options_json else {}
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: options_json is not JSON: {exc}") from None
+        if not isinstance(options, dict):
+            raise ValueError(f"{self.name}: options_json must be a JSON object")
+        return CcxtVenueSettings(
+            name=self.name,
+            exchange_id=self.exchange_id,
+            api_key=self.api_key,
+            secret=self.secret,
+            password=self.password,
+            sandbox=self.sandbox,
+            demo_trading=self.demo_trading,
+            api_base_url=self.api_base_url,
+            api_urls=dict(self.api_urls),
+            symbols=tuple(self.symbols),
+            withdraw_allowlist=tuple(self.withdraw_allowlist),
+            fiat_deposit_addresses=dict(self.fiat_deposit_addresses),
+            default_funding_interval_hours=self.default_funding_interval_hours,
+            options=options,
+            read_only=self.read_only,
+            timeout_seconds=timeout_seconds,
+            rate_limit_ms=self.rate_limit_ms,
+            precheck_client_order_id=precheck_client_order_id,
+        )
+
+
+class UnknownVenueError(LookupError):
+    """`venue(name)` was asked for a venue the resource is not configured with."""
+
+
+class CcxtExchangeResource(ExchangeResource):
+    """Real venues through ccxt: one `CcxtVenueClient` per configured venue account."""
+
+    accounts: list[CcxtVenueConfig] = Field(description="One entry per venue account.")
+    timeout_seconds: float = 10.0
+    max_attempts: int = 4
+    retry_base_delay: float = 0.2
+    breaker_failure_threshold: int = 5
+    breaker_reset_seconds: float = 10.0
+    precheck_client_order_id: bool = Field(
+        default=True, description="Look every order up by its client order id before sending it (never off in prod)."
+    )
+
+    _clients: dict[str, CcxtVenueClient] = PrivateAttr(default_factory=dict)
+    _clients_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def venue_names(self) -> list[str]:
+        return [v.name for v in self.accounts]
+
+    def venue(self, name: str) -> CcxtVenueClient:
+        config = next((v for v in self.accounts if v.name == name), None)
+        if config is None:
+            raise UnknownVenueError(f"unknown venue {name!r}; configured venues: {', '.join(self.venue_names())}")
+        with self._clients_lock:
+            client = self._clients.get(name)
+            if client is None:
+                client = CcxtVenueClient(
+                    config.to_settings(
+                        timeout_seconds=self.timeout_seconds, precheck_client_order_id=self.precheck_client_order_id
+                    ),
+                    retry=RetrySettings(max_attempts=self.max_attempts, base_delay=self.retry_base_delay),
+                    breaker=breaker_for(f"venue:{name}", self.breaker_failure_threshold, self.breaker_reset_seconds),
+                )
+                self._clients[name] = client
+            return client
+
+    def close(self) -> None:
+        with self._clients_lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
+
+    def teardown_after_execution(self, context) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- from the environment
+
+
+class _VenueEnv(BaseModel):
+    """One venue's entry in CCXT_VENUES (non-secret settings only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exchange_id: str | None = None
+    sandbox: bool = False
+    demo_trading: bool = False
+    api_base_url: str = ""
+    api_urls: dict[str, str] = {}
+    symbols: list[str] = []
+    withdraw_allowlist: list[str] = []
+    fiat_deposit_addresses: dict[str, str] = {}
+    default_funding_interval_hours: float | None = None
+    options: dict[str, Any] = {}
+    read_only: bool = False
+    rate_limit_ms: int | None = None
+
+
+def credential_env_names(venue: str) -> dict[str, str]:
+    """CCXT_<VENUE>_API_KEY / _SECRET / _PASSWORD for a venue name."""
+    prefix = "CCXT_" + re.sub(r"[^A-Za-z0-9]", "_", venue).upper()
+    return {"api_key": f"{prefix}_API_KEY", "secret": f"{prefix}_SECRET", "password": f"{prefix}_PASSWORD"}
+
+
+def _parse_ccxt_venues(raw: str) -> dict[str, _VenueEnv]:
+    try:
+        data = json.loads(raw or "{}")
+    except ValueError as exc:
+        raise settings.SettingError(f"CCXT_VENUES must be a JSON object: {exc}") from None
+    if not isinstance(data, dict):
+        raise settings.SettingError("CCXT_VENUES must be a JSON object of venue name -> settings")
+    parsed = {}
+    for name, entry in data.items():
+        try:
+            parsed[name] = _VenueEnv.model_validate(entry or {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise settings.SettingError(f"CCXT_VENUES[{name}].{where}: {first['msg']}") from None
+    return parsed
+
+
+def ccxt_exchange_from_env(deployment: str) -> CcxtExchangeResource:
+    """The ccxt `exchange` resource from the environment (non-secrets read now, secrets as EnvVar)."""
+    names = settings.get_list("EXCHANGE_VENUES", deployment)
+    entries = _parse_ccxt_venues(settings.get("CCXT_VENUES", deployment=deployment))
+    extra = sorted(set(entries) - set(names))
+    if extra:
+        raise settings.SettingError(f"CCXT_VENUES names venues not in EXCHANGE_VENUES: {', '.join(extra)}")
+    venues = []
+    for name in names:
+        entry = entries.get(name, _VenueEnv())
+        exchange_id = entry.exchange_id or DEFAULT_EXCHANGE_IDS.get(name)
+        if not exchange_id:
+            raise settings.SettingError(f"CCXT_VENUES[{name}].exchange_id is required (no default for {name!r})")
+        for label, url in [("api_base_url", entry.api_base_url), *[(f"api_urls.{k}", v) for k, v in entry.api_urls.items()]]:
+            try:
+                check_endpoint(url, f"CCXT_VENUES[{name}].{label}")
+            except ValueError as exc:
+                raise settings.SettingError(str(exc)) from None
+        env = credential_env_names(name)
+        for role in ("api_key", "secret"):
+            if deployment == "prod" and not os.environ.get(env[role]):
+                raise settings.SettingError(f"missing required secret {env[role]}: {role} of venue {name} ({exchange_id})")
+        credentials = {role: EnvVar(var) for role, var in env.items() if os.environ.get(var)}
+        venues.append(
+            CcxtVenueConfig(
+                name=name,
+                exchange_id=exchange_id,
+                sandbox=entry.sandbox,
+                demo_trading=entry.demo_trading,
+                api_base_url=entry.api_base_url,
+                api_urls=entry.api_urls,
+                symbols=entry.symbols,
+                withdraw_allowlist=entry.withdraw_allowlist,
+                fiat_deposit_addresses=entry.fiat_deposit_addresses,
+                default_funding_interval_hours=entry.default_funding_interval_hours,
+                options_json=json.dumps(entry.options) if entry.options else "",
+                read_only=entry.read_only,
+                rate_limit_ms=entry.rate_limit_ms,
+                **credentials,
+            )
+        )
+    return CcxtExchangeResource(accounts=venues)
