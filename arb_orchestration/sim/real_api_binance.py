@@ -706,26 +706,32 @@ class BinanceApi:
     def _claim_client_id(self, cid: str) -> str:
         """The state's client id for a new order sent with `cid` (-4116 while an order with it is open)."""
         with self._lock:
-            history = self._cid_history.get(cid, [])
+            history = [h for h in self._cid_history.get(cid, []) if self._state_order(h) is not None]
+            if not history and self._state_order(cid) is not None:
+                history = [cid]  # placed through the native API with this id
             if history:
-                latest = self.state.order_by_client_id(self.venue, history[-1])
-                if latest.status == "open":
+                if self._state_order(history[-1]).status == "open":
                     raise BinanceError(-4116, "ClientOrderId is duplicated.")
                 state_cid = f"{cid}~{next(self._alias_seq)}"
             else:
-                try:
-                    self.state.order_by_client_id(self.venue, cid)
-                except SimError:
-                    state_cid = cid
-                else:  # placed through the native API with this id
-                    existing = self.state.order_by_client_id(self.venue, cid)
-                    if existing.status == "open":
-                        raise BinanceError(-4116, "ClientOrderId is duplicated.")
-                    history = [cid]
-                    state_cid = f"{cid}~{next(self._alias_seq)}"
+                state_cid = cid
             self._cid_history[cid] = history + [state_cid]
             self._public_cid[state_cid] = cid
             return state_cid
+
+    def _state_order(self, state_cid: str) -> Order | None:
+        try:
+            return self.state.order_by_client_id(self.venue, state_cid)
+        except SimError:
+            return None
+
+    def reset(self) -> None:
+        """Forget client-id aliases and transfers (call with `ExchangeState.reset()`)."""
+        with self._lock:
+            self._public_cid.clear()
+            self._cid_history.clear()
+            self._transfers.clear()
+            self.request_log.clear()
 
     def _release_client_id(self, cid: str, state_cid: str) -> None:
         with self._lock:
