@@ -3,10 +3,11 @@
 No broker: evaluation is covered by integration/test_sensors_kafka.py.
 """
 
+import json
 from typing import Any
 
 import pytest
-from dagster import DefaultSensorStatus, job, op
+from dagster import DefaultSensorStatus, job, op, validate_run_config
 
 from arb_orchestration.defs.events import (
     CAPITAL_THRESHOLD_SENSOR,
@@ -16,7 +17,7 @@ from arb_orchestration.defs.events import (
     EventTopics,
     TriggerEventConfig,
     build_event_sensors,
-    defs,
+    domain_run_config,
     event_run_config,
 )
 from arb_orchestration.defs.events.tuning import topics_from_env
@@ -44,7 +45,9 @@ def plain_job():
 
 
 def test_the_code_location_has_the_three_sensors_running_every_daemon_loop():
-    repo = defs.get_repository_def()
+    from arb_orchestration.definitions import defs as code_location
+
+    repo = code_location.get_repository_def()
     names = {s.name for s in repo.sensor_defs}
     assert {MARKET_SHOCK_SENSOR, CAPITAL_THRESHOLD_SENSOR, FUNDING_DEVIATION_SENSOR} <= names
     for name in (MARKET_SHOCK_SENSOR, CAPITAL_THRESHOLD_SENSOR, FUNDING_DEVIATION_SENSOR):
@@ -96,3 +99,25 @@ def test_a_bad_long_poll_fails_the_load_with_the_variable_name(monkeypatch, valu
 def test_a_tick_budget_near_the_sensor_timeout_is_refused():
     with pytest.raises(ValueError, match="sensor timeout"):
         EventSensorSettings(long_poll_seconds=25, metadata_timeout_seconds=10, dlq_timeout_seconds=15)
+
+
+def test_each_targeted_job_accepts_the_run_config_the_sensors_build(monkeypatch):
+    from arb_orchestration import settings
+    from arb_orchestration.definitions import defs as code_location
+
+    for name, setting in settings.SETTINGS.items():  # validation resolves the resources' EnvVars
+        if setting.secret:
+            monkeypatch.setenv(name, "unit-test-value")
+
+    repo = code_location.get_repository_def()
+    trigger = TriggerEventConfig(
+        event_id="e2", topic="capital-events", source="capital-events/1/9", kind="capital_threshold",
+        critical=True, reason="critical capital threshold: USDT on okx", payload={"venue": "okx", "level": "critical"},
+    )
+    targeted = {j.name for name in (MARKET_SHOCK_SENSOR, FUNDING_DEVIATION_SENSOR) for j in repo.get_sensor_def(name).jobs}
+    assert len(targeted) == 3
+    for name in targeted:
+        job_def = repo.get_job(name)
+        config = domain_run_config(job_def, trigger)
+        validate_run_config(job_def, config)  # raises on a config the job would refuse
+        assert "e2" in json.dumps(config), f"{name} would not see the event in its run config"

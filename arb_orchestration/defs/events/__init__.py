@@ -55,12 +55,30 @@ _jobs = {
     "hedge": _real["hedge"] or pending_funding_rate_hedge,
 }
 
+
+
+def domain_run_config(job: Any, trigger: TriggerEventConfig) -> dict[str, Any]:
+    """Run config in the shape each real job takes; the placeholders take `TriggerEventConfig` ops."""
+    name = getattr(job, "name", None)  # by name: a repository hands out its own copy of each job
+    if name == "auto_rebalance_saga" and hasattr(rebalance, "rebalance_run_config"):
+        return rebalance.rebalance_run_config(trigger=trigger.model_dump())
+    if name == "funding_rate_hedge" and hasattr(hedging, "hedge_run_config"):
+        return hedging.hedge_run_config(trigger=trigger.model_dump())
+    if name == "emergency_stop_loss_saga" and hasattr(stop_loss, "StopLossConfig"):
+        # Flattens every venue whatever the event; the event is quoted in the risk mail.
+        fields = stop_loss.StopLossConfig.model_fields
+        reason = f"{trigger.reason} (event {trigger.event_id} from {trigger.source})"
+        return {"reason": reason} if "reason" in fields else {}
+    return event_run_config(job, trigger)
+
+
 event_sensors = build_event_sensors(
     rebalance_job=_jobs["rebalance"],
     stop_loss_job=_jobs["stop_loss"],
     hedge_job=_jobs["hedge"],
     settings=EventSensorSettings.from_env(),
     topics=topics_from_env(),
+    run_config=domain_run_config,
 )
 
 defs = Definitions(
@@ -78,5 +96,6 @@ __all__ = [
     "TriggerEventConfig",
     "build_event_sensors",
     "defs",
+    "domain_run_config",
     "event_run_config",
 ]
