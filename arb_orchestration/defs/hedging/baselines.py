@@ -1,0 +1,122 @@
+"""The funding rate of each market at the last hedge *run*, where the funding sensor reads it.
+
+`funding_deviation_sensor` (defs/events) asks for a hedge when a market's
+rate, normalised to 8 h, moved more than the threshold since "the rate at the
+last hedge". It keeps that baseline in its own cursor, set when *it* requests
+a hedge. But hedges also run from the schedule and the UI, and a run observes
+the venue's rate itself; so every completed hedge run records the rates it
+hedged at here, and the sensor lays these over its cursor's baselines,
+newest wins (`overlay_hedge_baselines`). A hedge therefore resets the
+deviation baseline whatever started it.
+
+Storage: the Dagster instance's key-value table (`run_storage.set_cursor_values`,
+the same table as the kill switch: SQLite locally, PostgreSQL in production),
+one key per market (`arb/funding_hedge_baseline/<venue>|<symbol>`), so a write
+never rewrites another market's entry. The value is JSON shaped like the
+sensor's own baselines (`rate`, `interval_hours`, `at`) plus `rate_8h`, the
+run and the saga. The sensor's cursor is not written from a run: the daemon
+writes it at the end of each tick and would overwrite it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from arb_orchestration.domain.funding import normalise_rate
+from arb_orchestration.domain.triggers import HedgeBaselines, market_key
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+BASELINE_KEY_PREFIX = "arb/funding_hedge_baseline/"
+
+
+def baseline_key(venue: str, symbol: str) -> str:
+    return BASELINE_KEY_PREFIX + market_key(venue, symbol)
+
+
+def baseline_points(
+    rates: Iterable[Mapping[str, Any]], *, run_id: str | None, saga_id: str | None
+) -> dict[str, dict[str, Any]]:
+    """`{market_key: point}` from the rates a hedge observed (dicts with venue, symbol, rate, interval_hours, observed_at)."""
+    points: dict[str, dict[str, Any]] = {}
+    for r in rates:
+        rate, hours = float(r["rate"]), float(r["interval_hours"])
+        points[market_key(r["venue"], r["symbol"])] = {
+            "venue": r["venue"],
+            "symbol": r["symbol"],
+            "rate": rate,
+            "interval_hours": hours,
+            "rate_8h": normalise_rate(rate, hours),
+            "at": float(r["observed_at"]) if r.get("observed_at") is not None else None,
+            "source": "funding_rate_hedge",
+            "run_id": run_id,
+            "saga_id": saga_id,
+        }
+    return points
+
+
+def record_baselines(instance: "DagsterInstance", points: Mapping[str, Mapping[str, Any]]) -> None:
+    """Store the points (one key per market) in the instance's key-value table."""
+    if points:
+        instance.run_storage.set_cursor_values(
+            {BASELINE_KEY_PREFIX + key: json.dumps(dict(point), sort_keys=True) for key, point in points.items()}
+        )
+
+
+def read_baselines(instance: "DagsterInstance", markets: Iterable[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """The recorded points for these (venue, symbol) markets, by market key; unreadable entries are skipped."""
+    keys = {baseline_key(venue, symbol) for venue, symbol in markets}
+    if not keys:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, raw in instance.run_storage.get_cursor_values(keys).items():
+        try:
+            point = json.loads(raw)
+            float(point["rate"]), float(point["interval_hours"])
+        except (ValueError, TypeError, KeyError):
+            continue  # a hand-edited or foreign value: the sensor keeps its own baseline
+        out[key[len(BASELINE_KEY_PREFIX):]] = point
+    return out
+
+
+def overlay_hedge_baselines(
+    instance: "DagsterInstance | None", baselines: HedgeBaselines, markets: Iterable[tuple[str, str]]
+) -> list[str]:
+    """Put each market's hedge-run baseline into `baselines` where it is newer; returns the markets replaced.
+
+    Called by `funding_deviation_sensor` before it compares rates. Newer means a
+    later `at` (epoch seconds: the venue's observation time for a hedge run, the
+    event's time for the sensor's own baseline); a point without `at` never wins.
+    With no instance (a sensor evaluated without one) nothing changes.
+    """
+    if instance is None:
+        return []
+    replaced = []
+    for key, point in read_baselines(instance, markets).items():
+        at = point.get("at")
+        if at is None:
+            continue
+        held = baselines.points.get(key)
+        held_at = held.get("at") if held else None
+        if held_at is None or float(at) >= float(held_at):
+            baselines.points[key] = {
+                "rate": float(point["rate"]),
+                "interval_hours": float(point["interval_hours"]),
+                "at": float(at),
+                "run_id": point.get("run_id"),
+            }
+            replaced.append(key)
+    return sorted(replaced)
+
+
+def sensor_instance(context: Any) -> "DagsterInstance | None":
+    """The sensor context's instance, or None when it was built without one (unit tests)."""
+    from dagster import DagsterInvariantViolationError
+
+    try:
+        return context.instance
+    except DagsterInvariantViolationError:
+        return None

@@ -1,0 +1,94 @@
+"""Hedge legs, their idempotency keys, and the normalised funding table. Pure: no Dagster, no I/O.
+
+A *leg* is one planned order (`domain.hedging.HedgeOrder`) with its position
+in the plan. The plan is recorded once per saga, so `(saga id, step, leg
+index)` names a leg for good: every retry, re-execution and compensation of
+the saga derives the same client order ids from it.
+
+Keys are 32 hex characters (`saga.keys.derive_key`), within every venue's
+client-order-id limit:
+
+* leg order      derive_key(<place step key>, "leg", index, venue, symbol, side)
+* its unwind     derive_key(<place step key>, "unwind", index, venue, symbol)
+* a stop         derive_key(<stops step key>, "stop", venue, symbol, side, amount, generation)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+from arb_orchestration.domain.funding import DEFAULT_BASIS_HOURS, apr, normalised, to_bps
+from arb_orchestration.domain.hedging import HedgeOrder, base_asset, is_perp
+from arb_orchestration.domain.models import FundingRate, Side
+from arb_orchestration.saga.keys import derive_key
+
+
+def opposite(side: str) -> Side:
+    return "sell" if side == "buy" else "buy"
+
+
+def leg_record(index: int, order: HedgeOrder) -> dict[str, Any]:
+    """A planned order as the plan step records it (JSON)."""
+    record = {k: v for k, v in asdict(order).items() if k not in ("type", "stop_price")}
+    return {"leg": index, **record}
+
+
+def leg_client_order_id(step_key: str, leg: Mapping[str, Any]) -> str:
+    return derive_key(step_key, "leg", leg["leg"], leg["venue"], leg["symbol"], leg["side"])
+
+
+def unwind_client_order_id(step_key: str, leg: Mapping[str, Any]) -> str:
+    return derive_key(step_key, "unwind", leg["leg"], leg["venue"], leg["symbol"])
+
+
+def stop_client_order_id(step_key: str, order: HedgeOrder, generation: int = 0) -> str:
+    # The size is part of the key: a resized position gets a new stop, the same one a replay.
+    return derive_key(step_key, "stop", order.venue, order.symbol, order.side, f"{order.amount:.8f}", generation)
+
+
+def describe_leg(leg: Mapping[str, Any]) -> str:
+    ro = " reduce-only" if leg.get("reduce_only") else ""
+    return f"leg {leg['leg']}: {leg['side']} {leg['amount']:g} {leg['symbol']} on {leg['venue']}{ro}"
+
+
+def rate_rows(rates: Iterable[FundingRate]) -> list[dict[str, Any]]:
+    """Every perp's funding as published and normalised to 8 h (the basis `plan_hedges` compares on)."""
+    rows = []
+    for r in sorted(rates, key=lambda r: (r.symbol, r.venue)):
+        if not is_perp(r.symbol):
+            continue
+        rows.append(
+            {
+                "venue": r.venue,
+                "symbol": r.symbol,
+                "rate": r.rate,
+                "interval_hours": r.interval_hours,
+                "rate_bps": round(to_bps(r.rate), 6),
+                "rate_8h": normalised(r, DEFAULT_BASIS_HOURS),
+                "rate_8h_bps": round(to_bps(normalised(r, DEFAULT_BASIS_HOURS)), 6),
+                "apr_pct": round(apr(r.rate, r.interval_hours) * 100, 4),
+                "observed_at": r.observed_at,
+            }
+        )
+    return rows
+
+
+def best_markets(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per symbol: where a short collects the most (highest 8 h rate) and where a long pays the least."""
+    by_symbol: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_symbol.setdefault(row["symbol"], []).append(row)
+    out = {}
+    for symbol, group in by_symbol.items():
+        hi = max(group, key=lambda r: (r["rate_8h"], r["venue"]))
+        lo = min(group, key=lambda r: (r["rate_8h"], r["venue"]))
+        out[symbol] = {
+            "asset": base_asset(symbol),
+            "short_venue": hi["venue"],
+            "short_bps": hi["rate_8h_bps"],
+            "long_venue": lo["venue"],
+            "long_bps": lo["rate_8h_bps"],
+        }
+    return out

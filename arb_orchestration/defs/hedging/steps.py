@@ -1,0 +1,425 @@
+"""The four steps of `funding_rate_hedge` and the compensation of its pivot.
+
+    plan_hedge ─▶ place_hedge_orders (PIVOT; compensation: unwind_hedge_orders) ─▶ maintain_protective_stops ─▶ record_hedge
+
+1. `plan_hedge` observes every venue afresh (positions, balances, funding,
+   marks), normalises funding to 8 h and plans the delta orders with
+   `domain.hedging.plan_hedges`. The plan is recorded once: every later
+   attempt, re-execution and compensation works from the same legs.
+2. `place_hedge_orders` places the legs in plan order as market orders, each
+   with a client order id derived from the saga id and the leg. After an
+   ambiguous timeout the venue client looks the order up by that id before
+   any resend; the step then verifies each order by its id. A leg the venue
+   refuses fails the step (business error, not retried); a transient error is
+   retried by the op's RetryPolicy with the same ids (nothing is placed twice).
+   If the step fails for good, the compensation unwinds every *opening* leg
+   that filled, newest first, with a reduce-only market order the other way
+   (its own idempotency key). Reduce-only legs that filled are kept: they only
+   took exposure off, and re-opening it is not what an undo should do; the
+   stops they leave oversized are clamped by the venue on trigger.
+   This step is the pivot: once every leg is placed, the saga only goes forward.
+3. `maintain_protective_stops` keeps one exchange-native reduce-only stop on
+   every open position (`stops.py`): create, keep, replace (new first, then
+   cancel the old), cancel for closed positions, decided from what the venues
+   report now. Every venue is worked even when one fails; a refused stop is a
+   business error (a position without its safety net needs a human), a
+   transient one a retry.
+4. `record_hedge` records the normalised rates this hedge ran at for the funding
+   sensor (`baselines.py`) and posts the run's markdown summary.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+from dagster import MetadataValue
+
+from arb_orchestration.defs.hedging.config import HedgeConfig
+from arb_orchestration.defs.hedging.legs import (
+    best_markets,
+    describe_leg,
+    leg_client_order_id,
+    leg_record,
+    opposite,
+    rate_rows,
+    stop_client_order_id,
+    unwind_client_order_id,
+)
+from arb_orchestration.defs.hedging.baselines import baseline_points
+from arb_orchestration.defs.hedging.report import (
+    DELTA_COLUMNS,
+    FILL_COLUMNS,
+    LEG_COLUMNS,
+    RATE_COLUMNS,
+    STOP_COLUMNS,
+    summary_markdown,
+    table,
+)
+from arb_orchestration.defs.hedging.stops import StopAction, plan_stop_maintenance
+from arb_orchestration.defs.market_data.snapshot import fetch_market_snapshot
+from arb_orchestration.domain.hedging import HedgeOrder, plan_hedges
+from arb_orchestration.domain.models import Order, Position
+from arb_orchestration.resources.errors import BusinessError, NotFoundError, TransientError
+from arb_orchestration.resources.venue import ExchangeResource, VenueClient
+from arb_orchestration.saga import CompensationContext, StepContext
+
+PLAN = "plan_hedge"
+PLACE = "place_hedge_orders"
+STOPS = "maintain_protective_stops"
+RECORD = "record_hedge"
+
+# How many fresh stop ids one (venue, symbol, side, size) may use inside one saga (see _place_stop).
+_STOP_GENERATIONS = 3
+
+
+class IncompleteBook(TransientError):
+    """Not every venue answered: a plan (or a stop decision) from part of the book would be wrong. Retried."""
+
+
+class HedgeLegRejected(BusinessError):
+    """A venue refused a leg (margin, limits, reduce-only...): not retried; the filled opening legs are unwound."""
+
+
+class StopsNotPlaced(BusinessError):
+    """A venue refused a protective stop: that position has no safety net until someone looks."""
+
+
+class StopsIncomplete(TransientError):
+    """Some stop could not be worked for a transient reason; the others were. Retried (same ids)."""
+
+
+def _config(ctx: Any) -> HedgeConfig:
+    return ctx.config if ctx.config is not None else HedgeConfig()
+
+
+def _r(value: float | None, digits: int = 8) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+# --------------------------------------------------------------------------- 1. plan
+
+
+def plan_hedge(ctx: StepContext, exchange: ExchangeResource, hedge_journal) -> dict:
+    """Observe every venue afresh, normalise funding to 8 h, and plan the delta orders (plan_hedges)."""
+    cfg = _config(ctx)
+    names = exchange.venue_names()
+    snapshot = fetch_market_snapshot(exchange, names, deadline_seconds=cfg.fetch_deadline_seconds)
+    if not snapshot.complete:
+        failed = "; ".join(f"{venue}: {why}" for venue, why in sorted(snapshot.errors.items()))
+        raise IncompleteBook(f"not every venue answered, refusing to plan from a partial book ({failed})")
+    prices = snapshot.reference_prices()
+    plan = plan_hedges(snapshot.positions(), snapshot.balances(), snapshot.funding_rates(), prices, cfg.policy())
+    rates = rate_rows(snapshot.funding_rates())
+    legs = [leg_record(i, order) for i, order in enumerate(plan.orders)]
+    deltas = [
+        {
+            "asset": d.asset, "spot": _r(d.spot), "perp": _r(d.perp), "net_delta": _r(d.net_delta),
+            "target": _r(d.target), "drift": _r(d.drift), "price_usd": _r(d.price_usd, 6),
+            "drift_usd": _r(d.drift_usd, 2), "band_usd": _r(d.tolerance_usd, 2), "status": d.status,
+            "after_plan": _r(d.residual_after_plan),
+        }
+        for d in plan.deltas
+    ]
+    trigger = cfg.trigger.describe() if cfg.trigger is not None and cfg.trigger.event_id else None
+    if trigger is None and ctx.run_tags.get("arb/event_id"):
+        trigger = f"event {ctx.run_tags['arb/event_id']} ({ctx.run_tags.get('arb/source', 'unknown source')})"
+    result = {
+        "dry_run": cfg.dry_run,
+        "venues": names,
+        "trigger": trigger,
+        "rates": rates,
+        "best_markets": best_markets(rates),
+        "deltas": deltas,
+        "legs": legs,
+        "prices": {d["asset"]: d["price_usd"] for d in deltas if d["price_usd"] is not None},
+    }
+    for leg in legs:
+        ctx.log.info(f"planned {describe_leg(leg)}: {leg['reason']}")
+    hedge_journal.report(
+        ctx.step,
+        f"hedge plan: {len(legs)} leg(s); " + ", ".join(f"{d['asset']} {d['status']}" for d in deltas),
+        {
+            "normalised_funding_rates": table(rates, RATE_COLUMNS),
+            "net_delta": table(deltas, DELTA_COLUMNS),
+            "planned_legs": table(
+                [{**leg, "funding_8h_bps": None if leg["funding_rate_8h"] is None else round(leg["funding_rate_8h"] * 1e4, 4)}
+                 for leg in legs],
+                LEG_COLUMNS,
+            ),
+            "legs_planned": len(legs),
+            "dry_run": cfg.dry_run,
+        },
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- 2. place (pivot)
+
+
+def _verify(venue: VenueClient, client_order_id: str, symbol: str, placed: Order) -> Order:
+    """The venue's own record of the order just placed, looked up by its client order id."""
+    seen = venue.fetch_order_by_client_id(client_order_id, symbol)
+    if seen is None:
+        raise TransientError(f"{venue.name}: order {client_order_id} was acknowledged but cannot be looked up yet")
+    if seen.id != placed.id:
+        raise BusinessError(
+            f"{venue.name}: client order id {client_order_id} maps to {seen.id}, not to the acknowledged {placed.id}"
+        )
+    return seen
+
+
+def _fill_row(leg: dict, cid: str, order: Order) -> dict:
+    return {
+        "leg": leg["leg"], "venue": leg["venue"], "symbol": leg["symbol"], "side": leg["side"],
+        "amount": leg["amount"], "reduce_only": leg["reduce_only"], "filled": order.filled,
+        "average": order.average, "status": order.status, "order_id": order.id, "client_order_id": cid,
+    }
+
+
+def place_hedge_orders(ctx: StepContext, exchange: ExchangeResource, hedge_journal) -> dict:
+    """Place every planned leg (market orders, client order id per saga + leg), verify each fill by its id."""
+    plan = ctx.results[PLAN]
+    legs = plan["legs"]
+    if plan["dry_run"] or not legs:
+        why = "dry run" if plan["dry_run"] else "nothing to hedge"
+        hedge_journal.report(ctx.step, f"no orders placed: {why}", {"orders_placed": 0, "fills": 0})
+        return {"legs": [], "skipped": why}
+    fills: list[dict] = []
+    for leg in legs:
+        cid = leg_client_order_id(ctx.idempotency_key, leg)
+        venue = exchange.venue(leg["venue"])
+        ctx.note(placing=leg["leg"], client_order_id=cid)  # durable before the order exists
+        try:
+            order = venue.create_order(
+                leg["symbol"], "market", leg["side"], leg["amount"], client_order_id=cid, reduce_only=leg["reduce_only"]
+            )
+            order = _verify(venue, cid, leg["symbol"], order)
+        except BusinessError as exc:
+            _report_fills(hedge_journal, ctx.step, fills, failed=f"{describe_leg(leg)} refused: {exc}")
+            done = ", ".join(f"leg {f['leg']}" for f in fills) or "none"
+            raise HedgeLegRejected(
+                f"{describe_leg(leg)} refused by {leg['venue']}: {exc} (filled before it: {done}); "
+                "the filled opening legs are unwound"
+            ) from exc
+        if order.status != "closed" or not order.filled > 0:
+            _report_fills(hedge_journal, ctx.step, fills, failed=f"{describe_leg(leg)} ended {order.status}")
+            raise HedgeLegRejected(
+                f"{describe_leg(leg)}: order {order.id} ended {order.status} with {order.filled:g} filled"
+            )
+        row = _fill_row(leg, cid, order)
+        ctx.note(filled=leg["leg"], order_id=order.id, amount=order.filled, average=order.average)
+        ctx.log.info(f"filled {describe_leg(leg)}: {order.filled:g} @ {order.average} ({order.id}, {cid})")
+        fills.append(row)
+    _report_fills(hedge_journal, ctx.step, fills)
+    return {"legs": fills}
+
+
+def _report_fills(hedge_journal, step: str, fills: list[dict], failed: str | None = None) -> None:
+    message = f"{len(fills)} order(s) placed and filled" + (f"; then {failed}" if failed else "")
+    metadata: dict[str, Any] = {
+        "orders": table(fills, FILL_COLUMNS),
+        "orders_placed": len(fills),
+        "fills": sum(1 for f in fills if f["filled"] > 0),
+        "filled_notional_usd": round(sum(f["filled"] * (f["average"] or 0.0) for f in fills), 2),
+    }
+    if failed:
+        metadata["failed_leg"] = failed
+    hedge_journal.report(step, message, metadata)
+
+
+def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) -> dict:
+    """Undo the step: unwind each filled opening leg (newest first) with a reduce-only order the other way.
+
+    Works from the recorded plan and looks every leg up by its client order id,
+    so it is right whether the step finished, failed mid-way or never ran.
+    """
+    plan = ctx.results.get(PLAN) or {}
+    unwound, kept, untouched = [], [], []
+    for leg in reversed(plan.get("legs", [])):
+        cid = leg_client_order_id(ctx.idempotency_key, leg)
+        venue = exchange.venue(leg["venue"])
+        order = venue.fetch_order_by_client_id(cid, leg["symbol"])
+        if order is None or not order.filled > 0:
+            untouched.append({"leg": leg["leg"], "why": "never placed" if order is None else f"{order.status}, nothing filled"})
+            continue
+        if leg["reduce_only"]:
+            kept.append({"leg": leg["leg"], "filled": order.filled, "why": "reduce-only: it only took exposure off"})
+            continue
+        ucid = unwind_client_order_id(ctx.idempotency_key, leg)
+        try:
+            undo = venue.create_order(
+                leg["symbol"], "market", opposite(leg["side"]), order.filled, client_order_id=ucid, reduce_only=True
+            )
+        except BusinessError as exc:
+            if exc.code != "reduce_only_would_increase":
+                raise
+            # Nothing left on that side to reduce (a stop fired, someone closed it): nothing to unwind.
+            untouched.append({"leg": leg["leg"], "why": f"position already closed ({exc})"})
+            continue
+        undo = _verify(venue, ucid, leg["symbol"], undo)
+        ctx.log.warning(
+            f"unwound {describe_leg(leg)}: {undo.side} {undo.filled:g} reduce-only @ {undo.average} ({undo.id}, {ucid})"
+        )
+        unwound.append({"leg": leg["leg"], "venue": leg["venue"], "symbol": leg["symbol"], "side": undo.side,
+                        "amount": undo.filled, "average": undo.average, "order_id": undo.id, "client_order_id": ucid})
+    return {"unwound": unwound, "kept": kept, "untouched": untouched}
+
+
+# --------------------------------------------------------------------------- 3. stops (forward only)
+
+
+def _positions_and_stops(exchange: ExchangeResource, names: list[str], deadline: float):
+    def fetch(name: str) -> tuple[list[Position], list[Order]]:
+        venue = exchange.venue(name)
+        return venue.fetch_positions(), venue.fetch_open_orders()
+
+    positions: list[Position] = []
+    orders: list[Order] = []
+    errors: dict[str, str] = {}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, max(1, len(names))), thread_name_prefix="hedge-stops")
+    try:
+        futures = {pool.submit(fetch, name): name for name in names}
+        done, not_done = concurrent.futures.wait(futures, timeout=deadline)
+        for future in done:
+            exc = future.exception()
+            if exc is not None:
+                errors[futures[future]] = f"{type(exc).__name__}: {exc}"
+            else:
+                p, o = future.result()
+                positions += p
+                orders += o
+        for future in not_done:
+            errors[futures[future]] = f"no answer within {deadline:g} s"
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return positions, orders, errors
+
+
+def _place_stop(ctx: StepContext, venue: VenueClient, wanted: HedgeOrder) -> tuple[Order, str]:
+    """Create `wanted` and return the open stop with its client order id.
+
+    The id repeats on a retry (the venue returns the first order). If that
+    order is no longer open (this saga replaced it earlier, or it fired), the
+    next generation's id is used, so the sequence stays deterministic.
+    """
+    for generation in range(_STOP_GENERATIONS):
+        cid = stop_client_order_id(ctx.idempotency_key, wanted, generation)
+        order = venue.create_order(
+            wanted.symbol, "stop_market", wanted.side, wanted.amount,
+            client_order_id=cid, reduce_only=True, stop_price=wanted.stop_price,
+        )
+        order = _verify(venue, cid, wanted.symbol, order)
+        if order.status == "open":
+            return order, cid
+    raise StopsNotPlaced(f"{venue.name} {wanted.symbol}: no open stop after {_STOP_GENERATIONS} ids")
+
+
+def _cancel(venue: VenueClient, order: Order) -> str:
+    try:
+        venue.cancel_order(order.id, order.symbol)
+        return f"cancelled {order.id}"
+    except NotFoundError:
+        return f"{order.id} already gone"
+    except BusinessError as exc:
+        if exc.code == "order_not_open":
+            return f"{order.id} no longer open"
+        raise
+
+
+def _apply(ctx: StepContext, venue: VenueClient, action: StopAction) -> dict:
+    row = {
+        "venue": action.venue, "symbol": action.symbol, "action": action.kind, "reason": action.reason,
+        "position": f"{action.position.side} {action.position.size:g}" if action.position else "none",
+        "mark": action.position.mark_price if action.position else None,
+    }
+    outcome = []
+    if action.kind == "keep":
+        assert action.existing is not None
+        row.update(stop_price=action.existing.stop_price, amount=action.existing.amount, order_id=action.existing.id)
+        outcome.append("kept")
+    if action.kind in ("create", "replace"):
+        assert action.wanted is not None
+        order, cid = _place_stop(ctx, venue, action.wanted)
+        row.update(stop_price=order.stop_price, amount=order.amount, order_id=order.id, client_order_id=cid)
+        outcome.append(f"placed {order.id}")
+    cancelled = [_cancel(venue, order) for order in action.cancels]
+    if action.kind == "cancel":
+        row.update(stop_price=action.existing.stop_price if action.existing else None)
+    row["cancelled"] = ", ".join(o.id for o in action.cancels)
+    row["outcome"] = "; ".join(outcome + cancelled)
+    return row
+
+
+def maintain_protective_stops(ctx: StepContext, exchange: ExchangeResource, hedge_journal) -> dict:
+    """Keep one reduce-only stop on every open position: create, keep, replace, cancel (from what venues report)."""
+    cfg = _config(ctx)
+    if not cfg.maintain_stops:
+        hedge_journal.report(ctx.step, "protective stops not maintained (maintain_stops: false)", {"stops_maintained": 0})
+        return {"skipped": "maintain_stops is false", "stops": []}
+    names = exchange.venue_names()
+    positions, orders, errors = _positions_and_stops(exchange, names, cfg.fetch_deadline_seconds)
+    if errors:
+        failed = "; ".join(f"{venue}: {why}" for venue, why in sorted(errors.items()))
+        raise IncompleteBook(f"cannot see every venue's positions and orders ({failed})")
+    actions = plan_stop_maintenance(positions, orders, cfg.stop_settings())
+    rows: list[dict] = []
+    refused: list[str] = []
+    transient: list[str] = []
+    for action in actions:
+        if cfg.dry_run:
+            wanted = action.wanted
+            rows.append({"venue": action.venue, "symbol": action.symbol, "action": action.kind, "reason": action.reason,
+                         "stop_price": wanted.stop_price if wanted else None, "amount": wanted.amount if wanted else None,
+                         "outcome": "dry run: nothing sent" if action.changes_anything else "kept"})
+            continue
+        try:
+            rows.append(_apply(ctx, exchange.venue(action.venue), action))
+        except BusinessError as exc:
+            refused.append(f"{action.venue} {action.symbol} ({action.kind}): {exc}")
+            rows.append({"venue": action.venue, "symbol": action.symbol, "action": action.kind,
+                         "reason": action.reason, "outcome": f"REFUSED: {exc}"})
+        except TransientError as exc:
+            transient.append(f"{action.venue} {action.symbol} ({action.kind}): {exc}")
+            rows.append({"venue": action.venue, "symbol": action.symbol, "action": action.kind,
+                         "reason": action.reason, "outcome": f"failed (will retry): {exc}"})
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["action"]] = counts.get(row["action"], 0) + 1
+    protected = sum(1 for a in actions if a.position is not None)
+    for row in rows:
+        if row["action"] != "keep" or row.get("cancelled"):
+            ctx.log.info(f"stop {row['venue']} {row['symbol']}: {row['action']} — {row.get('outcome')} ({row['reason']})")
+    hedge_journal.report(
+        ctx.step,
+        f"protective stops on {protected} position(s): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+        {
+            "stops": table(rows, STOP_COLUMNS),
+            "stops_maintained": protected,
+            **{f"stops_{kind}": n for kind, n in sorted(counts.items())},
+            **({"refused": "\n".join(refused)} if refused else {}),
+        },
+    )
+    if refused:
+        raise StopsNotPlaced("protective stop(s) refused: " + "; ".join(refused))
+    if transient:
+        raise StopsIncomplete("protective stop(s) not worked yet: " + "; ".join(transient))
+    return {"stops": rows, "counts": counts, "positions_protected": protected, "dry_run": cfg.dry_run}
+
+
+# --------------------------------------------------------------------------- 4. record
+
+
+def record_hedge(ctx: StepContext, hedge_journal) -> dict:
+    """Record the normalised rates this hedge ran at (the funding sensor's baseline) and post the summary."""
+    plan, placed, stops = ctx.results[PLAN], ctx.results[PLACE], ctx.results[STOPS]
+    points = {} if plan["dry_run"] else baseline_points(plan["rates"], run_id=ctx.run_id, saga_id=ctx.saga_id)
+    if points:
+        hedge_journal.record_baselines(points)
+    summary = summary_markdown(plan, placed, stops)
+    hedge_journal.report(
+        ctx.step,
+        "hedge summary" + (f"; funding baselines recorded for {len(points)} market(s)" if points else ""),
+        {"summary": MetadataValue.md(summary), "baselines_recorded": len(points)},
+    )
+    return {"baselines_recorded": sorted(points), "orders_placed": len(placed.get("legs") or [])}
