@@ -40,6 +40,7 @@ from arb_orchestration.defs.events.kafka_source import (
     park_all,
 )
 from arb_orchestration.defs.events.tuning import EventSensorSettings, EventTopics
+from arb_orchestration.defs.hedging.baselines import overlay_hedge_baselines, sensor_instance
 from arb_orchestration.domain.events import (
     CAPITAL_EVENTS,
     FUNDING_RATE_EVENTS,
@@ -244,6 +245,10 @@ class _EventSensor:
         newest = newest_per_market((event, order[id(event)]) for event, _record in tick.funding)
         superseded = len(tick.funding) - len(newest)
         tick.tally.ignored += superseded
+        # Hedge runs (schedule, UI, this sensor) record the rates they hedged at; newer ones reset the baseline.
+        overlay_hedge_baselines(
+            sensor_instance(context), tick.cursor.baselines, [(event.venue, event.symbol) for event, _ in newest]
+        )
         for decision in decide_hedges([event for event, _ in newest], tick.cursor.baselines, self.deviation):
             record = records[id(decision.event)]
             if decision.hedge:
