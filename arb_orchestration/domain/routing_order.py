@@ -1,10 +1,10 @@
 """Execution order for planned transfers: each transfer must be funded when it runs.
 
 A transfer of `amount` from venue u can run when u currently holds at least
-`amount` (its starting balance plus the credits of transfers already run,
-minus what it already sent). If the transfers form no cycle, any topological
-order works (every venue receives everything before it sends, and its final
-balance is >= 0). Cycles are rare in optimal plans (only min_amount can force
+`amount` plus its floor (its target: a rebalance never draws a venue below
+its own target mid-way; with floor 0 this is plain "is funded"). If the
+transfers form no cycle, any topological order works (every venue receives
+everything before it sends, and its final balance is >= its target). Cycles are rare in optimal plans (only min_amount can force
 them) and need a search: greedy choices can strand money (send to v first,
 then have nothing left for the leg that comes back), so we fall back to an
 exhaustive depth-first search over executed sets.
@@ -32,9 +32,12 @@ def funding_tolerance(amount: float) -> float:
     return 1e-6 * max(1.0, abs(amount))
 
 
-def order_moves(balances: Mapping[str, float], moves: Sequence[Move], *, budget: int = 200_000) -> list[int] | None:
+def order_moves(
+    balances: Mapping[str, float], moves: Sequence[Move], floors: Mapping[str, float] | None = None, *, budget: int = 200_000
+) -> list[int] | None:
     """Indices of `moves` in an executable order, or None if no order exists (or the search budget ran out)."""
-    held = dict(balances)
+    floor = dict(floors or {})
+    held = {v: b - floor.get(v, 0.0) for v, b in balances.items()}
     remaining = set(range(len(moves)))
     order: list[int] = []
     inbound: dict[str, int] = {}

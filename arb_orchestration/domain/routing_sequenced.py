@@ -99,7 +99,9 @@ def solve_sequenced(problem: Problem, asset: str, time_limit: float):
             add([(aux, 1.0), (X + s, -1.0), (o, -inst.big_m[s])], -inst.big_m[s], np.inf)
             funding[r].append((aux, -1.0))
     for j in range(k):
-        add(funding[j], -inst.balance[rails[j].from_venue], np.inf)
+        # Used: the source keeps at least its target after sending; unused: no constraint beyond >= 0.
+        source = rails[j].from_venue
+        add(funding[j] + [(Y + j, -inst.target[source])], -inst.balance[source], np.inf)
 
     upper = np.r_[inst.big_m, np.ones(k), np.full(k, float(k)), np.ones(n_pairs),
                   [cap[s] if kind == "in" else inst.big_m[s] for s, _, kind in pairs]]
@@ -121,7 +123,7 @@ def solve_sequenced(problem: Problem, asset: str, time_limit: float):
     used = sorted((j for j in range(k) if x[Y + j] > 0.5 and x[X + j] > 1e-9), key=lambda j: x[POS + j])
     transfers = _transfers(inst, used, [x[X + j] for j in used])
     moves = [Move(t.from_venue, t.to_venue, t.amount, t.amount - t.fee) for t in transfers]
-    order = order_moves(inst.balance, moves)
+    order = order_moves(inst.balance, moves, inst.target)
     if order is None:
         raise RoutingError(f"{asset}: the sequencing model's plan failed the funding check (numerical trouble)")
     ordered = [transfers[i] for i in order]

@@ -36,6 +36,7 @@ class AssetInstance:
     big_m: list[float]  # upper bound on each rail's amount in the model
     min_eff: list[float]  # lower bound when used: max(min_amount, amount whose credit is 0)
     holdings: float
+    surplus: float  # S: no single transfer can exceed it (see asset_instance)
 
     @property
     def needs(self) -> dict[str, float]:
@@ -60,45 +61,48 @@ def _min_eff(rail: Rail) -> float:
 
 
 def asset_instance(problem: Problem, asset: str, *, dominance: bool = True) -> AssetInstance:
-    """Slice `asset` out of `problem` and drop rails that no optimal executable plan needs."""
+    """Slice `asset` out of `problem` and drop rails that no optimal executable plan needs.
+
+    Amounts are bounded by the asset's total surplus S = sum of max(0,
+    balance - target): under the floor rule (a transfer never takes its
+    source below its own target) the total surplus over all venues never
+    grows, and a transfer can only spend its source's surplus.
+    """
     venues = list(problem.venues)
     balance = {v: problem.balance(v, asset) for v in venues}
     target = {v: problem.target(v, asset) for v in venues}
-    holdings = sum(balance.values())
-    # No venue ever holds more than the whole asset (fees only destroy), so no
-    # single transfer can exceed `holdings`.
+    surplus = sum(max(0.0, balance[v] - target[v]) for v in venues)
+
+    def room(r: Rail) -> float:
+        return surplus if r.max_amount is None else min(surplus, r.max_amount)
+
     rails = [
         r for r in problem.rails
-        if r.asset == asset
-        and _min_eff(r) <= min(holdings, math.inf if r.max_amount is None else r.max_amount) + _EPS
-        and min(holdings, math.inf if r.max_amount is None else r.max_amount) * (1 - r.fee_rate) - r.fixed_fee > _EPS
+        if r.asset == asset and _min_eff(r) <= room(r) + _EPS and room(r) * (1 - r.fee_rate) - r.fixed_fee > _EPS
     ]
     rails = _prune_unreachable(rails, balance, target)
-    counts: dict[tuple[str, str], int] = {}
-    for r in rails:
-        counts[(r.from_venue, r.to_venue)] = counts.get((r.from_venue, r.to_venue), 0) + 1
-    dominated_by_count: dict[str, int] = {}
+    absorbed: dict[str, int] = {}
     if dominance:
-        rails, dominated_by_count = _prune_dominated(rails, holdings, counts)
-    big_m = []
-    for r in rails:
-        # A kept rail may have absorbed the transfers of the rails it dominates
-        # (each at most `holdings`), hence the multiplier.
-        bound = holdings * (1 + dominated_by_count.get(r.id, 0))
-        big_m.append(bound if r.max_amount is None else min(r.max_amount, bound))
-    return AssetInstance(asset, venues, balance, target, rails, big_m, [_min_eff(r) for r in rails], holdings)
+        rails, absorbed = _prune_dominated(rails, surplus)
+    # A kept rail may carry the merged transfers of the rails it dominates
+    # (each at most S), hence the multiplier; without merging, S suffices.
+    big_m = [room(r) if not absorbed.get(r.id) else (
+        surplus * (1 + absorbed[r.id]) if r.max_amount is None else min(r.max_amount, surplus * (1 + absorbed[r.id])))
+        for r in rails]
+    return AssetInstance(asset, venues, balance, target, rails, big_m, [_min_eff(r) for r in rails],
+                         sum(balance.values()), surplus)
 
 
 def _prune_unreachable(rails: list[Rail], balance: dict[str, float], target: dict[str, float]) -> list[Rail]:
     """Drop rails out of venues that can never hold the asset, and into venues that lead to no deficit.
 
-    A venue with no balance and no usable inbound rail can never fund a
-    transfer. A venue that cannot reach any venue with a deficit only strands
+    A venue with no surplus and no usable inbound rail can never fund a
+    transfer under the floor rule. A venue that cannot reach any venue with a deficit only strands
     what it receives: removing every transfer into (and so within) that set
     leaves all other venues with at least as much, for less fee.
     """
     while True:
-        funded = {v for v, b in balance.items() if b > _EPS}
+        funded = {v for v, b in balance.items() if b > target[v] + _EPS}
         frontier = list(funded)
         out: dict[str, list[Rail]] = {}
         inn: dict[str, list[Rail]] = {}
@@ -125,38 +129,37 @@ def _prune_unreachable(rails: list[Rail], balance: dict[str, float], target: dic
         rails = kept
 
 
-def _prune_dominated(rails: list[Rail], holdings: float, counts: dict[tuple[str, str], int]) -> tuple[list[Rail], dict[str, int]]:
+def _prune_dominated(rails: list[Rail], surplus: float) -> tuple[list[Rail], dict[str, int]]:
     """Drop a rail when a parallel rail is no worse on fixed fee, fee rate, min_amount and eta, and never runs out of room.
 
     Any transfer on the dropped rail can move to the dominating one (merged
     with its own transfer if it has one): same debit, no smaller credit, no
     larger fee. "Never runs out of room" means its max_amount is None or at
-    least `holdings` times the number of parallel rails, i.e. above anything
-    that merging could put on it.
+    least S times the number of parallel rails, i.e. above anything merging
+    could put on it (each transfer is at most S).
     """
     by_edge: dict[tuple[str, str], list[int]] = {}
     for i, r in enumerate(rails):
         by_edge.setdefault((r.from_venue, r.to_venue), []).append(i)
     dropped: set[int] = set()
     absorbed: dict[str, int] = {}
-    for edge, members in by_edge.items():
+    for members in by_edge.values():
         if len(members) < 2:
             continue
-        room = holdings * counts[edge]
+        room = surplus * len(members)
         for i in members:
             r = rails[i]
             for j in members:
-                if i == j:
-                    continue
                 d = rails[j]
-                roomy = d.max_amount is None or d.max_amount >= room
+                if i == j or j in dropped or not (d.max_amount is None or d.max_amount >= room):
+                    continue
                 no_worse = (
                     d.fixed_fee <= r.fixed_fee and d.fee_rate <= r.fee_rate
                     and d.min_amount <= r.min_amount and d.eta_seconds <= r.eta_seconds
                 )
                 # Identical rails: keep the first, so two copies never drop each other.
-                strictly = (d.fixed_fee, d.fee_rate, d.min_amount, d.eta_seconds) != (r.fixed_fee, r.fee_rate, r.min_amount, r.eta_seconds) or j < i
-                if roomy and no_worse and strictly:
+                same = (d.fixed_fee, d.fee_rate, d.min_amount, d.eta_seconds) == (r.fixed_fee, r.fee_rate, r.min_amount, r.eta_seconds)
+                if no_worse and (not same or j < i):
                     dropped.add(i)
                     break
         kept_here = [j for j in members if j not in dropped]
@@ -275,10 +278,17 @@ def _shortfall_reason(inst: AssetInstance, time_limit: float) -> str:
             f"{inst.asset}: targets total {total_needed:g} but only {inst.holdings:g} is held across venues "
             f"(short {total_needed - inst.holdings:g})"
         )
+    deficit = sum(needs.values())
+    if deficit > inst.surplus + _EPS:
+        return (
+            f"{inst.asset}: deficits total {deficit:g} ("
+            + ", ".join(f"{v} needs {d:g}" for v, d in needs.items())
+            + f") but venues above target hold only {inst.surplus:g} spare (short {deficit - inst.surplus:g})"
+        )
     inbound = {r.to_venue for r in inst.rails}
     stranded = [v for v in needs if v not in inbound]
     if stranded:
-        return f"{inst.asset}: no usable rail can bring funds to " + ", ".join(
+        return f"{inst.asset}: no usable rail (existing, fundable from the {inst.surplus:g} spare above targets, min_amount within reach) can bring funds to " + ", ".join(
             f"{v} (needs {needs[v]:g} more)" for v in stranded
         )
     k = len(inst.rails)
@@ -320,7 +330,7 @@ def _transfers(inst: AssetInstance, used: list[int], amounts: Sequence[float]) -
 
 def _ordered(inst: AssetInstance, transfers: list[Transfer]) -> list[Transfer] | None:
     moves = [Move(t.from_venue, t.to_venue, t.amount, t.amount - t.fee) for t in transfers]
-    order = order_moves(inst.balance, moves)
+    order = order_moves(inst.balance, moves, inst.target)
     return None if order is None else [transfers[i] for i in order]
 
 
@@ -328,6 +338,8 @@ def solve_asset(problem: Problem, asset: str, time_limit: float) -> AssetResult:
     inst = asset_instance(problem, asset)
     if not inst.needs:
         return AssetResult(True, 0.0, [])
+    if not inst.rails:
+        return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
     status, solution = _solve_milp(inst, time_limit)
     if status == "infeasible":
         return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
