@@ -81,8 +81,10 @@ class SimVenueClient(VenueClient):
         self.name = name
         self._base = f"/venues/{_seg(name)}"
         headers = {API_KEY_HEADER: api_key} if api_key else {}
+        # Plain-HTTP simulators need no CA bundle: skipping it keeps ~0.1 s off the first order.
+        verify = _ssl_context() if base_url.startswith("https://") else False
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport, verify=_ssl_context()
+            base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport, verify=verify
         )
         self._breaker = breaker or breaker_for(f"venue:{name}")
         self._caller = ResilientCaller(self._breaker, retry or RetrySettings(), sleep=sleep)
