@@ -1,0 +1,204 @@
+"""Route planner on hand-made instances: relays, fee trade-offs, infeasibility reasons, ordering, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from arb_orchestration.domain.routing import (
+    Plan,
+    Rail,
+    RoutingInputError,
+    naive_plan,
+    parse_problem,
+    plan_routes,
+)
+from arb_orchestration.domain.routing_order import Move, order_moves
+
+
+def rail(rid, src, dst, fixed=1.0, rate=0.0, lo=0.0, hi=None, asset="USDT", eta=60):
+    return {"id": rid, "from": src, "to": dst, "asset": asset, "fixed_fee": fixed, "fee_rate": rate,
+            "min_amount": lo, "max_amount": hi, "eta_seconds": eta}
+
+
+def execute(balances, targets, plan: Plan, tol=1e-6):
+    """Run the plan in order; every transfer funded (source stays >= its target), every target met."""
+    held = {(v, a): amt for v, per in balances.items() for a, amt in per.items()}
+    for t in plan.transfers:
+        src = held.get((t.from_venue, t.asset), 0.0)
+        floor = targets.get(t.from_venue, {}).get(t.asset, 0.0)
+        assert src - t.amount >= floor - tol, f"{t.rail} not funded: holds {src}, sends {t.amount}"
+        held[(t.from_venue, t.asset)] = src - t.amount
+        held[(t.to_venue, t.asset)] = held.get((t.to_venue, t.asset), 0.0) + t.amount - t.fee
+    for venue, per in targets.items():
+        for asset, minimum in per.items():
+            assert held.get((venue, asset), 0.0) >= minimum - tol, f"{venue}/{asset} below target"
+    return held
+
+
+BAL = {"A": {"USDT": 1000.0}, "B": {"USDT": 0.0}, "C": {"USDT": 0.0}}
+NEED_B = {"B": {"USDT": 100.0}}
+
+
+def test_direct_rail_wins_when_it_is_cheapest():
+    rails = [rail("ab-cheap", "A", "B", 1), rail("ab-dear", "A", "B", 10), rail("ac", "A", "C", 1), rail("cb", "C", "B", 1)]
+    plan = plan_routes(BAL, NEED_B, rails)
+    assert plan.feasible and plan.optimal
+    assert [t.rail for t in plan.transfers] == ["ab-cheap"]
+    assert plan.total_fee == pytest.approx(1.0)
+    assert plan.transfers[0].amount == pytest.approx(101.0)  # exactly enough: need + fixed fee
+    execute(BAL, NEED_B, plan)
+
+
+def test_relay_when_the_direct_rail_is_capped_by_max_amount():
+    rails = [rail("ab", "A", "B", 1, hi=50), rail("ac", "A", "C", 1), rail("cb", "C", "B", 1)]
+    plan = plan_routes(BAL, NEED_B, rails)
+    assert [t.rail for t in plan.transfers] == ["ac", "cb"]  # relay, funded in this order
+    assert plan.total_fee == pytest.approx(2.0)
+    execute(BAL, NEED_B, plan)
+    assert not naive_plan(BAL, NEED_B, rails).feasible  # direct-only cannot do it
+
+
+def test_relay_when_the_direct_rail_min_amount_exceeds_what_can_be_spared():
+    balances = {"A": {"USDT": 300.0}, "B": {"USDT": 0.0}, "C": {"USDT": 0.0}}
+    rails = [rail("ab", "A", "B", 0.5, lo=500), rail("ac", "A", "C", 1), rail("cb", "C", "B", 1)]
+    plan = plan_routes(balances, NEED_B, rails)
+    assert [t.rail for t in plan.transfers] == ["ac", "cb"]
+    execute(balances, NEED_B, plan)
+
+
+def test_relay_through_a_venue_that_is_exactly_at_target():
+    balances = {"A": {"USDT": 1000.0}, "B": {"USDT": 0.0}, "C": {"USDT": 500.0}}
+    targets = {"B": {"USDT": 100.0}, "C": {"USDT": 500.0}}
+    rails = [rail("ab", "A", "B", 20), rail("ac", "A", "C", 1), rail("cb", "C", "B", 1)]
+    plan = plan_routes(balances, targets, rails)
+    assert [t.rail for t in plan.transfers] == ["ac", "cb"]
+    held = execute(balances, targets, plan)
+    assert held[("C", "USDT")] == pytest.approx(500.0)
+
+
+@pytest.mark.parametrize(("need", "expected"), [(1000.0, "proportional"), (5000.0, "fixed")])
+def test_fixed_versus_proportional_fee_trade_off(need, expected):
+    balances = {"A": {"USDT": 10_000.0}, "B": {"USDT": 0.0}}
+    targets = {"B": {"USDT": need}}
+    rails = [rail("fixed", "A", "B", fixed=10.0), rail("proportional", "A", "B", fixed=0.0, rate=0.004)]
+    plan = plan_routes(balances, targets, rails)
+    assert [t.rail for t in plan.transfers] == [expected]
+    fee = 10.0 if expected == "fixed" else need / (1 - 0.004) * 0.004
+    assert plan.total_fee == pytest.approx(fee)
+
+
+def test_both_parallel_rails_are_used_when_each_is_capped():
+    balances = {"A": {"USDT": 1000.0}, "B": {"USDT": 0.0}}
+    rails = [rail("n1", "A", "B", 1, hi=60), rail("n2", "A", "B", 2, hi=60)]
+    plan = plan_routes(balances, NEED_B, rails)
+    assert sorted(t.rail for t in plan.transfers) == ["n1", "n2"]
+    execute(balances, NEED_B, plan)
+
+
+def test_infeasible_names_the_venue_and_the_shortfall():
+    targets = {"B": {"USDT": 500.0}, "C": {"USDT": 10.0}}
+    plan = plan_routes(BAL, targets, [rail("ab", "A", "B", 1, hi=100), rail("ac", "A", "C", 1)])
+    assert not plan.feasible
+    assert "B short 401" in plan.reason and "USDT" in plan.reason
+    assert plan.to_dict() == {"feasible": False, "reason": plan.reason}
+
+
+def test_infeasible_when_holdings_cannot_cover_targets():
+    plan = plan_routes(BAL, {"B": {"USDT": 2000.0}}, [rail("ab", "A", "B")])
+    assert not plan.feasible and "short 1000" in plan.reason
+
+
+def test_infeasible_when_no_rail_reaches_the_venue():
+    plan = plan_routes(BAL, {"C": {"USDT": 5.0}}, [rail("ab", "A", "B")])
+    assert not plan.feasible and "C (needs 5 more)" in plan.reason
+
+
+def test_floor_rule_a_venue_is_never_drawn_below_its_target_mid_plan():
+    # Only way to reach B is a 500 minimum from A, which must keep 1000: even
+    # with the money coming back through B->A, A would dip below its floor.
+    balances = {"A": {"USDT": 1000.0}, "W": {"USDT": 50.0}, "B": {"USDT": 0.0}}
+    targets = {"A": {"USDT": 1000.0}, "B": {"USDT": 10.0}}
+    rails = [rail("ab", "A", "B", 0, lo=500), rail("ba", "B", "A", 0), rail("wa", "W", "A", 0)]
+    plan = plan_routes(balances, targets, rails)
+    assert not plan.feasible and "B" in plan.reason
+
+
+def test_zero_fee_rails_give_a_free_plan_without_pointless_circulation():
+    rails = [rail("ab", "A", "B", 0), rail("ba", "B", "A", 0), rail("bc", "B", "C", 0), rail("cb", "C", "B", 0)]
+    plan = plan_routes(BAL, NEED_B, rails)
+    assert plan.feasible and plan.total_fee == 0.0
+    assert [t.rail for t in plan.transfers] == ["ab"]
+    assert plan.transfers[0].amount == pytest.approx(100.0)
+    execute(BAL, NEED_B, plan)
+
+
+def test_already_satisfied_gives_an_empty_plan():
+    plan = plan_routes(BAL, {"A": {"USDT": 900.0}}, [rail("ab", "A", "B")])
+    assert plan.feasible and plan.transfers == () and plan.total_fee == 0.0
+    assert plan.to_dict() == {"feasible": True, "total_fee": 0.0, "transfers": []}
+
+
+def test_assets_are_planned_independently_and_fees_add_up():
+    balances = {"A": {"USDT": 1000.0, "ETH": 0.0}, "B": {"USDT": 0.0, "ETH": 10.0}}
+    targets = {"B": {"USDT": 100.0}, "A": {"ETH": 2.0}}
+    rails = [rail("ab-usdt", "A", "B", 1), rail("ba-eth", "B", "A", 0.001, asset="ETH")]
+    plan = plan_routes(balances, targets, rails)
+    assert {t.asset for t in plan.transfers} == {"USDT", "ETH"}
+    assert plan.fee_by_asset == pytest.approx({"USDT": 1.0, "ETH": 0.001})
+    assert plan.total_fee == pytest.approx(1.001)
+    execute(balances, targets, plan)
+
+
+def test_accepts_rail_objects_and_returns_the_documented_shape():
+    rails = [Rail("ab", "A", "B", "USDT", fixed_fee=1.0, fee_rate=0.0)]
+    out = plan_routes(BAL, NEED_B, rails).to_dict()
+    assert out == {"feasible": True, "total_fee": 1.0, "transfers": [
+        {"rail": "ab", "from": "A", "to": "B", "asset": "USDT", "amount": 101.0, "fee": 1.0}]}
+
+
+def test_naive_baseline_is_never_cheaper_than_the_optimum():
+    rails = [rail("ab", "A", "B", 10), rail("ac", "A", "C", 1), rail("cb", "C", "B", 1)]
+    naive, best = naive_plan(BAL, NEED_B, rails), plan_routes(BAL, NEED_B, rails)
+    assert naive.feasible and not naive.optimal
+    assert naive.total_fee == pytest.approx(10.0) and best.total_fee == pytest.approx(2.0)
+    execute(BAL, NEED_B, naive)
+
+
+def test_ordering_finds_the_one_order_that_works_around_a_cycle():
+    # U can fund W first, W sends back, then U has enough for V; greedy "send to V first" strands U.
+    moves = [Move("U", "V", 10, 10), Move("U", "W", 10, 10), Move("W", "U", 7, 7)]
+    order = order_moves({"U": 13.0, "V": 0.0, "W": 0.0}, moves, {"W": 3.0})
+    assert order is not None
+    held = {"U": 13.0, "V": 0.0, "W": 0.0}
+    for i in order:
+        m = moves[i]
+        assert held[m.source] - m.amount >= {"W": 3.0}.get(m.source, 0.0)
+        held[m.source] -= m.amount
+        held[m.dest] += m.credit
+    assert order_moves({"U": 5.0, "W": 5.0}, [Move("U", "W", 10, 10), Move("W", "U", 7, 7)]) is None
+
+
+@pytest.mark.parametrize(("mutate", "field", "words"), [
+    (lambda i: i["rails"][0].update(fee_rate=1.5), "rails[0].fee_rate", "between 0 and 1"),
+    (lambda i: i["rails"][0].update(fee_rate=-0.1), "rails[0].fee_rate", ">= 0"),
+    (lambda i: i["rails"][0].update(fixed_fee="1"), "rails[0].fixed_fee", "must be a number"),
+    (lambda i: i["rails"][0].update(min_amount=True), "rails[0].min_amount", "must be a number"),
+    (lambda i: i["rails"][0].update(min_amount=50, max_amount=10), "rails[0].max_amount", ">= min_amount"),
+    (lambda i: i["rails"][0].pop("asset"), "rails[0].asset", "missing"),
+    (lambda i: i["rails"][0].update(to="Z"), "rails[0].to", "unknown venue"),
+    (lambda i: i["rails"][0].update(to="A"), "rails[0].to", "must differ"),
+    (lambda i: i["rails"][0].update(speed=3), "rails[0].speed", "not a rail field"),
+    (lambda i: i["rails"].append(dict(i["rails"][0])), "rails[1].id", "duplicates"),
+    (lambda i: i["balances"]["A"].update(USDT=-1), "balances.A.USDT", ">= 0"),
+    (lambda i: i["balances"]["A"].update(USDT=float("nan")), "balances.A.USDT", "finite"),
+    (lambda i: i["targets"].update(Z={"USDT": 1}), "targets.Z", "unknown venue"),
+    (lambda i: i.update(rails={"id": "x"}), "rails", "list"),
+])
+def test_bad_input_names_the_offending_field(mutate, field, words):
+    instance = {"balances": {"A": {"USDT": 10.0}, "B": {}}, "targets": {"B": {"USDT": 1.0}},
+                "rails": [rail("ab", "A", "B")]}
+    mutate(instance)
+    with pytest.raises(RoutingInputError) as caught:
+        parse_problem(instance["balances"], instance["targets"], instance["rails"])
+    assert caught.value.field == field
+    assert str(caught.value).startswith(field) and words in str(caught.value)
