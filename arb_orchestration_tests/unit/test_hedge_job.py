@@ -410,7 +410,9 @@ def test_the_event_sensor_targets_this_job_and_its_run_config_is_accepted():
     trigger = TriggerEventConfig(event_id="e-1", topic="funding-rate-events", source="funding-rate-events/0/7",
                                  kind="funding_rate", critical=False, reason="moved 25 bps",
                                  payload={"venue": "okx", "symbol": BTC, "rate": 0.003, "interval_hours": 8})
-    for run_config in (event_run_config(funding_rate_hedge, trigger), hedge_run_config(trigger=trigger.model_dump())):
+    sent = events.domain_run_config(funding_rate_hedge, trigger)  # what the sensor puts in its RunRequest
+    assert sent == hedge_run_config(trigger=trigger.model_dump()) and sent["trigger"]["event_id"] == "e-1"
+    for run_config in (sent, event_run_config(funding_rate_hedge, trigger), {}):
         assert validate_run_config(funding_rate_hedge, run_config) is not None
 
 
