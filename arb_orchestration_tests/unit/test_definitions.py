@@ -49,6 +49,8 @@ EXPECTED_JOBS: list[str] = [
     "auto_rebalance_saga",
     # stop_loss
     "emergency_stop_loss_saga",
+    # hedging
+    "funding_rate_hedge",
     # ops_control (kill switch)
     "pause_trading_job",
     "resume_trading_job",
@@ -63,11 +65,14 @@ EXPECTED_SENSORS: list[str] = [
     # stop_loss
     "emergency_stop_loss_saga_recovery_sensor",
     "emergency_stop_loss_saga_recovery_sweep_sensor",
+    # hedging
+    "funding_rate_hedge_recovery_sensor",
+    "funding_rate_hedge_recovery_sweep_sensor",
 ]
 
-EXPECTED_SCHEDULES: list[str] = []
+EXPECTED_SCHEDULES: list[str] = ["funding_rate_hedge_schedule"]
 
-EXPECTED_RESOURCES: list[str] = ["exchange", "wise", "kafka", "smtp", "rebalance_journal"]
+EXPECTED_RESOURCES: list[str] = ["exchange", "wise", "kafka", "smtp", "rebalance_journal", "hedge_journal"]
 
 # Upstream asset keys per materialised asset (lineage as the UI draws it).
 EXPECTED_DEPS: dict[str, set[str]] = {
