@@ -32,6 +32,20 @@ def prepare_dagster_home(path: Path) -> Path:
     return path
 
 
+def write_env_file(path: Path, values: dict[str, str]) -> Path:
+    """The world's environment (including this session's generated local secrets) for other shells.
+
+    Readable by the owner only; it lives in the git-ignored .dagster_home/ and is
+    rewritten at every start, since the simulators' keys are new each time.
+    """
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        for key, value in values.items():
+            handle.write(f"{key}={value}\n")
+    return path
+
+
 def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,6 +80,7 @@ def main(argv: list[str]) -> int:
         world.start()
         env = {**os.environ, **world.env(), "DAGSTER_HOME": str(dagster_home)}
         os.environ.update(world.env())
+        env_file = write_env_file(dagster_home / "world.env", {**world.env(), "DAGSTER_HOME": str(dagster_home)})
 
         from arb_orchestration.commands.topics import create_all_topics
 
@@ -97,7 +112,7 @@ def main(argv: list[str]) -> int:
         print(f"  Dagster UI          {ui}")
         print_world(world)
         print(f"  Dagster instance    {dagster_home} (SQLite)")
-        print("Publish an event:    arb-orchestration publish market-events '{...}'  (see README)")
+        print(f"Environment:         set -a; . {env_file}; set +a   (then e.g. arb-orchestration publish ...)")
         print("Ctrl-C to stop.\n", flush=True)
         if not args.no_browser:
             try:
