@@ -26,6 +26,7 @@ def solve_sequenced(problem: Problem, asset: str, time_limit: float):
     from arb_orchestration.domain.routing_solver import (
         MIP_REL_GAP,
         AssetResult,
+        _shortfall_reason,
         _flow_matrix,
         _touched_venues,
         _transfers,
@@ -37,6 +38,10 @@ def solve_sequenced(problem: Problem, asset: str, time_limit: float):
     inst = asset_instance(problem, asset, dominance=False)
     rails = inst.rails
     k = len(rails)
+    if not inst.needs:
+        return AssetResult(True, 0.0, [])
+    if k == 0:
+        return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
     pairs: list[tuple[int, int, str]] = []  # (s, r, kind): s placed relative to r; kind "in" or "out"
     for r_idx, r in enumerate(rails):
         for s_idx, s in enumerate(rails):
