@@ -40,7 +40,9 @@ from arb_orchestration.defs.hedging.steps import (
     RECORD,
     STOPS,
     HedgeLegRejected,
+    InvalidHedgeConfig,
     StopsNotPlaced,
+    TradingPausedMidHedge,
 )
 from arb_orchestration.defs.hedging.stops import StopSettings, plan_stop_maintenance
 from arb_orchestration.domain.funding import FundingDeviation
@@ -364,6 +366,41 @@ def test_paused_trading_refuses_at_the_first_step():
     switch.pause("stop-loss 42", by="emergency_stop_loss_saga")
     with pytest.raises(TradingPausedError, match="trading is paused \\(stop-loss 42"):
         execute_step(SAGA, PLAN, runtime(world, InMemorySagaLog(), journal, switch=switch))
+    assert all(not v.calls for v in world.venues.values())
+
+
+class PausesAfter(InMemoryTradingSwitch):
+    """The kill switch engaged by someone else after `reads` reads (the stop-loss firing mid-hedge)."""
+
+    def __init__(self, reads: int):
+        super().__init__()
+        self.reads = reads
+
+    def get(self):
+        self.reads -= 1
+        if self.reads < 0 and not super().get().paused:
+            self.pause("stop-loss fired", by="emergency_stop_loss_saga")
+        return super().get()
+
+
+def test_trading_paused_between_legs_stops_placing_and_unwinds():
+    world, journal, log = pair_world(), InMemoryHedgeJournal(), InMemorySagaLog()
+    rt = runtime(world, log, journal, config=PAIR, switch=PausesAfter(reads=2))  # plan's check + leg 0's
+    run_steps(rt, PLAN)
+    with pytest.raises(TradingPausedMidHedge, match="stop-loss fired.*before leg 1") as failed:
+        execute_step(SAGA, PLACE, rt)
+    assert world.venue("beta").orders() == []
+    on_step_failure(SAGA, "saga-1", PLACE, failed.value, log=log, resources={"exchange": world}, alert=None)
+    assert world.venue("alpha").position(BTC) == pytest.approx(0.0, abs=1e-9)
+    stops = execute_step(SAGA, STOPS, runtime(world, InMemorySagaLog(), journal, switch=rt.trading_switch))
+    assert stops["skipped"].startswith("trading is paused") and all(
+        not v.orders(type="stop_market") for v in world.venues.values())
+
+
+def test_an_invalid_config_is_a_business_error():
+    world, journal = pair_world(), InMemoryHedgeJournal()
+    with pytest.raises(InvalidHedgeConfig, match="distance_pct"):
+        execute_step(SAGA, PLAN, runtime(world, InMemorySagaLog(), journal, config=HedgeConfig(stop_distance_pct=150)))
     assert all(not v.calls for v in world.venues.values())
 
 

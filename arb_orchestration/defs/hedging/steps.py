@@ -17,13 +17,16 @@
    (its own idempotency key). Reduce-only legs that filled are kept: they only
    took exposure off, and re-opening it is not what an undo should do; the
    stops they leave oversized are clamped by the venue on trigger.
+   The kill switch is read again before every leg (the engine checks it only
+   before the first step): trading paused mid-way stops the step and unwinds.
    This step is the pivot: once every leg is placed, the saga only goes forward.
 3. `maintain_protective_stops` keeps one exchange-native reduce-only stop on
    every open position (`stops.py`): create, keep, replace (new first, then
    cancel the old), cancel for closed positions, decided from what the venues
    report now. Every venue is worked even when one fails; a refused stop is a
    business error (a position without its safety net needs a human), a
-   transient one a retry.
+   transient one a retry. While trading is paused the step leaves the venues
+   to the emergency stop-loss.
 4. `record_hedge` records the normalised rates this hedge ran at for the funding
    sensor (`baselines.py`) and posts the run's markdown summary.
 """
@@ -81,6 +84,14 @@ class HedgeLegRejected(BusinessError):
     """A venue refused a leg (margin, limits, reduce-only...): not retried; the filled opening legs are unwound."""
 
 
+class TradingPausedMidHedge(BusinessError):
+    """The kill switch was engaged while legs were being placed: stop, and unwind what was opened."""
+
+
+class InvalidHedgeConfig(BusinessError):
+    """The run config makes no sense (negative band, stop distance out of range...): not retried."""
+
+
 class StopsNotPlaced(BusinessError):
     """A venue refused a protective stop: that position has no safety net until someone looks."""
 
@@ -103,13 +114,17 @@ def _r(value: float | None, digits: int = 8) -> float | None:
 def plan_hedge(ctx: StepContext, exchange: ExchangeResource, hedge_journal) -> dict:
     """Observe every venue afresh, normalise funding to 8 h, and plan the delta orders (plan_hedges)."""
     cfg = _config(ctx)
+    try:
+        policy, _ = cfg.policy(), cfg.stop_settings()
+    except ValueError as exc:
+        raise InvalidHedgeConfig(f"invalid run config: {exc}") from exc
     names = exchange.venue_names()
     snapshot = fetch_market_snapshot(exchange, names, deadline_seconds=cfg.fetch_deadline_seconds)
     if not snapshot.complete:
         failed = "; ".join(f"{venue}: {why}" for venue, why in sorted(snapshot.errors.items()))
         raise IncompleteBook(f"not every venue answered, refusing to plan from a partial book ({failed})")
     prices = snapshot.reference_prices()
-    plan = plan_hedges(snapshot.positions(), snapshot.balances(), snapshot.funding_rates(), prices, cfg.policy())
+    plan = plan_hedges(snapshot.positions(), snapshot.balances(), snapshot.funding_rates(), prices, policy)
     rates = rate_rows(snapshot.funding_rates())
     legs = [leg_record(i, order) for i, order in enumerate(plan.orders)]
     deltas = [
@@ -157,6 +172,14 @@ def plan_hedge(ctx: StepContext, exchange: ExchangeResource, hedge_journal) -> d
 # --------------------------------------------------------------------------- 2. place (pivot)
 
 
+def _paused(ctx: StepContext) -> str | None:
+    """The kill switch's reason when engaged (the engine checks it only before the first step)."""
+    if ctx.trading_switch is None:
+        return None
+    state = ctx.trading_switch.get()
+    return f"{state.reason}; by {state.changed_by or 'unknown'}" if state.paused else None
+
+
 def _verify(venue: VenueClient, client_order_id: str, symbol: str, placed: Order) -> Order:
     """The venue's own record of the order just placed, looked up by its client order id."""
     seen = venue.fetch_order_by_client_id(client_order_id, symbol)
@@ -187,6 +210,12 @@ def place_hedge_orders(ctx: StepContext, exchange: ExchangeResource, hedge_journ
         return {"legs": [], "skipped": why}
     fills: list[dict] = []
     for leg in legs:
+        pause = _paused(ctx)
+        if pause:
+            _report_fills(hedge_journal, ctx.step, fills, failed=f"trading paused before {describe_leg(leg)}")
+            raise TradingPausedMidHedge(
+                f"trading was paused ({pause}) before {describe_leg(leg)}; the filled opening legs are unwound"
+            )
         cid = leg_client_order_id(ctx.idempotency_key, leg)
         venue = exchange.venue(leg["venue"])
         ctx.note(placing=leg["leg"], client_order_id=cid)  # durable before the order exists
@@ -357,6 +386,11 @@ def maintain_protective_stops(ctx: StepContext, exchange: ExchangeResource, hedg
     if not cfg.maintain_stops:
         hedge_journal.report(ctx.step, "protective stops not maintained (maintain_stops: false)", {"stops_maintained": 0})
         return {"skipped": "maintain_stops is false", "stops": []}
+    pause = _paused(ctx)
+    if pause:
+        # The emergency stop-loss owns the book now: it cancels every order and closes every position.
+        hedge_journal.report(ctx.step, f"protective stops left alone: trading is paused ({pause})", {"stops_maintained": 0})
+        return {"skipped": f"trading is paused ({pause})", "stops": []}
     names = exchange.venue_names()
     positions, orders, errors = _positions_and_stops(exchange, names, cfg.fetch_deadline_seconds)
     if errors:
