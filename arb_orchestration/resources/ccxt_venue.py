@@ -501,10 +501,19 @@ class CcxtVenueClient(VenueClient):
     def fetch_balance(self) -> dict[str, Balance]:
         raw = self._call(lambda ex: ex.fetch_balance(), what="fetch_balance")
         totals = raw.get("total") or {}
+        # ccxt's futures `total` is the margin balance (wallet + unrealised PnL). The platform's
+        # Balance.total is the wallet (realised), as on the simulator, so a mark move cannot look
+        # like money arriving; unrealised PnL is on the positions.
+        wallet: dict[str, float] = {}
+        info = raw.get("info")
+        if self._family == "binance" and isinstance(info, dict):
+            for row in info.get("assets") or []:
+                if isinstance(row, dict) and row.get("walletBalance") is not None:
+                    wallet[str(row.get("asset"))] = float(row["walletBalance"])
         result = {}
         for asset in sorted(totals):
             entry = raw.get(asset) or {}
-            total = float(entry.get("total") or 0.0)
+            total = wallet.get(asset, float(entry.get("total") or 0.0))
             free = float(entry.get("free") or 0.0)
             used = float(entry.get("used") if entry.get("used") is not None else max(0.0, total - free))
             result[asset] = Balance(asset=asset, free=free, used=used, total=total)
