@@ -119,6 +119,10 @@ WITHDRAW_CLIENT_ID_PARAMS = {"binance": "withdrawOrderId", "binanceusdm": "withd
 # reaches with `params={"trigger": True}` (Binance's Algo Order API).
 SEPARATE_TRIGGER_ORDERS = {"binance", "binanceusdm"}
 
+# Futures classes whose testnet ccxt no longer supports (it raises NotSupported and points at
+# Binance's demo trading): `demo_trading` is their rehearsal environment.
+FUTURES_WITHOUT_SANDBOX = {"binanceusdm", "binancecoinm"}
+
 # ccxt options we always set per exchange (on top of the venue's own `options_json`).
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     # Binance refuses an unscoped open-orders query unless told the caller knows it costs more weight.
@@ -1191,6 +1195,10 @@ def ccxt_exchange_from_env(deployment: str) -> CcxtExchangeResource:
                 check_endpoint(url, f"CCXT_VENUES[{name}].{label}")
             except ValueError as exc:
                 raise settings.SettingError(str(exc)) from None
+        if entry.sandbox and exchange_id in FUTURES_WITHOUT_SANDBOX:
+            raise settings.SettingError(
+                f"CCXT_VENUES[{name}].sandbox: ccxt refuses the {exchange_id} futures testnet; use demo_trading"
+            )
         env = credential_env_names(name)
         for role in ("api_key", "secret"):
             if deployment == "prod" and not os.environ.get(env[role]):

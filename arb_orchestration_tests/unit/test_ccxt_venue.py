@@ -231,16 +231,16 @@ def _clear(monkeypatch):
 def test_resource_from_env_passes_secrets_as_envvar(monkeypatch):
     _clear(monkeypatch)
     monkeypatch.setenv("EXCHANGE_VENUES", "binance,okx")
-    monkeypatch.setenv("CCXT_VENUES", '{"binance": {"sandbox": true, "symbols": ["BTC/USDT:USDT"]}, "okx": {"read_only": true}}')
+    monkeypatch.setenv("CCXT_VENUES", '{"binance": {"demo_trading": true, "symbols": ["BTC/USDT:USDT"]}, "okx": {"sandbox": true, "read_only": true}}')
     monkeypatch.setenv("CCXT_BINANCE_API_KEY", "key-value")
     monkeypatch.setenv("CCXT_BINANCE_SECRET", "secret-value")
     resource = ccxt_exchange_from_env("local")
     assert isinstance(resource, CcxtExchangeResource) and resource.venue_names() == ["binance", "okx"]
     binance, okx = resource.accounts
-    assert binance.exchange_id == "binanceusdm" and binance.sandbox and binance.symbols == ["BTC/USDT:USDT"]
+    assert binance.exchange_id == "binanceusdm" and binance.demo_trading and binance.symbols == ["BTC/USDT:USDT"]
     assert isinstance(binance.api_key, EnvVar) and binance.api_key.env_var_name == "CCXT_BINANCE_API_KEY"
     assert isinstance(binance.secret, EnvVar) and binance.secret.env_var_name == "CCXT_BINANCE_SECRET"
-    assert okx.exchange_id == "okx" and okx.read_only and okx.api_key == ""
+    assert okx.exchange_id == "okx" and okx.sandbox and okx.read_only and okx.api_key == ""
     assert "key-value" not in repr(resource) and "secret-value" not in repr(resource)
 
 
@@ -252,6 +252,7 @@ def test_resource_from_env_passes_secrets_as_envvar(monkeypatch):
         ({"CCXT_VENUES": '{"ftx": {}}'}, "CCXT_VENUES names venues not in EXCHANGE_VENUES: ftx"),
         ({"EXCHANGE_VENUES": "mexc", "CCXT_VENUES": "{}"}, r"CCXT_VENUES\[mexc\]\.exchange_id is required"),
         ({"CCXT_VENUES": '{"binance": {"api_base_url": "http://10.0.0.5:8711"}}'}, "must be https://"),
+        ({"CCXT_VENUES": '{"binance": {"sandbox": true}}'}, "use demo_trading"),
     ],
 )
 def test_bad_ccxt_settings_name_the_variable(monkeypatch, env, message):
