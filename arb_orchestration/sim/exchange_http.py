@@ -387,6 +387,10 @@ class SimHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a stop-loss opens ~45 connections at once
+    # (5 venues x 9 threads), the kernel drops the SYNs beyond the backlog and the client
+    # retries them only after its 1 s SYN timeout (measured: bench/stop_loss_parallel.py).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], api: ExchangeApi, stopping: threading.Event | None = None):
         self.api = api
