@@ -218,21 +218,87 @@ def _cover_cuts(inst: AssetInstance) -> LinearConstraint | None:
     return LinearConstraint(coo_array((np.ones(len(ri)), (ri, ci)), shape=(len(needs), 2 * k)), 1.0, np.inf)
 
 
+def _venue_bounds(inst: AssetInstance, rows: list[str]) -> tuple[coo_array, int]:
+    """Variable upper bounds that tie each rail's amount to its two venues; two extra columns per venue.
+
+    Columns 2k.. hold I_v (credits into v) and O_v (amounts out of v), defined
+    by equality rows. Then, per rail r = u -> v:
+
+    - source side: x_r <= surplus_u * y_r + I_u. Valid for every solution: u
+      ends >= its target, so it cannot send more than its surplus plus what
+      it receives.
+    - destination side: credit_r <= (target_v - balance_v + mu_v) * y_r + O_v,
+      mu_v the largest credit of any rail into v at its minimum amount. Valid
+      for the cheapest solution that moves the least: if v ended more than
+      mu_v above target, the last rail into it could be trimmed or dropped.
+    """
+    k, n = len(inst.rails), len(rows)
+    index = {v: i for i, v in enumerate(rows)}
+    inc, out = 2 * k, 2 * k + n
+    mu = {v: 0.0 for v in rows}
+    for j, r in enumerate(inst.rails):
+        mu[r.to_venue] = max(mu[r.to_venue], r.credit(inst.min_eff[j]))
+    ri: list[int] = []
+    ci: list[int] = []
+    val: list[float] = []
+    row = 0
+
+    def put(entries):
+        nonlocal row
+        for c, v in entries:
+            ri.append(row)
+            ci.append(c)
+            val.append(v)
+        row += 1
+
+    # I_v - sum credits = 0 ; O_v - sum amounts = 0
+    credits: dict[str, list] = {v: [] for v in rows}
+    sends: dict[str, list] = {v: [] for v in rows}
+    for j, r in enumerate(inst.rails):
+        credits[r.to_venue] += [(j, -(1.0 - r.fee_rate)), (k + j, r.fixed_fee)]
+        sends[r.from_venue].append((j, -1.0))
+    for v in rows:
+        put([(inc + index[v], 1.0), *credits[v]])
+    for v in rows:
+        put([(out + index[v], 1.0), *sends[v]])
+    n_eq = row
+    for j, r in enumerate(inst.rails):
+        u, v = r.from_venue, r.to_venue
+        spare = max(0.0, inst.balance[u] - inst.target[u])
+        put([(j, 1.0), (k + j, -spare), (inc + index[u], -1.0)])
+        room = inst.target[v] - inst.balance[v] + mu[v]
+        put([(j, 1.0 - r.fee_rate), (k + j, -r.fixed_fee - room), (out + index[v], -1.0)])
+    matrix = coo_array((val, (ri, ci)), shape=(row, 2 * k + 2 * n))
+    return matrix, n_eq
+
+
 def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None]:
     """Min-fee plan ignoring order. Returns ("optimal", x_and_y) or ("infeasible", None)."""
     k = len(inst.rails)
     rows = _touched_venues(inst)
+    n = len(rows)
+    pad = coo_array((0, 2 * n))
+
+    def widen(c: LinearConstraint) -> LinearConstraint:
+        from scipy.sparse import hstack
+
+        return LinearConstraint(hstack([c.A, coo_array((c.A.shape[0], 2 * n))]), c.lb, c.ub)
+
     flow, _ = _flow_matrix(inst, rows)
     need = np.array([inst.target[v] - inst.balance[v] for v in rows])
-    constraints = [LinearConstraint(flow, need, np.inf), *_link_constraints(inst)]
+    constraints = [widen(LinearConstraint(flow, need, np.inf)), *(widen(c) for c in _link_constraints(inst))]
     cover = _cover_cuts(inst)
     if cover is not None:
-        constraints.append(cover)
-    cost = np.r_[[r.fee_rate for r in inst.rails], [r.fixed_fee for r in inst.rails]]
+        constraints.append(widen(cover))
+    vub, n_eq = _venue_bounds(inst, rows)
+    lower = np.r_[np.zeros(n_eq), np.full(vub.shape[0] - n_eq, -np.inf)]
+    constraints.append(LinearConstraint(vub, lower, np.zeros(vub.shape[0])))
+    del pad
+    cost = np.r_[[r.fee_rate for r in inst.rails], [r.fixed_fee for r in inst.rails], np.zeros(2 * n)]
     result = milp(
         cost,
-        integrality=np.r_[np.zeros(k), np.ones(k)],
-        bounds=Bounds(np.zeros(2 * k), np.r_[inst.big_m, np.ones(k)]),
+        integrality=np.r_[np.zeros(k), np.ones(k), np.zeros(2 * n)],
+        bounds=Bounds(np.zeros(2 * k + 2 * n), np.r_[inst.big_m, np.ones(k), np.full(2 * n, np.inf)]),
         constraints=constraints,
         options={"time_limit": time_limit, "mip_rel_gap": MIP_REL_GAP},
     )
@@ -240,7 +306,7 @@ def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray
         return "infeasible", None
     if result.status != 0 or result.x is None:
         raise RoutingError(f"{inst.asset}: solver did not prove an optimum ({result.message})")
-    return "optimal", result.x
+    return "optimal", result.x[: 2 * k]
 
 
 def _polish(inst: AssetInstance, used: list[int], fee: float) -> np.ndarray | None:
