@@ -76,6 +76,7 @@ def main(argv: list[str]) -> int:
     world = world_from_args(args, dagster_home / "mail")
     generator = None
     dagster = None
+    warm_worker = None
     try:
         world.start()
         env = {**os.environ, **world.env(), "DAGSTER_HOME": str(dagster_home)}
@@ -96,6 +97,11 @@ def main(argv: list[str]) -> int:
             )
             generator.start()
 
+        # The emergency fast path's warm worker (docs/emergency-path.md); it warms up while Dagster
+        # starts, and until it answers, stop-loss runs take the stock launch path.
+        from arb_orchestration.launcher.local import start_worker
+
+        warm_worker = start_worker(env, dagster_home=dagster_home)
         dagster = subprocess.Popen(
             [
                 sys.executable, "-m", "dagster", "dev",
@@ -130,6 +136,10 @@ def main(argv: list[str]) -> int:
                 dagster.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 dagster.kill()
+        if warm_worker is not None:
+            from arb_orchestration.launcher.local import stop_worker
+
+            stop_worker(warm_worker)
         if generator is not None:
             generator.stop()
         world.stop()

@@ -7,7 +7,9 @@ three parts of the deployment:
   run defaults from ``helm-values/`` when it builds the run's Kubernetes Job;
 - ``dagster/priority`` and the ``arb/*`` lane tags by the ``QueuedRunCoordinator`` in the daemon
   (``tagConcurrencyLimits`` in ``helm-values/values-control-plane.yaml`` names the same tags);
-- ``dagster/max_runtime`` / ``dagster/max_retries`` by run monitoring and run retries.
+- ``dagster/max_runtime`` / ``dagster/max_retries`` by run monitoring and run retries;
+- ``arb/fast_path`` by the run coordinator and launcher of ``arb_orchestration.launcher`` (the
+  run skips the queue and starts on the warm worker: docs/emergency-path.md).
 
 Every value is a string: the ``dagster-k8s/config`` value is JSON, exactly what
 ``dagster_k8s.job.get_user_defined_k8s_config`` parses, so the same dict works as job tags and as
@@ -34,6 +36,7 @@ RETRY_ON_ASSET_OR_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
 # to one run each (helm-values/values-control-plane.yaml); nothing limits the stop-loss lane.
 SAGA_TAG = "arb/saga"
 JOB_TAG = "arb/job"
+FAST_PATH_TAG = "arb/fast_path"  # = arb_orchestration.launcher.FAST_PATH_TAG (checked in test_launcher.py)
 
 STOP_LOSS_JOB = "emergency_stop_loss_saga"
 REBALANCE_JOB = "auto_rebalance_saga"
@@ -115,6 +118,7 @@ STOP_LOSS_RUN_TAGS: Mapping[str, str] = MappingProxyType(
         PRIORITY_TAG: str(STOP_LOSS_PRIORITY),
         SAGA_TAG: STOP_LOSS_SAGA_LANE,
         JOB_TAG: STOP_LOSS_JOB,
+        FAST_PATH_TAG: "true",
         **_no_automatic_run_retry(),
     }
 )

@@ -1,0 +1,324 @@
+"""`WarmWorkerRunLauncher`: fast-path runs to the warm worker, everything else to the stock launcher.
+
+Configured in the instance's dagster.yaml:
+
+    run_launcher:
+      module: arb_orchestration.launcher
+      class: WarmWorkerRunLauncher
+      config:
+        worker_address: unix:/path/warm-worker.sock   # default: <DAGSTER_HOME>/warm-worker.sock
+        # Kubernetes: worker_address: tcp:arb-warm-worker:4000, token: {env: ARB_WARM_WORKER_TOKEN},
+        # fallback: {module: dagster_k8s, class: K8sRunLauncher, config: {...}}
+
+A run tagged `arb/fast_path=true` is sent to the worker (`launcher.protocol`),
+which forks a child running Dagster's own `dagster api execute_run` with the
+same `ExecuteRunArgs` a container launcher would send: the run is an ordinary
+run of the instance (status, event log, UI, saga log). If the worker cannot
+take it — not running, timed out, stale code, another code location — the
+launcher writes why into the run's event log and hands the run to the
+fallback launcher (`DefaultRunLauncher` unless configured), so a run is never
+lost to the fast path. Runs without the tag go to the fallback directly.
+
+Where a worker run lives is written to its `arb/warm_worker` tag; health
+checks (run monitoring) and terminate go to that worker, and when it cannot be
+reached from the same host, to the process itself by (pid, start time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import Field, Permissive, StringSource
+from dagster import _check as check
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
+from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
+
+from arb_orchestration.launcher.process import host_identity, is_alive
+from arb_orchestration.launcher.protocol import WorkerAddress, WorkerUnavailable, call, default_socket_path
+from arb_orchestration.launcher.tags import FAST_PATH_TAG, FAST_PATH_VALUE, WARM_WORKER_TAG, is_fast_path
+
+_HEALTH_ATTEMPTS = 3  # a blip must not fail a running stop-loss: retry before answering UNKNOWN
+
+
+def run_module(run: DagsterRun) -> str | None:
+    """The module of the run's code location (`-m`/package pointers), None for file pointers."""
+    origin = run.job_code_origin
+    pointer = origin.repository_origin.code_pointer if origin is not None else None
+    return getattr(pointer, "module", None)
+
+
+def run_image(run: DagsterRun) -> str | None:
+    origin = run.job_code_origin
+    image = origin.repository_origin.container_image if origin is not None else None
+    return image or run.tags.get("dagster/image") or None
+
+
+class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
+    """Launches fast-path runs on the warm worker and all other runs with the fallback launcher."""
+
+    def __init__(
+        self,
+        worker_address: str | None = None,
+        fast_path_tag: str = FAST_PATH_TAG,
+        fast_path_value: str = FAST_PATH_VALUE,
+        connect_timeout_seconds: float = 0.5,
+        request_timeout_seconds: float = 5.0,
+        token: str | None = None,
+        fallback: Mapping[str, Any] | None = None,
+        inst_data: ConfigurableClassData | None = None,
+    ):
+        self._inst_data = inst_data
+        self._configured_address = worker_address
+        self.fast_path_tag = fast_path_tag
+        self.fast_path_value = fast_path_value
+        self.connect_timeout = connect_timeout_seconds
+        self.request_timeout = request_timeout_seconds
+        self._token = token or None
+        self._fallback_config = dict(fallback) if fallback else None
+        self._fallback: RunLauncher | None = None
+        super().__init__()
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict:
+        return {
+            "worker_address": Field(
+                StringSource, is_required=False,
+                description="unix:/path or host:port of the warm worker; default <DAGSTER_HOME>/warm-worker.sock. "
+                "'off' disables the fast path.",
+            ),
+            "fast_path_tag": Field(str, is_required=False, default_value=FAST_PATH_TAG),
+            "fast_path_value": Field(str, is_required=False, default_value=FAST_PATH_VALUE),
+            "connect_timeout_seconds": Field(float, is_required=False, default_value=0.5),
+            "request_timeout_seconds": Field(float, is_required=False, default_value=5.0),
+            "token": Field(StringSource, is_required=False, description="Shared secret; use {env: VAR}."),
+            "fallback": Field(
+                {"module": str, "class": str, "config": Field(Permissive(), is_required=False)},
+                is_required=False,
+                description="The stock launcher for every other run (default DefaultRunLauncher).",
+            ),
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
+        return cls(inst_data=inst_data, **config_value)
+
+    def register_instance(self, instance) -> None:
+        super().register_instance(instance)
+        self.fallback.register_instance(instance)
+
+    @property
+    def fallback(self) -> RunLauncher:
+        if self._fallback is None:
+            if self._fallback_config:
+                import yaml
+
+                data = ConfigurableClassData(
+                    self._fallback_config["module"],
+                    self._fallback_config["class"],
+                    yaml.safe_dump(dict(self._fallback_config.get("config") or {})),
+                )
+                self._fallback = check.inst(data.rehydrate(as_type=RunLauncher), RunLauncher)
+            else:
+                self._fallback = DefaultRunLauncher()
+        return self._fallback
+
+    @property
+    def worker_address(self) -> WorkerAddress | None:
+        """Where to launch; None when the fast path is off or no address can be derived."""
+        text = self._configured_address
+        if text is not None and text.strip().lower() in ("", "off", "none", "disabled"):
+            return None
+        if text is None:
+            root = getattr(self._instance, "root_directory", None) if self.has_instance else None
+            if not root:
+                return None
+            text = "unix:" + default_socket_path(root)
+        return WorkerAddress.parse(text)
+
+    def is_fast_path(self, run: DagsterRun) -> bool:
+        return is_fast_path(run.tags, self.fast_path_tag, self.fast_path_value)
+
+    def _call(self, address: WorkerAddress, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        return call(address, request, connect_timeout=self.connect_timeout,
+                    timeout=timeout or self.request_timeout, token=self._token)
+
+    # ------------------------------------------------------------------ launching
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        if not self.is_fast_path(run):
+            self.fallback.launch_run(context)
+            return
+        try:
+            placement = self._launch_on_worker(run)
+        except (WorkerUnavailable, ValueError) as exc:
+            self._instance.report_engine_event(
+                f"Fast path: the warm worker did not take this run ({exc}); launching it with "
+                f"{type(self.fallback).__name__} instead.",
+                run,
+                cls=type(self),
+            )
+            self.fallback.launch_run(context)
+            return
+        # The tag is the record (shown in the UI); no engine event here: the run's own process is
+        # writing its first events right now, and "Started process for run (pid)" names it anyway.
+        self._instance.add_run_tags(run.run_id, {WARM_WORKER_TAG: json.dumps(placement, sort_keys=True)})
+
+    def _launch_on_worker(self, run: DagsterRun) -> dict[str, Any]:
+        from dagster._grpc.types import ExecuteRunArgs
+
+        address = self.worker_address
+        if address is None:
+            raise WorkerUnavailable("the fast path is off (no worker address)")
+        if run.job_code_origin is None:
+            raise WorkerUnavailable("the run has no code origin")
+        args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
+        began = time.perf_counter()
+        reply = self._call(address, {
+            "op": "launch",
+            "run_id": run.run_id,
+            "args": serialize_value(args),
+            "module": run_module(run),
+            "image": run_image(run),
+        })
+        return {
+            "address": str(reply.get("address") or address),
+            "host": reply.get("host"),
+            "pid": int(reply["pid"]),
+            "ticks": reply.get("ticks"),
+            "worker_pid": reply.get("worker_pid"),
+            "launch_ms": round((time.perf_counter() - began) * 1000, 1),
+        }
+
+    @staticmethod
+    def placement(run: DagsterRun) -> dict[str, Any] | None:
+        """Where the warm worker runs this run (its `arb/warm_worker` tag), None if it did not take it."""
+        raw = run.tags.get(WARM_WORKER_TAG)
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) and value.get("pid") else None
+
+    def _ask_worker(self, placement: dict[str, Any], request: dict[str, Any], attempts: int = 1) -> dict[str, Any]:
+        address = WorkerAddress.parse(placement["address"])
+        last: WorkerUnavailable | None = None
+        for attempt in range(attempts):
+            try:
+                return self._call(address, {**request, "pid": placement["pid"], "ticks": placement.get("ticks"),
+                                            "host": placement.get("host")})
+            except WorkerUnavailable as exc:
+                last = exc
+                if exc.refused:
+                    break
+                if attempt + 1 < attempts:
+                    time.sleep(0.2 * (attempt + 1))
+        assert last is not None
+        raise last
+
+    @staticmethod
+    def _same_host(placement: dict[str, Any]) -> bool:
+        return placement.get("host") == host_identity()
+
+    # ------------------------------------------------------------------ health (run monitoring)
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        placement = self.placement(run)
+        if placement is None:
+            if self.fallback.supports_check_run_worker_health:
+                return self.fallback.check_run_worker_health(run)
+            # What stock monitoring does for a launcher without health checks: nothing but timeouts.
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"launched by {type(self.fallback).__name__}")
+        worker_id = f"{placement.get('host')}:{placement['pid']}"
+        try:
+            reply = self._ask_worker(placement, {"op": "health", "run_id": run.run_id}, attempts=_HEALTH_ATTEMPTS)
+        except WorkerUnavailable as exc:
+            if self._same_host(placement):
+                alive = is_alive(int(placement["pid"]), placement.get("ticks"))
+                status = WorkerStatus.RUNNING if alive else WorkerStatus.FAILED
+                return CheckRunHealthResult(
+                    status, f"warm worker unreachable ({exc}); run worker pid {placement['pid']} "
+                    f"{'alive' if alive else 'gone'}", run_worker_id=worker_id)
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"warm worker unreachable: {exc}",
+                                        transient=True, run_worker_id=worker_id)
+        status = WorkerStatus(reply.get("status", "UNKNOWN"))
+        message = reply.get("msg")
+        if status == WorkerStatus.SUCCESS and not run.is_finished:
+            # The process is gone but never wrote the end of the run.
+            status, message = WorkerStatus.FAILED, f"{message}, without finishing the run"
+        return CheckRunHealthResult(status, message, run_worker_id=worker_id)
+
+    def get_run_worker_debug_info(self, run: DagsterRun, include_container_logs: bool | None = True) -> str | None:
+        placement = self.placement(run)
+        if placement is None:
+            return self.fallback.get_run_worker_debug_info(run, include_container_logs)
+        try:
+            reply = self._ask_worker(placement, {"op": "health", "run_id": run.run_id})
+            state = f"{reply.get('status')}: {reply.get('msg')}"
+        except WorkerUnavailable as exc:
+            state = f"worker unreachable: {exc}"
+        return f"warm worker {placement['address']} on {placement.get('host')}, run worker pid {placement['pid']}: {state}"
+
+    # ------------------------------------------------------------------ terminate
+
+    def terminate(self, run_id: str) -> bool:
+        check.str_param(run_id, "run_id")
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        placement = self.placement(run)
+        if placement is None:
+            return self.fallback.terminate(run_id)
+        self._instance.report_run_canceling(run)
+        try:
+            reply = self._ask_worker(placement, {"op": "terminate", "run_id": run_id}, attempts=2)
+            signalled, message = bool(reply.get("signalled")), str(reply.get("msg") or "")
+        except WorkerUnavailable as exc:
+            pid = int(placement["pid"])
+            if self._same_host(placement) and is_alive(pid, placement.get("ticks")):
+                os.kill(pid, signal.SIGTERM)
+                signalled, message = True, f"warm worker unreachable ({exc}); SIGTERM sent to pid {pid} directly"
+            else:
+                self._instance.report_engine_event(
+                    f"Could not reach the warm worker to terminate the run: {exc}", run, cls=type(self))
+                return False
+        if signalled:
+            self._instance.report_engine_event(f"Terminate: {message}", run, cls=type(self))
+            return True
+        # Nothing left to signal: the run worker is already gone, so the run cannot end by itself.
+        self._instance.report_run_canceled(run, f"Terminate: {message}")
+        return True
+
+    # ------------------------------------------------------------------ the rest is the fallback's
+
+    @property
+    def supports_resume_run(self) -> bool:
+        return self.fallback.supports_resume_run
+
+    def resume_run(self, context) -> None:
+        self.fallback.resume_run(context)
+
+    def join(self, timeout: int = 30) -> None:
+        self.fallback.join(timeout)
+
+    def dispose(self) -> None:
+        self.fallback.dispose()

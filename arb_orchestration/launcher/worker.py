@@ -1,0 +1,625 @@
+"""The warm worker: a standing, single-threaded, pre-imported process that forks one child per run.
+
+At start it imports Dagster and the code location(s) it serves, resolves their
+definitions, builds an execution plan for every job that needs no config, runs
+a throwaway job in process and touches the instance's storage (then closes it),
+so a forked child starts with everything a run worker spends its first second
+on already in memory. Then it serves the protocol of `launcher.protocol`:
+
+* `launch` — fork; the child resets the signal dispositions it inherited,
+  drops the worker's sockets and runs Dagster's own run-worker entry point
+  (`dagster api execute_run <ExecuteRunArgs>`) in process, then `os._exit`s.
+  Refused (and the launcher falls back to the stock path) when the code
+  changed since the import, the run belongs to a code location this worker did
+  not import, the image differs, or a thread is alive (fork is only safe with
+  none: no thread, no gRPC channel, no open database connection is held here).
+* `health` — RUNNING / SUCCESS / FAILED of a run's child, from the exit status
+  it reaped, or, for a child it does not remember (it restarted since), from
+  the (pid, start time) pair recorded in the run's tags.
+* `terminate` — SIGTERM to the child; Dagster inside it turns that into a
+  clean cancellation.
+
+Code changes: the worker fingerprints the source files of the packages it
+serves; when they change (`dagster dev` reloads, a deploy) it refuses new runs
+and re-executes itself as soon as it is idle, picking up the new code. Its
+in-memory table of children is lost then, which is why health falls back to
+(pid, start time). On SIGTERM it stops listening, waits up to `drain_seconds`
+for running children (Kubernetes: a rollout does not cut a stop-loss short),
+and exits; children it leaves behind finish their runs on their own.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import hashlib
+import importlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arb_orchestration.launcher.process import host_identity, is_alive, start_ticks
+from arb_orchestration.launcher.protocol import (
+    PROTOCOL_VERSION,
+    ProtocolError,
+    WorkerAddress,
+    recv_frame,
+    send_frame,
+    token_matches,
+)
+
+log = logging.getLogger("arb_orchestration.launcher.worker")
+
+_KEEP_FINISHED = 2000  # exit statuses remembered for health checks
+
+
+@dataclass
+class Child:
+    """One forked run worker."""
+
+    run_id: str
+    pid: int
+    ticks: int | None
+    launched_at: float
+    exit_code: int | None = None  # >= 0 exit code, < 0 killed by that signal
+    exited_at: float | None = None
+
+    def describe(self) -> str:
+        if self.exit_code is None:
+            return f"run worker pid {self.pid} running"
+        if self.exit_code < 0:
+            name = signal.Signals(-self.exit_code).name if -self.exit_code in signal.valid_signals() else "?"
+            return f"run worker pid {self.pid} killed by signal {-self.exit_code} ({name})"
+        return f"run worker pid {self.pid} exited with code {self.exit_code}"
+
+
+@dataclass
+class WorkerOptions:
+    """How a `WarmWorker` is started (the command line of `python -m arb_orchestration.launcher`)."""
+
+    address: WorkerAddress
+    modules: list[str]
+    advertise: str | None = None  # the address the launcher should use for this very process
+    token: str | None = None
+    image: str | None = None  # refuse runs whose image differs (Kubernetes)
+    warm: bool = True
+    drain_seconds: float = 0.0
+    stale_check_seconds: float = 2.0
+    restart_when_stale: bool = True
+    watch_paths: list[Path] = field(default_factory=list)  # default: the packages of `modules`
+    warm_imports: list[str] = field(default_factory=list)  # lazily imported by runs (e.g. ccxt): import now
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return 1
+
+
+def source_fingerprint(paths: list[Path]) -> str:
+    """Hash of (path, size, mtime) of every .py file under `paths`: changes when the code does."""
+    digest = hashlib.sha256()
+    for root in paths:
+        if root.is_file():
+            files = [root]
+        else:
+            files = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+        for path in files:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def package_paths(modules: list[str]) -> list[Path]:
+    """Directories (or files) of the top-level packages of `modules`, found without importing them."""
+    import importlib.util
+
+    paths: list[Path] = []
+    for module in modules:
+        spec = importlib.util.find_spec(module.split(".")[0])
+        if spec is None or spec.origin is None:
+            continue
+        origin = Path(spec.origin)
+        paths.append(origin.parent if origin.name == "__init__.py" else origin)
+    return sorted(set(paths))
+
+
+class WarmWorker:
+    """See the module docstring. `serve_forever()` runs it; `warm_up()` is separate for tests."""
+
+    def __init__(self, options: WorkerOptions):
+        self.options = options
+        self.address = options.address
+        self.advertise = options.advertise or str(options.address)
+        self.host = host_identity()
+        self.started_at = time.time()
+        self.children: OrderedDict[str, Child] = OrderedDict()
+        self.reaped_unknown: OrderedDict[int, int] = OrderedDict()  # pid -> exit code, children of an earlier image
+        self.watch_paths = options.watch_paths or package_paths(options.modules)
+        self.fingerprint = source_fingerprint(self.watch_paths)
+        self.stale_reason: str | None = None
+        self.warm_timings: dict[str, float] = {}
+        # The instance of this DAGSTER_HOME, built once; a child whose run names the same instance
+        # uses it instead of building its own (no connection is open between calls: NullPool).
+        self.instance = None
+        self.instance_key: str | None = None
+        self.launches = 0
+        self._listener: socket.socket | None = None
+        self._stopping = False
+        self._last_stale_check = time.monotonic()
+
+    # ------------------------------------------------------------------ warm-up
+
+    def warm_up(self) -> dict[str, float]:
+        """Import and exercise everything a run worker needs, leaving no thread or connection behind."""
+        timings = self.warm_timings
+
+        def timed(name: str, fn) -> Any:
+            began = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                timings[name] = round(time.perf_counter() - began, 3)
+
+        timed("import_dagster", _import_run_worker_machinery)
+        for module in self.options.modules:
+            timed(f"load:{module}", lambda m=module: _load_code_location(m))
+        if self.options.warm:
+            timed("throwaway_run", _throwaway_run)
+            timed("http_client", _warm_http_client)
+        for name in self.options.warm_imports:
+            timed(f"import:{name}", lambda n=name: importlib.import_module(n))
+        self.instance, self.instance_key = timed("instance", _open_instance)
+        gc.collect()
+        gc.freeze()  # forked children do not copy-on-write the warm heap when they collect
+        threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        if threads:
+            log.warning("warm-up left threads alive (%s): launches are refused until they end", threads)
+        return timings
+
+    # ------------------------------------------------------------------ serving
+
+    def check_address_free(self) -> None:
+        if self.address.kind == "unix" and os.path.exists(self.address.path):
+            if _unix_socket_answers(self.address.path):
+                raise RuntimeError(f"another warm worker is already listening on {self.address}")
+
+    def bind(self) -> None:
+        address = self.address
+        if address.kind == "unix":
+            path = Path(address.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.check_address_free()
+            if path.exists():
+                path.unlink()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(path))
+            os.chmod(path, 0o600)  # only the user running Dagster may launch runs through it
+        else:
+            family = socket.AF_INET6 if ":" in (address.host or "") else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address.host, address.port))
+            if address.port == 0:
+                host, port = sock.getsockname()[:2]
+                self.address = WorkerAddress("tcp", host=host, port=port)
+                if not self.options.advertise:
+                    self.advertise = str(self.address)
+        sock.listen(64)
+        sock.setblocking(False)
+        self._listener = sock
+
+    def serve_forever(self, ready: "callable | None" = None) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit code. Re-executes itself when the code changed."""
+        if self._listener is None:
+            self.bind()
+        self._install_signal_handlers()
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ)
+        log.info("warm worker %s listening on %s (advertised %s), modules %s, warm-up %s",
+                 os.getpid(), self.address, self.advertise, self.options.modules, self.warm_timings)
+        if ready is not None:
+            ready(self)
+        try:
+            while not self._stopping:
+                for _key, _mask in selector.select(timeout=0.25):
+                    self._accept_one()
+                self.reap()
+                if time.monotonic() - self._last_stale_check >= self.options.stale_check_seconds:
+                    self.check_stale()
+                if self.stale_reason and self.options.restart_when_stale:
+                    selector.close()
+                    self._reexec()
+        finally:
+            selector.close()
+            self._close_listener()
+        return self._drain()
+
+    def _accept_one(self) -> None:
+        try:
+            conn, _peer = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        with conn:
+            conn.setblocking(True)
+            conn.settimeout(5.0)  # a stuck client must not hold the (single-threaded) worker
+            try:
+                request = recv_frame(conn)
+            except (OSError, ProtocolError) as exc:
+                log.warning("bad request: %s", exc)
+                return
+            reply = self.handle(request, conn)
+            try:
+                send_frame(conn, reply)
+            except OSError as exc:
+                log.warning("could not answer %s: %s", request.get("op"), exc)
+
+    # ------------------------------------------------------------------ requests
+
+    def handle(self, request: dict[str, Any], conn: socket.socket | None = None) -> dict[str, Any]:
+        if request.get("v") != PROTOCOL_VERSION:
+            return {"ok": False, "error": f"protocol version {request.get('v')!r} not supported (want {PROTOCOL_VERSION})"}
+        if not token_matches(self.options.token, request.get("token")):
+            return {"ok": False, "error": "bad or missing token"}
+        op = request.get("op")
+        try:
+            if op == "hello":
+                return {"ok": True, **self.info()}
+            if op == "launch":
+                return self._launch(request, conn)
+            if op == "health":
+                return self._health(request)
+            if op == "terminate":
+                return self._terminate(request)
+        except Exception as exc:  # a bad request must not take the worker down
+            log.exception("request %s failed", op)
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def info(self) -> dict[str, Any]:
+        self.reap()
+        return {
+            "worker_pid": os.getpid(),
+            "host": self.host,
+            "address": self.advertise,
+            "modules": list(self.options.modules),
+            "image": self.options.image,
+            "fingerprint": self.fingerprint,
+            "stale": self.stale_reason,
+            "started_at": self.started_at,
+            "warm_up": self.warm_timings,
+            "launches": self.launches,
+            "running": sorted(c.run_id for c in self.children.values() if c.exit_code is None),
+        }
+
+    def refusal(self, request: dict[str, Any]) -> str | None:
+        """Why this worker must not run this request (None: it may)."""
+        self.check_stale()
+        if self.stale_reason:
+            return f"stale: {self.stale_reason}"
+        if self._stopping:
+            return "shutting down"
+        module = request.get("module")
+        if module not in self.options.modules:
+            return f"code location module {module!r} is not one this worker imported ({self.options.modules})"
+        image = request.get("image")
+        if image and self.options.image and image != self.options.image:
+            return f"run image {image} differs from the worker's {self.options.image}"
+        threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        if threads:
+            return f"threads alive in the worker ({', '.join(threads)}): fork would be unsafe"
+        return None
+
+    def _launch(self, request: dict[str, Any], conn: socket.socket | None) -> dict[str, Any]:
+        run_id = str(request.get("run_id") or "")
+        payload = request.get("args")
+        if not run_id or not isinstance(payload, str):
+            return {"ok": False, "error": "launch needs run_id and args"}
+        existing = self.children.get(run_id)
+        if existing is not None and existing.exit_code is None:
+            return {"ok": False, "error": f"run {run_id} is already running here (pid {existing.pid})"}
+        why = self.refusal(request)
+        if why:
+            return {"ok": False, "error": why}
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            self._run_child(payload, conn)
+        self.launches += 1
+        child = Child(run_id=run_id, pid=pid, ticks=start_ticks(pid), launched_at=time.time())
+        self.children[run_id] = child
+        self.children.move_to_end(run_id)
+        self._forget_old()
+        return {"ok": True, "pid": pid, "ticks": child.ticks, "host": self.host, "address": self.advertise,
+                "worker_pid": os.getpid()}
+
+    def _run_child(self, payload: str, conn: socket.socket | None) -> None:
+        code = 1
+        try:
+            # Dispositions are inherited: the worker's handlers would swallow a terminate.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            for sock in (self._listener, conn):
+                if sock is not None:
+                    try:
+                        sock.close()
+                    except OSError:
+                        pass
+            gc.unfreeze()
+            import random
+
+            random.seed()  # the worker's RNG state is shared by every child otherwise (retry jitter)
+            code = run_worker_entry_point(payload, self.instance, self.instance_key)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    def _health(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.reap()
+        run_id = str(request.get("run_id") or "")
+        child = self.children.get(run_id)
+        if child is not None:
+            if child.exit_code is None:
+                if is_alive(child.pid, child.ticks):
+                    return {"ok": True, "status": "RUNNING", "msg": child.describe()}
+                return {"ok": True, "status": "FAILED", "msg": f"run worker pid {child.pid} vanished"}
+            status = "SUCCESS" if child.exit_code == 0 else "FAILED"
+            return {"ok": True, "status": status, "msg": child.describe()}
+        pid, ticks = int(request.get("pid") or 0), request.get("ticks")
+        if request.get("host") and request["host"] != self.host:
+            return {"ok": True, "status": "UNKNOWN",
+                    "msg": f"run launched on {request['host']}, this worker runs on {self.host}"}
+        if pid and is_alive(pid, ticks):
+            return {"ok": True, "status": "RUNNING", "msg": f"run worker pid {pid} alive (launched before a worker restart)"}
+        if pid in self.reaped_unknown:
+            code = self.reaped_unknown[pid]
+            status = "SUCCESS" if code == 0 else "FAILED"
+            return {"ok": True, "status": status, "msg": f"run worker pid {pid} exited with {code}"}
+        return {"ok": True, "status": "FAILED",
+                "msg": f"run worker pid {pid or '?'} is gone and this worker has no record of how it ended"}
+
+    def _terminate(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.reap()
+        run_id = str(request.get("run_id") or "")
+        child = self.children.get(run_id)
+        pid, ticks = (child.pid, child.ticks) if child else (int(request.get("pid") or 0), request.get("ticks"))
+        if child is not None and child.exit_code is not None:
+            return {"ok": True, "signalled": False, "msg": child.describe()}
+        if not pid or not is_alive(pid, ticks):
+            return {"ok": True, "signalled": False, "msg": f"run worker pid {pid or '?'} is not running"}
+        os.kill(pid, signal.SIGTERM)
+        return {"ok": True, "signalled": True, "msg": f"SIGTERM sent to run worker pid {pid}"}
+
+    # ------------------------------------------------------------------ children, staleness, shutdown
+
+    def reap(self) -> None:
+        by_pid = {c.pid: c for c in self.children.values() if c.exit_code is None}
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            code = _exit_code(status)
+            child = by_pid.get(pid)
+            if child is not None:
+                child.exit_code, child.exited_at = code, time.time()
+                log.info("run %s: %s", child.run_id, child.describe())
+            else:
+                self.reaped_unknown[pid] = code
+                while len(self.reaped_unknown) > _KEEP_FINISHED:
+                    self.reaped_unknown.popitem(last=False)
+
+    def _forget_old(self) -> None:
+        while len(self.children) > _KEEP_FINISHED:
+            oldest_id, oldest = next(iter(self.children.items()))
+            if oldest.exit_code is None:
+                break
+            del self.children[oldest_id]
+
+    def check_stale(self) -> str | None:
+        self._last_stale_check = time.monotonic()
+        if self.stale_reason is None and self.watch_paths:
+            now = source_fingerprint(self.watch_paths)
+            if now != self.fingerprint:
+                self.stale_reason = (f"code under {', '.join(map(str, self.watch_paths))} changed since this worker "
+                                     f"imported it ({self.fingerprint} -> {now}); restarting")
+                log.warning("warm worker: %s", self.stale_reason)
+        return self.stale_reason
+
+    def _reexec(self) -> None:
+        self._close_listener()
+        argv = [sys.executable, "-m", "arb_orchestration.launcher", *sys.argv[1:]]
+        log.warning("warm worker %s re-executing to load the new code: %s", os.getpid(), " ".join(argv))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, argv)
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum, _frame):
+            self._stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except OSError:
+                pass
+            self._listener = None
+            if self.address.kind == "unix":
+                try:
+                    os.unlink(self.address.path)
+                except OSError:
+                    pass
+
+    def _drain(self) -> int:
+        deadline = time.monotonic() + self.options.drain_seconds
+        while True:
+            self.reap()
+            running = [c for c in self.children.values() if c.exit_code is None]
+            if not running:
+                return 0
+            if time.monotonic() >= deadline:
+                if self.options.drain_seconds:
+                    log.warning("warm worker exiting with %d run(s) still running: %s", len(running),
+                                ", ".join(f"{c.run_id} (pid {c.pid})" for c in running))
+                return 0
+            time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- what the child runs
+
+
+def run_worker_entry_point(payload: str, instance=None, instance_key: str | None = None) -> int:
+    """Dagster's own run worker, in this process: `dagster api execute_run <payload>`.
+
+    When the run's instance is the one the worker already built (`instance_key`
+    is its serialized ref), the body of that command runs with it — the same
+    function the command calls once it has built the instance; otherwise the
+    command itself runs and builds its own.
+    """
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster._serdes import deserialize_value, serialize_value
+
+    args = deserialize_value(payload, ExecuteRunArgs)
+    if instance is not None and args.instance_ref is not None and serialize_value(args.instance_ref) == instance_key:
+        from dagster._cli.api import _execute_run_command_body
+        from dagster._utils.interrupts import capture_interrupts
+
+        with capture_interrupts():
+            return _execute_run_command_body(
+                args.run_id, instance, lambda _event: None,
+                set_exit_code_on_failure=bool(args.set_exit_code_on_failure),
+            )
+    from dagster._cli.api import execute_run_command
+
+    sys.argv = ["dagster", "api", "execute_run"]
+    try:
+        execute_run_command.main(args=[payload], prog_name="dagster api execute_run", standalone_mode=False)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+# --------------------------------------------------------------------------- warm-up steps
+
+
+def _import_run_worker_machinery() -> None:
+    # The run worker entry point, the execution API and the executors the project's jobs use.
+    importlib.import_module("dagster._cli.api")
+    importlib.import_module("dagster._core.execution.api")
+    importlib.import_module("dagster._core.executor.in_process")
+    importlib.import_module("dagster._core.executor.multiprocess")
+
+
+def _load_code_location(module: str) -> None:
+    """Import the module and resolve what a run worker resolves: repository, jobs, execution plans."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dagster._core.execution.api import create_execution_plan
+    from dagster._core.workspace.autodiscovery import loadable_targets_from_python_module
+
+    for target in loadable_targets_from_python_module(module, working_directory=os.getcwd()):
+        recon_repo = ReconstructableRepository.for_module(module, target.attribute, os.getcwd())
+        repo = recon_repo.get_definition()
+        for job in repo.get_all_jobs():
+            try:
+                # The same config machinery a run uses; jobs that require config just fail here.
+                create_execution_plan(recon_repo.get_reconstructable_job(job.name), run_config={})
+            except Exception:
+                pass
+
+
+def _throwaway_run() -> None:
+    """One in-process run on an ephemeral instance: executor, event and log machinery, imported and used."""
+    from dagster import DagsterInstance, job, op
+
+    @op
+    def _warm_op(context) -> int:
+        context.log.info("warming")
+        return 1
+
+    @job
+    def _warm_job():
+        _warm_op()
+
+    with DagsterInstance.ephemeral() as instance:
+        _warm_job.execute_in_process(instance=instance)
+
+
+def _warm_http_client() -> None:
+    """httpx builds its transport stack (and imports it) on a run's first client: ~30 ms, done here once."""
+    try:
+        import httpx
+    except ImportError:
+        return
+    httpx.Client(verify=False).close()
+
+
+def _open_instance():
+    """(instance, serialized ref) of DAGSTER_HOME, its storage stack imported and queried once; else (None, None).
+
+    Every storage Dagster ships (SQLite, PostgreSQL) uses NullPool: between calls no connection is
+    open, so the instance can be inherited by forked children.
+    """
+    if not os.environ.get("DAGSTER_HOME"):
+        return None, None
+    from dagster import DagsterInstance
+    from dagster._serdes import serialize_value
+
+    instance = DagsterInstance.get()
+    instance.get_run_by_id("00000000-0000-0000-0000-000000000000")
+    instance.get_runs(limit=1)
+    instance.all_logs("00000000-0000-0000-0000-000000000000")
+    return instance, serialize_value(instance.get_ref())
+
+
+def _unix_socket_answers(path: str) -> bool:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(0.5)
+    try:
+        sock.connect(path)
+        return True
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        sock.close()
+
+
