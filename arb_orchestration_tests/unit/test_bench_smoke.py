@@ -1,0 +1,85 @@
+"""Smoke tests of the benchmarks in bench/: each core function runs on a tiny input and returns sane structure.
+
+No timing is asserted (performance claims live in the benchmarks' own output).
+The stop-loss benchmark runs for real on a tiny world (2 venues x 3 perps, the
+exchange simulator on a free loopback port); the sensor benchmark's broker-free
+parts are checked here (it needs a real Kafka broker to run at all).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str):
+    """Import bench/<name>.py (bench/ is a folder of scripts, not a package)."""
+    module_name = f"_bench_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stop_loss_parallel_flattens_a_tiny_world_both_ways_and_summarises():
+    bench = _load("stop_loss_parallel")
+    result = bench.measure(venues=2, positions=3, trials=1, latencies=(0.0,), job_trials=0, warmup=False)
+    trials = result["trials"]
+    assert sorted(t.variant for t in trials) == ["parallel", "sequential"]
+    assert all(t.flat and t.orders == 6 and t.confirmed_s > 0 and t.last_close_s <= t.confirmed_s for t in trials)
+    rows = {row["variant"]: row for row in result["summary"]}
+    assert set(rows) == {"parallel", "sequential", "ratio"}
+    assert rows["parallel"]["n"] == 1 and rows["parallel"]["confirmed_median"] > 0
+    assert rows["ratio"]["confirmed_ratio"] == pytest.approx(
+        rows["sequential"]["confirmed_median"] / rows["parallel"]["confirmed_median"]
+    )
+
+
+def test_stop_loss_parallel_venues_list_distinct_perps_for_every_position():
+    bench = _load("stop_loss_parallel")
+    specs = bench.venue_specs(5, 20)
+    assert [s.name for s in specs] == ["binance", "okx", "bybit", "kraken", "hyperliquid"]
+    assert all(len({p.symbol for p in s.perps}) == 20 and not s.positions for s in specs)
+    with pytest.raises(ValueError):
+        bench.venue_specs(5, len(bench.PERP_BASES) + 1)
+
+
+def test_sensor_throughput_builds_the_funding_sensor_on_the_prefixed_topic():
+    bench = _load("sensor_throughput")
+    sensor, settings = bench.build_funding_sensor("bench-smoke-", max_messages=7)
+    assert sensor.name == "funding_deviation_sensor"
+    assert [job.name for job in sensor.jobs] == ["funding_rate_hedge"]
+    assert "bench-smoke-funding-rate-events" in sensor.description
+    assert settings.max_messages == 7
+
+
+def test_sensor_throughput_cursor_position_and_summary():
+    bench = _load("sensor_throughput")
+    cursor = json.dumps({"v": 1, "offsets": {"t/0": 5, "t/1": 7, "other/0": 100}})
+    assert bench.cursor_position(cursor, "t") == 12
+    assert bench.cursor_position(None, "t") == 0
+    passes = [
+        bench.Pass("raw", 100, 1.0), bench.Pass("raw+json", 100, 2.0),
+        bench.Pass("sensor", 100, 4.0, ticks=3, run_requests=2, extra={"cursor_bytes": 10}),
+    ]
+    summary = bench.summarize(passes)
+    assert summary["rate"] == {"raw": 100.0, "raw+json": 50.0, "sensor": 25.0}
+    assert summary["ratio_vs_raw"] == pytest.approx(0.25)
+    assert summary["sensors"]["sensor"]["ratio_vs_raw_json"] == pytest.approx(0.5)
+
+
+def test_run_all_finds_every_benchmark_and_gives_the_known_ones_small_arguments():
+    run_all = _load("run_all")
+    names = run_all.discover()
+    assert {"stop_loss_parallel", "sensor_throughput"} <= set(names)
+    assert "run_all" not in names and not any(n.startswith("_") for n in names)
+    assert set(run_all.SMALL_ARGS) >= {"stop_loss_parallel", "sensor_throughput"}
