@@ -24,7 +24,7 @@ def default_address() -> str | None:
     return f"unix:{default_socket_path(home)}" if home else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m arb_orchestration.launcher", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--address", default=os.environ.get("ARB_WARM_WORKER_ADDRESS") or default_address(),
@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also import MODULE at start (libraries runs import lazily, e.g. ccxt)")
     parser.add_argument("--watch", action="append", type=Path, default=[], metavar="PATH",
                         help="restart when files under PATH change (default: the packages of the modules)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     handler = logging.StreamHandler(sys.stderr)

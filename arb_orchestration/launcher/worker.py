@@ -34,6 +34,7 @@ import errno
 import gc
 import hashlib
 import importlib
+import json
 import logging
 import os
 import selectors
@@ -44,7 +45,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ from arb_orchestration.launcher.protocol import (
 log = logging.getLogger("arb_orchestration.launcher.worker")
 
 _KEEP_FINISHED = 2000  # exit statuses remembered for health checks
+_UNKNOWN_EXIT = 255  # a child we cannot wait for any more ended: how is not known
+_INHERITED_ENV = "ARB_WARM_WORKER_INHERITED_CHILDREN"
 
 
 @dataclass
@@ -77,6 +80,8 @@ class Child:
     def describe(self) -> str:
         if self.exit_code is None:
             return f"run worker pid {self.pid} running"
+        if self.exit_code == _UNKNOWN_EXIT:
+            return f"run worker pid {self.pid} ended (exit status unknown)"
         if self.exit_code < 0:
             name = signal.Signals(-self.exit_code).name if -self.exit_code in signal.valid_signals() else "?"
             return f"run worker pid {self.pid} killed by signal {-self.exit_code} ({name})"
@@ -98,6 +103,17 @@ class WorkerOptions:
     restart_when_stale: bool = True
     watch_paths: list[Path] = field(default_factory=list)  # default: the packages of `modules`
     warm_imports: list[str] = field(default_factory=list)  # lazily imported by runs (e.g. ccxt): import now
+
+
+def _inherited_children() -> list[Child]:
+    raw = os.environ.pop(_INHERITED_ENV, None)
+    if not raw:
+        return []
+    try:
+        return [Child(**item) for item in json.loads(raw)]
+    except (TypeError, ValueError):
+        log.warning("ignoring unreadable %s", _INHERITED_ENV)
+        return []
 
 
 def _exit_code(status: int) -> int:
@@ -149,7 +165,9 @@ class WarmWorker:
         self.host = host_identity()
         self.started_at = time.time()
         self.children: OrderedDict[str, Child] = OrderedDict()
-        self.reaped_unknown: OrderedDict[int, int] = OrderedDict()  # pid -> exit code, children of an earlier image
+        # Children forked by this process before it re-executed itself are still its children.
+        for child in _inherited_children():
+            self.children[child.run_id] = child
         self.watch_paths = options.watch_paths or package_paths(options.modules)
         self.fingerprint = source_fingerprint(self.watch_paths)
         self.stale_reason: str | None = None
@@ -397,10 +415,6 @@ class WarmWorker:
                     "msg": f"run launched on {request['host']}, this worker runs on {self.host}"}
         if pid and is_alive(pid, ticks):
             return {"ok": True, "status": "RUNNING", "msg": f"run worker pid {pid} alive (launched before a worker restart)"}
-        if pid in self.reaped_unknown:
-            code = self.reaped_unknown[pid]
-            status = "SUCCESS" if code == 0 else "FAILED"
-            return {"ok": True, "status": status, "msg": f"run worker pid {pid} exited with {code}"}
         return {"ok": True, "status": "FAILED",
                 "msg": f"run worker pid {pid or '?'} is gone and this worker has no record of how it ended"}
 
@@ -419,25 +433,19 @@ class WarmWorker:
     # ------------------------------------------------------------------ children, staleness, shutdown
 
     def reap(self) -> None:
-        by_pid = {c.pid: c for c in self.children.values() if c.exit_code is None}
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            except InterruptedError:
+        """Collect the exit status of our children that ended (only ours: never waitpid(-1))."""
+        for child in list(self.children.values()):
+            if child.exit_code is not None:
                 continue
-            if pid == 0:
-                return
-            code = _exit_code(status)
-            child = by_pid.get(pid)
-            if child is not None:
-                child.exit_code, child.exited_at = code, time.time()
+            try:
+                pid, status = os.waitpid(child.pid, os.WNOHANG)
+            except ChildProcessError:  # not (or no longer) our child: only its liveness can be told
+                if not is_alive(child.pid, child.ticks):
+                    child.exit_code, child.exited_at = _UNKNOWN_EXIT, time.time()
+                continue
+            if pid == child.pid:
+                child.exit_code, child.exited_at = _exit_code(status), time.time()
                 log.info("run %s: %s", child.run_id, child.describe())
-            else:
-                self.reaped_unknown[pid] = code
-                while len(self.reaped_unknown) > _KEEP_FINISHED:
-                    self.reaped_unknown.popitem(last=False)
 
     def _forget_old(self) -> None:
         while len(self.children) > _KEEP_FINISHED:
@@ -458,6 +466,9 @@ class WarmWorker:
 
     def _reexec(self) -> None:
         self._close_listener()
+        self.reap()
+        running = [asdict(c) for c in self.children.values() if c.exit_code is None]
+        os.environ[_INHERITED_ENV] = json.dumps(running)  # exec keeps the pid: they stay our children
         argv = [sys.executable, "-m", "arb_orchestration.launcher", *sys.argv[1:]]
         log.warning("warm worker %s re-executing to load the new code: %s", os.getpid(), " ".join(argv))
         sys.stdout.flush()

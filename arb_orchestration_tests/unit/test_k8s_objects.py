@@ -62,6 +62,9 @@ def test_every_manifest_file_has_documents():
         "secrets.template.yaml",
         "rbac-least-privilege.yaml",
         "priorityclass.yaml",
+        # The emergency fast path's warm worker (tested in test_launcher_k8s.py).
+        "warm-worker-deployment.yaml",
+        "warm-worker-networkpolicy.yaml",
     }
     for path in MANIFESTS:
         assert model.load_yaml_documents(path), path.name
