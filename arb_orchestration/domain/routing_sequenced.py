@@ -13,7 +13,7 @@ the rails per venue, so it is only built for small asset slices.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import Bounds, LinearConstraint
 from scipy.sparse import coo_array
 
 from arb_orchestration.domain.routing import Problem, RoutingError
@@ -24,13 +24,13 @@ MAX_PAIRS = 4000
 
 def solve_sequenced(problem: Problem, asset: str, time_limit: float):
     from arb_orchestration.domain.routing_solver import (
-        MIP_REL_GAP,
         AssetResult,
         _shortfall_reason,
         _flow_matrix,
         _touched_venues,
         _transfers,
         asset_instance,
+        run_milp,
     )
 
     # No dominance pruning here: merging parallel transfers is not always
@@ -110,12 +110,12 @@ def solve_sequenced(problem: Problem, asset: str, time_limit: float):
 
     upper = np.r_[inst.big_m, np.ones(k), np.full(k, float(k)), np.ones(n_pairs),
                   [cap[s] if kind == "in" else inst.big_m[s] for s, _, kind in pairs]]
-    result = milp(
+    result = run_milp(
         np.r_[[r.fee_rate for r in rails], [r.fixed_fee for r in rails], np.zeros(k + 2 * n_pairs)],
         integrality=np.r_[np.zeros(k), np.ones(k), np.zeros(k), np.ones(n_pairs), np.zeros(n_pairs)],
         bounds=Bounds(np.zeros(n_cols), upper),
         constraints=[LinearConstraint(coo_array((vals, (rows, cols)), shape=(row, n_cols)), lo, hi)],
-        options={"time_limit": time_limit, "mip_rel_gap": MIP_REL_GAP},
+        time_limit=time_limit,
     )
     if result.status == 2:
         return AssetResult(False, reason=(

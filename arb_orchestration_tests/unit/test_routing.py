@@ -202,3 +202,13 @@ def test_bad_input_names_the_offending_field(mutate, field, words):
         parse_problem(instance["balances"], instance["targets"], instance["rails"])
     assert caught.value.field == field
     assert str(caught.value).startswith(field) and words in str(caught.value)
+
+
+def test_highs_extra_options_reach_the_solver_with_this_scipy():
+    # run_milp goes through scipy's private HiGHS wrapper to switch off the
+    # sub-MIP heuristics (2-4x faster); if a scipy upgrade moves it, plans stay
+    # correct but slow — this test makes that visible instead of silent.
+    from arb_orchestration.domain import routing_solver
+
+    plan_routes(BAL, NEED_B, [rail("ab", "A", "B", 1), rail("ac", "A", "C", 1), rail("cb", "C", "B", 1)])
+    assert routing_solver.extra_options_unavailable is None
