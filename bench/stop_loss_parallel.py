@@ -4,8 +4,8 @@ What is timed: from the start of the liquidation to "every position flat",
 twice per trial:
 - `confirmed`: until the runner returns, i.e. until a fresh position snapshot
   and open-order check on every venue showed it flat (what the job waits for);
-- `last close`: until the venue received the last close order (when the book
-  actually became flat, minus that order's own round trip).
+- `last close`: until the venue filled the last close order (its receipt time
+  plus the injected latency: when the book actually became flat).
 
 Variants, alternated within each trial so drift hits both alike:
 - `parallel`: `liquidate_all` — the function the job's `liquidate` step calls
@@ -20,8 +20,8 @@ before each (`state.reset()` + `state.set_positions`).
 The world is the real exchange simulator (HTTP on a free loopback port, no
 price ticker), with each venue listing 20 perps. Every trial is repeated with
 an injected per-request latency (the simulator's `latency` fault on every
-endpoint, 20 and 50 ms by default, as a real exchange round trip): on loopback a request
-costs ~1 ms, so without it the test mostly measures Python and the GIL.
+endpoint, 20 and 50 ms by default, as a real exchange round trip): on loopback
+a request costs ~1 ms, so without it the test mostly measures Python and the GIL.
 
 The simulator's HTTP server used socketserver's default listen backlog of 5;
 a parallel stop-loss opens ~45 connections at once, the kernel dropped the
