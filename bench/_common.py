@@ -115,7 +115,12 @@ class Platform:
         if self.warm_worker:
             from arb_orchestration.launcher.local import start_worker
 
-            self.worker = start_worker(env, dagster_home=self.home, cwd=REPO_ROOT,
+            # Others edit this checkout while the bench runs; a worker restarting on their edits would
+            # send trials down the fallback path. Pin its code watch to a file that does not change
+            # (restart on change is covered by the integration tests).
+            pinned = self.home / "pinned-code.py"
+            pinned.write_text("")
+            self.worker = start_worker(env, dagster_home=self.home, cwd=REPO_ROOT, extra_args=["--watch", str(pinned)],
                                        stdout=self._log("worker"), stderr=subprocess.STDOUT)
             self.processes.append(self.worker)
         self.daemon = subprocess.Popen(

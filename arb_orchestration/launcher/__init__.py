@@ -4,10 +4,12 @@ See docs/emergency-path.md. Configured in the instance (arb_orchestration/sim/da
 
     run_coordinator: {module: arb_orchestration.launcher, class: FastPathRunCoordinator, config: {...}}
     run_launcher:    {module: arb_orchestration.launcher, class: WarmWorkerRunLauncher, config: {...}}
+    compute_logs:    {module: arb_orchestration.launcher, class: FastPathComputeLogManager}
 
 and the worker runs beside Dagster: `python -m arb_orchestration.launcher -m arb_orchestration.definitions`.
 """
 
+from arb_orchestration.launcher.compute_logs import FastPathComputeLogManager
 from arb_orchestration.launcher.coordinator import FastPathRunCoordinator
 from arb_orchestration.launcher.protocol import WorkerAddress, WorkerUnavailable
 from arb_orchestration.launcher.run_launcher import WarmWorkerRunLauncher
@@ -17,6 +19,7 @@ __all__ = [
     "FAST_PATH_TAG",
     "FAST_PATH_VALUE",
     "WARM_WORKER_TAG",
+    "FastPathComputeLogManager",
     "FastPathRunCoordinator",
     "WarmWorkerRunLauncher",
     "WorkerAddress",

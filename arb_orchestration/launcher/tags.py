@@ -10,6 +10,8 @@ find it again (JSON: address, host, pid, ticks, worker_pid).
 FAST_PATH_TAG = "arb/fast_path"
 FAST_PATH_VALUE = "true"
 WARM_WORKER_TAG = "arb/warm_worker"
+# Set in the environment of each run process the warm worker forks (read by FastPathComputeLogManager).
+WARM_CHILD_ENV = "ARB_WARM_WORKER_CHILD"
 
 
 def is_fast_path(tags, key: str = FAST_PATH_TAG, value: str = FAST_PATH_VALUE) -> bool:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from arb_orchestration.launcher.process import host_identity, is_alive, start_ticks
+from arb_orchestration.launcher.tags import WARM_CHILD_ENV
 from arb_orchestration.launcher.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
@@ -385,6 +386,7 @@ class WarmWorker:
             import random
 
             random.seed()  # the worker's RNG state is shared by every child otherwise (retry jitter)
+            os.environ[WARM_CHILD_ENV] = "1"
             code = run_worker_entry_point(payload, self.instance, self.instance_key)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -33,6 +33,7 @@ FAST = {"arb/fast_path": "true"}
 @op
 def say_hello(context) -> None:
     context.log.info(f"hello from pid {os.getpid()}")
+    print(f"stdout of pid {os.getpid()}", flush=True)
 
 
 @op
@@ -218,6 +219,9 @@ def test_fast_path_run_skips_the_queue_runs_on_the_worker_and_completes(platform
     statuses = [e.dagster_event.event_type_value for e in platform.instance.all_logs(run_id) if e.dagster_event]
     assert "PIPELINE_ENQUEUED" not in statuses and "PIPELINE_SUCCESS" in statuses
     assert platform.wait_for_message(run_id, f"Process for run exited (pid: {placement['pid']}).")
+    # Its stdout is captured for the UI (FastPathComputeLogManager, without the terminal mirror).
+    captured = "".join(p.read_text() for p in (platform.home / "storage" / run_id).rglob("*.out"))
+    assert f"stdout of pid {placement['pid']}" in captured
 
 
 def test_other_runs_are_queued_then_launched_by_the_stock_launcher(platform):

@@ -455,6 +455,37 @@ def test_shipped_local_instance_config(monkeypatch, tmp_path):
         assert instance.run_monitoring_enabled
 
 
+# --------------------------------------------------------------------------- compute logs
+
+
+@pytest.mark.parametrize("in_warm_child", [False, True])
+def test_compute_logs_skip_the_terminal_mirror_only_in_warm_worker_runs(tmp_path, monkeypatch, in_warm_child):
+    from arb_orchestration.launcher import FastPathComputeLogManager
+    from arb_orchestration.launcher.tags import WARM_CHILD_ENV
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    if in_warm_child:
+        monkeypatch.setenv(WARM_CHILD_ENV, "1")
+    else:
+        monkeypatch.delenv(WARM_CHILD_ENV, raising=False)
+    manager = FastPathComputeLogManager.from_config_value(None, {})
+    assert manager._base_dir == str(tmp_path / "storage")  # Dagster's default place
+    spawned = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(args, *a, **kw):
+        spawned.append(args[0])
+        return real_popen(args, *a, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    with manager.capture_logs(["run-1", "compute_logs", "step"]):
+        os.write(sys.stdout.fileno(), b"captured line\n")
+    out = Path(manager.get_captured_local_path(["run-1", "compute_logs", "step"], "out"))
+    assert _wait(lambda: "captured line" in out.read_text())
+    assert manager.is_capture_complete(["run-1", "compute_logs", "step"])
+    assert ("tail" in spawned) is (not in_warm_child)
+
+
 # --------------------------------------------------------------------------- worker decisions
 
 
