@@ -43,17 +43,22 @@ import fnmatch
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 
 from arb_orchestration.domain.models import NetworkFee
 from arb_orchestration.domain.routing import Plan, Rail, Transfer
 
 __all__ = [
+    "COMMIT_ORDERS",
     "FIAT_ASSETS",
     "FIAT_NETWORK",
     "FIAT_SOURCE",
     "Breach",
     "Guardrails",
+    "ParkAction",
+    "ParkedFunding",
     "PastRebalance",
     "PlannedTransfer",
     "RailSpec",
@@ -65,12 +70,16 @@ __all__ = [
     "check_guardrails",
     "compute_targets",
     "daily_usage",
+    "earlier_park_deadlines",
     "fee_from_quotes",
+    "park_action",
+    "park_deadline",
     "planned_transfers",
     "rail_id",
     "round_up",
     "split_executable",
     "wise_rails",
+    "wise_funds_first",
     "withdrawal_rails",
 ]
 
@@ -648,3 +657,120 @@ def fee_summary(plan: Plan | None) -> dict[str, float]:
     for t in plan.transfers:
         out[t.asset] = out.get(t.asset, 0.0) + t.fee
     return out
+
+
+# --------------------------------------------------------------------------- funding that needs a human
+#
+# EU/UK personal Wise tokens cannot fund a transfer through the API (PSD2 strong customer
+# authentication): the transfer exists, unfunded and cancellable, until a person funds it in the
+# Wise app. The saga then *parks* at its pivot: it records the leg, tells the risk team, and waits
+# with a deadline; funded → it goes on; deadline passed → the transfer is cancelled and the saga
+# compensates. The decisions are here; defs/rebalance/funding.py does the I/O.
+
+COMMIT_ORDERS = ("auto", "wise_first", "withdrawals_first")
+
+
+def wise_funds_first(order: str, *, funding_may_need_human: bool) -> bool:
+    """Whether the pivot funds the Wise legs before it creates the withdrawals.
+
+    A funded Wise transfer is gone at once; a withdrawal can be cancelled only
+    while `pending` (minutes). With an account that funds through the API the
+    withdrawals go first, so a refused funding still cancels them. When funding
+    may need a human (hours), it goes first, so a human who never approves
+    leaves nothing moved and the whole saga compensates. The price: a withdrawal
+    refused *after* a Wise leg was funded leaves that leg in flight — legs are
+    independent (relays are deferred), so that is a partial rebalance, not a loss.
+    `order`: "auto" (decide from `funding_may_need_human`), "wise_first", "withdrawals_first".
+    """
+    if order not in COMMIT_ORDERS:
+        raise ValueError(f"commit order must be one of {COMMIT_ORDERS}, got {order!r}")
+    if order == "auto":
+        return funding_may_need_human
+    return order == "wise_first"
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass(frozen=True)
+class ParkedFunding:
+    """A Wise leg whose transfer exists but must be funded by a person before `deadline` (epoch seconds)."""
+
+    index: int
+    transfer_id: int
+    amount: float  # leaves the Wise balance (the transfer's source value)
+    currency: str
+    to_venue: str
+    credited: float  # arrives at the venue
+    parked_at: float
+    deadline: float
+    reference: str = ""
+    recipient: str = ""  # masked IBAN
+
+    @property
+    def deadline_utc(self) -> str:
+        return _utc(self.deadline)
+
+    def describe(self) -> str:
+        """The line the run's UI shows while the saga waits."""
+        return (f"waiting for a human to approve Wise transfer {self.transfer_id} "
+                f"({self.amount:,.2f} {self.currency} → {self.to_venue}) in the Wise app until {self.deadline_utc}")
+
+    def to_note(self) -> dict[str, Any]:
+        """The saga-log note (`ctx.note(**...)`) that records the park durably."""
+        return {"parked": self.index, "wise_transfer_id": self.transfer_id, "amount": self.amount,
+                "currency": self.currency, "to": self.to_venue, "credited": self.credited,
+                "parked_at": self.parked_at, "deadline": self.deadline, "deadline_utc": self.deadline_utc,
+                "reference": self.reference, "recipient": self.recipient}
+
+    @classmethod
+    def from_note(cls, note: Mapping[str, Any]) -> "ParkedFunding":
+        return cls(index=int(note["parked"]), transfer_id=int(note["wise_transfer_id"]), amount=float(note["amount"]),
+                   currency=str(note["currency"]), to_venue=str(note["to"]), credited=float(note["credited"]),
+                   parked_at=float(note["parked_at"]), deadline=float(note["deadline"]),
+                   reference=str(note.get("reference") or ""), recipient=str(note.get("recipient") or ""))
+
+
+def earlier_park_deadlines(progress: Iterable[Mapping[str, Any]]) -> dict[int, float]:
+    """Per Wise transfer id, the first deadline an earlier attempt of the pivot recorded (saga-log notes)."""
+    out: dict[int, float] = {}
+    for note in progress:
+        if "parked" in note and "deadline" in note:
+            out.setdefault(int(note["wise_transfer_id"]), float(note["deadline"]))
+    return out
+
+
+def park_deadline(now: float, timeout: float, *, earlier: float | None = None,
+                  run_ends_at: float | None = None, reserve: float = 0.0) -> tuple[float, str | None]:
+    """When to stop waiting for the human, and why it is sooner than `timeout` (None if it is not).
+
+    A retried or relaunched pivot keeps the deadline its first attempt announced
+    (`earlier`): the risk team was told a time, and a retry must not extend it.
+    The wait also ends `reserve` seconds (time to create the withdrawals and see
+    every leg arrive) before `run_ends_at`, when run monitoring would terminate
+    the run (`dagster/max_runtime`): the saga cancels cleanly instead of being killed.
+    """
+    if earlier is not None:
+        return earlier, "kept from an earlier attempt of this step"
+    deadline = now + max(0.0, timeout)
+    if run_ends_at is not None and run_ends_at - reserve < deadline:
+        return max(now, run_ends_at - reserve), (
+            f"shortened to end {reserve:g}s before the run's dagster/max_runtime ({_utc(run_ends_at)})")
+    return deadline, None
+
+
+class ParkAction(str, Enum):
+    PROCEED = "proceed"  # funded (by the API or a person): the leg is committed
+    WAIT = "wait"  # still unfunded, deadline not reached
+    CANCEL = "cancel"  # still unfunded at the deadline: cancel it, then compensate
+    CLOSED = "closed"  # cancelled or refunded meanwhile (someone in the Wise app): business failure
+
+
+def park_action(*, waiting: bool, failed: bool, now: float, deadline: float) -> ParkAction:
+    """What to do with a parked leg whose transfer is now `waiting` (unfunded) or `failed` (closed)."""
+    if failed:
+        return ParkAction.CLOSED
+    if not waiting:
+        return ParkAction.PROCEED
+    return ParkAction.WAIT if now < deadline else ParkAction.CANCEL

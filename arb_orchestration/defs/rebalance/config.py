@@ -12,7 +12,7 @@ top level (the saga engine maps it onto every step), e.g.:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from dagster import Config
 from pydantic import Field
@@ -25,6 +25,8 @@ DEFAULT_FLOORS = {"USDT": 10_000.0, "USDC": 10_000.0, "EUR": 5_000.0}
 DEFAULT_MAX_TRANSFER = {"USDT": 250_000.0, "USDC": 250_000.0, "EUR": 100_000.0, "BTC": 5.0, "ETH": 100.0}
 DEFAULT_MAX_DAILY = {"USDT": 1_000_000.0, "USDC": 1_000_000.0, "EUR": 250_000.0, "BTC": 10.0, "ETH": 200.0}
 DEFAULT_MIN_DEFICIT = {"USDT": 500.0, "USDC": 500.0, "EUR": 500.0, "BTC": 0.01, "ETH": 0.2}
+# How long a Wise leg waits for a person to fund it (SCA) before the saga cancels it and compensates.
+DEFAULT_HUMAN_FUNDING_TIMEOUT_SECONDS = 4 * 3600.0
 # Networks the desk sends on today; a venue that starts offering a new one is not used until listed.
 DEFAULT_ALLOWED_DESTINATIONS = ["*:TRC20", "*:ARBITRUM", "*:SOL", "*:ERC20", "*:BTC", "*:SEPA"]
 
@@ -143,6 +145,19 @@ class RebalanceConfig(RebalancePolicyConfig):
     )
     verify_tolerance: float = Field(
         default=0.01, description="A destination may show up to this fraction of the credited amount less."
+    )
+    commit_order: Literal["auto", "wise_first", "withdrawals_first"] = Field(
+        default="auto",
+        description="Order inside the pivot. auto: Wise legs first when the Wise resource uses a personal token "
+        "(EU/UK: funding needs a human, so ask before anything irreversible), withdrawals first otherwise.",
+    )
+    human_funding_timeout_seconds: float = Field(
+        default=DEFAULT_HUMAN_FUNDING_TIMEOUT_SECONDS,
+        description="How long a Wise leg Wise refused to fund through the API (SCA) waits for a person to fund it "
+        "in the Wise app; then it is cancelled and the saga compensates.",
+    )
+    human_funding_poll_seconds: float = Field(
+        default=30.0, description="Between reads of a parked Wise transfer while a person is expected to fund it."
     )
     wise_recipient_holder: str = Field(
         default="Arb Desk", description="Account holder name of the venues' IBANs (Wise recipients)."

@@ -7,7 +7,12 @@ instance comes through `RebalanceJournalResource` (key `rebalance_journal`):
   today, per asset, read from their saga logs (the per-day guardrail);
 * `report(step, message, metadata)` — an engine event in the current run,
   attached to the step, carrying Dagster metadata (tables, markdown) so the
-  UI shows transfer ids, amounts, fees and etas next to each step.
+  UI shows transfer ids, amounts, fees and etas next to each step;
+* `step_progress(saga_id, step)` — the notes earlier attempts of a step wrote
+  (a retried pivot keeps the deadline it announced for a parked Wise leg);
+* `run_ends_at()` — when run monitoring terminates this run (`dagster/max_runtime`);
+* `tag_run(tags)` — run tags, e.g. `arb/waiting_for_human`, so the Runs page
+  shows a saga parked for a person.
 
 It opens nothing at import or load; the instance comes from the run.
 """
@@ -21,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from dagster import ConfigurableResource, InitResourceContext, MetadataValue, RunsFilter
 from pydantic import PrivateAttr
 
-from arb_orchestration.defs.k8s import REBALANCE_JOB
+from arb_orchestration.defs.k8s import MAX_RUNTIME_TAG, REBALANCE_JOB
 from arb_orchestration.domain.rebalance import PastRebalance, daily_usage
 from arb_orchestration.saga import InstanceSagaLog, RecordKind, SagaState, saga_id_for_run
 
@@ -122,3 +127,29 @@ class RebalanceJournalResource(ConfigurableResource):
                   else MetadataValue.text(str(v)) for k, v in metadata.items()}
         self._instance.report_engine_event(message, self._run, EngineEventData(metadata=values), step_key=step)
 
+
+    def step_progress(self, saga_id: str, step: str) -> list[dict[str, Any]]:
+        """The `note()`s recorded so far for `step` of this saga, by every run of it."""
+        if self._instance is None:
+            return []
+        return [dict(p) for p in InstanceSagaLog(self._instance).load(saga_id).step(step).progress]
+
+    def run_ends_at(self) -> float | None:
+        """Epoch seconds at which run monitoring terminates this run (start + `dagster/max_runtime`), if set."""
+        if self._instance is None or self._run is None:
+            return None
+        raw = self._run.tags.get(MAX_RUNTIME_TAG)
+        record = self._instance.get_run_record_by_id(self._run.run_id)
+        if not raw or record is None or record.start_time is None:
+            return None
+        try:
+            return float(record.start_time) + float(raw)
+        except ValueError:
+            return None
+
+    def tag_run(self, tags: Mapping[str, str]) -> None:
+        """Add (or overwrite) tags on this run: what the Runs page shows at a glance."""
+        if self._instance is None or self._run is None:
+            _log.info("run tags: %s", dict(tags))
+            return
+        self._instance.add_run_tags(self._run.run_id, dict(tags))

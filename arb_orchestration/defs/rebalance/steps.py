@@ -17,9 +17,11 @@ the same saga send the same keys:
 
 Before the pivot every side effect can be undone (an unfunded Wise transfer is
 cancelled; a withdrawal is cancellable while `pending`). The pivot commits
-withdrawals first, Wise fundings last (irreversible at once). If it fails part
-way, its compensation cancels what is still cancellable and reports (and
-mails) any leg already on its way. After the pivot only forward recovery:
+withdrawals first, Wise fundings last (irreversible at once) — unless funding
+may need a person (a personal token: EU/UK SCA), then the Wise legs go first
+and a refused one is parked until a person funds it or its deadline passes
+(`funding.py`). If the pivot fails part way, its compensation cancels what is
+still cancellable and reports (and mails) any leg already on its way. After the pivot only forward recovery:
 await_arrival / verify_balances retry, then the engine's hook mails the risk
 team and the recovery sensor relaunches the saga with the same keys.
 """
@@ -31,13 +33,14 @@ from typing import Any, Mapping
 
 from dagster import Failure, MetadataValue
 
+from arb_orchestration.defs.rebalance.funding import fund_wise_legs, funding_may_need_human
 from arb_orchestration.defs.rebalance.planning import Proposal, propose
 from arb_orchestration.defs.rebalance.report import (
     legs_markdown,
     proposal_metadata,
     summary_markdown,
 )
-from arb_orchestration.domain.rebalance import FIAT_SOURCE, PlannedTransfer
+from arb_orchestration.domain.rebalance import FIAT_SOURCE, PlannedTransfer, wise_funds_first
 from arb_orchestration.resources.errors import BusinessError, TransientError
 from arb_orchestration.resources.wise import CANCELLED, WAITING, customer_transaction_id_for
 
@@ -260,17 +263,23 @@ def cancel_prepared(ctx, wise) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 3. commit (pivot)
 
 
-def commit_transfers(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
-    """PIVOT: create the withdrawals, then fund the Wise transfers. Past this, money is on its way.
+def commit_transfers(ctx, exchange, wise, smtp, rebalance_journal) -> dict[str, Any]:
+    """PIVOT: create the withdrawals and fund the Wise transfers. Past this, money is on its way.
 
     Funds are checked for every leg not yet committed before the first one
     moves; a leg an earlier attempt already committed is found by its key and
-    not sent again.
+    not sent again. Order (`commit_order`): withdrawals first (cancellable while
+    pending) when Wise funds through the API; Wise first when funding may need
+    a person (personal token), so a person who never approves leaves nothing
+    moved. A Wise leg Wise refuses to fund through the API (SCA) is parked:
+    noted, mailed, waited for until `human_funding_timeout_seconds`, then
+    cancelled (business failure → compensation) — see `funding.py`.
     """
     plan = ctx.results[PLAN]
     skip = _skip_reason(plan)
     if skip:
         return {"skipped": skip}
+    cfg = ctx.config
     prepared = ctx.results[PREPARE]["legs"]
     legs = _legs(plan)
     withdrawals = [t for t in legs if t.kind == "withdrawal"]
@@ -281,9 +290,12 @@ def commit_transfers(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
         if exchange.venue(leg.from_venue).fetch_withdrawal(ctx.key("withdraw", leg.index, leg.rail)) is None:
             needed[(leg.from_venue, leg.asset)] = needed.get((leg.from_venue, leg.asset), 0.0) + leg.amount
     wise_needed: dict[str, float] = {}
+    funded: set[int] = set()
     for leg in fiat:
         transfer = wise.get_transfer(prepared[str(leg.index)]["wise_transfer_id"])
-        if not transfer.is_funded:
+        if transfer.is_funded:
+            funded.add(transfer.id)
+        else:
             wise_needed[leg.asset] = wise_needed.get(leg.asset, 0.0) + transfer.source_value
     for venue in sorted({v for v, _ in needed}):
         balances = exchange.venue(venue).fetch_balance()
@@ -299,6 +311,31 @@ def commit_transfers(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
                 raise BusinessError(f"the Wise balance holds {available.get(asset, 0.0):g} {asset}, the plan pays "
                                     f"{amount:g}; not funding", code="insufficient_funds")
 
+    wise_first = bool(fiat) and wise_funds_first(cfg.commit_order, funding_may_need_human=funding_may_need_human(wise))
+    committed: dict[str, dict[str, Any]] = {}
+    if wise_first:
+        ctx.log.info("funding the Wise legs before the withdrawals (funding may need a person)")
+        committed.update(fund_wise_legs(ctx, wise, smtp, rebalance_journal, fiat, prepared,
+                                        already_funded=funded, withdrawals_sent=False))
+    committed.update(_create_withdrawals(ctx, exchange, withdrawals, prepared))
+    if not wise_first:
+        committed.update(fund_wise_legs(ctx, wise, smtp, rebalance_journal, fiat, prepared,
+                                        already_funded=funded, withdrawals_sent=bool(withdrawals)))
+    committed = {i: committed[i] for i in sorted(committed, key=int)}
+    rows = {int(i): {"id": c.get("withdrawal_id") or c.get("wise_transfer_id"), "status": c["status"]}
+            for i, c in committed.items()}
+    rebalance_journal.report(
+        COMMIT,
+        f"committed {len(committed)} leg(s): money is on its way",
+        {"legs": MetadataValue.md(legs_markdown(legs, rows, ("id", "status"))),
+         "withdrawal_ids": [c["withdrawal_id"] for c in committed.values() if "withdrawal_id" in c],
+         "wise_transfer_ids": [c["wise_transfer_id"] for c in committed.values() if "wise_transfer_id" in c],
+         "order": "wise first" if wise_first else "withdrawals first"},
+    )
+    return {"committed": committed}
+
+
+def _create_withdrawals(ctx, exchange, withdrawals: list[PlannedTransfer], prepared) -> dict[str, dict[str, Any]]:
     committed: dict[str, dict[str, Any]] = {}
     for leg in withdrawals:
         key = ctx.key("withdraw", leg.index, leg.rail)
@@ -316,26 +353,7 @@ def commit_transfers(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
             "amount": w.amount, "fee": w.fee, "status": w.status, "eta_seconds": leg.eta_seconds,
             "committed_at": time.time(),
         }
-    for leg in fiat:
-        target = prepared[str(leg.index)]
-        wise.fund_transfer(target["wise_transfer_id"])
-        ctx.note(committed=leg.index, wise_transfer_id=target["wise_transfer_id"])
-        committed[str(leg.index)] = {
-            "kind": "wise", "wise_transfer_id": target["wise_transfer_id"],
-            "customer_transaction_id": target["customer_transaction_id"], "amount": target["target_value"],
-            "fee": target["wise_fee"], "status": "funded", "eta_seconds": leg.eta_seconds,
-            "committed_at": time.time(),
-        }
-    rows = {int(i): {"id": c.get("withdrawal_id") or c.get("wise_transfer_id"), "status": c["status"]}
-            for i, c in committed.items()}
-    rebalance_journal.report(
-        COMMIT,
-        f"committed {len(committed)} leg(s): money is on its way",
-        {"legs": MetadataValue.md(legs_markdown(legs, rows, ("id", "status"))),
-         "withdrawal_ids": [c["withdrawal_id"] for c in committed.values() if "withdrawal_id" in c],
-         "wise_transfer_ids": [c["wise_transfer_id"] for c in committed.values() if "wise_transfer_id" in c]},
-    )
-    return {"committed": committed}
+    return committed
 
 
 def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
