@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import pytest
 from dagster import (
@@ -155,8 +156,17 @@ def _engine_metadata(instance, run_id: str, step: str, key: str):
     return None
 
 
+def _wait_until_withdrawals_completed(world, timeout: float = 15.0):
+    """The slow network catches up: the relaunch inherits the failed run's short arrival timeout."""
+    deadline = time.monotonic() + timeout
+    while not all(w.status == "completed" for w in _withdrawals(world)):
+        assert time.monotonic() < deadline, [w.status for w in _withdrawals(world)]
+        time.sleep(0.05)
+
+
 def _recover_and_relaunch(instance, result, world):
     """What the recovery sensor does for a run that failed after the pivot, then the run it requests."""
+    _wait_until_withdrawals_completed(world)
     run = instance.get_run_by_id(result.run_id)
     outcome = recover_run(instance, SAGA.definition, run, resources_from_env())
     assert outcome.action is Action.RELAUNCH, outcome.reason
@@ -182,7 +192,8 @@ def test_deficits_are_covered_by_a_withdrawal_and_a_wise_payout_and_verified(sho
                                                           ("binance->okx:USDT:ARBITRUM", 8_000.0)]
     assert all(row["ok"] for row in state.step("verify_balances").result["verified"])
     run = instance.get_run_by_id(result.run_id)
-    assert run.tags["arb/saga"] == "auto_rebalance" and run.tags["dagster/max_runtime"] == "3600"
+    # The max runtime leaves room for a Wise leg parked for a person (1 h + the default 4 h wait).
+    assert run.tags["arb/saga"] == "auto_rebalance" and run.tags["dagster/max_runtime"] == str(3600 + 4 * 3600)
     # The UI: per-step metadata (ids, amounts) and the markdown summary of the executed plan.
     assert _engine_metadata(instance, result.run_id, "commit_transfers", "withdrawal_ids").value == [_withdrawals(world)[0].id]
     summary = _engine_metadata(instance, result.run_id, "verify_balances", "summary").value
