@@ -2,9 +2,16 @@
 
 Non-secret settings are read and validated now (a bad one fails the load with its
 name); secrets go in as `EnvVar` and are resolved only when a run uses them.
+
+`wise`: the plain `WiseResource` locally (the simulator); in prod `ProductionWiseResource`
+with `WISE_ENVIRONMENT` (sandbox | live | custom, inferred from `WISE_API_URL` when empty) and
+`WISE_AUTH` (personal_token | oauth_refresh_token | oauth_client_credentials), requiring exactly
+the secrets that mode needs. Same calls on both, so the rebalance steps take either.
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from dagster import EnvVar
 
@@ -13,9 +20,21 @@ from arb_orchestration.resources.kafka import KafkaResource
 from arb_orchestration.resources.sim_venue import SimExchangeResource
 from arb_orchestration.resources.smtp import SmtpResource
 from arb_orchestration.resources.wise import WiseResource
+from arb_orchestration.resources.wise_production import WISE_LIVE_URL, WISE_SANDBOX_URL, ProductionWiseResource
 
-# Secrets every prod deployment needs; venue credentials depend on the exchange backend.
-_SECRETS = ("WISE_API_TOKEN", "EVENT_SIGNING_KEY")
+# Secrets every prod deployment needs; venue credentials depend on the exchange backend, Wise's on WISE_AUTH.
+_SECRETS = ("EVENT_SIGNING_KEY",)
+
+WISE_AUTH_MODES = ("personal_token", "oauth_refresh_token", "oauth_client_credentials")
+# The secrets each WISE_AUTH mode needs (the OAuth client id is not a secret: WISE_OAUTH_CLIENT_ID).
+_WISE_SECRETS = {
+    "personal_token": ("WISE_API_TOKEN",),
+    "oauth_refresh_token": ("WISE_OAUTH_CLIENT_SECRET", "WISE_OAUTH_REFRESH_TOKEN"),
+    "oauth_client_credentials": ("WISE_OAUTH_CLIENT_SECRET",),
+}
+# Hosts ProductionWiseResource accepts with environment=live (it checks the same itself).
+_WISE_LIVE_HOSTS = {urlsplit(WISE_LIVE_URL).hostname, "api.wise.com"}
+_WISE_SANDBOX_HOST = urlsplit(WISE_SANDBOX_URL).hostname
 
 
 def _optional_secret(name: str):
@@ -42,17 +61,74 @@ def exchange_resource(deployment: str):
     raise settings.SettingError(f"EXCHANGE_BACKEND must be 'sim' or 'ccxt', got {backend!r}")
 
 
+def _wise_auth(deployment: str) -> str:
+    auth = settings.get("WISE_AUTH", deployment=deployment).strip()
+    if auth not in WISE_AUTH_MODES:
+        raise settings.SettingError(f"WISE_AUTH must be one of {', '.join(WISE_AUTH_MODES)}, got {auth!r}")
+    return auth
+
+
+def _require_wise_secrets(deployment: str) -> None:
+    """In prod, the secrets the chosen WISE_AUTH needs must be set (their values are not read here)."""
+    import os
+
+    auth = _wise_auth(deployment)
+    for name in _WISE_SECRETS[auth]:
+        if not os.environ.get(name):
+            raise settings.SettingError(
+                f"missing required secret {name}: {settings.SETTINGS[name].help} (WISE_AUTH={auth})"
+            )
+
+
+def _wise_environment(base_url: str, deployment: str) -> str:
+    explicit = settings.get("WISE_ENVIRONMENT", deployment=deployment).strip().lower()
+    if explicit not in ("", "sandbox", "live", "custom"):
+        raise settings.SettingError(f"WISE_ENVIRONMENT must be sandbox, live or custom (or empty), got {explicit!r}")
+    url = urlsplit(base_url)
+    inferred = "live" if url.hostname in _WISE_LIVE_HOSTS else "sandbox" if url.hostname == _WISE_SANDBOX_HOST else "custom"
+    environment = explicit or inferred
+    if environment == "live" and (url.scheme != "https" or url.hostname not in _WISE_LIVE_HOSTS):
+        raise settings.SettingError(
+            f"WISE_API_URL must be {WISE_LIVE_URL} with WISE_ENVIRONMENT=live, got {base_url!r}")
+    if environment == "sandbox" and url.scheme != "https":
+        raise settings.SettingError(f"WISE_API_URL must be https:// with WISE_ENVIRONMENT=sandbox, got {base_url!r}")
+    if environment == "custom" and inferred == "live":
+        raise settings.SettingError(
+            f"WISE_API_URL {base_url!r} is the live Wise API: set WISE_ENVIRONMENT=live (or leave it empty), not custom")
+    return environment
+
+
+def wise_resource(deployment: str):
+    """Local: `WiseResource` (the simulator). Prod: `ProductionWiseResource` (environment, auth, profile check, SCA)."""
+    base_url = settings.get_url("WISE_API_URL", deployment)
+    profile_id = settings.get_int("WISE_PROFILE_ID", deployment)
+    if deployment != "prod":
+        return WiseResource(base_url=base_url, api_token=EnvVar("WISE_API_TOKEN"), profile_id=profile_id)
+    auth = _wise_auth(deployment)
+    options: dict = {"base_url": base_url, "environment": _wise_environment(base_url, deployment), "auth": auth,
+                     "profile_id": profile_id}
+    if auth == "personal_token":
+        options["api_token"] = EnvVar("WISE_API_TOKEN")
+    else:
+        client_id = settings.get("WISE_OAUTH_CLIENT_ID", deployment=deployment).strip()
+        if not client_id:
+            raise settings.SettingError(
+                f"missing required setting WISE_OAUTH_CLIENT_ID: {settings.SETTINGS['WISE_OAUTH_CLIENT_ID'].help} "
+                f"(WISE_AUTH={auth})")
+        options.update(client_id=client_id, client_secret=EnvVar("WISE_OAUTH_CLIENT_SECRET"))
+        if auth == "oauth_refresh_token":
+            options["refresh_token"] = EnvVar("WISE_OAUTH_REFRESH_TOKEN")
+    return ProductionWiseResource(**options)
+
+
 def resources_for_deployment(deployment: str) -> dict:
     if deployment == "prod":
+        _require_wise_secrets(deployment)
         for name in _SECRETS:
             settings.require_secret_present(name, deployment)
     return {
         "exchange": exchange_resource(deployment),
-        "wise": WiseResource(
-            base_url=settings.get_url("WISE_API_URL", deployment),
-            api_token=EnvVar("WISE_API_TOKEN"),
-            profile_id=settings.get_int("WISE_PROFILE_ID", deployment),
-        ),
+        "wise": wise_resource(deployment),
         "kafka": KafkaResource(
             bootstrap_servers=settings.get("KAFKA_BOOTSTRAP_SERVERS", deployment=deployment),
             security_protocol=settings.get("KAFKA_SECURITY_PROTOCOL", deployment=deployment),
