@@ -8,7 +8,6 @@ and next to each rule.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -326,11 +325,13 @@ def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray
     vub, n_eq = _venue_bounds(inst, rows)
     lower = np.r_[np.zeros(n_eq), np.full(vub.shape[0] - n_eq, -np.inf)]
     constraints.append(LinearConstraint(vub, lower, np.zeros(vub.shape[0])))
-    cost = np.r_[[r.fee_rate for r in inst.rails], [r.fixed_fee for r in inst.rails], np.zeros(2 * n)]
+    n_cols = 2 * k + 2 * n
+    upper = np.r_[inst.big_m, np.ones(k), np.full(2 * n, np.inf)]
+    cost = np.r_[[r.fee_rate for r in inst.rails], [r.fixed_fee for r in inst.rails], np.zeros(n_cols - 2 * k)]
     result = run_milp(
         cost,
-        integrality=np.r_[np.zeros(k), np.ones(k), np.zeros(2 * n)],
-        bounds=Bounds(np.zeros(2 * k + 2 * n), np.r_[inst.big_m, np.ones(k), np.full(2 * n, np.inf)]),
+        integrality=np.r_[np.zeros(k), np.ones(k), np.zeros(n_cols - 2 * k)],
+        bounds=Bounds(np.zeros(n_cols), upper),
         constraints=constraints,
         time_limit=time_limit,
     )
