@@ -30,6 +30,11 @@ module three questions before any money moves:
    every breached rule (per-transfer and per-day limits per asset, destination
    allowlist). A breach stops the saga before anything moves.
 
+At the pivot it asks one more: **which goes first, and what if Wise wants a
+person to fund?** `wise_funds_first` orders the pivot; `park_deadline` and
+`park_action` decide how long a Wise leg that needs a human (SCA) waits and
+what happens to it (`ParkedFunding` is its saga-log note).
+
 Amount conventions follow the planner (`domain/routing.py`): a transfer's
 `amount` is what leaves the source, `fee` what is lost on the way and
 `credited = amount − fee` what arrives — which is the amount to *withdraw*
