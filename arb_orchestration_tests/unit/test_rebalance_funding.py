@@ -3,14 +3,16 @@ decisions (commit order, park deadline, what to do with a parked leg), then the 
 parked (noted, mailed, waited for) and goes on once a person funds it; nobody funding it by the deadline
 cancels the transfer and compensates with nothing moved; funded at the last moment is taken as funded; closed
 meanwhile is a business failure; a retried pivot keeps the deadline it announced; an API-fundable account keeps
-the withdrawals-first order."""
+the withdrawals-first order; the journal's run deadline (start + dagster/max_runtime) and run tag on a real instance."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+from dagster import instance_for_test, job, op
 
+from arb_orchestration.defs.rebalance import RebalanceJournalResource
 from arb_orchestration.defs.rebalance.funding import HUMAN_FUNDING_CLOSED, HUMAN_FUNDING_TIMEOUT, WAITING_FOR_HUMAN_TAG
 from arb_orchestration.domain.rebalance import (
     ParkAction,
@@ -281,3 +283,21 @@ def test_an_account_that_funds_through_the_api_keeps_withdrawals_first_unless_to
         _step(resources, log, name, _config(commit_order=commit_order))
     assert order == expected
     assert log.load("saga-1").step("verify_balances").done
+
+
+def test_the_journal_knows_when_run_monitoring_ends_the_run_and_tags_it():
+    @op
+    def look(rebalance_journal: RebalanceJournalResource):
+        rebalance_journal.tag_run({WAITING_FOR_HUMAN_TAG: "wise transfer 1 until T"})
+        rebalance_journal.tag_run({WAITING_FOR_HUMAN_TAG: "no (funded by hand)"})  # overwritten, not added
+        return rebalance_journal.run_ends_at()
+
+    @job(tags={"dagster/max_runtime": "100"})
+    def probe():
+        look()
+
+    with instance_for_test() as instance:
+        result = probe.execute_in_process(instance=instance, resources={"rebalance_journal": RebalanceJournalResource()})
+        record = instance.get_run_record_by_id(result.run_id)
+        assert result.output_for_node("look") == pytest.approx(record.start_time + 100.0)
+        assert record.dagster_run.tags[WAITING_FOR_HUMAN_TAG] == "no (funded by hand)"
