@@ -109,9 +109,12 @@ class Platform:
         return self.root / self.name
 
     def start(self) -> None:
+        from arb_orchestration.launcher.local import initialize_instance
+
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "dagster.yaml").write_text(self.instance_yaml)
         env = {**self.env, "DAGSTER_HOME": str(self.home)}
+        initialize_instance(self.home)  # before the processes below race to create the databases
         if self.warm_worker:
             from arb_orchestration.launcher.local import start_worker
 

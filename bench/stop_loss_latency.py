@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed trials of the stock configuration (each takes ~15 s)")
     parser.add_argument("--configs", default="fast,stock", help="comma-separated: fast, stock, fast-no-worker")
     parser.add_argument("--kafka-bootstrap", default=None, help="a real broker instead of the embedded mock")
+    parser.add_argument("--long-poll", type=float, default=None,
+                        help="ARB_SENSOR_LONG_POLL_SECONDS for the fast configurations (default: the sensors' own)")
     parser.add_argument("--trial-timeout", type=float, default=90.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-home", action="store_true", help="keep each DAGSTER_HOME (logs) for inspection")
@@ -299,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
 
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     table = configs(names)
+    if args.long_poll is not None:
+        for name, spec in table.items():
+            if name.startswith("fast"):
+                spec["extra_env"]["ARB_SENSOR_LONG_POLL_SECONDS"] = str(args.long_poll)
     bench = Bench(args)
     results: dict[str, list[Trial]] = {}
     load_before = os.getloadavg()

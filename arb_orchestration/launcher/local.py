@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,29 @@ def socket_address(dagster_home: str | Path) -> WorkerAddress:
     return WorkerAddress.parse("unix:" + default_socket_path(str(dagster_home)))
 
 
+def initialize_instance(dagster_home: str | Path) -> None:
+    """Create the instance's SQLite databases here, once, before several processes open them.
+
+    Dagster's SQLite storages create their tables and stamp the alembic revision on first use;
+    two processes doing that at once (the worker's warm-up and `dagster dev` starting on a fresh
+    DAGSTER_HOME) can stamp twice, after which no process can load the instance ("more than one
+    head"). Idempotent and quick when the databases exist.
+    """
+    from dagster import DagsterInstance
+
+    home = str(Path(dagster_home).resolve())
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = home  # dagster_local.yaml places its databases at {env: DAGSTER_HOME}
+    try:
+        with DagsterInstance.from_config(home) as instance:
+            instance.get_runs(limit=1)
+    finally:
+        if previous is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+
+
 def start_worker(
     env: Mapping[str, str],
     *,
@@ -28,7 +52,12 @@ def start_worker(
     stdout: IO[Any] | int | None = None,
     stderr: IO[Any] | int | None = None,
 ) -> subprocess.Popen:
-    """`python -m arb_orchestration.launcher` with DAGSTER_HOME set; returns at once (it warms up for seconds)."""
+    """`python -m arb_orchestration.launcher` with DAGSTER_HOME set; returns once it is started, not warm.
+
+    The instance's databases are created first (`initialize_instance`), so start the worker
+    before anything else that opens the instance.
+    """
+    initialize_instance(dagster_home)
     command = [sys.executable, "-m", "arb_orchestration.launcher",
                "--address", str(socket_address(dagster_home))]
     for module in modules:

@@ -65,6 +65,7 @@ log = logging.getLogger("arb_orchestration.launcher.worker")
 _KEEP_FINISHED = 2000  # exit statuses remembered for health checks
 _UNKNOWN_EXIT = 255  # a child we cannot wait for any more ended: how is not known
 _INHERITED_ENV = "ARB_WARM_WORKER_INHERITED_CHILDREN"
+PROFILE_ENV = "ARB_WARM_WORKER_PROFILE_DIR"  # set: each child writes a cProfile of its run there
 
 
 @dataclass
@@ -387,7 +388,17 @@ class WarmWorker:
 
             random.seed()  # the worker's RNG state is shared by every child otherwise (retry jitter)
             os.environ[WARM_CHILD_ENV] = "1"
-            code = run_worker_entry_point(payload, self.instance, self.instance_key)
+            profile_dir = os.environ.get(PROFILE_ENV)
+            if profile_dir:  # diagnosis: where a run's first second goes (docs/emergency-path.md)
+                import cProfile
+
+                profiler = cProfile.Profile()
+                try:
+                    code = profiler.runcall(run_worker_entry_point, payload, self.instance, self.instance_key)
+                finally:
+                    profiler.dump_stats(os.path.join(profile_dir, f"run-{os.getpid()}.prof"))
+            else:
+                code = run_worker_entry_point(payload, self.instance, self.instance_key)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
