@@ -27,9 +27,10 @@ class Move:
 
 
 def funding_tolerance(amount: float) -> float:
-    # The MILP's solution satisfies constraints to ~1e-7 absolute (HiGHS's
-    # primal feasibility tolerance): a venue "holding" amount - 1e-9 is funded.
-    return 1e-6 * max(1.0, abs(amount))
+    # The MILP's solution satisfies its rows to HiGHS's primal feasibility
+    # tolerance (1e-7, on scaled rows): a venue holding amount*(1 - 1e-7) is
+    # funded; anything short by more is a real shortfall.
+    return 1e-7 * max(1.0, abs(amount))
 
 
 def order_moves(

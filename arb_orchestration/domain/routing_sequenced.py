@@ -42,6 +42,17 @@ def solve_sequenced(problem: Problem, asset: str, time_limit: float):
         return AssetResult(True, 0.0, [])
     if k == 0:
         return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
+    out_degree: dict[str, int] = {}
+    in_degree: dict[str, int] = {}
+    for r in rails:
+        out_degree[r.from_venue] = out_degree.get(r.from_venue, 0) + 1
+        in_degree[r.to_venue] = in_degree.get(r.to_venue, 0) + 1
+    n_pairs_needed = sum(n_out * (in_degree.get(v, 0) + n_out - 1) for v, n_out in out_degree.items())
+    if n_pairs_needed > MAX_PAIRS:
+        raise RoutingError(
+            f"{asset}: the cheapest flow cannot be funded in any order and the instance is too large "
+            f"for the exact sequencing model ({n_pairs_needed} rail pairs > {MAX_PAIRS})"
+        )
     pairs: list[tuple[int, int, str]] = []  # (s, r, kind): s placed relative to r; kind "in" or "out"
     for r_idx, r in enumerate(rails):
         for s_idx, s in enumerate(rails):
@@ -51,11 +62,6 @@ def solve_sequenced(problem: Problem, asset: str, time_limit: float):
                 pairs.append((s_idx, r_idx, "in"))
             elif s.from_venue == r.from_venue:
                 pairs.append((s_idx, r_idx, "out"))
-    if len(pairs) > MAX_PAIRS:
-        raise RoutingError(
-            f"{asset}: the cheapest flow cannot be funded in any order and the instance is too large "
-            f"for the exact sequencing model ({len(pairs)} rail pairs > {MAX_PAIRS})"
-        )
     n_pairs = len(pairs)
     # Column layout: x[k] y[k] pos[k] o[n] aux[n] (aux = w for inbound pairs, v for outbound pairs)
     X, Y, POS, O, AUX = 0, k, 2 * k, 3 * k, 3 * k + n_pairs
