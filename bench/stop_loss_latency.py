@@ -19,6 +19,7 @@ Configurations, measured in the same invocation:
          default per-run SQLite event logs, sensors without long poll (still every
          5 s: their minimum interval), the multiprocess executor.
   fast-no-worker  (optional) fast yaml, no worker running: every launch falls back.
+  fast-queued     (optional) fast, but Dagster's QueuedRunCoordinator (1 s dequeue): no queue bypass.
 One untimed warm-up trial precedes each configuration's trials.
 
   .venv/bin/python bench/stop_loss_latency.py --trials 20 [--stock-trials 10] [--kafka-bootstrap HOST:PORT]
@@ -65,6 +66,11 @@ def configs(names: list[str]) -> dict[str, dict]:
                      warm_worker=True),
         "fast-no-worker": dict(instance_yaml=fast_yaml, extra_env={},
                                code_args=["-m", "arb_orchestration.definitions"], warm_worker=False),
+        # The queue bypass off: Dagster's QueuedRunCoordinator with the same 1 s dequeue interval.
+        "fast-queued": dict(instance_yaml=fast_yaml.replace(
+                                "module: arb_orchestration.launcher\n  class: FastPathRunCoordinator",
+                                "module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator"),
+                            extra_env={}, code_args=["-m", "arb_orchestration.definitions"], warm_worker=True),
         "stock": dict(instance_yaml=STOCK_INSTANCE_YAML, extra_env={"ARB_SENSOR_LONG_POLL_SECONDS": "0"},
                       code_args=["-f", str(Path(__file__).resolve().parent / "_common.py"), "-a", "stock_defs"],
                       warm_worker=False),
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=20, help="timed trials of the fast configuration")
     parser.add_argument("--stock-trials", type=int, default=10,
                         help="timed trials of the stock configuration (each takes ~15 s)")
-    parser.add_argument("--configs", default="fast,stock", help="comma-separated: fast, stock, fast-no-worker")
+    parser.add_argument("--configs", default="fast,stock", help="comma-separated: fast, stock, fast-no-worker, fast-queued")
     parser.add_argument("--kafka-bootstrap", default=None, help="a real broker instead of the embedded mock")
     parser.add_argument("--long-poll", type=float, default=None,
                         help="ARB_SENSOR_LONG_POLL_SECONDS for the fast configurations (default: the sensors' own)")
