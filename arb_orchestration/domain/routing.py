@@ -5,7 +5,8 @@ command import only from here):
 
 - `plan_routes(balances, targets, rails) -> Plan`: the proven cheapest set of
   transfers that leaves every venue at or above its target, ordered so that
-  each transfer is funded when it runs;
+  each transfer is funded when it runs — and never takes its source below
+  the source's own target (the floor rule, see docs/route-planner.md);
 - `naive_plan(...) -> Plan`: direct transfers only, cheapest direct rail per
   deficit (the comparison baseline);
 - `parse_problem(...)`/`RoutingInputError`: input validation that names the
@@ -269,7 +270,8 @@ def parse_problem(balances: Any, targets: Any, rails: Any) -> Problem:
 def plan_routes(balances: Any, targets: Any, rails: Any, *, time_limit: float = 60.0) -> Plan:
     """The proven-cheapest executable plan (see the module docstring and docs/route-planner.md).
 
-    Raises `RoutingInputError` for malformed input and `RoutingError` if the
+    `balances` may also be an already validated `Problem` (then `targets` and
+    `rails` are ignored). Raises `RoutingInputError` for malformed input and `RoutingError` if the
     solver cannot prove an answer within `time_limit` seconds per asset.
     """
     from arb_orchestration.domain.routing_solver import solve_problem
