@@ -85,6 +85,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("WISE_OAUTH_CLIENT_ID", "Wise OAuth client id (required in prod with WISE_AUTH=oauth_*).", "", False),
         Setting("WISE_OAUTH_CLIENT_SECRET", "Wise OAuth client secret (secret; required in prod with WISE_AUTH=oauth_*).", "", False, True),
         Setting("WISE_OAUTH_REFRESH_TOKEN", "Wise OAuth refresh token of the desk's user (secret; required in prod with WISE_AUTH=oauth_refresh_token).", "", False, True),
+        # Wise webhooks (`arb-orchestration wise-webhooks serve`; docs/real-venues.md). A public key: not a secret.
+        Setting("WISE_WEBHOOK_PUBLIC_KEY", "Wise's webhook signing public key (PEM file path, or the PEM itself; sandbox and live differ); read by `arb-orchestration wise-webhooks serve` only.", "", False),
         Setting("KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers, host:port[,host:port].", "127.0.0.1:9092"),
         Setting("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", "PLAINTEXT", False),
         Setting("KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*).", "", False),

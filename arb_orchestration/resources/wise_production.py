@@ -44,6 +44,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from arb_orchestration.resources.errors import BusinessError, TransientError
 from arb_orchestration.resources.wise import WAITING, Transfer, WiseResource
+from arb_orchestration.resources.wise_webhooks import BOARD_CHECK_SECONDS, BoardWatch, WebhookBoard
 
 log = logging.getLogger("arb_orchestration.resources.wise_production")
 
@@ -252,17 +253,32 @@ class ProductionWiseResource(WiseResource):
                 code="wrong_profile",
             )
 
-    def wait_until_funded(self, transfer_id: int, *, timeout: float, poll_interval: float | None = None) -> Transfer:
+    def wait_until_funded(
+        self,
+        transfer_id: int,
+        *,
+        timeout: float,
+        poll_interval: float | None = None,
+        board: WebhookBoard | None = None,
+        board_check_interval: float = BOARD_CHECK_SECONDS,
+    ) -> Transfer:
         """After `FundingRequiresHumanError`: wait for a person to fund the transfer in the Wise app.
 
         Returns the transfer once it left `incoming_payment_waiting`; a transfer
         cancelled meanwhile is a `BusinessError`; at the deadline
         `FundingNotCompletedError` (transient: the saga may wait again, or cancel
-        the transfer and compensate).
+        the transfer and compensate). With a webhook `board` (the instance's,
+        written by `arb-orchestration wise-webhooks serve`), the wait looks at it
+        every `board_check_interval` and reads the transfer as soon as a webhook
+        says it moved; Wise is still polled every `poll_interval`, and only
+        what Wise's API answers decides.
         """
         interval = self.poll_interval_seconds if poll_interval is None else poll_interval
+        watch = BoardWatch(board, lambda event: event.current_state != WAITING, poll_interval=interval,
+                           check_interval=board_check_interval)
         deadline = time.monotonic() + timeout
         while True:
+            watch.reading([transfer_id])
             try:
                 transfer = self.get_transfer(transfer_id)
             except TransientError as exc:
@@ -275,4 +291,4 @@ class ProductionWiseResource(WiseResource):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise FundingNotCompletedError(f"wise transfer {transfer_id} still waits for a person to fund it after {timeout:g}s")
-            time.sleep(min(interval, remaining))
+            watch.pause([transfer_id], min(interval, remaining))

@@ -10,7 +10,8 @@ The saga does not fail then. It *parks* the leg at the pivot:
    "waiting for a human to approve Wise transfer X … until T", and the run tag
    `arb/waiting_for_human`;
 3. mails the risk team what to approve in the Wise app, and by when;
-4. waits (`wait_until_funded`, polling every `human_funding_poll_seconds`) until
+4. waits (`wait_until_funded`, polling every `human_funding_poll_seconds`, and
+   reading at once when the instance's Wise webhook board says it was funded) until
    the deadline (`human_funding_timeout_seconds`; a retried pivot keeps the
    deadline it announced; never past the run's `dagster/max_runtime`);
 5. funded → the leg is committed and the saga goes on (mail "funded");
@@ -41,6 +42,7 @@ from arb_orchestration.domain.rebalance import (
 from arb_orchestration.resources.errors import BusinessError, TransientError
 from arb_orchestration.resources.wise import FUNDED_STATUSES, WAITING
 from arb_orchestration.resources.wise_production import FundingRequiresHumanError
+from arb_orchestration.resources.wise_webhooks import WebhookBoard, wait_for_transfer_state
 
 COMMIT = "commit_transfers"
 WAITING_FOR_HUMAN_TAG = "arb/waiting_for_human"
@@ -142,7 +144,8 @@ def _park(ctx, wise, smtp, journal, refused: Sequence[PlannedTransfer], prepared
     _tag(ctx, journal, "; ".join(f"wise transfer {p.transfer_id} until {p.deadline_utc}" for p in parked))
     _mail(ctx, smtp, *_request_mail(ctx, wise, parked, reminder=bool(earlier), withdrawals_sent=withdrawals_sent))
 
-    outcomes = {p.index: _wait_for_person(ctx, wise, p) for p in parked}
+    board = journal_webhook_board(journal)
+    outcomes = {p.index: _wait_for_person(ctx, wise, p, board) for p in parked}
     funded = [p for p in parked if outcomes[p.index] is ParkAction.PROCEED]
     missed = [p for p in parked if outcomes[p.index] is not ParkAction.PROCEED]
     committed: dict[str, dict[str, Any]] = {}
@@ -171,22 +174,34 @@ def _park(ctx, wise, smtp, journal, refused: Sequence[PlannedTransfer], prepared
     return committed
 
 
-def _wait_funded(wise, transfer_id: int, *, timeout: float, poll_interval: float):
-    """`ProductionWiseResource.wait_until_funded`; the plain `WiseResource` has the same wait as `wait_for_state`."""
+def journal_webhook_board(journal) -> WebhookBoard | None:
+    """The instance's Wise webhook board, when the journal has one (a journal fake in a unit test may not)."""
+    get = getattr(journal, "webhook_board", None)
+    return get() if get is not None else None
+
+
+def _wait_funded(wise, transfer_id: int, *, timeout: float, poll_interval: float, board: WebhookBoard | None):
+    """`ProductionWiseResource.wait_until_funded`; for the plain `WiseResource` the same wait on its states.
+
+    Both look at the webhook board (when there is one) between their polls of Wise.
+    """
     wait = getattr(wise, "wait_until_funded", None)
     if wait is not None:
-        return wait(transfer_id, timeout=timeout, poll_interval=poll_interval)
-    return wise.wait_for_state(transfer_id, FUNDED_STATUSES, timeout=timeout, poll_interval=poll_interval)
+        extra = {"board": board} if board is not None else {}
+        return wait(transfer_id, timeout=timeout, poll_interval=poll_interval, **extra)
+    return wait_for_transfer_state(wise, transfer_id, FUNDED_STATUSES, board=board, timeout=timeout,
+                                   poll_interval=poll_interval)
 
 
-def _wait_for_person(ctx, wise, p: ParkedFunding) -> ParkAction:
+def _wait_for_person(ctx, wise, p: ParkedFunding, board: WebhookBoard | None = None) -> ParkAction:
     """Wait until the transfer is funded, closed, or the deadline passed (then cancel it)."""
     poll = ctx.config.human_funding_poll_seconds
     while True:
         remaining = p.deadline - time.time()
         if remaining > 0:
             try:
-                _wait_funded(wise, p.transfer_id, timeout=min(remaining, REMINDER_SECONDS), poll_interval=poll)
+                _wait_funded(wise, p.transfer_id, timeout=min(remaining, REMINDER_SECONDS), poll_interval=poll,
+                             board=board)
             except TransientError:  # this slice ran out (or reads failed throughout): still waiting
                 if p.deadline - time.time() > 0:
                     ctx.log.info(f"still {p.describe()} ({(p.deadline - time.time()) / 60:.0f} min left)")

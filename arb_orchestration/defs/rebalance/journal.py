@@ -12,7 +12,9 @@ instance comes through `RebalanceJournalResource` (key `rebalance_journal`):
   (a retried pivot keeps the deadline it announced for a parked Wise leg);
 * `run_ends_at()` — when run monitoring terminates this run (`dagster/max_runtime`);
 * `tag_run(tags)` — run tags, e.g. `arb/waiting_for_human`, so the Runs page
-  shows a saga parked for a person.
+  shows a saga parked for a person;
+* `webhook_board()` — the Wise webhook board in the instance (written by
+  `arb-orchestration wise-webhooks serve`), which the saga's Wise waits look at.
 
 It opens nothing at import or load; the instance comes from the run.
 """
@@ -28,6 +30,7 @@ from pydantic import PrivateAttr
 
 from arb_orchestration.defs.k8s import MAX_RUNTIME_TAG, REBALANCE_JOB
 from arb_orchestration.domain.rebalance import PastRebalance, daily_usage
+from arb_orchestration.resources.wise_webhooks import InstanceWebhookBoard
 from arb_orchestration.saga import InstanceSagaLog, RecordKind, SagaState, saga_id_for_run
 
 if TYPE_CHECKING:
@@ -146,6 +149,10 @@ class RebalanceJournalResource(ConfigurableResource):
             return float(record.start_time) + float(raw)
         except ValueError:
             return None
+
+    def webhook_board(self) -> InstanceWebhookBoard | None:
+        """Where the webhook receiver records Wise transfer states; None outside a run."""
+        return InstanceWebhookBoard(self._instance) if self._instance is not None else None
 
     def tag_run(self, tags: Mapping[str, str]) -> None:
         """Add (or overwrite) tags on this run: what the Runs page shows at a glance."""

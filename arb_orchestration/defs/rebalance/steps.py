@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from dagster import Failure, MetadataValue
 
-from arb_orchestration.defs.rebalance.funding import fund_wise_legs, funding_may_need_human
+from arb_orchestration.defs.rebalance.funding import fund_wise_legs, funding_may_need_human, journal_webhook_board
 from arb_orchestration.defs.rebalance.planning import Proposal, propose
 from arb_orchestration.defs.rebalance.report import (
     legs_markdown,
@@ -42,7 +42,8 @@ from arb_orchestration.defs.rebalance.report import (
 )
 from arb_orchestration.domain.rebalance import FIAT_SOURCE, PlannedTransfer, wise_funds_first
 from arb_orchestration.resources.errors import BusinessError, TransientError
-from arb_orchestration.resources.wise import CANCELLED, WAITING, customer_transaction_id_for
+from arb_orchestration.resources.wise import CANCELLED, FAILED_STATUSES, SENT, WAITING, customer_transaction_id_for
+from arb_orchestration.resources.wise_webhooks import BoardWatch
 
 PLAN = "plan_rebalance"
 PREPARE = "prepare_transfers"
@@ -415,6 +416,9 @@ def await_arrival(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
     Transient read errors are waited out; past `arrival_timeout_seconds` the
     step fails (retried, then the recovery sensor relaunches it). A leg that
     ends cancelled or refunded after commit is a business error: escalated.
+    Between polls the instance's Wise webhook board is looked at every 0.5 s:
+    a webhook saying a Wise leg was sent (or failed) starts the next poll at
+    once, which then decides as always.
     """
     plan = ctx.results[PLAN]
     skip = _skip_reason(plan)
@@ -427,7 +431,13 @@ def await_arrival(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
     waiting = sorted(committed, key=int)
     arrived: dict[str, dict[str, Any]] = {}
     status: dict[str, str] = {}
+    watch = BoardWatch(journal_webhook_board(rebalance_journal), _wise_leg_settled, poll_interval=cfg.poll_interval_seconds)
+
+    def wise_waiting() -> list[int]:
+        return [int(committed[i]["wise_transfer_id"]) for i in waiting if committed[i]["kind"] == "wise"]
+
     while waiting:
+        watch.reading(wise_waiting())
         for index in list(waiting):
             leg = committed[index]
             try:
@@ -446,12 +456,17 @@ def await_arrival(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
                 f"{len(waiting)} leg(s) not arrived after {cfg.arrival_timeout_seconds:g}s: "
                 + ", ".join(f"#{i} {status.get(i)}" for i in waiting)
             )
-        time.sleep(min(cfg.poll_interval_seconds, remaining))
+        watch.pause(wise_waiting(), min(cfg.poll_interval_seconds, remaining))
     rebalance_journal.report(
         AWAIT, f"{len(arrived)} leg(s) arrived",
         {"arrivals": {i: a for i, a in arrived.items()}, "waited_seconds": round(time.monotonic() - started, 3)},
     )
     return {"arrived": arrived}
+
+
+def _wise_leg_settled(event) -> bool:
+    """A webhook that would end a Wise leg's wait: sent, or failed (the poll it triggers decides)."""
+    return event.current_state == SENT or event.current_state in FAILED_STATUSES
 
 
 def _arrival_status(exchange, wise, index: str, leg: Mapping[str, Any]) -> tuple[bool, str]:
