@@ -31,8 +31,10 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -87,6 +89,7 @@ class Bench:
         self.rng = random.Random(args.seed)
         self.world = None
         self.producer = None
+        self.maildir: Path | None = None
         self.last_created: float | None = None  # when the previous trial's run was created
 
     # ------------------------------------------------------------------ world
@@ -94,9 +97,10 @@ class Bench:
     def start_world(self) -> None:
         from arb_orchestration.sim.world import LocalWorld
 
+        self.maildir = Path(tempfile.mkdtemp(prefix="arb-bench-mail-"))
         self.world = LocalWorld(
             ports={"exchange": 0, "wise": 0, "mailbox": 0, "smtp": 0},
-            maildir=Path(os.environ.get("TMPDIR", "/tmp")) / f"arb-bench-mail-{os.getpid()}",
+            maildir=self.maildir,
             kafka_bootstrap=self.args.kafka_bootstrap,
             seed=42,
         )
@@ -328,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.producer.flush(5)
         if bench.world is not None:
             bench.world.stop()
+        if bench.maildir is not None:
+            shutil.rmtree(bench.maildir, ignore_errors=True)
     print(summarise(results))
     load_after = os.getloadavg()
     print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "

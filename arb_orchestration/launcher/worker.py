@@ -206,7 +206,7 @@ class WarmWorker:
             timed(f"import:{name}", lambda n=name: importlib.import_module(n))
         self.instance, self.instance_key = timed("instance", _open_instance)
         gc.collect()
-        gc.freeze()  # forked children do not copy-on-write the warm heap when they collect
+        gc.freeze()  # children never collect the warm heap, so they do not copy it page by page
         threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
         if threads:
             log.warning("warm-up left threads alive (%s): launches are refused until they end", threads)
@@ -383,7 +383,6 @@ class WarmWorker:
                         sock.close()
                     except OSError:
                         pass
-            gc.unfreeze()
             import random
 
             random.seed()  # the worker's RNG state is shared by every child otherwise (retry jitter)
