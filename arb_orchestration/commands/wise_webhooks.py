@@ -37,12 +37,12 @@ PUBLIC_KEY_SETTING = "WISE_WEBHOOK_PUBLIC_KEY"
 
 def read_public_key(value: str) -> bytes:
     """The PEM in `value`, or in the file it names; `SettingError` when it is neither an RSA key nor a readable file."""
-    value = value.strip()
+    value = value.strip()  # an env var often loses the PEM's last newline, or gains spaces
     if not value:
         raise SettingError(f"{PUBLIC_KEY_SETTING} is empty: set it (or --public-key) to Wise's webhook public key, "
                            "a PEM file path or the PEM itself")
     if value.startswith("-----BEGIN"):
-        pem = value.encode()
+        pem = (value + "\n").encode()
     else:
         try:
             pem = Path(value).expanduser().read_bytes()
