@@ -4,7 +4,9 @@ Pure: no Dagster, no I/O. Everything a sensor needs to turn a raw Kafka value in
 a typed event, or into a typed rejection with a reason a human can act on:
 
 - `parse_event(topic, raw_bytes)` -> `MarketShockEvent | CapitalThresholdEvent |
-  FundingRateEvent`, or `EventRejected(reason, field=...)`.
+  FundingRateEvent`, or `EventRejected(reason, field=...)`; `iter_events(topic,
+  values)` / `parse_events` do a whole batch (what the sensors call), one result
+  per value.
 - Signing: HMAC-SHA256 over `canonical_payload(obj)` (the JSON object as sent,
   without `signature`, as sorted-keys compact UTF-8 JSON), hex in `signature`.
   Verification uses the object as received (`event.raw`), never a re-serialised
@@ -13,6 +15,17 @@ a typed event, or into a typed rejection with a reason a human can act on:
   window and not replayed: `check_critical_event`.
 - `dlq_envelope(...)` builds the message parked on `<topic>.dlq`;
   `parse_dlq_envelope` reads it back for `arb-orchestration replay-dlq`.
+
+Parsing has two paths with one outcome. The checked path (`_parse_checked`:
+Python's JSON decoder, then explicit checks, then the model) defines what is
+accepted and words every rejection. The fast path validates the bytes in
+pydantic-core (Rust) in one call; it is taken only for values it provably
+agrees on (see `_fast_path_applies`), and only for events that need no
+signature check: a critical or signed event is always re-parsed by the checked
+path, so its fields and the signed object come from the same decoded JSON.
+Anything the fast path refuses goes through the checked path, which decides.
+`screen_funding_rates` is a third way in for the funding sensor's bulk: the
+model's own field constraints, validated without building models.
 """
 
 from __future__ import annotations
@@ -22,14 +35,17 @@ import hashlib
 import hmac
 import json
 import math
+import sys
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Protocol, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+from typing_extensions import NotRequired, TypedDict
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Json, TypeAdapter, ValidationError
 
 SCHEMA_VERSION = 1
 DLQ_SCHEMA_VERSION = 1
@@ -46,6 +62,7 @@ DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 # likely milliseconds or garbage, and guessing the unit would move money on a guess.
 _MIN_EPOCH_S = 1_000_000_000
 _MAX_EPOCH_S = 9_999_999_999
+_UTC = timezone.utc
 
 
 class EventRejected(ValueError):
@@ -89,10 +106,17 @@ def source_topic_of(dlq: str) -> str:
 
 def _to_utc_datetime(value: Any) -> datetime:
     """`ts` is UTC epoch seconds (int/float) or an ISO-8601 string with an offset."""
+    kind = type(value)
+    # The common case first (runs for every event): a plain in-range number. NaN, inf, bool
+    # and out-of-range values fall through to the checks below, which word the refusal.
+    if (kind is float or kind is int) and _MIN_EPOCH_S <= value <= _MAX_EPOCH_S:
+        return datetime.fromtimestamp(value, _UTC)
     if isinstance(value, bool):
         raise ValueError("must be epoch seconds or an ISO-8601 string, got a boolean")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
+        # isfinite() of an int beyond float range raises OverflowError (which would escape
+        # validation and fail the sensor tick); the range check below refuses such ints.
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be a finite number of epoch seconds")
         if not _MIN_EPOCH_S <= value <= _MAX_EPOCH_S:
             raise ValueError(
@@ -129,20 +153,37 @@ class _EventBase(BaseModel):
     # computed over the object as received.
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
-    schema_version: Literal[1]
+    # What the event was parsed from (`raw`): the received bytes, or the object the
+    # checked path decoded. A plain slot, not a pydantic private attribute: those
+    # cost a Python-level `model_post_init` call on every instance (~1/3 of a
+    # funding event's validation, bench/sensor_throughput.py). Copies do not carry
+    # it (a `model_copy(update=...)` is no longer what was received).
+    __slots__ = ("_received",)
+
+    # A strict int pinned to the one version (not `Literal[1]`, which also takes
+    # `1.0` and `true`): the same in Python and in JSON mode, so the fast path
+    # refuses what the checked path's explicit version check refuses.
+    schema_version: Annotated[int, Field(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]
     event_id: Annotated[str, Field(min_length=1, max_length=128)]
     ts: UtcTimestamp
     venue: Name
     signature: HexSignature | None = None
 
-    _raw: dict[str, Any] | None = PrivateAttr(default=None)
-
     @property
     def raw(self) -> dict[str, Any]:
-        """The JSON object this event was parsed from (what the signature covers)."""
-        if self._raw is not None:
-            return self._raw
-        return self.model_dump(mode="json", exclude_none=True)
+        """The JSON object this event was parsed from (what the signature covers).
+
+        Decoded from the received bytes on first use (only a signature check needs
+        it), with the checked path's decoder; an event built in code has none and
+        gets its own JSON form.
+        """
+        received = getattr(self, "_received", None)
+        if received is None:
+            return self.model_dump(mode="json", exclude_none=True)
+        if not isinstance(received, dict):
+            received = _decode_object(received)
+            object.__setattr__(self, "_received", received)
+        return received
 
     @property
     def is_critical(self) -> bool:
@@ -240,26 +281,36 @@ def _reason_from(error: ValidationError) -> EventRejected:
     return EventRejected(f"field '{field}': {message}{more}", field)
 
 
-def parse_event(topic: str, raw: bytes | str | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Event:
-    """Decode and validate one Kafka value of `topic`; raises `EventRejected` with the reason."""
-    model = EVENT_MODELS.get(topic)
-    if model is None:
-        raise EventRejected(f"unknown topic '{topic}' (expected one of {', '.join(TOPICS)})")
+def _decode_object(data: bytes | str) -> dict[str, Any]:
+    """The checked path's decoding: UTF-8 text, then JSON without NaN/Infinity, then an object."""
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EventRejected(f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    try:
+        obj = _DECODER.decode(text)
+    except RecursionError:
+        # Python's decoder recurses per nesting level; a value nested a few thousand deep
+        # (well within 64 KiB) would otherwise escape as RecursionError and fail every tick.
+        raise EventRejected("not JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and NaN/Infinity
+        raise EventRejected(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise EventRejected(f"not a JSON object (got {_json_type(obj)})")
+    return obj
+
+
+def _parse_checked(model: type[_EventBase], raw: bytes | str | None, max_bytes: int) -> Event:
+    """The reference parse: every rejection with its reason; the event keeps the decoded object."""
     if raw is None or len(raw) == 0:
         raise EventRejected("empty message (no value)")
     data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
     if len(data) > max_bytes:
         raise EventRejected(f"oversized: {len(data)} bytes > limit {max_bytes} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EventRejected(f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
-    try:
-        obj = _DECODER.decode(text)
-    except ValueError as exc:  # JSONDecodeError and NaN/Infinity
-        raise EventRejected(f"not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise EventRejected(f"not a JSON object (got {_json_type(obj)})")
+    obj = _decode_object(data)
     if "schema_version" not in obj:
         raise EventRejected("missing field 'schema_version'", "schema_version")
     version = obj["schema_version"]
@@ -275,8 +326,185 @@ def parse_event(topic: str, raw: bytes | str | None, *, max_bytes: int = DEFAULT
         event = model.model_validate(obj)
     except ValidationError as exc:
         raise _reason_from(exc) from None
-    event._raw = obj
+    object.__setattr__(event, "_received", obj)
     return event  # type: ignore[return-value]
+
+
+# pydantic-core's JSON parser takes the tokens NaN, Infinity and -Infinity, which the
+# checked path refuses as "not JSON" (in a declared float field the model refuses them
+# anyway, but an unknown field is ignored). A value that contains either spelling
+# anywhere, even inside a string, takes the checked path. Measured as the only JSON the
+# fast parser takes and Python's refuses, apart from integers longer than Python's
+# int_max_str_digits when that was lowered below the parser's own 4,300-digit limit
+# (also sent to the checked path); see the differential tests in test_events.py.
+_RUST_INT_DIGITS = 4300
+_FAST_VALIDATORS = {topic: model.__pydantic_validator__.validate_json for topic, model in EVENT_MODELS.items()}
+
+
+def _fast_path_applies(data: bytes, max_bytes: int) -> bool:
+    if not 0 < len(data) <= max_bytes or b"NaN" in data or b"Infinity" in data:
+        return False
+    digits = sys.get_int_max_str_digits()
+    return not (0 < digits < _RUST_INT_DIGITS and len(data) > digits)
+
+
+def parse_event(topic: str, raw: bytes | str | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Event:
+    """Decode and validate one Kafka value of `topic`; raises `EventRejected` with the reason."""
+    model = EVENT_MODELS.get(topic)
+    if model is None:
+        raise EventRejected(f"unknown topic '{topic}' (expected one of {', '.join(TOPICS)})")
+    if type(raw) is bytes and _fast_path_applies(raw, max_bytes):
+        try:
+            event = _FAST_VALIDATORS[topic](raw)
+        except ValidationError:
+            pass  # the checked path words the reason (or accepts what the fast parser would not)
+        else:
+            if event.signature is None and not event.is_critical:
+                object.__setattr__(event, "_received", raw)
+                return event  # type: ignore[return-value]
+    return _parse_checked(model, raw, max_bytes)
+
+
+def parse_events(
+    topic: str, values: Iterable[bytes | str | None], *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> list[Event | EventRejected]:
+    """`parse_event` over a batch: for each value, its event or the `EventRejected` saying why not."""
+    return list(iter_events(topic, values, max_bytes=max_bytes))
+
+
+def iter_events(
+    topic: str, values: Iterable[bytes | str | None], *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> Iterator[Event | EventRejected]:
+    """`parse_event` over a batch, lazily: for each value, its event or the `EventRejected` saying why not.
+
+    The same outcome as calling `parse_event` on each value (the tests hold it to
+    that). What the sensors call: one call per batch keeps the per-message Python
+    overhead to the loop, and yielding lets each event die as soon as the caller
+    is done with it (a list of a thousand live models gets them promoted by the
+    garbage collector, which then sweeps the code server's whole heap more often).
+    """
+    model = EVENT_MODELS.get(topic)
+    if model is None:
+        raise EventRejected(f"unknown topic '{topic}' (expected one of {', '.join(TOPICS)})")
+    validate = _FAST_VALIDATORS[topic]
+    set_received = object.__setattr__
+    digits = sys.get_int_max_str_digits()
+    long_ints_differ = 0 < digits < _RUST_INT_DIGITS
+    for raw in values:
+        if (
+            type(raw) is bytes
+            and 0 < len(raw) <= max_bytes
+            and b"NaN" not in raw
+            and b"Infinity" not in raw
+            and not (long_ints_differ and len(raw) > digits)
+        ):
+            try:
+                event = validate(raw)
+            except ValidationError:
+                pass
+            else:
+                if event.signature is None and not event.is_critical:
+                    set_received(event, "_received", raw)
+                    yield event
+                    continue
+        try:
+            yield _parse_checked(model, raw, max_bytes)
+        except EventRejected as exc:
+            yield exc
+
+
+# --------------------------------------------------------------------------- funding-rate screen
+
+
+def _screen_validator(model: type[_EventBase]) -> tuple[Any, Any]:
+    """Validators of a TypedDict with the model's fields and constraints, `ts` kept as epoch seconds.
+
+    Built from `model.model_fields`, so it cannot drift from the model: every
+    field keeps its type and constraints; only `ts` is narrowed to a finite
+    number in the plausible epoch range (the numbers `_to_utc_datetime` takes),
+    validated in Rust instead of by a Python call. No model instance is built.
+    """
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if name == "ts":
+            annotation: Any = Annotated[float, Field(ge=_MIN_EPOCH_S, le=_MAX_EPOCH_S, allow_inf_nan=False)]
+        else:
+            annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        fields[name] = annotation if info.is_required() else NotRequired[annotation]
+    row = TypedDict(f"{model.__name__}Row", fields)  # type: ignore[misc]
+    row.__pydantic_config__ = ConfigDict(strict=True, extra="ignore")  # type: ignore[attr-defined]
+    return TypeAdapter(list[Json[row]]).validator.validate_python, TypeAdapter(row).validator.validate_json
+
+
+_SCREEN_MANY, _SCREEN_ONE = _screen_validator(FundingRateEvent)
+_SCREEN_REQUIRED_FIELDS = sum(1 for info in FundingRateEvent.model_fields.values() if info.is_required())
+assert [n for n, i in FundingRateEvent.model_fields.items() if not i.is_required()] == ["signature"], (
+    "screen_funding_rates tells signed rows by their width: revisit it when the model gains an optional field"
+)
+
+
+def screen_funding_rates(
+    values: list[bytes | None], *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> list[dict[str, Any] | None]:
+    """For each value, its validated fields when it is a plain funding-rate event, else None.
+
+    A row (`venue`, `symbol`, `ts` as epoch seconds, `rate`, ... ) comes back
+    only for a value that `parse_event(FUNDING_RATE_EVENTS, value)` would return
+    as an unsigned `FundingRateEvent` with a numeric `ts`, with the same fields
+    and `event.ts == datetime.fromtimestamp(row["ts"], timezone.utc)` (the tests
+    hold it to that). For None, call `parse_event`: it decides, and words the
+    reason if it refuses. What the funding sensor reads most messages with: it
+    needs only venue, symbol and time to keep the newest rate per market, and
+    builds the event of the few it keeps.
+
+    A chunk with no empty, oversized or NaN/Infinity-bearing value is validated
+    in one Rust call; a chunk with any refusal is screened value by value.
+    """
+    if not values:
+        return []
+    # Whole-chunk checks, each one C-level pass: all bytes (join refuses None), no empty or
+    # oversized value, no NaN/Infinity anywhere (a token split across two values can only
+    # raise a false alarm, never hide one).
+    try:
+        joined = b"".join(values)  # type: ignore[arg-type]
+    except TypeError:
+        joined = None
+    digits = sys.get_int_max_str_digits()
+    longest = max(map(len, values)) if joined is not None else 0
+    if (
+        joined is not None
+        and set(map(type, values)) == {bytes}  # join also takes bytearray/memoryview
+        and 0 < min(map(len, values))
+        and longest <= max_bytes
+        and not (0 < digits < _RUST_INT_DIGITS and longest > digits)
+        # A one-byte search (memchr) first: most chunks hold no capital N or I at all.
+        and (b"N" not in joined or b"NaN" not in joined)
+        and (b"I" not in joined or b"Infinity" not in joined)
+    ):
+        try:
+            rows: list[dict[str, Any] | None] = _SCREEN_MANY(values)
+        except ValidationError:
+            pass  # somebody in the chunk is refused: screen one by one
+        else:
+            # A row has one more key only when its value has a `signature` (the one optional field).
+            if max(map(len, rows)) > _SCREEN_REQUIRED_FIELDS:  # type: ignore[arg-type]
+                for index, row in enumerate(rows):
+                    if row.get("signature") is not None:  # type: ignore[union-attr]
+                        rows[index] = None  # signed: the checked path parses it (its signature may need checking)
+            return rows
+    out: list[dict[str, Any] | None] = []
+    for value in values:
+        row = None
+        if type(value) is bytes and _fast_path_applies(value, max_bytes):
+            try:
+                row = _SCREEN_ONE(value)
+            except ValidationError:
+                row = None
+            else:
+                if row.get("signature") is not None:
+                    row = None
+        out.append(row)
+    return out
 
 
 def validate_payload(topic: str, payload: Mapping[str, Any]) -> Event:
