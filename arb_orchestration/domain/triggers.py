@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
@@ -180,6 +180,40 @@ def admit_event(
     return Admission(True)
 
 
+_ADMITTED = Admission(True)
+
+
+class AdmissionCheck:
+    """`admit_event` with the key, replay memory, clock and policy of one batch bound once.
+
+    Same answers as `admit_event(event, signing_key, seen, now=now, policy=policy)`.
+    The common case, a non-critical unsigned event well inside the age limit, is
+    answered with one comparison; everything else (critical, signed, or within a
+    millisecond of the age limit) goes through `admit_event` itself.
+    """
+
+    def __init__(
+        self,
+        signing_key: str | bytes | None,
+        seen: SeenCriticalIds,
+        *,
+        now: datetime,
+        policy: AdmissionPolicy = AdmissionPolicy(),
+    ):
+        self.signing_key, self.seen, self.now, self.policy = signing_key, seen, now, policy
+        # `admit_event` compares (now - ts).total_seconds() with the limit as floats; a margin
+        # of 1 ms keeps the shortcut clear of any rounding at the boundary.
+        self._fresh_after = now - timedelta(seconds=policy.max_age_seconds) + timedelta(milliseconds=1)
+        # The same bound in epoch seconds: a non-critical unsigned event whose `ts` is later
+        # than this is admitted (for rates known by their fields, before any event is built).
+        self.fresh_after_epoch = self._fresh_after.timestamp()
+
+    def __call__(self, event: Event) -> Admission:
+        if event.signature is None and not event.is_critical and event.ts > self._fresh_after:
+            return _ADMITTED
+        return admit_event(event, self.signing_key, self.seen, now=self.now, policy=self.policy)
+
+
 # --------------------------------------------------------------------------- funding deviation
 
 
@@ -228,6 +262,132 @@ def newest_per_market(events: Iterable[tuple[FundingRateEvent, int]]) -> list[tu
         if held is None or (event.ts, order) >= (held[0].ts, held[1]):
             newest[key] = (event, order)
     return sorted(newest.values(), key=lambda pair: pair[1])
+
+
+# Two times further apart than this (seconds) keep their order once rounded to the
+# microsecond a datetime holds: each side moves by at most 0.5 us plus float error
+# (~0.24 us at today's epoch). Closer ones are compared as the events' datetimes.
+_SURELY_APART_S = 5e-6
+
+
+class NewestPerMarket:
+    """`newest_per_market` kept while reading: only the newest rate per venue/symbol is held.
+
+    Offer rates in read order: `offer(event, item)` for a parsed event, or, for
+    rates known only by their fields (`domain.events.screen_funding_rates`),
+    `offer_at(venue, symbol, epoch_seconds, item)` / `offer_rows(rows, items)`,
+    whose events would have `ts == datetime.fromtimestamp(epoch_seconds, UTC)`.
+    The same rule as `newest_per_market` either way: latest `ts` wins, a tie
+    goes to the later read. `item` travels with the rate (the sensor's Kafka
+    message, from which it builds the event of the few it keeps). Memory is one
+    entry per market however many rates a tick reads. With `max_markets`, a rate
+    for a market beyond that many is refused and not counted, so the caller can
+    stop before it: this bounds the hedge requests one tick can make.
+    """
+
+    def __init__(self, max_markets: int | None = None):
+        if max_markets is not None and max_markets < 1:
+            raise ValueError("max_markets must be at least 1")
+        self.max_markets = max_markets
+        self.offered = 0
+        # (venue, symbol) -> [epoch seconds, its datetime (None until needed), item, read order]
+        self._held: dict[tuple[str, str], list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def offer(self, event: FundingRateEvent, item: Any = None) -> bool:
+        """Offer a parsed rate; False (not counted) when it is a market beyond `max_markets`."""
+        return self.offer_at(event.venue, event.symbol, event.ts.timestamp(), item, ts=event.ts)
+
+    def offer_at(
+        self, venue: str, symbol: str, epoch_seconds: float, item: Any = None, *, ts: datetime | None = None
+    ) -> bool:
+        """Offer a rate by its fields (`ts`: its exact datetime when known); False as for `offer`."""
+        key = (venue, symbol)
+        held = self._held.get(key)
+        if held is None:
+            if self.max_markets is not None and len(self._held) >= self.max_markets:
+                return False
+            self._held[key] = [epoch_seconds, ts, item, self.offered]
+        elif _is_newer_or_tie(epoch_seconds, ts, held):
+            held[0], held[1], held[2], held[3] = epoch_seconds, ts, item, self.offered
+        self.offered += 1
+        return True
+
+    def offer_rows(self, rows: list[Any], items: list[Any], *, fresher_than: float, start: int = 0) -> int:
+        """Offer `rows[start:]` (screened rows: dicts with venue, symbol, ts in epoch seconds) in order.
+
+        Stops at the first row that is None, whose `ts` is not later than
+        `fresher_than`, or that is a market beyond `max_markets`, and returns its
+        index (`len(rows)` when every row was taken); the caller deals with that
+        one and calls again from the next. The funding sensor's hot loop: the
+        same as `offer_at` row by row, without a call per row.
+        """
+        held_by_market = self._held
+        cap = self.max_markets
+        order = self.offered
+        index = start
+        end = len(rows)
+        try:
+            while index < end:
+                row = rows[index]
+                if row is None:
+                    return index
+                epoch_seconds = row["ts"]
+                if epoch_seconds <= fresher_than:
+                    return index
+                key = (row["venue"], row["symbol"])
+                held = held_by_market.get(key)
+                if held is None:
+                    if cap is not None and len(held_by_market) >= cap:
+                        return index
+                    held_by_market[key] = [epoch_seconds, None, items[index], order]
+                elif epoch_seconds >= held[0] if held[1] is None else _is_newer_or_tie(epoch_seconds, None, held):
+                    held[0], held[1], held[2], held[3] = epoch_seconds, None, items[index], order
+                order += 1
+                index += 1
+            return index
+        finally:
+            self.offered = order
+
+    @property
+    def superseded(self) -> int:
+        """Rates offered but not kept (a newer one for the same market was, or came later)."""
+        return self.offered - len(self._held)
+
+    def newest(self) -> list[Any]:
+        """The item of each market's newest rate, in the order those rates were read."""
+        return [held[2] for held in sorted(self._held.values(), key=lambda held: held[3])]
+
+
+def _is_newer_or_tie(epoch_seconds: float, ts: datetime | None, held: list[Any]) -> bool:
+    """Does a rate at `epoch_seconds` (exactly `ts` when given) replace `held` (newer, or a tie)?
+
+    Both known only as epoch seconds (`ts` and `held[1]` None): their datetimes are
+    `fromtimestamp` of them, which never decreases as its argument grows, so
+    `epoch_seconds >= held[0]` is exactly "newer or a tie" (`offer_rows` inlines
+    this case). Otherwise far-apart times are ordered as floats and close ones
+    compared as datetimes.
+    """
+    if ts is None and held[1] is None:
+        return epoch_seconds >= held[0]
+    gap = epoch_seconds - held[0]
+    if gap > _SURELY_APART_S:
+        return True
+    if gap < -_SURELY_APART_S:
+        return False
+    return _exact(epoch_seconds, ts) >= _exact_held(held)
+
+
+def _exact(epoch_seconds: float, ts: datetime | None) -> datetime:
+    return ts if ts is not None else datetime.fromtimestamp(epoch_seconds, timezone.utc)
+
+
+def _exact_held(held: list[Any]) -> datetime:
+    if held[1] is None:
+        held[1] = datetime.fromtimestamp(held[0], timezone.utc)
+    return held[1]
 
 
 def decide_hedges(
@@ -336,10 +496,13 @@ class TickTally:
     ignored: int = 0
     lag: dict[str, int | None] = field(default_factory=dict)
     stopped_early: bool = False
+    limit: str = ""  # the per-tick limit that ended the read before the batch bound, if one did
 
     def text(self) -> str:
         lag = ", ".join(f"{key}: {'?' if value is None else value}" for key, value in sorted(self.lag.items()))
         tail = ", returned early for a critical event" if self.stopped_early else ""
+        if self.limit:
+            tail += f", stopped at the {self.limit} limit (the rest is read next tick)"
         return (
             f"read {self.read}, acted {self.acted}, parked {self.parked}, ignored {self.ignored}, "
             f"lag {{{lag}}}{tail}"
