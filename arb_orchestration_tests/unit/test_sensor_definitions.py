@@ -55,7 +55,11 @@ def test_the_code_location_has_the_three_sensors_running_every_daemon_loop():
         assert definition.default_status == DefaultSensorStatus.RUNNING
         # Below the daemon's 5 s loop, so the loop alone sets the pace (5 would skip every other loop).
         assert definition.minimum_interval_seconds == 1
-        assert {"kafka", "smtp"} <= set(definition.required_resource_keys)
+    # The emergency sensors alert the risk team by mail; the funding topic carries no critical
+    # events, so its sensor never mails and must not make Dagster build `smtp` every tick.
+    for name in (MARKET_SHOCK_SENSOR, CAPITAL_THRESHOLD_SENSOR):
+        assert {"kafka", "smtp"} <= set(repo.get_sensor_def(name).required_resource_keys)
+    assert set(repo.get_sensor_def(FUNDING_DEVIATION_SENSOR).required_resource_keys) == {"kafka"}
 
 
 def test_sensors_target_the_given_jobs():

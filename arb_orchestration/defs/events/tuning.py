@@ -44,6 +44,10 @@ class EventSensorSettings:
     # Most messages read per tick, and the time budget for reading them when not long-polling.
     max_messages: int = 1000
     max_read_seconds: float = 10.0
+    # Most run requests one tick returns (market/capital: one per acted event; funding: one
+    # per market, so at most this many markets per tick). Independent of `max_messages`:
+    # the daemon creates every requested run after the tick.
+    max_run_requests: int = 1000
     metadata_timeout_seconds: float = 10.0  # Kafka unreachable for this long: the tick fails
     dlq_timeout_seconds: float = 15.0  # parked messages must be acknowledged within this
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
@@ -62,6 +66,8 @@ class EventSensorSettings:
             raise ValueError(f"long_poll_seconds must be within 0..30, got {self.long_poll_seconds}")
         if self.max_messages < 1:
             raise ValueError("max_messages must be at least 1")
+        if self.max_run_requests < 1:
+            raise ValueError("max_run_requests must be at least 1")
         worst = (
             max(self.long_poll_seconds, self.max_read_seconds)
             + 2 * self.metadata_timeout_seconds
