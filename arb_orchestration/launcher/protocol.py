@@ -50,10 +50,12 @@ class ProtocolError(Exception):
 class WorkerUnavailable(Exception):
     """The warm worker cannot take this request; `reason` says why (for the run's event log)."""
 
-    def __init__(self, reason: str, *, refused: bool = False):
+    def __init__(self, reason: str, *, refused: bool = False, sent: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.refused = refused  # True: the worker answered and said no (not a transport problem)
+        # True: the request went out and no answer came back — the worker may have acted on it.
+        self.sent = sent
 
 
 @dataclass(frozen=True)
@@ -163,12 +165,14 @@ def call(
         sock = address.connect(connect_timeout)
     except OSError as exc:
         raise WorkerUnavailable(f"cannot connect to {address}: {exc}") from None
+    sent = False
     try:
         sock.settimeout(timeout)
         send_frame(sock, message)
+        sent = True
         reply = recv_frame(sock)
     except (OSError, ProtocolError) as exc:
-        raise WorkerUnavailable(f"{address}: {type(exc).__name__}: {exc}") from None
+        raise WorkerUnavailable(f"{address}: {type(exc).__name__}: {exc}", sent=sent) from None
     finally:
         sock.close()
     if not reply.get("ok"):

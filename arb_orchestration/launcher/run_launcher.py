@@ -37,7 +37,7 @@ from dagster import Field, Permissive, StringSource
 from dagster import _check as check
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
 from arb_orchestration.launcher.process import host_identity, is_alive
@@ -164,18 +164,45 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
             return
         try:
             placement = self._launch_on_worker(run)
-        except (WorkerUnavailable, ValueError) as exc:
-            self._instance.report_engine_event(
-                f"Fast path: the warm worker did not take this run ({exc}); launching it with "
-                f"{type(self.fallback).__name__} instead.",
-                run,
-                cls=type(self),
-            )
-            self.fallback.launch_run(context)
+        except WorkerUnavailable as exc:
+            if exc.sent and not exc.refused and self._started_anyway(run):
+                # The worker got the request but its answer was lost: it forked the run, which
+                # started. Launching it again would run the saga twice.
+                placement = {"address": str(self.worker_address), "host": None, "pid": None, "ticks": None}
+                self._instance.add_run_tags(run.run_id, {WARM_WORKER_TAG: json.dumps(placement, sort_keys=True)})
+                self._instance.report_engine_event(
+                    f"Fast path: no answer from the warm worker ({exc}), but the run started there.", run,
+                    cls=type(self))
+                return
+            self._fall_back(context, exc)
+            return
+        except Exception as exc:  # a bad answer or a bad address must never cost the run its launch
+            self._fall_back(context, exc)
             return
         # The tag is the record (shown in the UI); no engine event here: the run's own process is
         # writing its first events right now, and "Started process for run (pid)" names it anyway.
         self._instance.add_run_tags(run.run_id, {WARM_WORKER_TAG: json.dumps(placement, sort_keys=True)})
+
+    def _fall_back(self, context: LaunchRunContext, why: Exception) -> None:
+        run = context.dagster_run
+        self._instance.report_engine_event(
+            f"Fast path: the warm worker did not take this run ({why}); launching it with "
+            f"{type(self.fallback).__name__} instead.",
+            run,
+            cls=type(self),
+        )
+        self.fallback.launch_run(context)
+
+    def _started_anyway(self, run: DagsterRun, wait_seconds: float = 3.0) -> bool:
+        """Did the run leave STARTING (its process wrote RUN_START) within `wait_seconds`?"""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            current = self._instance.get_run_by_id(run.run_id)
+            if current is not None and current.status not in (DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
     def _launch_on_worker(self, run: DagsterRun) -> dict[str, Any]:
         from dagster._grpc.types import ExecuteRunArgs
@@ -213,7 +240,7 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
             value = json.loads(raw)
         except ValueError:
             return None
-        return value if isinstance(value, dict) and value.get("pid") else None
+        return value if isinstance(value, dict) and value.get("address") else None
 
     def _ask_worker(self, placement: dict[str, Any], request: dict[str, Any], attempts: int = 1) -> dict[str, Any]:
         address = WorkerAddress.parse(placement["address"])
@@ -252,7 +279,7 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
         try:
             reply = self._ask_worker(placement, {"op": "health", "run_id": run.run_id}, attempts=_HEALTH_ATTEMPTS)
         except WorkerUnavailable as exc:
-            if self._same_host(placement):
+            if placement.get("pid") and self._same_host(placement):
                 alive = is_alive(int(placement["pid"]), placement.get("ticks"))
                 status = WorkerStatus.RUNNING if alive else WorkerStatus.FAILED
                 return CheckRunHealthResult(
@@ -293,8 +320,8 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
             reply = self._ask_worker(placement, {"op": "terminate", "run_id": run_id}, attempts=2)
             signalled, message = bool(reply.get("signalled")), str(reply.get("msg") or "")
         except WorkerUnavailable as exc:
-            pid = int(placement["pid"])
-            if self._same_host(placement) and is_alive(pid, placement.get("ticks")):
+            pid = int(placement.get("pid") or 0)
+            if pid and self._same_host(placement) and is_alive(pid, placement.get("ticks")):
                 os.kill(pid, signal.SIGTERM)
                 signalled, message = True, f"warm worker unreachable ({exc}); SIGTERM sent to pid {pid} directly"
             else:

@@ -244,7 +244,7 @@ class WarmWorker:
         sock.setblocking(False)
         self._listener = sock
 
-    def serve_forever(self, ready: "callable | None" = None) -> int:
+    def serve_forever(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code. Re-executes itself when the code changed."""
         if self._listener is None:
             self.bind()
@@ -253,8 +253,6 @@ class WarmWorker:
         selector.register(self._listener, selectors.EVENT_READ)
         log.info("warm worker %s listening on %s (advertised %s), modules %s, warm-up %s",
                  os.getpid(), self.address, self.advertise, self.options.modules, self.warm_timings)
-        if ready is not None:
-            ready(self)
         try:
             while not self._stopping:
                 for _key, _mask in selector.select(timeout=0.25):

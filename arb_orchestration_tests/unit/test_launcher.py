@@ -149,7 +149,10 @@ class FakeWorker:
                 conn.settimeout(2)
                 request = recv_frame(conn)
                 self.requests.append(request)
-                send_frame(conn, self.answer(request))
+                try:
+                    send_frame(conn, self.answer(request))
+                except OSError:  # the client gave up waiting (timeout tests)
+                    pass
 
     def stop(self):
         self.stopping = True
@@ -320,6 +323,44 @@ def test_refusing_worker_falls_back_and_says_why(fake_worker):
         run = _launch(instance, _run(instance, tags={FAST_PATH_TAG: "true"}))
         assert RecordingLauncher.calls == [("launch", run.run_id)]
         assert any("stale: code changed" in m for m in _messages(instance, run.run_id))
+
+
+def test_garbage_answer_falls_back(fake_worker):
+    worker = fake_worker(lambda r: {"ok": True, "nothing": "useful"})  # no pid
+    with _instance(worker.address) as instance:
+        run = _launch(instance, _run(instance, tags={FAST_PATH_TAG: "true"}))
+        assert RecordingLauncher.calls == [("launch", run.run_id)] and WARM_WORKER_TAG not in run.tags
+
+
+@pytest.mark.parametrize("run_starts", [True, False])
+def test_lost_answer_is_not_a_second_launch_when_the_run_started(fake_worker, run_starts):
+    """The request reached the worker but its answer did not come back in time."""
+    from dagster import DagsterEvent, DagsterEventType
+
+    holder = {}
+
+    def answer_too_late(request):
+        if run_starts:  # as the forked child would: the run leaves STARTING
+            holder["instance"].report_dagster_event(
+                DagsterEvent(event_type_value=DagsterEventType.PIPELINE_START.value, job_name="emergency_stop_loss_saga"),
+                run_id=request["run_id"])
+        time.sleep(1.0)
+        return LAUNCHED
+
+    worker = fake_worker(answer_too_late)
+    with _instance(worker.address, request_timeout_seconds=0.3) as instance:
+        holder["instance"] = instance
+        run = _run(instance, tags={FAST_PATH_TAG: "true"})
+        instance.report_dagster_event(  # what instance.launch_run writes before calling the launcher
+            DagsterEvent(event_type_value=DagsterEventType.PIPELINE_STARTING.value, job_name=run.job_name),
+            run_id=run.run_id)
+        run = _launch(instance, instance.get_run_by_id(run.run_id))
+        if run_starts:
+            assert RecordingLauncher.calls == []
+            assert WarmWorkerRunLauncher.placement(run)["pid"] is None
+            assert any("but the run started there" in m for m in _messages(instance, run.run_id))
+        else:
+            assert RecordingLauncher.calls == [("launch", run.run_id)]
 
 
 def test_fast_path_off_and_custom_tags():
