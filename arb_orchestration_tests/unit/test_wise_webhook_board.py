@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import time
 import uuid
 
@@ -210,8 +211,6 @@ def test_an_unreadable_board_leaves_the_wait_to_polling(caplog):
 
 
 def test_a_webhook_on_the_instance_board_ends_the_wait_within_a_board_check(instance):
-    import threading
-
     board = InstanceWebhookBoard(instance)
     wise = _Transfers([PROCESSING, SENT])
     threading.Timer(0.2, lambda: InstanceWebhookBoard(instance).record(_change(902, SENT, "funds_converted", time.time()))).start()
