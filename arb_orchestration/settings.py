@@ -104,7 +104,7 @@ SETTINGS: dict[str, Setting] = {
         # Kafka-triggered sensors (defs/events; docs/sensors.md).
         Setting("ARB_EVENT_TOPIC_PREFIX", "Prefix for the three event topics and their .dlq (tests, benchmarks); empty in prod.", "", False),
         Setting("ARB_SENSOR_LONG_POLL_SECONDS", "How long the market/capital sensors wait for events inside one tick (0-30).", "4.0", False),
-        Setting("ARB_SENSOR_MAX_MESSAGES", "Most messages one sensor tick reads.", "1000", False),
+        Setting("ARB_SENSOR_MAX_MESSAGES", "Most messages one sensor tick reads.", "50000", False),
         Setting("ARB_EVENT_MAX_AGE_SECONDS", "Non-critical events older than this are read but not acted on.", "900", False),
         Setting("ARB_CRITICAL_EVENT_MAX_AGE_SECONDS", "Timestamp window of signed critical events (older: refused).", "60", False),
         Setting("ARB_FUNDING_DEVIATION_BPS", "Hedge when a funding rate (per 8 h) moved more than this since the last hedge.", "20", False),

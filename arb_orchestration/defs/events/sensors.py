@@ -443,7 +443,9 @@ class _EventSensor:
         elif tick.should_log("parked"):
             context.log.warning(f"{record.source}: {what} parked on {dlq_topic(record.topic)}: {reason}")
         if tick.parked_bytes >= MAX_PARKED_BYTES_PER_TICK:
-            tick.tally.limit = f"{MAX_PARKED_BYTES_PER_TICK // 2**20} MiB of DLQ envelopes per tick"
+            bound = MAX_PARKED_BYTES_PER_TICK
+            size = f"{bound / 2**20:g} MiB" if bound >= 2**20 else f"{bound:,} bytes"
+            tick.tally.limit = f"{size} of DLQ envelopes per tick"
             return True
         return False
 

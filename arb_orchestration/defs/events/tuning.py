@@ -42,7 +42,11 @@ class EventSensorSettings:
     # once when a critical one arrives. 0: read what is there and return.
     long_poll_seconds: float = 4.0
     # Most messages read per tick, and the time budget for reading them when not long-polling.
-    max_messages: int = 1000
+    # 50,000: a tick of valid funding rates takes ~0.2-0.4 s, one of 50,000 malformed ones ~4 s
+    # (DLQ flush included); memory does not grow with it (chunks of 1,000, newest rate per
+    # market, the DLQ byte and run-request bounds). The daemon ticks a sensor once per 5 s
+    # loop, so this is also the sustained rate: 10,000 events/s (200/s at the old 1,000).
+    max_messages: int = 50_000
     max_read_seconds: float = 10.0
     # Most run requests one tick returns (market/capital: one per acted event; funding: one
     # per market, so at most this many markets per tick). Independent of `max_messages`:
