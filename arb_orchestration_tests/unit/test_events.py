@@ -1,4 +1,5 @@
-"""Event schemas, parse rejections, canonical signing, the critical-event window and replay checks, the DLQ envelope."""
+"""Event schemas, parse rejections, canonical signing, the critical-event window and replay checks, the DLQ envelope;
+the fast parse path, batch parsing and the funding screen held to the checked path's outcome.
 
 from __future__ import annotations
 
@@ -393,3 +394,148 @@ def test_topic_helpers():
     assert ev.base_topic("bench-capital-events", "bench-") == "capital-events"
     with pytest.raises(ValueError, match="unknown topic"):
         ev.base_topic("orders", "")
+
+
+# ------------------------------------------------------------------ fast path, batches, the funding screen
+#
+# parse_event validates most values in Rust (pydantic-core) and falls back to the checked path
+# (Python's decoder, explicit checks, the model), which defines what is accepted and words every
+# rejection. These tests hold every way in to the checked path's outcome.
+
+_TOKENS = [b"NaN", b"-Infinity", b"Infinity", b"1.0", b"true", b"null", b"1e400", b'"\\ud800"', b'"\\u0000"',
+           b"\xff", b"\xc3\xa9", b" ", b"\x0c", b",", b":", b"}", b"{", b"]", b"[", b'"', b"\\", b"01", b"1e0",
+           b'"critical"', b'"signature"', b'"schema_version"', b'"ts"']
+_VALUES = [1, 1.0, True, None, "1", "", 0, 2, 1e308, "2026-03-01T12:00:00Z", "2026-03-01T12:00:00", 1772366400000,
+           999_999_999.5, 1_000_000_000, 9_999_999_999, 10**30, [], {}, "critical", "warning", "0" * 64]
+_PAYLOADS = {"market-events": market, "capital-events": capital, "funding-rate-events": funding}
+
+
+@st.composite
+def _wire_values(draw):
+    """Valid events, events with changed/removed/duplicated fields, and byte-level mutations of them."""
+    topic = draw(st.sampled_from(sorted(_PAYLOADS)))
+    payload = _PAYLOADS[topic]()
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(st.sampled_from(sorted(payload) + ["extra", "signature"]))
+        if draw(st.booleans()):
+            payload[key] = draw(st.sampled_from(_VALUES))
+        else:
+            payload.pop(key, None)
+    data = json.dumps(payload, allow_nan=True).encode()
+    if draw(st.booleans()):  # a duplicated key: the last one wins in both parsers
+        key = draw(st.sampled_from(sorted(payload) or ["x"]))
+        data = data[:-1] + b',"%s":%s}' % (key.encode(), json.dumps(draw(st.sampled_from(_VALUES))).encode())
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.sampled_from(_TOKENS)) + data[at:]
+    return topic, data
+
+
+def _outcome(parse, topic, data):
+    try:
+        event = parse(topic, data)
+    except EventRejected as exc:
+        return ("rejected", exc.reason, exc.field)
+    return ("event", type(event).__name__, event.model_dump(mode="json"), event.ts, event.raw)
+
+
+def _checked(topic, data):
+    return ev._parse_checked(ev.EVENT_MODELS[topic], data, ev.DEFAULT_MAX_EVENT_BYTES)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_wire_values())
+def test_every_way_in_gives_the_checked_paths_outcome(case):
+    topic, data = case
+    expected = _outcome(_checked, topic, data)
+    assert _outcome(parse_event, topic, data) == expected
+    batch = ev.parse_events(topic, [data])[0]
+    if isinstance(batch, EventRejected):
+        assert ("rejected", batch.reason, batch.field) == expected
+    else:
+        assert ("event", type(batch).__name__, batch.model_dump(mode="json"), batch.ts, batch.raw) == expected
+
+
+@pytest.mark.parametrize("extra", [b'"x":NaN', b'"x":Infinity', b'"x":-Infinity', b'"x":[1,NaN]'])
+def test_nan_and_infinity_anywhere_are_still_not_json(extra):
+    data = raw(funding())[:-1] + b"," + extra + b"}"
+    assert "not JSON" in rejected("funding-rate-events", data).reason
+    assert "not JSON" in ev.parse_events("funding-rate-events", [data])[0].reason
+    assert ev.screen_funding_rates([data, raw(funding())])[0] is None
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"true", b"1e0"])
+def test_schema_version_must_be_the_integer_1_on_every_path(version):
+    data = raw(funding()).replace(b'"schema_version": 1', b'"schema_version": ' + version)
+    assert "must be an integer" in rejected("funding-rate-events", data).reason
+    assert ev.screen_funding_rates([data])[0] is None
+
+
+def test_deep_nesting_and_huge_integer_timestamps_are_rejected_not_raised():
+    deep = raw(funding())[:-1] + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}"  # well under 64 KiB
+    assert rejected("funding-rate-events", deep).reason == "not JSON: nested too deeply"
+    huge = raw(funding(ts=10**30))
+    error = rejected("funding-rate-events", huge)
+    assert error.field == "ts" and "not plausible epoch seconds" in error.reason
+
+
+def test_raw_of_a_fast_parsed_event_is_decoded_on_demand_and_is_the_object_received():
+    payload = funding(mark_price=123.5, note="é")
+    data = ev.encode_event(payload)
+    event = parse_event("funding-rate-events", data)
+    assert event._received == data  # kept as bytes until needed
+    assert event.raw == payload and isinstance(event._received, dict)
+
+
+def test_signed_and_critical_events_take_the_checked_path():
+    signed = parse_event("funding-rate-events", raw(sign_event(funding(), KEY)))
+    critical = parse_event("market-events", raw(market(severity="critical")))
+    assert isinstance(signed._received, dict) and isinstance(critical._received, dict)
+    verify_signature(signed, KEY)
+
+
+def test_events_built_in_code_have_their_own_json_form_as_raw():
+    event = FundingRateEvent.model_validate(funding())
+    assert event.raw["venue"] == "hyperliquid" and "signature" not in event.raw
+    assert event.model_copy(update={"rate": 0.5}).raw["rate"] == 0.5  # a copy is not what was received
+
+
+def _same_as_parse_event(row, data):
+    event = parse_event("funding-rate-events", data)
+    assert isinstance(event, FundingRateEvent) and event.signature is None
+    assert event.ts == datetime.fromtimestamp(row["ts"], timezone.utc)
+    assert {k: getattr(event, k) for k in ("schema_version", "event_id", "venue", "symbol", "rate", "interval_hours")} \
+        == {k: row[k] for k in ("schema_version", "event_id", "venue", "symbol", "rate", "interval_hours")}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_wire_values(), min_size=1, max_size=12), st.lists(st.integers(0, 3), min_size=1, max_size=12))
+def test_the_funding_screen_only_returns_rows_parse_event_agrees_with(cases, valid_slots):
+    values = [data for _topic, data in cases]
+    for slot in valid_slots:  # clean chunks too, so the one-call path is exercised
+        values.insert(slot % (len(values) + 1), raw(funding(event_id=f"v{slot}", ts=1772366400 + slot / 1000)))
+    for chunk in (values, [v for v in values if parse_outcome_is_plain_funding(v)]):
+        rows = ev.screen_funding_rates(chunk)
+        assert len(rows) == len(chunk)
+        for row, data in zip(rows, chunk):
+            if row is not None:
+                _same_as_parse_event(row, data)
+
+
+def parse_outcome_is_plain_funding(data) -> bool:
+    try:
+        event = parse_event("funding-rate-events", data)
+    except EventRejected:
+        return False
+    return event.signature is None
+
+
+def test_the_screen_takes_plain_rates_and_leaves_the_rest_to_parse_event():
+    plain = [raw(funding(event_id=f"f{i}", ts=1772366400 + i)) for i in range(3)]
+    rows = ev.screen_funding_rates(plain)
+    assert [row["event_id"] for row in rows] == ["f0", "f1", "f2"] and rows[2]["ts"] == 1772366402.0
+    iso = raw(funding(ts="2026-03-01T12:00:00Z"))  # valid, but ts is not a number: parse_event decides
+    signed = raw(sign_event(funding(), KEY))
+    assert ev.screen_funding_rates(plain + [iso, signed, b"", None, b"{bad"]) == rows + [None] * 5
+    assert ev.screen_funding_rates([]) == []
+    assert ev.screen_funding_rates([raw(funding(note="x" * 2000))], max_bytes=1024) == [None]

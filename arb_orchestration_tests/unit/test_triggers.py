@@ -1,9 +1,11 @@
-"""`domain.triggers`: routing, admission of (critical) events, replay memory, funding deviation, cursor, tally.
+"""`domain.triggers`: routing, admission of (critical) events, replay memory, funding deviation, cursor, tally,
+and the funding sensor's fast paths (AdmissionCheck, NewestPerMarket) held to the plain rules.
 
 Pure logic: no Kafka, no Dagster.
 """
 
 import json
+import random
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -16,15 +18,18 @@ from arb_orchestration.domain.events import (
     TimestampWindow,
     encode_event,
     parse_event,
+    screen_funding_rates,
     sign_event,
 )
 from arb_orchestration.domain.funding import FundingDeviation
 from arb_orchestration.domain.triggers import (
     EARLIEST,
     Action,
+    AdmissionCheck,
     AdmissionPolicy,
     CursorError,
     HedgeBaselines,
+    NewestPerMarket,
     SeenCriticalIds,
     SensorCursor,
     TickTally,
@@ -233,3 +238,77 @@ def test_an_unreadable_cursor_is_refused_not_guessed(text):
 def test_tick_tally_text_names_every_count_and_lag():
     tally = TickTally(read=12, acted=1, parked=2, ignored=9, lag={"market-events/1": None, "market-events/0": 0})
     assert tally.text() == "read 12, acted 1, parked 2, ignored 9, lag {market-events/0: 0, market-events/1: ?}"
+
+
+# --------------------------------------------------------------------------- the funding sensor's fast paths
+
+
+def test_admission_check_answers_as_admit_event():
+    policy = AdmissionPolicy(max_age_seconds=900)
+    cases = [
+        _funding("binance", 0.0001, 8, ts=NOW - timedelta(seconds=age)) for age in (0, 1, 899.998, 899.9995, 900, 901, 5000)
+    ] + [
+        _market("warning", ts=NOW - timedelta(seconds=10)),
+        _market("warning", ts=NOW - timedelta(seconds=10), sign=True, key="other"),  # signed, wrong key
+        _market("critical", sign=True, ts=NOW - timedelta(seconds=5)),
+        _market("critical"),
+    ]
+    for event in cases:
+        expected = admit_event(event, KEY, SeenCriticalIds(), now=NOW, policy=policy)
+        assert AdmissionCheck(KEY, SeenCriticalIds(), now=NOW, policy=policy)(event) == expected, event
+    check = AdmissionCheck(KEY, SeenCriticalIds(), now=NOW, policy=policy)
+    assert check.fresh_after_epoch == pytest.approx(NOW.timestamp() - 900 + 0.001)
+
+
+def _rates(rng: random.Random, count: int) -> list:
+    """Funding events for 3 markets with many exact ties and sub-microsecond near-ties, in read order."""
+    base = 1_795_000_000.0
+    events = []
+    for _ in range(count):
+        ts = base + rng.choice([0, 0, 0.001, 0.002, 0.0000004, 0.0000006, 0.0000015, 0.5]) + rng.randint(0, 3) * 0.001
+        obj = {"schema_version": 1, "event_id": str(uuid.uuid4()), "ts": ts, "venue": rng.choice(["a", "b"]),
+               "symbol": rng.choice(["X", "Y"]), "rate": 0.0001, "interval_hours": 8}
+        events.append(encode_event(obj))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_newest_per_market_while_reading_equals_the_batch_rule(seed):
+    rng = random.Random(seed)
+    values = _rates(rng, 60)
+    events = [parse_event(FUNDING_RATE_EVENTS, v) for v in values]
+    expected = [event.event_id for event, _ in newest_per_market((e, i) for i, e in enumerate(events))]
+    rows = screen_funding_rates(values)
+
+    by_event, by_fields, mixed, by_rows = NewestPerMarket(), NewestPerMarket(), NewestPerMarket(), NewestPerMarket()
+    for i, (event, row) in enumerate(zip(events, rows)):
+        by_event.offer(event, event.event_id)
+        by_fields.offer_at(row["venue"], row["symbol"], row["ts"], row["event_id"])
+        if rng.random() < 0.5:
+            mixed.offer(event, event.event_id)
+        else:
+            mixed.offer_at(row["venue"], row["symbol"], row["ts"], row["event_id"])
+    assert by_rows.offer_rows(rows, [row["event_id"] for row in rows], fresher_than=0.0) == len(rows)
+    for kept in (by_event, by_fields, mixed, by_rows):
+        assert kept.newest() == expected
+        assert kept.offered == 60 and kept.superseded == 60 - len(expected)
+
+
+def test_offer_rows_stops_at_what_it_cannot_take():
+    values = [encode_event({"schema_version": 1, "event_id": f"e{i}", "ts": 1_795_000_000 + i, "venue": "v",
+                            "symbol": f"S{i % 3}", "rate": 0.0001, "interval_hours": 8}) for i in range(6)]
+    rows = screen_funding_rates(values)
+    rows[2] = None  # e.g. a malformed message: the caller parses it
+    kept = NewestPerMarket(max_markets=2)
+    assert kept.offer_rows(rows, list(range(6)), fresher_than=0.0) == 2
+    assert kept.offer_rows(rows, list(range(6)), fresher_than=0.0, start=3) == 5  # row 5 would be a 3rd market
+    assert kept.offered == 4 and len(kept) == 2 and kept.newest() == [3, 4]
+    assert not kept.offer_at("v", "S9", 1_795_000_100.0)  # refused and not counted
+    assert kept.offered == 4
+    stale = NewestPerMarket()
+    assert stale.offer_rows(rows, list(range(6)), fresher_than=1_795_000_000.5) == 0  # ts not later: the caller decides
+
+
+def test_tick_tally_says_which_limit_ended_the_read():
+    tally = TickTally(read=5, acted=5, limit="5 run requests per tick")
+    assert tally.text().endswith(", stopped at the 5 run requests per tick limit (the rest is read next tick)")
