@@ -1,5 +1,5 @@
 """Event schemas, parse rejections, canonical signing, the critical-event window and replay checks, the DLQ envelope;
-the fast parse path, batch parsing and the funding screen held to the checked path's outcome.
+the fast parse path, batch parsing and the funding screen held to the checked path's outcome."""
 
 from __future__ import annotations
 
