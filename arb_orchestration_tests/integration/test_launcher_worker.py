@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -181,6 +182,7 @@ def platform():
             stop_worker(p.worker)
             if p.instance is not None:
                 p.instance.dispose()
+            shutil.rmtree(home, ignore_errors=True)
 
 
 pytestmark = pytest.mark.integration

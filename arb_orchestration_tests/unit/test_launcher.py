@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -158,6 +159,7 @@ class FakeWorker:
         self.stopping = True
         self.thread.join(timeout=5)
         self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
