@@ -83,3 +83,17 @@ def test_run_all_finds_every_benchmark_and_gives_the_known_ones_small_arguments(
     assert {"stop_loss_parallel", "sensor_throughput"} <= set(names)
     assert "run_all" not in names and not any(n.startswith("_") for n in names)
     assert set(run_all.SMALL_ARGS) >= {"stop_loss_parallel", "sensor_throughput"}
+
+
+def test_sensor_throughput_judges_against_the_fastest_plain_reader_never_the_ceiling():
+    bench = _load("sensor_throughput")
+    passes = [
+        bench.Pass("raw", 100, 1.0), bench.Pass("raw-batch@1000", 100, 0.5),
+        bench.Pass("raw-batch@1000+sensor-client", 100, 0.25), bench.Pass("raw+json", 100, 2.0),
+        bench.Pass("validate-only@1000", 100, 0.2),  # a ceiling for the sensor, not a baseline
+        bench.Pass("sensor", 100, 2.0, ticks=2, run_requests=1, extra={"cursor_bytes": 10}),
+    ]
+    summary = bench.summarize(passes)
+    assert summary["best_raw"] == "raw-batch@1000+sensor-client"
+    assert summary["ratio_vs_raw"] == pytest.approx(0.125)
+    assert summary["sensors"]["sensor"]["ratio_vs_poll"] == pytest.approx(0.5)
