@@ -11,11 +11,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -23,6 +21,7 @@ from pydantic import BaseModel
 
 from arb_orchestration.sim.exchange_faults import Fault, FaultInjector
 from arb_orchestration.sim.exchange_state import ExchangeState, SimError
+from arb_orchestration.sim.http_base import KeepAliveHandler, LoopbackHTTPServer
 
 log = logging.getLogger("arb_orchestration.sim.exchange")
 
@@ -320,27 +319,10 @@ class ExchangeApi:
         return ApiResponse(200, {"ticks": self.state.ticks, "index": self.state.index_prices()})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(KeepAliveHandler):
     server_version = "arb-exchange-sim/1"
-    timeout = 60  # idle keep-alive connections are closed after this
 
     server: "SimHTTPServer"
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in two writes; without this, Nagle + delayed ACK
-        # stall every keep-alive response by ~40 ms.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
 
     def _serve(self, method: str) -> None:
         received_at = time.time()  # before any injected latency
@@ -382,38 +364,11 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-class SimHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server that can close its keep-alive connections on stop."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    # socketserver's default listen backlog is 5: a stop-loss opens ~45 connections at once
-    # (5 venues x 9 threads), the kernel drops the SYNs beyond the backlog and the client
-    # retries them only after its 1 s SYN timeout (measured: bench/stop_loss_parallel.py).
-    request_queue_size = 128
+class SimHTTPServer(LoopbackHTTPServer):
+    """Serves an `ExchangeApi`; closes its keep-alive connections on stop."""
 
     def __init__(self, address: tuple[str, int], api: ExchangeApi, stopping: threading.Event | None = None):
         self.api = api
-        self.stopping = stopping or threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def process_request(self, request, client_address) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        if stopping is not None:
+            self.stopping = stopping

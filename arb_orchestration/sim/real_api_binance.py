@@ -51,18 +51,17 @@ import itertools
 import json
 import logging
 import math
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from arb_orchestration.domain.models import Order, Withdrawal
 from arb_orchestration.sim.exchange_faults import FaultInjector
 from arb_orchestration.sim.exchange_state import ExchangeState, SimError
+from arb_orchestration.sim.http_base import KeepAliveHandler, LoopbackHTTPServer
 
 log = logging.getLogger("arb_orchestration.sim.real_api_binance")
 
@@ -1134,28 +1133,10 @@ def _seconds(value: float) -> str:
 # ---------------------------------------------------------------------------- HTTP
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(KeepAliveHandler):
     server_version = "arb-binance-sim/1"
-    timeout = 60
 
     server: "BinanceApiServer"
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
 
     def _serve(self, method: str) -> None:
         received_at = time.time()
@@ -1188,17 +1169,11 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-class BinanceApiServer(ThreadingHTTPServer):
+class BinanceApiServer(LoopbackHTTPServer):
     """Serves a `BinanceApi` on loopback; `start()` returns the base URL."""
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self, api: BinanceApi, host: str = "127.0.0.1", port: int = 0):
         self.api = api
-        self.stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _Handler)
         bound_host, bound_port = self.server_address[:2]
@@ -1216,27 +1191,11 @@ class BinanceApiServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.stopping.set()
         self.shutdown()
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.close_connections()
         self.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-
-    def process_request(self, request, client_address) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
 
     def __enter__(self) -> "BinanceApiServer":
         if self._thread is None:
