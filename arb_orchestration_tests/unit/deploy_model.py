@@ -44,6 +44,11 @@ ENVIRONMENTS: Mapping[str, tuple[str, ...]] = {
     "prod": (*BASE_FILES, "values-prod.yaml"),
     "bundled-postgresql": (*BASE_FILES, "values-postgresql-bundled.yaml"),
 }
+# Opt-in overlays on top of an environment. Kept apart from ENVIRONMENTS, whose tests assert the
+# chart's default K8sRunLauncher/QueuedRunCoordinator; test_helm_fast_path.py checks these.
+OPT_IN_ENVIRONMENTS: Mapping[str, tuple[str, ...]] = {
+    "prod-fast-path": (*ENVIRONMENTS["prod"], "values-fast-path.yaml"),
+}
 
 
 def shared_dir() -> Path:
@@ -94,7 +99,7 @@ def helm_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 def merged_values(environment: str) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    for name in ENVIRONMENTS[environment]:
+    for name in {**ENVIRONMENTS, **OPT_IN_ENVIRONMENTS}[environment]:
         merged = helm_merge(merged, load_yaml(HELM_VALUES_DIR / name) or {})
     return merged
 
@@ -222,10 +227,20 @@ _RUN_K8S_CONFIG_KEYS = {
 }
 
 
+def _render_custom(configurable: Mapping[str, Any]) -> dict:
+    return {
+        "module": configurable["module"],
+        "class": configurable["class"],
+        "config": copy.deepcopy(configurable.get("config") or {}),
+    }
+
+
 def render_run_launcher(
     values: Mapping[str, Any], release: str = RELEASE_NAME, namespace: str = NAMESPACE
 ) -> dict:
     launcher = values["runLauncher"]
+    if launcher["type"] == "CustomRunLauncher":  # _run-launcher.tpl: module, class, config as given
+        return _render_custom(launcher["config"]["customRunLauncher"])
     assert launcher["type"] == "K8sRunLauncher", launcher["type"]
     k8s = launcher["config"]["k8sRunLauncher"]
     config: dict[str, Any] = {
@@ -275,6 +290,8 @@ def render_run_coordinator(values: Mapping[str, Any]) -> dict | None:
     coordinator = daemon["runCoordinator"]
     if not (daemon.get("enabled") and coordinator.get("enabled")):
         return None
+    if coordinator["type"] == "CustomRunCoordinator":  # _run-coordinator.tpl, as given
+        return _render_custom(coordinator["config"]["customRunCoordinator"])
     assert coordinator["type"] == "QueuedRunCoordinator", coordinator["type"]
     queued = coordinator["config"]["queuedRunCoordinator"] or {}
     rendered: dict[str, Any] = {
@@ -480,7 +497,9 @@ def webserver_pod(
                         "key": "postgresql-password",
                     }
                 },
-            }
+            },
+            # A list `env` goes into the container as is (a map goes into the -env ConfigMap).
+            *copy.deepcopy(web["env"] if isinstance(web.get("env"), list) else []),
         ],
         "envFrom": _env_from(
             [f"{fullname(release)}-webserver-env", *_names(web.get("envConfigMaps"))],
@@ -538,7 +557,8 @@ def daemon_pod(values: Mapping[str, Any], release: str = RELEASE_NAME) -> dict[s
                         "key": "postgresql-password",
                     }
                 },
-            }
+            },
+            *copy.deepcopy(daemon["env"] if isinstance(daemon.get("env"), list) else []),
         ],
         "envFrom": _env_from(
             [f"{fullname(release)}-daemon-env", *_names(daemon.get("envConfigMaps"))],
@@ -740,7 +760,7 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 def _main(argv: list[str]) -> int:
     usage = "usage: python -m arb_orchestration_tests.unit.deploy_model instance|context ENV"
-    if len(argv) != 2 or argv[1] not in ENVIRONMENTS:
+    if len(argv) != 2 or argv[1] not in {**ENVIRONMENTS, **OPT_IN_ENVIRONMENTS}:
         print(usage, file=sys.stderr)
         return 2
     values = merged_values(argv[1])

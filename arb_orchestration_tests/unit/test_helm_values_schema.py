@@ -81,7 +81,7 @@ def test_each_environment_merged_is_valid(validators, strength, environment):
 
 
 def test_all_values_files_belong_to_an_environment():
-    used = {name for files in model.ENVIRONMENTS.values() for name in files}
+    used = {name for envs in (model.ENVIRONMENTS, model.OPT_IN_ENVIRONMENTS) for files in envs.values() for name in files}
     assert {path.name for path in model.values_files()} == used
 
 
