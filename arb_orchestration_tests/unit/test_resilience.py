@@ -30,6 +30,17 @@ def make_caller(threshold=3, reset=10.0, attempts=4):
     return caller, breaker, clock, sleeps
 
 
+def trip(caller, times):
+    """Fail `times` calls with a transient error (enough to open a breaker)."""
+
+    def failing():
+        raise TransientError("503")
+
+    for _ in range(times):
+        with pytest.raises(TransientError):
+            caller.call(failing, what="t")
+
+
 def test_backoff_is_exponential_and_capped_without_jitter():
     policy = RetrySettings(base_delay=0.1, max_delay=0.5, jitter=False)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
@@ -110,12 +121,7 @@ def test_ambiguous_outcome_without_reconcile_is_raised():
 def test_breaker_opens_fails_fast_then_half_opens_and_closes():
     caller, breaker, clock, _ = make_caller(threshold=3, reset=10, attempts=1)
 
-    def failing():
-        raise TransientError("503")
-
-    for _ in range(3):
-        with pytest.raises(TransientError):
-            caller.call(failing, what="t")
+    trip(caller, 3)
     assert breaker.state == "open"
     with pytest.raises(CircuitOpenError):
         caller.call(lambda: "never called", what="t")
@@ -127,15 +133,9 @@ def test_breaker_opens_fails_fast_then_half_opens_and_closes():
 def test_failed_half_open_probe_reopens():
     caller, breaker, clock, _ = make_caller(threshold=2, reset=5, attempts=1)
 
-    def failing():
-        raise TransientError("503")
-
-    for _ in range(2):
-        with pytest.raises(TransientError):
-            caller.call(failing, what="t")
+    trip(caller, 2)
     clock.now = 6
-    with pytest.raises(TransientError):
-        caller.call(failing, what="t")
+    trip(caller, 1)  # the half-open probe fails
     assert breaker.state == "open"
     with pytest.raises(CircuitOpenError):
         caller.call(lambda: 1, what="t")
@@ -144,12 +144,7 @@ def test_failed_half_open_probe_reopens():
 def test_business_error_during_half_open_probe_closes_the_breaker():
     caller, breaker, clock, _ = make_caller(threshold=2, reset=5, attempts=1)
 
-    def failing():
-        raise TransientError("503")
-
-    for _ in range(2):
-        with pytest.raises(TransientError):
-            caller.call(failing, what="t")
+    trip(caller, 2)
     clock.now = 6
 
     def not_found():
@@ -164,12 +159,7 @@ def test_business_error_during_half_open_probe_closes_the_breaker():
 def test_unexpected_error_during_half_open_probe_does_not_wedge_the_breaker():
     caller, breaker, clock, _ = make_caller(threshold=2, reset=5, attempts=1)
 
-    def failing():
-        raise TransientError("503")
-
-    for _ in range(2):
-        with pytest.raises(TransientError):
-            caller.call(failing, what="t")
+    trip(caller, 2)
     clock.now = 6
     with pytest.raises(ValueError):
         caller.call(lambda: (_ for _ in ()).throw(ValueError("bad json")), what="t")
