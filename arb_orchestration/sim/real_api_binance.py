@@ -776,15 +776,21 @@ class BinanceApi:
     def _query_order(self, req, p):
         return self._order_json(self._find_order(p))
 
-    def _cancel_order(self, req, p):
+    @staticmethod
+    def _open_for_cancel(find, p):
+        """The order `find(p)` names, as cancel endpoints see it: unknown or final → -2011."""
         try:
-            order = self._find_order(p)
+            order = find(p)
         except BinanceError as exc:
             if exc.code == -2013:
                 raise BinanceError(-2011, "Unknown order sent.") from None
             raise
         if order.status != "open":
             raise BinanceError(-2011, "Unknown order sent.")
+        return order
+
+    def _cancel_order(self, req, p):
+        order = self._open_for_cancel(self._find_order, p)
         return self._order_json(self.state.cancel_order(self.venue, order.id))
 
     def _open_orders(self, req, p):
@@ -913,14 +919,7 @@ class BinanceApi:
         return self._algo_json(self._find_algo_order(p))
 
     def _cancel_algo_order(self, req, p):
-        try:
-            order = self._find_algo_order(p)
-        except BinanceError as exc:
-            if exc.code == -2013:
-                raise BinanceError(-2011, "Unknown order sent.") from None
-            raise
-        if order.status != "open":
-            raise BinanceError(-2011, "Unknown order sent.")
+        order = self._open_for_cancel(self._find_algo_order, p)
         order = self.state.cancel_order(self.venue, order.id)
         body = self._algo_json(order)
         return {"algoId": body["algoId"], "clientAlgoId": body["clientAlgoId"], "code": "200", "msg": "success"}
