@@ -477,6 +477,19 @@ def selector_labels(release: str = RELEASE_NAME) -> dict[str, str]:
     return {"app.kubernetes.io/name": CHART_NAME, "app.kubernetes.io/instance": release}
 
 
+def _control_plane_env(values: dict, release: str, component: dict) -> list[dict]:
+    """The webserver's and daemon's container `env`: the database password from its Secret, then a
+    list-form `env` as is (a map-form `env` goes into the component's -env ConfigMap instead)."""
+    password = {
+        "name": "DAGSTER_PG_PASSWORD",
+        "valueFrom": {
+            "secretKeyRef": {"name": postgresql_secret_name(values, release), "key": "postgresql-password"}
+        },
+    }
+    listed = component["env"] if isinstance(component.get("env"), list) else []
+    return [password, *copy.deepcopy(listed)]
+
+
 def webserver_pod(
     values: Mapping[str, Any], *, read_only: bool = False, release: str = RELEASE_NAME
 ) -> dict[str, Any]:
@@ -488,19 +501,7 @@ def webserver_pod(
         "image": image_name(web["image"]),
         "imagePullPolicy": web["image"]["pullPolicy"],
         "securityContext": copy.deepcopy(web.get("securityContext") or {}),
-        "env": [
-            {
-                "name": "DAGSTER_PG_PASSWORD",
-                "valueFrom": {
-                    "secretKeyRef": {
-                        "name": postgresql_secret_name(values, release),
-                        "key": "postgresql-password",
-                    }
-                },
-            },
-            # A list `env` goes into the container as is (a map goes into the -env ConfigMap).
-            *copy.deepcopy(web["env"] if isinstance(web.get("env"), list) else []),
-        ],
+        "env": _control_plane_env(values, release, web),
         "envFrom": _env_from(
             [f"{fullname(release)}-webserver-env", *_names(web.get("envConfigMaps"))],
             web.get("envSecrets"),
@@ -548,18 +549,7 @@ def daemon_pod(values: Mapping[str, Any], release: str = RELEASE_NAME) -> dict[s
         "command": ["dagster-daemon"],
         "args": ["run", "-w", "/dagster-workspace/workspace.yaml"],
         "securityContext": copy.deepcopy(daemon.get("securityContext") or {}),
-        "env": [
-            {
-                "name": "DAGSTER_PG_PASSWORD",
-                "valueFrom": {
-                    "secretKeyRef": {
-                        "name": postgresql_secret_name(values, release),
-                        "key": "postgresql-password",
-                    }
-                },
-            },
-            *copy.deepcopy(daemon["env"] if isinstance(daemon.get("env"), list) else []),
-        ],
+        "env": _control_plane_env(values, release, daemon),
         "envFrom": _env_from(
             [f"{fullname(release)}-daemon-env", *_names(daemon.get("envConfigMaps"))],
             daemon.get("envSecrets"),
