@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from itertools import islice
+from operator import sub
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -266,8 +268,11 @@ def newest_per_market(events: Iterable[tuple[FundingRateEvent, int]]) -> list[tu
 
 # Two times further apart than this (seconds) keep their order once rounded to the
 # microsecond a datetime holds: each side moves by at most 0.5 us plus float error
-# (~0.24 us at today's epoch). Closer ones are compared as the events' datetimes.
+# (~0.24 us at today's epoch). Closer ones are compared as the events' datetimes: two
+# different floats within a microsecond can be the same datetime (a tie, which the later
+# read wins) while one float is smaller.
 _SURELY_APART_S = 5e-6
+_APART = _SURELY_APART_S + 1.0  # a gap no chunk of one rate has
 
 
 class NewestPerMarket:
@@ -275,9 +280,10 @@ class NewestPerMarket:
 
     Offer rates in read order: `offer(event, item)` for a parsed event, or, for
     rates known only by their fields (`domain.events.screen_funding_rates`),
-    `offer_at(venue, symbol, epoch_seconds, item)` / `offer_rows(rows, items)`,
-    whose events would have `ts == datetime.fromtimestamp(epoch_seconds, UTC)`.
-    The same rule as `newest_per_market` either way: latest `ts` wins, a tie
+    `offer_at(venue, symbol, epoch_seconds, item)`, `offer_rows(rows, items)` or
+    `offer_chunk(markets, epochs, items)`, whose events would have
+    `ts == datetime.fromtimestamp(epoch_seconds, UTC)`. The same rule as
+    `newest_per_market` every way: latest `ts` wins, a tie (equal datetimes)
     goes to the later read. `item` travels with the rate (the sensor's Kafka
     message, from which it builds the event of the few it keeps). Memory is one
     entry per market however many rates a tick reads. With `max_markets`, a rate
@@ -316,13 +322,13 @@ class NewestPerMarket:
         return True
 
     def offer_rows(self, rows: list[Any], items: list[Any], *, fresher_than: float, start: int = 0) -> int:
-        """Offer `rows[start:]` (screened rows: dicts with venue, symbol, ts in epoch seconds) in order.
+        """Offer `rows[start:]` (screened rows: `venue`, `symbol`, `ts` in epoch seconds) in order.
 
         Stops at the first row that is None, whose `ts` is not later than
         `fresher_than`, or that is a market beyond `max_markets`, and returns its
         index (`len(rows)` when every row was taken); the caller deals with that
-        one and calls again from the next. The funding sensor's hot loop: the
-        same as `offer_at` row by row, without a call per row.
+        one and calls again from the next. The same as `offer_at` row by row,
+        without a call per row (for a chunk `offer_chunk` could not take).
         """
         held_by_market = self._held
         cap = self.max_markets
@@ -334,22 +340,76 @@ class NewestPerMarket:
                 row = rows[index]
                 if row is None:
                     return index
-                epoch_seconds = row["ts"]
+                epoch_seconds = row.ts
                 if epoch_seconds <= fresher_than:
                     return index
-                key = (row["venue"], row["symbol"])
+                key = (row.venue, row.symbol)
                 held = held_by_market.get(key)
                 if held is None:
                     if cap is not None and len(held_by_market) >= cap:
                         return index
                     held_by_market[key] = [epoch_seconds, None, items[index], order]
-                elif epoch_seconds >= held[0] if held[1] is None else _is_newer_or_tie(epoch_seconds, None, held):
-                    held[0], held[1], held[2], held[3] = epoch_seconds, None, items[index], order
+                else:
+                    gap = epoch_seconds - held[0]
+                    if gap > _SURELY_APART_S or (gap >= -_SURELY_APART_S and _is_newer_or_tie(epoch_seconds, None, held)):
+                        held[0], held[1], held[2], held[3] = epoch_seconds, None, items[index], order
                 order += 1
                 index += 1
             return index
         finally:
             self.offered = order
+
+    def offer_chunk(self, markets: list[tuple[str, str]], epochs: list[float], items: list[Any]) -> bool:
+        """Offer a chunk of rates by their fields, in read order: `markets[i]` (venue, symbol) at `epochs[i]`.
+
+        All or nothing: False, and nothing offered, when the chunk holds a market
+        beyond `max_markets` (`offer_rows` then offers up to it). The same outcome
+        as `offer_at` rate by rate, without a Python step per rate: a dict built
+        from the rates in time order (read order when that is already it, else a
+        stable sort by time) keeps, per market, the latest rate with ties to the
+        later read (C-level work); only the one winner per market is then
+        compared with what is held. Times compared as floats order like the
+        events' datetimes when no two different ones are within a few
+        microseconds; a chunk where some are is offered rate by rate, exactly.
+        """
+        count = len(epochs)
+        if count != len(markets) or count != len(items):
+            raise ValueError("offer_chunk: markets, epochs and items differ in length")
+        if not count:
+            return True
+        held_by_market = self._held
+        cap = self.max_markets
+        if (
+            cap is not None
+            and len(held_by_market) + count > cap
+            and len(held_by_market) + len(set(markets).difference(held_by_market)) > cap
+        ):
+            return False
+        # The smallest gap between neighbouring times that differ (0.0, an exact tie, is dropped).
+        # Above the bound, the times are in read order and no two different ones are close: the
+        # last read per market is its newest (the common case: a chunk is one partition's run).
+        closest = min(filter(None, map(sub, islice(epochs, 1, None), epochs)), default=_APART)
+        if closest > _SURELY_APART_S:
+            winners = dict(zip(markets, range(count)))
+        else:
+            order = sorted(range(count), key=epochs.__getitem__)  # stable: equal times keep read order
+            ordered = list(map(epochs.__getitem__, order))
+            if min(filter(None, map(sub, islice(ordered, 1, None), ordered)), default=_APART) <= _SURELY_APART_S:
+                for key, epoch_seconds, item in zip(markets, epochs, items):
+                    self.offer_at(key[0], key[1], epoch_seconds, item)
+                return True
+            # Later entries overwrite earlier ones: per market, the latest time, the later read on a tie.
+            winners = dict(zip(map(markets.__getitem__, order), order))
+        base = self.offered
+        for key, index in winners.items():
+            held = held_by_market.get(key)
+            epoch_seconds = epochs[index]
+            if held is None:
+                held_by_market[key] = [epoch_seconds, None, items[index], base + index]
+            elif _is_newer_or_tie(epoch_seconds, None, held):
+                held[0], held[1], held[2], held[3] = epoch_seconds, None, items[index], base + index
+        self.offered = base + count
+        return True
 
     @property
     def superseded(self) -> int:
@@ -364,14 +424,11 @@ class NewestPerMarket:
 def _is_newer_or_tie(epoch_seconds: float, ts: datetime | None, held: list[Any]) -> bool:
     """Does a rate at `epoch_seconds` (exactly `ts` when given) replace `held` (newer, or a tie)?
 
-    Both known only as epoch seconds (`ts` and `held[1]` None): their datetimes are
-    `fromtimestamp` of them, which never decreases as its argument grows, so
-    `epoch_seconds >= held[0]` is exactly "newer or a tie" (`offer_rows` inlines
-    this case). Otherwise far-apart times are ordered as floats and close ones
-    compared as datetimes.
+    Far-apart times are ordered as floats; close ones are compared as the
+    events' datetimes (`fromtimestamp` of the float when the datetime is not
+    known), so two different floats that round to the same microsecond are a
+    tie, which the later read (this one) wins.
     """
-    if ts is None and held[1] is None:
-        return epoch_seconds >= held[0]
     gap = epoch_seconds - held[0]
     if gap > _SURELY_APART_S:
         return True

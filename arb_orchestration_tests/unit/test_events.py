@@ -503,23 +503,161 @@ def test_events_built_in_code_have_their_own_json_form_as_raw():
 def _same_as_parse_event(row, data):
     event = parse_event("funding-rate-events", data)
     assert isinstance(event, FundingRateEvent) and event.signature is None
-    assert event.ts == datetime.fromtimestamp(row["ts"], timezone.utc)
-    assert {k: getattr(event, k) for k in ("schema_version", "event_id", "venue", "symbol", "rate", "interval_hours")} \
-        == {k: row[k] for k in ("schema_version", "event_id", "venue", "symbol", "rate", "interval_hours")}
+    assert event.ts == datetime.fromtimestamp(row.ts, timezone.utc)
+    fields = ("schema_version", "event_id", "venue", "symbol", "rate", "interval_hours")
+    assert {k: getattr(event, k) for k in fields} == {k: getattr(row, k) for k in fields}
+    assert {k: type(getattr(event, k)) for k in fields} == {k: type(getattr(row, k)) for k in fields}
+
+
+def _screen_should_take(data) -> bool:
+    """What the screen must take: parse_event's plain (unsigned) funding rates with a numeric `ts`...
+
+    ...except values holding a lone UTF-16 surrogate escape (`"\\ud800"`), which Python's JSON
+    reader decodes and msgspec refuses; parse_event decides those (and see duplicate keys below).
+    """
+    try:
+        event = parse_event("funding-rate-events", data)
+    except EventRejected:
+        return False
+    if not isinstance(event, FundingRateEvent) or event.signature is not None:
+        return False
+    ts = event.raw["ts"]
+    if type(ts) not in (int, float):
+        return False
+    try:
+        json.dumps(event.raw, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _has_duplicate_keys(data) -> bool:
+    found = []
+
+    def pairs(items):
+        keys = [key for key, _ in items]
+        found.append(len(keys) != len(set(keys)))
+        return dict(items)
+
+    try:
+        json.loads(data, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return False
+    return any(found)
+
+
+def _check_screen(values):
+    rows = ev.screen_funding_rates(values)
+    assert len(rows) == len(values)
+    for row, data in zip(rows, values):
+        if _has_duplicate_keys(data):
+            # The last occurrence wins in both readers, but msgspec also validates the earlier
+            # ones and may refuse what Python's reader takes: then parse_event decides.
+            assert row is None or _screen_should_take(data), data
+        else:
+            assert (row is not None) == _screen_should_take(data), data
+        if row is not None:
+            _same_as_parse_event(row, data)
+    # The one-call path and the value-by-value path agree.
+    assert [ev.screen_funding_rates([v])[0] for v in values] == rows
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_wire_values(), min_size=1, max_size=12), st.lists(st.integers(0, 3), min_size=1, max_size=12))
-def test_the_funding_screen_only_returns_rows_parse_event_agrees_with(cases, valid_slots):
+def test_the_funding_screen_takes_exactly_the_plain_rates_parse_event_accepts(cases, valid_slots):
     values = [data for _topic, data in cases]
     for slot in valid_slots:  # clean chunks too, so the one-call path is exercised
         values.insert(slot % (len(values) + 1), raw(funding(event_id=f"v{slot}", ts=1772366400 + slot / 1000)))
-    for chunk in (values, [v for v in values if parse_outcome_is_plain_funding(v)]):
-        rows = ev.screen_funding_rates(chunk)
-        assert len(rows) == len(chunk)
-        for row, data in zip(rows, chunk):
-            if row is not None:
-                _same_as_parse_event(row, data)
+    _check_screen(values)
+    _check_screen([v for v in values if parse_outcome_is_plain_funding(v)])
+
+
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+_NAMES = st.text(min_size=0, max_size=70) | st.sampled_from(["", "binance", "ETH/USDT:USDT", "é" * 64, "é" * 65,
+                                                            "😀" * 64, "😀" * 65, "\x00", "\ud800", "a" * 128])
+_NUMBERS = (st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**20), 10**20)
+            | st.sampled_from([0, -0.0, 5e-324, 1.7976931348623157e308, 999_999_999.9999999, 1_000_000_000,
+                               9_999_999_999, 9_999_999_999.000001, 10_000_000_000]))
+
+
+@st.composite
+def _funding_payloads(draw):
+    """Funding events with every field drawn from plausible and hostile values, some fields missing."""
+    payload = {
+        "schema_version": draw(st.sampled_from([1, 1, 1, 0, 2, 1.0, True, "1", None])),
+        "event_id": draw(_NAMES | st.text(min_size=120, max_size=140)),
+        "ts": draw(_NUMBERS | st.floats(1e9, 1e10) | st.sampled_from(["2026-03-01T12:00:00Z", True, None])),
+        "venue": draw(_NAMES),
+        "symbol": draw(_NAMES),
+        "rate": draw(_NUMBERS | st.sampled_from(["0.1", None, True])),
+        "interval_hours": draw(_NUMBERS | st.sampled_from([8, 1, 0, -1, "8", None])),
+    }
+    for key in draw(st.lists(st.sampled_from(sorted(payload)), max_size=2)):
+        payload.pop(key, None)
+    if draw(st.booleans()):
+        payload[draw(st.sampled_from(["mark_price", "note", "signature", "extra"]))] = draw(_ANY_JSON)
+    if draw(st.integers(0, 9)) == 0:
+        payload["signature"] = "ab" * 32  # well formed: only parse_event may check it
+    return json.dumps(payload, allow_nan=True, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_funding_payloads(), min_size=1, max_size=6))
+def test_the_funding_screen_agrees_with_the_model_on_generated_payloads(values):
+    _check_screen(values)
+
+
+@pytest.mark.parametrize("data, why", [
+    (raw(funding())[:-1] + b',"note":"\xff"}', "invalid UTF-8 in a field msgspec would skip"),
+    (raw(funding())[:-1] + b',"x":' + b"1" * 4301 + b"}", "an integer longer than Python's digit limit"),
+    (raw(funding())[:-1] + b',"x":"\ud800"}', "a lone surrogate escape (Python takes it, msgspec does not)"),
+    (raw(funding())[:-1] + b',"x":NaN}', "NaN is not JSON"),
+    (raw(funding(rate=1e308)).replace(b"1e+308", b"1e400"), "a rate beyond the float range"),
+    (raw(funding())[:-1] + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+    (b"\xef\xbb\xbf" + raw(funding()), "a byte order mark"),
+    (raw(funding(signature=None)), None),  # null signature: a plain rate
+    (raw(funding(signature="")), "an empty signature (the model refuses it)"),
+    (raw(funding(rate=5, interval_hours=8, ts=1772366400)), None),  # integers for float fields
+])
+def test_the_screen_leaves_what_msgspec_reads_differently_to_parse_event(data, why):
+    row = ev.screen_funding_rates([data, raw(funding())])[0]
+    assert (row is None) == (why is not None), why
+    assert ev.screen_funding_rates([data])[0] == row
+    assert (row is not None) == _screen_should_take(data)
+
+
+def test_the_row_struct_is_the_models_fields():
+    import msgspec
+
+    info = msgspec.inspect.type_info(ev.FundingRateRow)
+    assert [f.name for f in info.fields] == list(FundingRateEvent.model_fields)
+    by_name = {f.name: f for f in info.fields}
+    assert (by_name["event_id"].type.min_length, by_name["event_id"].type.max_length) == (1, 128)
+    assert (by_name["venue"].type.max_length, by_name["symbol"].type.max_length) == (64, 64)
+    assert (by_name["schema_version"].type.ge, by_name["schema_version"].type.le) == (1, 1)
+    assert by_name["interval_hours"].type.gt == 0
+    assert (by_name["ts"].type.ge, by_name["ts"].type.le) == (ev._MIN_EPOCH_S, ev._MAX_EPOCH_S)
+    assert not by_name["signature"].required and isinstance(by_name["signature"].type, msgspec.inspect.NoneType)
+    with pytest.raises(TypeError, match="no msgspec form"):
+        ev._row_constraints("x", [object()])
+
+
+def test_a_digit_limit_below_the_default_shrinks_what_the_screen_takes():
+    import sys
+
+    long_int = raw(funding())[:-1] + b',"x":' + b"7" * 700 + b"}"
+    assert ev.screen_funding_rates([long_int])[0] is not None
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)
+    try:
+        assert ev.screen_funding_rates([long_int])[0] is None
+        assert rejected("funding-rate-events", long_int).reason.startswith("not JSON")
+    finally:
+        sys.set_int_max_str_digits(before)
 
 
 def parse_outcome_is_plain_funding(data) -> bool:
@@ -533,9 +671,14 @@ def parse_outcome_is_plain_funding(data) -> bool:
 def test_the_screen_takes_plain_rates_and_leaves_the_rest_to_parse_event():
     plain = [raw(funding(event_id=f"f{i}", ts=1772366400 + i)) for i in range(3)]
     rows = ev.screen_funding_rates(plain)
-    assert [row["event_id"] for row in rows] == ["f0", "f1", "f2"] and rows[2]["ts"] == 1772366402.0
+    assert [row.event_id for row in rows] == ["f0", "f1", "f2"] and rows[2].ts == 1772366402.0
     iso = raw(funding(ts="2026-03-01T12:00:00Z"))  # valid, but ts is not a number: parse_event decides
     signed = raw(sign_event(funding(), KEY))
     assert ev.screen_funding_rates(plain + [iso, signed, b"", None, b"{bad"]) == rows + [None] * 5
     assert ev.screen_funding_rates([]) == []
     assert ev.screen_funding_rates([raw(funding(note="x" * 2000))], max_bytes=1024) == [None]
+    # A bytes-like value is screened as the same bytes (parse_event reads it so); text is not screened.
+    assert ev.screen_funding_rates([bytearray(plain[0]), memoryview(plain[1])]) == rows[:2]
+    assert ev.screen_funding_rates([plain[0].decode()]) == [None]
+    assert ev.screen_funding_rates([bytearray(plain[0]), plain[0].decode(), plain[2]]) == [rows[0], None, rows[2]]
+    assert parse_event("funding-rate-events", bytearray(plain[0])).event_id == "f0"

@@ -272,6 +272,16 @@ def _rates(rng: random.Random, count: int) -> list:
     return events
 
 
+def _chunks(rng: random.Random, count: int) -> list[tuple[int, int]]:
+    """Random [start, end) slices covering range(count), in order."""
+    bounds, at = [], 0
+    while at < count:
+        end = min(count, at + rng.randint(1, 25))
+        bounds.append((at, end))
+        at = end
+    return bounds
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_newest_per_market_while_reading_equals_the_batch_rule(seed):
     rng = random.Random(seed)
@@ -279,19 +289,71 @@ def test_newest_per_market_while_reading_equals_the_batch_rule(seed):
     events = [parse_event(FUNDING_RATE_EVENTS, v) for v in values]
     expected = [event.event_id for event, _ in newest_per_market((e, i) for i, e in enumerate(events))]
     rows = screen_funding_rates(values)
+    ids = [row.event_id for row in rows]
 
-    by_event, by_fields, mixed, by_rows = NewestPerMarket(), NewestPerMarket(), NewestPerMarket(), NewestPerMarket()
+    by_event, by_fields, mixed, by_rows, by_chunks = (NewestPerMarket() for _ in range(5))
     for i, (event, row) in enumerate(zip(events, rows)):
         by_event.offer(event, event.event_id)
-        by_fields.offer_at(row["venue"], row["symbol"], row["ts"], row["event_id"])
+        by_fields.offer_at(row.venue, row.symbol, row.ts, row.event_id)
         if rng.random() < 0.5:
             mixed.offer(event, event.event_id)
         else:
-            mixed.offer_at(row["venue"], row["symbol"], row["ts"], row["event_id"])
-    assert by_rows.offer_rows(rows, [row["event_id"] for row in rows], fresher_than=0.0) == len(rows)
-    for kept in (by_event, by_fields, mixed, by_rows):
+            mixed.offer_at(row.venue, row.symbol, row.ts, row.event_id)
+    assert by_rows.offer_rows(rows, ids, fresher_than=0.0) == len(rows)
+    for start, end in _chunks(rng, len(rows)):
+        part = rows[start:end]
+        assert by_chunks.offer_chunk([(r.venue, r.symbol) for r in part], [r.ts for r in part], ids[start:end])
+    for kept in (by_event, by_fields, mixed, by_rows, by_chunks):
         assert kept.newest() == expected
         assert kept.offered == 60 and kept.superseded == 60 - len(expected)
+
+
+def _far_apart_rates(rng: random.Random, count: int) -> list:
+    """Rates whose different times are milliseconds apart (exact ties kept): offer_chunk's C-level case."""
+    base = 1_795_000_000.0
+    return [encode_event({"schema_version": 1, "event_id": str(uuid.uuid4()),
+                          "ts": base + rng.choice([0, 0.001, 0.002, 0.5, 1.25, -0.75]) + rng.randint(0, 3) * 0.004,
+                          "venue": rng.choice(["a", "b", "c"]), "symbol": rng.choice(["X", "Y"]), "rate": 0.0001,
+                          "interval_hours": 8}) for _ in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_offer_chunk_keeps_what_offering_one_by_one_keeps(seed):
+    rng = random.Random(seed)
+    values = _far_apart_rates(rng, 120)
+    events = [parse_event(FUNDING_RATE_EVENTS, v) for v in values]
+    expected = [event.event_id for event, _ in newest_per_market((e, i) for i, e in enumerate(events))]
+    rows = screen_funding_rates(values)
+    kept = NewestPerMarket()
+    # An event offered first (held with its exact datetime), then chunks of rows.
+    kept.offer(events[0], events[0].event_id)
+    for start, end in _chunks(rng, len(rows) - 1):
+        part = rows[1 + start:1 + end]
+        assert kept.offer_chunk([(r.venue, r.symbol) for r in part], [r.ts for r in part],
+                                [r.event_id for r in part])
+    assert kept.newest() == expected and kept.offered == 120
+
+
+def test_times_within_a_microsecond_are_ties_that_the_later_read_wins():
+    # Two different floats that are the same datetime: 1795000000.0000002 and 1795000000.0 are both
+    # ...:00.000000 once rounded to the microsecond. The later read wins the tie on every path
+    # (offer_rows compared them as floats before and kept the earlier one).
+    earlier, later = 1_795_000_000.0000002, 1_795_000_000.0
+    assert earlier != later
+    assert datetime.fromtimestamp(earlier, timezone.utc) == datetime.fromtimestamp(later, timezone.utc)
+    values = [encode_event({"schema_version": 1, "event_id": name, "ts": ts, "venue": "v", "symbol": "S",
+                            "rate": 0.0001, "interval_hours": 8}) for name, ts in (("first", earlier), ("second", later))]
+    events = [parse_event(FUNDING_RATE_EVENTS, v) for v in values]
+    assert [e.event_id for e, _ in newest_per_market((e, i) for i, e in enumerate(events))] == ["second"]
+    rows = screen_funding_rates(values)
+    by_rows, by_chunk, by_fields, split = (NewestPerMarket() for _ in range(4))
+    assert by_rows.offer_rows(rows, ["first", "second"], fresher_than=0.0) == 2
+    assert by_chunk.offer_chunk([("v", "S")] * 2, [earlier, later], ["first", "second"])
+    by_fields.offer_at("v", "S", earlier, "first")
+    by_fields.offer_at("v", "S", later, "second")
+    assert split.offer_chunk([("v", "S")], [earlier], ["first"]) and split.offer_chunk([("v", "S")], [later], ["second"])
+    for kept in (by_rows, by_chunk, by_fields, split):
+        assert kept.newest() == ["second"]
 
 
 def test_offer_rows_stops_at_what_it_cannot_take():
@@ -307,6 +369,16 @@ def test_offer_rows_stops_at_what_it_cannot_take():
     assert kept.offered == 4
     stale = NewestPerMarket()
     assert stale.offer_rows(rows, list(range(6)), fresher_than=1_795_000_000.5) == 0  # ts not later: the caller decides
+
+
+def test_offer_chunk_is_all_or_nothing_at_the_market_bound():
+    kept = NewestPerMarket(max_markets=2)
+    assert kept.offer_chunk([("v", "A"), ("v", "B"), ("v", "A")], [1.0e9 + 1, 1.0e9 + 2, 1.0e9 + 3], [0, 1, 2])
+    assert not kept.offer_chunk([("v", "A"), ("v", "C")], [1.0e9 + 4, 1.0e9 + 5], [3, 4])  # C is a third market
+    assert kept.offered == 3 and kept.newest() == [1, 2]
+    assert kept.offer_chunk([("v", "B")], [1.0e9 + 6], [5]) and kept.newest() == [2, 5]
+    with pytest.raises(ValueError):
+        kept.offer_chunk([("v", "B")], [], [])
 
 
 def test_tick_tally_says_which_limit_ended_the_read():

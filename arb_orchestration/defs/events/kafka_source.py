@@ -36,6 +36,7 @@ MAX_DLQ_MESSAGE_BYTES = 900_000
 
 
 _PARTITION_OF = methodcaller("partition")
+_ERROR_OF = methodcaller("error")
 VALUE_OF = methodcaller("value")  # `list(map(VALUE_OF, messages))`: the values of a chunk without a Python loop
 
 
@@ -213,20 +214,29 @@ class TopicRead:
     positions: dict[int, int] = field(default_factory=dict)  # next offset per partition after what was read
     warnings: list[str] = field(default_factory=list)  # offsets the cursor had that the broker no longer has
 
-    def consume(self, max_messages: int, timeout: float) -> list[Any]:
+    def consume(self, max_messages: int, timeout: float, *, check: bool = True) -> list[Any]:
         """Up to `max_messages` messages (confluent-kafka `Message`s) in one call.
 
         Returns as soon as `max_messages` are there, else after `timeout` seconds
         with what came (timeout 0: what is already fetched). Positions are not
         moved: the caller hands the messages it handled to `mark_read`, so a tick
         that stops inside a batch (a critical event, a limit) leaves the rest to
-        the next tick.
+        the next tick. Raises `KafkaUnavailable` if any is an error event; with
+        `check=False` the caller must call `check_errors` before it takes any
+        message as data (the funding sensor: a chunk its screen takes whole can
+        hold no error event, whose value is librdkafka's error text or None).
         """
         messages = self.consumer.consume(max_messages, max(0.0, timeout))
-        for msg in messages:
-            if msg.error() is not None:
-                raise KafkaUnavailable(f"reading {self.topic}: {msg.error()}")
+        if check:
+            self.check_errors(messages)
         return messages
+
+    def check_errors(self, messages: list[Any]) -> None:
+        """Raises `KafkaUnavailable` if any of `messages` is an error event rather than a message."""
+        if any(map(_ERROR_OF, messages)):  # C-level: a KafkaError is truthy, None is not
+            for msg in messages:
+                if msg.error() is not None:
+                    raise KafkaUnavailable(f"reading {self.topic}: {msg.error()}")
 
     def mark_read(self, messages: list[Any]) -> dict[int, int]:
         """Record that `messages` (a prefix of what `consume` returned) were handled.

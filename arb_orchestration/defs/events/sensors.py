@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from dagster import DefaultSensorStatus, RunRequest, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
@@ -94,6 +95,7 @@ _GO_ON, _AFTER, _BEFORE = object(), object(), object()
 _ALERTING_TOPICS = frozenset({MARKET_EVENTS, CAPITAL_EVENTS})  # the topics that carry critical events
 _KINDS = {MarketShockEvent: "market_shock", CapitalThresholdEvent: "capital_threshold", FundingRateEvent: "funding_rate"}
 _LOGGED_PER_TICK = 10  # individual log lines per tick and kind; the rest are counted
+_TS_OF, _MARKET_OF = attrgetter("ts"), attrgetter("venue", "symbol")  # of a screened funding row
 # Messages per `consume()` call: the chunk parsed, admitted and moved over in one go.
 # Small enough that the read deadline and a critical event's early return are noticed
 # within milliseconds (a chunk of valid events takes ~1-3 ms to handle); 500 rather than
@@ -213,14 +215,19 @@ class _EventSensor:
                     if behind <= 0:
                         break
                     want = min(want, behind)
-                    batch = read.consume(want, 0.0) or read.consume(want, min(remaining, 0.2))
+                    # Funding chunks are checked for error events by `_take_funding` (see there).
+                    check = not funding
+                    batch = read.consume(want, 0.0, check=check) or read.consume(
+                        want, min(remaining, 0.2), check=check
+                    )
                 if not batch:
                     continue
-                handled = take(context, tick, batch, signing_key)
+                handled = take(context, tick, batch, signing_key, read)
                 if handled:
                     # The cursor moves over what was handled, never past it (the rest of a chunk
                     # cut short is read again next tick).
-                    for partition, next_offset in read.mark_read(batch[:handled]).items():
+                    done = batch if handled == len(batch) else batch[:handled]
+                    for partition, next_offset in read.mark_read(done).items():
                         tick.cursor.advance(spec.topic, partition, next_offset - 1)
                     tick.tally.read += handled
             next_offsets = {p: tick.cursor.offsets.get(partition_key(spec.topic, p)) for p in read.partitions}
@@ -247,7 +254,7 @@ class _EventSensor:
 
     # ------------------------------------------------------------------ per chunk
 
-    def _take_routed(self, context, tick: _Tick, batch: list[Any], signing_key: str | None) -> int:
+    def _take_routed(self, context, tick: _Tick, batch: list[Any], signing_key: str | None, read: Any) -> int:
         """Market/capital: handle a chunk in order; returns how many messages were handled.
 
         Stops after a message that produced a stop-loss request (the tick returns
@@ -291,29 +298,44 @@ class _EventSensor:
             return True
         return False
 
-    def _take_funding(self, context, tick: _Tick, batch: list[Any], signing_key: str | None) -> int:
+    def _take_funding(self, context, tick: _Tick, batch: list[Any], signing_key: str | None, read: Any) -> int:
         """Funding: park what is bad, keep the newest admitted rate per market; returns messages handled.
 
         Most messages are valid, unsigned, fresh rates: `screen_funding_rates`
-        validates a whole chunk of them in one call without building events, and
-        each costs a comparison and a dict lookup here (no event, record or log
-        line). Anything else takes the full path: `parse_event`, admission, the
-        DLQ. The events of the few rates kept are built after the read
-        (`_decide_hedges`).
+        validates a whole chunk of them (msgspec, against the model's own fields)
+        without building events. A chunk that is all such rates, all inside the
+        admission age limit, is handed to `NewestPerMarket.offer_chunk` in one go
+        (no Python step per message). Otherwise each message costs a comparison
+        and a dict lookup (`offer_rows`) and anything the screen did not take goes
+        the full path: `parse_event`, admission, the DLQ. The events of the few
+        rates kept are built after the read (`_decide_hedges`).
+
+        The chunk comes unchecked for error events (`TopicRead.consume(check=False)`):
+        a chunk the screen takes whole holds none (an error event's value is
+        librdkafka's error text, or None), so only the others are checked, before
+        any message is handled.
         """
         values = list(map(VALUE_OF, batch))
         rows = screen_funding_rates(values, max_bytes=self.settings.max_event_bytes)
         admit = AdmissionCheck(signing_key, tick.cursor.seen, now=utc_now(), policy=self.policy)
         newest = tick.newest
         assert newest is not None
+        try:
+            epochs = list(map(_TS_OF, rows))
+        except AttributeError:  # a None: some message needs the full path
+            pass
+        else:
+            # Rows later than the admission age limit are admitted as they are (AdmissionCheck's shortcut).
+            if min(epochs) > admit.fresh_after_epoch and newest.offer_chunk(list(map(_MARKET_OF, rows)), epochs, batch):
+                return len(batch)
+        read.check_errors(batch)
         index = 0
         while True:
-            # Rows later than the admission age limit are admitted as they are (AdmissionCheck's shortcut).
             index = newest.offer_rows(rows, batch, fresher_than=admit.fresh_after_epoch, start=index)
             if index == len(batch):
                 return index
             row = rows[index]
-            if row is not None and row["ts"] > admit.fresh_after_epoch:
+            if row is not None and row.ts > admit.fresh_after_epoch:
                 return self._markets_full(tick, index)  # offer_rows stopped at a market beyond the bound
             outcome = self._funding_full_path(context, tick, batch[index], values[index], admit)
             if outcome is _AFTER:
