@@ -213,6 +213,12 @@ class TopicRead:
     low_at_start: dict[int, int]
     positions: dict[int, int] = field(default_factory=dict)  # next offset per partition after what was read
     warnings: list[str] = field(default_factory=list)  # offsets the cursor had that the broker no longer has
+    # The client's own positions (`Consumer.position`: last message returned + 1, reset by
+    # `assign`) equal what was handled while every batch returned was handled whole; they are
+    # used then, instead of one `partition()` call per message (see `mark_read`).
+    client_positions_exact: bool = False
+    _last_batch: list[Any] | None = field(default=None, repr=False)
+    _position_query: list[Any] = field(default_factory=list, repr=False)
 
     def consume(self, max_messages: int, timeout: float, *, check: bool = True) -> list[Any]:
         """Up to `max_messages` messages (confluent-kafka `Message`s) in one call.
@@ -229,6 +235,10 @@ class TopicRead:
         messages = self.consumer.consume(max_messages, max(0.0, timeout))
         if check:
             self.check_errors(messages)
+        if messages:
+            if self._last_batch is not None:
+                self.client_positions_exact = False  # a batch was returned and never marked
+            self._last_batch = messages
         return messages
 
     def check_errors(self, messages: list[Any]) -> None:
@@ -241,13 +251,33 @@ class TopicRead:
     def mark_read(self, messages: list[Any]) -> dict[int, int]:
         """Record that `messages` (a prefix of what `consume` returned) were handled.
 
-        Returns the next offset per partition they touched. Offsets grow within a
-        partition, so the last message of each partition gives its position (found
-        with C-level list operations, not a Python loop over the chunk).
+        Returns the next offset per partition they touched. While every batch
+        `consume` returned was handed back whole, the client's positions are
+        exactly that (one `position()` call per chunk). Otherwise: offsets grow
+        within a partition, so the last message of each partition gives its
+        position (found with C-level list operations, one `partition()` call per
+        message, no Python loop over the chunk).
         """
         touched: dict[int, int] = {}
         if not messages:
             return touched
+        whole = messages is self._last_batch
+        self._last_batch = None
+        if whole and self.client_positions_exact:
+            # Every message returned so far was handled: the client's positions are exactly
+            # "last handled + 1" (one call for the chunk; a partition is touched when it moved).
+            try:
+                reported = self.consumer.position(self._position_query)
+            except KafkaException:
+                reported = None
+            if reported is not None:
+                for tp in reported:
+                    if tp.offset >= 0 and tp.offset != self.positions.get(tp.partition):
+                        touched[tp.partition] = tp.offset
+                self.positions.update(touched)
+                return touched
+        if not whole:
+            self.client_positions_exact = False  # the client is now ahead of what was handled
         partitions = list(map(_PARTITION_OF, messages))  # C-level: a chunk is mostly runs of one partition
         last = len(partitions) - 1
         backwards = partitions[::-1]
@@ -354,6 +384,12 @@ def open_topic_read(
             else:
                 start[p] = stored
         consumer.assign([TopicPartition(topic, p, start[p]) for p in partitions])
+        query = [TopicPartition(topic, p) for p in partitions]
+        try:
+            # Nothing returned yet since `assign`: every position must be unset, else don't trust them.
+            exact = all(tp.offset < 0 for tp in consumer.position(query))
+        except KafkaException:
+            exact = False
         read = TopicRead(
             topic=topic,
             consumer=consumer,
@@ -363,6 +399,8 @@ def open_topic_read(
             high_at_start=high_at_start,
             low_at_start=low_at_start,
             warnings=warnings,
+            client_positions_exact=exact,
+            _position_query=query,
         )
         try:
             yield read
