@@ -37,6 +37,7 @@ from typing import Any
 from dagster import DefaultSensorStatus, RunRequest, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
 
 from arb_orchestration.defs.events.config import TriggerEventConfig, event_run_config
+from arb_orchestration.defs.events.daemon_loop import LoopClock
 from arb_orchestration.defs.events.kafka_source import (
     MAX_DLQ_MESSAGE_BYTES,
     VALUE_OF,
@@ -155,6 +156,7 @@ class _EventSensor:
         self.run_config = run_config
         self.alert_resource_key = alert_resource_key
         self.policy = AdmissionPolicy(window=settings.critical_window, max_age_seconds=settings.event_max_age_seconds)
+        self.loop_clock = LoopClock()  # when this sensor's recent ticks started, daemon side
         self.deviation = FundingDeviation(
             threshold_bps=settings.funding_deviation_bps, trigger_without_baseline=settings.hedge_without_baseline
         )
@@ -170,6 +172,19 @@ class _EventSensor:
             tick.newest = NewestPerMarket(max_markets=settings.max_run_requests)
         take = self._take_funding if funding else self._take_routed
         started = time.monotonic()
+        polling = spec.long_poll_seconds > 0
+        if polling:
+            # Read until just before the daemon's next loop iteration (daemon_loop.py), or for
+            # long_poll_seconds when its phase is not known yet.
+            poll = self.loop_clock.long_poll(
+                now=time.time(),
+                previous_tick=context.last_tick_completion_time,
+                reserve=settings.loop_reserve_seconds or None,
+                fallback=spec.long_poll_seconds,
+            )
+            read_for = poll.seconds
+        else:
+            poll, read_for = None, settings.max_read_seconds
         offsets = {
             int(key.rsplit("/", 1)[1]): offset
             for key, offset in tick.cursor.offsets.items()
@@ -198,15 +213,14 @@ class _EventSensor:
                     tick.cursor.offsets.pop(key, None)
                 else:
                     tick.cursor.offsets[key] = start
-            long_poll = spec.long_poll_seconds
-            deadline = started + (long_poll if long_poll > 0 else settings.max_read_seconds)
+            deadline = started + read_for
             signing_key = kafka.signing_key
             while tick.tally.read < settings.max_messages and not tick.stop:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 want = min(settings.max_messages - tick.tally.read, CHUNK_MESSAGES)
-                if long_poll > 0:
+                if polling:
                     # Take what is fetched; if nothing is, wait for the first message only, so
                     # a lone critical event is handled the moment it arrives.
                     batch = read.consume(want, 0.0) or read.consume(1, remaining)
@@ -245,6 +259,8 @@ class _EventSensor:
             self._alert(context, tick.refused_critical)
         tick.cursor.seen.prune(utc_now().timestamp(), settings.critical_window)
         summary = f"{spec.topic}: {tick.tally.text()} in {time.monotonic() - started:.2f}s"
+        if poll is not None:
+            summary += f" (long poll {poll.seconds:.2f}s: {poll.reason})"
         context.log.info(summary)
         return SensorResult(
             run_requests=tick.run_requests,

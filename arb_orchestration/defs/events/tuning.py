@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from arb_orchestration import settings
+from arb_orchestration.defs.events.daemon_loop import DAEMON_LOOP_SECONDS
 from arb_orchestration.domain.events import (
     CAPITAL_EVENTS,
     DEFAULT_MAX_EVENT_BYTES,
@@ -41,6 +42,11 @@ class EventSensorSettings:
     # Market/capital sensors wait this long for events inside a tick and return at
     # once when a critical one arrives. 0: read what is there and return.
     long_poll_seconds: float = 4.0
+    # ...or, once the daemon loop's phase is known (daemon_loop.py), until this long before
+    # the daemon's next loop iteration (a tick still running then makes the daemon skip this
+    # sensor for a whole 5 s loop). Covers the sensor's end of tick, the gRPC return and the
+    # daemon storing the tick. 0: off, always `long_poll_seconds`.
+    loop_reserve_seconds: float = 0.35
     # Most messages read per tick, and the time budget for reading them when not long-polling.
     # 50,000: a tick of valid funding rates takes ~0.2-0.4 s, one of 50,000 malformed ones ~4 s
     # (DLQ flush included); memory does not grow with it (chunks of 1,000, newest rate per
@@ -68,12 +74,16 @@ class EventSensorSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.long_poll_seconds <= 30:
             raise ValueError(f"long_poll_seconds must be within 0..30, got {self.long_poll_seconds}")
+        if not 0 <= self.loop_reserve_seconds < DAEMON_LOOP_SECONDS:
+            raise ValueError(
+                f"loop_reserve_seconds must be within 0..{DAEMON_LOOP_SECONDS:g} (0: off), got {self.loop_reserve_seconds}"
+            )
         if self.max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         if self.max_run_requests < 1:
             raise ValueError("max_run_requests must be at least 1")
         worst = (
-            max(self.long_poll_seconds, self.max_read_seconds)
+            max(self.long_poll_seconds, DAEMON_LOOP_SECONDS, self.max_read_seconds)
             + 2 * self.metadata_timeout_seconds
             + self.dlq_timeout_seconds
         )
