@@ -34,13 +34,18 @@ def test_a_skipped_loop_in_between_still_fits():
 
 @pytest.mark.parametrize("now, starts, why", [
     (T0 + 5.1, [], "unknown"),  # first tick: no earlier tick known
-    (T0 + 5 + 1.6, [T0], "does not fit"),  # evaluated 1.6 s into its loop: too late to trust
     (T0 + 5 - 0.6, [T0], "does not fit"),  # "before its loop": another phase (a daemon restart)
     (T0 + 2.0, [T0], "unknown"),  # less than a loop since the last tick
 ])
 def test_falls_back_to_the_fixed_long_poll(now, starts, why):
     poll = long_poll_for(now=now, loop_starts=starts, reserve=0.35, fallback=4.0)
     assert not poll.aligned and poll.seconds == 4.0 and why in poll.reason
+
+
+def test_a_tick_picked_up_late_still_ends_before_the_next_loop():
+    # Measured: a tick picked up 1.35 s late; a fixed 4 s poll from there overran the next loop.
+    poll = long_poll_for(now=T0 + 5 + 1.6, loop_starts=[T0], reserve=0.35, fallback=4.0)
+    assert poll.aligned and poll.seconds == pytest.approx(10 - 0.35 - 6.6) and "1.60s late" in poll.reason
 
 
 def test_the_earliest_estimate_wins_over_a_late_pickup():

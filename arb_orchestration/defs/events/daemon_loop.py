@@ -24,10 +24,12 @@ iteration started a whole number of 5 s loops after that, so the next one starts
 - pickup delay (a busy pool; the order sensors are handed out in) puts it late (unsafe):
   `LoopClock` remembers the daemon timestamps of recent ticks and takes the earliest
   estimate, i.e. the tick with the smallest pickup delay;
-- a daemon restart changes the phase: estimates from before it are dropped when they do
-  not fit (the evaluation would appear to start earlier than its loop, or more than
-  `max_lateness` after it), and the fixed long poll is used; a wrong fit costs at most one
-  skipped loop, after which the new phase is learnt.
+- a tick picked up late (measured: up to 1.35 s while a stop-loss run was being written)
+  still ends before the next iteration, which comes on time: its poll is just shorter
+  (a fixed 4 s poll from a late start is what overran);
+- a daemon restart changes the phase: an estimate that puts the evaluation before its own
+  loop does not fit, and the fixed long poll is used; one that puts it late only shortens
+  the poll; after one tick the new phase is learnt (estimates expire after 60 s).
 The reserve covers what follows the read: the sensor's own end of tick, the gRPC return,
 the daemon storing the tick. When a critical event arrives in the last moments, its run's
 submission may overrun the next iteration (one loop skipped); the stop-loss itself is not
@@ -78,9 +80,16 @@ def long_poll_for(
         return LongPoll(fallback, False, "daemon loop phase unknown")
     loop_start = min(estimates)
     lateness = now - loop_start
-    if not -clock_tolerance <= lateness <= max_lateness:
+    if lateness < -clock_tolerance:
+        # No tick starts before its own loop: the estimate comes from another phase (a daemon
+        # restart, a clock step). Nothing known: the fixed poll.
         return LongPoll(fallback, False, f"daemon loop phase does not fit ({lateness:+.2f}s)")
     seconds = max(0.0, min(period, loop_start + period - reserve - now))
+    if lateness > max_lateness:
+        # Either this tick was picked up late (a busy pool, a slow database: the next loop still
+        # comes on time, so stopping before it matters most now) or the phase moved; either way
+        # the poll ends early rather than late.
+        return LongPoll(seconds, True, f"until {reserve:g}s before the next daemon loop (tick {lateness:.2f}s late)")
     return LongPoll(seconds, True, f"until {reserve:g}s before the next daemon loop")
 
 
