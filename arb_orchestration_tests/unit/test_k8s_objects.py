@@ -65,6 +65,10 @@ def test_every_manifest_file_has_documents():
         # The emergency fast path's warm worker (tested in test_launcher_k8s.py).
         "warm-worker-deployment.yaml",
         "warm-worker-networkpolicy.yaml",
+        # The Wise webhook receiver (tested in test_wise_webhooks_k8s.py).
+        "wise-webhooks-deployment.yaml",
+        "wise-webhooks-service.yaml",
+        "wise-webhooks-networkpolicy.yaml",
     }
     for path in MANIFESTS:
         assert model.load_yaml_documents(path), path.name
