@@ -19,7 +19,9 @@ or more than once.
   A newer `occurred_at` wins; replays and late deliveries change nothing;
 * `WiseWebhookReceiver` -- a stdlib HTTP server that verifies, parses and
   records; unsigned or forged bodies are refused (400) and never recorded;
-  `GET /health` answers 200 while the board is reachable, else 503
+  `GET /health` answers 200 while the board is reachable, else 503 (the
+  readiness probe), `GET /live` 200 while the process serves HTTP (the
+  liveness probe: a database outage is not a reason to restart it)
   (`arb-orchestration wise-webhooks serve` runs it against the instance);
 * `BoardWatch` -- paces a wait: read Wise every `poll_interval`, but look at
   the board every `check_interval` (0.5 s) and read Wise at once when it has
@@ -69,6 +71,8 @@ TRANSFER_STATE_CHANGE = "transfers#state-change"
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_PATH = "/wise/webhooks"
 HEALTH_PATH = "/health"
+# Liveness: 200 while the process serves HTTP, whatever the database does (a restart would not bring it back).
+LIVE_PATH = "/live"
 
 BOARD_KEY_PREFIX = "arb/wise/transfer_state/"
 # How often a wait looks at the board: a webhook ends it within about this long.
@@ -386,7 +390,7 @@ class WiseWebhookReceiver(ThreadingHTTPServer):
     it to Kafka). Answers 200 to valid, repeated and test deliveries, 400 to
     unsigned/forged/malformed ones, 413 to oversized ones, 503 when the board
     cannot be written (Wise retries), 404 to other paths. `GET /health`: 200
-    while the board is readable, else 503.
+    while the board is readable, else 503; `GET /live`: 200 while it serves.
     """
 
     daemon_threads = True
@@ -424,7 +428,10 @@ class WiseWebhookReceiver(ThreadingHTTPServer):
                 self.stats[key] += 1
 
     def health(self, path: str) -> tuple[int, dict]:
-        if path.split("?", 1)[0] != HEALTH_PATH:
+        route = path.split("?", 1)[0]
+        if route == LIVE_PATH:
+            return 200, {"status": "alive"}
+        if route != HEALTH_PATH:
             return 404, {"status": "not found"}
         with self._stats_lock:
             stats = {**self.stats, "store_errors": self.store_errors}

@@ -227,10 +227,12 @@ def test_the_pod_serves_the_board_of_the_release_instance(environment, postgres_
     try:
         base = receiver.base_url()
         with httpx.Client(base_url=base, timeout=10.0) as http:
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            for probe in ("startupProbe", "readinessProbe"):
                 answer = http.get(container[probe]["httpGet"]["path"])
                 assert answer.status_code == 200, (probe, answer.text)
                 assert answer.json()["board"] == "InstanceWebhookBoard", probe
+            answer = http.get(container["livenessProbe"]["httpGet"]["path"])
+            assert answer.status_code == 200 and answer.json() == {"status": "alive"}
 
         (ingress,) = [d for d in model.load_yaml_documents(model.K8S_DIR / "wise-webhooks-service.yaml")
                       if d["kind"] == "Ingress"]

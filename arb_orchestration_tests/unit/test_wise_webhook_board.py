@@ -160,6 +160,9 @@ def test_a_board_that_cannot_be_written_answers_503_so_wise_delivers_again(keys)
         assert receiver.process_delivery("/wise/webhooks", _signed(wise, body), body)[0] == 503
         status, health = receiver.health("/health")
         assert status == 503 and health["status"] == "board unavailable" and health["store_errors"] == 1
+        # Liveness does not depend on the database: a restart would not bring it back.
+        assert receiver.health("/live") == (200, {"status": "alive"})
+        assert receiver.health("/livez")[0] == 404
         assert receiver.stats["accepted"] == 0
     finally:
         receiver.server_close()

@@ -41,6 +41,7 @@ from arb_orchestration.commands import wise_webhooks as command
 from arb_orchestration.resources.wise_webhooks import (
     DEFAULT_PATH,
     HEALTH_PATH,
+    LIVE_PATH,
     MAX_BODY_BYTES,
     TransferStateBoard,
     WiseWebhookReceiver,
@@ -210,9 +211,17 @@ def _ingress_routes(ingress: dict, path: str) -> bool:
     return False
 
 
+def test_readiness_checks_the_database_and_liveness_does_not(container):
+    # Not ready while the instance's database is unreadable (out of the Service, Wise retries);
+    # never restarted for it: a restart does not bring the database back.
+    assert container["startupProbe"]["httpGet"]["path"] == HEALTH_PATH
+    assert container["readinessProbe"]["httpGet"]["path"] == HEALTH_PATH
+    assert container["livenessProbe"]["httpGet"]["path"] == LIVE_PATH
+
+
 def test_ingress_routes_the_webhook_path_only(ingress, parsed):
     assert _ingress_routes(ingress, parsed.path)
-    for hidden in (HEALTH_PATH, "/", parsed.path + "/x", "/wise"):
+    for hidden in (HEALTH_PATH, LIVE_PATH, "/", parsed.path + "/x", "/wise"):
         assert not _ingress_routes(ingress, hidden), hidden
 
 
@@ -224,7 +233,7 @@ def test_probe_paths_answer_200_and_the_ingress_path_is_the_webhook_route(contai
             for path in probe_paths:
                 answer = http.get(path)
                 assert answer.status_code == 200, path
-                assert answer.json()["status"] == "ok"
+                assert answer.json()["status"] in {"ok", "alive"}
             for path in public_paths:
                 # Routed to the receiver, which verifies: an unsigned delivery is refused, not unknown.
                 answer = http.post(path, content=b"{}", headers={"Content-Type": "application/json"})
