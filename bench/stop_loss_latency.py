@@ -20,6 +20,8 @@ Configurations, measured in the same invocation:
          5 s: their minimum interval), the multiprocess executor.
   fast-no-worker  (optional) fast yaml, no worker running: every launch falls back.
   fast-queued     (optional) fast, but Dagster's QueuedRunCoordinator (1 s dequeue): no queue bypass.
+  fast-fixed-poll (optional) fast, but the sensors long-poll a fixed ARB_SENSOR_LONG_POLL_SECONDS
+                  instead of until just before the daemon's next loop (loop_reserve_seconds=0).
 One untimed warm-up trial precedes each configuration's trials.
 
   .venv/bin/python bench/stop_loss_latency.py --trials 20 [--stock-trials 10] [--kafka-bootstrap HOST:PORT]
@@ -73,6 +75,14 @@ def configs(names: list[str]) -> dict[str, dict]:
                                 "module: arb_orchestration.launcher\n  class: FastPathRunCoordinator",
                                 "module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator"),
                             extra_env={}, code_args=["-m", "arb_orchestration.definitions"], warm_worker=True),
+        # The same, with the market/capital sensors' fixed 4 s long poll instead of the poll that
+        # ends just before the daemon's next loop (A/B of defs/events/daemon_loop.py).
+        # (bench/fixed_poll_site/sitecustomize.py sets loop_reserve_seconds=0 in every process.)
+        "fast-fixed-poll": dict(instance_yaml=fast_yaml,
+                                extra_env={"PYTHONPATH": os.pathsep.join(
+                                    filter(None, [str(Path(__file__).resolve().parent / "fixed_poll_site"),
+                                                  os.environ.get("PYTHONPATH")]))},
+                                code_args=["-m", "arb_orchestration.definitions"], warm_worker=True),
         "stock": dict(instance_yaml=STOCK_INSTANCE_YAML, extra_env={"ARB_SENSOR_LONG_POLL_SECONDS": "0"},
                       code_args=["-f", str(Path(__file__).resolve().parent / "_common.py"), "-a", "stock_defs"],
                       warm_worker=False),
@@ -299,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=20, help="timed trials of the fast configuration")
     parser.add_argument("--stock-trials", type=int, default=10,
                         help="timed trials of the stock configuration (each takes ~15 s)")
-    parser.add_argument("--configs", default="fast,stock", help="comma-separated: fast, stock, fast-no-worker, fast-queued")
+    parser.add_argument("--configs", default="fast,stock",
+                        help="comma-separated: fast, stock, fast-no-worker, fast-queued, fast-fixed-poll")
     parser.add_argument("--kafka-bootstrap", default=None, help="a real broker instead of the embedded mock")
     parser.add_argument("--long-poll", type=float, default=None,
                         help="ARB_SENSOR_LONG_POLL_SECONDS for the fast configurations (default: the sensors' own)")

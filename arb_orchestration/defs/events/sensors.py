@@ -165,19 +165,19 @@ class _EventSensor:
 
     def __call__(self, context: SensorEvaluationContext) -> SensorResult:
         spec, settings = self.spec, self.settings
+        started, entered = time.monotonic(), time.time()
         kafka = context.resources.kafka
         tick = _Tick(cursor=SensorCursor.parse(context.cursor))
         funding = spec.logical_topic == FUNDING_RATE_EVENTS
         if funding:
             tick.newest = NewestPerMarket(max_markets=settings.max_run_requests)
         take = self._take_funding if funding else self._take_routed
-        started = time.monotonic()
         polling = spec.long_poll_seconds > 0
         if polling:
             # Read until just before the daemon's next loop iteration (daemon_loop.py), or for
             # long_poll_seconds when its phase is not known yet.
             poll = self.loop_clock.long_poll(
-                now=time.time(),
+                now=entered,
                 previous_tick=context.last_tick_completion_time,
                 reserve=settings.loop_reserve_seconds or None,
                 fallback=spec.long_poll_seconds,
