@@ -26,12 +26,13 @@ run, repeated `--trials` times:
 - `raw+json`: `raw` plus `json.loads` of each value;
 - `validate-only@N` (not a baseline, a ceiling): `raw-batch@N+sensor-client`
   plus what the sensor cannot skip, validating every message against the event
-  schema (`screen_funding_rates`, the sensor's own bulk validator, one
-  pydantic-core call per chunk) and nothing else: no dedupe, no cursor, no
-  Dagster. No sensor that parks every malformed message can beat it;
+  schema (`screen_funding_rates`, the sensor's own bulk validator: msgspec
+  against a Struct derived from the pydantic model, one C-level map per chunk)
+  and nothing else: no dedupe, no cursor, no Dagster. No sensor that parks every
+  malformed message can beat it;
 - `sensor`: the real sensor — built by `build_event_sensors` exactly as
   `arb_orchestration/defs/events` builds it (real jobs, `domain_run_config`,
-  settings from the environment: 1,000 messages per tick by default), only on
+  settings from the environment: 50,000 messages per tick by default), only on
   this topic — evaluated tick after tick with `build_sensor_context(cursor=...,
   resources=..., instance=...)`, each tick's returned cursor fed into the next
   as the daemon does, until its cursor reaches the end of every partition.
