@@ -105,6 +105,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("ARB_EVENT_TOPIC_PREFIX", "Prefix for the three event topics and their .dlq (tests, benchmarks); empty in prod.", "", False),
         Setting("ARB_SENSOR_LONG_POLL_SECONDS", "How long the market/capital sensors wait for events inside one tick (0-30).", "4.0", False),
         Setting("ARB_SENSOR_MAX_MESSAGES", "Most messages one sensor tick reads.", "50000", False),
+        Setting("ARB_SENSOR_LOOP_RESERVE_SECONDS", "Market/capital sensors end their long poll this long before the daemon's next 5 s loop iteration (0: fixed long poll instead).", "0.35", False),
         Setting("ARB_EVENT_MAX_AGE_SECONDS", "Non-critical events older than this are read but not acted on.", "900", False),
         Setting("ARB_CRITICAL_EVENT_MAX_AGE_SECONDS", "Timestamp window of signed critical events (older: refused).", "60", False),
         Setting("ARB_FUNDING_DEVIATION_BPS", "Hedge when a funding rate (per 8 h) moved more than this since the last hedge.", "20", False),

@@ -87,8 +87,10 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("ARB_FUNDING_DEVIATION_BPS", "35")
     monkeypatch.setenv("ARB_CRITICAL_EVENT_MAX_AGE_SECONDS", "30")
     monkeypatch.setenv("ARB_EVENT_TOPIC_PREFIX", "bench-")
+    monkeypatch.setenv("ARB_SENSOR_LOOP_RESERVE_SECONDS", "0.5")
     settings = EventSensorSettings.from_env("local")
     assert settings.long_poll_seconds == 2.5 and settings.funding_deviation_bps == 35
+    assert settings.loop_reserve_seconds == 0.5
     assert settings.critical_window.max_age_seconds == 30
     assert topics_from_env("local") == EventTopics("bench-market-events", "bench-capital-events", "bench-funding-rate-events")
 
@@ -97,6 +99,16 @@ def test_settings_come_from_the_environment(monkeypatch):
 def test_a_bad_long_poll_fails_the_load_with_the_variable_name(monkeypatch, value):
     monkeypatch.setenv("ARB_SENSOR_LONG_POLL_SECONDS", value)
     with pytest.raises(SettingError, match="ARB_SENSOR_LONG_POLL_SECONDS|long_poll"):
+        EventSensorSettings.from_env("local")
+
+
+def test_the_loop_reserve_defaults_on_and_a_bad_one_names_the_variable(monkeypatch):
+    assert EventSensorSettings.from_env("local").loop_reserve_seconds == 0.35
+    monkeypatch.setenv("ARB_SENSOR_LOOP_RESERVE_SECONDS", "5")  # a whole daemon loop: the poll would never run
+    with pytest.raises(SettingError, match="loop_reserve_seconds"):
+        EventSensorSettings.from_env("local")
+    monkeypatch.setenv("ARB_SENSOR_LOOP_RESERVE_SECONDS", "soon")
+    with pytest.raises(SettingError, match="ARB_SENSOR_LOOP_RESERVE_SECONDS"):
         EventSensorSettings.from_env("local")
 
 

@@ -99,6 +99,7 @@ class EventSensorSettings:
         try:
             return cls(
                 long_poll_seconds=settings.get_float("ARB_SENSOR_LONG_POLL_SECONDS", deployment),
+                loop_reserve_seconds=settings.get_float("ARB_SENSOR_LOOP_RESERVE_SECONDS", deployment),
                 max_messages=settings.get_int("ARB_SENSOR_MAX_MESSAGES", deployment),
                 event_max_age_seconds=settings.get_float("ARB_EVENT_MAX_AGE_SECONDS", deployment),
                 critical_window=TimestampWindow(max_age_seconds=window),
