@@ -76,6 +76,16 @@ def load_yaml_documents(path: Path) -> list[dict]:
         return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
 
 
+def k8s_documents(name: str) -> list[dict]:
+    """The documents of one manifest in k8s/."""
+    return load_yaml_documents(K8S_DIR / name)
+
+
+def k8s_of_kind(files: tuple[str, ...], kind: str) -> list[dict]:
+    """Every document of `kind` in these k8s/ manifests."""
+    return [doc for name in files for doc in k8s_documents(name) if doc["kind"] == kind]
+
+
 def values_files() -> list[Path]:
     return sorted(HELM_VALUES_DIR.glob("*.yaml"))
 

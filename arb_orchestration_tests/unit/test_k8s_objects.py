@@ -279,15 +279,17 @@ def _policies():
     return model.load_yaml_documents(model.K8S_DIR / "networkpolicy.yaml")
 
 
-def allowed(kind: str, pod: dict, peer: dict | None, port: int, protocol: str = "TCP", peer_ns=None) -> bool:
+def allowed(kind: str, pod: dict, peer: dict | None, port: int, protocol: str = "TCP", peer_ns=None,
+            policies: list[dict] | None = None) -> bool:
     """May `pod` receive from (kind=Ingress) or send to (kind=Egress) `peer` on this port?
 
-    `peer` is a pod's labels, or None for an address outside the cluster.
+    `peer` is a pod's labels, or None for an address outside the cluster;
+    `policies` defaults to k8s/networkpolicy.yaml's.
     """
     peer_ns = NAMESPACE_LABELS if peer_ns is None else peer_ns
     selecting = [
         policy
-        for policy in _policies()
+        for policy in (_policies() if policies is None else policies)
         if kind in policy["spec"]["policyTypes"] and _matches(policy["spec"]["podSelector"], pod)
     ]
     if not selecting:

@@ -26,12 +26,11 @@ K8S_VERSIONS = ("1.30", "1.37")
 FILES = ("warm-worker-deployment.yaml", "warm-worker-networkpolicy.yaml")
 
 
-def _documents(name: str) -> list[dict]:
-    return model.load_yaml_documents(model.K8S_DIR / name)
+_documents = model.k8s_documents
 
 
 def _by_kind(kind: str) -> list[dict]:
-    return [doc for name in FILES for doc in _documents(name) if doc["kind"] == kind]
+    return model.k8s_of_kind(FILES, kind)
 
 
 @pytest.fixture(scope="module")

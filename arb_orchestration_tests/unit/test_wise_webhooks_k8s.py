@@ -50,12 +50,10 @@ from arb_orchestration_tests.unit import deploy_model as model
 from arb_orchestration_tests.unit.test_k8s_objects import (
     K8S_VERSIONS,
     KUBE_DNS,
-    NAMESPACE_LABELS,
     _matches,
-    _peer_matches,
-    _port_matches,
     _secret_template,
 )
+from arb_orchestration_tests.unit.test_k8s_objects import allowed as k8s_allowed
 
 FILES = ("wise-webhooks-deployment.yaml", "wise-webhooks-service.yaml", "wise-webhooks-networkpolicy.yaml")
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
@@ -63,12 +61,11 @@ INGRESS_NAMESPACE = {"kubernetes.io/metadata.name": "ingress-nginx"}
 APP_UID = 10001
 
 
-def _documents(name: str) -> list[dict]:
-    return model.load_yaml_documents(model.K8S_DIR / name)
+_documents = model.k8s_documents
 
 
 def _by_kind(kind: str) -> list[dict]:
-    return [doc for name in FILES for doc in _documents(name) if doc["kind"] == kind]
+    return model.k8s_of_kind(FILES, kind)
 
 
 @pytest.fixture(scope="module")
@@ -365,20 +362,8 @@ def _policies() -> list[dict]:
 
 
 def allowed(kind: str, pod: dict, peer: dict | None, port: int, protocol: str = "TCP", peer_ns=None) -> bool:
-    """Like test_k8s_objects.allowed, over k8s/networkpolicy.yaml plus the receiver's policy."""
-    peer_ns = NAMESPACE_LABELS if peer_ns is None else peer_ns
-    selecting = [p for p in _policies() if kind in p["spec"]["policyTypes"] and _matches(p["spec"]["podSelector"], pod)]
-    if not selecting:
-        return True
-    direction, peers_key = ("ingress", "from") if kind == "Ingress" else ("egress", "to")
-    for policy in selecting:
-        for rule in policy["spec"].get(direction) or []:
-            if not _port_matches(rule, port, protocol):
-                continue
-            peers = rule.get(peers_key)
-            if not peers or (peer is not None and any(_peer_matches(p, peer, peer_ns) for p in peers)):
-                return True
-    return False
+    """test_k8s_objects.allowed over k8s/networkpolicy.yaml plus the receiver's policy."""
+    return k8s_allowed(kind, pod, peer, port, protocol, peer_ns, policies=_policies())
 
 
 def test_reached_by_the_ingress_controller_only_and_reaches_dns_and_postgresql_only(pod, parsed, release):
