@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from itertools import islice
-from operator import sub
+from operator import attrgetter, sub
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -273,6 +273,9 @@ def newest_per_market(events: Iterable[tuple[FundingRateEvent, int]]) -> list[tu
 # read wins) while one float is smaller.
 _SURELY_APART_S = 5e-6
 _APART = _SURELY_APART_S + 1.0  # a gap no chunk of one rate has
+# Of a screened funding row (`domain.events.FundingRateRow`).
+_TS_OF, _MARKET_OF = attrgetter("ts"), attrgetter("venue", "symbol")
+_VENUE_OF, _SYMBOL_OF = attrgetter("venue"), attrgetter("symbol")
 
 
 class NewestPerMarket:
@@ -359,6 +362,28 @@ class NewestPerMarket:
         finally:
             self.offered = order
 
+    def offer_fresh_rows(self, rows: list[Any], items: list[Any], *, fresher_than: float) -> bool:
+        """Offer a whole chunk of screened rows (`venue`, `symbol`, `ts` in epoch seconds) in one go.
+
+        Only when every row is a rate later than `fresher_than`: False, and nothing
+        offered, when a row is None, one is not later, or the chunk holds a market
+        beyond `max_markets`; the caller then goes row by row (`offer_rows`). The
+        same outcome as `offer_chunk` with the rows' markets and times.
+        """
+        try:
+            epochs = list(map(_TS_OF, rows))
+        except AttributeError:  # a None: that message needs the full path
+            return False
+        if not epochs:
+            return True
+        ordered = sorted(epochs)
+        if ordered[0] <= fresher_than:
+            return False
+        if ordered == epochs:  # in time order (see `_offer_sorted`): the keys without a list of them
+            return self._offer_winners(dict(zip(zip(map(_VENUE_OF, rows), map(_SYMBOL_OF, rows)), range(len(rows)))),
+                                       epochs, items)
+        return self._offer_sorted(list(map(_MARKET_OF, rows)), epochs, items, ordered)
+
     def offer_chunk(self, markets: list[tuple[str, str]], epochs: list[float], items: list[Any]) -> bool:
         """Offer a chunk of rates by their fields, in read order: `markets[i]` (venue, symbol) at `epochs[i]`.
 
@@ -368,38 +393,48 @@ class NewestPerMarket:
         from the rates in time order (read order when that is already it, else a
         stable sort by time) keeps, per market, the latest rate with ties to the
         later read (C-level work); only the one winner per market is then
-        compared with what is held. Times compared as floats order like the
-        events' datetimes when no two different ones are within a few
-        microseconds; a chunk where some are is offered rate by rate, exactly.
+        compared with what is held.
         """
         count = len(epochs)
         if count != len(markets) or count != len(items):
             raise ValueError("offer_chunk: markets, epochs and items differ in length")
         if not count:
             return True
+        return self._offer_sorted(markets, epochs, items, sorted(epochs))
+
+    def _offer_sorted(self, markets: list[Any], epochs: list[float], items: list[Any], ordered: list[float]) -> bool:
+        """`offer_chunk` once `ordered` (the chunk's times, sorted) is known."""
+        count = len(epochs)
         held_by_market = self._held
         cap = self.max_markets
-        if (
-            cap is not None
-            and len(held_by_market) + count > cap
-            and len(held_by_market) + len(set(markets).difference(held_by_market)) > cap
-        ):
-            return False
-        # The smallest gap between neighbouring times that differ (0.0, an exact tie, is dropped).
-        # Above the bound, the times are in read order and no two different ones are close: the
-        # last read per market is its newest (the common case: a chunk is one partition's run).
-        closest = min(filter(None, map(sub, islice(epochs, 1, None), epochs)), default=_APART)
-        if closest > _SURELY_APART_S:
+        if ordered == epochs:
+            # Read order is time order (the common case: a chunk is mostly one partition's run).
+            # `fromtimestamp` rounds monotonically, so the events' datetimes are in read order too,
+            # near ties included: per market, the last read is the newest, a tie going to the later
+            # read. The last index per market is what a dict built in read order keeps.
             winners = dict(zip(markets, range(count)))
+        elif min(filter(None, map(sub, islice(ordered, 1, None), ordered)), default=_APART) <= _SURELY_APART_S:
+            # Out of read order with two different times a few microseconds apart: floats may
+            # order them unlike the events' datetimes (which may be a tie). Rate by rate, exactly.
+            if cap is not None and len(held_by_market) + len(set(markets).difference(held_by_market)) > cap:
+                return False
+            for key, epoch_seconds, item in zip(markets, epochs, items):
+                self.offer_at(key[0], key[1], epoch_seconds, item)
+            return True
         else:
             order = sorted(range(count), key=epochs.__getitem__)  # stable: equal times keep read order
-            ordered = list(map(epochs.__getitem__, order))
-            if min(filter(None, map(sub, islice(ordered, 1, None), ordered)), default=_APART) <= _SURELY_APART_S:
-                for key, epoch_seconds, item in zip(markets, epochs, items):
-                    self.offer_at(key[0], key[1], epoch_seconds, item)
-                return True
             # Later entries overwrite earlier ones: per market, the latest time, the later read on a tie.
             winners = dict(zip(map(markets.__getitem__, order), order))
+        return self._offer_winners(winners, epochs, items)
+
+    def _offer_winners(self, winners: dict[Any, int], epochs: list[float], items: list[Any]) -> bool:
+        """Offer each market's newest rate of a chunk (`winners`: market -> its index); False at the bound."""
+        held_by_market = self._held
+        cap = self.max_markets
+        # Every market of the chunk is a key of `winners` (a handful), so the bound is checked on it.
+        if cap is not None and len(held_by_market) + len(winners) > cap:
+            if len(held_by_market) + sum(1 for key in winners if key not in held_by_market) > cap:
+                return False
         base = self.offered
         for key, index in winners.items():
             held = held_by_market.get(key)
@@ -408,7 +443,7 @@ class NewestPerMarket:
                 held_by_market[key] = [epoch_seconds, None, items[index], base + index]
             elif _is_newer_or_tie(epoch_seconds, None, held):
                 held[0], held[1], held[2], held[3] = epoch_seconds, None, items[index], base + index
-        self.offered = base + count
+        self.offered = base + len(epochs)
         return True
 
     @property

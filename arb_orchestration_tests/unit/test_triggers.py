@@ -384,3 +384,44 @@ def test_offer_chunk_is_all_or_nothing_at_the_market_bound():
 def test_tick_tally_says_which_limit_ended_the_read():
     tally = TickTally(read=5, acted=5, limit="5 run requests per tick")
     assert tally.text().endswith(", stopped at the 5 run requests per tick limit (the rest is read next tick)")
+
+
+def _in_read_order_with_near_ties(rng: random.Random, count: int) -> list:
+    """Rates whose times never go back in read order, many of them under a microsecond apart."""
+    at, values = 1_795_000_000.0, []
+    for _ in range(count):
+        at += rng.choice([0.0, 1e-7, 2e-7, 4e-7, 1e-6, 3e-6, 0.001])
+        values.append(encode_event({"schema_version": 1, "event_id": str(uuid.uuid4()), "ts": at,
+                                    "venue": rng.choice(["a", "b"]), "symbol": rng.choice(["X", "Y"]),
+                                    "rate": 0.0001, "interval_hours": 8}))
+    return values
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("make", [_in_read_order_with_near_ties, _far_apart_rates, _rates])
+def test_offer_fresh_rows_keeps_what_the_batch_rule_keeps(seed, make):
+    # In read order (the dict-only path, near ties included: fromtimestamp rounds monotonically),
+    # interleaved (the sorted path) and near ties out of order (rate by rate): all as the batch rule.
+    rng = random.Random(seed)
+    values = make(rng, 90)
+    events = [parse_event(FUNDING_RATE_EVENTS, v) for v in values]
+    expected = [event.event_id for event, _ in newest_per_market((e, i) for i, e in enumerate(events))]
+    rows = screen_funding_rates(values)
+    kept = NewestPerMarket()
+    for start, end in _chunks(rng, len(rows)):
+        assert kept.offer_fresh_rows(rows[start:end], [r.event_id for r in rows[start:end]], fresher_than=0.0)
+    assert kept.newest() == expected and kept.offered == 90
+
+
+def test_offer_fresh_rows_takes_a_chunk_whole_or_not_at_all():
+    values = [encode_event({"schema_version": 1, "event_id": f"e{i}", "ts": 1_795_000_000 + i, "venue": "v",
+                            "symbol": f"S{i % 3}", "rate": 0.0001, "interval_hours": 8}) for i in range(6)]
+    rows = screen_funding_rates(values)
+    kept = NewestPerMarket(max_markets=2)
+    assert not kept.offer_fresh_rows(rows, list(range(6)), fresher_than=0.0)  # S2 is a third market
+    assert not kept.offer_fresh_rows(rows[:2], [0, 1], fresher_than=1_795_000_000.0)  # row 0 is not later
+    assert not kept.offer_fresh_rows([rows[0], None], [0, 1], fresher_than=0.0)  # a message for parse_event
+    assert kept.offered == 0 and len(kept) == 0
+    assert kept.offer_fresh_rows([rows[1], rows[0], rows[3]], [1, 0, 3], fresher_than=0.0)  # out of read order
+    assert kept.newest() == [1, 3] and kept.offered == 3 and kept.superseded == 1
+    assert kept.offer_fresh_rows([], [], fresher_than=0.0)

@@ -37,7 +37,6 @@ MAX_DLQ_MESSAGE_BYTES = 900_000
 
 _PARTITION_OF = methodcaller("partition")
 _ERROR_OF = methodcaller("error")
-VALUE_OF = methodcaller("value")  # `list(map(VALUE_OF, messages))`: the values of a chunk without a Python loop
 
 
 class KafkaUnavailable(RuntimeError):

@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
 from dagster import DefaultSensorStatus, RunRequest, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
@@ -40,7 +39,6 @@ from arb_orchestration.defs.events.config import TriggerEventConfig, event_run_c
 from arb_orchestration.defs.events.daemon_loop import LoopClock
 from arb_orchestration.defs.events.kafka_source import (
     MAX_DLQ_MESSAGE_BYTES,
-    VALUE_OF,
     Parked,
     Record,
     open_topic_read,
@@ -96,7 +94,6 @@ _GO_ON, _AFTER, _BEFORE = object(), object(), object()
 _ALERTING_TOPICS = frozenset({MARKET_EVENTS, CAPITAL_EVENTS})  # the topics that carry critical events
 _KINDS = {MarketShockEvent: "market_shock", CapitalThresholdEvent: "capital_threshold", FundingRateEvent: "funding_rate"}
 _LOGGED_PER_TICK = 10  # individual log lines per tick and kind; the rest are counted
-_TS_OF, _MARKET_OF = attrgetter("ts"), attrgetter("venue", "symbol")  # of a screened funding row
 # Messages per `consume()` call: the chunk parsed, admitted and moved over in one go.
 # Small enough that the read deadline and a critical event's early return are noticed
 # within milliseconds (a chunk of valid events takes ~1-3 ms to handle); 500 rather than
@@ -277,7 +274,7 @@ class _EventSensor:
         at once) or that reached a per-tick limit; the messages after it are not
         handled and stay for the next tick.
         """
-        events = iter_events(self.spec.logical_topic, list(map(VALUE_OF, batch)), max_bytes=self.settings.max_event_bytes)
+        events = iter_events(self.spec.logical_topic, [msg.value() for msg in batch], max_bytes=self.settings.max_event_bytes)
         for index, event in enumerate(events):
             if self._on_event(context, tick, batch[index], event, signing_key):
                 tick.stop = True
@@ -320,7 +317,7 @@ class _EventSensor:
         Most messages are valid, unsigned, fresh rates: `screen_funding_rates`
         validates a whole chunk of them (msgspec, against the model's own fields)
         without building events. A chunk that is all such rates, all inside the
-        admission age limit, is handed to `NewestPerMarket.offer_chunk` in one go
+        admission age limit, is handed to `NewestPerMarket.offer_fresh_rows` in one go
         (no Python step per message). Otherwise each message costs a comparison
         and a dict lookup (`offer_rows`) and anything the screen did not take goes
         the full path: `parse_event`, admission, the DLQ. The events of the few
@@ -331,19 +328,15 @@ class _EventSensor:
         librdkafka's error text, or None), so only the others are checked, before
         any message is handled.
         """
-        values = list(map(VALUE_OF, batch))
+        # A comprehension, not `map(methodcaller('value'))`: 3.11 calls the method directly (0.04 vs 0.12 us).
+        values = [msg.value() for msg in batch]
         rows = screen_funding_rates(values, max_bytes=self.settings.max_event_bytes)
         admit = AdmissionCheck(signing_key, tick.cursor.seen, now=utc_now(), policy=self.policy)
         newest = tick.newest
         assert newest is not None
-        try:
-            epochs = list(map(_TS_OF, rows))
-        except AttributeError:  # a None: some message needs the full path
-            pass
-        else:
-            # Rows later than the admission age limit are admitted as they are (AdmissionCheck's shortcut).
-            if min(epochs) > admit.fresh_after_epoch and newest.offer_chunk(list(map(_MARKET_OF, rows)), epochs, batch):
-                return len(batch)
+        # Rows later than the admission age limit are admitted as they are (AdmissionCheck's shortcut).
+        if newest.offer_fresh_rows(rows, batch, fresher_than=admit.fresh_after_epoch):
+            return len(batch)
         read.check_errors(batch)
         index = 0
         while True:
