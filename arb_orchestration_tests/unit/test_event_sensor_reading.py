@@ -3,8 +3,11 @@
 Covers `TopicRead.mark_read` (the client's positions while every batch is
 handled whole, per-message offsets otherwise, the same answers both ways),
 `consume(check=False)`/`check_errors`, and the funding sensor end to end on
-fakes: a clean backlog read in chunks (run requests and cursor), and a chunk
-holding a librdkafka error event failing the tick (its cursor is not saved).
+fakes: a clean backlog read in chunks (run requests and cursor), a chunk
+holding a librdkafka error event failing the tick (its cursor is not saved),
+and the consumer kept assigned between ticks (read on only from exactly the
+cursor; re-assigned at the cursor when it differs or partitions were added;
+dropped after a tick that raised).
 The real broker is exercised by the integration tests.
 """
 
@@ -72,9 +75,12 @@ class FakeConsumer:
         self.errors_after: int | None = None  # inject an error event after this many messages
         self.returned = 0
         self.position_calls = 0
+        self.assigned_at: list[dict[int, int]] = []  # the offsets of each assign() call
+        self.polled = 0
 
     # --- what open_topic_read and TopicRead use
     def poll(self, timeout):
+        self.polled += 1
         return None
 
     def list_topics(self, topic=None, timeout=None):
@@ -87,6 +93,7 @@ class FakeConsumer:
     def assign(self, tps):
         self.next = {tp.partition: (0 if tp.offset == OFFSET_BEGINNING else tp.offset) for tp in tps}
         self.app = {}
+        self.assigned_at.append({tp.partition: tp.offset for tp in tps})
 
     def unassign(self):
         self.next, self.app = {}, {}
@@ -255,3 +262,58 @@ def test_an_error_event_in_a_funding_chunk_fails_the_tick(funding_sensor, monkey
     made[-1].errors_after = made[-1].returned + 700
     with pytest.raises(KafkaUnavailable, match="Not leader"):
         _evaluate(sensor, first.cursor)
+
+
+def _offsets(result) -> dict[str, int]:
+    return json.loads(result.cursor)["offsets"]
+
+
+def test_the_consumer_stays_assigned_and_reads_on_from_the_cursor(funding_sensor):
+    sensor, topics, logs, made = funding_sensor
+    first = _evaluate(sensor, None)
+    second = _evaluate(sensor, first.cursor)
+    assert len(made) == 1 and made[0].assigned_at == [{p: OFFSET_BEGINNING for p in range(3)}]  # not re-assigned
+    assert made[0].polled == 1  # only before the first assignment: a poll would take a message
+    assert _offsets(second) == {f"{topics.funding}/{p}": 1200 for p in range(3)}
+    # The same two ticks on a fresh consumer each time read exactly the same.
+    kafka_source.drop_warm_clients()
+    again = _evaluate(sensor, first.cursor)
+    assert made[1].assigned_at == [{p: o for p, o in enumerate(_offsets(first).values())}]
+    assert _offsets(again) == _offsets(second)
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in second.run_requests]
+
+
+def test_a_cursor_that_is_not_where_the_consumer_stands_is_assigned_again(funding_sensor):
+    sensor, topics, logs, made = funding_sensor
+    first = _evaluate(sensor, None)
+    # The daemon did not save the first tick's cursor: the next evaluation starts from None again.
+    redo = _evaluate(sensor, None)
+    assert len(made) == 1 and made[0].assigned_at == [{p: OFFSET_BEGINNING for p in range(3)}] * 2
+    # Read from the beginning again (the fake interleaves partitions at random: compare totals).
+    assert sum(_offsets(redo).values()) == sum(_offsets(first).values()) == 2000
+    # A cursor behind the consumer in one partition only: every partition is assigned at the cursor.
+    behind = {**_offsets(redo), f"{topics.funding}/1": 5}
+    third = _evaluate(sensor, json.dumps({"v": 1, "offsets": behind}))
+    assert made[0].assigned_at[-1] == {p: behind[f"{topics.funding}/{p}"] for p in range(3)}
+    assert _offsets(third)[f"{topics.funding}/1"] > 5
+
+
+def test_a_partition_added_between_ticks_is_assigned_from_its_start(funding_sensor):
+    sensor, topics, logs, made = funding_sensor
+    first = _evaluate(sensor, None)
+    logs[3] = [_rate("v9", "S9", time.time(), 0.001) for _ in range(4)]  # the topic grew a partition
+    second = _evaluate(sensor, first.cursor)
+    assert len(made) == 1 and made[0].assigned_at[-1] == {**{p: o for p, o in enumerate(_offsets(first).values())},
+                                                           3: OFFSET_BEGINNING}
+    assert _offsets(second)[f"{topics.funding}/3"] == 4
+
+
+def test_a_tick_that_raised_drops_the_kept_consumer(funding_sensor):
+    sensor, topics, logs, made = funding_sensor
+    first = _evaluate(sensor, None)
+    made[-1].errors_after = made[-1].returned + 10
+    with pytest.raises(KafkaUnavailable):
+        _evaluate(sensor, first.cursor)
+    retry = _evaluate(sensor, first.cursor)  # Dagster kept the old cursor
+    assert len(made) == 2 and made[1].assigned_at == [{p: o for p, o in enumerate(_offsets(first).values())}]
+    assert _offsets(retry) == {f"{topics.funding}/{p}": 1200 for p in range(3)}

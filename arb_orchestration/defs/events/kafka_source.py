@@ -131,6 +131,11 @@ class _WarmConsumer:
         self.consumer = Consumer({**config, **_CONSUMER_OVERRIDES, "error_cb": self.errors, "logger": _client_log})
         self.lock = threading.Lock()
         self.last_used = time.monotonic()
+        # While the consumer stays assigned between ticks: per partition, where the client will
+        # deliver from next (an offset, or OFFSET_BEGINNING for a partition it has delivered
+        # nothing of since it was assigned there). None: not assigned.
+        self.assigned: dict[int, int] | None = None
+        self.oneoff = False  # a consumer for one evaluation only (closed after it)
 
     def close(self) -> None:
         try:
@@ -168,6 +173,7 @@ def _consumer(owner: str, topic: str, config: Mapping[str, Any]) -> Iterator[_Wa
     if not warm.lock.acquire(blocking=False):
         # Another evaluation of the same sensor is running (a preview, a test): don't share.
         oneoff = _WarmConsumer(config)
+        oneoff.oneoff = True
         try:
             yield oneoff
         finally:
@@ -336,7 +342,10 @@ def open_topic_read(
     """
     with _consumer(owner, topic, config) as warm:
         consumer = warm.consumer
-        consumer.poll(0)  # serve callbacks queued since the last tick (reconnect noise)
+        if warm.assigned is None:
+            # Serve callbacks queued since the last tick (reconnect noise). Never on an assigned
+            # consumer: a poll would take a message.
+            consumer.poll(0)
         warm.errors.reset()
         try:
             metadata = consumer.list_topics(topic=topic, timeout=metadata_timeout)
@@ -350,6 +359,9 @@ def open_topic_read(
         if info is None or info.error is not None:
             if info is not None and info.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise KafkaUnavailable(f"metadata for {topic}: {info.error}")
+            if warm.assigned is not None:  # the topic was deleted since the last tick
+                warm.assigned = None
+                consumer.unassign()
             yield None
             return
         partitions = sorted(info.partitions)
@@ -382,13 +394,23 @@ def open_topic_read(
                 start[p] = low
             else:
                 start[p] = stored
-        consumer.assign([TopicPartition(topic, p, start[p]) for p in partitions])
         query = [TopicPartition(topic, p) for p in partitions]
-        try:
-            # Nothing returned yet since `assign`: every position must be unset, else don't trust them.
-            exact = all(tp.offset < 0 for tp in consumer.position(query))
-        except KafkaException:
-            exact = False
+        kept = warm.assigned
+        warm.assigned = None  # until the tick ends well
+        if kept is not None and kept == start:
+            # Still assigned from the last tick, exactly where this cursor starts: read on from
+            # what the client has fetched meanwhile (a re-assign would throw that away).
+            exact = True
+        else:
+            # A fresh consumer, or the cursor is not where the client stands (the last tick's
+            # cursor was not saved, a tick stopped inside a chunk, partitions were added, retention
+            # moved a start): assign exactly the cursor's offsets (this drops anything prefetched).
+            consumer.assign([TopicPartition(topic, p, start[p]) for p in partitions])
+            try:
+                # Nothing returned yet since `assign`: every position must be unset, else don't trust them.
+                exact = all(tp.offset < 0 for tp in consumer.position(query))
+            except KafkaException:
+                exact = False
         read = TopicRead(
             topic=topic,
             consumer=consumer,
@@ -398,18 +420,24 @@ def open_topic_read(
             high_at_start=high_at_start,
             low_at_start=low_at_start,
             warnings=warnings,
+            positions={p: offset for p, offset in start.items() if offset >= 0},
             client_positions_exact=exact,
             _position_query=query,
         )
+        yield read
+        if warm.errors.fatal:
+            raise KafkaUnavailable(f"Kafka refused the sensor's client: {'; '.join(warm.errors.fatal)}")
+        if warm.oneoff:
+            consumer.unassign()
+            return
+        # The consumer stays assigned (it keeps fetching ahead, up to queued.max.messages.kbytes)
+        # for the next tick, which reads on only if its cursor is exactly where the client stands.
         try:
-            yield read
-            if warm.errors.fatal:
-                raise KafkaUnavailable(f"Kafka refused the sensor's client: {'; '.join(warm.errors.fatal)}")
-        finally:
-            try:
-                consumer.unassign()
-            except KafkaException:
-                log.debug("unassign failed", exc_info=True)
+            delivered = {tp.partition: tp.offset for tp in consumer.position(query)}
+        except KafkaException:
+            consumer.unassign()
+            return
+        warm.assigned = {p: delivered[p] if delivered.get(p, -1) >= 0 else start[p] for p in partitions}
 
 
 # --------------------------------------------------------------------------- dead-letter producer
