@@ -26,8 +26,9 @@ run, repeated `--trials` times:
 - `raw+json`: `raw` plus `json.loads` of each value;
 - `validate-only@N` (not a baseline, a ceiling): `raw-batch@N+sensor-client`
   plus what the sensor cannot skip, validating every message against the event
-  schema (`screen_funding_rates`, the sensor's own bulk validator: msgspec
-  against a Struct derived from the pydantic model, one C-level map per chunk)
+  schema (`FundingScreen`, the sensor's own bulk validator: msgspec against a
+  Struct derived from the pydantic model, venue/symbol narrowed to the names
+  seen so far, one C-level map per chunk)
   and nothing else: no dedupe, no cursor, no Dagster. No sensor that parks every
   malformed message can beat it;
 - `sensor`: the real sensor — built by `build_event_sensors` exactly as
@@ -272,9 +273,10 @@ def read_validate_only(kafka, topic: str, partitions: list[int], expected: int, 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from arb_orchestration.defs.events.kafka_source import _CONSUMER_OVERRIDES
-    from arb_orchestration.domain.events import screen_funding_rates
+    from arb_orchestration.domain.events import FundingScreen
 
     consumer = Consumer({**kafka.consumer_config(), **_CONSUMER_OVERRIDES})
+    screen = FundingScreen()  # the sensor's validator (it learns the venues and symbols on the first chunk)
     try:
         started = time.perf_counter()
         consumer.list_topics(topic, timeout=10)
@@ -288,7 +290,7 @@ def read_validate_only(kafka, topic: str, partitions: list[int], expected: int, 
             for msg in messages:
                 if msg.error() is not None:
                     raise RuntimeError(f"validate-only reader: {msg.error()}")
-            rows = screen_funding_rates([msg.value() for msg in messages])
+            rows = screen([msg.value() for msg in messages])
             valid += len(rows) - rows.count(None)
             read += len(messages)
         seconds = time.perf_counter() - started

@@ -38,11 +38,13 @@ import hmac
 import json
 import math
 import sys
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import Annotated, Any, Literal, Protocol, Union
 
 import msgspec
@@ -450,8 +452,11 @@ def _row_constraints(name: str, metadata: list[Any]) -> dict[str, Any]:
     return meta
 
 
-def _row_struct(model: type[_EventBase]) -> type[msgspec.Struct]:
-    """A msgspec Struct with `model`'s fields and constraints, `ts` as epoch seconds (see above)."""
+def _row_struct(model: type[_EventBase], names: Mapping[str, list[str]] | None = None) -> type[msgspec.Struct]:
+    """A msgspec Struct with `model`'s fields and constraints, `ts` as epoch seconds (see above).
+
+    `names`: string fields narrowed to `Literal` of those values (each already valid for the field).
+    """
     config = model.model_config
     # strict pydantic and msgspec agree on JSON types: an int is no float's substitute for `int`
     # (1.0 and true are refused), a float field takes an integer, strings are only strings.
@@ -471,6 +476,11 @@ def _row_struct(model: type[_EventBase]) -> type[msgspec.Struct]:
             continue
         if info.annotation not in (str, int, float):
             raise TypeError(f"FundingRateRow: no msgspec form for {name}: {info.annotation!r}")
+        if names and name in names:
+            if info.annotation is not str:
+                raise TypeError(f"FundingRateRow: {name} is not a string field")
+            fields.append((name, Literal[tuple(names[name])]))
+            continue
         meta = _row_constraints(name, info.metadata)
         fields.append((name, Annotated[info.annotation, msgspec.Meta(**meta)] if meta else info.annotation))
     # gc=False: a row holds only str/int/float/None, it can never be part of a cycle, so the
@@ -484,6 +494,7 @@ assert _OPTIONAL_ROW_FIELDS == ["signature"], (
     "screen_funding_rates refuses rows that carry a signature: revisit it when the model gains an optional field"
 )
 _DECODE_ROW = msgspec.json.Decoder(FundingRateRow).decode
+_VENUE_OF, _SYMBOL_OF = attrgetter("venue"), attrgetter("symbol")
 
 
 def _screen_limit(max_bytes: int) -> int:
@@ -522,18 +533,75 @@ def screen_funding_rates(values: list[bytes | None], *, max_bytes: int = DEFAULT
     if not values:
         return []
     limit = _screen_limit(max_bytes)
+    return _screen_whole(values, limit, _DECODE_ROW) or [_screen_one(value, limit) for value in values]
+
+
+def _screen_whole(values: list[Any], limit: int, decode: Any) -> list[Any] | None:
+    """Every value of a non-empty chunk decoded by `decode` in one C-level map; None when any is refused."""
     try:
         # One C-level pass: refuses None and str (TypeError); ASCII means no invalid UTF-8
         # that msgspec could skip over. An empty value is malformed JSON to msgspec.
-        clean = b"".join(values).isascii()  # type: ignore[arg-type]
+        clean = b"".join(values).isascii()
     except TypeError:
-        clean = False
-    if clean and max(map(len, values)) <= limit:  # type: ignore[arg-type]
+        return None
+    if clean and max(map(len, values)) <= limit:
         try:
-            return list(map(_DECODE_ROW, values))
+            return list(map(decode, values))
         except (ValueError, RecursionError):
-            pass  # somebody in the chunk is refused: screen one by one
-    return [_screen_one(value, limit) for value in values]
+            pass  # somebody in the chunk is refused: the caller screens one by one
+    return None
+
+
+class FundingScreen:
+    """`screen_funding_rates` that learns the venues and symbols it has seen, for the funding sensor.
+
+    A chunk whose venues and symbols were all seen before is decoded by a Struct
+    like `FundingRateRow` whose `venue` and `symbol` are `Literal[...]` of those
+    names: msgspec then returns the one stored string of each name instead of
+    building new ones (about half the decoding, measured: 0.51 vs 0.92 us a
+    value), and their hashes are already computed when the rows are grouped by
+    market. The names are learned from rows `FundingRateRow` took (so they meet
+    the model's constraints); a value is taken by the specialised Struct only if
+    `FundingRateRow` would take it too, with the same field values. A chunk with a
+    new name, or anything refused, is screened by `screen_funding_rates` as
+    before (whose rows teach the new names). At most `max_names` venues and
+    symbols are learned; beyond that, chunks with other names take the general
+    way.
+    """
+
+    def __init__(self, max_names: int = 1024):
+        self.max_names = max_names
+        self._venues: set[str] = set()
+        self._symbols: set[str] = set()
+        self._decode: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, values: list[bytes | None], *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> list[Any]:
+        if not values:
+            return []
+        decode = self._decode
+        if decode is not None:
+            rows = _screen_whole(values, _screen_limit(max_bytes), decode)
+            if rows is not None:
+                return rows
+        rows = screen_funding_rates(values, max_bytes=max_bytes)
+        self._learn(rows)
+        return rows
+
+    def _learn(self, rows: list[Any]) -> None:
+        taken = [row for row in rows if row is not None]
+        venues = set(map(_VENUE_OF, taken)) - self._venues
+        symbols = set(map(_SYMBOL_OF, taken)) - self._symbols
+        if not venues and not symbols:
+            return
+        with self._lock:
+            if len(self._venues | venues) > self.max_names or len(self._symbols | symbols) > self.max_names:
+                return  # too many names to specialise on: the general screen takes the rest
+            self._venues |= venues
+            self._symbols |= symbols
+            self._decode = msgspec.json.Decoder(
+                _row_struct(FundingRateEvent, names={"venue": sorted(self._venues), "symbol": sorted(self._symbols)})
+            ).decode
 
 
 def validate_payload(topic: str, payload: Mapping[str, Any]) -> Event:

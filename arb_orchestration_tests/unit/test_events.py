@@ -560,6 +560,17 @@ def _check_screen(values):
             _same_as_parse_event(row, data)
     # The one-call path and the value-by-value path agree.
     assert [ev.screen_funding_rates([v])[0] for v in values] == rows
+    # The sensor's learning screen too, before and after it knows the chunk's names (and also the
+    # chunk's valid values alone, which it then decodes with the Struct narrowed to those names).
+    screen = ev.FundingScreen()
+    for chunk in (values, values, [v for v, row in zip(values, rows) if row is not None]):
+        assert _fields(screen(chunk)) == _fields(ev.screen_funding_rates(chunk))
+
+
+def _fields(rows):
+    import msgspec
+
+    return [None if row is None else msgspec.structs.astuple(row) for row in rows]
 
 
 @settings(max_examples=200, deadline=None)
@@ -682,3 +693,29 @@ def test_the_screen_takes_plain_rates_and_leaves_the_rest_to_parse_event():
     assert ev.screen_funding_rates([plain[0].decode()]) == [None]
     assert ev.screen_funding_rates([bytearray(plain[0]), plain[0].decode(), plain[2]]) == [rows[0], None, rows[2]]
     assert parse_event("funding-rate-events", bytearray(plain[0])).event_id == "f0"
+
+
+def test_the_learning_screen_decodes_known_names_into_the_same_strings():
+    chunk = [raw(funding(event_id=f"f{i}", venue=v, symbol=sym, ts=1772366400 + i))
+             for i, (v, sym) in enumerate([("binance", "BTC/USDT:USDT"), ("okx", "BTC/USDT:USDT"), ("binance", "E")])]
+    screen = ev.FundingScreen()
+    first = screen(chunk)  # the general screen; it learns the names
+    assert type(first[0]) is ev.FundingRateRow
+    escaped = raw(funding(venue="binance", symbol="E")).replace(b'"binance"', b'"bin\\u0061nce"')
+    again = screen(chunk + [escaped])  # a known name, escaped
+    assert type(again[0]) is not ev.FundingRateRow and again[3].venue == "binance"
+    assert again[0].venue is again[2].venue is again[3].venue  # one string per name
+    assert _fields(again[:3]) == _fields(first)
+    # A new name, or a value the screen refuses: that chunk takes the general way, and teaches the name.
+    mixed = screen(chunk + [raw(funding(venue="kraken")), b"{bad"])
+    assert type(mixed[0]) is ev.FundingRateRow and mixed[4] is None and mixed[3].venue == "kraken"
+    assert type(screen([raw(funding(venue="kraken"))])[0]) is not ev.FundingRateRow
+    # The model's constraints still hold for names nobody taught it: too long is refused either way.
+    assert screen([raw(funding(venue="k" * 65))]) == [None]
+
+
+def test_the_learning_screen_stops_learning_at_its_bound():
+    screen = ev.FundingScreen(max_names=2)
+    assert all(screen([raw(funding(venue=v))])[0] is not None for v in ("a", "b", "c"))
+    assert screen._venues == {"a", "b"}  # "c" would be a third name: screened the general way
+    assert screen([raw(funding(venue="c"))])[0].venue == "c"
