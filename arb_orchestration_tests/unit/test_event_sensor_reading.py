@@ -76,6 +76,8 @@ class FakeConsumer:
         self.returned = 0
         self.position_calls = 0
         self.assigned_at: list[dict[int, int]] = []  # the offsets of each assign() call
+        self.watermark_asks: list[str] = []
+        self.no_cached_watermarks = False
         self.polled = 0
 
     # --- what open_topic_read and TopicRead use
@@ -88,6 +90,9 @@ class FakeConsumer:
         return type("M", (), {"topics": {self.topic: info}})()
 
     def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        self.watermark_asks.append("cached" if cached else "broker")
+        if cached and self.no_cached_watermarks:
+            return -1001, -1001  # librdkafka before the first fetch response
         return 0, len(self.logs[tp.partition])
 
     def assign(self, tps):
@@ -317,3 +322,17 @@ def test_a_tick_that_raised_drops_the_kept_consumer(funding_sensor):
     retry = _evaluate(sensor, first.cursor)  # Dagster kept the old cursor
     assert len(made) == 2 and made[1].assigned_at == [{p: o for p, o in enumerate(_offsets(first).values())}]
     assert _offsets(retry) == {f"{topics.funding}/{p}": 1200 for p in range(3)}
+
+
+def test_a_kept_consumer_takes_the_watermarks_its_fetches_brought(funding_sensor):
+    sensor, topics, logs, made = funding_sensor
+    first = _evaluate(sensor, None)
+    assert made[0].watermark_asks[:3] == ["broker"] * 3  # a fresh consumer asks the broker
+    made[0].watermark_asks.clear()
+    second = _evaluate(sensor, first.cursor)
+    assert "broker" not in made[0].watermark_asks  # no request queued behind the consumer's own fetch
+    made[0].watermark_asks.clear()
+    made[0].no_cached_watermarks = True  # nothing cached (yet): ask the broker
+    third = _evaluate(sensor, second.cursor)
+    assert made[0].watermark_asks[:6] == ["cached", "broker"] * 3
+    assert _offsets(third) == _offsets(second) == {f"{topics.funding}/{p}": 1200 for p in range(3)}
