@@ -125,7 +125,14 @@ class Setup:
         self.new_producer()
 
     def new_producer(self) -> None:
+        self.close()
         self._producer = Producer({"bootstrap.servers": self.broker.bootstrap, "linger.ms": 2})
+
+    def close(self) -> None:
+        # A producer left open keeps retrying the broker after the session stops it.
+        producer, self._producer = getattr(self, "_producer", None), None
+        if producer is not None:
+            producer.close()
 
     def publish(self, topic: str, *values: dict | bytes | None, partition: int | None = None) -> None:
         for value in values:
@@ -185,7 +192,9 @@ def close_warm_clients():
 
 @pytest.fixture
 def setup(kafka_broker, sink):
-    return Setup(kafka_broker, sink)
+    made = Setup(kafka_broker, sink)
+    yield made
+    made.close()
 
 
 # --------------------------------------------------------------------------- scenarios
