@@ -33,6 +33,7 @@ def sink():
 def close_warm_clients():
     yield
     drop_warm_clients()
+    Setup.close_all()
 
 
 def summary(result) -> str:

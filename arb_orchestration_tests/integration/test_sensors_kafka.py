@@ -100,9 +100,12 @@ def funding(venue: str, rate: float, interval_hours: float, *, symbol: str = "ET
 
 
 class Setup:
-    """One test's topics, sensors and resources."""
+    """One test's topics, sensors and resources (its producer is closed by `close_all` after the test)."""
+
+    _open: list["Setup"] = []
 
     def __init__(self, broker, sink: SmtpSink, partitions: int = 1, settings: EventSensorSettings = SETTINGS):
+        Setup._open.append(self)
         tag = uuid.uuid4().hex[:8]
         self.broker = broker
         self.topics = EventTopics.with_prefix(f"t{tag}-")
@@ -133,6 +136,11 @@ class Setup:
         producer, self._producer = getattr(self, "_producer", None), None
         if producer is not None:
             producer.close()
+
+    @classmethod
+    def close_all(cls) -> None:
+        while cls._open:
+            cls._open.pop().close()
 
     def publish(self, topic: str, *values: dict | bytes | None, partition: int | None = None) -> None:
         for value in values:
@@ -188,13 +196,12 @@ def sink():
 def close_warm_clients():
     yield
     drop_warm_clients()  # each test's sensors have their own topics: their cached consumers are done
+    Setup.close_all()
 
 
 @pytest.fixture
 def setup(kafka_broker, sink):
-    made = Setup(kafka_broker, sink)
-    yield made
-    made.close()
+    return Setup(kafka_broker, sink)
 
 
 # --------------------------------------------------------------------------- scenarios
