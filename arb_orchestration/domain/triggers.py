@@ -284,7 +284,7 @@ class NewestPerMarket:
     Offer rates in read order: `offer(event, item)` for a parsed event, or, for
     rates known only by their fields (`domain.events.screen_funding_rates`),
     `offer_at(venue, symbol, epoch_seconds, item)`, `offer_rows(rows, items)` or
-    `offer_chunk(markets, epochs, items)`, whose events would have
+    `offer_fresh_rows(rows, items)`, whose events would have
     `ts == datetime.fromtimestamp(epoch_seconds, UTC)`. The same rule as
     `newest_per_market` every way: latest `ts` wins, a tie (equal datetimes)
     goes to the later read. `item` travels with the rate (the sensor's Kafka
@@ -331,7 +331,7 @@ class NewestPerMarket:
         `fresher_than`, or that is a market beyond `max_markets`, and returns its
         index (`len(rows)` when every row was taken); the caller deals with that
         one and calls again from the next. The same as `offer_at` row by row,
-        without a call per row (for a chunk `offer_chunk` could not take).
+        without a call per row (for a chunk `offer_fresh_rows` could not take).
         """
         held_by_market = self._held
         cap = self.max_markets
@@ -368,8 +368,14 @@ class NewestPerMarket:
         Only when every row is a rate later than `fresher_than`: False, and nothing
         offered, when a row is None, one is not later, or the chunk holds a market
         beyond `max_markets`; the caller then goes row by row (`offer_rows`). The
-        same outcome as `offer_chunk` with the rows' markets and times.
+        same outcome as `offer_at` rate by rate, without a Python step per rate: a
+        dict built from the rates in time order (read order when that is already
+        it, else a stable sort by time) keeps, per market, the latest rate with
+        ties to the later read (C-level work); only the one winner per market is
+        then compared with what is held.
         """
+        if len(rows) != len(items):
+            raise ValueError("offer_fresh_rows: rows and items differ in length")
         try:
             epochs = list(map(_TS_OF, rows))
         except AttributeError:  # a None: that message needs the full path
@@ -384,26 +390,8 @@ class NewestPerMarket:
                                        epochs, items)
         return self._offer_sorted(list(map(_MARKET_OF, rows)), epochs, items, ordered)
 
-    def offer_chunk(self, markets: list[tuple[str, str]], epochs: list[float], items: list[Any]) -> bool:
-        """Offer a chunk of rates by their fields, in read order: `markets[i]` (venue, symbol) at `epochs[i]`.
-
-        All or nothing: False, and nothing offered, when the chunk holds a market
-        beyond `max_markets` (`offer_rows` then offers up to it). The same outcome
-        as `offer_at` rate by rate, without a Python step per rate: a dict built
-        from the rates in time order (read order when that is already it, else a
-        stable sort by time) keeps, per market, the latest rate with ties to the
-        later read (C-level work); only the one winner per market is then
-        compared with what is held.
-        """
-        count = len(epochs)
-        if count != len(markets) or count != len(items):
-            raise ValueError("offer_chunk: markets, epochs and items differ in length")
-        if not count:
-            return True
-        return self._offer_sorted(markets, epochs, items, sorted(epochs))
-
     def _offer_sorted(self, markets: list[Any], epochs: list[float], items: list[Any], ordered: list[float]) -> bool:
-        """`offer_chunk` once `ordered` (the chunk's times, sorted) is known."""
+        """`offer_fresh_rows` once `ordered` (the chunk's times, sorted) is known."""
         count = len(epochs)
         held_by_market = self._held
         cap = self.max_markets

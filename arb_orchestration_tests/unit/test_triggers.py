@@ -8,6 +8,7 @@ import json
 import random
 import uuid
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 
@@ -302,14 +303,14 @@ def test_newest_per_market_while_reading_equals_the_batch_rule(seed):
     assert by_rows.offer_rows(rows, ids, fresher_than=0.0) == len(rows)
     for start, end in _chunks(rng, len(rows)):
         part = rows[start:end]
-        assert by_chunks.offer_chunk([(r.venue, r.symbol) for r in part], [r.ts for r in part], ids[start:end])
+        assert by_chunks.offer_fresh_rows(part, ids[start:end], fresher_than=0.0)
     for kept in (by_event, by_fields, mixed, by_rows, by_chunks):
         assert kept.newest() == expected
         assert kept.offered == 60 and kept.superseded == 60 - len(expected)
 
 
 def _far_apart_rates(rng: random.Random, count: int) -> list:
-    """Rates whose different times are milliseconds apart (exact ties kept): offer_chunk's C-level case."""
+    """Rates whose different times are milliseconds apart (exact ties kept): offer_fresh_rows' sorted case."""
     base = 1_795_000_000.0
     return [encode_event({"schema_version": 1, "event_id": str(uuid.uuid4()),
                           "ts": base + rng.choice([0, 0.001, 0.002, 0.5, 1.25, -0.75]) + rng.randint(0, 3) * 0.004,
@@ -318,7 +319,7 @@ def _far_apart_rates(rng: random.Random, count: int) -> list:
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_offer_chunk_keeps_what_offering_one_by_one_keeps(seed):
+def test_offer_fresh_rows_keeps_what_offering_one_by_one_keeps(seed):
     rng = random.Random(seed)
     values = _far_apart_rates(rng, 120)
     events = [parse_event(FUNDING_RATE_EVENTS, v) for v in values]
@@ -329,8 +330,7 @@ def test_offer_chunk_keeps_what_offering_one_by_one_keeps(seed):
     kept.offer(events[0], events[0].event_id)
     for start, end in _chunks(rng, len(rows) - 1):
         part = rows[1 + start:1 + end]
-        assert kept.offer_chunk([(r.venue, r.symbol) for r in part], [r.ts for r in part],
-                                [r.event_id for r in part])
+        assert kept.offer_fresh_rows(part, [r.event_id for r in part], fresher_than=0.0)
     assert kept.newest() == expected and kept.offered == 120
 
 
@@ -348,10 +348,11 @@ def test_times_within_a_microsecond_are_ties_that_the_later_read_wins():
     rows = screen_funding_rates(values)
     by_rows, by_chunk, by_fields, split = (NewestPerMarket() for _ in range(4))
     assert by_rows.offer_rows(rows, ["first", "second"], fresher_than=0.0) == 2
-    assert by_chunk.offer_chunk([("v", "S")] * 2, [earlier, later], ["first", "second"])
+    assert by_chunk.offer_fresh_rows(rows, ["first", "second"], fresher_than=0.0)
     by_fields.offer_at("v", "S", earlier, "first")
     by_fields.offer_at("v", "S", later, "second")
-    assert split.offer_chunk([("v", "S")], [earlier], ["first"]) and split.offer_chunk([("v", "S")], [later], ["second"])
+    assert split.offer_fresh_rows(rows[:1], ["first"], fresher_than=0.0)
+    assert split.offer_fresh_rows(rows[1:], ["second"], fresher_than=0.0)
     for kept in (by_rows, by_chunk, by_fields, split):
         assert kept.newest() == ["second"]
 
@@ -371,14 +372,17 @@ def test_offer_rows_stops_at_what_it_cannot_take():
     assert stale.offer_rows(rows, list(range(6)), fresher_than=1_795_000_000.5) == 0  # ts not later: the caller decides
 
 
-def test_offer_chunk_is_all_or_nothing_at_the_market_bound():
+def test_offer_fresh_rows_is_all_or_nothing_at_the_market_bound():
+    def rows(*fields):
+        return [SimpleNamespace(venue="v", symbol=symbol, ts=1.0e9 + at) for symbol, at in fields]
+
     kept = NewestPerMarket(max_markets=2)
-    assert kept.offer_chunk([("v", "A"), ("v", "B"), ("v", "A")], [1.0e9 + 1, 1.0e9 + 2, 1.0e9 + 3], [0, 1, 2])
-    assert not kept.offer_chunk([("v", "A"), ("v", "C")], [1.0e9 + 4, 1.0e9 + 5], [3, 4])  # C is a third market
+    assert kept.offer_fresh_rows(rows(("A", 1), ("B", 2), ("A", 3)), [0, 1, 2], fresher_than=0.0)
+    assert not kept.offer_fresh_rows(rows(("A", 4), ("C", 5)), [3, 4], fresher_than=0.0)  # C is a third market
     assert kept.offered == 3 and kept.newest() == [1, 2]
-    assert kept.offer_chunk([("v", "B")], [1.0e9 + 6], [5]) and kept.newest() == [2, 5]
+    assert kept.offer_fresh_rows(rows(("B", 6)), [5], fresher_than=0.0) and kept.newest() == [2, 5]
     with pytest.raises(ValueError):
-        kept.offer_chunk([("v", "B")], [], [])
+        kept.offer_fresh_rows(rows(("B", 7)), [], fresher_than=0.0)
 
 
 def test_tick_tally_says_which_limit_ended_the_read():
