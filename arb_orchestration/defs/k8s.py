@@ -50,10 +50,14 @@ STOP_LOSS_PRIORITY = 100
 HEDGE_PRIORITY = 50
 REBALANCE_PRIORITY = 10
 
-# A rebalance waits for deposits to land; past this the run is terminated by run monitoring and
-# the saga recovery sensor takes over from the saga log. A hedge must finish well before the next
-# 15-minute schedule tick.
-REBALANCE_MAX_RUNTIME_SECONDS = 3600
+# A rebalance waits for deposits to land (up to an hour) and may park its Wise pivot for up to
+# 4 h until a person funds the transfer (SCA; the default `human_funding_timeout_seconds` of
+# defs/rebalance/config.py is this allowance). Past the sum the run is terminated by run monitoring
+# and the saga recovery sensor takes over from the saga log. A hedge must finish well before the
+# next 15-minute schedule tick.
+REBALANCE_ARRIVAL_RUNTIME_SECONDS = 3600
+REBALANCE_HUMAN_FUNDING_SECONDS = 4 * 3600
+REBALANCE_MAX_RUNTIME_SECONDS = REBALANCE_ARRIVAL_RUNTIME_SECONDS + REBALANCE_HUMAN_FUNDING_SECONDS
 HEDGE_MAX_RUNTIME_SECONDS = 600
 
 # Kubernetes PriorityClass (k8s/priorityclass.yaml) that lets a stop-loss pod preempt lower-priority

@@ -121,3 +121,12 @@ def test_priority_class_manifest_matches_the_tag():
     assert priority_class["metadata"]["name"] == tags.CRITICAL_PRIORITY_CLASS
     assert priority_class["globalDefault"] is False
     assert priority_class["value"] >= 1_000_000
+
+
+def test_the_rebalance_job_carries_the_table_s_tags_and_its_runtime_leaves_room_for_the_default_sca_wait():
+    from arb_orchestration.defs.rebalance import RebalanceConfig, auto_rebalance_saga
+
+    assert dict(auto_rebalance_saga.tags) == dict(tags.RUN_TAGS_BY_JOB[tags.REBALANCE_JOB])
+    default_wait = RebalanceConfig.model_fields["human_funding_timeout_seconds"].default
+    runtime = int(auto_rebalance_saga.tags[tags.MAX_RUNTIME_TAG])
+    assert runtime == tags.REBALANCE_ARRIVAL_RUNTIME_SECONDS + default_wait == 18_000

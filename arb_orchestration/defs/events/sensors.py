@@ -46,6 +46,7 @@ from arb_orchestration.defs.events.kafka_source import (
 )
 from arb_orchestration.defs.events.tuning import EventSensorSettings, EventTopics
 from arb_orchestration.defs.hedging.baselines import overlay_hedge_baselines, sensor_instance
+from arb_orchestration.defs.k8s import HEDGE_JOB, JOB_TAG, PRIORITY_TAG, REBALANCE_SAGA_LANE, SAGA_TAG
 from arb_orchestration.domain.events import (
     CAPITAL_EVENTS,
     FUNDING_RATE_EVENTS,
@@ -85,9 +86,9 @@ FUNDING_DEVIATION_SENSOR = "funding_deviation_sensor"
 # Tags every sensor run carries, and the per-job ones the instance's limits key on
 # (arb_orchestration/sim/dagster_local.yaml: one hedge, one rebalancing saga at a time).
 TRIGGER_TAG, EVENT_ID_TAG, SOURCE_TAG = "arb/trigger", "arb/event_id", "arb/source"
-JOB_TAG, SAGA_TAG, PRIORITY_TAG = "arb/job", "arb/saga", "dagster/priority"
-HEDGE_JOB_TAG_VALUE = "funding_rate_hedge"
-REBALANCE_SAGA_TAG_VALUE = "auto_rebalance"
+# (JOB_TAG, SAGA_TAG, PRIORITY_TAG and the lane values come from defs/k8s.py, like the jobs' own tags.)
+HEDGE_JOB_TAG_VALUE = HEDGE_JOB
+REBALANCE_SAGA_TAG_VALUE = REBALANCE_SAGA_LANE
 
 # What handling one funding message the screen did not take tells the chunk loop.
 _GO_ON, _AFTER, _BEFORE = object(), object(), object()

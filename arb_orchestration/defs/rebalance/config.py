@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional
 from dagster import Config
 from pydantic import Field
 
+from arb_orchestration.defs.k8s import REBALANCE_HUMAN_FUNDING_SECONDS
 from arb_orchestration.defs.market_data.policy import DEFAULT_POLICY as MARKET_DATA_POLICY
 from arb_orchestration.domain.rebalance import Guardrails, TargetPolicy, TargetRule
 
@@ -26,7 +27,8 @@ DEFAULT_MAX_TRANSFER = {"USDT": 250_000.0, "USDC": 250_000.0, "EUR": 100_000.0, 
 DEFAULT_MAX_DAILY = {"USDT": 1_000_000.0, "USDC": 1_000_000.0, "EUR": 250_000.0, "BTC": 10.0, "ETH": 200.0}
 DEFAULT_MIN_DEFICIT = {"USDT": 500.0, "USDC": 500.0, "EUR": 500.0, "BTC": 0.01, "ETH": 0.2}
 # How long a Wise leg waits for a person to fund it (SCA) before the saga cancels it and compensates.
-DEFAULT_HUMAN_FUNDING_TIMEOUT_SECONDS = 4 * 3600.0
+# The job's max runtime leaves room for exactly this wait (defs/k8s.py).
+DEFAULT_HUMAN_FUNDING_TIMEOUT_SECONDS = float(REBALANCE_HUMAN_FUNDING_SECONDS)
 # Networks the desk sends on today; a venue that starts offering a new one is not used until listed.
 DEFAULT_ALLOWED_DESTINATIONS = ["*:TRC20", "*:ARBITRUM", "*:SOL", "*:ERC20", "*:BTC", "*:SEPA"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dagster import RetryPolicy
 
-from arb_orchestration.defs.k8s import MAX_RUNTIME_TAG, REBALANCE_JOB, REBALANCE_MAX_RUNTIME_SECONDS, REBALANCE_RUN_TAGS
-from arb_orchestration.defs.rebalance.config import DEFAULT_HUMAN_FUNDING_TIMEOUT_SECONDS, RebalanceConfig
+from arb_orchestration.defs.k8s import REBALANCE_JOB, REBALANCE_RUN_TAGS
+from arb_orchestration.defs.rebalance.config import RebalanceConfig
 from arb_orchestration.defs.rebalance.steps import (
     AWAIT,
     COMMIT,
@@ -22,14 +22,6 @@ from arb_orchestration.defs.rebalance.steps import (
     verify_balances,
 )
 from arb_orchestration.saga import DEFAULT_STEP_RETRY, Saga, SagaStep, build_saga
-
-
-# A Wise leg that needs a person to fund it (SCA) parks the pivot for up to
-# `human_funding_timeout_seconds` inside the run: the run's max runtime must leave room for it, or run
-# monitoring would kill a parked saga before its deadline. (The park never waits past the run's max
-# runtime either: it ends early enough to cancel cleanly.) TODO(lead): fold into defs/k8s.py.
-REBALANCE_SAGA_MAX_RUNTIME_SECONDS = int(REBALANCE_MAX_RUNTIME_SECONDS + DEFAULT_HUMAN_FUNDING_TIMEOUT_SECONDS)
-REBALANCE_SAGA_TAGS = {**REBALANCE_RUN_TAGS, MAX_RUNTIME_TAG: str(REBALANCE_SAGA_MAX_RUNTIME_SECONDS)}
 
 
 def _step(name, action, compensation=None, *, pivot: bool = False) -> SagaStep:
@@ -53,7 +45,7 @@ def build_auto_rebalance_saga(*, retry_policy: RetryPolicy | None = DEFAULT_STEP
             "target: plan (exact MILP, guardrails) → prepare → commit (PIVOT) → await arrival → verify. "
             "Compensates before the pivot, recovers forward after it. See docs/rebalance.md."
         ),
-        tags=dict(REBALANCE_SAGA_TAGS),
+        tags=dict(REBALANCE_RUN_TAGS),
         retry_policy=retry_policy,
     )
 
