@@ -305,8 +305,8 @@ def _venue_bounds(inst: AssetInstance, rows: list[str]) -> tuple[coo_array, int]
     return matrix, n_eq
 
 
-def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None]:
-    """Min-fee plan ignoring order. Returns ("optimal", x_and_y) or ("infeasible", None)."""
+def _milp_model(inst: AssetInstance):
+    """The asset's MILP as (cost, integrality, bounds, constraints); columns x (k), y (k), I (n), O (n)."""
     k = len(inst.rails)
     rows = _touched_venues(inst)
     n = len(rows)
@@ -328,18 +328,223 @@ def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray
     n_cols = 2 * k + 2 * n
     upper = np.r_[inst.big_m, np.ones(k), np.full(2 * n, np.inf)]
     cost = np.r_[[r.fee_rate for r in inst.rails], [r.fixed_fee for r in inst.rails], np.zeros(n_cols - 2 * k)]
-    result = run_milp(
-        cost,
-        integrality=np.r_[np.zeros(k), np.ones(k), np.zeros(n_cols - 2 * k)],
-        bounds=Bounds(np.zeros(n_cols), upper),
-        constraints=constraints,
-        time_limit=time_limit,
-    )
+    integrality = np.r_[np.zeros(k), np.ones(k), np.zeros(n_cols - 2 * k)]
+    return cost, integrality, Bounds(np.zeros(n_cols), upper), constraints
+
+
+def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None]:
+    """Min-fee plan ignoring order. Returns ("optimal", x_and_y) or ("infeasible", None).
+
+    Through the HiGHS object scipy bundles (`_solve_with_start`) when this
+    scipy has it: same model, same proof, plus a MIP start; else `run_milp`.
+    """
+    k = len(inst.rails)
+    model = _milp_model(inst)
+    highs = _highs_module()
+    if highs is not None:
+        status, x = _solve_with_start(highs, inst, model, time_limit)
+        return status, (None if x is None else x[: 2 * k])
+    cost, integrality, bounds, constraints = model
+    # Same objective scaling as the direct path, sized from a rough fee estimate
+    # (the cheapest single rail into each deficit venue) instead of the LP.
+    estimate = sum(min((r.fixed_fee + r.fee_rate * d for r in inst.rails if r.to_venue == v), default=0.0)
+                   for v, d in inst.needs.items())
+    cost = cost * _objective_scale(estimate)
+    result = run_milp(cost, integrality=integrality, bounds=bounds, constraints=constraints, time_limit=time_limit)
     if result.status == 2:
         return "infeasible", None
     if result.status != 0 or result.x is None:
         raise RoutingError(f"{inst.asset}: solver did not prove an optimum ({result.message})")
     return "optimal", result.x[: 2 * k]
+
+
+# ------------------------------------------------------------------ HiGHS driven directly: MIP start from a core
+#
+# Where the time went (bench/route_planner.py, spec family, 10-20 venues):
+# in HiGHS's root node, and much of that in its primal heuristics (the
+# root-reduced-cost sub-MIP, feasibility jump) hunting for an incumbent.
+# Handing HiGHS a good incumbent and switching those heuristics off cut the
+# per-asset time 2-5x at 10 venues. The incumbent comes from the same MILP
+# restricted to a small "core" of rails (the LP relaxation's support plus the
+# rails with the smallest LP reduced cost), which HiGHS solves in tens of ms.
+#
+# Why this stays exact: the final solve is the unchanged full model and
+# HiGHS proves its optimum to MIP_REL_GAP as before; the start is only an
+# incumbent (a feasible plan of the full model: the core's rows are the full
+# model's rows restricted to the core, the destination bound only looser in
+# the full model), so it can prune nothing better than itself. If the core
+# misses the optimal rails, the start is merely worse and the search finds
+# the optimum anyway (test_core_missing_the_optimal_rails_...). The objective
+# is multiplied by a power of ten (OBJECTIVE_MAGNITUDE) so that HiGHS's
+# absolute tolerances (1e-6 in objective units) stay below 1e-9 of the fee:
+# without it an ETH-sized optimum (~0.004) could be missed by ~1e-6 ETH.
+
+CORE_EXTRA = 30  # rails added to the LP support by smallest reduced cost
+OBJECTIVE_MAGNITUDE = 1e3  # scale the objective to about this size (never down, at most 1e9)
+# With an incumbent in hand these only cost time (they hunt for incumbents).
+HIGHS_NO_HEURISTICS = {"mip_heuristic_run_root_reduced_cost": False, "mip_heuristic_run_feasibility_jump": False,
+                       "mip_heuristic_effort": 0.0}
+direct_highs_unavailable: str | None = None  # set (with the reason) if this scipy has no HiGHS object
+
+
+def _highs_module():
+    global direct_highs_unavailable
+    if direct_highs_unavailable is not None:
+        return None
+    try:
+        from scipy.optimize._highspy import _core
+
+        _core._Highs, _core.HighsLp, _core.HighsSolution, _core.HighsModelStatus, _core.HighsVarType  # noqa: B018
+        return _core
+    except (ImportError, AttributeError) as exc:
+        direct_highs_unavailable = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+@dataclass
+class _Arrays:
+    cost: np.ndarray
+    integrality: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    matrix: object  # csc_array
+    row_lower: np.ndarray
+    row_upper: np.ndarray
+
+
+def _arrays(model) -> _Arrays:
+    from scipy.sparse import csc_array, vstack
+
+    cost, integrality, bounds, constraints = model
+    matrix = csc_array(vstack([c.A for c in constraints]))
+    row_lower = np.concatenate([np.broadcast_to(np.asarray(c.lb, float), c.A.shape[0]) for c in constraints])
+    row_upper = np.concatenate([np.broadcast_to(np.asarray(c.ub, float), c.A.shape[0]) for c in constraints])
+    return _Arrays(np.asarray(cost, float), np.asarray(integrality), np.asarray(bounds.lb, float),
+                   np.asarray(bounds.ub, float), matrix, row_lower, row_upper)
+
+
+@dataclass
+class _Run:
+    status: str  # "optimal" | "infeasible" | "other: <HiGHS status>"
+    x: np.ndarray | None
+    col_dual: np.ndarray | None
+
+
+def _highs_run(highs, a: _Arrays, *, integral: bool, time_limit: float, options: dict,
+               start: np.ndarray | None = None, cost_scale: float = 1.0) -> _Run:
+    lp = highs.HighsLp()
+    lp.num_col_ = a.cost.size
+    lp.num_row_ = a.row_lower.size
+    lp.a_matrix_.num_col_ = a.cost.size
+    lp.a_matrix_.num_row_ = a.row_lower.size
+    lp.a_matrix_.format_ = highs.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = a.matrix.indptr
+    lp.a_matrix_.index_ = a.matrix.indices
+    lp.a_matrix_.value_ = a.matrix.data
+    lp.col_cost_ = a.cost * cost_scale
+    lp.col_lower_ = a.lower
+    lp.col_upper_ = a.upper
+    lp.row_lower_ = a.row_lower
+    lp.row_upper_ = a.row_upper
+    if integral:
+        lp.integrality_ = [highs.HighsVarType(int(i)) for i in a.integrality]
+    solver = highs._Highs()
+    settings = {"output_flag": False, "time_limit": max(time_limit, 0.01), "mip_rel_gap": MIP_REL_GAP,
+                **HIGHS_EXTRA_OPTIONS, **options}
+    for key, value in settings.items():
+        if solver.setOptionValue(key, value) != highs.HighsStatus.kOk:
+            raise RoutingError(f"HiGHS refused option {key}={value!r}")
+    solver.passModel(lp)
+    if start is not None:
+        given = highs.HighsSolution()
+        given.col_value = [float(v) for v in start]
+        given.value_valid = True
+        solver.setSolution(given)
+    solver.run()
+    status = solver.getModelStatus()
+    if status == highs.HighsModelStatus.kInfeasible:
+        return _Run("infeasible", None, None)
+    solution = solver.getSolution()
+    if status != highs.HighsModelStatus.kOptimal or not solution.value_valid:
+        return _Run(f"other: {solver.modelStatusToString(status)}", None, None)
+    dual = np.array(solution.col_dual) * (1.0 / cost_scale) if (not integral and solution.dual_valid) else None
+    return _Run("optimal", np.array(solution.col_value), dual)
+
+
+def _objective_scale(lp_value: float) -> float:
+    if not lp_value > 0.0:
+        return 1.0
+    return float(min(1e9, max(1.0, 10.0 ** np.ceil(np.log10(OBJECTIVE_MAGNITUDE / lp_value)))))
+
+
+def _core_rails(inst: AssetInstance, lp: _Run) -> list[int]:
+    """The LP relaxation's support plus the CORE_EXTRA rails whose LP reduced cost says they are cheapest to switch on."""
+    k = len(inst.rails)
+    x = lp.x
+    core = set(np.flatnonzero((x[:k] > _EPS) | (x[k:2 * k] > _EPS)).tolist())
+    if lp.col_dual is not None and CORE_EXTRA > 0:
+        dx, dy = lp.col_dual[:k], lp.col_dual[k:2 * k]
+        switch_on = dy + np.minimum(dx * np.asarray(inst.min_eff), dx * np.asarray(inst.big_m))
+        core.update(np.argsort(switch_on, kind="stable")[:CORE_EXTRA].tolist())
+    return sorted(core)
+
+
+def _restricted(inst: AssetInstance, keep: Sequence[int]) -> AssetInstance:
+    return AssetInstance(inst.asset, inst.venues, inst.balance, inst.target, [inst.rails[j] for j in keep],
+                         [inst.big_m[j] for j in keep], [inst.min_eff[j] for j in keep], inst.holdings, inst.surplus)
+
+
+def _full_start(inst: AssetInstance, keep: Sequence[int], x_core: np.ndarray) -> np.ndarray:
+    """A core solution as a point of the full model: x and y on the core rails, zero elsewhere, I and O recomputed."""
+    k, kk = len(inst.rails), len(keep)
+    rows = _touched_venues(inst)
+    index = {v: i for i, v in enumerate(rows)}
+    x, y = np.zeros(k), np.zeros(k)
+    x[list(keep)] = x_core[:kk]
+    y[list(keep)] = np.round(x_core[kk:2 * kk])
+    credits, sends = np.zeros(len(rows)), np.zeros(len(rows))
+    for j in keep:
+        r = inst.rails[j]
+        credits[index[r.to_venue]] += (1.0 - r.fee_rate) * x[j] - r.fixed_fee * y[j]
+        sends[index[r.from_venue]] += x[j]
+    return np.r_[x, y, credits, sends]
+
+
+def _satisfies(a: _Arrays, z: np.ndarray, tol: float = 1e-7) -> bool:
+    activity = a.matrix @ z
+    scale = 1.0 + np.abs(activity)
+    return bool(np.all(activity >= a.row_lower - tol * scale) and np.all(activity <= a.row_upper + tol * scale)
+                and np.all(z >= a.lower - tol) and np.all(z <= a.upper + tol * (1.0 + np.abs(a.upper))))
+
+
+def _solve_with_start(highs, inst: AssetInstance, model, time_limit: float) -> tuple[str, np.ndarray | None]:
+    import time
+
+    deadline = time.monotonic() + time_limit
+    full = _arrays(model)
+    lp = _highs_run(highs, full, integral=False, time_limit=time_limit, options={})
+    if lp.status == "infeasible":  # the LP relaxation is infeasible, so is the MILP
+        return "infeasible", None
+    start = None
+    scale = 1.0
+    if lp.status == "optimal":
+        scale = _objective_scale(float(full.cost @ lp.x))
+        keep = _core_rails(inst, lp)
+        if len(keep) < len(inst.rails):
+            core = _highs_run(highs, _arrays(_milp_model(_restricted(inst, keep))), integral=True,
+                              time_limit=deadline - time.monotonic(), options={})
+            if core.status == "optimal":
+                candidate = _full_start(inst, keep, core.x)
+                if _satisfies(full, candidate):
+                    start = candidate
+    options = HIGHS_NO_HEURISTICS if start is not None else {}
+    final = _highs_run(highs, full, integral=True, time_limit=deadline - time.monotonic(), options=options,
+                       start=start, cost_scale=scale)
+    if final.status == "infeasible":
+        return "infeasible", None
+    if final.status != "optimal":
+        raise RoutingError(f"{inst.asset}: solver did not prove an optimum ({final.status})")
+    return "optimal", final.x
 
 
 def _polish(inst: AssetInstance, used: list[int], fee: float) -> np.ndarray | None:

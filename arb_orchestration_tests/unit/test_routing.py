@@ -212,3 +212,85 @@ def test_highs_extra_options_reach_the_solver_with_this_scipy():
 
     plan_routes(BAL, NEED_B, [rail("ab", "A", "B", 1), rail("ac", "A", "C", 1), rail("cb", "C", "B", 1)])
     assert routing_solver.extra_options_unavailable is None
+
+
+# The direct HiGHS path: an incumbent from a core of rails, then the full model proves the optimum.
+
+RELAY_RAILS = [rail("ab-dear", "A", "B", 10), rail("ac", "A", "C", 1), rail("cb", "C", "B", 1)]
+
+
+def test_direct_highs_path_is_in_use_with_this_scipy():
+    # _solve_milp drives scipy's bundled HiGHS object (MIP start, heuristics
+    # off); if a scipy upgrade removes it, plans stay exact but ~2x slower.
+    from arb_orchestration.domain import routing_solver
+
+    plan_routes(BAL, NEED_B, RELAY_RAILS)
+    assert routing_solver.direct_highs_unavailable is None
+
+
+def test_core_missing_the_optimal_rails_still_gives_the_optimum(monkeypatch):
+    # Force a core that holds only the expensive direct rail: its plan (fee 10)
+    # becomes the MIP start, and the full model must still find the relay (fee 2).
+    from arb_orchestration.domain import routing_solver
+
+    starts = []
+    run = routing_solver._highs_run
+
+    def spy(highs, arrays, *, integral, time_limit, options, start=None, cost_scale=1.0):
+        if start is not None:
+            starts.append(float(arrays.cost @ start))
+        return run(highs, arrays, integral=integral, time_limit=time_limit, options=options, start=start,
+                   cost_scale=cost_scale)
+
+    monkeypatch.setattr(routing_solver, "_core_rails",
+                        lambda inst, lp: [j for j, r in enumerate(inst.rails) if r.id == "ab-dear"])
+    monkeypatch.setattr(routing_solver, "_highs_run", spy)
+    plan = plan_routes(BAL, NEED_B, RELAY_RAILS)
+    assert starts == [pytest.approx(10.0)]  # the bad start was handed to the final solve
+    assert [t.rail for t in plan.transfers] == ["ac", "cb"]
+    assert plan.total_fee == pytest.approx(2.0)
+    execute(BAL, NEED_B, plan)
+
+
+def test_core_that_cannot_cover_the_deficit_falls_back_to_a_plain_solve(monkeypatch):
+    # An infeasible core gives no start: HiGHS runs with its own heuristics.
+    from arb_orchestration.domain import routing_solver
+
+    monkeypatch.setattr(routing_solver, "_core_rails",
+                        lambda inst, lp: [j for j, r in enumerate(inst.rails) if r.id == "ac"])
+    plan = plan_routes(BAL, NEED_B, RELAY_RAILS)
+    assert plan.total_fee == pytest.approx(2.0)
+
+
+def test_without_the_highs_object_the_scipy_path_gives_the_same_plan(monkeypatch):
+    from arb_orchestration.domain import routing_solver
+
+    direct = plan_routes(BAL, NEED_B, RELAY_RAILS)
+    monkeypatch.setattr(routing_solver, "_highs_module", lambda: None)
+    fallback = plan_routes(BAL, NEED_B, RELAY_RAILS)
+    assert fallback.to_dict() == direct.to_dict()
+
+
+@pytest.mark.parametrize(("lp_value", "scale"), [(0.004, 1e6), (5.0, 1e3), (1000.0, 1.0), (1e7, 1.0), (0.0, 1.0), (1e-15, 1e9)])
+def test_objective_scale_brings_the_fee_to_about_a_thousand(lp_value, scale):
+    from arb_orchestration.domain.routing_solver import _objective_scale
+
+    assert _objective_scale(lp_value) == scale
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_eth_sized_fees_are_optimal_beyond_highs_absolute_tolerance(direct, monkeypatch):
+    # The two plans differ by 4e-7 ETH, below HiGHS's 1e-6 absolute tolerances
+    # in unscaled objective units (unscaled, both paths returned the 2e-6 plan);
+    # the scaled objective must pick the cheaper, on either solver path.
+    from arb_orchestration.domain import routing_solver
+
+    if not direct:
+        monkeypatch.setattr(routing_solver, "_highs_module", lambda: None)
+    balances = {"A": {"ETH": 10.0}, "B": {"ETH": 0.0}, "C": {"ETH": 0.0}}
+    targets = {"B": {"ETH": 1.0}}
+    rails = [rail("ab", "A", "B", 2.0e-6, asset="ETH"),
+             rail("ac", "A", "C", 0.8e-6, asset="ETH"), rail("cb", "C", "B", 0.8e-6, asset="ETH")]
+    plan = plan_routes(balances, targets, rails)
+    assert [t.rail for t in plan.transfers] == ["ac", "cb"]
+    assert plan.total_fee == pytest.approx(1.6e-6, rel=1e-7)
