@@ -5,9 +5,13 @@ and asset (10 venues = 1,080 rails), seeded. Both solvers prove optimality
 (same HiGHS gap); the generic one is one MILP over all assets and all rails
 with big-M = max_amount or the asset's total holdings, no pruning, no cuts.
 
-    .venv/bin/python bench/route_planner.py [--sizes 10,20,30] [--seeds 3] [--generic-limit 20]
+    .venv/bin/python bench/route_planner.py [--sizes 10,20,30] [--seeds 3] [--generic-limit 20] [--compare-plain]
 
 Prints one row per (size, seed) and a summary with ratios measured in this run.
+`--compare-plain` also times the previous solver path on the same instance
+(direct-HiGHS path and objective scaling switched off: one scipy `milp` call
+per asset, no MIP start) and checks that both give the same fee per asset
+(1e-7 relative, or 1e-6 absolute: what the previous path guaranteed).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
+from arb_orchestration.domain import routing_solver
 from arb_orchestration.domain.routing import RoutingError, naive_plan, parse_problem, plan_routes
 from arb_orchestration.domain.routing_solver import MIP_REL_GAP
 
@@ -150,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planner-limit", type=float, default=60.0, help="planner seconds per asset before giving up")
     parser.add_argument("--no-generic", action="store_true")
     parser.add_argument("--family", default="spec", choices=["spec", "stress"], help="instance family (see make_instance)")
+    parser.add_argument("--compare-plain", action="store_true", help="also time the previous solver path (no direct HiGHS, no objective scaling)")
     args = parser.parse_args(argv)
     goals = {10: 0.1, 20: 0.5, 30: 2.0}
     print(f"{'venues':>6} {'seed':>4} {'rails':>6} {'planner':>9} {'generic':>9} {'speed-up':>8} "
           f"{'opt fee':>10} {'naive fee':>10} {'saved':>6} {'moves':>5} {'relays':>6}")
     summary: dict[int, list[tuple[float, float | None]]] = {}
+    plain_summary: dict[int, list[float]] = {}
     for size in (int(s) for s in args.sizes.split(",")):
         for seed in range(args.seeds):
             instance = make_instance(size, seed, family=args.family)
@@ -166,6 +173,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{size:>6} {seed:>4} planner gave up: {exc}", flush=True)
                 summary.setdefault(size, []).append((float("inf"), None))
                 continue
+            if args.compare_plain:
+                plain_s, plain = _timed(lambda: _plain_plan(args_, args.planner_limit), repeat)
+                for asset in set(plan.fee_by_asset) | set(plain.fee_by_asset):
+                    a, b = plan.fee_by_asset.get(asset, 0.0), plain.fee_by_asset.get(asset, 0.0)
+                    if abs(a - b) > max(1e-7 * max(abs(a), abs(b)), 1e-6):
+                        print(f"MISMATCH {asset}: planner {a!r} != plain {b!r}", file=sys.stderr)
+                        return 1
+                print(f"{size:>6} {seed:>4} previous path {plain_s:8.3f}s, planner {ours:8.3f}s: {plain_s / ours:5.2f}x, "
+                      f"same fee per asset", flush=True)
+                plain_summary.setdefault(size, []).append(plain_s / ours)
             naive = naive_plan(*args_)
             if args.no_generic:
                 generic_s, status, generic_fee = None, "skipped", None
@@ -194,7 +211,20 @@ def main(argv: list[str] | None = None) -> int:
             ratios = ["-"]
         print(f"{size} venues: planner worst {worst:.3f}s, median {statistics.median(t for t, _ in rows):.3f}s{verdict}; "
               f"speed-up vs generic MILP per seed: {', '.join(ratios)}")
+        if size in plain_summary:
+            print(f"{size} venues: speed-up vs the previous solver path per seed: {', '.join('%.2fx' % r for r in plain_summary[size])}")
     return 0
+
+
+def _plain_plan(args_, time_limit: float):
+    """The previous solver path: `run_milp` alone (same model, no MIP start, objective not scaled)."""
+    saved = routing_solver._highs_module, routing_solver._objective_scale
+    routing_solver._highs_module = lambda: None
+    routing_solver._objective_scale = lambda value: 1.0
+    try:
+        return plan_routes(*args_, time_limit=time_limit)
+    finally:
+        routing_solver._highs_module, routing_solver._objective_scale = saved
 
 
 if __name__ == "__main__":

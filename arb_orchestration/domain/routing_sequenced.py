@@ -28,8 +28,10 @@ def solve_sequenced(problem: Problem, asset: str, time_limit: float):
         _shortfall_reason,
         _flow_matrix,
         _touched_venues,
+        _objective_scale,
         _transfers,
         asset_instance,
+        fee_magnitude,
         run_milp,
     )
 
@@ -116,8 +118,10 @@ def solve_sequenced(problem: Problem, asset: str, time_limit: float):
 
     upper = np.r_[inst.big_m, np.ones(k), np.full(k, float(k)), np.ones(n_pairs),
                   [cap[s] if kind == "in" else inst.big_m[s] for s, _, kind in pairs]]
+    # Objective scaled to ~1e3 (see routing_solver): HiGHS's 1e-6 absolute tolerances stay below 1e-9 of the fee.
+    scale = _objective_scale(fee_magnitude(inst))
     result = run_milp(
-        np.r_[[r.fee_rate for r in rails], [r.fixed_fee for r in rails], np.zeros(k + 2 * n_pairs)],
+        scale * np.r_[[r.fee_rate for r in rails], [r.fixed_fee for r in rails], np.zeros(k + 2 * n_pairs)],
         integrality=np.r_[np.zeros(k), np.ones(k), np.zeros(k), np.ones(n_pairs), np.zeros(n_pairs)],
         bounds=Bounds(np.zeros(n_cols), upper),
         constraints=[LinearConstraint(coo_array((vals, (rows, cols)), shape=(row, n_cols)), lo, hi)],

@@ -345,11 +345,7 @@ def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray
         status, x = _solve_with_start(highs, inst, model, time_limit)
         return status, (None if x is None else x[: 2 * k])
     cost, integrality, bounds, constraints = model
-    # Same objective scaling as the direct path, sized from a rough fee estimate
-    # (the cheapest single rail into each deficit venue) instead of the LP.
-    estimate = sum(min((r.fixed_fee + r.fee_rate * d for r in inst.rails if r.to_venue == v), default=0.0)
-                   for v, d in inst.needs.items())
-    cost = cost * _objective_scale(estimate)
+    cost = cost * _objective_scale(fee_magnitude(inst))  # as on the direct path, sized without the LP
     result = run_milp(cost, integrality=integrality, bounds=bounds, constraints=constraints, time_limit=time_limit)
     if result.status == 2:
         return "infeasible", None
@@ -469,6 +465,12 @@ def _highs_run(highs, a: _Arrays, *, integral: bool, time_limit: float, options:
         return _Run(f"other: {solver.modelStatusToString(status)}", None, None)
     dual = np.array(solution.col_dual) * (1.0 / cost_scale) if (not integral and solution.dual_valid) else None
     return _Run("optimal", np.array(solution.col_value), dual)
+
+
+def fee_magnitude(inst: AssetInstance) -> float:
+    """A rough size of the asset's optimal fee (the cheapest single rail into each deficit venue), for scaling only."""
+    return sum(min((r.fixed_fee + r.fee_rate * d for r in inst.rails if r.to_venue == v), default=0.0)
+               for v, d in inst.needs.items())
 
 
 def _objective_scale(lp_value: float) -> float:
