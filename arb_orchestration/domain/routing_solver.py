@@ -338,12 +338,16 @@ def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray
     Through the HiGHS object scipy bundles (`_solve_with_start`) when this
     scipy has it: same model, same proof, plus a MIP start; else `run_milp`.
     """
+    global direct_highs_unavailable
     k = len(inst.rails)
     model = _milp_model(inst)
     highs = _highs_module()
     if highs is not None:
-        status, x = _solve_with_start(highs, inst, model, time_limit)
-        return status, (None if x is None else x[: 2 * k])
+        try:
+            status, x = _solve_with_start(highs, inst, model, time_limit)
+            return status, (None if x is None else x[: 2 * k])
+        except _DirectHighsUnusable as exc:  # e.g. a HiGHS release renamed an option: slower, still exact
+            direct_highs_unavailable = str(exc)
     cost, integrality, bounds, constraints = model
     cost = cost * _objective_scale(fee_magnitude(inst))  # as on the direct path, sized without the LP
     result = run_milp(cost, integrality=integrality, bounds=bounds, constraints=constraints, time_limit=time_limit)
@@ -381,6 +385,10 @@ OBJECTIVE_MAGNITUDE = 1e3  # scale the objective to about this size (never down,
 HIGHS_NO_HEURISTICS = {"mip_heuristic_run_root_reduced_cost": False, "mip_heuristic_run_feasibility_jump": False,
                        "mip_heuristic_effort": 0.0}
 direct_highs_unavailable: str | None = None  # set (with the reason) if this scipy has no HiGHS object
+
+
+class _DirectHighsUnusable(RuntimeError):
+    """This HiGHS build does not take what the direct path needs; `_solve_milp` falls back to `run_milp`."""
 
 
 def _highs_module():
@@ -449,7 +457,7 @@ def _highs_run(highs, a: _Arrays, *, integral: bool, time_limit: float, options:
                 **HIGHS_EXTRA_OPTIONS, **options}
     for key, value in settings.items():
         if solver.setOptionValue(key, value) != highs.HighsStatus.kOk:
-            raise RoutingError(f"HiGHS refused option {key}={value!r}")
+            raise _DirectHighsUnusable(f"HiGHS refused option {key}={value!r}")
     solver.passModel(lp)
     if start is not None:
         given = highs.HighsSolution()

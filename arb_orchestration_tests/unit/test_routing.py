@@ -294,3 +294,15 @@ def test_eth_sized_fees_are_optimal_beyond_highs_absolute_tolerance(direct, monk
     plan = plan_routes(balances, targets, rails)
     assert [t.rail for t in plan.transfers] == ["ac", "cb"]
     assert plan.total_fee == pytest.approx(1.6e-6, rel=1e-7)
+
+
+def test_a_highs_that_refuses_an_option_falls_back_to_the_scipy_path(monkeypatch):
+    from arb_orchestration.domain import routing_solver
+
+    monkeypatch.setattr(routing_solver, "direct_highs_unavailable", None)
+    monkeypatch.setattr(routing_solver, "HIGHS_NO_HEURISTICS", {"no_such_highs_option": True})
+    monkeypatch.setattr(routing_solver, "_core_rails",
+                        lambda inst, lp: [j for j, r in enumerate(inst.rails) if r.id == "ab-dear"])
+    plan = plan_routes(BAL, NEED_B, RELAY_RAILS)
+    assert plan.total_fee == pytest.approx(2.0)
+    assert "no_such_highs_option" in routing_solver.direct_highs_unavailable
