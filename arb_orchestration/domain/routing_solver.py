@@ -8,6 +8,7 @@ and next to each rule.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -528,8 +529,6 @@ def _satisfies(a: _Arrays, z: np.ndarray, tol: float = 1e-7) -> bool:
 
 
 def _solve_with_start(highs, inst: AssetInstance, model, time_limit: float) -> tuple[str, np.ndarray | None]:
-    import time
-
     deadline = time.monotonic() + time_limit
     full = _arrays(model)
     lp = _highs_run(highs, full, integral=False, time_limit=time_limit, options={})
