@@ -27,6 +27,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
 from arb_orchestration.domain import routing_solver
+from arb_orchestration.commands._native_stdout import native_stdout_to_stderr
 from arb_orchestration.domain.routing import RoutingError, naive_plan, parse_problem, plan_routes
 from arb_orchestration.domain.routing_solver import MIP_REL_GAP
 
@@ -141,9 +142,11 @@ def generic_milp(instance: dict, time_limit: float) -> tuple[str, float | None]:
 def _timed(fn, repeat: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
+        # HiGHS's stray debug prints (commands/_native_stdout.py) go to stderr, not into the table.
+        with native_stdout_to_stderr():
+            start = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - start)
     return statistics.median(times), out
 
 
@@ -188,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 generic_s, status, generic_fee = None, "skipped", None
             else:
                 start = time.perf_counter()
-                status, generic_fee = generic_milp(instance, args.generic_limit)
+                with native_stdout_to_stderr():
+                    status, generic_fee = generic_milp(instance, args.generic_limit)
                 generic_s = time.perf_counter() - start
             if status == "optimal" and abs(generic_fee - plan.total_fee) > 1e-6 * max(1.0, plan.total_fee):
                 print(f"MISMATCH: generic optimum {generic_fee} != planner {plan.total_fee}", file=sys.stderr)

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 
+from arb_orchestration.commands._native_stdout import native_stdout_to_stderr
 from arb_orchestration.domain.routing import RoutingError, RoutingInputError, naive_plan, parse_problem, plan_routes
 
 EXIT_OK, EXIT_UNPROVEN, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
@@ -50,7 +51,9 @@ def main(argv: list[str]) -> int:
     try:
         data = _load(args.instance)
         problem = parse_problem(data["balances"], data.get("targets"), data["rails"])
-        plan = naive_plan(problem, None, None) if args.naive else plan_routes(problem, None, None, time_limit=args.time_limit)
+        # stdout carries only the JSON document: HiGHS's stray debug prints go to stderr.
+        with native_stdout_to_stderr():
+            plan = naive_plan(problem, None, None) if args.naive else plan_routes(problem, None, None, time_limit=args.time_limit)
     except RoutingInputError as exc:
         print(f"plan-route: bad input: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

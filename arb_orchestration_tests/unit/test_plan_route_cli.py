@@ -88,3 +88,41 @@ def test_console_script_dispatches_plan_route(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["feasible"] is True
+
+
+def test_native_prints_during_planning_go_to_stderr_and_stdout_stays_one_json_document(tmp_path):
+    # HiGHS writes a debug line to the C-level stdout on some restarts (see commands/_native_stdout.py);
+    # here a C printf stands in for it, inside the same guard plan-route puts around the planner.
+    script = (
+        "import ctypes, json\n"
+        "from arb_orchestration.commands._native_stdout import native_stdout_to_stderr\n"
+        "libc = ctypes.CDLL(None)\n"
+        "with native_stdout_to_stderr():\n"
+        "    libc.printf(b'HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\\n')\n"
+        "    print('a python print inside the block')\n"
+        "print(json.dumps({'feasible': True}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"feasible": True}
+    assert "transformNewIntegerFeasibleSolution" in proc.stderr and "a python print inside the block" in proc.stderr
+
+
+def test_plan_route_keeps_what_the_planner_writes_to_fd_1_off_its_json_output(tmp_path):
+    # The real command in a fresh interpreter, with a planner that writes to file descriptor 1 the way
+    # HiGHS does (below Python's sys.stdout): stdout must still be exactly one JSON document.
+    script = (
+        "import os, sys\n"
+        "from arb_orchestration.commands import plan_route\n"
+        "real = plan_route.plan_routes\n"
+        "def noisy(*args, **kwargs):\n"
+        "    os.write(1, b'native noise\\n')\n"
+        "    return real(*args, **kwargs)\n"
+        "plan_route.plan_routes = noisy\n"
+        "sys.exit(plan_route.main([sys.argv[1]]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, write(tmp_path, INSTANCE)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["feasible"] is True
+    assert "native noise" in proc.stderr
