@@ -169,7 +169,7 @@ class Bench:
                 results.append(trial)
                 print(f"[{name}] {index:2d}/{trials}: first order {_fmt(trial.first_order)}  "
                       f"all flat {_fmt(trial.all_flat)}  {trial.run_status} via {trial.launched_by}"
-                      f"{'  ERROR ' + trial.error if trial.error else ''}", flush=True)
+                      f"{'  ERROR ' + trial.error if trial.error else ''}{_slow_stages(trial)}", flush=True)
                 if not platform.alive():
                     raise RuntimeError(f"a platform process died:\n{platform.log_tail('daemon')}")
         finally:
@@ -254,6 +254,16 @@ def stages(instance, run, t0: float) -> dict:
         if label and label not in out:
             out[label] = entry.timestamp - t0
     return out
+
+
+SLOW_TRIAL_SECONDS = 0.7  # a trial slower than the p50 goal prints when each stage was reached
+
+
+def _slow_stages(trial) -> str:
+    """For a slow trial, when Dagster reached each stage (so a tail can be told apart: sensor vs launch vs run)."""
+    if trial.first_order is None or trial.first_order <= SLOW_TRIAL_SECONDS or not trial.stages:
+        return ""
+    return "  (slow: " + ", ".join(f"{label} {_fmt(value)}" for label, value in trial.stages.items()) + ")"
 
 
 def _fmt(value: float | None) -> str:
