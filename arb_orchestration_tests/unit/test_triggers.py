@@ -283,13 +283,18 @@ def _chunks(rng: random.Random, count: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def _batch_rule(values: list) -> tuple[list, list, list]:
+    """The values' events, the event ids the batch rule (`newest_per_market`) keeps, and their screened rows."""
+    events = [parse_event(FUNDING_RATE_EVENTS, v) for v in values]
+    expected = [event.event_id for event, _ in newest_per_market((e, i) for i, e in enumerate(events))]
+    return events, expected, screen_funding_rates(values)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_newest_per_market_while_reading_equals_the_batch_rule(seed):
     rng = random.Random(seed)
     values = _rates(rng, 60)
-    events = [parse_event(FUNDING_RATE_EVENTS, v) for v in values]
-    expected = [event.event_id for event, _ in newest_per_market((e, i) for i, e in enumerate(events))]
-    rows = screen_funding_rates(values)
+    events, expected, rows = _batch_rule(values)
     ids = [row.event_id for row in rows]
 
     by_event, by_fields, mixed, by_rows, by_chunks = (NewestPerMarket() for _ in range(5))
@@ -322,9 +327,7 @@ def _far_apart_rates(rng: random.Random, count: int) -> list:
 def test_offer_fresh_rows_keeps_what_offering_one_by_one_keeps(seed):
     rng = random.Random(seed)
     values = _far_apart_rates(rng, 120)
-    events = [parse_event(FUNDING_RATE_EVENTS, v) for v in values]
-    expected = [event.event_id for event, _ in newest_per_market((e, i) for i, e in enumerate(events))]
-    rows = screen_funding_rates(values)
+    events, expected, rows = _batch_rule(values)
     kept = NewestPerMarket()
     # An event offered first (held with its exact datetime), then chunks of rows.
     kept.offer(events[0], events[0].event_id)
@@ -408,9 +411,7 @@ def test_offer_fresh_rows_keeps_what_the_batch_rule_keeps(seed, make):
     # interleaved (the sorted path) and near ties out of order (rate by rate): all as the batch rule.
     rng = random.Random(seed)
     values = make(rng, 90)
-    events = [parse_event(FUNDING_RATE_EVENTS, v) for v in values]
-    expected = [event.event_id for event, _ in newest_per_market((e, i) for i, e in enumerate(events))]
-    rows = screen_funding_rates(values)
+    _events, expected, rows = _batch_rule(values)
     kept = NewestPerMarket()
     for start, end in _chunks(rng, len(rows)):
         assert kept.offer_fresh_rows(rows[start:end], [r.event_id for r in rows[start:end]], fresher_than=0.0)
