@@ -437,13 +437,14 @@ def test_the_schedule_requests_a_run_with_the_cron_tags():
 def test_the_event_sensor_targets_this_job_and_its_run_config_is_accepted():
     from arb_orchestration.defs import events
     from arb_orchestration.defs.events.config import TriggerEventConfig, event_run_config
-    from arb_orchestration.defs.events.sensors import HEDGE_JOB_TAG_VALUE, TRIGGER_TAG
+    from arb_orchestration.defs.events.sensors import TRIGGER_TAG
+    from arb_orchestration.defs.k8s import HEDGE_JOB
     from arb_orchestration.defs.hedging.schedules import TRIGGER_TAG as OUR_TRIGGER_TAG
 
     sensor = next(s for s in events.defs.sensors if s.name == "funding_deviation_sensor")
     assert [job.name for job in sensor.jobs] == ["funding_rate_hedge"]
     assert "pending_funding_rate_hedge" not in {job.name for job in events.defs.jobs}
-    assert (TRIGGER_TAG, HEDGE_JOB_TAG_VALUE) == (OUR_TRIGGER_TAG, funding_rate_hedge.name)
+    assert (TRIGGER_TAG, HEDGE_JOB) == (OUR_TRIGGER_TAG, funding_rate_hedge.name)
     trigger = TriggerEventConfig(event_id="e-1", topic="funding-rate-events", source="funding-rate-events/0/7",
                                  kind="funding_rate", critical=False, reason="moved 25 bps",
                                  payload={"venue": "okx", "symbol": BTC, "rate": 0.003, "interval_hours": 8})

@@ -87,8 +87,6 @@ FUNDING_DEVIATION_SENSOR = "funding_deviation_sensor"
 # (arb_orchestration/sim/dagster_local.yaml: one hedge, one rebalancing saga at a time).
 TRIGGER_TAG, EVENT_ID_TAG, SOURCE_TAG = "arb/trigger", "arb/event_id", "arb/source"
 # (JOB_TAG, SAGA_TAG, PRIORITY_TAG and the lane values come from defs/k8s.py, like the jobs' own tags.)
-HEDGE_JOB_TAG_VALUE = HEDGE_JOB
-REBALANCE_SAGA_TAG_VALUE = REBALANCE_SAGA_LANE
 
 # What handling one funding message the screen did not take tells the chunk loop.
 _GO_ON, _AFTER, _BEFORE = object(), object(), object()
@@ -434,9 +432,9 @@ class _EventSensor:
         if action is Action.STOP_LOSS:
             tags[PRIORITY_TAG] = str(self.settings.stop_loss_priority)
         elif action is Action.REBALANCE:
-            tags[SAGA_TAG] = REBALANCE_SAGA_TAG_VALUE
+            tags[SAGA_TAG] = REBALANCE_SAGA_LANE
         elif action is Action.HEDGE:
-            tags[JOB_TAG] = HEDGE_JOB_TAG_VALUE
+            tags[JOB_TAG] = HEDGE_JOB
         return RunRequest(
             run_key=event.event_id,
             job_name=job.name,
