@@ -68,7 +68,13 @@ from arb_orchestration.resources.errors import (
     TransientError,
 )
 from arb_orchestration.resources.resilience import CircuitBreaker, ResilientCaller, RetrySettings, breaker_for
-from arb_orchestration.resources.venue import ExchangeResource, VenueClient
+from arb_orchestration.resources.venue import (
+    ExchangeResource,
+    UnknownVenueError,  # re-exported: callers import it from this module too
+    VenueClient,
+    require_client_order_id,
+    require_withdrawal_key,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("arb_orchestration.resources.ccxt_venue")
@@ -719,8 +725,7 @@ class CcxtVenueClient(VenueClient):
         reduce_only: bool = False,
         stop_price: float | None = None,
     ) -> Order:
-        if not client_order_id:
-            raise ValueError("create_order needs a client_order_id (the idempotency key)")
+        require_client_order_id(client_order_id)
         self._refuse_if_read_only(f"create_order {client_order_id}")
         if self._allowed and symbol not in self._allowed and not reduce_only:
             # Closing is always allowed: a stop-loss must be able to flatten anything it finds.
@@ -948,8 +953,7 @@ class CcxtVenueClient(VenueClient):
         idempotency_key: str,
         tag: str | None = None,
     ) -> Withdrawal:
-        if not idempotency_key:
-            raise ValueError("withdraw needs an idempotency_key")
+        require_withdrawal_key(idempotency_key)
         self._refuse_if_read_only(f"withdraw {idempotency_key}")
         if self.config.withdraw_allowlist and address not in self.config.withdraw_allowlist:
             raise BusinessError(f"{self.name}: withdrawal address is not in the allowlist", code="address_not_allowed")
@@ -1078,10 +1082,6 @@ class CcxtVenueConfig(Config):
             rate_limit_ms=self.rate_limit_ms,
             precheck_client_order_id=precheck_client_order_id,
         )
-
-
-class UnknownVenueError(LookupError):
-    """`venue(name)` was asked for a venue the resource is not configured with."""
 
 
 class CcxtExchangeResource(ExchangeResource):

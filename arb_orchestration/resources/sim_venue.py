@@ -43,7 +43,13 @@ from arb_orchestration.resources.resilience import (
     RetrySettings,
     breaker_for,
 )
-from arb_orchestration.resources.venue import ExchangeResource, VenueClient
+from arb_orchestration.resources.venue import (
+    ExchangeResource,
+    UnknownVenueError,  # re-exported: callers import it from this module too
+    VenueClient,
+    require_client_order_id,
+    require_withdrawal_key,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("arb_orchestration.resources.sim_venue")
@@ -153,8 +159,7 @@ class SimVenueClient(VenueClient):
         reduce_only: bool = False,
         stop_price: float | None = None,
     ) -> Order:
-        if not client_order_id:
-            raise ValueError("create_order needs a client_order_id (the idempotency key)")
+        require_client_order_id(client_order_id)
         body = {
             "symbol": symbol,
             "type": type,
@@ -229,8 +234,7 @@ class SimVenueClient(VenueClient):
         idempotency_key: str,
         tag: str | None = None,
     ) -> Withdrawal:
-        if not idempotency_key:
-            raise ValueError("withdraw needs an idempotency_key")
+        require_withdrawal_key(idempotency_key)
         body = {
             "asset": asset,
             "amount": amount,
@@ -266,10 +270,6 @@ class SimVenueClient(VenueClient):
             what=f"cancel_withdrawal {withdrawal_id}",
             reconcile=lambda: None,
         )
-
-
-class UnknownVenueError(LookupError):
-    """`venue(name)` was asked for a venue the resource is not configured with."""
 
 
 class SimExchangeResource(ExchangeResource):

@@ -29,6 +29,22 @@ from arb_orchestration.domain.models import (
 )
 
 
+class UnknownVenueError(LookupError):
+    """`venue(name)` was asked for a venue the resource is not configured with."""
+
+
+def require_client_order_id(client_order_id: str) -> None:
+    """Refuse an order without its idempotency key: without it a retry could place it twice."""
+    if not client_order_id:
+        raise ValueError("create_order needs a client_order_id (the idempotency key)")
+
+
+def require_withdrawal_key(idempotency_key: str) -> None:
+    """Refuse a withdrawal without its idempotency key: without it a retry could send money twice."""
+    if not idempotency_key:
+        raise ValueError("withdraw needs an idempotency_key")
+
+
 class VenueClient(abc.ABC):
     """One exchange account. All methods are blocking and safe to call from threads."""
 
