@@ -62,6 +62,22 @@ def test_the_code_location_has_the_three_sensors_running_every_daemon_loop():
     assert set(repo.get_sensor_def(FUNDING_DEVIATION_SENSOR).required_resource_keys) == {"kafka"}
 
 
+def test_the_shipped_sensors_start_the_real_sagas_not_the_placeholders():
+    # defs/events falls back to log-only `pending_...` jobs when a domain does not define its job;
+    # shipped, every sensor must start the real one, and no placeholder may be registered.
+    from arb_orchestration.definitions import defs as code_location
+
+    repo = code_location.get_repository_def()
+    targets = {name: sorted(j.name for j in repo.get_sensor_def(name).jobs)
+               for name in (MARKET_SHOCK_SENSOR, CAPITAL_THRESHOLD_SENSOR, FUNDING_DEVIATION_SENSOR)}
+    assert targets == {
+        MARKET_SHOCK_SENSOR: ["auto_rebalance_saga", "emergency_stop_loss_saga"],
+        CAPITAL_THRESHOLD_SENSOR: ["auto_rebalance_saga", "emergency_stop_loss_saga"],
+        FUNDING_DEVIATION_SENSOR: ["funding_rate_hedge"],
+    }
+    assert [j.name for j in repo.get_all_jobs() if j.tags.get("arb/placeholder")] == []
+
+
 def test_sensors_target_the_given_jobs():
     market, capital, funding = build_event_sensors(
         rebalance_job=saga_job, stop_loss_job=plain_job, hedge_job=saga_job, topics=EventTopics.with_prefix("x-")
@@ -131,7 +147,7 @@ def test_each_targeted_job_accepts_the_run_config_the_sensors_build(monkeypatch)
         critical=True, reason="critical capital threshold: USDT on okx", payload={"venue": "okx", "level": "critical"},
     )
     targeted = {j.name for name in (MARKET_SHOCK_SENSOR, FUNDING_DEVIATION_SENSOR) for j in repo.get_sensor_def(name).jobs}
-    assert len(targeted) == 3
+    assert targeted == {"auto_rebalance_saga", "emergency_stop_loss_saga", "funding_rate_hedge"}
     for name in targeted:
         job_def = repo.get_job(name)
         config = domain_run_config(job_def, trigger)
