@@ -108,6 +108,16 @@ def _mandatory(name: str) -> BinanceError:
     return BinanceError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
 
 
+def _side(p: dict[str, str]) -> str:
+    """The order's `side` parameter: mandatory, BUY or SELL."""
+    side = p.get("side")
+    if not side:
+        raise _mandatory("side")
+    if side not in {"BUY", "SELL"}:
+        raise BinanceError(-1117, "Invalid side.")
+    return side
+
+
 def _num(value: float | None, places: int = 8) -> str:
     """A decimal string the way Binance writes them (no exponent, no trailing zeros)."""
     if value is None:
@@ -639,11 +649,7 @@ class BinanceApi:
 
     def _new_order(self, req: BinanceRequest, p: dict[str, str]):
         symbol = self._symbol(p.get("symbol"))
-        side = p.get("side")
-        if not side:
-            raise _mandatory("side")
-        if side not in {"BUY", "SELL"}:
-            raise BinanceError(-1117, "Invalid side.")
+        side = _side(p)
         order_type = p.get("type")
         if not order_type:
             raise _mandatory("type")
@@ -678,29 +684,38 @@ class BinanceApi:
             if not _is_multiple(price, self._tick(symbol)):
                 raise BinanceError(-4014, "Price not increased by tick size.")
         reduce_only = p.get("reduceOnly", "false").lower() == "true"
-        cid = p.get("newClientOrderId") or f"sim-{next(self._alias_seq)}-{int(self._clock() * 1000)}"
-        if len(cid) > 36 or not all(c.isalnum() or c in ".:/_-" for c in cid):
-            raise BinanceError(-4015, "Client order id is not valid.")
+        cid = self._client_id(p, "newClientOrderId")
         mark = self.state.mark_prices(self.venue)[symbol]
         if not reduce_only and quantity * (price or mark) < MIN_NOTIONAL:
             raise BinanceError(-4164, f"Order's notional must be no smaller than {_num(MIN_NOTIONAL)} (unless you choose reduce only).")
+        order = self._place_order(
+            req,
+            cid,
+            symbol=symbol,
+            type=order_type.lower(),
+            side=side.lower(),
+            amount=quantity,
+            price=price,
+            reduce_only=reduce_only,
+        )
+        return self._order_json(order, created=True, resp_type=p.get("newOrderRespType", "ACK"))
+
+    def _client_id(self, p: dict[str, str], param: str) -> str:
+        """The client order id sent in `param`, or a generated one; -4015 when it is not valid."""
+        cid = p.get(param) or f"sim-{next(self._alias_seq)}-{int(self._clock() * 1000)}"
+        if len(cid) > 36 or not all(c.isalnum() or c in ".:/_-" for c in cid):
+            raise BinanceError(-4015, "Client order id is not valid.")
+        return cid
+
+    def _place_order(self, req: BinanceRequest, cid: str, **order: Any) -> Order:
+        """Place an order under `cid` (regular or algo); a rejected order frees the id again."""
         state_cid = self._claim_client_id(cid)
         try:
-            order, _ = self.state.place_order(
-                self.venue,
-                symbol=symbol,
-                type=order_type.lower(),
-                side=side.lower(),
-                amount=quantity,
-                price=price,
-                client_order_id=state_cid,
-                reduce_only=reduce_only,
-                received_at=req.received_at,
-            )
+            placed, _ = self.state.place_order(self.venue, client_order_id=state_cid, received_at=req.received_at, **order)
         except SimError as exc:
             self._release_client_id(cid, state_cid)
             raise self._order_rejection(exc) from None
-        return self._order_json(order, created=True, resp_type=p.get("newOrderRespType", "ACK"))
+        return placed
 
     def _claim_client_id(self, cid: str) -> str:
         """The state's client id for a new order sent with `cid` (-4116 while an order with it is open)."""
@@ -846,11 +861,7 @@ class BinanceApi:
         if p.get("algoType") != "CONDITIONAL":
             raise BinanceError(-1130, "Data sent for parameter 'algoType' is not valid.") if p.get("algoType") else _mandatory("algoType")
         symbol = self._symbol(p.get("symbol"))
-        side = p.get("side")
-        if not side:
-            raise _mandatory("side")
-        if side not in {"BUY", "SELL"}:
-            raise BinanceError(-1117, "Invalid side.")
+        side = _side(p)
         order_type = p.get("type")
         if not order_type:
             raise _mandatory("type")
@@ -873,25 +884,17 @@ class BinanceApi:
         if not _is_multiple(trigger, self._tick(symbol)):
             raise BinanceError(-4014, "Price not increased by tick size.")
         reduce_only = p.get("reduceOnly", "false").lower() == "true"
-        cid = p.get("clientAlgoId") or f"sim-{next(self._alias_seq)}-{int(self._clock() * 1000)}"
-        if len(cid) > 36 or not all(c.isalnum() or c in ".:/_-" for c in cid):
-            raise BinanceError(-4015, "Client order id is not valid.")
-        state_cid = self._claim_client_id(cid)
-        try:
-            order, _ = self.state.place_order(
-                self.venue,
-                symbol=symbol,
-                type="stop_market",
-                side=side.lower(),
-                amount=quantity,
-                stop_price=trigger,
-                client_order_id=state_cid,
-                reduce_only=reduce_only,
-                received_at=req.received_at,
-            )
-        except SimError as exc:
-            self._release_client_id(cid, state_cid)
-            raise self._order_rejection(exc) from None
+        cid = self._client_id(p, "clientAlgoId")
+        order = self._place_order(
+            req,
+            cid,
+            symbol=symbol,
+            type="stop_market",
+            side=side.lower(),
+            amount=quantity,
+            stop_price=trigger,
+            reduce_only=reduce_only,
+        )
         return self._algo_json(order)
 
     def _find_algo_order(self, p: dict[str, str]) -> Order:
