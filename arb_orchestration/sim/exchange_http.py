@@ -341,22 +341,11 @@ class _Handler(KeepAliveHandler):
         else:
             response = self.server.api.handle(ApiRequest(method, segments, query, body, headers, received_at))
         if response.drop:
-            if response.hang_s > 0:
-                self.server.stopping.wait(response.hang_s)
-            self.close_connection = True
+            self._drop(response.hang_s)
             log.debug("%s /%s -> dropped without response (%.3fs)", method, path, time.monotonic() - started)
             return
         payload = json.dumps(_jsonable(response.body)).encode()
-        try:
-            self.send_response(response.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        self._send_json(response.status, payload, response.headers, "application/json")
         log.debug("%s /%s -> %d (%.3fs)", method, path, response.status, time.monotonic() - started)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature

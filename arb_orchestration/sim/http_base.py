@@ -3,13 +3,15 @@
 `LoopbackHTTPServer` tracks its open connections so `stop()` can close idle
 keep-alive sockets (a stopped simulator must really refuse clients), and listens
 with a backlog large enough for a parallel stop-loss. `KeepAliveHandler` turns
-on TCP_NODELAY and routes every method to `_serve(method)`.
+on TCP_NODELAY, routes every method to `_serve(method)` and writes a JSON answer
+(or, for an injected fault, none).
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -63,6 +65,25 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         raise NotImplementedError
+
+    def _drop(self, hang_s: float) -> None:
+        """Answer nothing (an injected fault): hold the connection up to `hang_s` or until stop, then close it."""
+        if hang_s > 0:
+            self.server.stopping.wait(hang_s)
+        self.close_connection = True
+
+    def _send_json(self, status: int, payload: bytes, headers: Mapping[str, str], content_type: str) -> None:
+        """Write one JSON response; a client that has already gone away only closes the connection."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib names
         self._serve("GET")

@@ -1149,21 +1149,10 @@ class _Handler(KeepAliveHandler):
         request = BinanceRequest(method, parsed.path.rstrip("/") or "/", parsed.query, body, headers, received_at)
         response = self.server.api.handle(request)
         if response.drop:
-            if response.hang_s > 0:
-                self.server.stopping.wait(response.hang_s)
-            self.close_connection = True
+            self._drop(response.hang_s)
             return
         payload = json.dumps(response.body).encode()
-        try:
-            self.send_response(response.status)
-            self.send_header("Content-Type", "application/json;charset=UTF-8")
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        self._send_json(response.status, payload, response.headers, "application/json;charset=UTF-8")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         # The request line carries the signature and, for GETs, every parameter: DEBUG only,
