@@ -14,19 +14,16 @@
 
 from __future__ import annotations
 
-import kubernetes_validate
 import pytest
 
 from arb_orchestration.defs.k8s import CRITICAL_PRIORITY_CLASS
 from arb_orchestration.launcher.__main__ import build_parser
 from arb_orchestration.launcher.protocol import WorkerAddress
 from arb_orchestration_tests.unit import deploy_model as model
+from arb_orchestration_tests.unit import k8s_manifests as manifests
+from arb_orchestration_tests.unit.test_k8s_objects import K8S_VERSIONS
 
-K8S_VERSIONS = ("1.30", "1.37")
 FILES = ("warm-worker-deployment.yaml", "warm-worker-networkpolicy.yaml")
-
-
-_documents = model.k8s_documents
 
 
 def _by_kind(kind: str) -> list[dict]:
@@ -35,8 +32,7 @@ def _by_kind(kind: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def deployment() -> dict:
-    (found,) = _by_kind("Deployment")
-    return found
+    return manifests.only_of_kind(FILES, "Deployment")
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +43,13 @@ def container(deployment) -> dict:
 
 @pytest.fixture(scope="module")
 def release() -> dict:
-    values = model.merged_values("prod")
-    return {"values": values, "pods": model.control_plane_pods(values)}
+    return manifests.prod_release()
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("name", FILES)
 def test_manifests_are_valid_kubernetes(name, version):
-    documents = _documents(name)
-    assert documents
-    for document in documents:
-        try:
-            kubernetes_validate.validate(document, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{name} {document['kind']}/{document['metadata']['name']}: {error.message} "
-                        f"at {list(error.absolute_path)}")
+    manifests.assert_valid_kubernetes(name, version)
 
 
 def test_worker_runs_the_code_locations_image_with_its_settings_and_secrets(container, release):

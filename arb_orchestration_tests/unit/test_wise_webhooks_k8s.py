@@ -47,6 +47,7 @@ from arb_orchestration.resources.wise_webhooks import (
     WiseWebhookReceiver,
 )
 from arb_orchestration_tests.unit import deploy_model as model
+from arb_orchestration_tests.unit import k8s_manifests as manifests
 from arb_orchestration_tests.unit.test_k8s_objects import (
     K8S_VERSIONS,
     KUBE_DNS,
@@ -70,8 +71,7 @@ def _by_kind(kind: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def deployment() -> dict:
-    (found,) = _by_kind("Deployment")
-    return found
+    return manifests.only_of_kind(FILES, "Deployment")
 
 
 @pytest.fixture(scope="module")
@@ -87,20 +87,17 @@ def container(pod) -> dict:
 
 @pytest.fixture(scope="module")
 def service() -> dict:
-    (found,) = _by_kind("Service")
-    return found
+    return manifests.only_of_kind(FILES, "Service")
 
 
 @pytest.fixture(scope="module")
 def ingress() -> dict:
-    (found,) = _by_kind("Ingress")
-    return found
+    return manifests.only_of_kind(FILES, "Ingress")
 
 
 @pytest.fixture(scope="module")
 def release() -> dict:
-    values = model.merged_values("prod")
-    return {"values": values, "pods": model.control_plane_pods(values)}
+    return manifests.prod_release()
 
 
 @pytest.fixture(scope="module")
@@ -144,14 +141,7 @@ def _container_port(container: dict, ref) -> int:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("name", FILES)
 def test_manifests_are_valid_kubernetes(name, version):
-    documents = _documents(name)
-    assert documents
-    for document in documents:
-        try:
-            kubernetes_validate.validate(document, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{name} {document['kind']}/{document['metadata']['name']}: {error.message} "
-                        f"at {list(error.absolute_path)}")
+    manifests.assert_valid_kubernetes(name, version)
 
 
 def test_a_misspelled_probe_field_is_caught(deployment):
