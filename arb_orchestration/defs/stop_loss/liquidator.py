@@ -118,10 +118,12 @@ def liquidate_venue(
             planned = plan_close_orders(positions, base_key=base_key, dust=settings.dust)
             try:
                 open_orders = client.fetch_open_orders()
+                orders_known = True
             except Exception as exc:  # dry run: report it, nothing moves either way
                 note(exc, "fetch_open_orders")
             return VenueOutcome(
-                venue=venue, flat=not planned and not open_orders, planned=planned,
+                # Unread orders are unknown, not absent: never claim flat on a guess (as below).
+                venue=venue, flat=not planned and not open_orders and orders_known, planned=planned,
                 remaining=open_positions(positions, settings.dust), open_orders=open_orders,
                 errors=errors, business_errors=business,
             )
