@@ -218,6 +218,48 @@ class TransferNotSettledError(TransientError):
     """`wait_for_state` ran out of time while the transfer was still moving."""
 
 
+def poll_transfer_state(
+    read: Callable[[], Transfer],
+    transfer_id: int,
+    wanted: set[str],
+    *,
+    timeout: float,
+    pause: Callable[[float], None],
+    read_error_log: str = "wise: polling transfer %s failed (%s); still waiting",
+) -> Transfer:
+    """Read the transfer until it is in one of `wanted`, calling `pause(seconds_left)` between reads.
+
+    The end conditions of every wait for a transfer state (`WiseResource.wait_for_state` and the
+    webhook-assisted `wise_webhooks.wait_for_transfer_state`): a failed end state instead →
+    BusinessError; still moving at the deadline → TransferNotSettledError (transient: waiting
+    longer is the remedy). Transient read errors are logged (`read_error_log`) and tolerated
+    until the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    last: Transfer | None = None
+    last_error: TransientError | None = None
+    while True:
+        try:
+            last = read()
+            last_error = None
+        except TransientError as exc:
+            last_error = exc
+            log.warning(read_error_log, transfer_id, exc)
+        if last is not None and last.status in wanted:
+            return last
+        if last is not None and last.status in FAILED_STATUSES:
+            raise BusinessError(
+                f"wise transfer {transfer_id} ended {last.status} while waiting for {sorted(wanted)}", code=last.status
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            status = last.status if last is not None else "unknown"
+            raise TransferNotSettledError(
+                f"wise transfer {transfer_id} still {status} after {timeout:.1f}s (waiting for {sorted(wanted)})"
+            ) from last_error
+        pause(remaining)
+
+
 @dataclass(frozen=True)
 class _Answer:
     # A 4xx is an answer from a healthy service: carried out of the breaker's
@@ -528,26 +570,10 @@ class WiseResource(ConfigurableResource):
         """
         wanted = {states} if isinstance(states, str) else set(states)
         interval = self.poll_interval_seconds if poll_interval is None else poll_interval
-        deadline = time.monotonic() + timeout
-        last: Transfer | None = None
-        last_error: TransientError | None = None
-        while True:
-            try:
-                last = self.get_transfer(transfer_id)
-                last_error = None
-            except TransientError as exc:
-                last_error = exc
-                log.warning("wise: polling transfer %s failed (%s); still waiting", transfer_id, exc)
-            if last is not None and last.status in wanted:
-                return last
-            if last is not None and last.is_failed:
-                raise BusinessError(
-                    f"wise transfer {transfer_id} ended {last.status} while waiting for {sorted(wanted)}", code=last.status
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                status = last.status if last is not None else "unknown"
-                raise TransferNotSettledError(
-                    f"wise transfer {transfer_id} still {status} after {timeout:.1f}s (waiting for {sorted(wanted)})"
-                ) from last_error
-            time.sleep(min(interval, remaining))
+        return poll_transfer_state(
+            lambda: self.get_transfer(transfer_id),
+            transfer_id,
+            wanted,
+            timeout=timeout,
+            pause=lambda remaining: time.sleep(min(interval, remaining)),
+        )

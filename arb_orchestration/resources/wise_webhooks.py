@@ -49,14 +49,13 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from arb_orchestration.resources.errors import BusinessError, TransientError
 from arb_orchestration.resources.wise import (
     CANCELLED,
     FAILED_STATUSES,
     SENT,
     WAITING,
     Transfer,
-    TransferNotSettledError,
+    poll_transfer_state,
 )
 
 if TYPE_CHECKING:
@@ -603,25 +602,16 @@ def wait_for_transfer_state(
     wanted = {states} if isinstance(states, str) else set(states)
     watch = BoardWatch(board, lambda e: e.current_state in wanted or e.current_state in FAILED_STATUSES,
                        poll_interval=poll_interval, check_interval=board_check_interval)
-    deadline = time.monotonic() + timeout
-    last: Transfer | None = None
-    last_error: TransientError | None = None
-    while True:
-        watch.reading([transfer_id])
-        try:
-            last = wise.get_transfer(transfer_id)
-            last_error = None
-        except TransientError as exc:
-            last_error = exc
-            log.warning("wise: reading transfer %s failed (%s); still waiting", transfer_id, exc)
-        if last is not None and last.status in wanted:
-            return last
-        if last is not None and last.status in FAILED_STATUSES:
-            raise BusinessError(f"wise transfer {transfer_id} ended {last.status} while waiting for {sorted(wanted)}", code=last.status)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            status = last.status if last is not None else "unknown"
-            raise TransferNotSettledError(
-                f"wise transfer {transfer_id} still {status} after {timeout:.1f}s (waiting for {sorted(wanted)})"
-            ) from last_error
-        watch.pause([transfer_id], min(poll_interval, remaining))
+
+    def read() -> Transfer:
+        watch.reading([transfer_id])  # what the board shows now is covered by this read
+        return wise.get_transfer(transfer_id)
+
+    return poll_transfer_state(
+        read,
+        transfer_id,
+        wanted,
+        timeout=timeout,
+        pause=lambda remaining: watch.pause([transfer_id], min(poll_interval, remaining)),
+        read_error_log="wise: reading transfer %s failed (%s); still waiting",
+    )
