@@ -236,13 +236,23 @@ def test_other_runs_are_queued_then_launched_by_the_stock_launcher(platform):
     assert GRPC_INFO_TAG in run.tags  # DefaultRunLauncher: the code server started the run
 
 
-def test_unreachable_worker_falls_back_to_the_stock_launcher(platform, monkeypatch):
-    monkeypatch.setattr(platform.instance.run_launcher, "_configured_address", f"unix:{platform.home}/nobody.sock")
-    run_id = platform.launch("fast_hello_job")
-    run = platform.finished(run_id)
+def test_unreachable_worker_falls_back_to_the_stock_launcher(platform):
+    # Nothing listens where the launcher looks: the worker's socket file is moved out of the way
+    # (its listening socket stays open), then put back for the tests after this one.
+    from arb_orchestration.launcher.local import socket_address
+
+    path = socket_address(platform.home).path
+    os.rename(path, path + ".away")
+    try:
+        assert platform.hello() is None
+        run_id = platform.launch("fast_hello_job")
+        run = platform.finished(run_id)
+    finally:
+        os.rename(path + ".away", path)
+    assert platform.hello() is not None  # the worker itself was never touched
     assert run is not None and run.status.value == "SUCCESS"
     assert _placement(run) is None and GRPC_INFO_TAG in run.tags
-    assert any("the warm worker did not take this run" in m and "nobody.sock" in m
+    assert any("the warm worker did not take this run" in m and f"cannot connect to unix:{path}" in m
                for m in platform.messages(run_id))
 
 
@@ -291,10 +301,15 @@ def test_code_change_refuses_then_restarts_and_keeps_track_of_running_runs(platf
     assert run is not None and run.status.value == "SUCCESS"
     if _placement(run) is None:
         assert any("did not take this run" in m for m in platform.messages(run_id))
+        launches_on_the_new_image = 0
+    else:  # a slow launch: the worker had already restarted, and only the new image may take it
+        launches_on_the_new_image = 1
 
     # Same pid (exec), new image with a new start time; the run it forked before is still its child.
     after = _wait(lambda: (h := platform.hello()) and h["started_at"] > before["started_at"] and h, timeout=120)
     assert after is not None and after["worker_pid"] == before["worker_pid"] and after["stale"] is None
+    # `launches` counts the forks of this image: a run the stale image took would be missing here.
+    assert after["launches"] == launches_on_the_new_image
     assert sleeper in after["running"]
     health = platform.instance.run_launcher.check_run_worker_health(platform.run(sleeper))
     assert health.status == WorkerStatus.RUNNING, health
