@@ -52,6 +52,10 @@ def test_instance_stores_an_asset_observation(pg_dagster_instance: DagsterInstan
     assert observation.metadata["usdt"].value == 1250.5
 
 
-def test_each_test_gets_a_fresh_database(pg_dagster_instance: DagsterInstance):
-    # The run stored by the test above lives in another database.
+@pytest.mark.parametrize("turn", ["first", "second"])
+def test_each_test_gets_a_fresh_database(pg_dagster_instance: DagsterInstance, turn: str):
+    # Both turns store a run, so whichever runs later (alone or with the rest of the module) would
+    # see the earlier one's run if the databases were shared.
     assert pg_dagster_instance.get_runs() == []
+    result = hello_job.execute_in_process(instance=pg_dagster_instance)
+    assert [r.run_id for r in pg_dagster_instance.get_runs()] == [result.run_id]
