@@ -7,14 +7,12 @@ run request carries the cron tags and runs; the rates a hedge ran at reach the i
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 
 import pytest
 from dagster import (
     DagsterEventType,
     Definitions,
-    EnvVar,
     ReexecutionOptions,
     RetryPolicy,
     build_reconstructable_job,
@@ -31,9 +29,8 @@ from arb_orchestration.defs.hedging import (
 from arb_orchestration.defs.hedging.baselines import read_baselines
 from arb_orchestration.defs.hedging.steps import PLACE, PLAN, STOPS
 from arb_orchestration.domain.funding import normalise_rate
-from arb_orchestration.resources.sim_venue import SimExchangeResource
-from arb_orchestration.resources.smtp import SmtpResource
 from arb_orchestration.saga import InstanceSagaLog, Verdict, decide
+from arb_orchestration_tests.integration.world_resources import world_exchange, world_smtp
 
 pytestmark = pytest.mark.integration
 
@@ -46,16 +43,8 @@ JOB = HEDGE.job
 def resources_from_env() -> dict:
     """Real resources pointed at the world (the `world` fixture sets the environment)."""
     return {
-        "exchange": SimExchangeResource(
-            base_url=os.environ["EXCHANGE_SIM_URL"],
-            api_key=EnvVar("EXCHANGE_SIM_API_KEY"),
-            venue_list=os.environ["EXCHANGE_VENUES"].split(","),
-            timeout_seconds=2.0,
-            max_attempts=3,
-            retry_base_delay=0.02,
-        ),
-        "smtp": SmtpResource(host=os.environ["SMTP_HOST"], port=int(os.environ["SMTP_PORT"]),
-                             sender="arb-orchestration@localhost", risk_team=["risk@localhost"], retry_base_delay=0.05),
+        "exchange": world_exchange(timeout_seconds=2.0, max_attempts=3, retry_base_delay=0.02),
+        "smtp": world_smtp(),
         "hedge_journal": HedgeJournalResource(),
     }
 

@@ -5,15 +5,12 @@ venue answering 5xx is retried until flat, dry run moves nothing, re-execution m
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from dagster import Definitions, EnvVar, ReexecutionOptions, build_reconstructable_job, execute_job
+from dagster import Definitions, ReexecutionOptions, build_reconstructable_job, execute_job
 
 from arb_orchestration.defs.stop_loss import emergency_stop_loss_saga, stop_loss_saga
-from arb_orchestration.resources.sim_venue import SimExchangeResource
-from arb_orchestration.resources.smtp import SmtpResource
 from arb_orchestration.saga import InstanceSagaLog, Verdict, decide, trading_paused
+from arb_orchestration_tests.integration.world_resources import world_exchange, world_smtp
 
 pytestmark = pytest.mark.integration
 
@@ -21,18 +18,8 @@ pytestmark = pytest.mark.integration
 def resources_from_env() -> dict:
     """Real resources pointed at the world (the `world` fixture sets the environment)."""
     return {
-        "exchange": SimExchangeResource(
-            base_url=os.environ["EXCHANGE_SIM_URL"],
-            api_key=EnvVar("EXCHANGE_SIM_API_KEY"),
-            venue_list=os.environ["EXCHANGE_VENUES"].split(","),
-            timeout_seconds=1.0,
-            max_attempts=2,
-            retry_base_delay=0.02,
-        ),
-        "smtp": SmtpResource(
-            host=os.environ["SMTP_HOST"], port=int(os.environ["SMTP_PORT"]),
-            sender="arb-orchestration@localhost", risk_team=["risk@localhost"], retry_base_delay=0.05,
-        ),
+        "exchange": world_exchange(timeout_seconds=1.0, max_attempts=2, retry_base_delay=0.02),
+        "smtp": world_smtp(),
     }
 
 
