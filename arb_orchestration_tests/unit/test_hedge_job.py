@@ -236,9 +236,15 @@ def test_two_runs_of_one_saga_send_the_same_keys():
     run_steps(runtime(world, log, journal, config=PAIR), PLAN, PLACE)
     # A re-execution (another run, same saga): every step is done, nothing is sent.
     rerun = runtime(world, log.bind("run-2"), journal, config=PAIR)
+    placed = {name: [c["client_order_id"] for c in v.creates()] for name, v in world.venues.items()}
+    assert placed["alpha"] and placed["beta"] and placed["gamma"] == []  # the first run did send the legs
     before = sum(len(v.calls) for v in world.venues.values())
-    run_steps(rerun, PLAN, PLACE)
+    results = run_steps(rerun, PLAN, PLACE)
     assert sum(len(v.calls) for v in world.venues.values()) == before
+    # The rerun answers with what the first run recorded: the same legs, under the same client ids.
+    assert {leg["venue"]: [leg["client_order_id"]] for leg in results[PLACE]["legs"]} == {
+        "alpha": placed["alpha"], "beta": placed["beta"]}
+    assert world.venue("alpha").position(BTC) + world.venue("beta").position(BTC) == pytest.approx(-1.0)
 
 
 # --------------------------------------------------------------------------- stop decisions (pure)
