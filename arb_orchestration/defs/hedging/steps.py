@@ -257,6 +257,16 @@ def _report_fills(hedge_journal, step: str, fills: list[dict], failed: str | Non
     hedge_journal.report(step, message, metadata)
 
 
+# How venues say "a reduce-only order would not reduce anything" (see unwind_hedge_orders).
+REDUCE_ONLY_REFUSALS = frozenset({"reduce_only_would_increase", "reduce_only_rejected"})
+
+
+def _exposure_left(venue: Any, leg: dict) -> float:
+    """Size still open on the side `leg` opened (a buy opens long, a sell short), from a fresh read."""
+    side = "long" if leg["side"] == "buy" else "short"
+    return sum(p.size for p in venue.fetch_positions() if p.symbol == leg["symbol"] and p.side == side)
+
+
 def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) -> dict:
     """Undo the step: unwind each filled opening leg (newest first) with a reduce-only order the other way.
 
@@ -281,9 +291,12 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
                 leg["symbol"], "market", opposite(leg["side"]), order.filled, client_order_id=ucid, reduce_only=True
             )
         except BusinessError as exc:
-            if exc.code != "reduce_only_would_increase":
+            # The venue refused the reduce-only order. Believe "already closed" (a stop fired, someone
+            # closed it) only when a fresh read shows nothing left on the side the leg opened: venues
+            # word this refusal differently (the simulator: reduce_only_would_increase; Binance -2022
+            # through ccxt: reduce_only_rejected), and any other refusal must stay loud.
+            if exc.code not in REDUCE_ONLY_REFUSALS or _exposure_left(venue, leg) > 0:
                 raise
-            # Nothing left on that side to reduce (a stop fired, someone closed it): nothing to unwind.
             untouched.append({"leg": leg["leg"], "why": f"position already closed ({exc})"})
             continue
         undo = _verify(venue, ucid, leg["symbol"], undo)
