@@ -238,6 +238,16 @@ def _prepare_wise_leg(ctx, wise, leg: PlannedTransfer, iban: str, cfg) -> dict[s
     }
 
 
+def _recorded_transfer_ids(ctx) -> dict[int, int]:
+    """Leg index -> Wise transfer id this step durably recorded (its progress notes, its result)."""
+    known = {int(n["index"]): int(n["wise_transfer_id"]) for n in ctx.progress
+             if n.get("index") is not None and n.get("wise_transfer_id") is not None}
+    for index, entry in ((ctx.result or {}).get("legs") or {}).items():
+        if entry.get("wise_transfer_id") is not None:
+            known[int(index)] = int(entry["wise_transfer_id"])
+    return known
+
+
 def cancel_prepared(ctx, wise) -> dict[str, Any]:
     """Cancel every unfunded Wise transfer of this saga (looked up by its customerTransactionId).
 
@@ -245,10 +255,15 @@ def cancel_prepared(ctx, wise) -> dict[str, Any]:
     be cancelled and is reported as in flight instead.
     """
     out: dict[str, list] = {"cancelled": [], "absent": [], "in_flight": []}
+    known = _recorded_transfer_ids(ctx)
     for leg in _legs(ctx.results.get(PLAN)):
         if leg.kind != "wise":
             continue
         transfer = wise.find_transfer(ctx.key("wise", leg.index, leg.rail))
+        if transfer is None and leg.index in known:
+            # The customerTransactionId search only looks through recent transfers; the step noted
+            # this transfer's id the moment it existed, so it is not "absent": read it by id.
+            transfer = wise.get_transfer(known[leg.index])
         if transfer is None:
             out["absent"].append(leg.index)
         elif transfer.status == WAITING:
