@@ -98,10 +98,20 @@ def test_producer_config_is_idempotent_and_acks_all():
 
 
 def test_clients_build_without_connecting():
-    r = resource()
+    from confluent_kafka import Consumer, KafkaException, Producer
+    from confluent_kafka.admin import AdminClient
+
+    r = resource()  # nothing listens on 127.0.0.1:9092: building must not need a broker
     producer, consumer, admin = r.producer(), r.consumer(), r.admin()
-    assert producer is not None and admin is not None
-    consumer.close()
+    try:
+        assert (type(producer), type(consumer), type(admin)) == (Producer, Consumer, AdminClient)
+        assert consumer.assignment() == []  # manual assignment: nothing joined or assigned yet
+    finally:
+        consumer.close()
+    # librdkafka checks the whole configuration when a client is built, so the builds above
+    # vouch for the configs the resource hands out: an inconsistent one does not build.
+    with pytest.raises(KafkaException, match="enable.idempotence"):
+        r.producer(acks="0")
 
 
 def test_from_env_reads_settings_and_secrets_at_call_time(monkeypatch):
