@@ -168,7 +168,7 @@ def test_ordering_finds_the_one_order_that_works_around_a_cycle():
     # U can fund W first, W sends back, then U has enough for V; greedy "send to V first" strands U.
     moves = [Move("U", "V", 10, 10), Move("U", "W", 10, 10), Move("W", "U", 7, 7)]
     order = order_moves({"U": 13.0, "V": 0.0, "W": 0.0}, moves, {"W": 3.0})
-    assert order is not None
+    assert order == [1, 2, 0]  # U->W, W->U, U->V: every move once, and no other order works
     held = {"U": 13.0, "V": 0.0, "W": 0.0}
     for i in order:
         m = moves[i]
