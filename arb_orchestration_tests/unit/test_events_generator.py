@@ -53,9 +53,15 @@ def test_funding_rates_stay_near_the_steady_rate_per_8h():
     markets = [Market("binance", "BTC/USDT:USDT", 0.0001, 8.0), Market("hyperliquid", "BTC/USDT:USDT", 0.0000125, 1.0)]
     factory = EventFactory(markets=markets, seed=3, weights=(0, 1, 0), funding_spike_probability=0.0)
     rates = [factory.next_event(now=NOW)[1] for _ in range(400)]
+    per_8h: dict[str, list[float]] = {}
     for payload in rates:
-        per_8h = payload["rate"] * 8 / payload["interval_hours"]
-        assert abs(per_8h - 0.0001) < 0.0005, payload
+        per_8h.setdefault(payload["venue"], []).append(payload["rate"] * 8 / payload["interval_hours"])
+    assert set(per_8h) == {"binance", "hyperliquid"}
+    for venue, values in per_8h.items():
+        # Both walk around 1 bp per 8 h (noise ~0.3 bp): centred on it, never far off, and moving.
+        assert abs(sum(values) / len(values) - 0.0001) < 0.00002, venue
+        assert max(abs(v - 0.0001) for v in values) < 0.00015, venue
+        assert len(set(values)) > len(values) // 2, venue
 
 
 def test_same_seed_same_traffic_apart_from_ids():
