@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from arb_orchestration.resources.errors import BusinessError, CircuitOpenError, NotFoundError
+from arb_orchestration.resources.errors import BusinessError, CircuitOpenError, NotFoundError, TransientError
 from arb_orchestration.resources.resilience import breaker_for, reset_breakers
 from arb_orchestration.resources.wise import (
     Payment,
@@ -187,13 +187,16 @@ def test_a_business_error_during_the_half_open_probe_closes_the_breaker():
     breaker = breaker_for("wise", 1, 5)
     breaker.clock = lambda: clock[0]
     sim.set_fault("get_transfer", "error", count=1)
-    with pytest.raises(Exception):
+    with pytest.raises(TransientError) as failed:  # the injected 5xx, sent once: it opens the breaker
         wise.get_transfer(1)
+    assert not isinstance(failed.value, CircuitOpenError) and sim.request_count("get_transfer") == 1
     with pytest.raises(CircuitOpenError):
         wise.get_transfer(1)
+    assert sim.request_count("get_transfer") == 1  # refused without sending
     clock[0] = 6.0
     with pytest.raises(NotFoundError):  # the probe gets a 404: the service is answering
         wise.get_transfer(1)
+    assert sim.request_count("get_transfer") == 2
     assert breaker.state == "closed"
     assert wise.list_profiles()[0].id == sim.profile_id
 
