@@ -577,10 +577,13 @@ class TickTally:
     lag: dict[str, int | None] = field(default_factory=dict)
     stopped_early: bool = False
     limit: str = ""  # the per-tick limit that ended the read before the batch bound, if one did
+    paused: int = 0  # of `ignored`: would have started a rebalance/hedge, but trading is paused
 
     def text(self) -> str:
         lag = ", ".join(f"{key}: {'?' if value is None else value}" for key, value in sorted(self.lag.items()))
         tail = ", returned early for a critical event" if self.stopped_early else ""
+        if self.paused:
+            tail += f", {self.paused} not acted on because trading is paused"
         if self.limit:
             tail += f", stopped at the {self.limit} limit (the rest is read next tick)"
         return (

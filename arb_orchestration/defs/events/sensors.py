@@ -63,6 +63,7 @@ from arb_orchestration.domain.events import (
     parse_event,
 )
 from arb_orchestration.domain.funding import FundingDeviation
+from arb_orchestration.saga.kill_switch import trading_paused
 from arb_orchestration.domain.triggers import (
     Action,
     AdmissionCheck,
@@ -90,6 +91,7 @@ TRIGGER_TAG, EVENT_ID_TAG, SOURCE_TAG = "arb/trigger", "arb/event_id", "arb/sour
 
 # What handling one funding message the screen did not take tells the chunk loop.
 _GO_ON, _AFTER, _BEFORE = object(), object(), object()
+_UNREAD = object()  # the tick has not asked the kill switch yet
 _ALERTING_TOPICS = frozenset({MARKET_EVENTS, CAPITAL_EVENTS})  # the topics that carry critical events
 _KINDS = {MarketShockEvent: "market_shock", CapitalThresholdEvent: "capital_threshold", FundingRateEvent: "funding_rate"}
 _LOGGED_PER_TICK = 10  # individual log lines per tick and kind; the rest are counted
@@ -119,6 +121,7 @@ class _Tick:
     newest: NewestPerMarket | None = None  # funding: the newest admitted rate per market, with its message
     logged: dict[str, int] = field(default_factory=dict)
     stop: bool = False  # a critical event or a per-tick limit ended the read
+    pause: Any = _UNREAD  # the kill switch's reason while trading is paused, None if not; read once, when needed
 
     def should_log(self, kind: str) -> bool:
         self.logged[kind] = self.logged.get(kind, 0) + 1
@@ -301,6 +304,18 @@ class _EventSensor:
                 context.log.info(f"{Record.of(msg).source}: event {event.event_id}: {route.reason}: no action")
             return False
         record = Record.of(msg)
+        if route.action is not Action.STOP_LOSS:
+            paused = self._trading_pause(context, tick)
+            if paused is not None:
+                # A rebalance would only refuse to start (its first step fails while paused): say so
+                # here instead of queueing failed runs. A critical event still stops everything.
+                tick.tally.ignored += 1
+                tick.tally.paused += 1
+                if tick.should_log("paused"):
+                    context.log.info(
+                        f"{record.source}: event {event.event_id}: {route.reason}: not acted on, trading is paused ({paused})"
+                    )
+                return False
         tick.run_requests.append(self._request(route.action, event, record, route.reason))
         tick.tally.acted += 1
         context.log.info(f"{record.source}: event {event.event_id}: {route.reason} -> {self.jobs[route.action].name}")
@@ -397,6 +412,14 @@ class _EventSensor:
             newest.append((event, msg))
         superseded = tick.newest.superseded
         tick.tally.ignored += superseded
+        paused = self._trading_pause(context, tick)
+        if paused is not None:
+            # No hedge while trading is paused, and no baseline moves: after the resume the
+            # deviation is still measured from the rate of the last real hedge.
+            tick.tally.ignored += len(newest)
+            tick.tally.paused += len(newest)
+            context.log.info(f"{len(newest)} newest funding rate(s) not compared: trading is paused ({paused})")
+            return
         messages = {id(event): msg for event, msg in newest}
         # Hedge runs (schedule, UI, this sensor) record the rates they hedged at; newer ones reset the baseline.
         overlay_hedge_baselines(
@@ -414,6 +437,14 @@ class _EventSensor:
                     context.log.info(f"{record.source}: {decision.reason}: no hedge")
         if superseded:
             context.log.info(f"{superseded} funding rate(s) superseded by a newer one for the same market in this batch")
+
+    def _trading_pause(self, context, tick: _Tick) -> str | None:
+        """The kill switch's reason when trading is paused, else None; read once per tick (when needed)."""
+        if tick.pause is _UNREAD:
+            instance = sensor_instance(context)
+            paused, reason = trading_paused(instance) if instance is not None else (False, "")
+            tick.pause = (reason or "no reason given") if paused else None
+        return tick.pause  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ outputs
 
