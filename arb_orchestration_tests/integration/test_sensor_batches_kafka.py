@@ -98,9 +98,8 @@ def test_the_markets_bound_stops_the_funding_sensor_before_a_market_it_cannot_he
     assert [r.run_key for r in second.run_requests] == [rates[3]["event_id"]]  # c is new; b moved < 20 bps
 
 
-def test_the_dlq_byte_bound_parks_every_message_once_over_several_ticks(kafka_broker, sink, monkeypatch):
-    monkeypatch.setattr(event_sensors, "MAX_PARKED_BYTES_PER_TICK", 1500)  # ~3 small envelopes
-    setup = Setup(kafka_broker, sink)
+def test_the_dlq_byte_bound_parks_every_message_once_over_several_ticks(kafka_broker, sink):
+    setup = Setup(kafka_broker, sink, settings=SETTINGS.but(max_parked_bytes=1500))  # ~3 small envelopes
     topic = setup.topics.capital
     setup.publish(topic, *[b"not json %d" % i for i in range(7)])
 

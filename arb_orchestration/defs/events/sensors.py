@@ -101,9 +101,6 @@ _LOGGED_PER_TICK = 10  # individual log lines per tick and kind; the rest are co
 # 1,000 because less of it is alive at once (CPU caches, fewer objects for the garbage
 # collector to promote): funding ticks +15-20% (alternated runs, 4 of 4).
 CHUNK_MESSAGES = 500
-# Parked envelopes held per tick before the read stops (the rest waits for the next tick):
-# a tick of large malformed messages must not hold gigabytes (an envelope is up to 900 kB).
-MAX_PARKED_BYTES_PER_TICK = 32 * 1024 * 1024
 
 RunConfigBuilder = Callable[[Any, TriggerEventConfig], Mapping[str, Any]]
 
@@ -508,8 +505,8 @@ class _EventSensor:
             context.log.error(f"{line}; parked on {dlq_topic(record.topic)}, no stop-loss requested")
         elif tick.should_log("parked"):
             context.log.warning(f"{record.source}: {what} parked on {dlq_topic(record.topic)}: {reason}")
-        if tick.parked_bytes >= MAX_PARKED_BYTES_PER_TICK:
-            bound = MAX_PARKED_BYTES_PER_TICK
+        bound = self.settings.max_parked_bytes
+        if tick.parked_bytes >= bound:
             size = f"{bound / 2**20:g} MiB" if bound >= 2**20 else f"{bound:,} bytes"
             tick.tally.limit = f"{size} of DLQ envelopes per tick"
             return True

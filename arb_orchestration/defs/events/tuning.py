@@ -61,6 +61,10 @@ class EventSensorSettings:
     metadata_timeout_seconds: float = 10.0  # Kafka unreachable for this long: the tick fails
     dlq_timeout_seconds: float = 15.0  # parked messages must be acknowledged within this
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    # Parked (DLQ) envelopes one tick may hold before its read stops (the rest is read next
+    # tick): a tick of large malformed messages must not hold gigabytes (an envelope is up
+    # to 900 kB).
+    max_parked_bytes: int = 32 * 1024 * 1024
     event_max_age_seconds: float = 900.0  # older non-critical events are counted, not acted on
     critical_window: TimestampWindow = field(default_factory=TimestampWindow)
     funding_deviation_bps: float = 20.0
@@ -82,6 +86,8 @@ class EventSensorSettings:
             raise ValueError("max_messages must be at least 1")
         if self.max_run_requests < 1:
             raise ValueError("max_run_requests must be at least 1")
+        if self.max_parked_bytes < 1:
+            raise ValueError("max_parked_bytes must be at least 1")
         worst = (
             max(self.long_poll_seconds, DAEMON_LOOP_SECONDS, self.max_read_seconds)
             + 2 * self.metadata_timeout_seconds
