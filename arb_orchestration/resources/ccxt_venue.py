@@ -451,7 +451,7 @@ class CcxtVenueClient(VenueClient):
         try:
             return self._ensure_ready()
         except ccxt.BaseError as exc:
-            raise self._translate(exc, what, mutating=False) from exc
+            raise self._translate(exc, what, mutating=False) from None  # the ccxt error (URL, query) only in redacted form
 
     def _redact(self, text: str) -> str:
         return self._redactor.redact(text)
@@ -468,7 +468,7 @@ class CcxtVenueClient(VenueClient):
             exchange = self._ensure_ready()
             return fn(exchange)
         except ccxt.BaseError as exc:
-            raise self._translate(exc, what, mutating) from exc
+            raise self._translate(exc, what, mutating) from None  # the ccxt error (URL, query) only in redacted form
 
     def _call(
         self,
@@ -697,7 +697,7 @@ class CcxtVenueClient(VenueClient):
                     err = self._translate(exc, f"lookup order {venue_cid}", mutating=False)
                     if isinstance(err, NotFoundError):
                         continue
-                    raise err from exc
+                    raise err from None  # redacted: the ccxt error text carries the signed URL
                 return self._to_order(raw, trigger=bool(is_trigger))
         return None
 
@@ -760,7 +760,7 @@ class CcxtVenueClient(VenueClient):
                     found = self._lookup_order(venue_cid, symbol, trigger=trigger)
                     if found is not None:
                         return found.model_copy(update={"client_order_id": client_order_id})
-                raise err from exc
+                raise err from None  # redacted: the ccxt error text carries the signed URL
             return self._to_order(raw, client_order_id=client_order_id, trigger=trigger)
 
         def reconcile() -> Order | None:
@@ -810,7 +810,7 @@ class CcxtVenueClient(VenueClient):
                 except ccxt.BaseError as exc:
                     err = self._translate(exc, f"cancel_order {order_id}", mutating=True)
                     if not isinstance(err, NotFoundError):
-                        raise err from exc
+                        raise err from None  # redacted: the ccxt error text carries the signed URL
                     last = err
                 # Binance answers "unknown order" for a cancelled *and* for a filled order: read it.
                 try:
@@ -821,7 +821,7 @@ class CcxtVenueClient(VenueClient):
                     err = self._translate(exc, f"fetch_order {order_id}", mutating=False)
                     if isinstance(err, NotFoundError):
                         continue
-                    raise err from exc
+                    raise err from None  # redacted: the ccxt error text carries the signed URL
                 if current.status == "canceled":
                     return current
                 raise BusinessError(f"{self.name}: order {order_id} is {current.status}; cannot cancel it", code="order_not_open")
@@ -937,7 +937,7 @@ class CcxtVenueClient(VenueClient):
         try:
             rows = exchange.fetch_withdrawals(None, None, None, {param: idempotency_key})
         except ccxt.BaseError as exc:
-            raise self._translate(exc, f"lookup withdrawal {idempotency_key}", mutating=False) from exc
+            raise self._translate(exc, f"lookup withdrawal {idempotency_key}", mutating=False) from None  # the ccxt error (URL, query) only in redacted form
         matches = [r for r in rows if (r.get("info") or {}).get(param) == idempotency_key]
         if not matches:
             return None

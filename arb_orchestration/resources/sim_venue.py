@@ -22,7 +22,7 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from arb_orchestration.domain.models import (
     Balance,
@@ -276,7 +276,7 @@ class SimExchangeResource(ExchangeResource):
     """Venues hosted by the local exchange simulator (`arb_orchestration.sim.exchange`)."""
 
     base_url: str
-    api_key: str
+    api_key: str = Field(repr=False, description="EnvVar('EXCHANGE_SIM_API_KEY').")
     venue_list: list[str]
     timeout_seconds: float = 5.0
     max_attempts: int = 4

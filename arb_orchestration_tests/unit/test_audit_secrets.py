@@ -56,12 +56,6 @@ def test_resolved_ccxt_exchange_does_not_show_venue_credentials(monkeypatch):
     assert _leaks(_resolved_reprs(exchange)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect, not fixed here (file owned by someone else): SimExchangeResource.api_key "
-    "(arb_orchestration/resources/sim_venue.py:279) lacks Field(repr=False), so a run's resolved "
-    "resource shows EXCHANGE_SIM_API_KEY in repr(); remove this mark once it is fixed",
-)
 def test_resolved_sim_exchange_does_not_show_its_api_key(monkeypatch):
     exchange = _prod_resources(monkeypatch, EXCHANGE_BACKEND="sim")["exchange"]
     assert _leaks(_resolved_reprs(exchange)) == []
