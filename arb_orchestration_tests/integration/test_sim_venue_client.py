@@ -166,13 +166,18 @@ def test_breaker_opens_after_repeated_failures_then_half_opens_and_closes(resour
 
 
 def test_failed_half_open_probe_reopens_the_breaker(resource, admin):
-    _fault(admin, kind="error_5xx", venue="okx", endpoint="positions")
+    fault = _fault(admin, kind="error_5xx", venue="okx", endpoint="positions")
     venue = resource.venue("okx")
     with pytest.raises(CircuitOpenError):
         venue.fetch_positions()
+    opened_after = _hits(admin, fault)
+    with pytest.raises(CircuitOpenError):
+        venue.fetch_positions()  # open: refused without a request
+    assert _hits(admin, fault) == opened_after
     time.sleep(COOL_DOWN)
     with pytest.raises(CircuitOpenError):
         venue.fetch_positions()  # probe fails → open again → the retry is refused
+    assert _hits(admin, fault) == opened_after + 1  # exactly one probe went out (a breaker that never half-opened sends none)
     assert venue.health()["breaker"]["state"] == "open"
 
 
