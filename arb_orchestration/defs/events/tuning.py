@@ -49,7 +49,7 @@ class EventSensorSettings:
     loop_reserve_seconds: float = 0.35
     # Most messages read per tick, and the time budget for reading them when not long-polling.
     # 50,000: a tick of valid funding rates takes ~0.2-0.4 s, one of 50,000 malformed ones ~4 s
-    # (DLQ flush included); memory does not grow with it (chunks of 1,000, newest rate per
+    # (DLQ flush included); memory does not grow with it (chunks of 500, newest rate per
     # market, the DLQ byte and run-request bounds). The daemon ticks a sensor once per 5 s
     # loop, so this is also the sustained rate: 10,000 events/s (200/s at the old 1,000).
     max_messages: int = 50_000
