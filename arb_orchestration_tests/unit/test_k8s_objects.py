@@ -371,7 +371,9 @@ def test_code_server_reaches_what_its_sensors_need(pod_labels):
     values = model.merged_values("prod")
     env = model.user_deployments(values)[0]["env"]
     code_server = pod_labels["code-server/arb-orchestration"]
-    for port in {5432, 443} | _host_ports(env["KAFKA_BOOTSTRAP_SERVERS"]):
+    # SMTP: the market and capital sensors mail the risk team about refused critical events, and
+    # sensors are evaluated in the code server.
+    for port in {5432, 443, int(env["SMTP_PORT"])} | _host_ports(env["KAFKA_BOOTSTRAP_SERVERS"]):
         assert allowed("Egress", code_server, None, port), port
     assert not allowed("Egress", code_server, None, 22)
 
