@@ -28,17 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m arb_orchestration.launcher", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--address", default=os.environ.get("ARB_WARM_WORKER_ADDRESS") or default_address(),
-                        help="unix:/path or host:port to listen on (default: <DAGSTER_HOME>/warm-worker.sock)")
+                        help="unix:/path or host:port to listen on "
+                             "(default: $ARB_WARM_WORKER_ADDRESS, else <DAGSTER_HOME>/warm-worker.sock)")
     parser.add_argument("--advertise", default=os.environ.get("ARB_WARM_WORKER_ADVERTISE"),
-                        help="address the launcher should use to reach this process later (pod IP in k8s)")
+                        help="address the launcher should use to reach this process later (pod IP in k8s; "
+                             "default: $ARB_WARM_WORKER_ADVERTISE)")
     parser.add_argument("-m", "--module", dest="modules", action="append",
                         help=f"code location module to import and serve (default {DEFAULT_MODULE})")
     parser.add_argument("--token-env", default="ARB_WARM_WORKER_TOKEN",
-                        help="environment variable holding the shared token (unset: no token)")
+                        help="environment variable holding the shared token (default ARB_WARM_WORKER_TOKEN; unset: no token)")
     parser.add_argument("--image", default=os.environ.get("DAGSTER_CURRENT_IMAGE"),
-                        help="this worker's image; runs of another image are refused")
+                        help="this worker's image; runs of another image are refused (default: $DAGSTER_CURRENT_IMAGE)")
     parser.add_argument("--drain-seconds", type=float, default=0.0,
-                        help="on SIGTERM, wait this long for running runs before exiting")
+                        help="on SIGTERM, wait this long for running runs before exiting (default 0)")
     parser.add_argument("--no-restart-when-stale", action="store_true",
                         help="refuse runs after a code change instead of re-executing")
     parser.add_argument("--no-warm", action="store_true", help="skip the throwaway run and HTTP client warm-up")
