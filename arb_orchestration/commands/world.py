@@ -1,8 +1,17 @@
-"""`arb-orchestration world`: start only the local world and print the environment that points at it.
+"""`arb-orchestration world`: start only the local world (no Dagster) and tell other shells where it is.
 
-Useful to run Dagster yourself (`eval "$(arb-orchestration world --print-env)"` in
-another shell is not possible since the world lives in this process, so this
-prints the variables; copy them) or to drive the simulators with curl.
+Starts the exchange and Wise simulators, the SMTP sink and, unless
+KAFKA_BOOTSTRAP_SERVERS is set, the embedded Kafka-protocol broker; creates the
+event topics and their .dlq twins; writes the environment that points the
+platform at this world (including this start's generated simulator keys and
+event-signing key) to --env-file, owner-only, as `arb-orchestration dev` does.
+In another shell:
+
+  set -a; . .dagster_home/world.env; set +a
+  arb-orchestration publish market-events '{...}'
+  DAGSTER_HOME=... dagster job execute -m arb_orchestration.definitions -j ...
+
+The world lives in this process: Ctrl-C (or SIGTERM) stops it.
 """
 
 from __future__ import annotations
@@ -15,12 +24,14 @@ from pathlib import Path
 
 from arb_orchestration.sim.world import DEFAULT_PORTS, LocalWorld
 
+DEFAULT_ENV_FILE = Path(".dagster_home/world.env")
+
 
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--exchange-port", type=int, default=DEFAULT_PORTS["exchange"])
-    parser.add_argument("--wise-port", type=int, default=DEFAULT_PORTS["wise"])
-    parser.add_argument("--smtp-port", type=int, default=DEFAULT_PORTS["smtp"])
-    parser.add_argument("--mailbox-port", type=int, default=DEFAULT_PORTS["mailbox"])
+    for name, what in (("exchange", "exchange simulator HTTP"), ("wise", "Wise simulator HTTP"),
+                       ("smtp", "SMTP sink"), ("mailbox", "mailbox web page")):
+        parser.add_argument(f"--{name}-port", type=int, default=DEFAULT_PORTS[name],
+                            help=f"{what} port (default {DEFAULT_PORTS[name]}; 0: any free port)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the price/funding random walk")
     parser.add_argument("--maildir", type=Path, default=None, help="where received mail is stored as .eml")
 
@@ -55,13 +66,25 @@ def wait_for_signal() -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="arb-orchestration world", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="arb-orchestration world", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_world_arguments(parser)
-    parser.add_argument("--print-env", action="store_true", help="print export lines for the platform")
+    parser.add_argument("--env-file", type=Path, default=DEFAULT_ENV_FILE,
+                        help=f"where to write the world's environment (default {DEFAULT_ENV_FILE}; owner-only)")
+    parser.add_argument("--print-env", action="store_true",
+                        help="also print the environment as export lines (secrets included)")
     args = parser.parse_args(argv)
+    from arb_orchestration.commands.dev import write_env_file
+    from arb_orchestration.commands.topics import create_all_topics
+
     with world_from_args(args, Path(".dagster_home/mail")) as world:
+        args.env_file.parent.mkdir(parents=True, exist_ok=True)
+        env_file = write_env_file(args.env_file, world.env())
+        create_all_topics(world.kafka_bootstrap, partitions=4, replication=1)
         print("local world running:")
         print_world(world)
+        print(f"Environment:         set -a; . {env_file}; set +a   (then e.g. arb-orchestration publish ...)")
         if args.print_env:
             for key, value in world.env().items():
                 print(f"export {key}={value}")
