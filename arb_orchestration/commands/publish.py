@@ -6,6 +6,13 @@ is added). JSON is the event object, `-` for stdin or `@file`. Missing
 validated against its schema before anything is sent (exit 2 naming the field),
 signed with HMAC-SHA256 when EVENT_SIGNING_KEY is set (critical events are
 refused by the sensors unless signed), and the command prints where it landed.
+A venue outside EXCHANGE_VENUES, or a critical event without a signing key, is
+published with a warning on stderr.
+
+Exit codes: 0 published (or validated, with --dry-run); 1 the broker did not
+acknowledge it (unreachable, timeout, refused); 2 bad input (unknown topic, not
+JSON, a file that cannot be read, a field that fails validation: the message
+names the field) or a bad KAFKA_* setting.
 
 Example:
   arb-orchestration publish market-events \\
@@ -37,11 +44,25 @@ from arb_orchestration.resources.kafka import KafkaConfigError, KafkaResource
 
 
 def _read_json(text: str) -> str:
+    """The event's text; an unreadable @file raises OSError (reported as such, not as bad JSON)."""
     if text == "-":
         return sys.stdin.read()
     if text.startswith("@"):
         return Path(text[1:]).read_text()
     return text
+
+
+def _unknown_venue_warning(payload: dict) -> str | None:
+    """A warning when the event names a venue the platform is not configured for (likely a typo)."""
+    venue = payload.get("venue")
+    try:
+        known = settings.get_list("EXCHANGE_VENUES")
+    except settings.SettingError:
+        return None
+    if not isinstance(venue, str) or not known or venue in known:
+        return None
+    return (f"warning: venue {venue!r} is not one of EXCHANGE_VENUES ({', '.join(known)}); "
+            "published anyway (the sensors do not check venue names)")
 
 
 def main(argv: list[str]) -> int:
@@ -62,8 +83,14 @@ def main(argv: list[str]) -> int:
         print(f"arb-orchestration publish: {exc}", file=sys.stderr)
         return 2
     try:
-        payload = json.loads(_read_json(args.json))
-    except (OSError, ValueError) as exc:
+        text = _read_json(args.json)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"arb-orchestration publish: cannot read {args.json[1:]}: {reason}", file=sys.stderr)
+        return 2
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
         print(f"arb-orchestration publish: the event is not valid JSON: {exc}", file=sys.stderr)
         return 2
     if not isinstance(payload, dict):
@@ -76,8 +103,6 @@ def main(argv: list[str]) -> int:
         if field not in payload:
             payload[field] = make()
             filled.append(f"{field}={payload[field]}")
-    if filled:
-        print(f"filled in: {', '.join(filled)}")
 
     signing_key = os.environ.get("EVENT_SIGNING_KEY") or None
     if signing_key:
@@ -88,6 +113,10 @@ def main(argv: list[str]) -> int:
         where = f" (field '{exc.field}')" if exc.field and f"'{exc.field}'" not in exc.reason else ""
         print(f"arb-orchestration publish: invalid {base} event: {exc.reason}{where}", file=sys.stderr)
         return 2
+    if filled:  # only for an event that is going out: noise before a validation error
+        print(f"filled in: {', '.join(filled)}")
+    if (venue_warning := _unknown_venue_warning(payload)) is not None:
+        print(venue_warning, file=sys.stderr)
     if event.is_critical and not signing_key:
         print("warning: critical event sent UNSIGNED (EVENT_SIGNING_KEY is not set): "
               "the sensors will park it on the DLQ instead of acting", file=sys.stderr)
