@@ -625,7 +625,9 @@ class PastRebalance:
     `planned`: (index, asset, amount) of the legs it reserved (the plan it
     committed to run; dry runs reserve nothing). `committed`: legs whose money
     left (withdrawal created / Wise transfer funded). `cancelled`: legs its
-    compensation cancelled. `rolled_back`: its compensation began.
+    compensation cancelled. `rolled_back`: its rollback has settled which legs left (its
+    compensation began and the pivot's own compensation succeeded, or the pivot never started); until
+    then the whole plan counts.
     """
 
     saga_id: str

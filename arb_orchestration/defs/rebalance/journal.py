@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("arb_orchestration.defs.rebalance")
 
 PLAN_STEP = "plan_rebalance"
+PREPARE_STEP = "prepare_transfers"
 COMMIT_STEP = "commit_transfers"
 
 
@@ -63,15 +64,23 @@ def past_rebalance(state: SagaState, since: float) -> PastRebalance | None:
         committed |= {int(i) for i in (commit.result.get("committed") or {})}
     cancelled = set()
     if commit.compensation:  # written by cancel_uncommitted
-        committed |= {int(i) for i in commit.compensation.get("in_flight", [])}
         cancelled = {int(i) for i in commit.compensation.get("cancelled", [])}
         cancelled |= {int(i) for i in commit.compensation.get("not_created", [])}
+    # A leg either compensation found already gone has left, whatever an earlier read said: cancel_prepared
+    # runs after cancel_uncommitted and can find a Wise transfer funded meanwhile (a person approved it).
+    in_flight = {int(i) for s in (commit, state.step(PREPARE_STEP)) if s.compensation
+                 for i in s.compensation.get("in_flight", [])}
+    committed |= in_flight
+    cancelled -= in_flight
+    # Until the pivot's own compensation has succeeded nobody knows which legs left (its lookups failed,
+    # or it has not run): the whole plan stays counted, as for a saga in progress.
+    rolled_back = state.compensation_began and (not commit.started or commit.compensated)
     return PastRebalance(
         saga_id=state.saga_id,
         planned=tuple((int(t["index"]), str(t["asset"]), float(t["amount"])) for t in plan.result.get("transfers", [])),
         committed=frozenset(committed),
         cancelled=frozenset(cancelled),
-        rolled_back=state.compensation_began,
+        rolled_back=rolled_back,
         dry_run=bool(plan.result.get("dry_run")),
     )
 
