@@ -8,8 +8,15 @@ and judge it again (a replay bypasses no check: a still-invalid message is parke
 again; a critical event past its timestamp window is refused again).
 
   --all                  every message currently on the DLQ (up to its end now)
-  --offset N [N ...]     only these offsets (of --partition, default 0)
+  --offset N [N ...]     only these offsets (of --partition, default 0); offsets are
+                         per partition: the sensor's log and `--all --dry-run` show
+                         each parked message as <dlq>:<partition>:<offset>
   --dry-run              show what would be replayed, send nothing
+
+Exit codes: 0 every selected message replayed (or nothing parked); 1 some were
+skipped (not an envelope, from another topic, no original value) or the broker
+failed; 2 bad input (not a .dlq topic, unknown topic, no such partition, an
+offset the partition does not hold: the message says which partitions hold what).
 """
 
 from __future__ import annotations
@@ -29,6 +36,29 @@ from arb_orchestration.domain.events import (
 from arb_orchestration.resources.kafka import KafkaConfigError, KafkaResource
 
 REPLAY_HEADER = "x-arb-replayed-from"
+
+
+def held_offsets(kafka: KafkaResource, topic: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
+    """{partition: (first offset, last offset)} of every partition that holds messages."""
+    held = {}
+    for partition in partitions:
+        low, high = kafka.watermarks(topic, partition, timeout=10)
+        if high > low:
+            held[partition] = (low, high - 1)
+    return held
+
+
+def partition_hint(topic: str, asked: int, held: dict[int, tuple[int, int]]) -> str:
+    """Where the parked messages are, when the operator looked in the wrong partition ('' if nothing to add)."""
+    others = {p: span for p, span in held.items() if p != asked}
+    if not held:
+        return f"; no partition of {topic} holds a message"
+    if not others:
+        return ""
+    spans = ", ".join(f"{p} (offsets {low}..{high})" for p, (low, high) in sorted(others.items()))
+    if len(others) == 1:
+        return f"; parked messages are on partition {spans}: add --partition {next(iter(others))}"
+    return f"; parked messages are on partitions {spans}: add --partition P"
 
 
 def read_messages(kafka: KafkaResource, topic: str, wanted: dict[int, set[int] | None], timeout: float = 30.0):
@@ -152,11 +182,20 @@ def main(argv: list[str]) -> int:
         print(f"arb-orchestration replay-dlq: {exc}", file=sys.stderr)
         return 2
     except LookupError as exc:
-        print(f"arb-orchestration replay-dlq: {exc}", file=sys.stderr)
+        hint = ""
+        if not args.all and "partitions" in locals():
+            try:
+                hint = partition_hint(args.topic, args.partition, held_offsets(kafka, args.topic, partitions))
+            except Exception:  # the hint is a courtesy: the error itself is what matters
+                hint = ""
+        print(f"arb-orchestration replay-dlq: {exc}{hint}", file=sys.stderr)
         return 2
     except Exception as exc:
         print(f"arb-orchestration replay-dlq: {exc}", file=sys.stderr)
         return 1
+    if args.all and not replayed and not skipped:
+        print(f"{args.topic} holds no messages: nothing to replay")
+        return 0
     verb = "would replay" if args.dry_run else "replayed"
     print(f"{verb} {replayed} message(s), skipped {skipped}")
     return 1 if skipped else 0
