@@ -5,6 +5,9 @@ real intervals (8 h on most venues, 4 h on kraken, 1 h on hyperliquid), and now 
 then a capital warning. Never `critical` unless --critical-probability is given
 (a critical event triggers the emergency stop-loss). Events are signed when
 EVENT_SIGNING_KEY is set. Runs until --duration, --count or Ctrl-C.
+
+Exit codes: 0 every event delivered; 1 some deliveries failed (the last error is
+printed) or the broker failed; 2 bad options or a bad KAFKA_* setting.
 """
 
 from __future__ import annotations
@@ -19,8 +22,13 @@ from arb_orchestration.sim.event_generator import EventGenerator
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="arb-orchestration generate-events", description=__doc__)
-    parser.add_argument("--rate", type=float, default=2.0, help="events per second (default 2)")
+    parser = argparse.ArgumentParser(
+        prog="arb-orchestration generate-events", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # --events-per-second: the name `arb-orchestration dev` uses for the same thing.
+    parser.add_argument("--rate", "--events-per-second", dest="rate", type=float, default=2.0,
+                        help="events per second (default 2)")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--count", type=int, default=None, help="stop after this many events")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible traffic")
@@ -31,6 +39,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.rate <= 0:
         parser.error("--rate must be > 0")
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be > 0 (seconds)")
+    if args.count is not None and args.count < 1:
+        parser.error("--count must be >= 1")
+    for option in ("warning_probability", "critical_probability"):
+        if not 0.0 <= getattr(args, option) <= 1.0:
+            parser.error(f"--{option.replace('_', '-')} must be within [0, 1], got {getattr(args, option):g}")
 
     signing_key = os.environ.get("EVENT_SIGNING_KEY") or None
     try:
