@@ -1,7 +1,11 @@
 """`arb-orchestration topics create`: the three event topics and their `.dlq` topics.
 
-Idempotent: a topic that already exists is reported as such and left alone.
-Honours ARB_EVENT_TOPIC_PREFIX and the KAFKA_* settings (SASL/TLS included).
+Idempotent: a topic that already exists is reported as such and left alone
+(its partition count is not changed). Honours ARB_EVENT_TOPIC_PREFIX and the
+KAFKA_* settings (SASL/TLS included).
+
+Exit codes: 0 every topic exists now; 1 the broker failed (unreachable,
+not authorised); 2 bad options or a bad KAFKA_* setting.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ def create_all_topics(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="arb-orchestration topics", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="arb-orchestration topics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="create the event topics and their .dlq topics (idempotent)")
     create.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
@@ -59,8 +65,8 @@ def main(argv: list[str]) -> int:
     try:
         kafka = KafkaResource.from_env(**({"bootstrap_servers": args.bootstrap} if args.bootstrap else {}))
         kafka.client_config()
-        print(f"Kafka {kafka.bootstrap_servers}: creating {len(TOPICS) * 2} topics "
-              f"({args.partitions} partition(s), replication {args.replication})")
+        print(f"Kafka {kafka.bootstrap_servers}: ensuring {len(TOPICS) * 2} topics exist "
+              f"(new ones get {args.partitions} partition(s), replication {args.replication})")
         outcome = create_all_topics(kafka, args.partitions, args.replication, verbose=True)
     except (KafkaConfigError, settings.SettingError) as exc:
         print(f"arb-orchestration topics: {exc}", file=sys.stderr)
