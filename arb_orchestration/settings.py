@@ -99,6 +99,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("SMTP_USERNAME", "SMTP username (empty: no auth).", "", False),
         Setting("SMTP_PASSWORD", "SMTP password (secret).", "", False, True),
         Setting("SMTP_STARTTLS", "Use STARTTLS.", "false", False),
+        Setting("SMTP_TLS_CA_FILE", "CA bundle (file path) that signed the SMTP relay's certificate, for STARTTLS to a relay with a private CA (empty: the system's CAs).", "", False),
         Setting("SMTP_SENDER", "From address of risk mails.", "arb-orchestration@localhost"),
         Setting("RISK_TEAM_EMAILS", "Comma-separated addresses of the risk team.", "risk@localhost"),
         # Kafka-triggered sensors (defs/events; docs/sensors.md).

@@ -144,6 +144,7 @@ def resources_for_deployment(deployment: str) -> dict:
             username=settings.get("SMTP_USERNAME", deployment=deployment) or None,
             password=_optional_secret("SMTP_PASSWORD"),
             starttls=settings.get_bool("SMTP_STARTTLS", deployment),
+            tls_ca_file=settings.get("SMTP_TLS_CA_FILE", deployment=deployment) or None,
             sender=settings.get("SMTP_SENDER", deployment=deployment),
             risk_team=settings.get_list("RISK_TEAM_EMAILS", deployment),
         ),
