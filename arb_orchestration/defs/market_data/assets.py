@@ -44,14 +44,14 @@ DELTAS_SCHEMA = TableSchema(
         TableColumn("asset", "string"),
         TableColumn("spot", "float", description="held on venues, base units"),
         TableColumn("perp", "float", description="signed perp sizes, base units"),
-        TableColumn("net_delta", "float"),
-        TableColumn("target", "float"),
-        TableColumn("drift", "float", description="net - target"),
+        TableColumn("net_delta", "float", description="spot + perp, base units"),
+        TableColumn("target", "float", description="base units"),
+        TableColumn("drift", "float", description="net_delta - target, base units (positive: too long)"),
         TableColumn("price_usd", "float"),
-        TableColumn("drift_usd", "float"),
-        TableColumn("band_usd", "float"),
+        TableColumn("drift_usd", "float", description="|drift| x price, USD (unsigned: the sign is in drift)"),
+        TableColumn("band_usd", "float", description="no order while drift_usd is within this, USD"),
         TableColumn("status", "string", description="within_tolerance | hedge | partial | no_market | unpriced"),
-        TableColumn("after_plan", "float", description="drift left once the planned orders fill"),
+        TableColumn("after_plan", "float", description="drift left once the planned orders fill, base units"),
     ]
 )
 ORDERS_SCHEMA = TableSchema(
@@ -59,7 +59,7 @@ ORDERS_SCHEMA = TableSchema(
         TableColumn("venue", "string"),
         TableColumn("symbol", "string"),
         TableColumn("side", "string"),
-        TableColumn("amount", "float"),
+        TableColumn("amount", "float", description="base units"),
         TableColumn("reduce_only", "bool"),
         TableColumn("notional_usd", "float"),
         TableColumn("funding_8h_bps", "float"),
@@ -103,7 +103,8 @@ def build_observable_specs(venues: list[str]) -> list[AssetSpec]:
 
 
 def _r(value: float | None, digits: int = 8) -> float | None:
-    return None if value is None else round(float(value), digits)
+    # + 0.0 turns -0.0 (a tiny negative residual rounded away) into 0.0: the UI showed "-0".
+    return None if value is None else round(float(value), digits) + 0.0
 
 
 def hedge_targets_metadata(

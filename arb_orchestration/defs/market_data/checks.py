@@ -60,6 +60,15 @@ FLOORS_SCHEMA = TableSchema(
 )
 
 
+def _amount(value: float) -> str:
+    """An amount for a sentence: '9,500' and '10,000', not '9500' and '1e+04' (what `,.4g` printed)."""
+    if value == 0 or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return f"{value:.4g}"
+
+
 @dataclass(frozen=True)
 class CheckOutcome:
     """One check's verdict, convertible to a run's `AssetCheckResult` or a runless evaluation."""
@@ -113,13 +122,14 @@ def balance_floors_outcome(venue: str, free_by_asset: Mapping[str, float], floor
         headroom = (free - floor) / floor * 100
         if free < floor:
             status = "below"
-            below.append(f"{asset} {free:,.4g} < {floor:,.4g}")
+            below.append(f"{asset} {_amount(free)} < {_amount(floor)}")
         elif headroom < floors.warn_headroom_pct:
             status = "warn"
-            warn.append(f"{asset} {free:,.4g} within {floors.warn_headroom_pct:g}% of {floor:,.4g}")
+            warn.append(f"{asset} {_amount(free)} within {floors.warn_headroom_pct:g}% of {_amount(floor)}")
         else:
             status = "ok"
-        rows.append({"asset": asset, "floor": floor, "free": free, "headroom_pct": round(headroom, 2), "status": status})
+        rows.append({"asset": asset, "floor": floor, "free": round(free, 8), "headroom_pct": round(headroom, 2),
+                     "status": status})
     metadata = {
         "floors": MetadataValue.table(records=[TableRecord(r) for r in rows], schema=FLOORS_SCHEMA),
         "below_floor_count": len(below),
@@ -274,6 +284,6 @@ def hedge_drift_outcome(plan: HedgePlan, policy: MarketDataPolicy) -> CheckOutco
     parts = []
     for d in outside:
         usd = "unpriced" if d.drift_usd is None else f"${d.drift_usd:,.0f}"
-        parts.append(f"{d.asset} drift {d.drift:+.6g} ({usd}, band ${d.tolerance_usd:,.0f}, {d.status})")
+        parts.append(f"{d.asset} drift {d.drift:+.6g} {d.asset} ({usd}, band ${d.tolerance_usd:,.0f}, {d.status})")
     severity = AssetCheckSeverity.ERROR if unfixable or far else AssetCheckSeverity.WARN
     return CheckOutcome(HEDGE_TARGETS_KEY, HEDGE_DRIFT_CHECK, False, severity, "; ".join(parts), metadata)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from collections.abc import Callable
 
 from dagster import (
@@ -86,7 +87,8 @@ BEST_VENUE_SCHEMA = TableSchema(
 
 
 def _r(value: float | None, digits: int = 8) -> float | None:
-    return None if value is None else round(float(value), digits)
+    # + 0.0 turns -0.0 (a tiny negative residual rounded away) into 0.0: the UI showed "-0".
+    return None if value is None else round(float(value), digits) + 0.0
 
 
 def _version(payload: object) -> DataVersion:
@@ -112,7 +114,8 @@ def balances_observation(snapshot: MarketSnapshot, venue: str, prices: dict[str,
         else:
             total_usd += usd
             free_usd += balance.free * price
-            usd_by_asset[asset] = usd
+            if usd:  # the chart skips empty balances (a "0" bar per unused asset); the table keeps them
+                usd_by_asset[asset] = usd
         rows.append(
             {
                 "asset": asset,
@@ -236,8 +239,10 @@ def funding_observation(snapshot: MarketSnapshot, *, with_plot: bool, all_venues
     if with_plot and rows:
         venues = sorted(snapshot.states)
         symbols = sorted(by_symbol)
+        # A venue that does not list a symbol gets no bar (NaN), not a 0 bar that reads as a zero rate.
         series = {
-            venue: [next((bps for bps, v in by_symbol[s] if v == venue), 0.0) for s in symbols] for venue in venues
+            venue: [next((bps for bps, v in by_symbol[s] if v == venue), math.nan) for s in symbols]
+            for venue in venues
         }
         metadata["chart"] = plots.grouped_bars_chart(
             "Funding rate per venue, normalised to 8 h", [base_asset(s) for s in symbols], series, "bps per 8 h"
