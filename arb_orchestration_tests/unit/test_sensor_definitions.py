@@ -62,9 +62,9 @@ def test_the_code_location_has_the_three_sensors_running_every_daemon_loop():
     assert set(repo.get_sensor_def(FUNDING_DEVIATION_SENSOR).required_resource_keys) == {"kafka"}
 
 
-def test_the_shipped_sensors_start_the_real_sagas_not_the_placeholders():
-    # defs/events falls back to log-only `pending_...` jobs when a domain does not define its job;
-    # shipped, every sensor must start the real one, and no placeholder may be registered.
+def test_the_shipped_sensors_start_the_real_sagas():
+    # defs/events imports the three sagas from their domains (a missing one fails the load);
+    # every sensor must target exactly its real jobs, and no stand-in job may be registered.
     from arb_orchestration.definitions import defs as code_location
 
     repo = code_location.get_repository_def()
