@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from arb_orchestration import settings
+from arb_orchestration.commands._broker_log import BrokerLog
 from arb_orchestration.domain.events import (
     SCHEMA_VERSION,
     EventRejected,
@@ -125,14 +126,22 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         print(f"dry run: would publish to {topic}: {json.dumps(payload)}")
         return 0
+    broker_log = BrokerLog()
     try:
         kafka = KafkaResource.from_env(**({"bootstrap_servers": args.bootstrap} if args.bootstrap else {}))
-        delivered = kafka.publish(topic, encode_event(payload), key=partition_key(payload), timeout=args.timeout)
+        producer = kafka.producer(logger=broker_log.logger)
+        try:
+            delivered = kafka.publish(topic, encode_event(payload), key=partition_key(payload),
+                                      timeout=args.timeout, producer=producer)
+        finally:
+            producer.flush(0)
+            del producer  # its "terminating with 1 message still in queue" goes to broker_log too
     except (KafkaConfigError, settings.SettingError) as exc:
         print(f"arb-orchestration publish: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        print(f"arb-orchestration publish: could not publish to {topic}: {exc}", file=sys.stderr)
+        print(f"arb-orchestration publish: could not publish to {topic}: {exc}{broker_log.suffix()}",
+              file=sys.stderr)
         return 1
     signed = "signed" if signing_key else "unsigned"
     print(f"published {event.event_id} ({signed}) to {delivered.topic} partition {delivered.partition} "

@@ -1,0 +1,44 @@
+"""librdkafka's log lines for a command-line tool: collected, not sprayed over stderr.
+
+Without a `logger`, librdkafka writes every failed connection attempt to stderr as
+``%3|1795788772.897|FAIL|...`` (a dozen lines before a 3 s publish timeout gives up), ahead of
+the command's own one-line error. Given this logger instead, the lines are kept and the command
+adds the last error to its message, where an operator reads it once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.last = record.getMessage()
+        except Exception:  # a log line we cannot format is not worth failing the command for
+            pass
+
+
+class BrokerLog:
+    """Pass `logger` to a confluent-kafka client (`kafka.producer(logger=log.logger)`); read `last_error`."""
+
+    def __init__(self) -> None:
+        # An unregistered Logger: nothing else in the process sees it, no handler of the root applies.
+        self.logger = logging.Logger("arb-orchestration.librdkafka", level=logging.DEBUG)
+        self._keep = _Keep()
+        self.logger.addHandler(self._keep)
+
+    @property
+    def last_error(self) -> str | None:
+        """The last warning or error, without librdkafka's facility/thread prefix."""
+        line = self._keep.last
+        if line is None:
+            return None
+        return line.rsplit("]: ", 1)[-1].strip()
+
+    def suffix(self) -> str:
+        return f" (last broker error: {self.last_error})" if self.last_error else ""
