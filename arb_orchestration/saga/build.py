@@ -165,8 +165,14 @@ def saga_id_of(run: DagsterRun, instance: Any) -> str:
 def _runtime(definition: SagaDefinition, step: SagaStep, context: OpExecutionContext) -> StepRuntime:
     run = context.dagster_run
     instance = context.instance
+    saga_id = saga_id_of(run, instance)
+    if run.root_run_id and SAGA_ID_TAG not in run.tags:
+        # A re-execution made without its parent's tags (execute_job, GraphQL useParentRunTags=false)
+        # carries neither the saga tag nor always Dagster's root-run tag: the saga log finds runs by
+        # those tags, so name the saga on the run before it writes its first record.
+        instance.add_run_tags(run.run_id, {SAGA_ID_TAG: saga_id})
     return StepRuntime(
-        saga_id=saga_id_of(run, instance),
+        saga_id=saga_id,
         log=InstanceSagaLog(instance, run, in_run=True),
         resources={key: getattr(context.resources, key) for key in step.resource_keys},
         config=parse_saga_config(definition, context.op_config),
