@@ -42,3 +42,23 @@ class BrokerLog:
 
     def suffix(self) -> str:
         return f" (last broker error: {self.last_error})" if self.last_error else ""
+
+
+def unreachable_broker(kafka, timeout: float = 5.0) -> str | None:
+    """None when the cluster answers a metadata request within `timeout`; else a one-line reason.
+
+    Commands whose Kafka calls build their own clients (topic creation, DLQ reads) ask this
+    first, quietly, so an unreachable broker is one clear line rather than librdkafka's
+    stderr noise and a raw `KafkaError{code=_TRANSPORT,...}` after up to 30 s.
+    """
+    log = BrokerLog()
+    admin = kafka.admin(logger=log.logger)
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception as exc:  # KafkaException: transport failure, timeout, authentication
+        admin.poll(0)  # serve the queued log lines to `log`
+        error = exc.args[0] if exc.args else exc
+        reason = error.str() if hasattr(error, "str") else str(error)
+        return (f"cannot reach the Kafka broker at {kafka.bootstrap_servers} within {timeout:g}s: "
+                f"{reason}{log.suffix()}")
+    return None

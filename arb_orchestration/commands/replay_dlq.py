@@ -26,6 +26,7 @@ import sys
 import time
 
 from arb_orchestration import settings
+from arb_orchestration.commands._broker_log import unreachable_broker
 from arb_orchestration.domain.events import (
     EventRejected,
     base_topic,
@@ -132,6 +133,9 @@ def main(argv: list[str]) -> int:
         print(f"arb-orchestration replay-dlq: {exc}", file=sys.stderr)
         return 2
 
+    if (unreachable := unreachable_broker(kafka)) is not None:
+        print(f"arb-orchestration replay-dlq: {unreachable}", file=sys.stderr)
+        return 1
     try:
         partitions = kafka.partitions_for(args.topic)
         if args.all:

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from arb_orchestration import settings
+from arb_orchestration.commands._broker_log import unreachable_broker
 from arb_orchestration.domain.events import TOPICS, dlq_topic, topic_name
 from arb_orchestration.resources.kafka import KafkaConfigError, KafkaResource
 
@@ -65,6 +66,9 @@ def main(argv: list[str]) -> int:
     try:
         kafka = KafkaResource.from_env(**({"bootstrap_servers": args.bootstrap} if args.bootstrap else {}))
         kafka.client_config()
+        if (unreachable := unreachable_broker(kafka)) is not None:
+            print(f"arb-orchestration topics: {unreachable}", file=sys.stderr)
+            return 1
         print(f"Kafka {kafka.bootstrap_servers}: ensuring {len(TOPICS) * 2} topics exist "
               f"(new ones get {args.partitions} partition(s), replication {args.replication})")
         outcome = create_all_topics(kafka, args.partitions, args.replication, verbose=True)

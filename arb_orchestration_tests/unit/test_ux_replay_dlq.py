@@ -11,6 +11,16 @@ import pytest
 from arb_orchestration.commands import replay_dlq
 
 
+class AnsweringAdmin:
+    """The reachability probe's client: the cluster answers."""
+
+    def list_topics(self, timeout=None):
+        return {}
+
+    def poll(self, timeout=None):
+        return 0
+
+
 class FakeConsumer:
     def close(self):
         pass
@@ -26,6 +36,9 @@ class FakeKafka:
 
     def client_config(self):
         return {"bootstrap.servers": self.bootstrap_servers}
+
+    def admin(self, **overrides):
+        return AnsweringAdmin()
 
     def partitions_for(self, topic, timeout=10.0):
         return sorted(self.marks)

@@ -9,11 +9,24 @@ import pytest
 from arb_orchestration.commands import topics
 
 
+class AnsweringAdmin:
+    """The reachability probe's client: the cluster answers."""
+
+    def list_topics(self, timeout=None):
+        return {}
+
+    def poll(self, timeout=None):
+        return 0
+
+
 class ExistingTopicsKafka:
     bootstrap_servers = "fake:9092"
 
     def client_config(self):
         return {"bootstrap.servers": self.bootstrap_servers}
+
+    def admin(self, **overrides):
+        return AnsweringAdmin()
 
     def create_topics(self, names, partitions=1, replication=1):
         return {name: "exists" for name in names}
