@@ -109,6 +109,8 @@ def test_dry_run_on_a_subset_moves_nothing_and_leaves_trading_alone(instance):
     [(subject, body)] = smtp.sent
     assert "DRY RUN" in subject and "would buy 10 ETH/USDT:USDT" in body and "BTC" not in body
     assert trading_paused(instance) == (False, "test")
+    lines = [r.user_message for r in instance.all_logs(result.run_id) if r.user_message.startswith("stop-loss okx:")]
+    assert len(lines) == 1 and lines[0].endswith("no order sent")  # was "first order after Nones"
 
 
 def test_a_venue_that_refuses_to_close_escalates_to_the_risk_team(instance):

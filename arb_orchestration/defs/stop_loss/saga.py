@@ -86,8 +86,10 @@ def liquidate(ctx: StepContext, exchange: ExchangeResource) -> dict:
         while_running=engage_kill_switch,
     )
     for v in report.venues:
+        first = ("no order sent" if v.first_order_after_seconds is None
+                 else f"first order after {v.first_order_after_seconds:.3f}s")
         ctx.log.info(f"stop-loss {v.venue}: flat={v.flat} rounds={v.rounds} closed={len(v.closed)} "
-                     f"left={len(v.remaining)} first order after {v.first_order_after_seconds}s")
+                     f"left={len(v.remaining)}, {first}")
     if report.dry_run or report.flat:
         return report.model_dump(mode="json")
     ctx.note(report=report.model_dump(mode="json"))  # durable even though the step fails
