@@ -177,9 +177,13 @@ class FakeWise:
 class FakeJournal:
     def __init__(self, used=None):
         self.used, self.reports = dict(used or {}), []
+        self.in_flight = []  # earlier sagas with legs in flight (test_rebalance_in_flight.py reads real logs)
 
     def used_today(self, *, exclude_saga=None):
         return dict(self.used)
+
+    def legs_in_flight(self, *, lookback_seconds, exclude_saga=None):
+        return list(self.in_flight)
 
     def report(self, step, message, metadata):
         self.reports.append((step, message, metadata))

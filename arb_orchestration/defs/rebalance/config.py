@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 from dagster import Config
 from pydantic import Field
 
-from arb_orchestration.defs.k8s import REBALANCE_HUMAN_FUNDING_SECONDS
+from arb_orchestration.defs.k8s import REBALANCE_HUMAN_FUNDING_SECONDS, REBALANCE_MAX_RUNTIME_SECONDS
 from arb_orchestration.defs.market_data.policy import DEFAULT_POLICY as MARKET_DATA_POLICY
 from arb_orchestration.domain.rebalance import Guardrails, TargetPolicy, TargetRule
 
@@ -29,6 +29,10 @@ DEFAULT_MIN_DEFICIT = {"USDT": 500.0, "USDC": 500.0, "EUR": 500.0, "BTC": 0.01, 
 # How long a Wise leg waits for a person to fund it (SCA) before the saga cancels it and compensates.
 # The job's max runtime leaves room for exactly this wait (defs/k8s.py).
 DEFAULT_HUMAN_FUNDING_TIMEOUT_SECONDS = float(REBALANCE_HUMAN_FUNDING_SECONDS)
+# How long after an earlier rebalance saga's last saga-log record its unverified legs still block a new plan
+# (guardrail `legs_in_flight`): the whole budget of one rebalance run (1 h arrivals + 4 h waiting for a person),
+# counted from when that saga stopped watching its money (docs/rebalance.md, "Legs in flight").
+DEFAULT_IN_FLIGHT_LOOKBACK_SECONDS = float(REBALANCE_MAX_RUNTIME_SECONDS)
 # Networks the desk sends on today; a venue that starts offering a new one is not used until listed.
 DEFAULT_ALLOWED_DESTINATIONS = ["*:TRC20", "*:ARBITRUM", "*:SOL", "*:ERC20", "*:BTC", "*:SEPA"]
 
@@ -160,6 +164,16 @@ class RebalanceConfig(RebalancePolicyConfig):
     )
     human_funding_poll_seconds: float = Field(
         default=30.0, description="Between reads of a parked Wise transfer while a person is expected to fund it."
+    )
+    in_flight_lookback_seconds: float = Field(
+        default=DEFAULT_IN_FLIGHT_LOOKBACK_SECONDS,
+        description="Guardrail legs_in_flight: an earlier rebalance saga with legs that left but were never verified "
+        "as arrived blocks the plan until this long after its last saga-log record.",
+    )
+    allow_legs_in_flight: bool = Field(
+        default=False,
+        description="Plan although earlier sagas have legs in flight (an operator checked that they arrived). "
+        "The plan records the sagas it acknowledged; they no longer block later runs.",
     )
     wise_recipient_holder: str = Field(
         default="Arb Desk", description="Account holder name of the venues' IBANs (Wise recipients)."

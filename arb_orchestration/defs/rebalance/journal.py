@@ -5,6 +5,8 @@ instance comes through `RebalanceJournalResource` (key `rebalance_journal`):
 
 * `used_today()` — what earlier rebalance sagas moved or still hold reserved
   today, per asset, read from their saga logs (the per-day guardrail);
+* `legs_in_flight(lookback_seconds=...)` — earlier rebalance sagas with legs
+  that left but were never verified as arrived (the `legs_in_flight` guardrail);
 * `report(step, message, metadata)` — an engine event in the current run,
   attached to the step, carrying Dagster metadata (tables, markdown) so the
   UI shows transfer ids, amounts, fees and etas next to each step;
@@ -22,8 +24,9 @@ It opens nothing at import or load; the instance comes from the run.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from dagster import ConfigurableResource, InitResourceContext, MetadataValue, RunsFilter
 from pydantic import PrivateAttr
@@ -41,6 +44,14 @@ _log = logging.getLogger("arb_orchestration.defs.rebalance")
 PLAN_STEP = "plan_rebalance"
 PREPARE_STEP = "prepare_transfers"
 COMMIT_STEP = "commit_transfers"
+AWAIT_STEP = "await_arrival"
+VERIFY_STEP = "verify_balances"
+
+# Plan result key of a run launched with `allow_legs_in_flight`: {saga id: last activity it acknowledged}.
+ACKNOWLEDGED_IN_FLIGHT = "acknowledged_in_flight"
+# Saga-log records can land in a run's event log after the run's last status change (the recovery sensor
+# compensates or escalates into the failed run's log), so runs updated this much before the lookback are read too.
+_RECORD_LAG_SECONDS = 3600.0
 
 
 def utc_midnight(now: datetime | None = None) -> datetime:
@@ -85,25 +96,157 @@ def past_rebalance(state: SagaState, since: float) -> PastRebalance | None:
     )
 
 
+@dataclass(frozen=True)
+class InFlightLeg:
+    """A leg of an earlier saga that may still be on its way: `status` says what is known of it."""
+
+    index: int
+    rail: str
+    asset: str
+    amount: float
+    from_venue: str
+    to_venue: str
+    network: str
+    status: str  # "left" | "arrived, balance not verified" | "outcome unknown"
+
+    def describe(self) -> str:
+        return (f"#{self.index} {self.amount:g} {self.asset} {self.from_venue} → {self.to_venue} "
+                f"over {self.network} ({self.status})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "rail": self.rail, "asset": self.asset, "amount": self.amount,
+                "from": self.from_venue, "to": self.to_venue, "network": self.network, "status": self.status}
+
+
+@dataclass(frozen=True)
+class SagaInFlight:
+    """An earlier rebalance saga whose money left but was never verified as arrived.
+
+    `last_activity`: epoch seconds of its newest saga-log record (when it last did or learned
+    anything); the lookback of the `legs_in_flight` guardrail counts from there.
+    """
+
+    saga_id: str
+    last_activity: float
+    why: str
+    legs: tuple[InFlightLeg, ...]
+
+    def describe(self) -> str:
+        at = datetime.fromtimestamp(self.last_activity, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        legs = ", ".join(leg.describe() for leg in self.legs)
+        return f"saga {self.saga_id} ({self.why}; last activity {at}): {legs}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"saga_id": self.saga_id, "last_activity": self.last_activity, "why": self.why,
+                "legs": [leg.to_dict() for leg in self.legs]}
+
+
+def legs_in_flight(state: SagaState) -> SagaInFlight | None:
+    """The legs of one earlier saga that left (or may have) and were not verified as arrived; None if none.
+
+    A saga whose `verify_balances` finished has nothing in flight. Otherwise a leg counts when it is
+    known to have left (committed, or found in flight by a compensation) and was not cancelled — or,
+    while the pivot's outcome is unknown (it started, did not finish, and its compensation has not
+    succeeded), every planned leg not known to be cancelled counts, as for the daily limit.
+    Dry runs and empty plans have nothing in flight.
+    """
+    plan = state.step(PLAN_STEP)
+    if not plan.done or not plan.result or plan.result.get("dry_run") or not plan.result.get("transfers"):
+        return None
+    if state.step(VERIFY_STEP).done:
+        return None
+    past = past_rebalance(state, since=0.0)
+    if past is None:
+        return None
+    commit = state.step(COMMIT_STEP)
+    left = set(past.committed) - set(past.cancelled)
+    pivot_settled = commit.done or commit.compensated or not commit.started
+    unknown = set() if pivot_settled else {i for i, _, _ in past.planned} - left - set(past.cancelled)
+    if not left and not unknown:
+        return None
+    awaited = state.step(AWAIT_STEP)
+    arrived = {int(i) for i in ((awaited.result or {}).get("arrived") or {})} if awaited.done else set()
+    legs = []
+    for raw in plan.result.get("transfers", []):
+        index = int(raw["index"])
+        if index not in left and index not in unknown:
+            continue
+        status = ("outcome unknown" if index in unknown
+                  else "arrived, balance not verified" if index in arrived else "left")
+        legs.append(InFlightLeg(index, str(raw["rail"]), str(raw["asset"]), float(raw["amount"]), str(raw["from"]),
+                                str(raw["to"]), str(raw["network"]), status))
+    if commit.compensated:
+        why = "rolled back around legs already on their way"
+    elif not commit.started:
+        why = "rolled back before its pivot; a compensation found legs already on their way"
+    elif state.escalated:
+        why = f"escalated: {state.escalation_reason}"
+    elif commit.done:
+        why = "past its pivot, arrival not verified"
+    else:
+        why = "pivot outcome unknown (its compensation failed or has not run)"
+    last = max((r.timestamp for r in state.records), default=0.0)
+    return SagaInFlight(state.saga_id, last, why, tuple(legs))
+
+
+def blocking_sagas(states: Iterable[SagaState], *, since: float) -> list[SagaInFlight]:
+    """The sagas among `states` with legs in flight and activity at or after `since`, oldest first.
+
+    A saga is left out once a later (not dry) run launched with `allow_legs_in_flight` acknowledged it
+    in its plan, unless the saga wrote to its log after that acknowledgement.
+    """
+    states = list(states)
+    acknowledged: dict[str, float] = {}
+    for state in states:
+        plan = state.step(PLAN_STEP)
+        if plan.done and plan.result and not plan.result.get("dry_run"):
+            for saga_id, seen in (plan.result.get(ACKNOWLEDGED_IN_FLIGHT) or {}).items():
+                acknowledged[saga_id] = max(acknowledged.get(saga_id, 0.0), float(seen))
+    out = []
+    for state in states:
+        found = legs_in_flight(state)
+        if found is None or found.last_activity < since:
+            continue
+        if found.last_activity <= acknowledged.get(found.saga_id, float("-inf")):
+            continue
+        out.append(found)
+    return sorted(out, key=lambda s: (s.last_activity, s.saga_id))
+
+
+def _rebalance_states(instance: "DagsterInstance", *, updated_after: datetime, exclude_saga: str | None,
+                      job_name: str) -> list[SagaState]:
+    runs = instance.get_runs(filters=RunsFilter(job_name=job_name, updated_after=updated_after), limit=1000)
+    log = InstanceSagaLog(instance)
+    seen: set[str] = set()
+    out: list[SagaState] = []
+    for run in runs:
+        saga_id = saga_id_for_run(run, instance.get_run_by_id)
+        if saga_id in seen or saga_id == exclude_saga:
+            continue
+        seen.add(saga_id)
+        out.append(log.load(saga_id))
+    return out
+
+
+def sagas_with_legs_in_flight(
+    instance: "DagsterInstance", *, lookback_seconds: float, exclude_saga: str | None = None,
+    now: datetime | None = None, job_name: str = REBALANCE_JOB,
+) -> list[SagaInFlight]:
+    """Earlier rebalance sagas (other than `exclude_saga`) whose legs left, unverified, within the lookback."""
+    since = (now or datetime.now(timezone.utc)).timestamp() - lookback_seconds
+    updated_after = datetime.fromtimestamp(since - _RECORD_LAG_SECONDS, timezone.utc)
+    states = _rebalance_states(instance, updated_after=updated_after, exclude_saga=exclude_saga, job_name=job_name)
+    return blocking_sagas(states, since=since)
+
+
 def rebalances_today(
     instance: "DagsterInstance", *, exclude_saga: str | None = None, now: datetime | None = None,
     job_name: str = REBALANCE_JOB,
 ) -> list[PastRebalance]:
     """Every rebalance saga with a plan recorded since UTC midnight (other than `exclude_saga`)."""
     midnight = utc_midnight(now)
-    runs = instance.get_runs(filters=RunsFilter(job_name=job_name, updated_after=midnight), limit=1000)
-    log = InstanceSagaLog(instance)
-    seen: set[str] = set()
-    out: list[PastRebalance] = []
-    for run in runs:
-        saga_id = saga_id_for_run(run, instance.get_run_by_id)
-        if saga_id in seen or saga_id == exclude_saga:
-            continue
-        seen.add(saga_id)
-        past = past_rebalance(log.load(saga_id), midnight.timestamp())
-        if past is not None:
-            out.append(past)
-    return out
+    states = _rebalance_states(instance, updated_after=midnight, exclude_saga=exclude_saga, job_name=job_name)
+    return [p for p in (past_rebalance(s, midnight.timestamp()) for s in states) if p is not None]
 
 
 def usage_today(instance: "DagsterInstance", *, exclude_saga: str | None = None,
@@ -127,6 +270,13 @@ class RebalanceJournalResource(ConfigurableResource):
         if self._instance is None:
             raise RuntimeError("rebalance_journal has no Dagster instance (used outside a run?)")
         return daily_usage(rebalances_today(self._instance, exclude_saga=exclude_saga, job_name=self.job_name))
+
+    def legs_in_flight(self, *, lookback_seconds: float, exclude_saga: str | None = None) -> list[SagaInFlight]:
+        """Earlier rebalance sagas with legs that left and were never verified as arrived (see `blocking_sagas`)."""
+        if self._instance is None:
+            raise RuntimeError("rebalance_journal has no Dagster instance (used outside a run?)")
+        return sagas_with_legs_in_flight(self._instance, lookback_seconds=lookback_seconds,
+                                         exclude_saga=exclude_saga, job_name=self.job_name)
 
     def report(self, step: str, message: str, metadata: Mapping[str, Any]) -> None:
         """An engine event in this run, under `step`, with `metadata` (MetadataValue or plain values)."""

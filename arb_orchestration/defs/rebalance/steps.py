@@ -29,11 +29,13 @@ team and the recovery sensor relaunches the saga with the same keys.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from dagster import Failure, MetadataValue
 
 from arb_orchestration.defs.rebalance.funding import fund_wise_legs, funding_may_need_human, journal_webhook_board
+from arb_orchestration.defs.rebalance.journal import ACKNOWLEDGED_IN_FLIGHT, SagaInFlight
 from arb_orchestration.defs.rebalance.planning import Proposal, propose
 from arb_orchestration.defs.rebalance.report import (
     legs_markdown,
@@ -53,6 +55,7 @@ VERIFY = "verify_balances"
 
 GUARDRAIL_METADATA_KEY = "arb/guardrail"
 RULE_INFEASIBLE = "plan_infeasible"
+RULE_LEGS_IN_FLIGHT = "legs_in_flight"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -92,11 +95,20 @@ def plan_rebalance(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
     Fails (not retried, nothing moved) when the plan is infeasible or breaks a
     guardrail; the Failure's metadata `arb/guardrail` names the rule. The plan
     it records is the reservation the per-day limit counts.
+
+    First of all (before balances are even read): an earlier saga whose legs
+    left but were never verified as arrived fails the run (`legs_in_flight`),
+    since balances do not show money in transit; a dry run reports it, and
+    `allow_legs_in_flight` plans anyway and records the acknowledgement.
     """
     cfg = ctx.config
     trigger = cfg.trigger.model_dump() if cfg.trigger is not None else None
     if cfg.trigger is not None:
         ctx.log.info(f"rebalance [{ctx.saga_id}] triggered by {cfg.trigger.describe()}")
+    in_flight = rebalance_journal.legs_in_flight(exclude_saga=ctx.saga_id,
+                                                 lookback_seconds=cfg.in_flight_lookback_seconds)
+    if in_flight and not cfg.dry_run and not cfg.allow_legs_in_flight:
+        _refuse_legs_in_flight(ctx, rebalance_journal, in_flight)
     used = rebalance_journal.used_today(exclude_saga=ctx.saga_id)
     proposal = propose(exchange, wise, cfg, used, logger=ctx.log)
     title = f"Rebalance plan{' (DRY RUN)' if cfg.dry_run else ''} [{ctx.saga_id}]"
@@ -104,6 +116,8 @@ def plan_rebalance(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
     metadata["dry_run"] = MetadataValue.bool(cfg.dry_run)
     if trigger is not None:
         metadata["trigger"] = MetadataValue.json(trigger)
+    if in_flight:
+        metadata["legs_in_flight"] = MetadataValue.md(_in_flight_markdown(in_flight))
     rebalance_journal.report(PLAN, f"{title}: {len(proposal.run_now)} transfer(s)", metadata)
 
     if proposal.infeasible and not cfg.dry_run:
@@ -125,9 +139,62 @@ def plan_rebalance(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
             },
             allow_retries=False,
         )
-    for line in [*proposal.infeasible.values(), *(b.message for b in proposal.breaches)]:
+    stops = [*proposal.infeasible.values(), *(b.message for b in proposal.breaches)]
+    if in_flight and cfg.dry_run and not cfg.allow_legs_in_flight:
+        stops.append(f"{RULE_LEGS_IN_FLIGHT}: " + "; ".join(s.describe() for s in in_flight))
+    for line in stops:
         ctx.log.warning(f"dry run: a real run would stop here: {line}")
-    return _plan_result(proposal, dry_run=cfg.dry_run, trigger=trigger)
+    result = _plan_result(proposal, dry_run=cfg.dry_run, trigger=trigger)
+    result["legs_in_flight"] = [s.to_dict() for s in in_flight]
+    if in_flight and cfg.allow_legs_in_flight and not cfg.dry_run:
+        # Recorded with the plan: later runs no longer block on these sagas (unless they write to their log again).
+        result[ACKNOWLEDGED_IN_FLIGHT] = {s.saga_id: s.last_activity for s in in_flight}
+        ctx.log.warning(
+            "allow_legs_in_flight: planning although earlier sagas have legs in flight (acknowledged): "
+            + "; ".join(s.describe() for s in in_flight)
+        )
+    return result
+
+
+def _in_flight_markdown(in_flight: list[SagaInFlight]) -> str:
+    lines = ["| saga | state | leg | amount | from → to | network | status |", "|---|---|---|---|---|---|---|"]
+    for saga in in_flight:
+        for leg in saga.legs:
+            lines.append(f"| {saga.saga_id} | {saga.why} | #{leg.index} | {leg.amount:g} {leg.asset} | "
+                         f"{leg.from_venue} → {leg.to_venue} | {leg.network} | {leg.status} |")
+    return "\n".join(lines)
+
+
+def _refuse_legs_in_flight(ctx, rebalance_journal, in_flight: list[SagaInFlight]) -> None:
+    """Guardrail `legs_in_flight`: fail before observing or moving anything (see docs/rebalance.md)."""
+    cfg = ctx.config
+    until = max(s.last_activity for s in in_flight) + cfg.in_flight_lookback_seconds
+    until_utc = datetime.fromtimestamp(until, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    message = (
+        f"{len(in_flight)} earlier rebalance saga(s) have legs that left and were never verified as arrived; "
+        "balances do not show money in transit, so a plan now could send it again: "
+        + "; ".join(s.describe() for s in in_flight)
+        + f". Once it has arrived, run with allow_legs_in_flight: true; otherwise this blocks until {until_utc} "
+        f"(in_flight_lookback_seconds={cfg.in_flight_lookback_seconds:g} after the last activity)"
+    )
+    details = [s.to_dict() for s in in_flight]
+    rebalance_journal.report(
+        PLAN, f"rebalance [{ctx.saga_id}] refused: {RULE_LEGS_IN_FLIGHT}",
+        {"legs_in_flight": MetadataValue.md(_in_flight_markdown(in_flight)), "sagas": details,
+         "blocks_until": until_utc},
+    )
+    raise Failure(
+        description=f"rebalance guardrail breached, nothing moved: {RULE_LEGS_IN_FLIGHT}: {message}",
+        metadata={
+            GUARDRAIL_METADATA_KEY: RULE_LEGS_IN_FLIGHT,
+            "arb/guardrails_breached": MetadataValue.json([RULE_LEGS_IN_FLIGHT]),
+            "breaches": MetadataValue.json([{"rule": RULE_LEGS_IN_FLIGHT, "message": message, "asset": None,
+                                             "transfer": None}]),
+            "legs_in_flight": MetadataValue.json(details),
+            "blocks_until": until_utc,
+        },
+        allow_retries=False,
+    )
 
 
 def _plan_result(proposal: Proposal, *, dry_run: bool, trigger: dict | None) -> dict[str, Any]:
