@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 from dagster import (
+    DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -48,6 +49,25 @@ from arb_orchestration.saga.log import InstanceSagaLog
 from arb_orchestration.saga.recovery import Action, FailedRun, RecoveryOutcome, recover_saga
 
 _log = logging.getLogger("arb_orchestration.saga.recovery")
+
+# How Dagster's run monitoring words the failure of a run it stopped for exceeding its maximum
+# runtime (dagster/_daemon/monitoring/run_monitoring.py, 1.13). It marks the run FAILURE right
+# after asking the launcher to terminate it, while the worker may still be running (on
+# Kubernetes: the pod's termination grace period, 60 s in helm-values), its failure hook included.
+MAX_RUNTIME_FAILURE_PREFIX = "Exceeded maximum runtime of"
+# The sweep leaves such a run alone this long after that failure: longer than the run pods'
+# terminationGracePeriodSeconds, so the worker is gone before anybody compensates.
+STOPPING_GRACE_SECONDS = 120.0
+
+
+def stopped_for_max_runtime(instance: DagsterInstance, run_id: str) -> float | None:
+    """When run monitoring failed `run_id` for exceeding its maximum runtime: that failure's time, else None."""
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE, limit=1, ascending=False)
+    for record in records.records:
+        event = record.event_log_entry.dagster_event
+        if event is not None and (event.message or "").startswith(MAX_RUNTIME_FAILURE_PREFIX):
+            return record.event_log_entry.timestamp
+    return None
 
 
 def recover_run(
@@ -110,9 +130,15 @@ def build_saga_recovery_sensors(
     sweep_interval_seconds: int = 60,
     lookback_seconds: float = 3 * 24 * 3600,
     grace_seconds: float = 60,
+    stopping_grace_seconds: float = STOPPING_GRACE_SECONDS,
     default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
 ) -> list[SensorDefinition]:
-    """The failure sensor `name` and the sweep (`..._sweep_sensor`) for `sagas`."""
+    """The failure sensor `name` and the sweep (`..._sweep_sensor`) for `sagas`.
+
+    A run that run monitoring stopped for exceeding its maximum runtime is left to the sweep,
+    which waits `stopping_grace_seconds` after that failure: its worker may still be shutting
+    down (and compensating through its own hook) when the run is already marked FAILURE.
+    """
     if sweep_name is None:
         sweep_name = f"{name.removesuffix('_sensor')}_sweep_sensor"
     by_job = {s.job.name: s.definition for s in sagas}
@@ -129,6 +155,12 @@ def build_saga_recovery_sensors(
         run = context.dagster_run
         definition = by_job.get(run.job_name)
         if definition is None:
+            return None
+        if stopped_for_max_runtime(context.instance, run.run_id) is not None:
+            context.log.info(
+                f"saga run {run.run_id} was stopped for exceeding its maximum runtime; its worker may still be "
+                f"shutting down, so the sweep recovers it {stopping_grace_seconds:g} s after the failure"
+            )
             return None
         outcome = recover_run(context.instance, definition, run, _resources(context), context.log)
         context.log.info(f"saga recovery of run {run.run_id}: {outcome.action.value} — {outcome.reason}")
@@ -165,6 +197,7 @@ def build_saga_recovery_sensors(
             _resources(context),
             lookback_seconds=lookback_seconds,
             grace_seconds=grace_seconds,
+            stopping_grace_seconds=stopping_grace_seconds,
             logger=context.log,
         )
         errors = [line for line in lines if ": error " in line]
@@ -185,10 +218,15 @@ def sweep_failed_sagas(
     *,
     lookback_seconds: float,
     grace_seconds: float,
+    stopping_grace_seconds: float = STOPPING_GRACE_SECONDS,
     logger: Any = None,
     now: float | None = None,
 ) -> tuple[list[RunRequest], list[str]]:
-    """One sweep over failed/canceled saga runs; returns relaunches to submit and a line per action."""
+    """One sweep over failed/canceled saga runs; returns relaunches to submit and a line per action.
+
+    A run stopped for exceeding its maximum runtime waits `stopping_grace_seconds` after that
+    failure (its worker may still be shutting down).
+    """
     logger = logger or _log
     now = time.time() if now is None else now
     requests: list[RunRequest] = []
@@ -209,6 +247,12 @@ def sweep_failed_sagas(
             if saga_id in seen_sagas:
                 continue
             seen_sagas.add(saga_id)
+            if run.status == DagsterRunStatus.FAILURE:
+                stopped_at = stopped_for_max_runtime(instance, run.run_id)
+                if stopped_at is not None and now - stopped_at < stopping_grace_seconds:
+                    lines.append(f"{saga_id}: waiting for run {run.run_id}, stopped for exceeding its maximum "
+                                 f"runtime, to shut down ({now - stopped_at:.0f} of {stopping_grace_seconds:g} s)")
+                    continue
             try:
                 outcome = recover_run(instance, definition, run, resources, logger)
             except Exception as exc:  # reported; one bad saga must not block the others' recovery

@@ -51,7 +51,8 @@ def home():
         yield Path(tmp)
 
 
-def run_and_kill(home: Path, block_in: str, extra_env: dict | None = None):
+def run_and_kill(home: Path, block_in: str, extra_env: dict | None = None,
+                 failure_message: str = "run worker exited unexpectedly (SIGKILL)"):
     """Run TRANSFER_SAGA in a child process, SIGKILL it inside `block_in`, mark the run failed."""
     ledger = LedgerResource(path=str(home / "ledger.jsonl"))
     mailbox = MailboxResource(path=str(home / "mail.jsonl"))
@@ -89,7 +90,7 @@ def run_and_kill(home: Path, block_in: str, extra_env: dict | None = None):
     [run] = instance.get_runs()
     assert run.status == DagsterRunStatus.STARTED  # nobody noticed: no hook ran, nothing marked it
     # What the code server (locally) or run monitoring (Kubernetes) does for a dead run worker:
-    instance.report_run_failed(run, "run worker exited unexpectedly (SIGKILL)")
+    instance.report_run_failed(run, failure_message)
     return instance, ledger, mailbox, run.run_id
 
 
