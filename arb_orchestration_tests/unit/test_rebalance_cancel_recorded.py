@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from arb_orchestration.resources.errors import TransientError
-from arb_orchestration.resources.wise import CANCELLED, WAITING
-from arb_orchestration.saga import StepRuntime, compensate, execute_step
+from arb_orchestration.resources.wise import CANCELLED
+from arb_orchestration.saga import compensate
 from arb_orchestration_tests.unit.test_rebalance_steps import (
     SAGA,
     STEPS,
@@ -21,6 +20,7 @@ from arb_orchestration_tests.unit.test_rebalance_steps import (
     FakeWise,
     _config,
     _run,
+    prepare_dies_after_the_wise_leg,
 )
 
 
@@ -33,19 +33,7 @@ def world():
 
 
 def test_a_transfer_the_search_misses_is_cancelled_by_its_recorded_id_after_prepare_died(world):
-    log = _run(world, steps=STEPS[:1])
-    venue = world["exchange"].venues["a"]
-    real = venue.fetch_deposit_address
-
-    def crypto_address_down(asset, network):
-        if asset != "EUR":
-            raise TransientError("deposit-address endpoint down")
-        return real(asset, network)
-
-    venue.fetch_deposit_address = crypto_address_down
-    with pytest.raises(TransientError):
-        execute_step(SAGA, "prepare_transfers", StepRuntime("saga-1", log, world, config=_config()))
-    assert [t["status"] for t in world["wise"].transfers.values()] == [WAITING]
+    log = prepare_dies_after_the_wise_leg(world)
 
     compensate(SAGA, "saga-1", log=log, resources=world, config=_config())
 

@@ -298,7 +298,8 @@ def test_a_leg_that_already_left_is_reported_in_flight_and_mailed(world):
     assert past.rolled_back and 1 in past.committed and 0 in past.cancelled
 
 
-def test_compensating_a_saga_whose_prepare_never_finished_finds_the_wise_transfer_by_key(world):
+def prepare_dies_after_the_wise_leg(world) -> InMemorySagaLog:
+    """Plan, then prepare_transfers fails (crypto deposit-address endpoint down) after creating the Wise transfer."""
     log = _run(world, steps=STEPS[:1])
     venue = world["exchange"].venues["a"]
     real = venue.fetch_deposit_address
@@ -312,6 +313,11 @@ def test_compensating_a_saga_whose_prepare_never_finished_finds_the_wise_transfe
     with pytest.raises(TransientError):
         execute_step(SAGA, "prepare_transfers", StepRuntime("saga-1", log, world, config=_config()))
     assert [t["status"] for t in world["wise"].transfers.values()] == [WAITING]  # created before the crypto leg
+    return log
+
+
+def test_compensating_a_saga_whose_prepare_never_finished_finds_the_wise_transfer_by_key(world):
+    log = prepare_dies_after_the_wise_leg(world)
     compensate(SAGA, "saga-1", log=log, resources=world, config=_config())
     assert [t["status"] for t in world["wise"].transfers.values()] == [CANCELLED]
     assert log.load("saga-1").step("prepare_transfers").compensation["cancelled"] == [0]
