@@ -483,19 +483,23 @@ def _drop_producer(key: str, producer: Producer) -> None:
         log.debug("discarding the DLQ producer failed", exc_info=True)
 
 
-def park_all(producer_config: Mapping[str, Any], parked: list[Parked], timeout: float) -> None:
+def park_all(producer_config: Mapping[str, Any], parked: list[Parked], timeout: float) -> list[tuple[str, int, int]]:
     """Produce every parked message and wait until the broker has acknowledged all of them.
 
-    Raises `DeadLetterError` (the tick fails, its cursor is not saved, the same
+    Returns where each one landed, `(dlq topic, partition, offset)` (what `replay-dlq`
+    takes). Raises `DeadLetterError` (the tick fails, its cursor is not saved, the same
     messages are read and parked again next tick) when any one is not delivered.
     """
     if not parked:
-        return
+        return []
     failures: list[str] = []
+    landed: list[tuple[str, int, int]] = []
 
     def on_delivery(err, msg) -> None:
         if err is not None:
             failures.append(f"{msg.topic()}: {err}")
+        else:
+            landed.append((msg.topic(), msg.partition(), msg.offset()))
 
     key, producer = _warm_producer(producer_config)
     deadline = time.monotonic() + timeout
@@ -522,3 +526,17 @@ def park_all(producer_config: Mapping[str, Any], parked: list[Parked], timeout: 
     except BaseException:
         _drop_producer(key, producer)
         raise
+    return sorted(landed)
+
+
+def describe_landed(landed: list[tuple[str, int, int]]) -> str:
+    """`t.dlq partition 0 offsets 12-14, partition 2 offset 7` for the tick log (what replay-dlq needs)."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for topic, partition, offset in landed:
+        spans.setdefault((topic, partition), []).append(offset)
+    parts = []
+    for (topic, partition), offsets in sorted(spans.items()):
+        first, last = min(offsets), max(offsets)
+        where = f"offset {first}" if first == last else f"offsets {first}-{last}"
+        parts.append(f"{topic} partition {partition} {where}")
+    return ", ".join(parts)

@@ -41,6 +41,7 @@ from arb_orchestration.defs.events.kafka_source import (
     MAX_DLQ_MESSAGE_BYTES,
     Parked,
     Record,
+    describe_landed,
     open_topic_read,
     park_all,
 )
@@ -252,7 +253,10 @@ class _EventSensor:
         if tick.newest is not None and tick.newest.offered:
             self._decide_hedges(context, tick)
         # Parked messages are safe on the DLQ before the cursor moves past them.
-        park_all(kafka.producer_config(), tick.parked, settings.dlq_timeout_seconds)
+        landed = park_all(kafka.producer_config(), tick.parked, settings.dlq_timeout_seconds)
+        if landed:
+            context.log.info(f"parked {len(landed)} message(s) on {describe_landed(landed)} "
+                             f"(arb-orchestration replay-dlq <dlq topic> --partition P --offset N)")
         if tick.refused_critical:
             self._alert(context, tick.refused_critical)
         tick.cursor.seen.prune(utc_now().timestamp(), settings.critical_window)
