@@ -225,6 +225,9 @@ def _cancel_unfunded(ctx, wise, p: ParkedFunding) -> ParkAction:
     except BusinessError:
         # Refused: a person funded it at the last moment (it can no longer be cancelled).
         transfer = wise.get_transfer(p.transfer_id)
+        if transfer.is_failed:  # funded, then refunded/charged back (both also count as "funded" statuses)
+            ctx.log.warning(f"leg #{p.index}: Wise transfer {p.transfer_id} is {transfer.status}: closed")
+            return ParkAction.CLOSED
         if transfer.is_funded:
             ctx.log.warning(f"leg #{p.index}: Wise transfer {p.transfer_id} was funded as the deadline passed; "
                             "taking it as funded")
