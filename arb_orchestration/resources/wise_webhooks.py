@@ -68,6 +68,9 @@ DELIVERY_HEADER = "X-Delivery-Id"
 TEST_HEADER = "X-Test-Notification"
 TRANSFER_STATE_CHANGE = "transfers#state-change"
 MAX_BODY_BYTES = 64 * 1024
+# A connection that has not sent its whole request (headers and body) this long after each read is
+# closed: the receiver faces the internet, and a stalled client must not hold a thread forever.
+REQUEST_TIMEOUT_SECONDS = 10.0
 DEFAULT_PATH = "/wise/webhooks"
 HEALTH_PATH = "/health"
 # Liveness: 200 while the process serves HTTP, whatever the database does (a restart would not bring it back).
@@ -352,6 +355,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "arb-wise-webhooks/1"
     server: "WiseWebhookReceiver"
 
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # socket timeout; BaseHTTPRequestHandler closes on it
+        super().setup()
+
     def do_POST(self) -> None:
         self._answer(*self.server.process_delivery(self.path, {k: v for k, v in self.headers.items()}, self._body()))
 
@@ -388,7 +395,8 @@ class WiseWebhookReceiver(ThreadingHTTPServer):
     (optional) is called with each new `TransferStateChange` (e.g. to publish
     it to Kafka). Answers 200 to valid, repeated and test deliveries, 400 to
     unsigned/forged/malformed ones, 413 to oversized ones, 503 when the board
-    cannot be written (Wise retries), 404 to other paths. `GET /health`: 200
+    cannot be written (Wise retries), 404 to other paths; a connection that stalls for
+    `request_timeout` seconds while sending its request is closed. `GET /health`: 200
     while the board is readable, else 503; `GET /live`: 200 while it serves.
     """
 
@@ -404,12 +412,14 @@ class WiseWebhookReceiver(ThreadingHTTPServer):
         port: int = 0,
         path: str = DEFAULT_PATH,
         on_event: Callable[[TransferStateChange], None] | None = None,
+        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
     ):
         load_public_key(public_key_pem)  # a wrong key fails here, not on the first delivery
         self.public_key_pem = public_key_pem
         self.board = board if board is not None else TransferStateBoard()
         self.path = path
         self.on_event = on_event
+        self.request_timeout = request_timeout
         self.stats = {"accepted": 0, "duplicates": 0, "rejected": 0, "ignored": 0}
         self.store_errors = 0  # deliveries answered 503 because the board could not be written
         self._stats_lock = threading.Lock()
