@@ -165,7 +165,13 @@ class _BearerAuth(httpx.Auth):
         if response.status_code == 401 and self._tokens is not None:
             # A 401 is an answer: nothing was applied, so sending again is safe.
             request.headers["Authorization"] = f"Bearer {self._tokens.token(force=True)}"
-            yield request
+            response = yield request
+            if response.status_code == 401:
+                # Refused with the token just minted: Wise invalidates the previous access token when a
+                # new one is minted, so another process (each step has its own cache) refreshed in
+                # between. Not applied, not a verdict on the credentials (a bad refresh token fails
+                # the refresh itself): transient, retried with backoff.
+                raise TransientError("wise: HTTP 401 with a freshly refreshed OAuth token (refreshed elsewhere meanwhile?)")
 
 
 class ProductionWiseResource(WiseResource):
