@@ -10,7 +10,7 @@ client-order-id limit:
 
 * leg order      derive_key(<place step key>, "leg", index, venue, symbol, side)
 * its unwind     derive_key(<place step key>, "unwind", index, venue, symbol)
-* a stop         derive_key(<stops step key>, "stop", venue, symbol, side, amount, generation)
+* a stop         derive_key(<stops step key>, "stop", venue, symbol, side, amount, trigger, generation)
 """
 
 from __future__ import annotations
@@ -44,8 +44,12 @@ def unwind_client_order_id(step_key: str, leg: Mapping[str, Any]) -> str:
 
 
 def stop_client_order_id(step_key: str, order: HedgeOrder, generation: int = 0) -> str:
-    # The size is part of the key: a resized position gets a new stop, the same one a replay.
-    return derive_key(step_key, "stop", order.venue, order.symbol, order.side, f"{order.amount:.8f}", generation)
+    # Size and trigger are part of the key: a resized position or a moved trigger gets a new stop, the
+    # same stop a replay. Without the trigger, a stop replaced for "too near/too far" on a retry of the
+    # same saga would get the id of the stop it replaces: the venue answers with the old order and the
+    # step then cancels it, leaving the position without a stop.
+    trigger = "" if order.stop_price is None else f"{order.stop_price:.8f}"
+    return derive_key(step_key, "stop", order.venue, order.symbol, order.side, f"{order.amount:.8f}", trigger, generation)
 
 
 def describe_leg(leg: Mapping[str, Any]) -> str:
