@@ -18,7 +18,8 @@ The saga does not fail then. It *parks* the leg at the pivot:
    still unfunded at the deadline → the transfer is cancelled, the risk team
    mailed, and the step fails with a `BusinessError` (`human_funding_timeout`),
    so the engine compensates the legs that can still be undone. A transfer a
-   person funded while it was being cancelled is taken as funded.
+   person funded while it was being cancelled is taken as funded (one Wise
+   already refunded or charged back by then is closed: `human_funding_closed`).
 
 The decisions (order, deadline, what to do with a leg) are pure and live in
 `domain/rebalance.py`; this module does the I/O.
