@@ -275,12 +275,14 @@ def plan_hedges(
         remaining = round(abs(drift), policy.amount_decimals)
         asset_orders: list[HedgeOrder] = []
         for market in _rank(asset_markets, side, opposite):
-            if remaining * price < policy.min_notional_usd:
+            # `<= 0` as well: with min_notional_usd=0 the size checks alone would let a fully
+            # covered drift (or a cap that rounds to 0) plan a zero-sized order on the next market.
+            if remaining <= 0 or remaining * price < policy.min_notional_usd:
                 break
             take = remaining
             if policy.max_notional_per_market_usd is not None:
                 take = min(take, round(policy.max_notional_per_market_usd / price, policy.amount_decimals))
-            if take * price < policy.min_notional_usd:
+            if take <= 0 or take * price < policy.min_notional_usd:
                 break
             asset_orders.extend(
                 _orders_on_market(asset, market, side, take, opposite.get((market.venue, market.symbol), 0.0), price, policy)
@@ -321,13 +323,22 @@ def _orders_on_market(
     if reducible >= amount - _EPSILON:
         return [order(amount, True, f"reduce {asset} exposure ({funding})")]
     if reducible > 0:
-        rest = amount - reducible
-        if reducible * price >= policy.min_notional_usd and rest * price >= policy.min_notional_usd:
+        # Rounded down: rounding a position reported with more decimals to the nearest would
+        # make the reduce-only close larger than the position (the venue refuses or clamps it).
+        close = _round_down(reducible, policy.amount_decimals)
+        rest = amount - close
+        if close > 0 and close * price >= policy.min_notional_usd and rest * price >= policy.min_notional_usd:
             return [
-                order(reducible, True, f"close the opposite {asset} position ({funding})"),
+                order(close, True, f"close the opposite {asset} position ({funding})"),
                 order(rest, False, f"open the {asset} hedge remainder ({funding})"),
             ]
     return [order(amount, False, f"hedge {asset} drift ({funding})")]
+
+
+def _round_down(amount: float, decimals: int) -> float:
+    """`amount` truncated to `decimals` (a hair of slack so 0.3, stored as 0.29999..., stays 0.3)."""
+    scale = 10**decimals
+    return math.floor(amount * scale + 1e-6) / scale
 
 
 def hedge_orders(
