@@ -23,9 +23,15 @@ Code changes: the worker fingerprints the source files of the packages it
 serves; when they change (`dagster dev` reloads, a deploy) it refuses new runs
 and re-executes itself as soon as it is idle, picking up the new code. Its
 in-memory table of children is lost then, which is why health falls back to
-(pid, start time). On SIGTERM it stops listening, waits up to `drain_seconds`
-for running children (Kubernetes: a rollout does not cut a stop-loss short),
-and exits; children it leaves behind finish their runs on their own.
+(pid, start time). On SIGTERM it refuses new runs but keeps answering `health`
+and `terminate` for up to `drain_seconds`, until its running children are done
+(Kubernetes: a rollout does not cut a stop-loss short, and run monitoring keeps
+seeing it RUNNING instead of failing it), and exits; children it leaves behind
+finish their runs on their own (on Kubernetes they end with the container).
+
+A launch request the launcher stopped waiting for (this worker was hung or
+busy past the launcher's request timeout, so the launcher falls back) is not
+forked: the run would get a second run worker.
 """
 
 from __future__ import annotations
@@ -253,11 +259,22 @@ class WarmWorker:
         selector.register(self._listener, selectors.EVENT_READ)
         log.info("warm worker %s listening on %s (advertised %s), modules %s, warm-up %s",
                  os.getpid(), self.address, self.advertise, self.options.modules, self.warm_timings)
+        drain_until: float | None = None
         try:
-            while not self._stopping:
+            while True:
+                if self._stopping:
+                    # Draining: keep answering health and terminate for the runs still running
+                    # (run monitoring would otherwise fail them while they run, and the saga
+                    # recovery sensor relaunch them); launches are refused ("shutting down").
+                    if drain_until is None:
+                        drain_until = time.monotonic() + self.options.drain_seconds
+                    if self._drained(drain_until):
+                        break
                 for _key, _mask in selector.select(timeout=0.25):
                     self._accept_one()
                 self.reap()
+                if self._stopping:
+                    continue
                 if time.monotonic() - self._last_stale_check >= self.options.stale_check_seconds:
                     self.check_stale()
                 if self.stale_reason and self.options.restart_when_stale:
@@ -266,7 +283,7 @@ class WarmWorker:
         finally:
             selector.close()
             self._close_listener()
-        return self._drain()
+        return 0
 
     def _accept_one(self) -> None:
         try:
@@ -354,6 +371,11 @@ class WarmWorker:
         why = self.refusal(request)
         if why:
             return {"ok": False, "error": why}
+        if conn is not None and _peer_gone(conn):
+            # The launcher stopped waiting (this worker was hung or busy past its request timeout)
+            # and hands the run to its fallback launcher: forking now would start it twice.
+            log.warning("run %s: the launcher stopped waiting for this launch; not starting it here", run_id)
+            return {"ok": False, "error": "the launcher stopped waiting for the answer; not started here"}
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -511,19 +533,18 @@ class WarmWorker:
                 except OSError:
                     pass
 
-    def _drain(self) -> int:
-        deadline = time.monotonic() + self.options.drain_seconds
-        while True:
-            self.reap()
-            running = [c for c in self.children.values() if c.exit_code is None]
-            if not running:
-                return 0
-            if time.monotonic() >= deadline:
-                if self.options.drain_seconds:
-                    log.warning("warm worker exiting with %d run(s) still running: %s", len(running),
-                                ", ".join(f"{c.run_id} (pid {c.pid})" for c in running))
-                return 0
-            time.sleep(0.2)
+    def _drained(self, deadline: float) -> bool:
+        """Stopping: may the worker exit now (no run left, or `drain_seconds` are over)?"""
+        self.reap()
+        running = [c for c in self.children.values() if c.exit_code is None]
+        if not running:
+            return True
+        if time.monotonic() >= deadline:
+            if self.options.drain_seconds:
+                log.warning("warm worker exiting with %d run(s) still running: %s", len(running),
+                            ", ".join(f"{c.run_id} (pid {c.pid})" for c in running))
+            return True
+        return False
 
 
 # --------------------------------------------------------------------------- what the child runs
@@ -630,6 +651,20 @@ def _open_instance():
     instance.get_runs(limit=1)
     instance.all_logs("00000000-0000-0000-0000-000000000000")
     return instance, serialize_value(instance.get_ref())
+
+
+def _peer_gone(conn: socket.socket) -> bool:
+    """Has the client closed its end (it will not read our answer)? Never blocks."""
+    timeout = conn.gettimeout()
+    conn.settimeout(0)
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # nothing to read and not closed: the client is waiting
+    except OSError:
+        return True  # reset
+    finally:
+        conn.settimeout(timeout)
 
 
 def _unix_socket_answers(path: str) -> bool:
