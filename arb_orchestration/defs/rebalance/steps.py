@@ -331,12 +331,20 @@ def cancel_prepared(ctx, wise) -> dict[str, Any]:
             # The customerTransactionId search only looks through recent transfers; the step noted
             # this transfer's id the moment it existed, so it is not "absent": read it by id.
             transfer = wise.get_transfer(known[leg.index])
+        if transfer is not None and transfer.status == WAITING:
+            try:
+                wise.cancel_transfer(transfer.id)
+            except BusinessError:
+                # Refused: a person may have funded it in the Wise app a moment ago. Decide on a fresh read.
+                transfer = wise.get_transfer(transfer.id)
+                if transfer.status == WAITING:
+                    raise
+            else:
+                out["cancelled"].append(leg.index)
+                continue
         if transfer is None:
             out["absent"].append(leg.index)
-        elif transfer.status == WAITING:
-            wise.cancel_transfer(transfer.id)
-            out["cancelled"].append(leg.index)
-        elif transfer.status == CANCELLED:
+        elif transfer.is_failed:  # cancelled, or funded and refunded/charged back: nothing in flight
             out["cancelled"].append(leg.index)
         else:
             out["in_flight"].append(leg.index)
@@ -376,6 +384,9 @@ def commit_transfers(ctx, exchange, wise, smtp, rebalance_journal) -> dict[str, 
     funded: set[int] = set()
     for leg in fiat:
         transfer = wise.get_transfer(prepared[str(leg.index)]["wise_transfer_id"])
+        if transfer.is_failed:  # cancelled, or funded and then refunded/charged back: this leg cannot arrive
+            raise BusinessError(f"leg #{leg.index}: Wise transfer {transfer.id} is {transfer.status}; not committing "
+                                "the plan around it", code="transfer_closed")
         if transfer.is_funded:
             funded.add(transfer.id)
         else:
@@ -468,7 +479,9 @@ def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
         else:
             transfer_id = prepared.get(str(leg.index), {}).get("wise_transfer_id")
             transfer = wise.get_transfer(transfer_id) if transfer_id is not None else None
-            if transfer is not None and transfer.is_funded:
+            if transfer is not None and transfer.is_failed:  # cancelled, refunded or charged back: not moving
+                out["cancelled"].append(leg.index)
+            elif transfer is not None and transfer.is_funded:
                 out["in_flight"].append(leg.index)
             else:
                 out["not_created"].append(leg.index)
