@@ -165,15 +165,20 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
         try:
             placement = self._launch_on_worker(run)
         except WorkerUnavailable as exc:
-            if exc.sent and not exc.refused and self._started_anyway(run):
-                # The worker got the request but its answer was lost: it forked the run, which
-                # started. Launching it again would run the saga twice.
-                placement = {"address": str(self.worker_address), "host": None, "pid": None, "ticks": None}
-                self._instance.add_run_tags(run.run_id, {WARM_WORKER_TAG: json.dumps(placement, sort_keys=True)})
-                self._instance.report_engine_event(
-                    f"Fast path: no answer from the warm worker ({exc}), but the run started there.", run,
-                    cls=type(self))
-                return
+            if exc.sent and not exc.refused:
+                # The worker got the request but its answer was lost: it may have forked the run.
+                # Launching it again would run the saga twice. Ask the worker first (it knows its
+                # children by run id, and it does not fork a launch whose caller stopped waiting);
+                # if it cannot say, see whether the run started.
+                placement = self._forked_there(run)
+                if placement is None and self._started_anyway(run):
+                    placement = {"address": str(self.worker_address), "host": None, "pid": None, "ticks": None}
+                if placement is not None:
+                    self._instance.add_run_tags(run.run_id, {WARM_WORKER_TAG: json.dumps(placement, sort_keys=True)})
+                    self._instance.report_engine_event(
+                        f"Fast path: no answer from the warm worker ({exc}), but the run started there.", run,
+                        cls=type(self))
+                    return
             self._fall_back(context, exc)
             return
         except Exception as exc:  # a bad answer or a bad address must never cost the run its launch
@@ -192,6 +197,20 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
             cls=type(self),
         )
         self.fallback.launch_run(context)
+
+    def _forked_there(self, run: DagsterRun) -> dict[str, Any] | None:
+        """The run's placement if the worker says it forked it; None if it does not know it or cannot say."""
+        address = self.worker_address
+        if address is None:
+            return None
+        try:  # short: a worker that is hung already cost request_timeout_seconds
+            reply = self._call(address, {"op": "health", "run_id": run.run_id}, timeout=min(self.request_timeout, 1.0))
+        except WorkerUnavailable:
+            return None
+        if reply.get("known") is not True or not reply.get("pid"):
+            return None
+        return {"address": str(reply.get("address") or address), "host": reply.get("host"),
+                "pid": int(reply["pid"]), "ticks": reply.get("ticks"), "worker_pid": reply.get("worker_pid")}
 
     def _started_anyway(self, run: DagsterRun, wait_seconds: float = 3.0) -> bool:
         """Did the run leave STARTING (its process wrote RUN_START) within `wait_seconds`?"""

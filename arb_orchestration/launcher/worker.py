@@ -435,19 +435,23 @@ class WarmWorker:
         run_id = str(request.get("run_id") or "")
         child = self.children.get(run_id)
         if child is not None:
+            # `known`: this worker forked the run (the launcher asks when a launch answer was lost).
+            mine = {"ok": True, "known": True, "pid": child.pid, "ticks": child.ticks, "host": self.host,
+                    "address": self.advertise, "worker_pid": os.getpid()}
             if child.exit_code is None:
                 if is_alive(child.pid, child.ticks):
-                    return {"ok": True, "status": "RUNNING", "msg": child.describe()}
-                return {"ok": True, "status": "FAILED", "msg": f"run worker pid {child.pid} vanished"}
+                    return {**mine, "status": "RUNNING", "msg": child.describe()}
+                return {**mine, "status": "FAILED", "msg": f"run worker pid {child.pid} vanished"}
             status = "SUCCESS" if child.exit_code == 0 else "FAILED"
-            return {"ok": True, "status": status, "msg": child.describe()}
+            return {**mine, "status": status, "msg": child.describe()}
         pid, ticks = int(request.get("pid") or 0), request.get("ticks")
         if request.get("host") and request["host"] != self.host:
-            return {"ok": True, "status": "UNKNOWN",
+            return {"ok": True, "known": False, "status": "UNKNOWN",
                     "msg": f"run launched on {request['host']}, this worker runs on {self.host}"}
         if pid and is_alive(pid, ticks):
-            return {"ok": True, "status": "RUNNING", "msg": f"run worker pid {pid} alive (launched before a worker restart)"}
-        return {"ok": True, "status": "FAILED",
+            return {"ok": True, "known": False, "status": "RUNNING",
+                    "msg": f"run worker pid {pid} alive (launched before a worker restart)"}
+        return {"ok": True, "known": False, "status": "FAILED",
                 "msg": f"run worker pid {pid or '?'} is gone and this worker has no record of how it ended"}
 
     def _terminate(self, request: dict[str, Any]) -> dict[str, Any]:
