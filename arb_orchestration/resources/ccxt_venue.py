@@ -636,8 +636,27 @@ class CcxtVenueClient(VenueClient):
             if trigger:
                 self._trigger_orders.add(order.id)
 
+    def _base_per_contract(self, symbol: str) -> float:
+        """Base units per contract of `symbol` (1 for spot and for venues that count perps in base units).
+
+        ccxt takes and returns order amounts in contracts; the platform speaks base units (BTC, ETH),
+        as positions already are (`fetch_positions` multiplies by contractSize). OKX's BTC swap is
+        0.01 BTC a contract: without this a 2.7 BTC close would go out as 2.7 contracts (0.027 BTC).
+        """
+        market = ((self._exchange.markets if self._exchange is not None else None) or {}).get(symbol) or {}
+        if not market.get("contract"):
+            return 1.0
+        if market.get("inverse"):
+            raise BusinessError(f"{self.name}: {symbol} is an inverse contract (sized in quote currency); "
+                                "not supported", code="unsupported_contract")
+        return float(market.get("contractSize") or 1.0)
+
     def _to_order(self, raw: dict, *, client_order_id: str | None = None, trigger: bool = False, assume_status: str | None = None) -> Order:
         info = raw.get("info") or {}
+        try:
+            per_contract = self._base_per_contract(raw.get("symbol") or "")
+        except BusinessError:  # someone else's order on an inverse contract: shown as the venue counts it
+            per_contract = 1.0
         venue_cid = raw.get("clientOrderId")
         with self._cache_lock:
             caller_cid = client_order_id or self._caller_ids.get(venue_cid or "", venue_cid)
@@ -662,10 +681,10 @@ class CcxtVenueClient(VenueClient):
             symbol=raw.get("symbol") or "",
             type=order_type,
             side=raw.get("side") or "buy",
-            amount=float(raw.get("amount") or 0.0),
+            amount=float(raw.get("amount") or 0.0) * per_contract,
             price=float(price) if price and order_type == "limit" else None,
             stop_price=float(trigger_price) if trigger_price else None,
-            filled=float(raw.get("filled") or 0.0),
+            filled=float(raw.get("filled") or 0.0) * per_contract,
             average=float(raw["average"]) if raw.get("average") else None,
             status=status,
             reduce_only=bool(raw.get("reduceOnly")),
@@ -751,8 +770,10 @@ class CcxtVenueClient(VenueClient):
         def place(ex) -> Order:
             import ccxt
 
+            # Contracts for ccxt; rounded so that e.g. 0.3 / 0.1 is 3 contracts, not 2.999... (truncated to 2).
+            contracts = round(amount / self._base_per_contract(symbol), 8)
             try:
-                raw = ex.create_order(symbol, ccxt_type, side, amount, price, dict(params))
+                raw = ex.create_order(symbol, ccxt_type, side, contracts, price, dict(params))
             except ccxt.BaseError as exc:
                 err = self._translate(exc, f"create_order {client_order_id}", mutating=True)
                 if isinstance(err, BusinessError) and err.code == "duplicate_client_order_id":
