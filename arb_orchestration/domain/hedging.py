@@ -384,7 +384,13 @@ def protective_stop(position: Position, distance_pct: float, *, liquidation_buff
         if liq is not None and stop >= liq * (1 - liquidation_buffer_pct / 100):
             stop, clamped = liq * (1 - liquidation_buffer_pct / 100), True
     reason = f"protective stop {distance_pct:g}% from mark {mark:g}"
-    if clamped:
+    if clamped and liq is not None and (stop >= mark if side == "sell" else stop <= mark):
+        # The mark is already within the buffer of liquidation: the clamp would put a sell stop
+        # above the mark (a buy stop below it), which fires at once or is refused. Halfway between
+        # the mark and liquidation is still on the right side of both.
+        stop = (mark + liq) / 2
+        reason += f", halfway to liquidation price {liq:g} (the mark is within {liquidation_buffer_pct:g}% of it)"
+    elif clamped:
         reason += f", moved inside liquidation price {liq:g}"
     return HedgeOrder(
         venue=position.venue,
