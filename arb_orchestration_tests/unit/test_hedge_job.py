@@ -1,7 +1,7 @@
 """`funding_rate_hedge` with fakes (venues over the simulator's in-memory state, an in-memory saga log):
 leg unwinding when one leg of a pair fails (reduce-only, own keys, idempotent, reduce-only legs kept),
 no duplicate after a retry, compensation from the sensor path after the step died, idempotent keys,
-stop maintenance decisions (create / keep / replace / cancel, too near / too far / resized / wrong side),
+stop maintenance decisions (create / keep / replace / cancel, too far / resized / wrong side, a nearer stop kept),
 the stops step working every venue before failing, dry run, the kill switch (the job refuses, the
 schedule skips), the schedule's tags, the event sensor's run config, and the funding baselines a
 hedge leaves for the sensor."""
@@ -278,7 +278,6 @@ def test_stop_decisions_create_keep_and_cancel():
     ("stop", "why"),
     [
         (_stop(amount=1.5), "size changed: stop for 1.5, position 2"),
-        (_stop(stop_price=PRICE * 1.02), "too near"),
         (_stop(stop_price=PRICE * 1.09), "too far"),
         (_stop(side="sell", stop_price=PRICE * 0.95), "wrong side"),
     ],
@@ -287,6 +286,14 @@ def test_stops_that_no_longer_fit_are_replaced(stop, why):
     (action,) = plan_stop_maintenance([_pos()], [stop], StopSettings(distance_pct=5.0, replace_band_pct=1.5))
     assert action.kind == "replace" and why in action.reason
     assert action.wanted.amount == 2.0 and [o.id for o in action.cancels] == ["s1"]
+
+
+def test_a_stop_the_mark_moved_towards_is_kept_not_moved_away():
+    # Short at 60,000 with its buy stop at 63,000; the mark rose to 61,800: the stop is now 1.9 % away
+    # (wanted 5 % = 64,890). Replacing it would loosen the protection while the position loses.
+    position = _pos().model_copy(update={"mark_price": 61_800.0})
+    (action,) = plan_stop_maintenance([position], [_stop(stop_price=63_000.0)], StopSettings(distance_pct=5.0))
+    assert action.kind == "keep" and not action.changes_anything
 
 
 def test_duplicate_stops_keep_the_closest_fit_and_cancel_the_rest():

@@ -17,8 +17,10 @@ is running. Per (venue, symbol) the rules are:
 
 A stop *fits* when it closes the position's side, its size equals the
 position's within `size_tolerance_pct` (a size change means a replacement),
-and its trigger is within `replace_band_pct` percentage points of the mark
-from where a new stop would go (otherwise it is "too near" or "too far").
+and its trigger is no more than `replace_band_pct` percentage points of the mark
+further from the mark than a new stop would go (otherwise it is "too far" and
+trails the mark). A stop nearer than wanted is kept: the mark moved against the
+position, and a protective stop only ever tightens.
 
 Protective stops are recognised as reduce-only `stop_market` orders: the
 hedge job is the only writer of those on the desk's accounts (the stop-loss
@@ -108,10 +110,12 @@ def misfit(stop: Order, wanted: HedgeOrder, position: Position, settings: StopSe
     mark = position.mark_price
     assert wanted.stop_price is not None
     off = abs(stop.stop_price - wanted.stop_price) / mark * 100.0
-    if off > settings.replace_band_pct:
-        have, want = _distance_pct(stop.stop_price, mark), _distance_pct(wanted.stop_price, mark)
-        verdict = "too near" if have < want else "too far"
-        return f"{verdict}: trigger {stop.stop_price:g} is {have:.2f}% from mark {mark:g}, wanted {want:.2f}%"
+    have, want = _distance_pct(stop.stop_price, mark), _distance_pct(wanted.stop_price, mark)
+    if off > settings.replace_band_pct and have > want:
+        # The mark moved the position's way: the stop trails it (tightens).
+        return f"too far: trigger {stop.stop_price:g} is {have:.2f}% from mark {mark:g}, wanted {want:.2f}%"
+    # Nearer than wanted means the mark moved against the position: the stop stays where it is.
+    # Moving it away would loosen the protection run after run while the position keeps losing.
     return None
 
 
