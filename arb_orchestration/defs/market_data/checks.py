@@ -120,7 +120,7 @@ def balance_floors_outcome(venue: str, free_by_asset: Mapping[str, float], floor
     for asset, floor in sorted(wanted.items()):
         free = float(free_by_asset.get(asset, 0.0))
         headroom = (free - floor) / floor * 100
-        if free < floor:
+        if not free >= floor:  # a NaN (unreadable) balance is below every floor, not above it
             status = "below"
             below.append(f"{asset} {_amount(free)} < {_amount(floor)}")
         elif headroom < floors.warn_headroom_pct:
