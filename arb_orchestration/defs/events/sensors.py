@@ -64,7 +64,6 @@ from arb_orchestration.domain.events import (
     parse_event,
 )
 from arb_orchestration.domain.funding import FundingDeviation
-from arb_orchestration.saga.kill_switch import trading_paused
 from arb_orchestration.domain.triggers import (
     Action,
     AdmissionCheck,
@@ -78,6 +77,7 @@ from arb_orchestration.domain.triggers import (
     route_event,
     utc_now,
 )
+from arb_orchestration.saga.kill_switch import trading_paused
 
 log = logging.getLogger("arb_orchestration.defs.events")
 
