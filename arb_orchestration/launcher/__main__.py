@@ -66,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from arb_orchestration.launcher.worker import WarmWorker, WorkerOptions
 
+    address = WorkerAddress.parse(args.address)
+    if address.kind == "tcp" and not os.environ.get(args.token_env):
+        parser.error(f"listening on TCP needs a shared token: ${args.token_env} is not set")  # before the warm-up
     worker = WarmWorker(WorkerOptions(
-        address=WorkerAddress.parse(args.address),
+        address=address,
         modules=args.modules or [DEFAULT_MODULE],
         advertise=args.advertise,
         token=os.environ.get(args.token_env) or None,

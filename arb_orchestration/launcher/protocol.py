@@ -102,6 +102,12 @@ class WorkerAddress:
             try:
                 sock.settimeout(timeout)
                 sock.connect(self.path)
+                uid = peer_uid(sock)
+                if not uid_trusted(uid):
+                    # Whoever listens there is not us (e.g. squatting the per-home socket path in
+                    # the temp dir): it would get the token and could swallow the run.
+                    raise PermissionError(f"the process listening on {self.path} runs as uid {uid}, "
+                                          f"not {os.getuid()}: not trusted")
             except BaseException:
                 sock.close()
                 raise
@@ -109,6 +115,19 @@ class WorkerAddress:
         sock = socket.create_connection((self.host, self.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED); None elsewhere."""
+    if sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
+
+
+def uid_trusted(uid: int | None) -> bool:
+    """A unix-socket peer may talk to us when it runs as our user (or root); None: not a unix socket."""
+    return uid is None or uid in (os.getuid(), 0)
 
 
 def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:

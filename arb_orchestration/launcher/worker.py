@@ -61,9 +61,11 @@ from arb_orchestration.launcher.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
     WorkerAddress,
+    peer_uid,
     recv_frame,
     send_frame,
     token_matches,
+    uid_trusted,
 )
 
 log = logging.getLogger("arb_orchestration.launcher.worker")
@@ -237,6 +239,11 @@ class WarmWorker:
             sock.bind(str(path))
             os.chmod(path, 0o600)  # only the user running Dagster may launch runs through it
         else:
+            if not self.options.token:
+                # Anyone who can reach the port could make this process run a job with the
+                # credentials it holds: over TCP a shared token is mandatory.
+                raise RuntimeError(f"refusing to listen on {address} without a token "
+                                   "(set ARB_WARM_WORKER_TOKEN, or --token-env)")
             family = socket.AF_INET6 if ":" in (address.host or "") else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -291,6 +298,10 @@ class WarmWorker:
         except (BlockingIOError, InterruptedError):
             return
         with conn:
+            uid = peer_uid(conn)
+            if not uid_trusted(uid):  # the socket is 0600, but only after bind(): never trust a stranger
+                log.warning("refused a connection from uid %s (this worker runs as uid %s)", uid, os.getuid())
+                return
             conn.setblocking(True)
             conn.settimeout(5.0)  # a stuck client must not hold the (single-threaded) worker
             try:
