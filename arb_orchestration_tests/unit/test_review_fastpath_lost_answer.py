@@ -25,43 +25,17 @@ import time
 import pytest
 from dagster import DagsterEvent, DagsterEventType
 from dagster._core.code_pointer import ModuleCodePointer
-from dagster._core.launcher import LaunchRunContext, RunLauncher
+from dagster._core.launcher import LaunchRunContext
 from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.test_utils import create_run_for_test, instance_for_test
-from dagster._serdes import ConfigurableClass
 
 from arb_orchestration.launcher import FAST_PATH_TAG, WarmWorkerRunLauncher
 from arb_orchestration.launcher.protocol import PROTOCOL_VERSION, recv_frame, send_frame
 from arb_orchestration.launcher.worker import Child, WarmWorker, WorkerOptions
 from arb_orchestration.launcher.protocol import WorkerAddress
+from arb_orchestration_tests.unit.test_launcher import FALLBACK, RecordingLauncher
 
 MODULE = "arb_orchestration.definitions"
-
-
-class Fallback(RunLauncher, ConfigurableClass):
-    calls: list[str] = []
-
-    def __init__(self, inst_data=None):
-        self._inst_data = inst_data
-        super().__init__()
-
-    @property
-    def inst_data(self):
-        return self._inst_data
-
-    @classmethod
-    def config_type(cls):
-        return {}
-
-    @classmethod
-    def from_config_value(cls, inst_data, config_value):
-        return cls(inst_data=inst_data)
-
-    def launch_run(self, context: LaunchRunContext) -> None:
-        Fallback.calls.append(context.dagster_run.run_id)
-
-    def terminate(self, run_id: str) -> bool:
-        return True
 
 
 class ThreadedFakeWorker:
@@ -120,7 +94,7 @@ def fake_worker():
 
 @pytest.fixture(autouse=True)
 def _fresh():
-    Fallback.calls = []
+    RecordingLauncher.calls = []
 
 
 def _starting_run(instance):
@@ -140,7 +114,7 @@ def _instance(address):
     return instance_for_test(overrides={"run_launcher": {
         "module": "arb_orchestration.launcher", "class": "WarmWorkerRunLauncher",
         "config": {"worker_address": address, "connect_timeout_seconds": 0.5, "request_timeout_seconds": 0.3,
-                   "fallback": {"module": __name__, "class": "Fallback"}}}})
+                   "fallback": FALLBACK}}})
 
 
 def test_lost_answer_for_a_run_the_worker_forked_is_not_launched_again(fake_worker):
@@ -165,7 +139,7 @@ def test_lost_answer_for_a_run_the_worker_forked_is_not_launched_again(fake_work
         run = _starting_run(instance)
         began = time.monotonic()
         instance.run_launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
-        assert Fallback.calls == [], "the run was launched a second time by the fallback launcher"
+        assert RecordingLauncher.calls == [], "the run was launched a second time by the fallback launcher"
         placement = WarmWorkerRunLauncher.placement(instance.get_run_by_id(run.run_id))
         assert placement["pid"] == 4242 and placement["ticks"] == 99 and placement["host"] == "pod-a"
         assert time.monotonic() - began < 2.5  # no blind wait for STARTING to change
@@ -183,7 +157,7 @@ def test_lost_answer_for_a_run_the_worker_does_not_know_still_falls_back(fake_wo
     with _instance(f"unix:{server.path}") as instance:
         run = _starting_run(instance)
         instance.run_launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
-        assert Fallback.calls == [run.run_id]
+        assert RecordingLauncher.calls == [("launch", run.run_id)]
         assert WarmWorkerRunLauncher.placement(instance.get_run_by_id(run.run_id)) is None
 
 
