@@ -25,7 +25,8 @@
    cancel the old), cancel for closed positions, decided from what the venues
    report now. Every venue is worked even when one fails; a refused stop is a
    business error (a position without its safety net needs a human), a
-   transient one a retry. While trading is paused the step leaves the venues
+   transient one a retry, and so is a position whose mark price is unusable
+   (no stop can be computed for it; reported, the others still worked). While trading is paused the step leaves the venues
    to the emergency stop-loss.
 4. `record_hedge` records the normalised rates this hedge ran at for the funding
    sensor (`baselines.py`) and posts the run's markdown summary.
@@ -98,6 +99,11 @@ class StopsNotPlaced(BusinessError):
 
 class StopsIncomplete(TransientError):
     """Some stop could not be worked for a transient reason; the others were. Retried (same ids)."""
+
+
+class StopsUncomputable(StopsIncomplete):
+    """A position's mark is unusable (<= 0, not finite), so no stop can be computed for it; the others were
+    worked. Retried like any incomplete stops step: a re-read may bring a usable mark; the last attempt fails."""
 
 
 def _config(ctx: Any) -> HedgeConfig:
@@ -413,7 +419,19 @@ def maintain_protective_stops(ctx: StepContext, exchange: ExchangeResource, hedg
     rows: list[dict] = []
     refused: list[str] = []
     transient: list[str] = []
+    problems: list[str] = []
     for action in actions:
+        if action.kind == "problem":
+            # Nothing is sent for this (venue, symbol); the others are still worked, and the step fails below.
+            problems.append(f"{action.venue} {action.symbol}: {action.reason}")
+            rows.append({"venue": action.venue, "symbol": action.symbol, "action": action.kind,
+                         "reason": action.reason,
+                         "position": f"{action.position.side} {action.position.size:g}" if action.position else "none",
+                         "mark": action.position.mark_price if action.position else None,
+                         "order_id": action.existing.id if action.existing else None,
+                         "outcome": "NOT PROTECTED: no stop computed; resting stops left as they are"})
+            ctx.log.error(f"stop {action.venue} {action.symbol}: {action.reason}")
+            continue
         if cfg.dry_run:
             wanted = action.wanted
             rows.append({"venue": action.venue, "symbol": action.symbol, "action": action.kind, "reason": action.reason,
@@ -433,7 +451,7 @@ def maintain_protective_stops(ctx: StepContext, exchange: ExchangeResource, hedg
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["action"]] = counts.get(row["action"], 0) + 1
-    protected = sum(1 for a in actions if a.position is not None)
+    protected = sum(1 for a in actions if a.position is not None and a.kind != "problem")
     for row in rows:
         if row["action"] != "keep" or row.get("cancelled"):
             ctx.log.info(f"stop {row['venue']} {row['symbol']}: {row['action']} — {row.get('outcome')} ({row['reason']})")
@@ -445,12 +463,16 @@ def maintain_protective_stops(ctx: StepContext, exchange: ExchangeResource, hedg
             "stops_maintained": protected,
             **{f"stops_{kind}": n for kind, n in sorted(counts.items())},
             **({"refused": "\n".join(refused)} if refused else {}),
+            **({"unprotected": "\n".join(problems)} if problems else {}),
         },
     )
+    uncomputable = ("; no stop computed for " + "; ".join(problems)) if problems else ""
     if refused:
-        raise StopsNotPlaced("protective stop(s) refused: " + "; ".join(refused))
+        raise StopsNotPlaced("protective stop(s) refused: " + "; ".join(refused) + uncomputable)
     if transient:
-        raise StopsIncomplete("protective stop(s) not worked yet: " + "; ".join(transient))
+        raise StopsIncomplete("protective stop(s) not worked yet: " + "; ".join(transient) + uncomputable)
+    if problems:
+        raise StopsUncomputable("no protective stop computed for " + "; ".join(problems))
     return {"stops": rows, "counts": counts, "positions_protected": protected, "dry_run": cfg.dry_run}
 
 

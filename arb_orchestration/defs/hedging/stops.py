@@ -13,7 +13,11 @@ is running. Per (venue, symbol) the rules are:
 * a position and stops that do not fit → replace: create the new stop first,
   then cancel the old ones, so the position is never unprotected (both are
   reduce-only: the venue clamps a stop to what is left, so two can never
-  over-close).
+  over-close);
+* a position no stop can be computed for (its mark price is <= 0 or not
+  finite) → a `problem`: nothing is sent for that (venue, symbol), its resting
+  stops stay as they are, and the step reports it and fails after working the
+  others (one bad quote must not leave every other venue's stops unmaintained).
 
 A stop *fits* when it closes the position's side, its size equals the
 position's within `size_tolerance_pct` (a size change means a replacement),
@@ -39,7 +43,7 @@ from typing import Literal
 from arb_orchestration.domain.hedging import HedgeOrder, protective_stop
 from arb_orchestration.domain.models import Order, Position
 
-StopActionKind = Literal["keep", "create", "replace", "cancel"]
+StopActionKind = Literal["keep", "create", "replace", "cancel", "problem"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,8 @@ class StopAction:
 
     `keep`: `existing` stays. `create`: place `wanted`. `replace`: place
     `wanted`, then cancel `existing` (and `also_cancel`). `cancel`: cancel
-    `existing` (and `also_cancel`).
+    `existing` (and `also_cancel`). `problem`: no stop can be computed for
+    `position` (`reason` says why); nothing is sent, resting stops stay.
     """
 
     kind: StopActionKind
@@ -87,7 +92,7 @@ class StopAction:
 
     @property
     def changes_anything(self) -> bool:
-        return self.kind != "keep" or bool(self.also_cancel)
+        return self.kind not in ("keep", "problem") or bool(self.also_cancel)
 
 
 def is_protective_stop(order: Order) -> bool:
@@ -143,7 +148,16 @@ def plan_stop_maintenance(
                            existing=resting[0], also_cancel=tuple(resting[1:]))
             )
             continue
-        wanted = protective_stop(position, settings.distance_pct, liquidation_buffer_pct=settings.liquidation_buffer_pct)
+        try:
+            wanted = protective_stop(position, settings.distance_pct,
+                                     liquidation_buffer_pct=settings.liquidation_buffer_pct)
+        except ValueError as exc:
+            # Settings are validated in StopSettings and the size is above dust here, so this is the
+            # position's own data (a mark <= 0 or not finite). Leave its resting stops alone: one that
+            # rests still protects better than none.
+            actions.append(StopAction("problem", venue, symbol, f"no stop can be computed: {exc}",
+                                      position=position, existing=resting[0] if resting else None))
+            continue
         if not resting:
             actions.append(StopAction("create", venue, symbol, f"no stop on the position; {wanted.reason}",
                                       position=position, wanted=wanted))
