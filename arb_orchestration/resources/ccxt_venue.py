@@ -555,14 +555,25 @@ class CcxtVenueClient(VenueClient):
             )
         return positions
 
-    def _interval_hours(self, interval: str | None) -> float | None:
+    def _interval_hours(self, interval: str | None, symbol: str, source: str) -> float | None:
+        """Hours in a venue's funding interval ("8h", "480m", "1d"); None when absent or not understood.
+
+        A value that is there but not understood is logged (venue, symbol, raw value): the caller
+        then uses the next source or the default interval, which would silently mis-normalise the
+        rate if the venue's real interval differs. Funding data must not stop the hedge, so it is a
+        warning, not an error.
+        """
         if not interval:
             return None
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([hm])", str(interval).strip().lower())
-        if not match:
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([hmd])", str(interval).strip().lower())
+        value = float(match.group(1)) if match else 0.0
+        if not match or value <= 0:
+            log.warning(
+                "%s (%s): funding interval %r for %s from %s not understood; using the next source or the default",
+                self.name, self.config.exchange_id, interval, symbol, source,
+            )
             return None
-        value = float(match.group(1))
-        return value if match.group(2) == "h" else value / 60.0
+        return {"h": value, "m": value / 60.0, "d": value * 24.0}[match.group(2)]
 
     def fetch_funding_rates(self) -> list[FundingRate]:
         def fetch(ex) -> list[FundingRate]:
@@ -580,7 +591,11 @@ class CcxtVenueClient(VenueClient):
             for symbol, r in sorted(rates.items()):
                 if r.get("fundingRate") is None:
                     continue
-                hours = self._interval_hours(r.get("interval")) or self._interval_hours(intervals.get(symbol)) or fallback
+                hours = (
+                    self._interval_hours(r.get("interval"), symbol, "fetch_funding_rates")
+                    or self._interval_hours(intervals.get(symbol), symbol, "fetch_funding_intervals")
+                    or fallback
+                )
                 if not hours:
                     raise BusinessError(
                         f"{self.name}: no funding interval for {symbol}; set default_funding_interval_hours",
