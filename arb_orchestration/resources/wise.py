@@ -395,17 +395,38 @@ class WiseResource(ConfigurableResource):
     # ----------------------------------------------------------- recipients
 
     def _lookup_recipient(self, currency: str, iban: str, holder: str | None) -> Recipient | None:
-        body = self._request("GET", "/v2/accounts", params={"profile": self.profile_id, "currency": currency})
+        # GET /v2/accounts is paged by seek position (Wise answers 20 per page unless `size` asks
+        # otherwise): follow `seekPositionForNext` until it is absent, newest first so a recipient
+        # created just before a timeout is on the first page. Bounded by `lookup_max_pages`; reading
+        # only the first page made a profile with many recipients get a duplicate.
         wanted = _normalise_iban(iban)
-        for item in body.get("content", []) if isinstance(body, dict) else body:
-            recipient = Recipient.model_validate(item)
-            if (
-                recipient.active
-                and recipient.currency == currency
-                and _normalise_iban(recipient.iban or "") == wanted
-                and (holder is None or recipient.account_holder_name.strip().lower() == holder.strip().lower())
-            ):
-                return recipient
+        seek: Any = None
+        for _ in range(self.lookup_max_pages):
+            params: dict[str, Any] = {
+                "profile": self.profile_id, "currency": currency, "size": self.lookup_page_size, "sort": "id,desc",
+            }
+            if seek is not None:
+                params["seekPosition"] = seek
+            body = self._request("GET", "/v2/accounts", params=params)
+            items = body.get("content", []) if isinstance(body, dict) else body
+            for item in items:
+                recipient = Recipient.model_validate(item)
+                if (
+                    recipient.active
+                    and recipient.currency == currency
+                    and _normalise_iban(recipient.iban or "") == wanted
+                    and (holder is None or recipient.account_holder_name.strip().lower() == holder.strip().lower())
+                ):
+                    return recipient
+            following = body.get("seekPositionForNext") if isinstance(body, dict) else None
+            if following is None or not items or following == seek:
+                return None
+            seek = following
+        log.warning(
+            "wise: no %s recipient for IBAN ...%s in the first %d pages of recipients (lookup_max_pages); "
+            "a new one may duplicate an older one",
+            currency, wanted[-4:], self.lookup_max_pages,
+        )
         return None
 
     def find_recipient(self, currency: str, iban: str, holder: str | None = None) -> Recipient | None:

@@ -10,7 +10,9 @@ would to the sandbox:
     POST /v3/profiles/{p}/quotes                         rate locked for `quote_ttl`
     GET  /v3/profiles/{p}/quotes/{quoteId}
     POST /v1/accounts                                    IBAN recipient
-    GET  /v2/accounts?profile=&currency=                 {"content": [...]}
+    GET  /v2/accounts?profile=&currency=&size=&seekPosition=&sort=
+                                                         {"content": [...], "size", "seekPositionForCurrent",
+                                                          "seekPositionForNext"}: a page (default 20)
     GET  /v2/accounts/{id}
     POST /v1/transfers                                   idempotent on customerTransactionId
     GET  /v1/transfers?profile=&status=&limit=&offset=   newest first
@@ -99,6 +101,10 @@ class PayoutSink(Protocol):
 
 
 Deliver = Callable[[str, str, float], bool]
+
+
+# GET /v2/accounts answers at most this many recipients per page unless `size` asks otherwise (Wise's default).
+DEFAULT_RECIPIENT_PAGE_SIZE = 20
 
 
 class WiseApiError(Exception):
@@ -1106,9 +1112,32 @@ class WiseSimulator:
         return SimResponse(200, recipient.to_v1())
 
     def _op_list_recipients(self, params, query, body) -> SimResponse:
+        # Wise pages this listing by seek position: `size` recipients (20 unless asked), from the
+        # recipient id `seekPosition` on, in `sort` order (id,asc or id,desc); the answer's
+        # `seekPositionForNext` (absent on the last page) is the next call's `seekPosition`.
         profile = query.get("profile") or query.get("profileId")
-        items = self.state.list_recipients(int(profile) if profile else None, query.get("currency"))
-        return SimResponse(200, {"content": [r.to_v2() for r in items], "size": len(items)})
+        try:
+            size = int(query.get("size", DEFAULT_RECIPIENT_PAGE_SIZE))
+            seek = int(query["seekPosition"]) if query.get("seekPosition") else None
+        except ValueError:
+            raise WiseApiError(422, "NOT_VALID", "size and seekPosition must be integers") from None
+        if size < 1:
+            raise WiseApiError(422, "NOT_VALID", "size must be positive", "size")
+        sort = query.get("sort", "id,asc").replace(" ", "").lower()
+        if sort not in ("id,asc", "id,desc"):
+            raise WiseApiError(422, "NOT_VALID", f"unsupported sort {sort!r} (the simulator sorts by id)", "sort")
+        descending = sort == "id,desc"
+        items = sorted(self.state.list_recipients(int(profile) if profile else None, query.get("currency")),
+                       key=lambda r: r.id, reverse=descending)
+        if seek is not None:
+            items = [r for r in items if (r.id <= seek if descending else r.id >= seek)]
+        page, rest = items[:size], items[size:]
+        answer: dict = {"content": [r.to_v2() for r in page], "size": len(page)}
+        if page:
+            answer["seekPositionForCurrent"] = page[0].id
+        if rest:
+            answer["seekPositionForNext"] = rest[0].id
+        return SimResponse(200, answer)
 
     def _op_get_recipient(self, params, query, body) -> SimResponse:
         return SimResponse(200, self.state.get_recipient(int(params["rid"])).to_v2())
