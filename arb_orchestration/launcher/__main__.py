@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: $ARB_WARM_WORKER_ADVERTISE)")
     parser.add_argument("-m", "--module", dest="modules", action="append",
                         help=f"code location module to import and serve (default {DEFAULT_MODULE})")
+    parser.add_argument("--job", dest="jobs", action="append", default=[], metavar="NAME",
+                        help="a job this worker may run (repeatable; default: the jobs of the modules whose "
+                             "tags carry arb/fast_path=true, i.e. emergency_stop_loss_saga)")
     parser.add_argument("--token-env", default="ARB_WARM_WORKER_TOKEN",
                         help="environment variable holding the shared token (default ARB_WARM_WORKER_TOKEN; unset: no token)")
     parser.add_argument("--image", default=os.environ.get("DAGSTER_CURRENT_IMAGE"),
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         restart_when_stale=not args.no_restart_when_stale,
         warm_imports=args.warm_import,
         watch_paths=args.watch,
+        jobs=args.jobs,
     ))
     worker.check_address_free()  # a second worker fails now, not after its warm-up
     worker.warm_up()

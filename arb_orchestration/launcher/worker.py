@@ -13,6 +13,15 @@ on already in memory. Then it serves the protocol of `launcher.protocol`:
   changed since the import, the run belongs to a code location this worker did
   not import, the image differs, or a thread is alive (fork is only safe with
   none: no thread, no gRPC channel, no open database connection is held here).
+  The request is not trusted beyond naming a run id: the worker loads that run
+  from its OWN instance and forks only a stored run that is not started yet,
+  carries the fast-path tag, is one of the jobs this worker serves (default:
+  the jobs of its code locations whose definition carries the fast-path tag,
+  i.e. the stop-loss) and whose stored code origin is a module it imported.
+  The request's `instance_ref` must be this worker's own instance: the child
+  always runs with the instance the worker opened, never with one built from
+  the request (which would import whatever class the client names and read
+  runs from the client's storage, with the trading secrets in its environment).
 * `health` — RUNNING / SUCCESS / FAILED of a run's child, from the exit status
   it reaped, or, for a child it does not remember (it restarted since), from
   the (pid, start time) pair recorded in the run's tags.
@@ -56,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from arb_orchestration.launcher.process import host_identity, is_alive, start_ticks
-from arb_orchestration.launcher.tags import WARM_CHILD_ENV
+from arb_orchestration.launcher.tags import FAST_PATH_TAG, FAST_PATH_VALUE, WARM_CHILD_ENV, is_fast_path
 from arb_orchestration.launcher.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
@@ -113,6 +122,9 @@ class WorkerOptions:
     restart_when_stale: bool = True
     watch_paths: list[Path] = field(default_factory=list)  # default: the packages of `modules`
     warm_imports: list[str] = field(default_factory=list)  # lazily imported by runs (e.g. ccxt): import now
+    # The jobs this worker may run (in any of `modules`); empty: the fast-path jobs of `modules`,
+    # i.e. those whose definition tags carry arb/fast_path=true (the stop-loss saga).
+    jobs: list[str] = field(default_factory=list)
 
 
 def _inherited_children() -> list[Child]:
@@ -186,6 +198,9 @@ class WarmWorker:
         # uses it instead of building its own (no connection is open between calls: NullPool).
         self.instance = None
         self.instance_key: str | None = None
+        # module -> names of the jobs of that code location this worker runs (see WorkerOptions.jobs);
+        # filled by the warm-up, or on the first launch when there was none.
+        self.served_jobs: dict[str, frozenset[str]] | None = None
         self.launches = 0
         self._listener: socket.socket | None = None
         self._stopping = False
@@ -205,8 +220,11 @@ class WarmWorker:
                 timings[name] = round(time.perf_counter() - began, 3)
 
         timed("import_dagster", _import_run_worker_machinery)
+        served: dict[str, frozenset[str]] = {}
         for module in self.options.modules:
-            timed(f"load:{module}", lambda m=module: _load_code_location(m))
+            fast = timed(f"load:{module}", lambda m=module: _load_code_location(m))
+            served[module] = frozenset(self.options.jobs or fast)
+        self.served_jobs = served
         if self.options.warm:
             timed("throwaway_run", _throwaway_run)
             timed("http_client", _warm_http_client)
@@ -351,7 +369,62 @@ class WarmWorker:
             "warm_up": self.warm_timings,
             "launches": self.launches,
             "running": sorted(c.run_id for c in self.children.values() if c.exit_code is None),
+            "jobs": {m: sorted(j) for m, j in (self.served_jobs or {}).items()},
         }
+
+    def jobs_served(self) -> dict[str, frozenset[str]]:
+        """module -> the job names this worker runs; resolved once (the warm-up does it already)."""
+        if self.served_jobs is None:
+            self.served_jobs = {
+                module: frozenset(self.options.jobs or _load_code_location(module, plans=False))
+                for module in self.options.modules
+            }
+        return self.served_jobs
+
+    def check_run(self, run_id: str, payload: str) -> tuple[str | None, bool]:
+        """(why this run must not be forked here or None, set_exit_code_on_failure).
+
+        Only the run id of the request is used: the run itself is read from this worker's own
+        instance, and the request's instance_ref must name that instance.
+        """
+        from dagster._core.storage.dagster_run import DagsterRunStatus
+        from dagster._grpc.types import ExecuteRunArgs
+        from dagster._serdes import deserialize_value, serialize_value
+
+        if self.instance is None or self.instance_key is None:
+            return "this worker has no instance of its own (DAGSTER_HOME unset): it cannot check the run", False
+        try:
+            args = deserialize_value(payload, ExecuteRunArgs)
+        except Exception as exc:
+            return f"launch args are not ExecuteRunArgs ({type(exc).__name__})", False
+        if args.run_id != run_id:
+            return f"launch args name run {args.run_id!r}, the request {run_id!r}", False
+        if args.instance_ref is None or serialize_value(args.instance_ref) != self.instance_key:
+            # The child would have to build that instance: import the storage classes the request
+            # names and read the run from storage this worker does not know. Never.
+            return ("the run's instance (instance_ref) is not this worker's instance: it only runs runs of its "
+                    "own DAGSTER_HOME"), False
+        run = self.instance.get_run_by_id(run_id)
+        if run is None:
+            return f"run {run_id} is not in this worker's instance", False
+        if run.status not in (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING):
+            return f"run {run_id} is {run.status.value}, not waiting to start", False
+        if not is_fast_path(run.tags, FAST_PATH_TAG, FAST_PATH_VALUE):
+            return f"run {run_id} is not tagged {FAST_PATH_TAG}={FAST_PATH_VALUE}", False
+        origin = run.job_code_origin
+        pointer = origin.repository_origin.code_pointer if origin is not None else None
+        module = getattr(pointer, "module", None)
+        served = self.jobs_served()
+        if module not in served:
+            return (f"the stored run's code location module {module!r} is not one this worker imported "
+                    f"({self.options.modules})"), False
+        if run.job_name not in served[module]:
+            return f"job {run.job_name!r} is not one this worker runs ({sorted(served[module])})", False
+        image = (origin.repository_origin.container_image if origin is not None else None) or run.tags.get(
+            "dagster/image")
+        if image and self.options.image and image != self.options.image:
+            return f"run image {image} differs from the worker's {self.options.image}", False
+        return None, bool(args.set_exit_code_on_failure)
 
     def refusal(self, request: dict[str, Any]) -> str | None:
         """Why this worker must not run this request (None: it may)."""
@@ -382,6 +455,10 @@ class WarmWorker:
         why = self.refusal(request)
         if why:
             return {"ok": False, "error": why}
+        why, set_exit_code = self.check_run(run_id, payload)
+        if why:
+            log.warning("run %s refused: %s", run_id, why)
+            return {"ok": False, "error": why}
         if conn is not None and _peer_gone(conn):
             # The launcher stopped waiting (this worker was hung or busy past its request timeout)
             # and hands the run to its fallback launcher: forking now would start it twice.
@@ -391,7 +468,7 @@ class WarmWorker:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # the child: never returns
-            self._run_child(payload, conn)
+            self._run_child(run_id, set_exit_code, conn)
         self.launches += 1
         child = Child(run_id=run_id, pid=pid, ticks=start_ticks(pid), launched_at=time.time())
         self.children[run_id] = child
@@ -400,7 +477,7 @@ class WarmWorker:
         return {"ok": True, "pid": pid, "ticks": child.ticks, "host": self.host, "address": self.advertise,
                 "worker_pid": os.getpid()}
 
-    def _run_child(self, payload: str, conn: socket.socket | None) -> None:
+    def _run_child(self, run_id: str, set_exit_code: bool, conn: socket.socket | None) -> None:
         code = 1
         try:
             # Dispositions are inherited: the worker's handlers would swallow a terminate.
@@ -424,11 +501,11 @@ class WarmWorker:
 
                 profiler = cProfile.Profile()
                 try:
-                    code = profiler.runcall(run_worker_entry_point, payload, self.instance, self.instance_key)
+                    code = profiler.runcall(run_worker_entry_point, run_id, self.instance, set_exit_code)
                 finally:
                     profiler.dump_stats(os.path.join(profile_dir, f"run-{os.getpid()}.prof"))
             else:
-                code = run_worker_entry_point(payload, self.instance, self.instance_key)
+                code = run_worker_entry_point(run_id, self.instance, set_exit_code)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
@@ -565,35 +642,20 @@ class WarmWorker:
 # --------------------------------------------------------------------------- what the child runs
 
 
-def run_worker_entry_point(payload: str, instance=None, instance_key: str | None = None) -> int:
-    """Dagster's own run worker, in this process: `dagster api execute_run <payload>`.
+def run_worker_entry_point(run_id: str, instance, set_exit_code_on_failure: bool = False) -> int:
+    """Dagster's own run worker, in this process, with the worker's instance.
 
-    When the run's instance is the one the worker already built (`instance_key`
-    is its serialized ref), the body of that command runs with it — the same
-    function the command calls once it has built the instance; otherwise the
-    command itself runs and builds its own.
+    The body of `dagster api execute_run` (`_execute_run_command_body`, the function the command
+    calls once it has built the instance) for a run the worker checked in its own instance
+    (`WarmWorker.check_run`). Never an instance built from the request.
     """
-    from dagster._grpc.types import ExecuteRunArgs
-    from dagster._serdes import deserialize_value, serialize_value
+    from dagster._cli.api import _execute_run_command_body
+    from dagster._utils.interrupts import capture_interrupts
 
-    args = deserialize_value(payload, ExecuteRunArgs)
-    if instance is not None and args.instance_ref is not None and serialize_value(args.instance_ref) == instance_key:
-        from dagster._cli.api import _execute_run_command_body
-        from dagster._utils.interrupts import capture_interrupts
-
-        with capture_interrupts():
-            return _execute_run_command_body(
-                args.run_id, instance, lambda _event: None,
-                set_exit_code_on_failure=bool(args.set_exit_code_on_failure),
-            )
-    from dagster._cli.api import execute_run_command
-
-    sys.argv = ["dagster", "api", "execute_run"]
-    try:
-        execute_run_command.main(args=[payload], prog_name="dagster api execute_run", standalone_mode=False)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
+    with capture_interrupts():
+        return _execute_run_command_body(
+            run_id, instance, lambda _event: None, set_exit_code_on_failure=set_exit_code_on_failure,
+        )
 
 
 # --------------------------------------------------------------------------- warm-up steps
@@ -607,21 +669,31 @@ def _import_run_worker_machinery() -> None:
     importlib.import_module("dagster._core.executor.multiprocess")
 
 
-def _load_code_location(module: str) -> None:
-    """Import the module and resolve what a run worker resolves: repository, jobs, execution plans."""
+def _load_code_location(module: str, plans: bool = True) -> list[str]:
+    """Import the module and resolve what a run worker resolves: repository, jobs, execution plans.
+
+    Returns the names of its fast-path jobs (definition tags carry arb/fast_path=true): the jobs
+    the worker runs unless told otherwise (`--job`).
+    """
     from dagster._core.definitions.reconstruct import ReconstructableRepository
     from dagster._core.execution.api import create_execution_plan
     from dagster._core.workspace.autodiscovery import loadable_targets_from_python_module
 
+    fast: list[str] = []
     for target in loadable_targets_from_python_module(module, working_directory=os.getcwd()):
         recon_repo = ReconstructableRepository.for_module(module, target.attribute, os.getcwd())
         repo = recon_repo.get_definition()
         for job in repo.get_all_jobs():
+            if is_fast_path({**(job.tags or {}), **(job.run_tags or {})}):
+                fast.append(job.name)
+            if not plans:
+                continue
             try:
                 # The same config machinery a run uses; jobs that require config just fail here.
                 create_execution_plan(recon_repo.get_reconstructable_job(job.name), run_config={})
             except Exception:
                 pass
+    return fast
 
 
 def _throwaway_run() -> None:

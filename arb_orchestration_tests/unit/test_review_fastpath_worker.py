@@ -21,6 +21,7 @@ import threading
 import time
 
 import pytest
+from dagster._core.test_utils import instance_for_test
 
 from arb_orchestration.launcher.process import start_ticks
 from arb_orchestration.launcher.protocol import (
@@ -32,6 +33,7 @@ from arb_orchestration.launcher.protocol import (
     send_frame,
 )
 from arb_orchestration.launcher.worker import Child, WarmWorker, WorkerOptions
+from arb_orchestration_tests.unit.test_fastpath_hardening_worker_trust import give_instance, launch_request, stored_run
 
 MODULE = "arb_orchestration.definitions"
 
@@ -80,34 +82,45 @@ def fake_fork(monkeypatch):
     return forks
 
 
-def _launch_request(run_id: str) -> dict:
-    return {"v": PROTOCOL_VERSION, "op": "launch", "run_id": run_id, "args": "{}", "module": MODULE}
+def _launch_request(run_id: str, instance=None) -> dict:
+    if instance is None:  # refused before the run is looked at (draining)
+        return {"v": PROTOCOL_VERSION, "op": "launch", "run_id": run_id, "args": "{}", "module": MODULE}
+    # The worker forks only a fast-path run stored in its own instance (test_fastpath_hardening_worker_trust).
+    return launch_request(stored_run(instance), instance)
 
 
-def test_worker_does_not_fork_a_launch_the_launcher_stopped_waiting_for(socket_dir, tmp_path, fake_fork):
-    worker = _worker(socket_dir, tmp_path)
+@pytest.fixture
+def instance():
+    with instance_for_test() as inst:
+        yield inst
+
+
+def test_worker_does_not_fork_a_launch_the_launcher_stopped_waiting_for(socket_dir, tmp_path, fake_fork, instance):
+    worker = give_instance(_worker(socket_dir, tmp_path), instance)
     worker.bind()
     try:
         # The launcher sent the request, waited request_timeout_seconds for a worker that was hung
         # (SIGSTOP, swapping, busy with a stuck client), gave up and closed: it now falls back.
         abandoned = worker.address.connect(1.0)
-        send_frame(abandoned, _launch_request("run-abandoned"))
+        abandoned_request = _launch_request("run-abandoned", instance)
+        send_frame(abandoned, abandoned_request)
         abandoned.close()
         # The worker comes back and reads the request from its backlog.
         worker._accept_one()
         assert fake_fork == [], "the worker forked a run the launcher had already handed to the fallback"
-        assert "run-abandoned" not in worker.children and worker.launches == 0
+        assert abandoned_request["run_id"] not in worker.children and worker.launches == 0
 
         # Control: a launcher that is still waiting gets its run.
         waiting = worker.address.connect(1.0)
         try:
-            send_frame(waiting, _launch_request("run-waiting"))
+            waiting_request = _launch_request("run-waiting", instance)
+            send_frame(waiting, waiting_request)
             worker._accept_one()
             waiting.settimeout(5)
             reply = recv_frame(waiting)
         finally:
             waiting.close()
-        assert reply["ok"] and fake_fork == [1] and "run-waiting" in worker.children
+        assert reply["ok"] and fake_fork == [1] and waiting_request["run_id"] in worker.children
     finally:
         worker._close_listener()
 
