@@ -110,7 +110,7 @@ def _raise_on_sca(response: httpx.Response) -> None:
 
 
 class _TokenSource:
-    """OAuth access tokens from `/oauth/token`, cached until `margin` seconds before they expire."""
+    """OAuth access tokens from `/oauth/token`, cached until shortly before they expire (`refresh_margin`)."""
 
     def __init__(self, resource: "ProductionWiseResource"):
         self._resource = resource
@@ -124,8 +124,19 @@ class _TokenSource:
             if force or self._token is None or time.monotonic() >= self._expires_at:
                 self._token, lifetime = self._fetch()
                 self.fetches += 1
-                self._expires_at = time.monotonic() + max(0.0, lifetime - self._resource.token_refresh_margin_seconds)
+                self._expires_at = time.monotonic() + max(0.0, lifetime - self.refresh_margin(lifetime))
             return self._token
+
+    def refresh_margin(self, lifetime: float) -> float:
+        """How long before expiry a token of `lifetime` seconds is refreshed.
+
+        The fixed margin (6 h, for Wise's 12 h tokens), but never more than a fraction of the
+        lifetime: a token that lives less than the margin would otherwise be "about to expire" from
+        the start and be replaced on every request -- and minting one invalidates the previous one,
+        which other processes (each step has its own cache) are still using.
+        """
+        r = self._resource
+        return min(r.token_refresh_margin_seconds, max(0.0, lifetime) * r.token_refresh_margin_fraction)
 
     def _fetch(self) -> tuple[str, float]:
         r = self._resource
@@ -185,6 +196,10 @@ class ProductionWiseResource(WiseResource):
     client_secret: str = Field(default="", repr=False, description="EnvVar('WISE_OAUTH_CLIENT_SECRET').")
     refresh_token: str = Field(default="", repr=False, description="EnvVar('WISE_OAUTH_REFRESH_TOKEN').")
     token_refresh_margin_seconds: float = Field(default=6 * 3600.0, description="Refresh this long before expiry (Wise: 6 h of 12 h).")
+    token_refresh_margin_fraction: float = Field(
+        default=0.5, ge=0.0, lt=1.0,
+        description="...but at most this fraction of the token's lifetime, so a short-lived token is reused for a while.",
+    )
     profile_type: Literal["BUSINESS", "PERSONAL"] = "BUSINESS"
     verify_profile_on_setup: bool = True
     mtls_cert_path: str = Field(default="", description="Client certificate (PEM) where Wise requires mTLS (OAuth partners).")
