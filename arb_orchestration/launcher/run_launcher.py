@@ -21,15 +21,22 @@ lost to the fast path. Runs without the tag go to the fallback directly.
 
 Where a worker run lives is written to its `arb/warm_worker` tag; health
 checks (run monitoring) and terminate go to that worker, and when it cannot be
-reached from the same host, to the process itself by (pid, start time).
+reached from the same host, to the process itself by (pid, start time). From
+another host (Kubernetes) an unreachable worker is tolerated for
+`unreachable_grace_seconds` since the last answer about the run (RUNNING, with
+a warning in the run's event log), then reported UNKNOWN; a worker that
+answers is believed at once, whatever it says.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +52,13 @@ from arb_orchestration.launcher.protocol import WorkerAddress, WorkerUnavailable
 from arb_orchestration.launcher.tags import FAST_PATH_TAG, FAST_PATH_VALUE, WARM_WORKER_TAG, is_fast_path
 
 _HEALTH_ATTEMPTS = 3  # a blip must not fail a running stop-loss: retry before answering UNKNOWN
+# Default unreachable grace = 2 x run_monitoring.poll_interval_seconds + this margin (see
+# `unreachable_grace_seconds`): survives two monitoring passes that cannot reach the worker.
+_GRACE_MARGIN_SECONDS = 5.0
+_GRACE_FALLBACK_SECONDS = 25.0  # no instance to read the poll interval from (2 x 10 s prod poll + 5)
+_HEALTH_MEMORY = 4096  # runs whose last health answer is remembered
+
+log = logging.getLogger(__name__)
 
 
 def run_module(run: DagsterRun) -> str | None:
@@ -72,6 +86,7 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
         request_timeout_seconds: float = 5.0,
         token: str | None = None,
         fallback: Mapping[str, Any] | None = None,
+        unreachable_grace_seconds: float | None = None,
         inst_data: ConfigurableClassData | None = None,
     ):
         self._inst_data = inst_data
@@ -83,6 +98,12 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
         self._token = token or None
         self._fallback_config = dict(fallback) if fallback else None
         self._fallback: RunLauncher | None = None
+        self._configured_grace = unreachable_grace_seconds
+        # run id -> monotonic time of the last health answer from its worker, or of the first
+        # unreachable check when this process never had one (it started after the run did).
+        self._health_since: OrderedDict[str, tuple[float, bool]] = OrderedDict()
+        self._health_lock = threading.Lock()
+        self._clock = time.monotonic
         super().__init__()
 
     # ------------------------------------------------------------------ configuration
@@ -104,6 +125,13 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
             "connect_timeout_seconds": Field(float, is_required=False, default_value=0.5),
             "request_timeout_seconds": Field(float, is_required=False, default_value=5.0),
             "token": Field(StringSource, is_required=False, description="Shared secret; use {env: VAR}."),
+            "unreachable_grace_seconds": Field(
+                float, is_required=False,
+                description="How long a run's warm worker may be unreachable from another host (network "
+                "blip, busy pod) before its health is UNKNOWN (run monitoring then fails the run); until "
+                "then it is reported RUNNING with a warning. Counted from the last answer about the run. "
+                "Default: 2 x run_monitoring.poll_interval_seconds + 5.",
+            ),
             "fallback": Field(
                 {"module": str, "class": str, "config": Field(Permissive(), is_required=False)},
                 is_required=False,
@@ -147,6 +175,15 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
                 return None
             text = "unix:" + default_socket_path(root)
         return WorkerAddress.parse(text)
+
+    @property
+    def unreachable_grace_seconds(self) -> float:
+        """The configured grace, else 2 x the instance's run-monitoring poll interval + 5 s."""
+        if self._configured_grace is not None:
+            return float(self._configured_grace)
+        if self.has_instance:
+            return 2.0 * float(self._instance.run_monitoring_poll_interval_seconds) + _GRACE_MARGIN_SECONDS
+        return _GRACE_FALLBACK_SECONDS
 
     def is_fast_path(self, run: DagsterRun) -> bool:
         return is_fast_path(run.tags, self.fast_path_tag, self.fast_path_value)
@@ -304,14 +341,70 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
                 return CheckRunHealthResult(
                     status, f"warm worker unreachable ({exc}); run worker pid {placement['pid']} "
                     f"{'alive' if alive else 'gone'}", run_worker_id=worker_id)
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"warm worker unreachable: {exc}",
-                                        transient=True, run_worker_id=worker_id)
+            if exc.refused:  # it answered, and said no (token, protocol): not a blip to wait out
+                self._forget_health(run.run_id)
+                return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"warm worker refused the health check: {exc}",
+                                            run_worker_id=worker_id)
+            return self._unreachable(run, exc, worker_id)
+        self._answered(run.run_id)
         status = WorkerStatus(reply.get("status", "UNKNOWN"))
         message = reply.get("msg")
         if status == WorkerStatus.SUCCESS and not run.is_finished:
             # The process is gone but never wrote the end of the run.
             status, message = WorkerStatus.FAILED, f"{message}, without finishing the run"
+        if status in (WorkerStatus.SUCCESS, WorkerStatus.FAILED):
+            self._forget_health(run.run_id)
         return CheckRunHealthResult(status, message, run_worker_id=worker_id)
+
+    def _answered(self, run_id: str) -> None:
+        with self._health_lock:
+            self._health_since[run_id] = (self._clock(), True)
+            self._health_since.move_to_end(run_id)
+            while len(self._health_since) > _HEALTH_MEMORY:
+                self._health_since.popitem(last=False)
+
+    def _forget_health(self, run_id: str) -> None:
+        with self._health_lock:
+            self._health_since.pop(run_id, None)
+
+    def _unreachable(self, run: DagsterRun, exc: WorkerUnavailable, worker_id: str) -> CheckRunHealthResult:
+        """RUNNING (with a warning) while within the grace since the last answer about the run, then UNKNOWN.
+
+        Dagster's run monitoring fails a STARTED run on anything but RUNNING/SUCCESS, after which
+        the saga recovery sensor may relaunch the stop-loss next to the one still running: a short
+        network blip between the daemon and the worker pod must not do that. A worker that is
+        really gone (its pod, with its children) is reported UNKNOWN once the grace is over.
+        """
+        now = self._clock()
+        grace = self.unreachable_grace_seconds
+        with self._health_lock:
+            since, answered = self._health_since.get(run.run_id, (now, False))
+            self._health_since.setdefault(run.run_id, (since, answered))
+            while len(self._health_since) > _HEALTH_MEMORY:
+                self._health_since.popitem(last=False)
+        elapsed = now - since
+        reference = "the last answer about this run" if answered else "the first failed check in this process"
+        if elapsed < grace:  # 0: no grace
+            message = (f"warm worker unreachable ({exc}) for {elapsed:.1f} s since {reference}; "
+                       f"assuming the run is still running for up to {grace:.0f} s (unreachable_grace_seconds)")
+            log.warning("run %s: %s", run.run_id, message)
+            self._warn(run, f"Fast path health check: {message}.")
+            return CheckRunHealthResult(WorkerStatus.RUNNING, message, run_worker_id=worker_id)
+        message = (f"warm worker unreachable: {exc}; no answer for {elapsed:.1f} s since {reference} "
+                   f"(unreachable_grace_seconds {grace:.0f})")
+        log.warning("run %s: %s", run.run_id, message)
+        return CheckRunHealthResult(WorkerStatus.UNKNOWN, message, transient=True, run_worker_id=worker_id)
+
+    def _warn(self, run: DagsterRun, message: str) -> None:
+        """An engine event at WARNING level in the run's event log (report_engine_event is INFO)."""
+        from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
+
+        try:
+            event = DagsterEvent(event_type_value=DagsterEventType.ENGINE_EVENT.value, job_name=run.job_name,
+                                 message=f"[{type(self).__name__}] {message}", event_specific_data=EngineEventData({}))
+            self._instance.report_dagster_event(event, run_id=run.run_id, log_level=logging.WARNING)
+        except Exception:  # the event log is best effort here; the answer to monitoring is what matters
+            log.exception("could not write the health warning to run %s", run.run_id)
 
     def get_run_worker_debug_info(self, run: DagsterRun, include_container_logs: bool | None = True) -> str | None:
         placement = self.placement(run)

@@ -411,7 +411,8 @@ def test_health_follows_the_worker_that_runs_the_run(fake_worker, answer, finish
 
 
 def test_health_without_the_worker_looks_at_the_process_on_the_same_host():
-    with _instance("off") as instance:
+    # No grace for an unreachable worker on another host here (test_fastpath_hardening_health_grace.py).
+    with _instance("off", unreachable_grace_seconds=0.0) as instance:
         launcher = instance.run_launcher
         me = {"address": "unix:/tmp/arb-nobody-listens-here.sock", "host": host_identity(), "pid": os.getpid(),
               "ticks": start_ticks(os.getpid())}
