@@ -121,9 +121,14 @@ def test_tokens_compare_in_constant_time_and_no_token_accepts_all():
 
 
 class FakeWorker:
-    """A socket server answering the protocol like the worker: `answer(request) -> reply`."""
+    """A socket server answering the protocol like the worker: `answer(request) -> reply`.
 
-    def __init__(self, answer):
+    `threaded`: each connection is answered in its own thread (an answer may sleep while the
+    next request is served, as the real worker's health answers do).
+    """
+
+    def __init__(self, answer, *, threaded: bool = False):
+        self.threaded = threaded
         self.dir = tempfile.mkdtemp(prefix="arbf-", dir="/tmp")
         self.path = os.path.join(self.dir, "w.sock")
         self.answer = answer
@@ -146,14 +151,20 @@ class FakeWorker:
                 conn, _ = self.sock.accept()
             except (socket.timeout, OSError):
                 continue
-            with conn:
-                conn.settimeout(2)
-                request = recv_frame(conn)
-                self.requests.append(request)
-                try:
-                    send_frame(conn, self.answer(request))
-                except OSError:  # the client gave up waiting (timeout tests)
-                    pass
+            if self.threaded:
+                threading.Thread(target=self._one, args=(conn, 5), daemon=True).start()
+            else:
+                self._one(conn, 2)
+
+    def _one(self, conn, timeout: float):
+        with conn:
+            conn.settimeout(timeout)
+            request = recv_frame(conn)
+            self.requests.append(request)
+            try:
+                send_frame(conn, self.answer(request))
+            except OSError:  # the client gave up waiting (timeout tests)
+                pass
 
     def stop(self):
         self.stopping = True

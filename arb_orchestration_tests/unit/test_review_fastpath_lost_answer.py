@@ -13,13 +13,8 @@ Fakes: a threaded socket server answering like the worker, a recording fallback 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import socket
 import sys
-import tempfile
-import threading
 import time
 
 import pytest
@@ -30,53 +25,12 @@ from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.test_utils import create_run_for_test, instance_for_test
 
 from arb_orchestration.launcher import FAST_PATH_TAG, WarmWorkerRunLauncher
-from arb_orchestration.launcher.protocol import PROTOCOL_VERSION, recv_frame, send_frame
+from arb_orchestration.launcher.protocol import PROTOCOL_VERSION
 from arb_orchestration.launcher.worker import Child, WarmWorker, WorkerOptions
 from arb_orchestration.launcher.protocol import WorkerAddress
-from arb_orchestration_tests.unit.test_launcher import FALLBACK, RecordingLauncher
+from arb_orchestration_tests.unit.test_launcher import FALLBACK, FakeWorker, RecordingLauncher
 
 MODULE = "arb_orchestration.definitions"
-
-
-class ThreadedFakeWorker:
-    """Answers each connection in its own thread: `answer(request) -> reply` (may sleep)."""
-
-    def __init__(self, answer):
-        self.dir = tempfile.mkdtemp(prefix="arbl-", dir="/tmp")
-        self.path = os.path.join(self.dir, "w.sock")
-        self.answer = answer
-        self.requests: list[dict] = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
-        self.sock.listen(8)
-        self.sock.settimeout(0.1)
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn):
-        with conn:
-            conn.settimeout(5)
-            request = recv_frame(conn)
-            self.requests.append(request)
-            try:
-                send_frame(conn, self.answer(request))
-            except OSError:
-                pass
-
-    def stop(self):
-        self.stopping = True
-        self.thread.join(timeout=5)
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -84,7 +38,7 @@ def fake_worker():
     made = []
 
     def make(answer):
-        made.append(ThreadedFakeWorker(answer))
+        made.append(FakeWorker(answer, threaded=True))
         return made[-1]
 
     yield make
