@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from arb_orchestration.resources import wise_production
-from arb_orchestration.resources.resilience import reset_breakers
-from arb_orchestration.resources.wise_production import ProductionWiseResource
+from arb_orchestration_tests.unit.test_review_wise_oauth import _wise  # the resource over a fake Wise transport
 
 TRANSFER = {"id": 1, "status": "incoming_payment_waiting", "targetAccount": 7, "sourceCurrency": "EUR",
             "sourceValue": 100.0, "targetCurrency": "EUR", "targetValue": 99.61}
@@ -55,16 +54,6 @@ def clock(monkeypatch) -> Clock:
     clock = Clock()
     monkeypatch.setattr(wise_production.time, "monotonic", clock)
     return clock
-
-
-def _wise(fake: FakeWiseTokens) -> ProductionWiseResource:
-    reset_breakers()
-    resource = ProductionWiseResource(
-        base_url="http://wise.test", auth="oauth_refresh_token", client_id="app", client_secret="s3cret",
-        refresh_token="refresh-abc", profile_id=1001, verify_profile_on_setup=False, retry_base_delay=0.001,
-        retry_max_delay=0.01,
-    )
-    return resource.with_transport(httpx.MockTransport(fake))
 
 
 def test_a_one_hour_token_is_minted_once_for_many_requests_and_refreshed_before_it_expires(clock):
