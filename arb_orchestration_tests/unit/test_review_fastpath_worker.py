@@ -34,18 +34,9 @@ from arb_orchestration.launcher.protocol import (
 )
 from arb_orchestration.launcher.worker import Child, WarmWorker, WorkerOptions
 from arb_orchestration_tests.unit.test_fastpath_hardening_worker_trust import give_instance, launch_request, stored_run
+from arb_orchestration_tests.unit.test_launcher import _wait
 
 MODULE = "arb_orchestration.definitions"
-
-
-def _wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    return None
 
 
 @pytest.fixture
