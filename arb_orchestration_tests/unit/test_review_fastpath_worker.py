@@ -33,7 +33,12 @@ from arb_orchestration.launcher.protocol import (
     send_frame,
 )
 from arb_orchestration.launcher.worker import Child, WarmWorker, WorkerOptions
-from arb_orchestration_tests.unit.test_fastpath_hardening_worker_trust import give_instance, launch_request, stored_run
+from arb_orchestration_tests.unit.test_fastpath_hardening_worker_trust import (  # noqa: F401 (fake_fork: a fixture)
+    fake_fork,
+    give_instance,
+    launch_request,
+    stored_run,
+)
 from arb_orchestration_tests.unit.test_launcher import _wait
 
 MODULE = "arb_orchestration.definitions"
@@ -56,21 +61,6 @@ def _worker(socket_dir, tmp_path, **options) -> WarmWorker:
     watched.write_text("x = 1\n")
     return WarmWorker(WorkerOptions(address=WorkerAddress.parse(f"unix:{socket_dir}/w.sock"), modules=[MODULE],
                                     watch_paths=[watched], **options))
-
-
-@pytest.fixture
-def fake_fork(monkeypatch):
-    """os.fork replaced: records the call and 'forks' a pid that does not exist (the parent's path)."""
-    forks: list[int] = []
-
-    def fork():
-        forks.append(1)
-        return 2 ** 22 + 17  # above pid_max's default: no such process
-
-    monkeypatch.setattr(os, "fork", fork)
-    # Whatever other tests of the session left running must not make the worker refuse to fork.
-    monkeypatch.setattr(threading, "enumerate", lambda: [threading.main_thread()])
-    return forks
 
 
 def _launch_request(run_id: str, instance=None) -> dict:
