@@ -487,15 +487,20 @@ def planned_transfers(transfers: Sequence[Transfer], specs: Mapping[str, RailSpe
 
 
 def split_executable(
-    transfers: Sequence[PlannedTransfer], balances: Mapping[str, Mapping[str, float]]
+    transfers: Sequence[PlannedTransfer],
+    balances: Mapping[str, Mapping[str, float]],
+    targets: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[list[PlannedTransfer], list[PlannedTransfer]]:
     """(run now, deferred): legs whose source can pay them *without* waiting for another leg to arrive.
 
     A relay (A → B → C) needs B to receive before it sends; the saga commits
     every leg at its pivot, so such legs are deferred to the next rebalance,
     which re-plans from the balances they left. Optimal plans with direct
-    rails contain none.
+    rails contain none. "Without waiting" means out of B's surplus above its
+    planner target (`targets`; the planner's floor rule): a B that could pay
+    only by dipping below its own target until the inbound leg lands waits too.
     """
+    targets = targets or {}
     inbound = {(t.to_venue, t.asset) for t in transfers}
     outgoing: dict[tuple[str, str], float] = {}
     for t in transfers:
@@ -504,7 +509,8 @@ def split_executable(
     for t in transfers:
         key = (t.from_venue, t.asset)
         own = balances.get(t.from_venue, {}).get(t.asset, 0.0)
-        if key in inbound and outgoing[key] > own + _EPS:
+        spare = own - max(0.0, targets.get(t.from_venue, {}).get(t.asset, 0.0))
+        if key in inbound and outgoing[key] > spare + _EPS:
             deferred.append(t)
         else:
             now.append(t)

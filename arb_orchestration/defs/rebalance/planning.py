@@ -169,6 +169,6 @@ def propose(
         chosen.extend(plan.transfers)
     proposal.transfers = planned_transfers(chosen, proposal.rails)
     kept, proposal.skipped = apply_min_benefit(proposal.transfers, needs, guardrails)
-    proposal.run_now, proposal.deferred = split_executable(kept, targets.balances)
+    proposal.run_now, proposal.deferred = split_executable(kept, targets.balances, targets.targets)
     proposal.breaches = check_guardrails(proposal.run_now, guardrails, used_today)
     return proposal
