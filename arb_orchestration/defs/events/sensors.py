@@ -46,7 +46,7 @@ from arb_orchestration.defs.events.kafka_source import (
     park_all,
 )
 from arb_orchestration.defs.events.tuning import EventSensorSettings, EventTopics
-from arb_orchestration.defs.hedging.baselines import overlay_hedge_baselines, sensor_instance
+from arb_orchestration.defs.hedging.baselines import baseline_keys, overlay_hedge_baselines, sensor_instance
 from arb_orchestration.defs.k8s import HEDGE_JOB, JOB_TAG, PRIORITY_TAG, REBALANCE_SAGA_LANE, SAGA_TAG
 from arb_orchestration.domain.events import (
     CAPITAL_EVENTS,
@@ -77,7 +77,13 @@ from arb_orchestration.domain.triggers import (
     route_event,
     utc_now,
 )
-from arb_orchestration.saga.kill_switch import trading_paused
+from arb_orchestration.saga.kill_switch import (
+    NEVER_PAUSED,
+    TRADING_PAUSE_KEY,
+    InstanceTradingSwitch,
+    TradingPause,
+    parse_state,
+)
 
 log = logging.getLogger("arb_orchestration.defs.events")
 
@@ -413,6 +419,14 @@ class _EventSensor:
             newest.append((event, msg))
         superseded = tick.newest.superseded
         tick.tally.ignored += superseded
+        markets = [(event.venue, event.symbol) for event, _ in newest]
+        instance = sensor_instance(context)
+        values = None
+        if instance is not None and tick.pause is _UNREAD:
+            # One key-value read for the kill switch and the markets' hedge baselines (two
+            # separate reads cost a second database round trip every tick).
+            values = instance.run_storage.get_cursor_values({TRADING_PAUSE_KEY} | baseline_keys(markets))
+            self._note_pause(tick, parse_state(values.get(TRADING_PAUSE_KEY)))
         paused = self._trading_pause(context, tick)
         if paused is not None:
             # No hedge while trading is paused, and no baseline moves: after the resume the
@@ -423,9 +437,7 @@ class _EventSensor:
             return
         messages = {id(event): msg for event, msg in newest}
         # Hedge runs (schedule, UI, this sensor) record the rates they hedged at; newer ones reset the baseline.
-        overlay_hedge_baselines(
-            sensor_instance(context), tick.cursor.baselines, [(event.venue, event.symbol) for event, _ in newest]
-        )
+        overlay_hedge_baselines(instance, tick.cursor.baselines, markets, values=values)
         for decision in decide_hedges([event for event, _ in newest], tick.cursor.baselines, self.deviation):
             record = Record.of(messages[id(decision.event)])
             if decision.hedge:
@@ -443,9 +455,12 @@ class _EventSensor:
         """The kill switch's reason when trading is paused, else None; read once per tick (when needed)."""
         if tick.pause is _UNREAD:
             instance = sensor_instance(context)
-            paused, reason = trading_paused(instance) if instance is not None else (False, "")
-            tick.pause = (reason or "no reason given") if paused else None
+            self._note_pause(tick, InstanceTradingSwitch(instance).get() if instance is not None else NEVER_PAUSED)
         return tick.pause  # type: ignore[return-value]
+
+    @staticmethod
+    def _note_pause(tick: _Tick, state: TradingPause) -> None:
+        tick.pause = (state.reason or "no reason given") if state.paused else None
 
     # ------------------------------------------------------------------ outputs
 

@@ -68,11 +68,18 @@ def record_baselines(instance: "DagsterInstance", points: Mapping[str, Mapping[s
 
 def read_baselines(instance: "DagsterInstance", markets: Iterable[tuple[str, str]]) -> dict[str, dict[str, Any]]:
     """The recorded points for these (venue, symbol) markets, by market key; unreadable entries are skipped."""
-    keys = {baseline_key(venue, symbol) for venue, symbol in markets}
+    keys = baseline_keys(markets)
     if not keys:
         return {}
+    return parse_baselines(instance.run_storage.get_cursor_values(keys))
+
+
+def parse_baselines(values: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The baseline points among key-value entries (other keys are ignored), by market key."""
     out: dict[str, dict[str, Any]] = {}
-    for key, raw in instance.run_storage.get_cursor_values(keys).items():
+    for key, raw in values.items():
+        if not key.startswith(BASELINE_KEY_PREFIX):
+            continue
         try:
             point = json.loads(raw)
             float(point["rate"]), float(point["interval_hours"])
@@ -82,20 +89,37 @@ def read_baselines(instance: "DagsterInstance", markets: Iterable[tuple[str, str
     return out
 
 
+def baseline_keys(markets: Iterable[tuple[str, str]]) -> set[str]:
+    """The key-value keys of these markets' recorded points (for a caller that reads them with other keys)."""
+    return {baseline_key(venue, symbol) for venue, symbol in markets}
+
+
 def overlay_hedge_baselines(
-    instance: "DagsterInstance | None", baselines: HedgeBaselines, markets: Iterable[tuple[str, str]]
+    instance: "DagsterInstance | None",
+    baselines: HedgeBaselines,
+    markets: Iterable[tuple[str, str]],
+    *,
+    values: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Put each market's hedge-run baseline into `baselines` where it is newer; returns the markets replaced.
 
     Called by `funding_deviation_sensor` before it compares rates. Newer means a
     later `at` (epoch seconds: the venue's observation time for a hedge run, the
     event's time for the sensor's own baseline); a point without `at` never wins.
-    With no instance (a sensor evaluated without one) nothing changes.
+    `values`: the key-value entries already read by the caller (the sensor reads
+    the kill switch in the same round trip, `baseline_keys`); else they are read
+    here. With no instance and no values (a sensor evaluated without an
+    instance) nothing changes.
     """
-    if instance is None:
-        return []
+    if values is None:
+        if instance is None:
+            return []
+        points = read_baselines(instance, markets)
+    else:
+        wanted = baseline_keys(markets)
+        points = parse_baselines({k: v for k, v in values.items() if k in wanted})
     replaced = []
-    for key, point in read_baselines(instance, markets).items():
+    for key, point in points.items():
         at = point.get("at")
         if at is None:
             continue
