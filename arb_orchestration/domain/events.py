@@ -665,7 +665,17 @@ def verify_signature(event: Event | Mapping[str, Any], key: str | bytes) -> None
         raise EventRejected("missing signature", "signature")
     if not isinstance(signature, str):
         raise EventRejected("field 'signature': must be a hex string", "signature")
-    expected = compute_signature(obj, key)
+    key_bytes = _key_bytes(key)  # an empty key is a deployment error (ValueError), not the event's fault
+    try:
+        canonical = canonical_payload(obj)
+    except (ValueError, RecursionError) as exc:
+        # Valid JSON that has no canonical form: a number beyond float range (1e400 reads as inf),
+        # a lone surrogate escape (not encodable as UTF-8), nesting deeper than the encoder goes.
+        # Nobody can have signed it; refusing it here keeps it from failing the sensor tick.
+        raise EventRejected(
+            f"bad signature: the payload has no canonical form to verify ({type(exc).__name__}: {exc})", "signature"
+        ) from None
+    expected = hmac.new(key_bytes, canonical, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature.lower()):
         raise EventRejected("bad signature (HMAC-SHA256 does not match the payload)", "signature")
 

@@ -553,7 +553,7 @@ def _claims_critical(value: bytes | None) -> bool:
         return False
     try:
         obj = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: nested too deeply
         return False
     return isinstance(obj, dict) and "critical" in (obj.get("severity"), obj.get("level"))
 
