@@ -23,6 +23,7 @@ hand them here. This module decides, with no Dagster and no I/O:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from itertools import islice
 from operator import attrgetter, sub
@@ -81,6 +82,23 @@ def route_event(event: Event) -> Route:
     if isinstance(event, FundingRateEvent):
         return Route(Action.HEDGE, False, f"funding rate {event.venue} {event.symbol}")
     raise TypeError(f"no route for {type(event).__name__}")
+
+
+# Control characters in an id that becomes a run key and a run tag: PostgreSQL (the deployed
+# run storage) refuses NUL in text, so the sensor daemon could neither look the key up nor
+# create the run, and it retries that tick's runs for ever instead of evaluating the sensor.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def run_key_problem(event_id: str) -> str | None:
+    """Why `event_id` cannot be a run key (None when it can): it holds a control character."""
+    found = _CONTROL_CHARACTERS.search(event_id)
+    if found is None:
+        return None
+    return (
+        f"field 'event_id': contains the control character U+{ord(found.group()):04X} at position {found.start()} "
+        "(an event id becomes a run key and a run tag, which the run storage cannot hold)"
+    )
 
 
 # --------------------------------------------------------------------------- replay memory

@@ -75,6 +75,7 @@ from arb_orchestration.domain.triggers import (
     decide_hedges,
     partition_key,
     route_event,
+    run_key_problem,
     utc_now,
 )
 from arb_orchestration.saga.kill_switch import (
@@ -296,6 +297,8 @@ class _EventSensor:
         """Handle one market/capital message; True when the tick must stop after it."""
         if isinstance(event, EventRejected):
             return self._park(context, tick, Record.of(msg), event.reason, critical=_claims_critical(msg.value()))
+        if (problem := run_key_problem(event.event_id)) is not None:
+            return self._park(context, tick, Record.of(msg), problem, critical=event.is_critical)
         admission = admit_event(event, signing_key, tick.cursor.seen, now=utc_now(), policy=self.policy)
         if not admission.admitted:
             if admission.stale:
@@ -416,6 +419,11 @@ class _EventSensor:
             event = parse_event(FUNDING_RATE_EVENTS, msg.value(), max_bytes=self.settings.max_event_bytes)
             if not isinstance(event, FundingRateEvent):
                 raise TypeError(f"{Record.of(msg).source}: a kept funding rate parsed as {type(event).__name__}")
+            if (problem := run_key_problem(event.event_id)) is not None:
+                # Only a kept rate can become a run: the rest never reach a run key. (Parked before
+                # park_all runs, like everything else this tick parks.)
+                self._park(context, tick, Record.of(msg), problem, critical=False)
+                continue
             newest.append((event, msg))
         superseded = tick.newest.superseded
         tick.tally.ignored += superseded
