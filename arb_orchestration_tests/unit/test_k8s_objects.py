@@ -323,6 +323,8 @@ def pod_labels() -> dict[str, dict[str, str]]:
     labels["run-worker"] = kubernetes.client.ApiClient().sanitize_for_serialization(job)["spec"]["template"][
         "metadata"
     ]["labels"]
+    # The chart's `migrate` Job (dagster instance migrate): only the Job controller's labels.
+    labels["instance-migrate"] = {"batch.kubernetes.io/job-name": "dagster-dagster-webserver-instance-migrate"}
     labels["stranger"] = {"app": "something-else"}
     return labels
 
