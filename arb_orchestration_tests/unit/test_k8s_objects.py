@@ -69,6 +69,8 @@ def test_every_manifest_file_has_documents():
         "wise-webhooks-deployment.yaml",
         "wise-webhooks-service.yaml",
         "wise-webhooks-networkpolicy.yaml",
+        # Only with the bundled PostgreSQL (test_review_deployment_bundled_postgresql.py).
+        "postgresql-bundled-networkpolicy.yaml",
     }
     for path in MANIFESTS:
         assert model.load_yaml_documents(path), path.name
