@@ -128,6 +128,8 @@ class FakeWise:
 
     def create_quote(self, source, target, source_amount=None, *, target_amount=None):
         quote_id = f"q{next(self.ids)}"
+        if source_amount is None:  # a target-amount quote: the 0.39 fee on top
+            source_amount = round(target_amount + 0.39, 2)
         self.quotes[quote_id] = source_amount
         return Quote.model_validate(dict(id=quote_id, sourceCurrency=source, targetCurrency=target,
                                          sourceAmount=source_amount, targetAmount=source_amount - 0.39, rate=1.0,

@@ -279,7 +279,11 @@ def prepare_transfers(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
 
 
 def _prepare_wise_leg(ctx, wise, leg: PlannedTransfer, iban: str, cfg) -> dict[str, Any]:
-    quote = wise.create_quote(leg.asset, leg.asset, source_amount=round(leg.amount, 2))
+    # Quoted by what must *arrive*: Wise deducts its fee from a source amount, so a source-amount quote
+    # delivers less than planned whenever Wise now charges more than the plan's fitted fee (or the amount
+    # rounds down to the cent). A fee above the allowed increase is refused below; within it, the Wise
+    # balance pays the difference (checked again at the pivot) and the venue gets its target.
+    quote = wise.create_quote(leg.asset, leg.asset, target_amount=leg.credited)
     allowed = leg.fee * (1 + cfg.max_fee_increase) + 0.01
     if quote.fee_total > allowed:
         raise BusinessError(
