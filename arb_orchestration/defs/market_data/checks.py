@@ -162,17 +162,33 @@ def free_balances_from_observation(record) -> dict[str, float]:
     return {row.data["asset"]: float(row.data.get("free") or 0.0) for row in table.records}
 
 
-def balance_floors_from_instance(instance: DagsterInstance, venue: str, floors: BalanceFloors) -> CheckOutcome:
+def balance_floors_from_instance(
+    instance: DagsterInstance, venue: str, policy: MarketDataPolicy, now: float | None = None
+) -> CheckOutcome:
+    """The floors of the latest balances observation; ERROR when there is none or it is stale.
+
+    A balance sheet older than `stale_after_seconds` confirms nothing about the
+    floors now: a venue that stopped answering must not keep a green floor check.
+    """
     record = latest_observation(instance, balances_key(venue))
     if record is None:
         return CheckOutcome(
             balances_key(venue), BALANCES_FLOORS_CHECK, False, AssetCheckSeverity.ERROR,
             f"{venue}: balances never observed", {},
         )
-    outcome = balance_floors_outcome(venue, free_balances_from_observation(record), floors)
+    observed = observed_at(record)
+    age = max(0.0, (time.time() if now is None else now) - observed)
+    when = {"observed_at": MetadataValue.timestamp(observed), "age_seconds": round(age, 1)}
+    if age > policy.stale_after_seconds:
+        return CheckOutcome(
+            balances_key(venue), BALANCES_FLOORS_CHECK, False, AssetCheckSeverity.ERROR,
+            f"{venue}: balances last observed {age:.0f} s ago (stale after {policy.stale_after_seconds:g} s): "
+            "floors cannot be confirmed", when,
+        )
+    outcome = balance_floors_outcome(venue, free_balances_from_observation(record), policy.floors)
     return CheckOutcome(
         outcome.asset_key, outcome.check_name, outcome.passed, outcome.severity, outcome.description,
-        {**outcome.metadata, "observed_at": MetadataValue.timestamp(observed_at(record))},
+        {**outcome.metadata, **when},
     )
 
 
@@ -230,7 +246,7 @@ def build_balance_floor_checks(venues: list[str], policy: MarketDataPolicy):
     def market_data_balance_floor_checks(context: AssetCheckExecutionContext):
         for check_key in context.selected_asset_check_keys:
             venue = check_key.asset_key.path[1]
-            yield balance_floors_from_instance(context.instance, venue, policy.floors).as_result()
+            yield balance_floors_from_instance(context.instance, venue, policy).as_result()
 
     return market_data_balance_floor_checks
 

@@ -30,7 +30,12 @@ from dagster import (
     sensor,
 )
 
-from arb_orchestration.defs.market_data.checks import CheckOutcome, balance_floors_outcome, freshness_from_instance
+from arb_orchestration.defs.market_data.checks import (
+    CheckOutcome,
+    balance_floors_from_instance,
+    balance_floors_outcome,
+    freshness_from_instance,
+)
 from arb_orchestration.defs.market_data.keys import observable_keys
 from arb_orchestration.defs.market_data.observations import market_observations
 from arb_orchestration.defs.market_data.policy import MarketDataPolicy
@@ -111,6 +116,13 @@ def build_observation_sensor(venues: list[str], policy: MarketDataPolicy):
         outcomes = [
             balance_floors_outcome(venue, {a: b.free for a, b in state.balances.items()}, policy.floors)
             for venue, state in snapshot.states.items()
+        ]
+        # A venue that did not answer keeps the verdict of its last balance sheet until that is
+        # stale, then fails: its last PASS must not stand for as long as the venue is down.
+        outcomes += [
+            balance_floors_from_instance(context.instance, venue, policy, now)
+            for venue in venues
+            if venue not in snapshot.states
         ]
         checks = cursor.due(outcomes, now, policy.check_heartbeat_seconds)
         context.log.info(
