@@ -932,7 +932,10 @@ class CcxtVenueClient(VenueClient):
             # Fiat rails (SEPA) have no crypto deposit address: the account's IBAN is configuration.
             return DepositAddress(venue=self.name, asset=asset, network=network, address=configured)
         raw = self._call(lambda ex: ex.fetch_deposit_address(asset, {"network": network}), what=f"fetch_deposit_address {asset}/{network}")
-        return DepositAddress(venue=self.name, asset=asset, network=network, address=raw["address"], tag=raw.get("tag") or None)
+        # What the exchange answered for, not what was asked: the saga refuses an address of another chain
+        # (an exchange may answer its default network's). Only where it does not say is the request kept.
+        return DepositAddress(venue=self.name, asset=raw.get("currency") or asset, network=raw.get("network") or network,
+                              address=raw["address"], tag=raw.get("tag") or None)
 
     def _to_withdrawal(self, raw: dict, idempotency_key: str) -> Withdrawal:
         info = raw.get("info") or {}
