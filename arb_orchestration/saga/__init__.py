@@ -10,14 +10,23 @@ Declare steps, build the job, add the recovery sensors — see docs/sagas.md:
 Pure parts (no Dagster): `engine` (steps, execution, compensation),
 `recovery` (what to do with a saga a run left unfinished), `state`/`log`
 (the durable saga log), `keys` (saga ids and idempotency keys),
-`kill_switch` (the trading pause). Dagster parts: `build` (ops, job, hook)
+`kill_switch` (the trading pause), `claim` (per-saga leases: one actor at a time). Dagster parts: `build` (ops, job, hook)
 and `sensors` (crash recovery).
 """
 
 from arb_orchestration.saga.build import DEFAULT_STEP_RETRY, Saga, build_saga
+from arb_orchestration.saga.claim import (
+    ClaimLostError,
+    ClaimResult,
+    InMemorySagaClaims,
+    InstanceSagaClaims,
+    Lease,
+    SagaClaims,
+)
 from arb_orchestration.saga.engine import (
     CompensationContext,
     CompensationFailedError,
+    SagaBusyError,
     SagaClosedError,
     SagaDefinition,
     SagaError,
@@ -51,6 +60,7 @@ from arb_orchestration.saga.kill_switch import (
 from arb_orchestration.saga.log import InMemorySagaLog, InstanceSagaLog, SagaLog
 from arb_orchestration.saga.recovery import (
     Action,
+    ClaimSpec,
     Decision,
     FailedRun,
     RecoveryOutcome,
@@ -69,17 +79,25 @@ __all__ = [
     "SAGA_ID_TAG",
     "SAGA_TAG",
     "Action",
+    "ClaimLostError",
+    "ClaimResult",
+    "ClaimSpec",
     "CompensationContext",
     "CompensationFailedError",
     "Decision",
     "FailedRun",
+    "InMemorySagaClaims",
     "InMemorySagaLog",
     "InMemoryTradingSwitch",
+    "InstanceSagaClaims",
     "InstanceSagaLog",
     "InstanceTradingSwitch",
     "RecordKind",
+    "Lease",
     "RecoveryOutcome",
     "Saga",
+    "SagaBusyError",
+    "SagaClaims",
     "SagaClosedError",
     "SagaDefinition",
     "SagaError",

@@ -35,11 +35,16 @@ from dagster import (
 )
 
 from arb_orchestration.resources.errors import BusinessError
+from arb_orchestration.saga.claim import DEFAULT_CLAIM_TTL_SECONDS, InstanceSagaClaims
 from arb_orchestration.saga.engine import SagaDefinition, SagaStep, StepRuntime, execute_step
 from arb_orchestration.saga.keys import SAGA_ID_TAG, SAGA_TAG, may_have_history, saga_id_for_run
 from arb_orchestration.saga.kill_switch import InstanceTradingSwitch
 from arb_orchestration.saga.log import InstanceSagaLog
-from arb_orchestration.saga.recovery import on_step_failure
+from arb_orchestration.saga.recovery import ClaimSpec, on_step_failure
+
+# The failure hook waits this long for a saga claimed by someone else (a recovery sensor acting on
+# an earlier run of the saga) before leaving the compensation to the recovery sweep.
+HOOK_CLAIM_WAIT_SECONDS = 10.0
 
 # Transient failures (5xx, timeouts, an open breaker) get 3 more tries: ~1 s, 3 s, 7 s apart (±jitter).
 DEFAULT_STEP_RETRY = RetryPolicy(max_retries=3, delay=1.0, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
@@ -182,6 +187,7 @@ def _runtime(definition: SagaDefinition, step: SagaStep, context: OpExecutionCon
         trading_switch=InstanceTradingSwitch(instance),
         run_tags=dict(run.tags),
         may_have_history=may_have_history(run),
+        claims=InstanceSagaClaims(instance),  # no I/O until a continuing run needs it
     )
 
 
@@ -209,6 +215,9 @@ def _failure_hook(definition: SagaDefinition):
             resources={key: getattr(context.resources, key) for key in definition.compensation_resource_keys},
             alert=alert_from(context.resources, definition.alert_resource_key),
             config=parse_saga_config(definition, context.op_config),
+            claim=ClaimSpec(InstanceSagaClaims(context.instance), f"failure hook of run {run.run_id} (step {context.op.name})",
+                            run_id=run.run_id, ttl_seconds=DEFAULT_CLAIM_TTL_SECONDS,
+                            wait_seconds=HOOK_CLAIM_WAIT_SECONDS),
             logger=context.log,
         )
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from arb_orchestration.resources.errors import BusinessError
+from arb_orchestration.saga.claim import STEP_CLAIM_TTL_SECONDS, STEP_CLAIM_WAIT_SECONDS, Lease, SagaClaims
 from arb_orchestration.saga.keys import derive_key, idempotency_key
 from arb_orchestration.saga.kill_switch import TradingSwitch
 from arb_orchestration.saga.log import SagaLog, describe
@@ -51,6 +52,14 @@ class SagaClosedError(SagaError, BusinessError):
 
 class TradingPausedError(SagaError, BusinessError):
     """The kill switch is engaged; money-moving sagas do not start."""
+
+
+class SagaBusyError(SagaError):
+    """Another actor (a recovery sensor, a hook) holds the saga's claim: the step did not start.
+
+    Transient on purpose: the op's RetryPolicy tries again, and by then the holder has either
+    finished compensating (the retry then refuses with `SagaClosedError`) or let go.
+    """
 
 
 class CompensationFailedError(SagaError):
@@ -262,6 +271,12 @@ class StepRuntime:
     run_tags: Mapping[str, str] = field(default_factory=dict)
     # False only for a fresh run's first attempt: skips a log read on the hot path.
     may_have_history: bool = True
+    # The saga's claims. Taken only by a run that continues a saga other runs worked on (a
+    # re-execution, a forward-recovery run), while it checks the log and records its start:
+    # a fresh run never pays for it.
+    claims: SagaClaims | None = None
+    claim_wait_seconds: float = STEP_CLAIM_WAIT_SECONDS
+    claim_ttl_seconds: float = STEP_CLAIM_TTL_SECONDS
 
 
 # --------------------------------------------------------------------------- execution
@@ -274,35 +289,20 @@ def execute_step(saga: SagaDefinition, step_name: str, rt: StepRuntime) -> dict[
     key = idempotency_key(saga.name, rt.saga_id, step.name)
     fresh = index == 0 and rt.attempt == 0 and not rt.may_have_history
     state = SagaState(rt.saga_id) if fresh else rt.log.load(rt.saga_id)
-
-    if state.compensation_began:
-        raise SagaClosedError(
-            f"saga {saga.name} [{rt.saga_id}] was rolled back; it does not run again. "
-            "Start a new saga (new run, no re-execution) to try again."
-        )
-    mine = state.step(step.name)
-    if mine.done:
-        rt.logger.info(f"saga {saga.name} [{rt.saga_id}]: step {step.name} already done; not running it again")
-        return dict(mine.result or {})
-
-    if index == 0 and not state.any_started and saga.refuse_while_trading_paused and rt.trading_switch:
-        pause = rt.trading_switch.get()
-        if pause.paused:
-            error = TradingPausedError(
-                f"trading is paused ({pause.reason}; by {pause.changed_by or 'unknown'}): "
-                f"saga {saga.name} does not start"
-            )
-            rt.log.record_failed(rt.saga_id, saga.name, step.name, error=error, business=True, attempt=rt.attempt)
-            raise error
-
-    rt.log.record_started(
-        rt.saga_id,
-        saga.name,
-        step.name,
-        key=key,
-        attempt=rt.attempt,
-        compensation=step.compensation.__name__ if step.compensation else None,
-    )
+    lease: Lease | None = None
+    if rt.claims is not None and any(r.run_id != rt.run_id for r in state.records):
+        # Another run worked on this saga, so a recovery actor may be compensating it right now:
+        # decide and record our start under the saga's claim. Once `step_started` is recorded
+        # and the claim let go, recovery sees this run in progress and waits for it.
+        lease = _claim_for_step(saga, step.name, rt)
+        state = rt.log.load(rt.saga_id)
+    try:
+        already_done = _begin_step(saga, step, index, key, state, rt)
+    finally:
+        if lease is not None and rt.claims is not None:
+            rt.claims.release(lease)
+    if already_done is not None:
+        return already_done
     ctx = StepContext(
         saga_id=rt.saga_id,
         saga_name=saga.name,
@@ -332,6 +332,56 @@ def execute_step(saga: SagaDefinition, step_name: str, rt: StepRuntime) -> dict[
     return result
 
 
+def _claim_for_step(saga: SagaDefinition, step: str, rt: StepRuntime) -> Lease:
+    assert rt.claims is not None
+    actor = f"step {step} of run {rt.run_id}"
+    result = rt.claims.acquire(rt.saga_id, actor, ttl_seconds=rt.claim_ttl_seconds, run_id=rt.run_id,
+                               wait_seconds=rt.claim_wait_seconds)
+    if not result.acquired:
+        assert result.holder is not None
+        raise SagaBusyError(f"saga {saga.name} [{rt.saga_id}]: step {step} did not start: the saga is claimed by "
+                            f"{result.holder.describe()} (waited {rt.claim_wait_seconds:g} s)")
+    assert result.lease is not None
+    if result.took_over is not None:
+        rt.logger.warning(f"saga {saga.name} [{rt.saga_id}]: {actor} took over the claim of "
+                          f"{result.took_over.describe()} (its lease expired or its run ended)")
+    return result.lease
+
+
+def _begin_step(saga: SagaDefinition, step: SagaStep, index: int, key: str, state: SagaState,
+                rt: StepRuntime) -> dict[str, Any] | None:
+    """Checks the log allows the step, then records its start; returns the recorded result if already done."""
+    if state.compensation_began:
+        raise SagaClosedError(
+            f"saga {saga.name} [{rt.saga_id}] was rolled back; it does not run again. "
+            "Start a new saga (new run, no re-execution) to try again."
+        )
+    mine = state.step(step.name)
+    if mine.done:
+        rt.logger.info(f"saga {saga.name} [{rt.saga_id}]: step {step.name} already done; not running it again")
+        return dict(mine.result or {})
+
+    if index == 0 and not state.any_started and saga.refuse_while_trading_paused and rt.trading_switch:
+        pause = rt.trading_switch.get()
+        if pause.paused:
+            error = TradingPausedError(
+                f"trading is paused ({pause.reason}; by {pause.changed_by or 'unknown'}): "
+                f"saga {saga.name} does not start"
+            )
+            rt.log.record_failed(rt.saga_id, saga.name, step.name, error=error, business=True, attempt=rt.attempt)
+            raise error
+
+    rt.log.record_started(
+        rt.saga_id,
+        saga.name,
+        step.name,
+        key=key,
+        attempt=rt.attempt,
+        compensation=step.compensation.__name__ if step.compensation else None,
+    )
+    return None
+
+
 def pending_compensations(saga: SagaDefinition, state: SagaState) -> list[SagaStep]:
     """Steps to undo, newest first: started (done or not), compensable, not yet compensated."""
     pending = []
@@ -352,11 +402,14 @@ def compensate(
     alert: Alert | None = None,
     logger: Any = None,
     cause: BaseException | None = None,
+    before_each: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Undo every pending step newest-first; returns the steps compensated now.
 
     Raises `CompensationFailedError` (chained from the compensation's error)
-    at the first failure, after recording and alerting it.
+    at the first failure, after recording and alerting it. `before_each(step)`
+    runs before each compensation (the claim's renewal: whatever it raises stops
+    the compensation before that step is touched).
     """
     logger = logger or logging.getLogger("arb_orchestration.saga")
     state = log.load(saga_id)
@@ -377,6 +430,8 @@ def compensate(
             log=logger,
         )
         assert step.compensation is not None
+        if before_each is not None:
+            before_each(step.name)
         try:
             raw = step.compensation(ctx, **{k: resources[k] for k in step.compensation_resource_keys})
         except Exception as exc:

@@ -19,11 +19,14 @@ crash) go through here.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
+from arb_orchestration.saga.claim import DEFAULT_CLAIM_TTL_SECONDS, ClaimLostError, Lease, SagaClaims
 from arb_orchestration.saga.engine import (
     Alert,
     CompensationFailedError,
@@ -115,6 +118,7 @@ class Action(str, enum.Enum):
     RELAUNCH = "relaunch"
     ESCALATED = "escalated"
     ALERTED = "alerted"  # hook: forward recovery will follow
+    BUSY = "busy"  # another actor holds the saga's claim: it was left alone (reason names the holder)
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,59 @@ class RecoveryOutcome:
     relaunch: RelaunchRequest | None = None
 
 
+@dataclass(frozen=True)
+class ClaimSpec:
+    """Who takes the saga's claim, for how long, and how long it waits for another holder."""
+
+    claims: SagaClaims
+    actor: str
+    run_id: str | None = None  # the run the actor lives in (hook): the lease dies with it
+    ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS
+    wait_seconds: float = 0.0
+
+
+class _Held:
+    """Our lease while we act; `renew` before each compensation (raises ClaimLostError if it was taken)."""
+
+    def __init__(self, spec: ClaimSpec, lease: Lease):
+        self.spec = spec
+        self.lease = lease
+
+    def renew(self, _step: str | None = None) -> None:
+        self.lease = self.spec.claims.renew(self.lease, self.spec.ttl_seconds)
+
+
+@contextlib.contextmanager
+def holding_claim(spec: ClaimSpec | None, saga_name: str, saga_id: str, logger: Any) -> Iterator[_Held | Lease | None]:
+    """Yields our `_Held` lease; the other holder's `Lease` if the claim is taken; None without a spec."""
+    if spec is None:
+        yield None
+        return
+    result = spec.claims.acquire(saga_id, spec.actor, ttl_seconds=spec.ttl_seconds, run_id=spec.run_id,
+                                 wait_seconds=spec.wait_seconds)
+    if not result.acquired:
+        assert result.holder is not None
+        yield result.holder
+        return
+    assert result.lease is not None
+    if result.took_over is not None:
+        logger.warning(f"saga {saga_name} [{saga_id}]: {spec.actor} took over the claim of "
+                       f"{result.took_over.describe()} (its lease expired or its run ended)")
+    held = _Held(spec, result.lease)
+    try:
+        yield held
+    finally:
+        if not spec.claims.release(held.lease):
+            logger.warning(f"saga {saga_name} [{saga_id}]: {spec.actor} no longer held its claim at release "
+                           f"(taken over after its lease ran out)")
+
+
+def _busy(saga: SagaDefinition, saga_id: str, log: SagaLog, actor: str, holder: Lease, logger: Any) -> RecoveryOutcome:
+    reason = f"claimed by {holder.describe()}"
+    logger.info(f"saga {saga.name} [{saga_id}]: {actor} leaves it alone: {reason}")
+    return RecoveryOutcome(saga_id, decide(saga, log.load(saga_id)), Action.BUSY, reason)
+
+
 def recover_saga(
     saga: SagaDefinition,
     saga_id: str,
@@ -136,8 +193,10 @@ def recover_saga(
     resources: Mapping[str, Any],
     alert: Alert | None,
     config: Any = None,
-    active_runs: int = 0,
-    relaunch_exists: bool = False,
+    active_runs: int | Callable[[], int] = 0,
+    relaunch_exists: bool | Callable[[], bool] = False,
+    claim: ClaimSpec | None = None,
+    reissue_after_seconds: float = 0.0,
     logger: Any = None,
 ) -> RecoveryOutcome:
     """Bring a saga whose run ended to a consistent state (the recovery sensors' job).
@@ -146,9 +205,43 @@ def recover_saga(
     (after it) which the caller must submit. The request is recorded first;
     `relaunch_exists` says whether a run continuing `failed_run` already
     exists: if it was recorded but never created (the sensor tick died), the
-    same request (same run key) is issued again.
+    same request (same run key) is issued again once it is `reissue_after_seconds`
+    old (before that, the actor that recorded it may still be submitting it).
+
+    With `claim`, everything happens under the saga's claim: another holder means
+    `Action.BUSY` (nothing done, the reason names the holder). `active_runs` and
+    `relaunch_exists` may be callables so they are read under the claim.
     """
     logger = logger or logging.getLogger("arb_orchestration.saga")
+    with holding_claim(claim, saga.name, saga_id, logger) as held:
+        if isinstance(held, Lease):
+            assert claim is not None
+            return _busy(saga, saga_id, log, claim.actor, held, logger)
+        try:
+            return _recover(saga, saga_id, failed_run, log=log, resources=resources, alert=alert, config=config,
+                            active_runs=active_runs() if callable(active_runs) else active_runs,
+                            relaunch_exists=relaunch_exists() if callable(relaunch_exists) else relaunch_exists,
+                            held=held, reissue_after_seconds=reissue_after_seconds, logger=logger)
+        except ClaimLostError as exc:
+            logger.warning(str(exc))
+            return RecoveryOutcome(saga_id, decide(saga, log.load(saga_id)), Action.BUSY, str(exc))
+
+
+def _recover(
+    saga: SagaDefinition,
+    saga_id: str,
+    failed_run: FailedRun,
+    *,
+    log: SagaLog,
+    resources: Mapping[str, Any],
+    alert: Alert | None,
+    config: Any,
+    active_runs: int,
+    relaunch_exists: bool,
+    held: "_Held | None",
+    reissue_after_seconds: float,
+    logger: Any,
+) -> RecoveryOutcome:
     if active_runs:
         state = log.load(saga_id)
         return RecoveryOutcome(saga_id, decide(saga, state), Action.WAITING,
@@ -165,7 +258,8 @@ def recover_saga(
                              f"compensation of {head} failed {saga.max_compensation_attempts} times; "
                              f"last error: {state.step(head).last_compensation_error}")
         try:
-            done = compensate(saga, saga_id, log=log, resources=resources, config=config, alert=alert, logger=logger)
+            done = compensate(saga, saga_id, log=log, resources=resources, config=config, alert=alert, logger=logger,
+                              before_each=held.renew if held is not None else None)
         except CompensationFailedError as exc:
             failures = log.load(saga_id).step(exc.step).compensation_failures
             if failures >= saga.max_compensation_attempts:
@@ -191,6 +285,13 @@ def recover_saga(
     if failed_run.run_id in state.forward_requested_for:
         if relaunch_exists:
             return RecoveryOutcome(saga_id, decision, Action.NONE, f"run {failed_run.run_id} was already relaunched")
+        age = time.time() - state.forward_requested_at.get(failed_run.run_id, 0.0)
+        if age < reissue_after_seconds:
+            # Whoever recorded it (the other recovery sensor, a moment ago) may still be submitting
+            # the run; issuing it again from here could start a second run of the saga.
+            return RecoveryOutcome(saga_id, decision, Action.WAITING,
+                                   f"relaunch of run {failed_run.run_id} requested {age:.0f} s ago; waiting for it "
+                                   f"to appear (re-issued after {reissue_after_seconds:g} s)")
         attempt = state.forward_requested_for.index(failed_run.run_id) + 1
         logger.warning(f"saga {saga.name} [{saga_id}]: relaunch {attempt} was recorded but no run exists; re-issuing")
         return RecoveryOutcome(saga_id, decision, Action.RELAUNCH, f"forward attempt {attempt} (re-issued)",
@@ -227,6 +328,7 @@ def on_step_failure(
     resources: Mapping[str, Any],
     alert: Alert | None,
     config: Any = None,
+    claim: ClaimSpec | None = None,
     logger: Any = None,
 ) -> RecoveryOutcome:
     """The failure hook's logic: a step failed for good (after its last retry) in a live run.
@@ -234,14 +336,33 @@ def on_step_failure(
     Before the pivot it compensates right away (raising `CompensationFailedError`
     if that fails); after it, it alerts and leaves the relaunch to the recovery
     sensor, which acts once the run has finished failing.
+
+    With `claim`, it compensates only under the saga's claim; if another actor holds it
+    (after `claim.wait_seconds`), it does nothing (`Action.BUSY`, the reason names the
+    holder) and the recovery sweep finishes the job once the run has failed.
     """
     logger = logger or logging.getLogger("arb_orchestration.saga")
+    with holding_claim(claim, saga.name, saga_id, logger) as held:
+        if isinstance(held, Lease):
+            assert claim is not None
+            return _busy(saga, saga_id, log, claim.actor, held, logger)
+        try:
+            return _on_step_failure(saga, saga_id, step, error, log=log, resources=resources, alert=alert,
+                                    config=config, held=held, logger=logger)
+        except ClaimLostError as exc:
+            logger.warning(str(exc))
+            return RecoveryOutcome(saga_id, decide(saga, log.load(saga_id)), Action.BUSY, str(exc))
+
+
+def _on_step_failure(saga: SagaDefinition, saga_id: str, step: str, error: BaseException | None, *, log: SagaLog,
+                     resources: Mapping[str, Any], alert: Alert | None, config: Any, held: "_Held | None",
+                     logger: Any) -> RecoveryOutcome:
     state = log.load(saga_id)
     decision = decide(saga, state)
     err = describe(error) if error is not None else "unknown error"
     if decision.verdict is Verdict.COMPENSATE:
         done = compensate(saga, saga_id, log=log, resources=resources, config=config, alert=alert,
-                          logger=logger, cause=error)
+                          logger=logger, cause=error, before_each=held.renew if held is not None else None)
         send_alert(alert, logger, f"[saga] {saga.name} rolled back [{saga_id}]",
                    f"Step {step} failed: {err}\nCompensated (newest first): {', '.join(done) or 'nothing'}.")
         return RecoveryOutcome(saga_id, decision, Action.COMPENSATED, "compensated", tuple(done))

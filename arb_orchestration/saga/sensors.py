@@ -14,6 +14,8 @@ dagster.yaml) — these sensors take over:
 
 Both call `recovery.recover_saga`, which compensates in place or returns a
 forward relaunch, and records what it did: running them again does nothing.
+Each does so under the saga's claim (`saga.claim`): a saga another actor holds
+is left alone and the tick says by whom (the sweep comes back to it).
 Both default to RUNNING: a recovery sensor that is off is a silent risk.
 """
 
@@ -43,10 +45,11 @@ from dagster import (
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from arb_orchestration.saga.build import Saga, alert_from, parse_saga_config, saga_id_of
+from arb_orchestration.saga.claim import DEFAULT_CLAIM_TTL_SECONDS, InstanceSagaClaims, SagaClaims
 from arb_orchestration.saga.engine import SagaDefinition
 from arb_orchestration.saga.keys import RECOVERY_OF_TAG
 from arb_orchestration.saga.log import InstanceSagaLog
-from arb_orchestration.saga.recovery import Action, FailedRun, RecoveryOutcome, recover_saga
+from arb_orchestration.saga.recovery import Action, ClaimSpec, FailedRun, RecoveryOutcome, recover_saga
 
 _log = logging.getLogger("arb_orchestration.saga.recovery")
 
@@ -58,6 +61,10 @@ MAX_RUNTIME_FAILURE_PREFIX = "Exceeded maximum runtime of"
 # The sweep leaves such a run alone this long after that failure: longer than the run pods'
 # terminationGracePeriodSeconds, so the worker is gone before anybody compensates.
 STOPPING_GRACE_SECONDS = 120.0
+# A relaunch recorded but not (yet) found as a run is issued again only after this long: until
+# then the actor that recorded it (the other recovery sensor) may still be submitting it, and
+# the two sensors' run keys do not dedupe each other. Longer than a sensor tick may take.
+REISSUE_AFTER_SECONDS = 120.0
 
 
 def stopped_for_max_runtime(instance: DagsterInstance, run_id: str) -> float | None:
@@ -76,14 +83,25 @@ def recover_run(
     run: DagsterRun,
     resources: Mapping[str, Any],
     logger: Any = None,
+    *,
+    actor: str = "recover_run",
+    claims: SagaClaims | None = None,
+    claim_ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS,
+    reissue_after_seconds: float = REISSUE_AFTER_SECONDS,
 ) -> RecoveryOutcome:
-    """Recover the saga of one finished (failed/canceled) run; records go into that run's log."""
+    """Recover the saga of one finished (failed/canceled) run; records go into that run's log.
+
+    Acts under the saga's claim (taken by `actor`); `Action.BUSY` if another actor holds it.
+    """
     saga_id = saga_id_of(run, instance)
     log = InstanceSagaLog(instance, run)
-    active = [
-        r for r in log.runs_of_saga(saga_id) if r.run_id != run.run_id and r.status in IN_PROGRESS_RUN_STATUSES
-    ]
-    relaunched = instance.get_runs(filters=RunsFilter(tags={RECOVERY_OF_TAG: run.run_id}), limit=1)
+
+    def active_runs() -> int:  # read under the claim: a re-execution started a moment ago counts
+        return sum(1 for r in log.runs_of_saga(saga_id) if r.run_id != run.run_id and r.status in IN_PROGRESS_RUN_STATUSES)
+
+    def relaunch_exists() -> bool:
+        return bool(instance.get_runs(filters=RunsFilter(tags={RECOVERY_OF_TAG: run.run_id}), limit=1))
+
     return recover_saga(
         definition,
         saga_id,
@@ -98,8 +116,10 @@ def recover_run(
         resources=resources,
         alert=alert_from(resources, definition.alert_resource_key),
         config=_config_or_none(definition, run, logger or _log),
-        active_runs=len(active),
-        relaunch_exists=bool(relaunched),
+        active_runs=active_runs,
+        relaunch_exists=relaunch_exists,
+        claim=ClaimSpec(claims or InstanceSagaClaims(instance), actor, ttl_seconds=claim_ttl_seconds),
+        reissue_after_seconds=reissue_after_seconds,
         logger=logger or _log,
     )
 
@@ -132,6 +152,8 @@ def build_saga_recovery_sensors(
     grace_seconds: float = 60,
     stopping_grace_seconds: float = STOPPING_GRACE_SECONDS,
     default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
+    claim_ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS,
+    reissue_after_seconds: float = REISSUE_AFTER_SECONDS,
 ) -> list[SensorDefinition]:
     """The failure sensor `name` and the sweep (`..._sweep_sensor`) for `sagas`.
 
@@ -162,7 +184,9 @@ def build_saga_recovery_sensors(
                 f"shutting down, so the sweep recovers it {stopping_grace_seconds:g} s after the failure"
             )
             return None
-        outcome = recover_run(context.instance, definition, run, _resources(context), context.log)
+        outcome = recover_run(context.instance, definition, run, _resources(context), context.log,
+                              actor=f"sensor {name}", claim_ttl_seconds=claim_ttl_seconds,
+                              reissue_after_seconds=reissue_after_seconds)
         context.log.info(f"saga recovery of run {run.run_id}: {outcome.action.value} — {outcome.reason}")
         if outcome.action is Action.RELAUNCH:
             return _run_request(outcome)
@@ -199,6 +223,9 @@ def build_saga_recovery_sensors(
             grace_seconds=grace_seconds,
             stopping_grace_seconds=stopping_grace_seconds,
             logger=context.log,
+            actor=f"sensor {sweep_name}",
+            claim_ttl_seconds=claim_ttl_seconds,
+            reissue_after_seconds=reissue_after_seconds,
         )
         errors = [line for line in lines if ": error " in line]
         if requests:
@@ -221,6 +248,9 @@ def sweep_failed_sagas(
     stopping_grace_seconds: float = STOPPING_GRACE_SECONDS,
     logger: Any = None,
     now: float | None = None,
+    actor: str = "recovery sweep",
+    claim_ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS,
+    reissue_after_seconds: float = REISSUE_AFTER_SECONDS,
 ) -> tuple[list[RunRequest], list[str]]:
     """One sweep over failed/canceled saga runs; returns relaunches to submit and a line per action.
 
@@ -254,7 +284,8 @@ def sweep_failed_sagas(
                                  f"runtime, to shut down ({now - stopped_at:.0f} of {stopping_grace_seconds:g} s)")
                     continue
             try:
-                outcome = recover_run(instance, definition, run, resources, logger)
+                outcome = recover_run(instance, definition, run, resources, logger, actor=actor,
+                                      claim_ttl_seconds=claim_ttl_seconds, reissue_after_seconds=reissue_after_seconds)
             except Exception as exc:  # reported; one bad saga must not block the others' recovery
                 logger.error(f"saga recovery of run {run.run_id} raised: {type(exc).__name__}: {exc}")
                 lines.append(f"{saga_id}: error {type(exc).__name__}")

@@ -109,6 +109,7 @@ class SagaState:
     steps: dict[str, StepState] = field(default_factory=dict)
     records: list[SagaRecord] = field(default_factory=list)
     forward_requested_for: list[str] = field(default_factory=list)  # failed run ids
+    forward_requested_at: dict[str, float] = field(default_factory=dict)  # failed run id -> first request time
     escalated: bool = False
     escalation_reason: str | None = None
 
@@ -148,6 +149,7 @@ class SagaState:
             state.saga_name = state.saga_name or r.saga_name
             if r.kind is RecordKind.FORWARD_REQUESTED:
                 state.forward_requested_for.append(str(r.data.get("failed_run_id")))
+                state.forward_requested_at.setdefault(str(r.data.get("failed_run_id")), r.timestamp)
                 continue
             if r.kind is RecordKind.ESCALATED:
                 state.escalated = True
