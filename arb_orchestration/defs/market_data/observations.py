@@ -57,7 +57,11 @@ POSITIONS_SCHEMA = TableSchema(
         TableColumn("entry_price", "float"),
         TableColumn("mark_price", "float"),
         TableColumn("liquidation_price", "float"),
-        TableColumn("liq_distance_pct", "float", description="how far the mark may move before liquidation"),
+        TableColumn(
+            "liq_distance_pct", "float",
+            description="how far the mark may move against the position before liquidation, % of mark; "
+            "negative: already past it",
+        ),
         TableColumn("unrealized_pnl", "float"),
         TableColumn("notional_usd", "float"),
     ]
@@ -151,7 +155,9 @@ def positions_observation(snapshot: MarketSnapshot, venue: str, *, with_plot: bo
     for p in sorted(state.positions, key=lambda p: (p.symbol, p.side)):
         distance = None
         if p.liquidation_price and p.mark_price:
-            distance = abs(p.mark_price - p.liquidation_price) / p.mark_price * 100
+            # Signed: room left before liquidation; negative once the mark is past it (abs() hid that).
+            room = p.mark_price - p.liquidation_price if p.side == "long" else p.liquidation_price - p.mark_price
+            distance = room / p.mark_price * 100
         rows.append(
             {
                 "symbol": p.symbol,
