@@ -106,6 +106,13 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _label(symbol: str, symbols) -> str:
+    """The base asset ("BTC"), or the whole symbol when another listed perp shares that base
+    (BTC/USDT:USDT and BTC/USDC:USDC): two chart groups or spread series must not share one name."""
+    base = base_asset(symbol)
+    return base if sum(1 for s in symbols if base_asset(s) == base) == 1 else symbol
+
+
 def balances_observation(snapshot: MarketSnapshot, venue: str, prices: dict[str, float], *, with_plot: bool):
     state = snapshot.states[venue]
     rows, usd_by_asset, unpriced = [], {}, []
@@ -241,7 +248,7 @@ def funding_observation(snapshot: MarketSnapshot, *, with_plot: bool, all_venues
         LAST_UPDATED: MetadataValue.timestamp(fetched_at),
     }
     for row in best_rows:
-        metadata[f"spread_8h_bps/{base_asset(row['symbol'])}"] = MetadataValue.float(row["spread_8h_bps"])
+        metadata[f"spread_8h_bps/{_label(row['symbol'], by_symbol)}"] = MetadataValue.float(row["spread_8h_bps"])
     if with_plot and rows:
         venues = sorted(snapshot.states)
         symbols = sorted(by_symbol)
@@ -251,7 +258,7 @@ def funding_observation(snapshot: MarketSnapshot, *, with_plot: bool, all_venues
             for venue in venues
         }
         metadata["chart"] = plots.grouped_bars_chart(
-            "Funding rate per venue, normalised to 8 h", [base_asset(s) for s in symbols], series, "bps per 8 h"
+            "Funding rate per venue, normalised to 8 h", [_label(s, by_symbol) for s in symbols], series, "bps per 8 h"
         )
     version = _version([(r.venue, r.symbol, r.rate, r.interval_hours) for r in rates])
     return AssetObservation(asset_key=FUNDING_RATES_KEY, metadata=metadata, tags={DATA_VERSION_TAG: version.value})
