@@ -77,6 +77,7 @@ __all__ = [
     "daily_usage",
     "earlier_park_deadlines",
     "fee_from_quotes",
+    "format_amount",
     "park_action",
     "park_deadline",
     "planned_transfers",
@@ -101,6 +102,13 @@ RULE_MIN_BENEFIT = "min_benefit"
 _EPS = 1e-9
 # Decimal places the venues and Wise accept per asset (default: 8).
 ASSET_DECIMALS: Mapping[str, int] = {"EUR": 2, "USD": 2, "GBP": 2, "USDT": 6, "USDC": 6}
+
+
+def format_amount(asset: str, amount: float) -> str:
+    """`amount` for a person: in full at the asset's precision, no trailing zeros (never `250000` for
+    250,000.4 nor `1.23457e+06`, which `:g` prints)."""
+    text = f"{amount:.{ASSET_DECIMALS.get(asset, 8)}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def round_up(asset: str, amount: float) -> float:
@@ -572,11 +580,12 @@ def apply_min_benefit(
         need = needs.get(asset, 0.0)
         minimum = guardrails.min_deficit.get(asset, 0.0)
         if need < minimum:
-            skipped[asset] = f"{RULE_MIN_BENEFIT}: deficit {need:g} {asset} is below the minimum {minimum:g}"
+            skipped[asset] = (f"{RULE_MIN_BENEFIT}: deficit {format_amount(asset, need)} {asset} is below the minimum "
+                              f"{format_amount(asset, minimum)}")
         elif need > 0 and fees[asset] / need > guardrails.max_fee_ratio:
             skipped[asset] = (
-                f"{RULE_MIN_BENEFIT}: fees {fees[asset]:g} {asset} are {fees[asset] / need:.2%} of the "
-                f"{need:g} deficit (max {guardrails.max_fee_ratio:.2%})"
+                f"{RULE_MIN_BENEFIT}: fees {format_amount(asset, fees[asset])} {asset} are {fees[asset] / need:.2%} "
+                f"of the {format_amount(asset, need)} deficit (max {guardrails.max_fee_ratio:.2%})"
             )
     return [t for t in transfers if t.asset not in skipped], skipped
 
@@ -599,7 +608,8 @@ def check_guardrails(
         elif t.amount > limit + _EPS:
             breaches.append(Breach(
                 RULE_PER_TRANSFER,
-                f"transfer #{t.index} moves {t.amount:g} {t.asset} ({t.rail}), above the per-transfer limit {limit:g}",
+                f"transfer #{t.index} moves {format_amount(t.asset, t.amount)} {t.asset} ({t.rail}), above the "
+                f"per-transfer limit {format_amount(t.asset, limit)}",
                 t.asset, t.index,
             ))
         if not guardrails.allows(t.to_venue, t.network):
@@ -617,8 +627,9 @@ def check_guardrails(
         elif used + amount > limit + _EPS:
             breaches.append(Breach(
                 RULE_DAILY,
-                f"{asset}: {used:g} already moved or reserved today + {amount:g} planned = {used + amount:g}, "
-                f"above the daily limit {limit:g}",
+                f"{asset}: {format_amount(asset, used)} already moved or reserved today + "
+                f"{format_amount(asset, amount)} planned = {format_amount(asset, used + amount)}, "
+                f"above the daily limit {format_amount(asset, limit)}",
                 asset,
             ))
     return breaches

@@ -42,7 +42,7 @@ from arb_orchestration.defs.rebalance.report import (
     proposal_metadata,
     summary_markdown,
 )
-from arb_orchestration.domain.rebalance import FIAT_SOURCE, PlannedTransfer, wise_funds_first
+from arb_orchestration.domain.rebalance import FIAT_SOURCE, PlannedTransfer, format_amount, wise_funds_first
 from arb_orchestration.resources.errors import BusinessError, TransientError
 from arb_orchestration.resources.wise import CANCELLED, FAILED_STATUSES, SENT, WAITING, customer_transaction_id_for
 from arb_orchestration.resources.wise_webhooks import BoardWatch
@@ -160,7 +160,7 @@ def _in_flight_markdown(in_flight: list[SagaInFlight]) -> str:
     lines = ["| saga | state | leg | amount | from → to | network | status |", "|---|---|---|---|---|---|---|"]
     for saga in in_flight:
         for leg in saga.legs:
-            lines.append(f"| {saga.saga_id} | {saga.why} | #{leg.index} | {leg.amount:g} {leg.asset} | "
+            lines.append(f"| {saga.saga_id} | {saga.why} | #{leg.index} | {format_amount(leg.asset, leg.amount)} {leg.asset} | "
                          f"{leg.from_venue} → {leg.to_venue} | {leg.network} | {leg.status} |")
     return "\n".join(lines)
 
@@ -287,8 +287,8 @@ def _prepare_wise_leg(ctx, wise, leg: PlannedTransfer, iban: str, cfg) -> dict[s
     allowed = leg.fee * (1 + cfg.max_fee_increase) + 0.01
     if quote.fee_total > allowed:
         raise BusinessError(
-            f"leg #{leg.index}: Wise now charges {quote.fee_total:g} {leg.asset}, planned {leg.fee:g} "
-            f"(max {allowed:g}); not sending",
+            f"leg #{leg.index}: Wise now charges {format_amount(leg.asset, quote.fee_total)} {leg.asset}, planned "
+            f"{format_amount(leg.asset, leg.fee)} (max {format_amount(leg.asset, allowed)}); not sending",
             code="fee_increase",
         )
     recipient = wise.create_recipient(leg.asset, iban, cfg.wise_recipient_holder)
@@ -400,14 +400,16 @@ def commit_transfers(ctx, exchange, wise, smtp, rebalance_journal) -> dict[str, 
         for (v, asset), amount in sorted(needed.items()):
             free = balances[asset].free if v == venue and asset in balances else None
             if v == venue and (free is None or amount > free + 1e-9):
-                raise BusinessError(f"{venue} has {free or 0:g} {asset} free, the plan sends {amount:g}; not sending",
+                raise BusinessError(f"{venue} has {format_amount(asset, free or 0.0)} {asset} free, the plan sends "
+                                    f"{format_amount(asset, amount)}; not sending",
                                     code="insufficient_funds")
     if wise_needed:
         available = wise.balances()
         for asset, amount in sorted(wise_needed.items()):
             if amount > available.get(asset, 0.0) + 1e-9:
-                raise BusinessError(f"the Wise balance holds {available.get(asset, 0.0):g} {asset}, the plan pays "
-                                    f"{amount:g}; not funding", code="insufficient_funds")
+                raise BusinessError(f"the Wise balance holds {format_amount(asset, available.get(asset, 0.0))} {asset}, "
+                                    f"the plan pays {format_amount(asset, amount)}; not funding",
+                                    code="insufficient_funds")
 
     wise_first = bool(fiat) and wise_funds_first(cfg.commit_order, funding_may_need_human=funding_may_need_human(wise))
     committed: dict[str, dict[str, Any]] = {}
@@ -495,7 +497,8 @@ def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
             [f"Rebalance saga {ctx.saga_id} failed during its pivot ({COMMIT}).",
              "These legs had already left and could not be cancelled; they will arrive, but the saga was rolled "
              "back around them (no arrival check, no balance verification):"]
-            + [f"  #{i}: {legs[i].rail} {legs[i].amount:g} {legs[i].asset}" for i in out["in_flight"] if i in legs]
+            + [f"  #{i}: {legs[i].rail} {format_amount(legs[i].asset, legs[i].amount)} {legs[i].asset}"
+               for i in out["in_flight"] if i in legs]
             + [f"Cancelled: {out['cancelled'] or 'none'}; never created: {out['not_created'] or 'none'}."]
         )
         try:
@@ -636,5 +639,6 @@ def verify_balances(ctx, exchange, rebalance_journal) -> dict[str, Any]:
     )
     if bad:
         raise TransientError("balances short after arrival: " + ", ".join(
-            f"{r['venue']} {r['asset']} {r['now']:g} < {r['expected']:g}" for r in bad))
+            f"{r['venue']} {r['asset']} {format_amount(r['asset'], r['now'])} < "
+            f"{format_amount(r['asset'], r['expected'])}" for r in bad))
     return {"verified": rows}  # the markdown summary is in the step's report event (the engine logs this dict)
