@@ -793,26 +793,36 @@ def dlq_envelope(
     offset: int,
     timestamp_ms: int | None,
     key: bytes | None = None,
+    headers: Iterable[tuple[str, bytes | None]] | None = None,
     parked_at: datetime | None = None,
+    with_text: bool = True,
 ) -> dict[str, Any]:
-    """The JSON object parked on `<topic>.dlq`: the original message, losslessly, and why it was parked."""
+    """The JSON object parked on `<topic>.dlq`: the original message, losslessly, and why it was parked.
+
+    `headers` are the original record's headers (kept so a replay can put them back);
+    `with_text=False` leaves out the readable copy of the value (`value_text`), for an
+    envelope that would otherwise be too large for the DLQ (replay uses `value_b64`).
+    """
     text = None
-    if value is not None:
+    if value is not None and with_text:
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError:
             text = None
+    original: dict[str, Any] = {
+        "value_b64": _b64(value),
+        # Readable copy for people browsing the topic; replay uses value_b64.
+        "value_text": text,
+        "key_b64": _b64(key),
+        "size_bytes": 0 if value is None else len(value),
+    }
+    if headers:
+        original["headers"] = [{"key": name, "value_b64": _b64(data)} for name, data in headers]
     return {
         "dlq_schema_version": DLQ_SCHEMA_VERSION,
         "reason": reason,
         "source": {"topic": topic, "partition": partition, "offset": offset, "timestamp_ms": timestamp_ms},
-        "original": {
-            "value_b64": _b64(value),
-            # Readable copy for people browsing the topic; replay uses value_b64.
-            "value_text": text,
-            "key_b64": _b64(key),
-            "size_bytes": 0 if value is None else len(value),
-        },
+        "original": original,
         "parked_at": (parked_at or datetime.now(timezone.utc)).isoformat(),
     }
 
@@ -831,6 +841,13 @@ class DlqSource(BaseModel):
     timestamp_ms: int | None = None
 
 
+class DlqHeader(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    value_b64: str | None = None
+
+
 class DlqOriginal(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -838,6 +855,7 @@ class DlqOriginal(BaseModel):
     value_text: str | None = None
     key_b64: str | None = None
     size_bytes: int = 0
+    headers: list[DlqHeader] = []  # envelopes written before headers were kept have none
 
 
 class DlqEnvelope(BaseModel):
@@ -858,6 +876,12 @@ class DlqEnvelope(BaseModel):
     def original_key(self) -> bytes | None:
         k = self.original.key_b64
         return None if k is None else base64.b64decode(k)
+
+    def original_headers(self) -> list[tuple[str, bytes | None]]:
+        """The original record's headers, in order (empty when it had none)."""
+        return [
+            (h.key, None if h.value_b64 is None else base64.b64decode(h.value_b64)) for h in self.original.headers
+        ]
 
 
 def parse_dlq_envelope(raw: bytes | str) -> DlqEnvelope:

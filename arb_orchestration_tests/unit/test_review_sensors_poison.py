@@ -36,7 +36,8 @@ from arb_orchestration.domain.events import (
 )
 from arb_orchestration.domain.triggers import SeenCriticalIds, admit_event, utc_now
 from arb_orchestration.resources.kafka import KafkaResource
-from arb_orchestration_tests.unit.test_event_sensor_reading import FakeConsumer
+from arb_orchestration_tests.unit import test_event_sensor_reading as reading
+from arb_orchestration_tests.unit.test_event_sensor_reading import FakeConsumer, FakeMessage
 
 KEY = "review-signing-key"
 
@@ -110,6 +111,17 @@ class FakeProducer:
         pass
 
 
+class HeaderedMessage(FakeMessage):
+    """The reading tests' fake message with the record headers a real one has (here: one trace header)."""
+
+    def headers(self):
+        return [("traceparent", b"00-%d" % self._offset)]
+
+
+def use_headered_messages(monkeypatch) -> None:
+    monkeypatch.setattr(reading, "FakeMessage", HeaderedMessage)  # what FakeConsumer.consume builds
+
+
 class Mailbox:
     def __init__(self):
         self.sent: list[tuple[str, str]] = []
@@ -138,6 +150,7 @@ def market_on_fakes(monkeypatch):
 
     monkeypatch.setattr(kafka_source, "Consumer", consumer)
     monkeypatch.setattr(kafka_source, "Producer", FakeProducer)
+    use_headered_messages(monkeypatch)
     FakeProducer.produced = []
     kafka_source.drop_warm_clients()
     sensor = build_event_sensors(rebalance_job=_review_job, stop_loss_job=_review_job, hedge_job=_review_job,

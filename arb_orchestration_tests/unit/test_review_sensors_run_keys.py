@@ -31,6 +31,7 @@ from arb_orchestration_tests.unit.test_review_sensors_poison import (
     _review_job,
     _shock,
     market_on_fakes,  # noqa: F401 (fixture)
+    use_headered_messages,
 )
 
 
@@ -64,6 +65,7 @@ def funding_on_fakes(monkeypatch):
     logs: dict[int, list[bytes]] = {0: []}
     monkeypatch.setattr(kafka_source, "Consumer", lambda config: FakeConsumer(topics.funding, logs))
     monkeypatch.setattr(kafka_source, "Producer", FakeProducer)
+    use_headered_messages(monkeypatch)
     FakeProducer.produced = []
     kafka_source.drop_warm_clients()
     sensor = build_event_sensors(rebalance_job=_review_job, stop_loss_job=_review_job, hedge_job=_review_job,

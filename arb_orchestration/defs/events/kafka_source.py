@@ -57,14 +57,18 @@ class Record:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
     @property
     def source(self) -> str:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
     @classmethod
-    def of(cls, msg: Any) -> "Record":
-        """The record of a confluent-kafka `Message` (built only for messages a tick reports on)."""
+    def of(cls, msg: Any, *, with_headers: bool = False) -> "Record":
+        """The record of a confluent-kafka `Message` (built only for messages a tick reports on).
+
+        `with_headers`: copy the record's headers too (for a message being parked: replay puts them back).
+        """
         timestamp_type, timestamp = msg.timestamp()
         return cls(
             topic=msg.topic(),
@@ -73,6 +77,7 @@ class Record:
             key=msg.key(),
             value=msg.value(),
             timestamp_ms=timestamp if timestamp_type else None,
+            headers=tuple(msg.headers() or ()) if with_headers else (),
         )
 
 

@@ -296,9 +296,9 @@ class _EventSensor:
     def _on_event(self, context, tick: _Tick, msg: Any, event: Event | EventRejected, signing_key: str | None) -> bool:
         """Handle one market/capital message; True when the tick must stop after it."""
         if isinstance(event, EventRejected):
-            return self._park(context, tick, Record.of(msg), event.reason, critical=_claims_critical(msg.value()))
+            return self._park(context, tick, _parked(msg), event.reason, critical=_claims_critical(msg.value()))
         if (problem := run_key_problem(event.event_id)) is not None:
-            return self._park(context, tick, Record.of(msg), problem, critical=event.is_critical)
+            return self._park(context, tick, _parked(msg), problem, critical=event.is_critical)
         admission = admit_event(event, signing_key, tick.cursor.seen, now=utc_now(), policy=self.policy)
         if not admission.admitted:
             if admission.stale:
@@ -306,7 +306,7 @@ class _EventSensor:
                 if tick.should_log("stale"):
                     context.log.info(f"{Record.of(msg).source}: event {event.event_id} not acted on: {admission.reason}")
                 return False
-            return self._park(context, tick, Record.of(msg), admission.reason, critical=event.is_critical, event=event)
+            return self._park(context, tick, _parked(msg), admission.reason, critical=event.is_critical, event=event)
         route = route_event(event)
         if route.action is Action.NONE:
             tick.tally.ignored += 1
@@ -393,7 +393,7 @@ class _EventSensor:
                     f"{Record.of(msg).source}: a message that says it is critical was parked from the funding "
                     f"topic (no funding event is critical: was it meant for {MARKET_EVENTS} or {CAPITAL_EVENTS}?)"
                 )
-            return _AFTER if self._park(context, tick, Record.of(msg), exc.reason, critical=False) else _GO_ON
+            return _AFTER if self._park(context, tick, _parked(msg), exc.reason, critical=False) else _GO_ON
         admission = admit(event)
         if not admission.admitted:
             if admission.stale:
@@ -401,7 +401,7 @@ class _EventSensor:
                 if tick.should_log("stale"):
                     context.log.info(f"{Record.of(msg).source}: event {event.event_id} not acted on: {admission.reason}")
                 return _GO_ON
-            parked = self._park(context, tick, Record.of(msg), admission.reason, critical=False, event=event)
+            parked = self._park(context, tick, _parked(msg), admission.reason, critical=False, event=event)
             return _AFTER if parked else _GO_ON
         assert tick.newest is not None
         return _GO_ON if tick.newest.offer(event, msg) else _BEFORE
@@ -422,7 +422,7 @@ class _EventSensor:
             if (problem := run_key_problem(event.event_id)) is not None:
                 # Only a kept rate can become a run: the rest never reach a run key. (Parked before
                 # park_all runs, like everything else this tick parks.)
-                self._park(context, tick, Record.of(msg), problem, critical=False)
+                self._park(context, tick, _parked(msg), problem, critical=False)
                 continue
             newest.append((event, msg))
         superseded = tick.newest.superseded
@@ -501,26 +501,19 @@ class _EventSensor:
         self, context, tick: _Tick, record: Record, reason: str, *, critical: bool, event: Event | None = None
     ) -> bool:
         """Queue `record` for the DLQ with `reason`; True when the tick's DLQ byte bound is reached."""
-        envelope = encode_dlq_envelope(
-            value=record.value,
-            reason=reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp_ms=record.timestamp_ms,
-            key=record.key,
-        )
+        where = dict(topic=record.topic, partition=record.partition, offset=record.offset,
+                     timestamp_ms=record.timestamp_ms, key=record.key, headers=record.headers)
+        envelope = encode_dlq_envelope(value=record.value, reason=reason, **where)
+        if len(envelope) > MAX_DLQ_MESSAGE_BYTES:
+            # The value is in the envelope twice (base64 for replay, text for people): drop the text first.
+            envelope = encode_dlq_envelope(value=record.value, reason=reason, with_text=False, **where)
         if len(envelope) > MAX_DLQ_MESSAGE_BYTES:
             size = len(record.value or b"")
             envelope = encode_dlq_envelope(
                 value=None,
                 reason=f"{reason} [original value of {size} bytes not copied: too large for the DLQ; "
                 f"it stays at {record.source} until retention]",
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                timestamp_ms=record.timestamp_ms,
-                key=record.key,
+                **where,
             )
         tick.parked.append(Parked(dlq_topic(record.topic), record.source.encode(), envelope))
         tick.parked_bytes += len(envelope)
@@ -553,6 +546,11 @@ class _EventSensor:
             return
         context.log.error(f"ALERT: {subject}; mailing the risk team")
         send_alert_in_background(smtp, subject, body)
+
+
+def _parked(msg: Any) -> Record:
+    """The record of a message about to be parked: with its headers, which replay puts back."""
+    return Record.of(msg, with_headers=True)
 
 
 def _claims_critical(value: bytes | None) -> bool:
