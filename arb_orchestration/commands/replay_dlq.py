@@ -1,8 +1,10 @@
 """`arb-orchestration replay-dlq TOPIC.dlq`: re-publish parked messages to their source topic.
 
 Each message on a `.dlq` topic is an envelope (see docs/kafka.md) holding the
-original value and key byte for byte, the reason it was parked and where it came
-from. Replay produces the original back onto the source topic, with a header
+original value, key and headers byte for byte, the reason it was parked and where
+it came from. Replay produces the original back onto the partition of the source
+topic it was read from (so it stays in order with its instrument's other events,
+whichever partitioner its producer used), with its headers and one more,
 `x-arb-replayed-from: <dlq>:<partition>:<offset>`, so the sensors see it again
 and judge it again (a replay bypasses no check: a still-invalid message is parked
 again; a critical event past its timestamp window is refused again).
@@ -138,6 +140,7 @@ def main(argv: list[str]) -> int:
         return 1
     try:
         partitions = kafka.partitions_for(args.topic)
+        source_partitions = set(kafka.partitions_for(source)) if not args.dry_run else None
         if args.all:
             wanted: dict[int, set[int] | None] = {p: None for p in partitions}
         else:
@@ -176,11 +179,16 @@ def main(argv: list[str]) -> int:
                 print(f"  would  {where} -> {source} (from {origin}, parked for: {envelope.reason}){verdict}")
                 replayed += 1
                 continue
+            # Back where it was read from; a partition the topic no longer has (recreated smaller):
+            # the partitioner picks one from the key, and the line says so.
+            partition = envelope.source.partition if envelope.source.partition in source_partitions else None
+            moved = "" if partition is not None else f" [partition {envelope.source.partition} is gone: keyed]"
             delivered = kafka.publish(
-                source, value, key=key, headers=[(REPLAY_HEADER, where.encode())], producer=producer
+                source, value, key=key, headers=[*envelope.original_headers(), (REPLAY_HEADER, where.encode())],
+                producer=producer, partition=partition,
             )
             print(f"  replay {where} -> {delivered.topic}:{delivered.partition}:{delivered.offset} "
-                  f"(from {origin}, parked for: {envelope.reason}){verdict}")
+                  f"(from {origin}, parked for: {envelope.reason}){moved}{verdict}")
             replayed += 1
     except KafkaConfigError as exc:
         print(f"arb-orchestration replay-dlq: {exc}", file=sys.stderr)

@@ -337,8 +337,12 @@ class KafkaResource(ConfigurableResource):
         headers: list[tuple[str, bytes]] | None = None,
         timeout: float = 30.0,
         producer=None,
+        partition: int | None = None,
     ) -> Delivered:
-        """Produce one message and wait for the broker's acknowledgement; raises on failure."""
+        """Produce one message and wait for the broker's acknowledgement; raises on failure.
+
+        `partition`: this partition; None lets the producer's partitioner pick one from the key.
+        """
         own = producer is None
         producer = producer or self.producer()
         result: dict[str, Any] = {}
@@ -347,7 +351,8 @@ class KafkaResource(ConfigurableResource):
             result["err"], result["msg"] = err, msg
 
         try:
-            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            where = {} if partition is None else {"partition": partition}
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery, **where)
             remaining = producer.flush(timeout)
         finally:
             if own:
