@@ -10,19 +10,21 @@ a tick where no venue answers fails, so the sensor page shows it.
 every observed asset from the instance and records the freshness outcome. It is
 separate on purpose: it must notice when the observation sensor itself stops.
 
-Both record a check outcome only when it changed or the last record is older
-than the heartbeat (the cursor remembers), and the observation sensor attaches
+Both record a check outcome only when it differs from the latest stored result
+(whoever recorded it: a sensor, the job, the UI's Execute) or their own last
+record is older than the heartbeat (the cursor remembers), and the observation sensor attaches
 charts at most every `plot_every_seconds` per asset: each is ~10 kB of PNG.
 """
 
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from dagster import (
     AssetCheckEvaluation,
     AssetKey,
+    DagsterInstance,
     DefaultSensorStatus,
     SensorEvaluationContext,
     SensorResult,
@@ -74,16 +76,46 @@ class SensorCursor:
     def plotted(self, key: AssetKey, now: float) -> None:
         self.plots[key.to_user_string()] = now
 
-    def due(self, outcomes: Iterable[CheckOutcome], now: float, heartbeat: float) -> list[AssetCheckEvaluation]:
-        """Evaluations worth recording: new, changed, or due for a heartbeat; remembers them."""
+    def due(
+        self,
+        outcomes: Iterable[CheckOutcome],
+        now: float,
+        heartbeat: float,
+        stored: Mapping[str, str | None] | None = None,
+    ) -> list[AssetCheckEvaluation]:
+        """Evaluations worth recording: new, changed, or due for a heartbeat; remembers them.
+
+        `stored` is the state of the latest result in the instance per check (`stored_check_states`):
+        the job and the UI's Execute record results too, so "changed" is measured against what the
+        UI shows, not only against what this sensor last wrote (the cursor decides when nothing is stored).
+        """
         due = []
         for outcome in outcomes:
             name = outcome.check_key.to_user_string()
             last = self.checks.get(name)
-            if last is None or last.get("state") != outcome.state or now - float(last.get("at", 0)) >= heartbeat:
+            shown = last.get("state") if last is not None else None
+            if stored is not None and stored.get(name) is not None:
+                shown = stored[name]
+            if last is None or shown != outcome.state or now - float(last.get("at", 0)) >= heartbeat:
                 due.append(outcome.as_evaluation())
                 self.checks[name] = {"state": outcome.state, "at": now}
         return due
+
+
+def stored_check_states(instance: DagsterInstance, outcomes: Iterable[CheckOutcome]) -> dict[str, str | None]:
+    """The state ("pass" / "fail:<severity>") of each check's latest stored result; None when there is none
+    or it is still only planned (one query for all)."""
+    keys = [outcome.check_key for outcome in outcomes]
+    summaries = instance.event_log_storage.get_asset_check_summary_records(keys) if keys else {}
+    states: dict[str, str | None] = {}
+    for key in keys:
+        summary = summaries.get(key)
+        record = summary.last_check_execution_record if summary is not None else None
+        evaluation = record.evaluation if record is not None else None
+        states[key.to_user_string()] = (
+            None if evaluation is None else "pass" if evaluation.passed else f"fail:{evaluation.severity.value}"
+        )
+    return states
 
 
 def build_observation_sensor(venues: list[str], policy: MarketDataPolicy):
@@ -124,7 +156,9 @@ def build_observation_sensor(venues: list[str], policy: MarketDataPolicy):
             for venue in venues
             if venue not in snapshot.states
         ]
-        checks = cursor.due(outcomes, now, policy.check_heartbeat_seconds)
+        checks = cursor.due(
+            outcomes, now, policy.check_heartbeat_seconds, stored_check_states(context.instance, outcomes)
+        )
         context.log.info(
             f"observed {len(events)} assets from {len(snapshot.states)}/{len(venues)} venues, "
             f"recorded {len(checks)} check results"
@@ -147,7 +181,9 @@ def build_freshness_sensor(venues: list[str], policy: MarketDataPolicy):
         cursor = SensorCursor.parse(context.cursor)
         now = time.time()
         outcomes = [freshness_from_instance(context.instance, key, policy, now) for key in keys]
-        checks = cursor.due(outcomes, now, policy.check_heartbeat_seconds)
+        checks = cursor.due(
+            outcomes, now, policy.check_heartbeat_seconds, stored_check_states(context.instance, outcomes)
+        )
         stale = [o.asset_key.to_user_string() for o in outcomes if not o.passed]
         if stale:
             context.log.warning(f"not fresh: {', '.join(stale)}")
