@@ -396,7 +396,9 @@ def test_a_thousand_bad_messages_are_parked_and_the_sensor_stays_healthy(setup):
             bad.append(b"[" + b"1," * 33_000 + b"1]")  # oversized (> 64 KiB)
         else:
             bad.append(None)  # a tombstone: no value at all
-    bad[999] = b"x" * 500_000  # too big to copy into a DLQ envelope (the broker takes ~1 MB)
+    # Too big to copy into a DLQ envelope even as base64 alone (the broker takes ~1 MB); 500 kB
+    # now keeps its base64 copy (test_review_sensors_dlq).
+    bad[999] = b"x" * 700_000
     setup.publish(topic, *bad[:500], good, *bad[500:])
 
     requests = []
@@ -419,7 +421,7 @@ def test_a_thousand_bad_messages_are_parked_and_the_sensor_stays_healthy(setup):
         assert expected in reasons
     assert all(e.source.topic == topic and e.source.partition == 0 for e in envelopes)
     huge = next(e for e in envelopes if e.source.offset == 1000)
-    assert huge.original.value_b64 is None and "500000 bytes not copied" in huge.reason
+    assert huge.original.value_b64 is None and "700000 bytes not copied" in huge.reason
 
 
 def test_forged_stale_and_replayed_critical_events_never_stop_loss(setup, sink):
