@@ -10,6 +10,9 @@ again. One unsigned warning with such an id stopped the market sensor, the
 emergency path included, for good. Now an event whose id holds a control
 character is parked with the reason (market/capital before admission; funding
 when it is the rate kept for its market) and the cursor moves on.
+
+Also: a stop-loss whose event id a run of another job of the same sensor already
+holds as its run key is requested under `<id>:<job>` (else Dagster skips it).
 """
 
 import json
@@ -17,9 +20,9 @@ import time
 import uuid
 
 import pytest
-from dagster import build_sensor_context
+from dagster import DagsterInstance, RunsFilter, build_sensor_context, job, op
 
-from arb_orchestration.defs.events import EventSensorSettings, EventTopics, build_event_sensors
+from arb_orchestration.defs.events import EventSensorSettings, EventTopics, TriggerEventConfig, build_event_sensors
 from arb_orchestration.defs.events import kafka_source
 from arb_orchestration.domain.events import encode_event, parse_dlq_envelope, sign_event
 from arb_orchestration.domain.triggers import run_key_problem
@@ -95,3 +98,83 @@ def test_a_kept_funding_rate_whose_id_holds_nul_is_parked_not_hedged(funding_on_
     [(_, envelope, _, _)] = FakeProducer.produced
     parked = parse_dlq_envelope(envelope)
     assert parked.source.offset == 1 and "U+0000" in parked.reason
+
+
+# --------------------------------------------------------------------------- a stop-loss swallowed by run-key dedupe
+
+# Dagster skips a sensor's run request when a run of that sensor (any job) already has its run
+# key. A warning that started a rebalance under id X swallowed a later stop-loss for a critical
+# event reusing X: the tick logged "-> stop-loss", the daemon logged "Skipping 1 run", nothing ran.
+
+
+@op
+def _stop(config: TriggerEventConfig) -> str:
+    return config.event_id
+
+
+@job
+def _review_stop_loss_job():
+    _stop()
+
+
+@pytest.fixture
+def market_with_instance(monkeypatch):
+    topics = EventTopics.with_prefix(f"rs{uuid.uuid4().hex[:6]}-")
+    logs: dict[int, list[bytes]] = {0: []}
+    monkeypatch.setattr(kafka_source, "Consumer", lambda config: FakeConsumer(topics.market, logs))
+    monkeypatch.setattr(kafka_source, "Producer", FakeProducer)
+    use_headered_messages(monkeypatch)
+    FakeProducer.produced = []
+    kafka_source.drop_warm_clients()
+    sensor = build_event_sensors(rebalance_job=_review_job, stop_loss_job=_review_stop_loss_job, hedge_job=_review_job,
+                                 settings=EventSensorSettings(long_poll_seconds=0), topics=topics,
+                                 name_prefix="rs_")[0]
+    instance = DagsterInstance.ephemeral()
+
+    def evaluate(cursor=None):
+        return sensor(build_sensor_context(instance=instance, cursor=cursor, resources={
+            "kafka": KafkaResource(bootstrap_servers="fake:9", signing_key=KEY), "smtp": object()}))
+
+    def existing(run_key):
+        return instance.get_runs(filters=RunsFilter(tags={"dagster/run_key": run_key,
+                                                          "dagster/sensor_name": sensor.name}))
+
+    def started(request):  # what the daemon does with a request it does not skip
+        instance.create_run_for_job(_review_stop_loss_job if request.job_name == _review_stop_loss_job.name
+                                    else _review_job, run_config=request.run_config,
+                                    tags={**request.tags, "dagster/run_key": request.run_key,
+                                          "dagster/sensor_name": sensor.name})
+
+    yield evaluate, logs, existing, started
+    kafka_source.drop_warm_clients()
+    instance.dispose()
+
+
+def test_a_stop_loss_is_not_swallowed_by_a_rebalance_that_used_the_same_event_id(market_with_instance):
+    evaluate, logs, existing, started = market_with_instance
+    incident = f"incident-{uuid.uuid4().hex[:8]}"
+    logs[0].append(encode_event(_shock("warning", event_id=incident)))
+    first = evaluate()
+    [rebalance] = first.run_requests
+    assert rebalance.run_key == incident
+    started(rebalance)
+
+    logs[0].append(encode_event(sign_event(_shock("critical", event_id=incident), KEY)))
+    second = evaluate(first.cursor)
+    [stop] = second.run_requests
+    assert stop.job_name == _review_stop_loss_job.name
+    assert not existing(stop.run_key), "Dagster would skip this stop-loss: its run key is taken"
+    # Read again (the cursor not saved): the same key, so still one stop-loss.
+    again = evaluate(first.cursor)
+    assert [r.run_key for r in again.run_requests] == [stop.run_key]
+
+
+def test_a_stop_loss_keeps_the_event_id_as_run_key_when_it_is_free(market_with_instance):
+    evaluate, logs, existing, started = market_with_instance
+    critical = sign_event(_shock("critical"), KEY)
+    logs[0].append(encode_event(critical))
+    [stop] = evaluate().run_requests
+    assert stop.run_key == critical["event_id"]
+    started(stop)
+    [redelivered] = evaluate().run_requests  # a stop-loss run holds it: same key, Dagster skips it
+    assert redelivered.run_key == critical["event_id"]

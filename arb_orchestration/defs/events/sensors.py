@@ -33,7 +33,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import DefaultSensorStatus, RunRequest, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
 
 from arb_orchestration.defs.events.config import TriggerEventConfig, event_run_config
 from arb_orchestration.defs.events.daemon_loop import LoopClock
@@ -326,7 +334,8 @@ class _EventSensor:
                         f"{record.source}: event {event.event_id}: {route.reason}: not acted on, trading is paused ({paused})"
                     )
                 return False
-        tick.run_requests.append(self._request(route.action, event, record, route.reason))
+        run_key = self._stop_loss_run_key(context, event) if route.action is Action.STOP_LOSS else None
+        tick.run_requests.append(self._request(route.action, event, record, route.reason, run_key=run_key))
         tick.tally.acted += 1
         context.log.info(f"{record.source}: event {event.event_id}: {route.reason} -> {self.jobs[route.action].name}")
         if route.action is Action.STOP_LOSS and self.spec.stop_on_critical:
@@ -472,7 +481,36 @@ class _EventSensor:
 
     # ------------------------------------------------------------------ outputs
 
-    def _request(self, action: Action, event: Event, record: Record, reason: str) -> RunRequest:
+    def _stop_loss_run_key(self, context, event: Event) -> str:
+        """The event id, unless a run of another job of this sensor already holds it as its run key.
+
+        Dagster skips a request whose run key any run of the same sensor has, whatever
+        its job: a warning that started a rebalance under id X would silently swallow a
+        stop-loss for a critical event reusing X (a producer reusing an incident id; an
+        unsigned event needs no key to write). Then the stop-loss gets `X:<job>`, the same
+        on every re-read, so it still runs once. One lookup, on stop-loss requests only.
+        """
+        instance = sensor_instance(context)
+        if instance is None:
+            return event.event_id
+        job_name = self.jobs[Action.STOP_LOSS].name
+        # Dagster's own tag names (dagster/_core/storage/tags.py: RUN_KEY_TAG, SENSOR_NAME_TAG).
+        taken = instance.get_runs(
+            filters=RunsFilter(tags={"dagster/run_key": event.event_id, "dagster/sensor_name": self.spec.name}), limit=5
+        )
+        others = sorted({run.job_name for run in taken if run.job_name != job_name})
+        if not others:
+            return event.event_id
+        run_key = f"{event.event_id}:{job_name}"
+        context.log.error(
+            f"critical event {event.event_id}: a {', '.join(others)} run of this sensor already has run key "
+            f"{event.event_id!r} (an earlier event reused the id); the stop-loss is requested as {run_key!r}"
+        )
+        return run_key
+
+    def _request(
+        self, action: Action, event: Event, record: Record, reason: str, *, run_key: str | None = None
+    ) -> RunRequest:
         job = self.jobs[action]
         trigger = TriggerEventConfig(
             event_id=event.event_id,
@@ -491,7 +529,7 @@ class _EventSensor:
         elif action is Action.HEDGE:
             tags[JOB_TAG] = HEDGE_JOB
         return RunRequest(
-            run_key=event.event_id,
+            run_key=run_key or event.event_id,
             job_name=job.name,
             run_config=dict(self.run_config(job, trigger)),
             tags=tags,
