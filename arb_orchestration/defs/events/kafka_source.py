@@ -383,7 +383,12 @@ def open_topic_read(
                 low, high = -1, -1
                 if cached:
                     low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
-                if low < 0 or high < 0:
+                stored = offsets.get(p)
+                if low < 0 or high < 0 or (cached and stored is not None and stored > high):
+                    # (A cursor past the cached end: the cache is only as new as this client's last
+                    # fetch, stalled while its prefetch queue is full, and the cursor may have been
+                    # moved by hand or by another code-server replica. The broker decides whether the
+                    # partition really ends before the cursor, i.e. was recreated or truncated.)
                     low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=metadata_timeout)
                 low_at_start[p], high_at_start[p] = low, high
         except KafkaException as exc:
