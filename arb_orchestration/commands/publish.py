@@ -106,9 +106,14 @@ def main(argv: list[str]) -> int:
             filled.append(f"{field}={payload[field]}")
 
     signing_key = os.environ.get("EVENT_SIGNING_KEY") or None
-    if signing_key:
-        payload = sign_event(payload, signing_key)
     try:
+        if signing_key:
+            # Signing serialises the payload first: a number beyond float range (1e400) or a lone
+            # surrogate cannot be, and is reported like any other invalid JSON.
+            try:
+                payload = sign_event(payload, signing_key)
+            except ValueError as exc:
+                raise EventRejected(f"not JSON: {exc}") from None
         event = validate_payload(base, payload)
     except EventRejected as exc:
         where = f" (field '{exc.field}')" if exc.field and f"'{exc.field}'" not in exc.reason else ""
