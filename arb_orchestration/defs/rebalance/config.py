@@ -116,8 +116,11 @@ class RebalancePolicyConfig(Config):
         minimum: dict[str, dict[str, float]] = {}
         if self.use_market_data_floors:
             floors = MARKET_DATA_POLICY.floors
-            # The default floors hold on every venue ('*'); per-venue ones override them there.
-            minimum = {"*": dict(floors.default), **{v: floors.floors_for(v) for v in floors.per_venue}}
+            # The default floors hold on every venue ('*'); a venue's own entry replaces '*' for it, so it keeps
+            # the defaults it does not override *and its zeros* (a 0 switches a default off there). Not
+            # `floors_for`, which drops zeros: the 0 would then hold only because the asset is absent.
+            minimum = {"*": dict(floors.default),
+                       **{v: {**floors.default, **per_venue} for v, per_venue in floors.per_venue.items()}}
         return TargetPolicy(
             assets=tuple(self.assets),
             default_floors=dict(self.floors),
