@@ -83,6 +83,7 @@ __all__ = [
     "planned_transfers",
     "rail_id",
     "round_up",
+    "split_by_allowlist",
     "split_executable",
     "wise_rails",
     "wise_funds_first",
@@ -588,6 +589,20 @@ def apply_min_benefit(
                 f"of the {format_amount(asset, need)} deficit (max {guardrails.max_fee_ratio:.2%})"
             )
     return [t for t in transfers if t.asset not in skipped], skipped
+
+
+def split_by_allowlist(specs: Iterable[RailSpec], guardrails: Guardrails) -> tuple[list[RailSpec], list[RailSpec]]:
+    """(allowed, excluded) rails: those whose destination `venue:network` the allowlist admits, and the rest.
+
+    The planner gets only the allowed ones, so it finds the cheapest *allowed* plan rather than a cheaper
+    route over an unlisted network that the guardrail would then refuse. `check_guardrails` still checks
+    every leg (defence in depth).
+    """
+    allowed: list[RailSpec] = []
+    excluded: list[RailSpec] = []
+    for spec in specs:
+        (allowed if guardrails.allows(spec.rail.to_venue, spec.network) else excluded).append(spec)
+    return allowed, excluded
 
 
 def check_guardrails(

@@ -5,7 +5,7 @@ Scenario: okx is short of USDT and bybit short of EUR; the saga covers okx with 
 with a Wise payout from the desk's Wise balance. Covered: the happy path (balances verified after arrival),
 re-executing a finished run, a failure injected at every step (compensated before the pivot, completed by
 forward recovery after it), timeout-after-commit on withdraw / Wise create_transfer / fund (no duplicate),
-each guardrail, the kill switch, dry runs, and the `rebalance_plan` asset.
+each guardrail, the allowlist steering the plan to a listed network, the kill switch, dry runs, and the `rebalance_plan` asset.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dagster import (
     materialize,
 )
 
-from arb_orchestration.defs.rebalance import RebalanceJournalResource, build_auto_rebalance_saga
+from arb_orchestration.defs.rebalance import RebalanceJournalResource, build_auto_rebalance_saga, planning
 from arb_orchestration.defs.rebalance.assets import build_rebalance_plan
 from arb_orchestration.resources.resilience import reset_breakers
 from arb_orchestration.resources.sim_venue import SimExchangeResource
@@ -251,10 +251,15 @@ def test_refuses_to_start_while_trading_is_paused(short, instance):
     [
         ({"max_transfer": {"USDT": 5_000.0, "USDC": 1e6, "EUR": 1e6}}, "per_transfer_limit"),
         ({"max_daily": {"USDT": 1e6, "USDC": 1e6, "EUR": 1_000.0}}, "daily_limit"),
+        # The planner sees only allowed rails (test_the_allowlist_steers_the_plan_to_a_listed_network below); the
+        # guardrail is the defence in depth behind that filter, so this case hands the planner every rail, as a
+        # bug in the filter would (an in-process patch of our own code; the world stays real).
         ({"allowed_destinations": ["*:TRC20", "*:SEPA"]}, "destination_allowlist"),
     ],
 )
-def test_each_guardrail_breach_fails_before_anything_moves(short, instance, config, rule):
+def test_each_guardrail_breach_fails_before_anything_moves(short, instance, config, rule, monkeypatch):
+    if rule == "destination_allowlist":
+        monkeypatch.setattr(planning, "split_by_allowlist", lambda specs, guardrails: (list(specs), []))
     world = short
     books = _books(world)
     result = _run(instance, config)
@@ -263,6 +268,25 @@ def test_each_guardrail_breach_fails_before_anything_moves(short, instance, conf
     assert failure.step_key == "plan_rebalance"
     assert failure.event_specific_data.user_failure_data.metadata["arb/guardrail"].value == rule
     assert _books(world) == books
+
+
+def test_the_allowlist_steers_the_plan_to_a_listed_network(short, instance):
+    """binance → okx is cheapest over ARBITRUM; with ARBITRUM not listed the saga routes over TRC20 and completes,
+    and the plan says how many rails the allowlist kept from the planner."""
+    world = short
+    result = _run(instance, {"allowed_destinations": ["*:TRC20", "*:SEPA"]})
+    assert result.success
+    plan = InstanceSagaLog(instance).load(result.run_id).step("plan_rebalance").result
+    usdt = [t for t in plan["transfers"] if t["asset"] == "USDT"]
+    assert [(t["from"], t["to"], t["network"], t["credited"]) for t in usdt] == [("binance", "okx", "TRC20", 8_000.0)]
+    assert plan["allowlist_excluded"] and not any(r.endswith(":TRC20") or r.endswith(":SEPA")
+                                                  for r in plan["allowlist_excluded"])
+    assert "binance->okx:USDT:ARBITRUM" in plan["allowlist_excluded"]
+    excluded = _engine_metadata(instance, result.run_id, "plan_rebalance", "allowlist_excluded_rails").value
+    assert excluded == len(plan["allowlist_excluded"])
+    [withdrawal] = _withdrawals(world)
+    assert (withdrawal.network, withdrawal.status) == ("TRC20", "completed")
+    assert world.exchange.state.balances("okx")["USDT"].free == pytest.approx(12_000.0)
 
 
 def test_min_benefit_skips_without_moving(short, instance):

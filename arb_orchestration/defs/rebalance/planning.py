@@ -28,6 +28,7 @@ from arb_orchestration.domain.rebalance import (
     compute_targets,
     fee_from_quotes,
     planned_transfers,
+    split_by_allowlist,
     split_executable,
     wise_rails,
     withdrawal_rails,
@@ -63,6 +64,8 @@ class Proposal:
     breaches: list[Breach] = field(default_factory=list)
     used_today: dict[str, float] = field(default_factory=dict)
     fiat_notes: list[str] = field(default_factory=list)
+    # Rails the destination allowlist kept from the planner (their destination venue:network is not listed).
+    allowlist_excluded: list[str] = field(default_factory=list)
 
     @property
     def needs(self) -> dict[str, float]:
@@ -154,14 +157,25 @@ def propose(
     for asset in sorted(a for a in needs if a in FIAT_ASSETS):
         specs += _fiat_rails(exchange, wise, asset, targets, proposal.fiat_notes)
     proposal.rails = {s.rail.id: s for s in specs}
+    # The planner routes over allowed destinations only; the guardrail below still checks every leg.
+    allowed, excluded = split_by_allowlist(specs, guardrails)
+    proposal.allowlist_excluded = sorted(s.rail.id for s in excluded)
+    if excluded:
+        logger.info(f"rebalance: the destination allowlist excluded {len(excluded)} rail(s): "
+                    + ", ".join(proposal.allowlist_excluded))
 
     chosen = []
     for asset in sorted(needs):
-        rails = [s.rail for s in specs if s.rail.asset == asset]
+        rails = [s.rail for s in allowed if s.rail.asset == asset]
         asset_balances, asset_targets = targets.for_asset(asset)
         plan = plan_routes(asset_balances, asset_targets, rails, time_limit=config.planner_time_limit_seconds)
         if not plan.feasible:
-            proposal.infeasible[asset] = plan.reason or f"{asset}: no plan covers the deficits"
+            reason = plan.reason or f"{asset}: no plan covers the deficits"
+            left_out = [s for s in excluded if s.rail.asset == asset]
+            if left_out:
+                reason += (f" (the destination allowlist {list(guardrails.allowed_destinations)} excluded "
+                           f"{len(left_out)} rail(s) for {asset}: {', '.join(sorted(s.rail.id for s in left_out))})")
+            proposal.infeasible[asset] = reason
             continue
         proposal.plan_fee[asset] = plan.total_fee
         naive = naive_plan(asset_balances, asset_targets, rails)

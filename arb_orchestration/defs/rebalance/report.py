@@ -81,6 +81,9 @@ def verdict_lines(proposal: Proposal) -> list[str]:
     lines += [f"- deferred #{t.index} ({t.rail}): relays through {t.from_venue}; the next rebalance re-plans it"
               for t in proposal.deferred]
     lines += [f"- {note}" for note in proposal.fiat_notes]
+    if proposal.allowlist_excluded:
+        lines.append(f"- destination allowlist excluded {len(proposal.allowlist_excluded)} rail(s) from planning: "
+                     + ", ".join(proposal.allowlist_excluded))
     return lines
 
 
@@ -115,6 +118,7 @@ def proposal_metadata(proposal: Proposal, *, title: str) -> dict[str, MetadataVa
         "deficits": MetadataValue.json({a: round(v, 8) for a, v in proposal.needs.items()}),
         "may_run": MetadataValue.bool(proposal.may_run),
         "guardrails": MetadataValue.json([b.to_dict() for b in proposal.breaches]),
+        "allowlist_excluded_rails": MetadataValue.int(len(proposal.allowlist_excluded)),
         "legs": MetadataValue.json([t.to_dict() for t in proposal.run_now]),
     }
 

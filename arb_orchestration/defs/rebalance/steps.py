@@ -219,6 +219,7 @@ def _plan_result(proposal: Proposal, *, dry_run: bool, trigger: dict | None) -> 
         "used_today": dict(proposal.used_today),
         "breaches": [b.to_dict() for b in proposal.breaches],
         "infeasible": dict(proposal.infeasible),
+        "allowlist_excluded": list(proposal.allowlist_excluded),
         "before": before,
         "observed_at": proposal.observed_at,
         "trigger": trigger,
