@@ -6,6 +6,7 @@ docs/sensors.md); tests and benchmarks build `EventSensorSettings(...)` directly
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from arb_orchestration import settings
@@ -20,6 +21,16 @@ from arb_orchestration.domain.events import (
 
 # Dagster gives a sensor evaluation 60 s (DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS).
 SENSOR_EVALUATION_TIMEOUT_SECONDS = 60.0
+
+# The environment variable behind each knob `from_env` reads (its errors name the variable, not the field).
+ENV_VARIABLES = {
+    "long_poll_seconds": "ARB_SENSOR_LONG_POLL_SECONDS",
+    "loop_reserve_seconds": "ARB_SENSOR_LOOP_RESERVE_SECONDS",
+    "max_messages": "ARB_SENSOR_MAX_MESSAGES",
+    "event_max_age_seconds": "ARB_EVENT_MAX_AGE_SECONDS",
+    "critical_window.max_age_seconds": "ARB_CRITICAL_EVENT_MAX_AGE_SECONDS",
+    "funding_deviation_bps": "ARB_FUNDING_DEVIATION_BPS",
+}
 
 
 @dataclass(frozen=True)
@@ -83,11 +94,29 @@ class EventSensorSettings:
                 f"loop_reserve_seconds must be within 0..{DAEMON_LOOP_SECONDS:g} (0: off), got {self.loop_reserve_seconds}"
             )
         if self.max_messages < 1:
-            raise ValueError("max_messages must be at least 1")
+            raise ValueError(f"max_messages must be at least 1, got {self.max_messages}")
         if self.max_run_requests < 1:
-            raise ValueError("max_run_requests must be at least 1")
+            raise ValueError(f"max_run_requests must be at least 1, got {self.max_run_requests}")
         if self.max_parked_bytes < 1:
-            raise ValueError("max_parked_bytes must be at least 1")
+            raise ValueError(f"max_parked_bytes must be at least 1, got {self.max_parked_bytes}")
+        # NaN compares false both ways: a NaN age limit would switch the staleness checks off (a captured
+        # signed stop-loss event replayable for ever); 0 or less would refuse every event.
+        if not (math.isfinite(self.event_max_age_seconds) and self.event_max_age_seconds > 0):
+            raise ValueError(f"event_max_age_seconds must be a number of seconds > 0, got {self.event_max_age_seconds}")
+        window = self.critical_window
+        if not (math.isfinite(window.max_age_seconds) and window.max_age_seconds > 0):
+            raise ValueError(
+                f"critical_window.max_age_seconds must be a number of seconds > 0, got {window.max_age_seconds}")
+        if not (math.isfinite(window.max_future_seconds) and window.max_future_seconds >= 0):
+            raise ValueError(
+                f"critical_window.max_future_seconds must be a number of seconds >= 0, got {window.max_future_seconds}")
+        bps = self.funding_deviation_bps
+        if not (math.isfinite(bps) and bps >= 0):
+            raise ValueError(f"funding_deviation_bps must be a number of basis points >= 0, got {bps}")
+        if 0 < bps < 1:
+            # Funding rates move by whole bps; 0.002 is 20 bps written as a fraction. 0 stays allowed (every move).
+            raise ValueError(
+                f"funding_deviation_bps is in basis points (20 = 0.20 %), got {bps}: a fraction? (0 = every move)")
         worst = (
             max(self.long_poll_seconds, DAEMON_LOOP_SECONDS, self.max_read_seconds)
             + 2 * self.metadata_timeout_seconds
@@ -114,7 +143,11 @@ class EventSensorSettings:
         except ValueError as exc:
             if isinstance(exc, settings.SettingError):
                 raise
-            raise settings.SettingError(f"event sensor settings: {exc}") from None
+            message = str(exc)
+            variable = next((var for name, var in ENV_VARIABLES.items() if message.startswith(name)), None)
+            if variable is None:  # a combination (the tick's worst case): name every variable in play
+                raise settings.SettingError(f"event sensor settings ({', '.join(ENV_VARIABLES.values())}): {message}") from None
+            raise settings.SettingError(f"{variable}: {message}") from None
 
     def but(self, **changes) -> "EventSensorSettings":
         return replace(self, **changes)
