@@ -37,12 +37,13 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from dagster import Config, EnvVar
@@ -120,6 +121,28 @@ _DEFAULT_CLIENT_ORDER_ID_RULE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 # The withdrawal parameter that carries our idempotency key, and lets us look it up again.
 WITHDRAW_CLIENT_ID_PARAMS = {"binance": "withdrawOrderId", "binanceusdm": "withdrawOrderId", "okx": "clientId"}
+
+# Whether an exchange's withdrawal endpoint adds the network fee on top of the requested amount ("added": the
+# amount is what arrives, amount + fee leaves) or deducts it from the amount ("deducted": the amount leaves,
+# amount - fee arrives). `CcxtVenueClient.withdraw(amount)` always means "`amount` arrives": on a "deducted"
+# exchange it requests amount + the network fee. Evidence per exchange: docs/real-venues.md, "Withdrawal fee".
+WITHDRAWAL_FEE_MODES = ("added", "deducted")
+DEFAULT_WITHDRAWAL_FEE_MODES = {
+    # POST /sapi/v1/capital/withdraw/apply: the destination receives amount - withdrawFee.
+    "binance": "deducted",
+    "binanceusdm": "deducted",
+    "binancecoinm": "deducted",
+    # POST /api/v5/asset/withdrawal: "Withdrawal fee is not included in withdrawal amount" (amt arrives).
+    "okx": "added",
+    # POST /v5/asset/withdraw/create, feeType 0 (the default, ccxt sends none): the amount is what arrives.
+    "bybit": "added",
+    # Kraken's WithdrawInfo answers the "net amount that will be sent, after fees": the fee comes out of it.
+    # (ccxt's krakenfutures has no withdraw at all; the entry keeps a venue on it loadable.)
+    "kraken": "deducted",
+    "krakenfutures": "deducted",
+    # withdraw3: the 1 USDC bridge fee is taken out of the requested amount.
+    "hyperliquid": "deducted",
+}
 
 # Exchanges whose conditional (stop) orders live behind separate endpoints that ccxt
 # reaches with `params={"trigger": True}` (Binance's Algo Order API).
@@ -336,6 +359,8 @@ class CcxtVenueSettings:
     timeout_seconds: float = 10.0
     rate_limit_ms: int | None = None
     precheck_client_order_id: bool = True
+    # "added" | "deducted"; None: the exchange's entry in DEFAULT_WITHDRAWAL_FEE_MODES (no entry: no withdrawals).
+    withdrawal_fee_mode: str | None = None
 
 
 def _is_loopback(url: str) -> bool:
@@ -391,6 +416,10 @@ class CcxtVenueClient(VenueClient):
         self._trigger_orders: set[str] = set()  # ids of conditional orders (separate endpoints)
         self._last_state = self._breaker.state
         self._allowed = set(config.symbols)
+        self.withdrawal_fee_mode = config.withdrawal_fee_mode or DEFAULT_WITHDRAWAL_FEE_MODES.get(config.exchange_id)
+        if self.withdrawal_fee_mode not in (None, *WITHDRAWAL_FEE_MODES):
+            raise ValueError(f"{config.name}: withdrawal_fee_mode must be one of {WITHDRAWAL_FEE_MODES}, "
+                             f"got {config.withdrawal_fee_mode!r}")
         if config.api_base_url:
             check_endpoint(config.api_base_url, f"{config.name}: api_base_url")
         for key, url in config.api_urls.items():
@@ -996,6 +1025,10 @@ class CcxtVenueClient(VenueClient):
         self._refuse_if_read_only(f"withdraw {idempotency_key}")
         if self.config.withdraw_allowlist and address not in self.config.withdraw_allowlist:
             raise BusinessError(f"{self.name}: withdrawal address is not in the allowlist", code="address_not_allowed")
+        if self.withdrawal_fee_mode is None:
+            raise BusinessError(
+                f"{self.name}: unknown whether {self.config.exchange_id} adds the withdrawal fee on top or deducts it; "
+                f"set withdrawal_fee_mode ('added' or 'deducted') in CCXT_VENUES[{self.name}]", code="bad_config")
         param = WITHDRAW_CLIENT_ID_PARAMS.get(self.config.exchange_id)
         if param is not None:
             # Money leaves here: look first, every time (a relaunched saga sends the same key).
@@ -1003,6 +1036,10 @@ class CcxtVenueClient(VenueClient):
             if found is not None:
                 log.info("venue %s: withdrawal %s already exists (%s)", self.name, idempotency_key, found.status)
                 return found
+        # `amount` must arrive: an exchange that deducts the fee from the requested amount is asked for amount + fee.
+        requested, fee = float(amount), 0.0
+        if self.withdrawal_fee_mode == "deducted":
+            requested, fee = self._amount_with_fee(asset, network, float(amount))
         params: dict[str, Any] = {"network": network}
         if tag:
             params["tag"] = tag
@@ -1010,7 +1047,7 @@ class CcxtVenueClient(VenueClient):
             params[param] = idempotency_key
 
         def send(ex) -> Withdrawal:
-            raw = ex.withdraw(asset, amount, address, dict(params))
+            raw = ex.withdraw(asset, requested, address, dict(params))
             # Binance answers only the id: read the full record, but never let that read
             # turn a sent withdrawal into a "failure" the caller would retry.
             try:
@@ -1027,7 +1064,7 @@ class CcxtVenueClient(VenueClient):
                 address=address,
                 asset=asset,
                 amount=float(amount),
-                fee=0.0,
+                fee=fee,
                 network=network,
                 status="pending",
                 created_at=time.time(),
@@ -1035,8 +1072,25 @@ class CcxtVenueClient(VenueClient):
 
         reconcile = (lambda: self._lookup_withdrawal(idempotency_key)) if param is not None else None
         withdrawal = self._call(send, what=f"withdraw {idempotency_key}", mutating=True, reconcile=reconcile)
-        log.info("venue %s: withdrawal %s of %s %s over %s is %s", self.name, idempotency_key, amount, asset, network, withdrawal.status)
+        log.info("venue %s: withdrawal %s of %s %s over %s (requested %s, fee %s) is %s", self.name, idempotency_key,
+                 amount, asset, network, requested, self.withdrawal_fee_mode, withdrawal.status)
         return withdrawal
+
+    def _amount_with_fee(self, asset: str, network: str, amount: float) -> tuple[float, float]:
+        """(amount to request, network fee) so that `amount` arrives on an exchange that deducts the fee.
+
+        The fee is read now, right before sending (the exchange deducts its current fee, not the plan's);
+        the request is rounded *up* to 8 decimals so the destination never gets a hair less.
+        """
+        rail = next((f for f in self.fetch_deposit_withdraw_fees() if f.asset == asset and f.network == network), None)
+        if rail is None:
+            raise BusinessError(f"{self.name}: no withdrawal fee for {asset} over {network}; not sending",
+                                code="unsupported_network")
+        if not 0.0 <= rail.fee_rate < 1.0:
+            raise BusinessError(f"{self.name}: {asset}/{network} fee rate {rail.fee_rate} cannot be grossed up",
+                                code="unsupported_network")
+        requested = math.ceil((amount + rail.fee) / (1.0 - rail.fee_rate) * 1e8 - 1e-6) / 1e8
+        return requested, round(requested - amount, 12)
 
     def fetch_withdrawal(self, idempotency_key: str) -> Withdrawal | None:
         return self._call(lambda ex: self._lookup_withdrawal(idempotency_key), what=f"fetch_withdrawal {idempotency_key}")
@@ -1093,6 +1147,11 @@ class CcxtVenueConfig(Config):
     options_json: str = Field(default="", description="Extra ccxt options as a JSON object.")
     read_only: bool = Field(default=False, description="Refuse every order, cancel, withdrawal and transfer.")
     rate_limit_ms: int | None = Field(default=None, description="ccxt rateLimit override (None: the exchange's).")
+    withdrawal_fee_mode: str | None = Field(
+        default=None,
+        description="'added' (the network fee comes on top of the withdrawn amount) or 'deducted' (it comes out of "
+        "it, e.g. Binance); empty: the exchange's documented default (DEFAULT_WITHDRAWAL_FEE_MODES).",
+    )
 
     def to_settings(self, *, timeout_seconds: float, precheck_client_order_id: bool) -> CcxtVenueSettings:
         try:
@@ -1120,6 +1179,7 @@ class CcxtVenueConfig(Config):
             timeout_seconds=timeout_seconds,
             rate_limit_ms=self.rate_limit_ms,
             precheck_client_order_id=precheck_client_order_id,
+            withdrawal_fee_mode=self.withdrawal_fee_mode,
         )
 
 
@@ -1190,6 +1250,7 @@ class _VenueEnv(BaseModel):
     options: dict[str, Any] = {}
     read_only: bool = False
     rate_limit_ms: int | None = None
+    withdrawal_fee_mode: Literal["added", "deducted"] | None = None
 
 
 def credential_env_names(venue: str) -> dict[str, str]:
@@ -1234,6 +1295,12 @@ def ccxt_exchange_from_env(deployment: str) -> CcxtExchangeResource:
                 check_endpoint(url, f"CCXT_VENUES[{name}].{label}")
             except ValueError as exc:
                 raise settings.SettingError(str(exc)) from None
+        fee_mode = entry.withdrawal_fee_mode or DEFAULT_WITHDRAWAL_FEE_MODES.get(exchange_id)
+        if fee_mode is None:
+            raise settings.SettingError(
+                f"CCXT_VENUES[{name}].withdrawal_fee_mode is required for {exchange_id} (no documented default): "
+                "'added' (the network fee comes on top of the withdrawn amount) or 'deducted' (it comes out of it)"
+            )
         if entry.sandbox and exchange_id in FUTURES_WITHOUT_SANDBOX:
             raise settings.SettingError(
                 f"CCXT_VENUES[{name}].sandbox: ccxt refuses the {exchange_id} futures testnet; use demo_trading"
@@ -1258,6 +1325,7 @@ def ccxt_exchange_from_env(deployment: str) -> CcxtExchangeResource:
                 options_json=json.dumps(entry.options) if entry.options else "",
                 read_only=entry.read_only,
                 rate_limit_ms=entry.rate_limit_ms,
+                withdrawal_fee_mode=fee_mode,
                 **credentials,
             )
         )

@@ -846,8 +846,14 @@ class ExchangeState:
         network: str,
         idempotency_key: str,
         tag: str | None = None,
+        fee_deducted: bool = False,
     ) -> tuple[Withdrawal, bool]:
-        """Request a withdrawal; returns (withdrawal, created). A known key returns the first one."""
+        """Request a withdrawal; returns (withdrawal, created). A known key returns the first one.
+
+        By default `amount` arrives and `amount + fee` leaves (the native API, OKX, Bybit's default).
+        `fee_deducted`: `amount` leaves and `amount - fee` arrives, as Binance's `withdraw/apply` does; the
+        record then holds what arrives as its `amount` (so `amount + fee` is still what left).
+        """
         with self._lock:
             self._advance()
             v = self._venue(venue)
@@ -865,6 +871,10 @@ class ExchangeState:
                 raise _rejected(
                     "below_min_amount", f"{v.name}: minimum {asset} withdrawal over {network} is {rail.min_amount}"
                 )
+            if fee_deducted and amount <= rail.fee:
+                raise _rejected(
+                    "below_min_amount", f"{v.name}: {amount} {asset} does not cover the {rail.fee} fee over {network}"
+                )
             if not address:
                 raise _rejected("bad_request", "address is required")
             destination = self.resolve_address(address)
@@ -878,11 +888,12 @@ class ExchangeState:
                 if to_venue == v.name:
                     raise _rejected("bad_request", "cannot withdraw to the venue's own deposit address")
             free = self._free(v, asset)
-            if amount + rail.fee > free + _EPS:
+            leaves = amount if fee_deducted else amount + rail.fee
+            if leaves > free + _EPS:
                 raise _rejected(
                     "insufficient_funds",
-                    f"{v.name}: withdrawing {amount} {asset} + fee {rail.fee} needs more than the "
-                    f"{max(free, 0.0)} free",
+                    f"{v.name}: withdrawing {amount} {asset}{'' if fee_deducted else f' + fee {rail.fee}'} needs more "
+                    f"than the {max(free, 0.0)} free",
                 )
             now = self._clock()
             broadcast_at = now + self.withdrawal_hold
@@ -893,7 +904,7 @@ class ExchangeState:
                 address=address,
                 to_venue=destination[0] if destination else None,
                 asset=asset,
-                amount=float(amount),
+                amount=float(amount) - rail.fee if fee_deducted else float(amount),
                 fee=rail.fee,
                 network=network,
                 tag=tag,

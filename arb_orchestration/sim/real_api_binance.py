@@ -35,6 +35,11 @@ names (`create_order`, `positions`, `create_withdrawal`, ...), so one fault
 rule covers a venue whichever API the client speaks. A 5xx answers
 `{"code": -1001}`; a 429 answers `{"code": -1003}` with `Retry-After`.
 
+Withdrawals deduct the network fee from `amount` as Binance's `withdraw/apply` does (the destination
+receives amount − withdrawFee; `withdrawal_fee="added"` puts it on top instead). The history's `amount`
+is what arrives, `transactionFee` the fee (as in ccxt's sample answer: 28.75 + 0.25; unverified on
+Binance itself).
+
 Deliberate simplifications (the simulator's model, not Binance's): one wallet
 per venue backs both the futures account and the spot/funding wallet, so
 `asset/transfer` is accepted and recorded but moves nothing; every futures
@@ -199,14 +204,20 @@ class BinanceApi:
         wait: Callable[[float], None] = time.sleep,
         step_sizes: Mapping[str, str] | None = None,
         tick_sizes: Mapping[str, str] | None = None,
+        withdrawal_fee: str = "deducted",
     ):
         if venue not in state.venue_names():
             raise ValueError(f"no venue {venue!r} in the simulator; venues: {', '.join(state.venue_names())}")
         if not api_key or not secret:
             raise ValueError("a Binance-shaped venue needs an API key and a secret")
+        if withdrawal_fee not in ("deducted", "added"):
+            raise ValueError(f"withdrawal_fee must be 'deducted' or 'added', got {withdrawal_fee!r}")
         self.state = state
         self.faults = faults or FaultInjector()
         self.venue = venue
+        # Binance's withdraw/apply deducts the network fee from `amount` (what arrives is amount - fee);
+        # "added" serves the other convention (fee on top) for tests of venues configured that way.
+        self.withdrawal_fee = withdrawal_fee
         self._api_key = api_key
         self._secret = secret.encode()
         self._clock = clock
@@ -1053,6 +1064,7 @@ class BinanceApi:
                 network=network,
                 idempotency_key=key,
                 tag=p.get("addressTag") or None,
+                fee_deducted=self.withdrawal_fee == "deducted",
             )
         except SimError as exc:
             raise {

@@ -155,6 +155,12 @@ class RebalanceConfig(RebalancePolicyConfig):
     verify_tolerance: float = Field(
         default=0.01, description="A destination may show up to this fraction of the credited amount less."
     )
+    verify_fee_share: Optional[float] = Field(
+        default=0.5,
+        description="...but never this share of the smallest network fee of the withdrawals into it or more, so a leg "
+        "that arrives one fee short (a venue deducting the fee while configured as adding it) fails verification; "
+        "null: only verify_tolerance.",
+    )
     commit_order: Literal["auto", "wise_first", "withdrawals_first"] = Field(
         default="auto",
         description="Order inside the pivot. auto: Wise legs first when the Wise resource uses a personal token "

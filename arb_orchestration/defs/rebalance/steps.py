@@ -608,11 +608,15 @@ def verify_balances(ctx, exchange, rebalance_journal) -> dict[str, Any]:
     prepared = ctx.results[PREPARE]["legs"]
     change: dict[tuple[str, str], float] = {}
     inbound: dict[tuple[str, str], float] = {}
+    smallest_fee: dict[tuple[str, str], float] = {}  # of the withdrawals into a destination
     for leg in legs:
         if str(leg.index) not in arrived:
             continue
         credited = float(prepared[str(leg.index)].get("target_value", leg.credited))
         inbound[(leg.to_venue, leg.asset)] = inbound.get((leg.to_venue, leg.asset), 0.0) + credited
+        if leg.kind == "withdrawal" and leg.fee > 0:
+            key = (leg.to_venue, leg.asset)
+            smallest_fee[key] = min(smallest_fee.get(key, leg.fee), leg.fee)
         change[(leg.to_venue, leg.asset)] = change.get((leg.to_venue, leg.asset), 0.0) + credited
         if leg.from_venue != FIAT_SOURCE:
             change[(leg.from_venue, leg.asset)] = change.get((leg.from_venue, leg.asset), 0.0) - leg.amount
@@ -623,7 +627,13 @@ def verify_balances(ctx, exchange, rebalance_journal) -> dict[str, Any]:
             if v != venue:
                 continue
             before = float(plan["before"].get(venue, {}).get(asset, {}).get("total", 0.0))
-            expected = before + change[(venue, asset)] - cfg.verify_tolerance * received - 1e-6
+            # The tolerance absorbs noise on the destination (trading during the transfer), but stays below half a
+            # network fee: a 1 % band is above any fee the plan may pay (max_fee_ratio), so it would hide a leg
+            # that arrives one fee short (a venue deducting the fee while configured as adding it on top).
+            slack = cfg.verify_tolerance * received
+            if cfg.verify_fee_share is not None and (venue, asset) in smallest_fee:
+                slack = min(slack, cfg.verify_fee_share * smallest_fee[(venue, asset)])
+            expected = before + change[(venue, asset)] - slack - 1e-6
             current = now[asset].total if asset in now else 0.0
             rows.append({"venue": venue, "asset": asset, "before": before, "expected": expected,
                          "now": current, "ok": current >= expected})
