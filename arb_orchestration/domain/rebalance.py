@@ -37,9 +37,10 @@ what happens to it (`ParkedFunding` is its saga-log note).
 
 Amount conventions follow the planner (`domain/routing.py`): a transfer's
 `amount` is what leaves the source, `fee` what is lost on the way and
-`credited = amount − fee` what arrives — which is the amount to *withdraw*
-(venues charge the network fee on top) or the source amount of a Wise quote
-(Wise deducts its fee from it).
+`credited = amount − fee` what arrives — which is the amount a withdrawal asks
+to *arrive* (`VenueClient.withdraw`; a venue client whose exchange deducts the
+network fee from the requested amount asks for credited + fee, so `amount`
+leaves either way) or the target amount of a Wise quote (Wise's fee on top).
 """
 
 from __future__ import annotations
