@@ -10,7 +10,10 @@ The README's configuration table is this table (`arb-orchestration settings`).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from email.utils import parseaddr
+from urllib.parse import urlsplit
 from typing import Callable
 
 
@@ -51,8 +54,17 @@ def _as_bool(name: str, raw: str) -> bool:
 
 
 def _as_url(name: str, raw: str) -> str:
+    if "@" in raw.partition("://")[2].split("/")[0] or ("://" not in raw and "@" in raw):
+        # user:token@host puts a secret in a non-secret variable (shown in the UI's resource config): never echo it.
+        raise SettingError(f"{name} must not carry credentials (user:password@): pass secrets as their own variables")
     if not raw.startswith(("http://", "https://")):
         raise SettingError(f"{name} must be an http(s) URL, got {raw!r}")
+    try:
+        host = urlsplit(raw).hostname
+    except ValueError:
+        host = None
+    if not host:
+        raise SettingError(f"{name} must be an http(s) URL with a host, got {raw!r}")
     return raw.rstrip("/")
 
 
@@ -61,6 +73,55 @@ def _as_list(name: str, raw: str) -> list[str]:
     if not items:
         raise SettingError(f"{name} must be a non-empty comma-separated list")
     return items
+
+
+def _as_port(name: str, raw: str) -> int:
+    port = _as_int(name, raw)
+    if not 0 < port < 65536:
+        raise SettingError(f"{name} must be a TCP port (1-65535), got {raw!r}")
+    return port
+
+
+def _as_positive_int(name: str, raw: str) -> int:
+    value = _as_int(name, raw)
+    if value < 1:
+        raise SettingError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def _email(name: str, item: str) -> str:
+    # "Risk <risk@desk.example>" or "risk@desk.example"; anything else is refused by the first SMTP relay.
+    _, address = parseaddr(item)
+    local, _, domain = address.rpartition("@")
+    if not local or not domain or " " in address:
+        raise SettingError(f"{name}: {item!r} is not an e-mail address")
+    return item
+
+
+def _as_email(name: str, raw: str) -> str:
+    return _email(name, raw.strip())
+
+
+def _as_emails(name: str, raw: str) -> list[str]:
+    return [_email(name, item) for item in _as_list(name, raw)]
+
+
+# `wise` names the desk's Wise balance in plans (domain.rebalance.FIAT_SOURCE): no venue may be called that.
+RESERVED_VENUE_NAMES = frozenset({"wise"})
+# Lower-case, and within what Dagster accepts in a tag value (the `venue` tag of the per-venue assets).
+_VENUE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
+
+def _as_venues(name: str, raw: str) -> list[str]:
+    venues = _as_list(name, raw)
+    for venue in venues:
+        if not _VENUE_NAME.fullmatch(venue):
+            raise SettingError(f"{name}: {venue!r} is not a venue name (lower-case letters, digits, '_', '.', '-')")
+        if venue in RESERVED_VENUE_NAMES:
+            raise SettingError(f"{name}: {venue!r} is reserved (the desk's Wise balance), not a venue name")
+        if venues.count(venue) > 1:
+            raise SettingError(f"{name} names {venue} twice")
+    return venues
 
 
 SETTINGS: dict[str, Setting] = {
@@ -153,6 +214,26 @@ def get_url(name: str, deployment: str | None = None) -> str:
 
 def get_list(name: str, deployment: str | None = None) -> list[str]:
     return _as_list(name, raw(name, deployment))
+
+
+def get_port(name: str, deployment: str | None = None) -> int:
+    return _as_port(name, raw(name, deployment))
+
+
+def get_positive_int(name: str, deployment: str | None = None) -> int:
+    return _as_positive_int(name, raw(name, deployment))
+
+
+def get_email(name: str, deployment: str | None = None) -> str:
+    return _as_email(name, raw(name, deployment))
+
+
+def get_emails(name: str, deployment: str | None = None) -> list[str]:
+    return _as_emails(name, raw(name, deployment))
+
+
+def get_venues(name: str = "EXCHANGE_VENUES", deployment: str | None = None) -> list[str]:
+    return _as_venues(name, raw(name, deployment))
 
 
 def deployment_name() -> str:

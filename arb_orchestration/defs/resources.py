@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from dagster import EnvVar
 
 from arb_orchestration import settings
-from arb_orchestration.resources.kafka import KafkaResource
+from arb_orchestration.resources.kafka import KafkaConfigError, KafkaResource
 from arb_orchestration.resources.sim_venue import SimExchangeResource
 from arb_orchestration.resources.smtp import SmtpResource
 from arb_orchestration.resources.wise import WiseResource
@@ -52,7 +52,7 @@ def exchange_resource(deployment: str):
         return SimExchangeResource(
             base_url=settings.get_url("EXCHANGE_SIM_URL", deployment),
             api_key=EnvVar("EXCHANGE_SIM_API_KEY"),
-            venue_list=settings.get_list("EXCHANGE_VENUES", deployment),
+            venue_list=settings.get_venues("EXCHANGE_VENUES", deployment),
         )
     if backend == "ccxt":
         from arb_orchestration.resources.ccxt_venue import ccxt_exchange_from_env
@@ -101,7 +101,7 @@ def _wise_environment(base_url: str, deployment: str) -> str:
 def wise_resource(deployment: str):
     """Local: `WiseResource` (the simulator). Prod: `ProductionWiseResource` (environment, auth, profile check, SCA)."""
     base_url = settings.get_url("WISE_API_URL", deployment)
-    profile_id = settings.get_int("WISE_PROFILE_ID", deployment)
+    profile_id = settings.get_positive_int("WISE_PROFILE_ID", deployment)
     if deployment != "prod":
         return WiseResource(base_url=base_url, api_token=EnvVar("WISE_API_TOKEN"), profile_id=profile_id)
     auth = _wise_auth(deployment)
@@ -121,15 +121,53 @@ def wise_resource(deployment: str):
     return ProductionWiseResource(**options)
 
 
+# KafkaResource's field -> the variable that sets it (its own checks name fields; an operator sets variables).
+_KAFKA_VARIABLES = {
+    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl_username": "KAFKA_SASL_USERNAME",
+    "sasl_password": "KAFKA_SASL_PASSWORD",
+    "ssl_ca_location": "KAFKA_SSL_CA_LOCATION",
+}
+
+
+def _checked_kafka(kafka: KafkaResource) -> KafkaResource:
+    """Run the resource's own connection checks now: a typo there would otherwise fail every sensor tick.
+
+    Only the presence of the SASL password is looked at (it is still an unresolved EnvVar here).
+    """
+    try:
+        kafka.client_config()
+    except KafkaConfigError as exc:
+        message = str(exc)
+        for field, variable in _KAFKA_VARIABLES.items():
+            message = message.replace(f"KafkaResource.{field}", variable)
+        raise settings.SettingError(message) from None
+    return kafka
+
+
+def _smtp_credentials(deployment: str):
+    """(username, password): SMTP_USERNAME without SMTP_PASSWORD would fail the first risk mail (after a
+    liquidation), so it fails the load instead."""
+    username = settings.get("SMTP_USERNAME", deployment=deployment) or None
+    password = _optional_secret("SMTP_PASSWORD")
+    if username and password is None:
+        raise settings.SettingError(f"missing required secret SMTP_PASSWORD: {settings.SETTINGS['SMTP_PASSWORD'].help} "
+                                    "(SMTP_USERNAME is set)")
+    return username, password
+
+
 def resources_for_deployment(deployment: str) -> dict:
     if deployment == "prod":
         _require_wise_secrets(deployment)
         for name in _SECRETS:
             settings.require_secret_present(name, deployment)
+    smtp_username, smtp_password = _smtp_credentials(deployment)
     return {
         "exchange": exchange_resource(deployment),
         "wise": wise_resource(deployment),
-        "kafka": KafkaResource(
+        "kafka": _checked_kafka(KafkaResource(
             bootstrap_servers=settings.get("KAFKA_BOOTSTRAP_SERVERS", deployment=deployment),
             security_protocol=settings.get("KAFKA_SECURITY_PROTOCOL", deployment=deployment),
             sasl_mechanism=settings.get("KAFKA_SASL_MECHANISM", deployment=deployment) or None,
@@ -137,15 +175,15 @@ def resources_for_deployment(deployment: str) -> dict:
             sasl_password=_optional_secret("KAFKA_SASL_PASSWORD"),
             ssl_ca_location=settings.get("KAFKA_SSL_CA_LOCATION", deployment=deployment) or None,
             signing_key=EnvVar("EVENT_SIGNING_KEY"),
-        ),
+        )),
         "smtp": SmtpResource(
             host=settings.get("SMTP_HOST", deployment=deployment),
-            port=settings.get_int("SMTP_PORT", deployment),
-            username=settings.get("SMTP_USERNAME", deployment=deployment) or None,
-            password=_optional_secret("SMTP_PASSWORD"),
+            port=settings.get_port("SMTP_PORT", deployment),
+            username=smtp_username,
+            password=smtp_password,
             starttls=settings.get_bool("SMTP_STARTTLS", deployment),
             tls_ca_file=settings.get("SMTP_TLS_CA_FILE", deployment=deployment) or None,
-            sender=settings.get("SMTP_SENDER", deployment=deployment),
-            risk_team=settings.get_list("RISK_TEAM_EMAILS", deployment),
+            sender=settings.get_email("SMTP_SENDER", deployment),
+            risk_team=settings.get_emails("RISK_TEAM_EMAILS", deployment),
         ),
     }

@@ -133,6 +133,10 @@ def test_wired_resource_takes_secrets_as_env_vars(monkeypatch):
     from arb_orchestration.defs.resources import resources_for_deployment
 
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "pw")
+    # A SASL password is only accepted (at load too) with a SASL protocol, mechanism and username.
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "arb")
     kafka = resources_for_deployment("local")["kafka"]
     assert isinstance(kafka, KafkaResource)
     # Unresolved EnvVar references, not values: nothing secret is read at load.

@@ -36,4 +36,4 @@ def observable_keys(venues: list[str]) -> list[AssetKey]:
 
 def configured_venues() -> list[str]:
     """Venue names from `EXCHANGE_VENUES` (validated; a bad value fails the load naming the variable)."""
-    return settings.get_list("EXCHANGE_VENUES")
+    return settings.get_venues("EXCHANGE_VENUES")
