@@ -187,7 +187,8 @@ def _runtime(definition: SagaDefinition, step: SagaStep, context: OpExecutionCon
         trading_switch=InstanceTradingSwitch(instance),
         run_tags=dict(run.tags),
         may_have_history=may_have_history(run),
-        claims=InstanceSagaClaims(instance),  # no I/O until a continuing run needs it
+        claims=InstanceSagaClaims(instance),  # no I/O unless the run continues a saga
+        continues_saga=may_have_history(run),  # tagged with a saga id, or a re-execution
     )
 
 

@@ -259,11 +259,12 @@ class SagaClaims:
             mine = Lease(saga_id, f"{uuid.uuid4().hex[:12]}", actor, now, now + ttl_seconds, run_id,
                          socket.gethostname(), os.getpid())
             mine = replace(mine, raw=mine.to_json())
+            # Insert first: an unclaimed saga (the usual case) costs one statement.
+            if self.store.insert(key, mine.raw):
+                return ClaimResult(True, lease=mine)
             raw = self.store.read(key)
             if raw is None:
-                if self.store.insert(key, mine.raw):
-                    return ClaimResult(True, lease=mine)
-                continue  # someone inserted first: look at their lease
+                continue  # released between our insert and our read: try again
             current = _parse(raw, saga_id)
             if current.expired(now) or not self._alive(current):
                 if self.store.replace(key, raw, mine.raw):

@@ -275,6 +275,8 @@ class StepRuntime:
     # re-execution, a forward-recovery run), while it checks the log and records its start:
     # a fresh run never pays for it.
     claims: SagaClaims | None = None
+    # The run continues an existing saga (re-execution, recovery run): claim before reading the log.
+    continues_saga: bool = False
     claim_wait_seconds: float = STEP_CLAIM_WAIT_SECONDS
     claim_ttl_seconds: float = STEP_CLAIM_TTL_SECONDS
 
@@ -288,15 +290,18 @@ def execute_step(saga: SagaDefinition, step_name: str, rt: StepRuntime) -> dict[
     index = saga.index(step_name)
     key = idempotency_key(saga.name, rt.saga_id, step.name)
     fresh = index == 0 and rt.attempt == 0 and not rt.may_have_history
-    state = SagaState(rt.saga_id) if fresh else rt.log.load(rt.saga_id)
+    # A run that continues a saga other runs worked on (re-execution, forward-recovery run) may
+    # meet a recovery actor compensating it right now: it decides and records its start under
+    # the saga's claim. Once `step_started` is recorded and the claim let go, recovery sees this
+    # run in progress and waits for it. A fresh run never touches the claim.
     lease: Lease | None = None
-    if rt.claims is not None and any(r.run_id != rt.run_id for r in state.records):
-        # Another run worked on this saga, so a recovery actor may be compensating it right now:
-        # decide and record our start under the saga's claim. Once `step_started` is recorded
-        # and the claim let go, recovery sees this run in progress and waits for it.
-        lease = _claim_for_step(saga, step.name, rt)
-        state = rt.log.load(rt.saga_id)
     try:
+        if rt.claims is not None and rt.continues_saga:
+            lease = _claim_for_step(saga, step.name, rt)
+        state = SagaState(rt.saga_id) if fresh else rt.log.load(rt.saga_id)
+        if lease is None and rt.claims is not None and any(r.run_id != rt.run_id for r in state.records):
+            lease = _claim_for_step(saga, step.name, rt)  # not flagged as continuing, but it is
+            state = rt.log.load(rt.saga_id)
         already_done = _begin_step(saga, step, index, key, state, rt)
     finally:
         if lease is not None and rt.claims is not None:

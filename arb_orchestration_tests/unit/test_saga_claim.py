@@ -415,10 +415,12 @@ def test_failure_hook_leaves_a_claimed_saga_alone_and_says_who_has_it():
 # ---------------------------------------------------------------------------------------- race 2
 
 
-def _reexecution(instance: DagsterInstance, saga_id: str, claim_wait: float) -> StepRuntime:
+def _reexecution(instance: DagsterInstance, saga_id: str, claim_wait: float, flagged: bool = False) -> StepRuntime:
+    # `flagged`: what build_saga passes for a run tagged with a saga id (claim before reading the
+    # log); unflagged, the step claims once the log shows another run's records.
     rerun = instance.create_run_for_job(CLAIM_SAGA.job, tags={SAGA_ID_TAG: saga_id}, status=DagsterRunStatus.STARTED)
     return StepRuntime(saga_id, InstanceSagaLog(instance, rerun, in_run=True), {"venue": Venue()}, run_id=rerun.run_id,
-                       claims=InstanceSagaClaims(instance), claim_wait_seconds=claim_wait)
+                       claims=InstanceSagaClaims(instance), claim_wait_seconds=claim_wait, continues_saga=flagged)
 
 
 def test_reexecuted_step_waits_for_a_compensating_sensor_then_refuses(instance):
@@ -430,7 +432,7 @@ def test_reexecuted_step_waits_for_a_compensating_sensor_then_refuses(instance):
     sensor.start()
     try:
         assert venue.unwinding.wait(GATE_TIMEOUT)  # the sensor is undoing the hedge
-        rt = _reexecution(instance, saga_id, claim_wait=GATE_TIMEOUT)
+        rt = _reexecution(instance, saga_id, claim_wait=GATE_TIMEOUT, flagged=True)
         threading.Timer(0.3, venue.gate.set).start()
         with pytest.raises(SagaClosedError):  # it waited for the claim, then saw the rollback
             execute_step(SAGA, "deposit", rt)
@@ -442,10 +444,11 @@ def test_reexecuted_step_waits_for_a_compensating_sensor_then_refuses(instance):
     assert not InstanceSagaLog(instance).load(saga_id).step("deposit").started
 
 
-def test_reexecuted_step_that_cannot_get_the_claim_fails_transiently_and_records_nothing(instance):
+@pytest.mark.parametrize("flagged", [True, False])
+def test_reexecuted_step_that_cannot_get_the_claim_fails_transiently_and_records_nothing(instance, flagged):
     run, saga_id = crashed_run(instance, done=("reserve", "hedge"), started=())
     InstanceSagaClaims(instance).acquire(saga_id, "sensor claim_saga_recovery_sensor")
-    rt = _reexecution(instance, saga_id, claim_wait=0.2)
+    rt = _reexecution(instance, saga_id, claim_wait=0.2, flagged=flagged)
     with pytest.raises(SagaBusyError, match="claimed by sensor claim_saga_recovery_sensor"):
         execute_step(SAGA, "deposit", rt)
     assert rt.resources["venue"].effects == []
