@@ -233,8 +233,8 @@ def plan_hedges(
     for asset in sorted(assets):
         spot = 0.0
         if policy.include_spot:
-            spot = sum(balances[asset].total for balances in spot_balances.values() if asset in balances)
-        perp = sum(p.signed_size for p in positions if base_asset(p.symbol) == asset)
+            spot = sum((balances[asset].total for balances in spot_balances.values() if asset in balances), 0.0)
+        perp = sum((p.signed_size for p in positions if base_asset(p.symbol) == asset), 0.0)  # 0.0, not int 0, when flat
         target = float(policy.target_delta.get(asset, 0.0))
         price = prices.get(asset)
         if price is not None and not (price > 0 and math.isfinite(price)):
