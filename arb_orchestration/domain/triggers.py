@@ -596,12 +596,17 @@ class TickTally:
     stopped_early: bool = False
     limit: str = ""  # the per-tick limit that ended the read before the batch bound, if one did
     paused: int = 0  # of `ignored`: would have started a rebalance/hedge, but trading is paused
+    # of `ignored`: asked for a rebalance while one requested by an event still waits to start
+    # (it plans from the balances at its start, so it covers this event too)
+    coalesced: int = 0
 
     def text(self) -> str:
         lag = ", ".join(f"{key}: {'?' if value is None else value}" for key, value in sorted(self.lag.items()))
         tail = ", returned early for a critical event" if self.stopped_early else ""
         if self.paused:
             tail += f", {self.paused} not acted on because trading is paused"
+        if self.coalesced:
+            tail += f", {self.coalesced} left to the rebalance already waiting to start"
         if self.limit:
             tail += f", stopped at the {self.limit} limit (the rest is read next tick)"
         return (

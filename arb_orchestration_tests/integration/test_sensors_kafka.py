@@ -30,7 +30,10 @@ from arb_orchestration.sim.smtp_sink import SmtpSink
 pytestmark = pytest.mark.integration
 
 KEY = "integration-signing-key"
-SETTINGS = EventSensorSettings(long_poll_seconds=0, metadata_timeout_seconds=5, max_read_seconds=10)
+# One rebalance request per event (no coalescing into a waiting run): these tests follow each
+# event through the cursor by its run request. Coalescing: test_sensors_coalesce_rebalance_kafka.py.
+SETTINGS = EventSensorSettings(long_poll_seconds=0, metadata_timeout_seconds=5, max_read_seconds=10,
+                               coalesce_rebalances=False)
 
 
 # --------------------------------------------------------------------------- test jobs

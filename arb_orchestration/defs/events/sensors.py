@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import (
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
@@ -135,6 +136,9 @@ class _Tick:
     logged: dict[str, int] = field(default_factory=dict)
     stop: bool = False  # a critical event or a per-tick limit ended the read
     pause: Any = _UNREAD  # the kill switch's reason while trading is paused, None if not; read once, when needed
+    # An event-requested rebalance that has not started yet (its run id, or "requested in this
+    # tick"), None if there is none; looked up once, when an event asks for a rebalance.
+    waiting_rebalance: Any = _UNREAD
 
     def should_log(self, kind: str) -> bool:
         self.logged[kind] = self.logged.get(kind, 0) + 1
@@ -334,9 +338,24 @@ class _EventSensor:
                         f"{record.source}: event {event.event_id}: {route.reason}: not acted on, trading is paused ({paused})"
                     )
                 return False
+        if route.action is Action.REBALANCE and self.settings.coalesce_rebalances:
+            waiting = self._waiting_rebalance(context, tick)
+            if waiting is not None:
+                # A rebalance plans from the balances when it starts: one still waiting covers this
+                # event too, and a second one would only queue behind it (one at a time) and re-plan.
+                tick.tally.ignored += 1
+                tick.tally.coalesced += 1
+                if tick.should_log("coalesced"):
+                    context.log.info(
+                        f"{record.source}: event {event.event_id}: {route.reason}: left to the rebalance "
+                        f"already waiting to start ({waiting})"
+                    )
+                return False
         run_key = self._stop_loss_run_key(context, event) if route.action is Action.STOP_LOSS else None
         tick.run_requests.append(self._request(route.action, event, record, route.reason, run_key=run_key))
         tick.tally.acted += 1
+        if route.action is Action.REBALANCE:
+            tick.waiting_rebalance = f"requested in this tick for event {event.event_id}"
         context.log.info(f"{record.source}: event {event.event_id}: {route.reason} -> {self.jobs[route.action].name}")
         if route.action is Action.STOP_LOSS and self.spec.stop_on_critical:
             tick.tally.stopped_early = True
@@ -474,6 +493,29 @@ class _EventSensor:
             instance = sensor_instance(context)
             self._note_pause(tick, InstanceTradingSwitch(instance).get() if instance is not None else NEVER_PAUSED)
         return tick.pause  # type: ignore[return-value]
+
+    def _waiting_rebalance(self, context, tick: _Tick) -> str | None:
+        """An event-requested rebalance run that has not started yet (how to name it), else None.
+
+        Only runs this sensor family requested (`arb/trigger=event`, the sensors' run
+        config): a rebalance an operator queued by hand may be a dry run or use
+        another policy, so it never absorbs an event. Read once per tick.
+        """
+        if tick.waiting_rebalance is _UNREAD:
+            tick.waiting_rebalance = None
+            instance = sensor_instance(context)
+            if instance is not None:
+                waiting = instance.get_runs(
+                    filters=RunsFilter(
+                        job_name=self.jobs[Action.REBALANCE].name,
+                        statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED],
+                        tags={TRIGGER_TAG: "event"},
+                    ),
+                    limit=1,
+                )
+                if waiting:
+                    tick.waiting_rebalance = f"run {waiting[0].run_id}, {waiting[0].status.value.lower()}"
+        return tick.waiting_rebalance  # type: ignore[return-value]
 
     @staticmethod
     def _note_pause(tick: _Tick, state: TradingPause) -> None:
