@@ -15,6 +15,7 @@ hedge does not need it (it observes the venues afresh) but shows it.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 from dagster import Config
@@ -82,7 +83,42 @@ class HedgeConfig(Config):
         default=None, description="The event behind a sensor-triggered run (shown; the hedge observes afresh)."
     )
 
+    def check(self) -> None:
+        """Raise ValueError naming the run-config field when a value would quietly do the wrong thing.
+
+        NaN compares false both ways (a NaN band never trades; a NaN or huge dust makes every position count
+        as closed and cancels its stop), and the `_pct` fields are percent, not fractions. `policy()` and
+        `stop_settings()` call this, so the plan step turns it into a non-retried `InvalidHedgeConfig`.
+        """
+        def bad(name: str, value: float | None, low: float, high: float = math.inf, *, low_open: bool = False,
+                what: str = "") -> str | None:
+            ok = value is not None and math.isfinite(value) and (value > low if low_open else value >= low) and value < high
+            if ok:
+                return None
+            bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if high != math.inf else "")
+            return f"{name} must be a finite number {bounds}{what}, got {value!r}"
+
+        problems = [
+            bad("drift_tolerance_usd", self.drift_tolerance_usd, 0),
+            bad("min_notional_usd", self.min_notional_usd, 0),
+            None if self.max_notional_per_market_usd is None
+            else bad("max_notional_per_market_usd", self.max_notional_per_market_usd, 0, low_open=True),
+            bad("stop_distance_pct", self.stop_distance_pct, 0.5, 100,
+                what=" (percent of mark: 5 means 5 %; under 0.5 looks like a fraction)"),
+            bad("stop_replace_band_pct", self.stop_replace_band_pct, 0),
+            bad("stop_size_tolerance_pct", self.stop_size_tolerance_pct, 0),
+            bad("liquidation_buffer_pct", self.liquidation_buffer_pct, 0, 100),
+            bad("dust", self.dust, 0, 1, what=" (base units; 1e9 for 1e-9 would count every position as closed)"),
+            bad("fetch_deadline_seconds", self.fetch_deadline_seconds, 0, low_open=True),
+        ]
+        problems += [f"target_delta[{asset}] must be a finite number (base units), got {delta!r}"
+                     for asset, delta in self.target_delta.items() if not math.isfinite(delta)]
+        problems = [p for p in problems if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+
     def policy(self) -> HedgePolicy:
+        self.check()
         return HedgePolicy(
             min_notional_usd=self.min_notional_usd,
             drift_tolerance_usd=self.drift_tolerance_usd,
@@ -93,6 +129,7 @@ class HedgeConfig(Config):
         )
 
     def stop_settings(self) -> StopSettings:
+        self.check()
         return StopSettings(
             distance_pct=self.stop_distance_pct,
             replace_band_pct=self.stop_replace_band_pct,

@@ -125,6 +125,10 @@ def plan_hedge(ctx: StepContext, exchange: ExchangeResource, hedge_journal) -> d
     except ValueError as exc:
         raise InvalidHedgeConfig(f"invalid run config: {exc}") from exc
     names = exchange.venue_names()
+    unknown = sorted(set(cfg.order_venues) - set(names))
+    if unknown:  # a typo would leave no eligible market: no order at all, and a run that looks successful
+        raise InvalidHedgeConfig(f"invalid run config: order_venues names venues the exchange does not have: "
+                                 f"{', '.join(unknown)} (configured: {', '.join(names)})")
     snapshot = fetch_market_snapshot(exchange, names, deadline_seconds=cfg.fetch_deadline_seconds)
     if not snapshot.complete:
         failed = "; ".join(f"{venue}: {why}" for venue, why in sorted(snapshot.errors.items()))

@@ -19,6 +19,8 @@ process start before the first order.
 
 from __future__ import annotations
 
+import math
+
 from dagster import Backoff, Config, Jitter, RetryPolicy, in_process_executor
 from pydantic import Field
 
@@ -38,6 +40,24 @@ class StopLossConfig(Config):
     reason: str = Field(default="", description="Why (the triggering event), quoted in the risk mail.")
     deadline_seconds: float = Field(default=120.0, description="Per attempt: how long each venue keeps retrying.")
     dust: float = Field(default=1e-9, description="Positions at or below this size (base units) count as flat.")
+
+    def check(self) -> None:
+        """Raise `InvalidStopLossConfig` naming the field when a value would quietly do the wrong thing.
+
+        `size > dust` is never true for a NaN/inf dust (or 1e9 typed for 1e-9): every position counted as
+        flat, so the stop-loss closed nothing and reported the book flat. A NaN deadline never expires.
+        """
+        problems = []
+        if not (math.isfinite(self.dust) and 0 <= self.dust < 1):
+            problems.append(f"dust must be a finite number >= 0 and < 1 (base units), got {self.dust!r}")
+        if not (math.isfinite(self.deadline_seconds) and self.deadline_seconds > 0):
+            problems.append(f"deadline_seconds must be a finite number of seconds > 0, got {self.deadline_seconds!r}")
+        if problems:
+            raise InvalidStopLossConfig(f"invalid run config: {'; '.join(problems)}")
+
+
+class InvalidStopLossConfig(BusinessError):
+    """The run config makes no sense (a NaN dust, a deadline <= 0): fix it and launch again; not retried."""
 
 
 class StopLossIncomplete(TransientError):
@@ -67,6 +87,7 @@ def _reason(ctx: StepContext) -> str:
 def liquidate(ctx: StepContext, exchange: ExchangeResource) -> dict:
     """Cancel all orders and close every position on every venue in parallel, until flat."""
     cfg: StopLossConfig = ctx.config
+    cfg.check()  # before any order
     names = _venues(cfg, exchange)
     reason = _reason(ctx)
 
