@@ -23,6 +23,37 @@ from pathlib import Path
 from arb_orchestration.commands.world import add_world_arguments, print_world, world_from_args
 
 LOCAL_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "sim" / "dagster_local.yaml"
+# The demo generator's pace (--events-per-second). At its default mix this asks for a rebalance
+# every ~20 s; the rebalance saga runs one at a time, so the queue stays short.
+DEMO_EVENTS_PER_SECOND = 2.0
+
+
+def install_stop_signals() -> dict:
+    """Make Ctrl-C and SIGTERM stop everything, even when started with SIGINT ignored.
+
+    A shell starts background jobs (`make dev &`, `nohup`, a container entrypoint script) with
+    SIGINT ignored, and an ignored signal stays ignored across exec: `dagster dev` then ignored
+    the SIGINT it is stopped with (and, mapping SIGTERM to its SIGINT handler, SIGTERM too), so
+    nothing stopped. A handled SIGINT is reset to the default at exec, so the children are
+    interruptible again. SIGTERM raises KeyboardInterrupt, also while starting up, so the
+    `finally` below stops the children instead of leaving them behind.
+    Returns the previous handlers (for `restore_signals`).
+    """
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if previous[signal.SIGINT] in (signal.SIG_IGN, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _terminate(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    return previous
+
+
+def restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def prepare_dagster_home(path: Path) -> Path:
@@ -68,10 +99,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     parser.add_argument("--dagster-home", type=Path, default=Path(".dagster_home"))
     parser.add_argument("--no-generator", action="store_true", help="do not publish demo traffic")
-    parser.add_argument("--events-per-second", type=float, default=2.0)
+    parser.add_argument("--events-per-second", type=float, default=DEMO_EVENTS_PER_SECOND)
     parser.add_argument("--no-browser", action="store_true", help="do not try to open a browser")
     args = parser.parse_args(argv)
 
+    previous_signals = install_stop_signals()
     dagster_home = prepare_dagster_home(args.dagster_home)
     world = world_from_args(args, dagster_home / "mail")
     generator = None
@@ -125,11 +157,11 @@ def main(argv: list[str]) -> int:
                 webbrowser.open(ui)
             except Exception:
                 pass
-        signal.signal(signal.SIGTERM, lambda *_: dagster.send_signal(signal.SIGINT))
         return dagster.wait()
     except KeyboardInterrupt:
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         if dagster is not None and dagster.poll() is None:
             dagster.send_signal(signal.SIGINT)
             try:
@@ -143,3 +175,4 @@ def main(argv: list[str]) -> int:
         if generator is not None:
             generator.stop()
         world.stop()
+        restore_signals(previous_signals)
