@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import math
 import signal
 import threading
 import time
@@ -89,6 +90,14 @@ class WarmWorkerRunLauncher(RunLauncher, ConfigurableClass):
         unreachable_grace_seconds: float | None = None,
         inst_data: ConfigurableClassData | None = None,
     ):
+        for key, value, least in (("connect_timeout_seconds", connect_timeout_seconds, 0.0),
+                                  ("request_timeout_seconds", request_timeout_seconds, 0.0),
+                                  ("unreachable_grace_seconds", unreachable_grace_seconds, None)):
+            # Fail the instance load: a bad timeout made every fast-path launch fall back to the stock launcher.
+            # (A grace of 0 is allowed: no grace. The timeouts must be > 0.)
+            if value is not None and not (math.isfinite(value) and (value > least if least is not None else value >= 0)):
+                raise ValueError(f"WarmWorkerRunLauncher: {key} must be a finite number of seconds "
+                                 f"{'> 0' if least is not None else '>= 0'}, got {value!r}")
         self._inst_data = inst_data
         self._configured_address = worker_address
         self.fast_path_tag = fast_path_tag
