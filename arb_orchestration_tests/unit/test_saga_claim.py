@@ -26,7 +26,15 @@ import time
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, SkipReason, build_sensor_context, instance_for_test
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    SkipReason,
+    build_run_status_sensor_context,
+    build_sensor_context,
+    instance_for_test,
+)
 from dagster._serdes import deserialize_value, serialize_value
 
 from arb_orchestration.saga import (
@@ -384,6 +392,24 @@ def test_sweep_tick_skips_a_claimed_saga_and_names_the_holder(instance):
     with build_sensor_context(instance=instance, resources={"venue": venue, "smtp": mail}) as ctx:
         sweep(ctx)
     assert venue.undone() == ["hedge", "reserve"]
+
+
+def test_failure_sensor_tick_leaves_a_claimed_saga_to_the_sweep_and_logs_the_holder(instance, capfd):
+    run, saga_id = crashed_run(instance)
+    venue, mail = Venue(), Mailbox()
+    claims = InstanceSagaClaims(instance)
+    sweep_lease = claims.acquire(saga_id, "sensor claim_saga_recovery_sweep_sensor").lease
+    failure_sensor, _ = CLAIM_SAGA.recovery_sensors(grace_seconds=0)
+    event = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)[-1].dagster_event
+    capfd.readouterr()
+    with build_run_status_sensor_context(sensor_name=failure_sensor.name, dagster_event=event,
+                                         dagster_instance=instance, dagster_run=run,
+                                         resources={"venue": venue, "smtp": mail}) as ctx:
+        assert failure_sensor(ctx) is None
+    assert venue.undone() == []
+    logged = capfd.readouterr().err  # Dagster's sensor logger writes to stderr, not through `logging` propagation
+    assert f"saga recovery of run {run.run_id}: busy — claimed by sensor claim_saga_recovery_sweep_sensor" in logged
+    claims.release(sweep_lease)
 
 
 def test_second_sensor_does_not_reissue_a_relaunch_the_first_just_requested(instance):
