@@ -1259,6 +1259,27 @@ def credential_env_names(venue: str) -> dict[str, str]:
     return {"api_key": f"{prefix}_API_KEY", "secret": f"{prefix}_SECRET", "password": f"{prefix}_PASSWORD"}
 
 
+# ccxt credential fields (`Exchange.requiredCredentials`) and their usual aliases, compared lower-case without
+# '_'/'-'. CCXT_VENUES is not a secret: its `options` end up in the resource's `options_json`, which the UI shows.
+# (`walletAddress` is public, so it is not listed.)
+_CREDENTIAL_OPTION_KEYS = frozenset({
+    "apikey", "secret", "password", "uid", "login", "twofa", "privatekey", "token",
+    "apisecret", "secretkey", "passphrase",
+})
+
+
+def _credential_keys(options: dict[str, Any], path: str = "options") -> list[str]:
+    """Paths (e.g. `options.apiKey`) of credential keys anywhere inside `options`; never their values."""
+    found = []
+    for key, value in options.items():
+        where = f"{path}.{key}"
+        if re.sub(r"[_\-]", "", str(key)).lower() in _CREDENTIAL_OPTION_KEYS:
+            found.append(where)
+        elif isinstance(value, dict):
+            found += _credential_keys(value, where)
+    return found
+
+
 def _parse_ccxt_venues(raw: str) -> dict[str, _VenueEnv]:
     try:
         data = json.loads(raw or "{}")
@@ -1274,6 +1295,14 @@ def _parse_ccxt_venues(raw: str) -> dict[str, _VenueEnv]:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise settings.SettingError(f"CCXT_VENUES[{name}].{where}: {first['msg']}") from None
+        credentials = _credential_keys(parsed[name].options)
+        if credentials:
+            env = credential_env_names(name)
+            raise settings.SettingError(
+                f"CCXT_VENUES[{name}].{', '.join(credentials)}: credentials are not accepted in options (CCXT_VENUES "
+                f"is not a secret and the options are shown in the UI); set {env['api_key']}, {env['secret']} "
+                f"and {env['password']} instead"
+            )
     return parsed
 
 

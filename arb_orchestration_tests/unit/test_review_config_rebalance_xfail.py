@@ -86,8 +86,6 @@ def test_a_target_for_a_venue_the_exchange_does_not_have_is_refused():
         propose(_Exchange(), wise=None, config=config, used_today={})
 
 
-@pytest.mark.xfail(strict=True, reason="open: resources/ccxt_venue.py accepts credentials inside CCXT_VENUES "
-                                       "options (a non-secret variable, stored as the resource's options_json)")
 def test_credentials_inside_ccxt_venues_options_are_refused_without_echoing_them(monkeypatch):
     from arb_orchestration import settings
     from arb_orchestration.defs.resources import exchange_resource
