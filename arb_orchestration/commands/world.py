@@ -51,8 +51,9 @@ def world_from_args(args: argparse.Namespace, maildir: Path) -> LocalWorld:
 
 
 def print_world(world: LocalWorld) -> None:
-    print(f"  exchange simulator  {world.exchange_url}/venues")
-    print(f"  Wise simulator      {world.wise_url}")
+    # Both answer 401 without their key; name the variable (from the environment file), never the value.
+    print(f"  exchange simulator  {world.exchange_url}/venues  (header X-API-Key: $EXCHANGE_SIM_API_KEY)")
+    print(f"  Wise simulator      {world.wise_url}  (header Authorization: Bearer $WISE_API_TOKEN)")
     print(f"  SMTP sink           {world.smtp_host}:{world.smtp_port}  (mailbox: {world.mailbox_url})")
     kind = "embedded mock cluster (demo only)" if world.mock_kafka else "external"
     print(f"  Kafka               {world.kafka_bootstrap}  [{kind}]")
