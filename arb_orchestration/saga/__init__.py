@@ -10,7 +10,8 @@ Declare steps, build the job, add the recovery sensors — see docs/sagas.md:
 Pure parts (no Dagster): `engine` (steps, execution, compensation),
 `recovery` (what to do with a saga a run left unfinished), `state`/`log`
 (the durable saga log), `keys` (saga ids and idempotency keys),
-`kill_switch` (the trading pause), `claim` (per-saga leases: one actor at a time). Dagster parts: `build` (ops, job, hook)
+`kill_switch` (the trading pause), `claim` (per-saga leases: one actor at a
+time). Dagster parts: `build` (ops, job, hook)
 and `sensors` (crash recovery).
 """
 

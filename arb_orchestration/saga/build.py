@@ -216,9 +216,9 @@ def _failure_hook(definition: SagaDefinition):
             resources={key: getattr(context.resources, key) for key in definition.compensation_resource_keys},
             alert=alert_from(context.resources, definition.alert_resource_key),
             config=parse_saga_config(definition, context.op_config),
-            claim=ClaimSpec(InstanceSagaClaims(context.instance), f"failure hook of run {run.run_id} (step {context.op.name})",
-                            run_id=run.run_id, ttl_seconds=DEFAULT_CLAIM_TTL_SECONDS,
-                            wait_seconds=HOOK_CLAIM_WAIT_SECONDS),
+            claim=ClaimSpec(InstanceSagaClaims(context.instance),
+                            f"failure hook of run {run.run_id} (step {context.op.name})", run_id=run.run_id,
+                            ttl_seconds=DEFAULT_CLAIM_TTL_SECONDS, wait_seconds=HOOK_CLAIM_WAIT_SECONDS),
             logger=context.log,
         )
 

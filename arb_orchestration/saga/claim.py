@@ -215,7 +215,9 @@ class InstanceClaimStore(ClaimStore):
 
         table = KeyValueStoreTable
         with self._connect() as conn:
-            result = conn.execute(table.update().where((table.c.key == key) & (table.c.value == seen)).values(value=value))
+            result = conn.execute(
+                table.update().where((table.c.key == key) & (table.c.value == seen)).values(value=value)
+            )
             return result.rowcount == 1
 
     def delete(self, key: str, seen: str) -> bool:

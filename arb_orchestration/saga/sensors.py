@@ -97,7 +97,8 @@ def recover_run(
     log = InstanceSagaLog(instance, run)
 
     def active_runs() -> int:  # read under the claim: a re-execution started a moment ago counts
-        return sum(1 for r in log.runs_of_saga(saga_id) if r.run_id != run.run_id and r.status in IN_PROGRESS_RUN_STATUSES)
+        return sum(1 for r in log.runs_of_saga(saga_id)
+                   if r.run_id != run.run_id and r.status in IN_PROGRESS_RUN_STATUSES)
 
     def relaunch_exists() -> bool:
         return bool(instance.get_runs(filters=RunsFilter(tags={RECOVERY_OF_TAG: run.run_id}), limit=1))
