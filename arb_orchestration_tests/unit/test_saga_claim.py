@@ -60,7 +60,7 @@ from arb_orchestration.saga import (
 )
 from arb_orchestration.saga.claim import InstanceClaimStore, claim_key
 
-GATE_TIMEOUT = 20.0
+GATE_TIMEOUT = 30.0
 
 
 class Venue:
@@ -240,7 +240,7 @@ def check_recovery_actors_racing(instance: DagsterInstance, n: int = 3) -> None:
             venue.gate.set()
         return outcome
 
-    opener = threading.Timer(GATE_TIMEOUT / 2, venue.gate.set)  # without claims the others never answer
+    opener = threading.Timer(GATE_TIMEOUT * 2 / 3, venue.gate.set)  # without claims the others never answer
     opener.start()
     try:
         outcomes = race(n, actor)
@@ -264,12 +264,13 @@ def check_expired_lease_is_taken_over(instance: DagsterInstance) -> None:
     run, saga_id = crashed_run(instance)
     venue, mail = Venue(), Mailbox()
     claims = InstanceSagaClaims(instance)
-    ghost = claims.acquire(saga_id, "sensor ghost", ttl_seconds=0.5)
+    ghost = claims.acquire(saga_id, "sensor ghost", ttl_seconds=60)
     assert ghost.acquired
     early = recover_run(instance, SAGA, run, {"venue": venue, "smtp": mail}, actor="sensor next")
     assert early.action is Action.BUSY and "sensor ghost" in early.reason and venue.undone() == []
-    wait_for(lambda: time.time() >= ghost.lease.expires_at, what="the ghost lease to end")
-    later = recover_run(instance, SAGA, run, {"venue": venue, "smtp": mail}, actor="sensor next")
+    # 61 s later (an actor whose clock is ahead: no test waits a minute)
+    later_claims = InstanceSagaClaims(instance, clock=lambda: time.time() + 61)
+    later = recover_run(instance, SAGA, run, {"venue": venue, "smtp": mail}, actor="sensor next", claims=later_claims)
     assert later.action is Action.COMPENSATED and venue.undone() == ["hedge", "reserve"]
     with pytest.raises(ClaimLostError, match="sensor ghost"):
         claims.renew(ghost.lease)
@@ -346,12 +347,12 @@ def test_a_lease_of_a_run_stopped_for_max_runtime_runs_out_its_time(instance):
     # Run monitoring marks such a run FAILURE while its worker (and its hook) may still be stopping.
     claims = InstanceSagaClaims(instance)
     run = instance.create_run_for_job(CLAIM_SAGA.job, status=DagsterRunStatus.STARTED)
-    claims.acquire("s-maxrt", "failure hook", run_id=run.run_id, ttl_seconds=0.3)
+    claims.acquire("s-maxrt", "failure hook", run_id=run.run_id, ttl_seconds=60)
     instance.report_run_failed(run, "Exceeded maximum runtime of 600 seconds.")
     refused = claims.acquire("s-maxrt", "sensor")
     assert not refused.acquired and refused.holder.actor == "failure hook"
-    wait_for(lambda: time.time() >= refused.holder.expires_at)
-    assert claims.acquire("s-maxrt", "sensor").acquired
+    later = InstanceSagaClaims(instance, clock=lambda: time.time() + 61)
+    assert later.acquire("s-maxrt", "sensor").acquired
 
 
 def test_threads_racing_for_one_saga_on_sqlite_exactly_one_wins(instance):
