@@ -56,6 +56,59 @@ def restore_signals(previous: dict) -> None:
             signal.signal(sig, handler)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    return True
+
+
+def fail_orphaned_runs(dagster_home: Path, *, is_alive=_pid_alive) -> list[str]:
+    """Mark FAILURE every STARTED run of this instance none of whose processes is alive; their ids.
+
+    A run's worker lives in `dagster dev`'s code server (or the warm worker): when the previous
+    `dev` died without stopping it (kill -9, OOM, a crash, a closed laptop lid), its runs stay
+    STARTED for good. The stock DefaultRunLauncher has no run-worker health check, so run
+    monitoring does not notice them and the new code server does not know them: a rebalance left
+    STARTED held the one-rebalance-at-a-time limit, so no rebalance ran for up to the 5 h of its
+    max_runtime, and the saga recovery sensors (which act on FAILURE) never looked at it. Marked
+    failed, the recovery sensors take over as after any crash. A run with a live process (a
+    `dagster job execute` in another shell) or without any recorded pid is left alone.
+    """
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    home = str(Path(dagster_home).resolve())
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = home  # dagster_local.yaml places its databases at {env: DAGSTER_HOME}
+    failed = []
+    try:
+        with DagsterInstance.from_config(home) as instance:
+            for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+                pids = {
+                    entry.dagster_event.pid
+                    for entry in instance.all_logs(run.run_id)
+                    if entry.dagster_event is not None and entry.dagster_event.pid
+                }
+                if not pids or any(is_alive(pid) for pid in pids):
+                    continue
+                instance.report_run_failed(
+                    run,
+                    message="arb-orchestration dev: this run was left STARTED by an earlier session and none of "
+                    f"its processes (pid {', '.join(map(str, sorted(pids)))}) is alive: marked failed so the "
+                    "saga recovery sensors can act on it",
+                )
+                failed.append(run.run_id)
+    finally:
+        if previous is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+    return failed
+
+
 def prepare_dagster_home(path: Path) -> Path:
     path = path.resolve()
     path.mkdir(parents=True, exist_ok=True)
@@ -110,6 +163,14 @@ def main(argv: list[str]) -> int:
     dagster = None
     warm_worker = None
     try:
+        try:
+            orphans = fail_orphaned_runs(dagster_home)
+        except Exception as exc:  # never a reason not to start; the UI still shows such runs
+            print(f"arb-orchestration dev: could not check for runs left STARTED: {exc}", file=sys.stderr)
+        else:
+            if orphans:
+                print(f"marked {len(orphans)} run(s) left STARTED by an earlier session as failed (no process "
+                      f"alive; the saga recovery sensors take over): {', '.join(orphans)}", flush=True)
         world.start()
         env = {**os.environ, **world.env(), "DAGSTER_HOME": str(dagster_home)}
         os.environ.update(world.env())
