@@ -20,7 +20,7 @@ import urllib.request
 import webbrowser
 from pathlib import Path
 
-from arb_orchestration.commands.world import add_world_arguments, print_world, world_from_args
+from arb_orchestration.commands.world import add_world_arguments, environment_line, print_world, world_from_args
 
 LOCAL_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "sim" / "dagster_local.yaml"
 # The demo generator's pace (--events-per-second). At its default mix this asks for a rebalance
@@ -211,7 +211,7 @@ def main(argv: list[str]) -> int:
         print(f"  Dagster UI          {ui}")
         print_world(world)
         print(f"  Dagster instance    {dagster_home} (SQLite)")
-        print(f"Environment:         set -a; . {env_file}; set +a   (then e.g. arb-orchestration publish ...)")
+        print(environment_line(env_file))
         print("Ctrl-C to stop.\n", flush=True)
         if not args.no_browser:
             try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -59,6 +60,28 @@ def print_world(world: LocalWorld) -> None:
     print(f"  Kafka               {world.kafka_bootstrap}  [{kind}]")
 
 
+def cli_command() -> str:
+    """How to type this CLI in another shell: `.venv/bin/arb-orchestration` unless it is on PATH.
+
+    `make dev` runs it from .venv without activating it, so a bare `arb-orchestration` in a second
+    shell was "command not found".
+    """
+    import shutil
+
+    script = Path(sys.executable).parent / "arb-orchestration"
+    if not script.exists() or shutil.which("arb-orchestration") == str(script):
+        return "arb-orchestration"
+    try:
+        relative = os.path.relpath(script)
+    except ValueError:
+        return str(script)
+    return relative if not relative.startswith("..") else str(script)
+
+
+def environment_line(env_file: Path) -> str:
+    return f"Environment:         set -a; . {env_file}; set +a   (then e.g. {cli_command()} publish ...)"
+
+
 def wait_for_signal() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -85,7 +108,7 @@ def main(argv: list[str]) -> int:
         create_all_topics(world.kafka_bootstrap, partitions=4, replication=1)
         print("local world running:")
         print_world(world)
-        print(f"Environment:         set -a; . {env_file}; set +a   (then e.g. arb-orchestration publish ...)")
+        print(environment_line(env_file))
         if args.print_env:
             for key, value in world.env().items():
                 print(f"export {key}={value}")

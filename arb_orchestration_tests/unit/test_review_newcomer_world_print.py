@@ -31,3 +31,24 @@ def test_banner_names_the_headers_and_the_printed_urls_answer_with_them(capsys):
         profiles = httpx.get(f"{wise_url}/v2/profiles", headers={"Authorization": f"Bearer {env['WISE_API_TOKEN']}"},
                              timeout=5)
         assert profiles.status_code == 200
+
+
+def test_environment_line_names_a_cli_the_second_shell_can_run(monkeypatch, tmp_path):
+    """The banner said `arb-orchestration publish ...`; with .venv not activated: command not found."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from arb_orchestration.commands.world import cli_command, environment_line
+
+    bin_dir = Path(sys.executable).parent
+    script = bin_dir / "arb-orchestration"
+    assert script.exists(), "the test runs from the project's virtualenv"
+    monkeypatch.chdir(bin_dir.parent.parent)  # the project root, where `make dev` runs
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a fresh shell: .venv not activated
+    command = cli_command()
+    assert command != "arb-orchestration"
+    assert Path(command).resolve() == script.resolve() and os.access(command, os.X_OK)
+    assert f"(then e.g. {command} publish ...)" in environment_line(tmp_path / "world.env")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")  # activated: the short name works
+    assert cli_command() == "arb-orchestration"
