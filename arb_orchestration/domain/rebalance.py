@@ -530,6 +530,11 @@ def split_executable(
 # --------------------------------------------------------------------------- guardrails
 
 
+# A rebalance whose fees exceed a tenth of what it moves is not worth it (the desk's defaults: 1 %); a larger
+# `max_fee_ratio` is most likely a percent typed as a number (1 for 1 %), which would let fees up to the whole deficit pass.
+MAX_FEE_RATIO_LIMIT = 0.10
+
+
 @dataclass(frozen=True)
 class Guardrails:
     """Limits a plan must satisfy before anything moves (defaults: docs/rebalance.md).
@@ -540,6 +545,11 @@ class Guardrails:
     `*:TRC20`, `kraken:*`). `min_deficit`/`max_fee_ratio`: an asset whose
     total deficit is below its minimum, or whose fees exceed that fraction of
     the deficit, is not rebalanced (skipped, not a failure).
+
+    Every number must be finite and >= 0 (NaN compares false both ways, so a
+    NaN or infinite limit would never breach: the limit switched off), and
+    `max_fee_ratio` a fraction up to `MAX_FEE_RATIO_LIMIT`; else ValueError
+    naming the field.
     """
 
     max_transfer: Mapping[str, float]
@@ -547,6 +557,19 @@ class Guardrails:
     allowed_destinations: tuple[str, ...]
     min_deficit: Mapping[str, float] = field(default_factory=dict)
     max_fee_ratio: float = 0.01
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name}[{asset}] must be a finite number >= 0 ({asset} units), got {value!r}"
+            for name in ("max_transfer", "max_daily", "min_deficit")
+            for asset, value in getattr(self, name).items()
+            if not (math.isfinite(value) and value >= 0)
+        ]
+        if not (math.isfinite(self.max_fee_ratio) and 0 <= self.max_fee_ratio <= MAX_FEE_RATIO_LIMIT):
+            problems.append(f"max_fee_ratio must be a fraction within [0, {MAX_FEE_RATIO_LIMIT:g}] (0.01 means 1 %; "
+                            f"a larger value looks like a percent), got {self.max_fee_ratio!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def allows(self, venue: str, network: str) -> bool:
         target = f"{venue}:{network}"

@@ -254,7 +254,7 @@ def test_through_dagster_the_journal_reads_the_instance_and_the_run_fails_on_the
     exchange.auto_complete = False
     resources = {"exchange": exchange, "wise": FakeWise(exchange), "smtp": FakeMail(),
                  "rebalance_journal": RebalanceJournalResource()}
-    config = {"assets": ["USDT", "EUR"], "use_market_data_floors": False, "poll_interval_seconds": 0.0,
+    config = {"assets": ["USDT", "EUR"], "use_market_data_floors": False, "poll_interval_seconds": 0.001,
               "arrival_timeout_seconds": 0.0}
     with instance_for_test() as instance:
         first = saga.job.execute_in_process(instance=instance, resources=resources, run_config=config,

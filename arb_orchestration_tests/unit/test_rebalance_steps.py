@@ -207,7 +207,7 @@ def world():
 
 
 def _config(**kw):
-    base = dict(assets=["USDT", "EUR"], use_market_data_floors=False, poll_interval_seconds=0.0,
+    base = dict(assets=["USDT", "EUR"], use_market_data_floors=False, poll_interval_seconds=0.001,
                 arrival_timeout_seconds=1.0)
     return RebalanceConfig(**{**base, **kw})
 

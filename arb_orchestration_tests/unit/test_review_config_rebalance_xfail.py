@@ -1,5 +1,5 @@
-"""Config review, open findings in files other people are editing (defs/rebalance/*, domain/rebalance.py,
-resources/ccxt_venue.py): each test says what should happen and is xfail(strict) until it does.
+"""Config review findings in defs/rebalance/*, domain/rebalance.py and resources/ccxt_venue.py: each test
+says what should happen (they were xfail(strict) until fixed; the docstring below describes the defects found).
 
 Rebalance run config (`RebalanceConfig`): the plan step builds `policy()` and `guardrails()` from it, and
 `TargetPolicy`/`TargetRule` check their own numbers, but `Guardrails` checks none and the run-only fields
@@ -15,10 +15,15 @@ import math
 import pytest
 
 from arb_orchestration.defs.rebalance.config import RebalanceConfig
-from arb_orchestration.domain.rebalance import PlannedTransfer, check_guardrails
+from arb_orchestration.domain.rebalance import (
+    RULE_DAILY,
+    RULE_PER_TRANSFER,
+    Guardrails,
+    PlannedTransfer,
+    check_guardrails,
+)
 
 NAN, INF = math.nan, math.inf
-REBALANCE_OPEN = "open: defs/rebalance/config.py (or domain.rebalance.Guardrails) does not check it; see module docstring"
 
 
 def _plan_inputs(**config):
@@ -26,15 +31,20 @@ def _plan_inputs(**config):
     return cfg, cfg.policy(), cfg.guardrails()
 
 
-def test_what_a_nan_limit_does_today():
-    """Not xfail: the harm, measured. A 10 M USDT transfer passes a NaN per-transfer and daily limit."""
-    _, _, guardrails = _plan_inputs(max_transfer={"USDT": NAN}, max_daily={"USDT": NAN})
+def test_a_nan_limit_no_longer_lets_a_10m_transfer_pass():
+    """The harm this review measured: a 10 M USDT transfer passed a NaN per-transfer and daily limit
+    (`check_guardrails` returned no breach). Now NaN limits are refused where the run config builds the
+    guardrails and by `Guardrails` itself, and a finite limit still stops the same transfer."""
+    with pytest.raises(ValueError, match=r"max_transfer\[USDT\].*nan"):
+        _plan_inputs(max_transfer={"USDT": NAN}, max_daily={"USDT": NAN})
+    with pytest.raises(ValueError, match=r"max_daily\[USDT\]"):
+        Guardrails(max_transfer={"USDT": 250_000.0}, max_daily={"USDT": NAN}, allowed_destinations=("*:TRC20",))
+    _, _, guardrails = _plan_inputs()
     move = PlannedTransfer(index=0, rail="r", kind="withdrawal", from_venue="binance", to_venue="okx", asset="USDT",
                            network="TRC20", amount=10_000_000.0, fee=1.0, credited=9_999_999.0)
-    assert check_guardrails([move], guardrails) == []
+    assert {b.rule for b in check_guardrails([move], guardrails)} == {RULE_PER_TRANSFER, RULE_DAILY}
 
 
-@pytest.mark.xfail(strict=True, reason=REBALANCE_OPEN)
 @pytest.mark.parametrize(
     "key, value",
     [
@@ -52,7 +62,6 @@ def test_policy_and_guardrail_numbers_are_checked_before_planning(key, value):
         _plan_inputs(**{key: value})
 
 
-@pytest.mark.xfail(strict=True, reason=REBALANCE_OPEN + " (these are first read after the pivot)")
 @pytest.mark.parametrize(
     "key, value",
     [
@@ -69,8 +78,6 @@ def test_run_only_numbers_are_checked_before_anything_moves(key, value):
         _plan_inputs(**{key: value})
 
 
-@pytest.mark.xfail(strict=True, reason="open: defs/rebalance/planning.py does not check target venues against the "
-                                       "exchange's (a typo's rule is silently never applied)")
 def test_a_target_for_a_venue_the_exchange_does_not_have_is_refused():
     from arb_orchestration.defs.rebalance.planning import propose
 
@@ -96,3 +103,36 @@ def test_credentials_inside_ccxt_venues_options_are_refused_without_echoing_them
     with pytest.raises(settings.SettingError, match=r"CCXT_VENUES\[binance\]") as caught:
         exchange_resource("local")
     assert "s3cr3t-value" not in str(caught.value) and "AKIA-venue-key" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ({"verify_tolerance": 20.0}, "verify_tolerance"),  # read by verify_balances, after the pivot
+        ({"max_transfer": {"USDT": NAN}}, r"max_transfer\[USDT\]"),  # a domain Guardrails check
+        ({"tolerance": NAN}, "tolerance"),  # a domain TargetPolicy check
+        ({"targets": [{"venue": "okxx", "asset": "USDT", "share": 0.3}]}, "okxx"),
+    ],
+)
+def test_the_plan_step_refuses_a_bad_run_config_as_a_business_error_before_reading_anything(config, key):
+    """In the saga, the check is the first thing `plan_rebalance` does, and a bad value is a `BusinessError`
+    (the saga's op turns it into a Failure that is not retried) naming the key: no journal read, no balance read."""
+    from arb_orchestration.defs.rebalance import AUTO_REBALANCE_SAGA
+    from arb_orchestration.defs.rebalance.steps import PLAN, InvalidRebalanceConfig
+    from arb_orchestration.resources.errors import BusinessError
+    from arb_orchestration.saga import InMemorySagaLog, StepRuntime, execute_step
+
+    class _Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"{name} was used before the config was checked")
+
+    class _Exchange(_Untouchable):
+        def venue_names(self):
+            return ["binance", "okx"]
+
+    resources = {"exchange": _Exchange(), "wise": _Untouchable(), "rebalance_journal": _Untouchable(),
+                 "smtp": _Untouchable()}
+    runtime = StepRuntime("saga-bad-config", InMemorySagaLog(), resources, config=RebalanceConfig(**config))
+    with pytest.raises(InvalidRebalanceConfig, match=key) as caught:
+        execute_step(AUTO_REBALANCE_SAGA.definition, PLAN, runtime)
+    assert isinstance(caught.value, BusinessError)

@@ -12,6 +12,7 @@ top level (the saga engine maps it onto every step), e.g.:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Optional
 
 from dagster import Config
@@ -35,6 +36,21 @@ DEFAULT_HUMAN_FUNDING_TIMEOUT_SECONDS = float(REBALANCE_HUMAN_FUNDING_SECONDS)
 DEFAULT_IN_FLIGHT_LOOKBACK_SECONDS = float(REBALANCE_MAX_RUNTIME_SECONDS)
 # Networks the desk sends on today; a venue that starts offering a new one is not used until listed.
 DEFAULT_ALLOWED_DESTINATIONS = ["*:TRC20", "*:ARBITRUM", "*:SOL", "*:ERC20", "*:BTC", "*:SEPA"]
+# Upper bounds of fractions that are easy to type as percents (20 for 20 %): beyond them the check meant nothing.
+MAX_VERIFY_TOLERANCE = 0.10  # a destination up to 10 % short still "arrived"
+MAX_FEE_INCREASE = 1.0  # a Wise fee up to twice the planned one
+
+
+def _out_of_range(name: str, value: float | None, low: float, high: float = math.inf, *, low_open: bool = False,
+                  high_open: bool = False, what: str = "") -> str | None:
+    """Why `value` is not a finite number within the bounds (naming `name` and the value), or None if it is."""
+    if (value is not None and math.isfinite(value) and (value > low if low_open else value >= low)
+            and (value < high if high_open else value <= high)):
+        return None
+    bounds = f"{'>' if low_open else '>='} {low:g}"
+    if high != math.inf:
+        bounds += f" and {'<' if high_open else '<='} {high:g}"
+    return f"{name} must be a finite number {bounds}{what}, got {value!r}"
 
 
 class RebalanceTargetConfig(Config):
@@ -112,7 +128,28 @@ class RebalancePolicyConfig(Config):
     )
     planner_time_limit_seconds: float = Field(default=30.0, description="Per asset, for the exact MILP.")
 
+    def problems(self) -> list[str]:
+        """What `check` refuses here; the guardrail numbers are checked by `Guardrails` itself."""
+        return [p for p in [
+            *(_out_of_range(f"floors[{asset}]", floor, 0, what=f" ({asset} units)") for asset, floor in self.floors.items()),
+            *(_out_of_range(f"wise_reserve[{currency}]", reserve, 0, what=f" ({currency})")
+              for currency, reserve in self.wise_reserve.items()),
+            _out_of_range("planner_time_limit_seconds", self.planner_time_limit_seconds, 0, low_open=True),
+        ] if p]
+
+    def check(self) -> None:
+        """Raise ValueError naming every run-config field whose value would quietly do the wrong thing.
+
+        NaN compares false both ways (a NaN limit never breaches), so numbers must be finite and in range.
+        `policy()` and `guardrails()` call this; the saga's plan step calls all three before it reads a
+        balance and turns a ValueError into a non-retried `InvalidRebalanceConfig`.
+        """
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
     def policy(self) -> TargetPolicy:
+        self.check()
         minimum: dict[str, dict[str, float]] = {}
         if self.use_market_data_floors:
             floors = MARKET_DATA_POLICY.floors
@@ -132,6 +169,7 @@ class RebalancePolicyConfig(Config):
         )
 
     def guardrails(self) -> Guardrails:
+        self.check()
         return Guardrails(
             max_transfer=dict(self.max_transfer),
             max_daily=dict(self.max_daily),
@@ -190,6 +228,24 @@ class RebalanceConfig(RebalancePolicyConfig):
     trigger: Optional[RebalanceTriggerConfig] = Field(
         default=None, description="The event behind a sensor-triggered run (logged; planning does not use it)."
     )
+
+    def problems(self) -> list[str]:
+        """The policy's problems, and those of the fields first read after the pivot (checked up front)."""
+        return super().problems() + [p for p in [
+            _out_of_range("arrival_timeout_seconds", self.arrival_timeout_seconds, 0),
+            _out_of_range("poll_interval_seconds", self.poll_interval_seconds, 0, low_open=True),
+            _out_of_range("max_fee_increase", self.max_fee_increase, 0, MAX_FEE_INCREASE,
+                          what=" (a fraction: 0.5 allows a Wise fee 50 % above the planned one)"),
+            _out_of_range("verify_tolerance", self.verify_tolerance, 0, MAX_VERIFY_TOLERANCE,
+                          what=" (a fraction of the credited amount: 0.01 means 1 %)"),
+            None if self.verify_fee_share is None else _out_of_range(
+                "verify_fee_share", self.verify_fee_share, 0, 1, high_open=True,
+                what=" (of the smallest network fee: at 1 a leg one fee short would pass)"),
+            _out_of_range("human_funding_timeout_seconds", self.human_funding_timeout_seconds, 0),
+            _out_of_range("human_funding_poll_seconds", self.human_funding_poll_seconds, 0, low_open=True),
+            _out_of_range("in_flight_lookback_seconds", self.in_flight_lookback_seconds, 0, low_open=True,
+                          what=" (to plan despite legs in flight, set allow_legs_in_flight)"),
+        ] if p]
 
 
 def rebalance_run_config(trigger: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:

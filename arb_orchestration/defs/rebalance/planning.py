@@ -127,6 +127,14 @@ def _fiat_rails(
     return wise_rails(destinations, asset, fixed, rate, eta)
 
 
+def check_target_venues(config: Any, venues: list[str]) -> None:
+    """Raise ValueError naming every target venue the exchange resource does not have (a typo's rule never applies)."""
+    unknown = sorted({t.venue for t in config.targets if t.venue != "*"} - set(venues))
+    if unknown:
+        raise ValueError(f"targets name venues the exchange does not have: {', '.join(unknown)} "
+                         f"(known venues: {', '.join(sorted(venues))}, or '*' for every venue)")
+
+
 def propose(
     exchange: ExchangeResource,
     wise: WiseResource,
@@ -139,6 +147,7 @@ def propose(
     logger = logger or _log
     policy, guardrails = config.policy(), config.guardrails()
     venues = exchange.venue_names()
+    check_target_venues(config, venues)
     balances = fetch_balances(exchange, venues)
     free = _free(balances)
     targets = compute_targets(policy, free)

@@ -36,7 +36,7 @@ from dagster import Failure, MetadataValue
 
 from arb_orchestration.defs.rebalance.funding import fund_wise_legs, funding_may_need_human, journal_webhook_board
 from arb_orchestration.defs.rebalance.journal import ACKNOWLEDGED_IN_FLIGHT, SagaInFlight
-from arb_orchestration.defs.rebalance.planning import Proposal, propose
+from arb_orchestration.defs.rebalance.planning import Proposal, check_target_venues, propose
 from arb_orchestration.defs.rebalance.report import (
     legs_markdown,
     proposal_metadata,
@@ -56,6 +56,11 @@ VERIFY = "verify_balances"
 GUARDRAIL_METADATA_KEY = "arb/guardrail"
 RULE_INFEASIBLE = "plan_infeasible"
 RULE_LEGS_IN_FLIGHT = "legs_in_flight"
+
+
+class InvalidRebalanceConfig(BusinessError):
+    """The run config makes no sense (a NaN limit, a percent typed for a fraction, a target for an unknown venue):
+    fix it and launch again; not retried."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -100,8 +105,19 @@ def plan_rebalance(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
     left but were never verified as arrived fails the run (`legs_in_flight`),
     since balances do not show money in transit; a dry run reports it, and
     `allow_legs_in_flight` plans anyway and records the acknowledgement.
+
+    Before even that, the whole run config is checked, including the fields
+    only later steps read (after the pivot would be too late): a bad value
+    fails the run here (`InvalidRebalanceConfig`, not retried), naming the key.
     """
     cfg = ctx.config
+    try:
+        cfg.check()  # every field, including those first read after the pivot
+        cfg.policy()  # + TargetPolicy's own checks (tolerance, shares...)
+        cfg.guardrails()  # + Guardrails' own checks (limits, max_fee_ratio)
+        check_target_venues(cfg, exchange.venue_names())
+    except ValueError as exc:
+        raise InvalidRebalanceConfig(f"invalid run config: {exc}") from exc
     trigger = cfg.trigger.model_dump() if cfg.trigger is not None else None
     if cfg.trigger is not None:
         ctx.log.info(f"rebalance [{ctx.saga_id}] triggered by {cfg.trigger.describe()}")
