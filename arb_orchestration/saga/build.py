@@ -33,6 +33,7 @@ from dagster import (
     job,
     op,
 )
+from pydantic import ValidationError
 
 from arb_orchestration.resources.errors import BusinessError
 from arb_orchestration.saga.claim import DEFAULT_CLAIM_TTL_SECONDS, InstanceSagaClaims
@@ -143,7 +144,13 @@ def _step_op(definition: SagaDefinition, step: SagaStep, index: int, default_ret
         tags={"arb/saga_step": step.name, **({"arb/saga_pivot": "true"} if step.pivot else {})},
     )
     def _op(context) -> None:  # (no annotation: dagster checks it at definition time)
-        runtime = _runtime(definition, step, context)
+        try:
+            runtime = _runtime(definition, step, context)
+        except InvalidSagaConfig as exc:
+            raise Failure(
+                description=f"saga {definition.name} step {step.name}: {exc} (business error: not retried)",
+                allow_retries=False,
+            ) from exc
         try:
             result = execute_step(definition, step.name, runtime)
         except BusinessError as exc:
@@ -157,10 +164,32 @@ def _step_op(definition: SagaDefinition, step: SagaStep, index: int, default_ret
     return _op
 
 
+class InvalidSagaConfig(BusinessError):
+    """The run config passed Dagster's schema but not the config class's own checks (a retry cannot fix it)."""
+
+
 def parse_saga_config(definition: SagaDefinition, raw: Mapping[str, Any] | None) -> Any:
+    """The saga's config object; `InvalidSagaConfig` naming the field when the class refuses the values.
+
+    Dagster checks run config against the schema at launch; constraints the class
+    adds (pydantic `Field(gt=...)`, validators) are only checked here.
+    """
     if definition.config_class is None:
         return None
-    return definition.config_class(**(raw or {}))
+    try:
+        return definition.config_class(**(raw or {}))
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise InvalidSagaConfig(f"run config refused by {definition.config_class.__name__}: {exc}") from None
+
+
+def config_or_none(definition: SagaDefinition, raw: Mapping[str, Any] | None, logger: Any) -> Any:
+    """`parse_saga_config`, or None (logged) when the config does not parse: for compensations,
+    which must not die on it (a config that never parsed let no step run)."""
+    try:
+        return parse_saga_config(definition, raw)
+    except InvalidSagaConfig as exc:
+        logger.error(f"saga {definition.name}: {exc}; compensating without it")
+        return None
 
 
 def saga_id_of(run: DagsterRun, instance: Any) -> str:
@@ -215,7 +244,7 @@ def _failure_hook(definition: SagaDefinition):
             log=InstanceSagaLog(context.instance, run, in_run=True),
             resources={key: getattr(context.resources, key) for key in definition.compensation_resource_keys},
             alert=alert_from(context.resources, definition.alert_resource_key),
-            config=parse_saga_config(definition, context.op_config),
+            config=config_or_none(definition, context.op_config, context.log),
             claim=ClaimSpec(InstanceSagaClaims(context.instance),
                             f"failure hook of run {run.run_id} (step {context.op.name})", run_id=run.run_id,
                             ttl_seconds=DEFAULT_CLAIM_TTL_SECONDS, wait_seconds=HOOK_CLAIM_WAIT_SECONDS),
