@@ -14,15 +14,15 @@ from __future__ import annotations
 import time
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
+from dagster import DagsterRunStatus, build_sensor_context
 from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.test_utils import create_run_for_test
 
 from arb_orchestration.defs.events.kafka_source import drop_warm_clients
 from arb_orchestration.defs.events.tuning import EventSensorSettings
-from arb_orchestration.sim.smtp_sink import SmtpSink
 from arb_orchestration_tests.integration.test_sensors_kafka import Setup, capital, market, offsets
+from arb_orchestration_tests.integration.test_sensors_paused_kafka import instance, sink  # noqa: F401 (fixtures)
 from arb_orchestration_tests.unit.deploy_model import remote_job_origin
 
 pytestmark = pytest.mark.integration
@@ -31,23 +31,11 @@ REBALANCE_JOB = "rebalance_job_for_tests"
 SETTINGS = EventSensorSettings(long_poll_seconds=0, metadata_timeout_seconds=5, max_read_seconds=10)
 
 
-@pytest.fixture(scope="module")
-def sink():
-    with SmtpSink() as smtp_sink:
-        yield smtp_sink
-
-
 @pytest.fixture
-def setup(kafka_broker, sink):
+def setup(kafka_broker, sink):  # the shared fixture's, with coalescing on (the default)
     yield Setup(kafka_broker, sink, settings=SETTINGS)
     drop_warm_clients()
     Setup.close_all()
-
-
-@pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as fresh:
-        yield fresh
 
 
 def tick(setup: Setup, sensor, instance, cursor=None):

@@ -12,36 +12,16 @@ import json
 import time
 
 import pytest
-from dagster import DagsterInstance, build_sensor_context
+from dagster import build_sensor_context
 
-from arb_orchestration.defs.events.kafka_source import drop_warm_clients
 from arb_orchestration.defs.hedging.baselines import baseline_points, record_baselines
 from arb_orchestration.saga.kill_switch import pause_trading
-from arb_orchestration.sim.smtp_sink import SmtpSink
-from arb_orchestration_tests.integration.test_sensors_kafka import Setup, funding, offsets
+from arb_orchestration_tests.integration.test_sensors_kafka import funding, offsets
+from arb_orchestration_tests.integration.test_sensors_paused_kafka import instance, setup, sink  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
 MARKET = "binance|ETH/USDT:USDT"
-
-
-@pytest.fixture(scope="module")
-def sink():
-    with SmtpSink() as smtp_sink:
-        yield smtp_sink
-
-
-@pytest.fixture
-def setup(kafka_broker, sink):
-    yield Setup(kafka_broker, sink)
-    drop_warm_clients()
-    Setup.close_all()
-
-
-@pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as fresh:
-        yield fresh
 
 
 def counting_reads(instance, monkeypatch) -> list[set[str]]:
