@@ -21,7 +21,7 @@ from typing import Any
 
 from arb_orchestration.domain.funding import DEFAULT_BASIS_HOURS, apr, normalised, to_bps
 from arb_orchestration.domain.hedging import HedgeOrder, base_asset, is_perp
-from arb_orchestration.domain.models import FundingRate, Side
+from arb_orchestration.domain.models import FundingRate, Order, Side
 from arb_orchestration.saga.keys import derive_key
 
 
@@ -55,6 +55,24 @@ def stop_client_order_id(step_key: str, order: HedgeOrder, generation: int = 0) 
 def describe_leg(leg: Mapping[str, Any]) -> str:
     ro = " reduce-only" if leg.get("reduce_only") else ""
     return f"leg {leg['leg']}: {leg['side']} {leg['amount']:g} {leg['symbol']} on {leg['venue']}{ro}"
+
+
+def fill_notional_usd(order: Order, leg: Mapping[str, Any]) -> tuple[float | None, str]:
+    """USD notional of a leg's fill and what priced it; never 0 for a fill without an average.
+
+    The venue's average fill price when it reports one; else the order's own
+    price; else the price the leg was planned at (its notional over its amount:
+    the reference mark when planned). With none of them it is unknown (None):
+    counting such a fill as 0 USD would understate what the hedge moved.
+    """
+    if order.average:
+        return order.filled * order.average, "average"
+    if order.price:
+        return order.filled * order.price, "order_price"
+    notional, amount = leg.get("notional_usd"), leg.get("amount")
+    if notional and amount:
+        return order.filled * float(notional) / float(amount), "planned_price"
+    return None, "unknown"
 
 
 def rate_rows(rates: Iterable[FundingRate]) -> list[dict[str, Any]]:

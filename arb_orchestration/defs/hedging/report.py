@@ -25,8 +25,8 @@ LEG_COLUMNS = [
 ]
 FILL_COLUMNS = [
     ("leg", "int"), ("venue", "string"), ("symbol", "string"), ("side", "string"), ("amount", "float"),
-    ("filled", "float"), ("average", "float"), ("status", "string"), ("order_id", "string"),
-    ("client_order_id", "string"),
+    ("filled", "float"), ("average", "float"), ("notional_usd", "float"), ("priced_by", "string"),
+    ("status", "string"), ("order_id", "string"), ("client_order_id", "string"),
 ]
 STOP_COLUMNS = [
     ("venue", "string"), ("symbol", "string"), ("action", "string"), ("position", "string"), ("mark", "float"),

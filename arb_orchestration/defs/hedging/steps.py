@@ -43,6 +43,7 @@ from arb_orchestration.defs.hedging.config import HedgeConfig
 from arb_orchestration.defs.hedging.legs import (
     best_markets,
     describe_leg,
+    fill_notional_usd,
     leg_client_order_id,
     leg_record,
     opposite,
@@ -203,10 +204,12 @@ def _verify(venue: VenueClient, client_order_id: str, symbol: str, placed: Order
 
 
 def _fill_row(leg: dict, cid: str, order: Order) -> dict:
+    notional, priced_by = fill_notional_usd(order, leg)
     return {
         "leg": leg["leg"], "venue": leg["venue"], "symbol": leg["symbol"], "side": leg["side"],
         "amount": leg["amount"], "reduce_only": leg["reduce_only"], "filled": order.filled,
         "average": order.average, "status": order.status, "order_id": order.id, "client_order_id": cid,
+        "notional_usd": notional, "priced_by": priced_by,
     }
 
 
@@ -260,8 +263,15 @@ def _report_fills(hedge_journal, step: str, fills: list[dict], failed: str | Non
         "orders": table(fills, FILL_COLUMNS),
         "orders_placed": len(fills),
         "fills": sum(1 for f in fills if f["filled"] > 0),
-        "filled_notional_usd": round(sum(f["filled"] * (f["average"] or 0.0) for f in fills), 2),
     }
+    # A fill without any price is unknown, not 0 USD: a 0 would understate what the hedge moved.
+    unpriced = sum(1 for f in fills if f.get("notional_usd") is None)
+    priced = round(sum(f["notional_usd"] for f in fills if f.get("notional_usd") is not None), 2)
+    if unpriced:
+        metadata["filled_notional_usd"] = f"unknown ({unpriced} fill(s) without a price; {priced:,.2f} USD priced)"
+        metadata["fills_without_price"] = unpriced
+    else:
+        metadata["filled_notional_usd"] = priced
     if failed:
         metadata["failed_leg"] = failed
     hedge_journal.report(step, message, metadata)
