@@ -629,6 +629,22 @@ def split_by_allowlist(specs: Iterable[RailSpec], guardrails: Guardrails) -> tup
     return allowed, excluded
 
 
+def split_by_withdrawable_source(
+    specs: Iterable[RailSpec], unwithdrawable: Iterable[str]
+) -> tuple[list[RailSpec], list[RailSpec]]:
+    """(kept, excluded) rails: withdrawal rails out of an `unwithdrawable` venue are excluded, the rest kept.
+
+    A venue whose withdrawals cannot carry a client id (nothing to look them up by after a retry) is not a
+    withdrawal source; it still receives. Wise rails are not withdrawals and are always kept.
+    """
+    blocked = set(unwithdrawable)
+    kept: list[RailSpec] = []
+    excluded: list[RailSpec] = []
+    for spec in specs:
+        (excluded if spec.kind == "withdrawal" and spec.rail.from_venue in blocked else kept).append(spec)
+    return kept, excluded
+
+
 def check_guardrails(
     transfers: Sequence[PlannedTransfer],
     guardrails: Guardrails,

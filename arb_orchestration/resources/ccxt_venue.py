@@ -1011,6 +1011,15 @@ class CcxtVenueClient(VenueClient):
             return None
         return self._to_withdrawal(max(matches, key=lambda r: r.get("timestamp") or 0), idempotency_key)
 
+    @property
+    def withdrawals_idempotent(self) -> bool:
+        """Whether a withdrawal can carry our key and be looked up by it (an entry in `WITHDRAW_CLIENT_ID_PARAMS`).
+
+        Without that a retried or relaunched withdrawal could be sent twice, so `withdraw` refuses it locally;
+        the rebalance planner offers no withdrawal rail out of such a venue.
+        """
+        return WITHDRAW_CLIENT_ID_PARAMS.get(self.config.exchange_id) is not None
+
     def withdraw(
         self,
         asset: str,
@@ -1029,29 +1038,32 @@ class CcxtVenueClient(VenueClient):
             raise BusinessError(
                 f"{self.name}: unknown whether {self.config.exchange_id} adds the withdrawal fee on top or deducts it; "
                 f"set withdrawal_fee_mode ('added' or 'deducted') in CCXT_VENUES[{self.name}]", code="bad_config")
-        param = WITHDRAW_CLIENT_ID_PARAMS.get(self.config.exchange_id)
-        if param is not None:
-            # Money leaves here: look first, every time (a relaunched saga sends the same key).
-            found = self._call(lambda ex: self._lookup_withdrawal(idempotency_key), what=f"lookup withdrawal {idempotency_key}")
-            if found is not None:
-                log.info("venue %s: withdrawal %s already exists (%s)", self.name, idempotency_key, found.status)
-                return found
+        if not self.withdrawals_idempotent:
+            # Refused here, before any request: a definite "nothing was sent" the saga can compensate around.
+            raise BusinessError(
+                f"{self.name}: {self.config.exchange_id} takes no client withdrawal id, so withdrawal "
+                f"{idempotency_key} could not be looked up after a retry; refused, nothing was sent",
+                code="withdrawal_not_idempotent")
+        param = WITHDRAW_CLIENT_ID_PARAMS[self.config.exchange_id]
+        # Money leaves here: look first, every time (a relaunched saga sends the same key).
+        found = self._call(lambda ex: self._lookup_withdrawal(idempotency_key), what=f"lookup withdrawal {idempotency_key}")
+        if found is not None:
+            log.info("venue %s: withdrawal %s already exists (%s)", self.name, idempotency_key, found.status)
+            return found
         # `amount` must arrive: an exchange that deducts the fee from the requested amount is asked for amount + fee.
         requested, fee = float(amount), 0.0
         if self.withdrawal_fee_mode == "deducted":
             requested, fee = self._amount_with_fee(asset, network, float(amount))
-        params: dict[str, Any] = {"network": network}
+        params: dict[str, Any] = {"network": network, param: idempotency_key}
         if tag:
             params["tag"] = tag
-        if param is not None:
-            params[param] = idempotency_key
 
         def send(ex) -> Withdrawal:
             raw = ex.withdraw(asset, requested, address, dict(params))
             # Binance answers only the id: read the full record, but never let that read
             # turn a sent withdrawal into a "failure" the caller would retry.
             try:
-                found = self._lookup_withdrawal(idempotency_key) if param is not None else None
+                found = self._lookup_withdrawal(idempotency_key)
             except ExternalServiceError as exc:
                 log.warning("venue %s: withdrawal %s sent; reading it back failed (%s)", self.name, idempotency_key, exc)
                 found = None
@@ -1070,8 +1082,8 @@ class CcxtVenueClient(VenueClient):
                 created_at=time.time(),
             )
 
-        reconcile = (lambda: self._lookup_withdrawal(idempotency_key)) if param is not None else None
-        withdrawal = self._call(send, what=f"withdraw {idempotency_key}", mutating=True, reconcile=reconcile)
+        withdrawal = self._call(send, what=f"withdraw {idempotency_key}", mutating=True,
+                                reconcile=lambda: self._lookup_withdrawal(idempotency_key))
         log.info("venue %s: withdrawal %s of %s %s over %s (requested %s, fee %s) is %s", self.name, idempotency_key,
                  amount, asset, network, requested, self.withdrawal_fee_mode, withdrawal.status)
         return withdrawal

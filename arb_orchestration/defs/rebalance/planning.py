@@ -29,6 +29,7 @@ from arb_orchestration.domain.rebalance import (
     fee_from_quotes,
     planned_transfers,
     split_by_allowlist,
+    split_by_withdrawable_source,
     split_executable,
     wise_rails,
     withdrawal_rails,
@@ -66,6 +67,8 @@ class Proposal:
     fiat_notes: list[str] = field(default_factory=list)
     # Rails the destination allowlist kept from the planner (their destination venue:network is not listed).
     allowlist_excluded: list[str] = field(default_factory=list)
+    # Withdrawal rails out of venues that cannot withdraw idempotently (no client withdrawal id).
+    withdrawal_excluded: list[str] = field(default_factory=list)
 
     @property
     def needs(self) -> dict[str, float]:
@@ -127,6 +130,12 @@ def _fiat_rails(
     return wise_rails(destinations, asset, fixed, rate, eta)
 
 
+def withdraws_idempotently(venue: Any) -> bool:
+    """Whether `venue` looks withdrawals up by their key (the VenueClient contract); a client that cannot says so
+    with `withdrawals_idempotent = False` (ccxt venues without a client withdrawal id) and refuses to send one."""
+    return bool(getattr(venue, "withdrawals_idempotent", True))
+
+
 def check_target_venues(config: Any, venues: list[str]) -> None:
     """Raise ValueError naming every target venue the exchange resource does not have (a typo's rule never applies)."""
     unknown = sorted({t.venue for t in config.targets if t.venue != "*"} - set(venues))
@@ -166,6 +175,13 @@ def propose(
     for asset in sorted(a for a in needs if a in FIAT_ASSETS):
         specs += _fiat_rails(exchange, wise, asset, targets, proposal.fiat_notes)
     proposal.rails = {s.rail.id: s for s in specs}
+    # No withdrawal rail out of a venue that cannot withdraw idempotently: its client would refuse the leg.
+    unwithdrawable = sorted(v for v in venues if not withdraws_idempotently(exchange.venue(v)))
+    specs, not_withdrawable = split_by_withdrawable_source(specs, unwithdrawable)
+    proposal.withdrawal_excluded = sorted(s.rail.id for s in not_withdrawable)
+    if not_withdrawable:
+        logger.info(f"rebalance: no idempotent withdrawal out of {', '.join(unwithdrawable)}; excluded "
+                    f"{len(not_withdrawable)} rail(s): " + ", ".join(proposal.withdrawal_excluded))
     # The planner routes over allowed destinations only; the guardrail below still checks every leg.
     allowed, excluded = split_by_allowlist(specs, guardrails)
     proposal.allowlist_excluded = sorted(s.rail.id for s in excluded)
@@ -184,6 +200,11 @@ def propose(
             if left_out:
                 reason += (f" (the destination allowlist {list(guardrails.allowed_destinations)} excluded "
                            f"{len(left_out)} rail(s) for {asset}: {', '.join(sorted(s.rail.id for s in left_out))})")
+            no_withdrawal = sorted(s.rail.id for s in not_withdrawable if s.rail.asset == asset)
+            if no_withdrawal:
+                reason += (f" (no idempotent withdrawal, no client withdrawal id, out of "
+                           f"{', '.join(unwithdrawable)}: excluded {len(no_withdrawal)} rail(s) for {asset}: "
+                           f"{', '.join(no_withdrawal)})")
             proposal.infeasible[asset] = reason
             continue
         proposal.plan_fee[asset] = plan.total_fee

@@ -84,6 +84,10 @@ def verdict_lines(proposal: Proposal) -> list[str]:
     if proposal.allowlist_excluded:
         lines.append(f"- destination allowlist excluded {len(proposal.allowlist_excluded)} rail(s) from planning: "
                      + ", ".join(proposal.allowlist_excluded))
+    if proposal.withdrawal_excluded:
+        lines.append(f"- no idempotent withdrawal (no client withdrawal id) out of the source venue: excluded "
+                     f"{len(proposal.withdrawal_excluded)} rail(s) from planning: "
+                     + ", ".join(proposal.withdrawal_excluded))
     return lines
 
 

@@ -36,7 +36,7 @@ from dagster import Failure, MetadataValue
 
 from arb_orchestration.defs.rebalance.funding import fund_wise_legs, funding_may_need_human, journal_webhook_board
 from arb_orchestration.defs.rebalance.journal import ACKNOWLEDGED_IN_FLIGHT, SagaInFlight
-from arb_orchestration.defs.rebalance.planning import Proposal, check_target_venues, propose
+from arb_orchestration.defs.rebalance.planning import Proposal, check_target_venues, propose, withdraws_idempotently
 from arb_orchestration.defs.rebalance.report import (
     legs_markdown,
     proposal_metadata,
@@ -236,6 +236,7 @@ def _plan_result(proposal: Proposal, *, dry_run: bool, trigger: dict | None) -> 
         "breaches": [b.to_dict() for b in proposal.breaches],
         "infeasible": dict(proposal.infeasible),
         "allowlist_excluded": list(proposal.allowlist_excluded),
+        "withdrawal_excluded": list(proposal.withdrawal_excluded),
         "before": before,
         "observed_at": proposal.observed_at,
         "trigger": trigger,
@@ -396,6 +397,14 @@ def commit_transfers(ctx, exchange, wise, smtp, rebalance_journal) -> dict[str, 
     legs = _legs(plan)
     withdrawals = [t for t in legs if t.kind == "withdrawal"]
     fiat = [t for t in legs if t.kind == "wise"]
+    # Defence in depth behind the planner's filter: refuse before any lookup or send, so the compensation
+    # knows nothing left (`cancel_uncommitted` records such legs as never created).
+    refused = [t for t in withdrawals if not withdraws_idempotently(exchange.venue(t.from_venue))]
+    if refused:
+        raise BusinessError("no idempotent withdrawal (no client withdrawal id) out of "
+                            + ", ".join(sorted({t.from_venue for t in refused})) + " for "
+                            + ", ".join(f"leg #{t.index} ({t.rail})" for t in refused)
+                            + "; refused before anything was sent", code="withdrawal_not_idempotent")
 
     needed: dict[tuple[str, str], float] = {}
     for leg in withdrawals:
@@ -486,6 +495,9 @@ def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
     for leg in _legs(ctx.results.get(PLAN)):
         if leg.kind == "withdrawal":
             venue = exchange.venue(leg.from_venue)
+            if not withdraws_idempotently(venue):  # its client refuses every withdrawal locally: none was sent
+                out["not_created"].append(leg.index)
+                continue
             key = ctx.key("withdraw", leg.index, leg.rail)
             w = venue.fetch_withdrawal(key)
             if w is not None and w.status == "pending":
