@@ -46,6 +46,11 @@ def base_asset(symbol: str) -> str:
     return symbol.split("/", 1)[0]
 
 
+def settle_asset(symbol: str) -> str | None:
+    """Settle asset of a ccxt unified perp symbol: ``"BTC/USDC:USDC"`` -> ``"USDC"``; None for spot."""
+    return symbol.split(":", 1)[1] if ":" in symbol else None
+
+
 def is_perp(symbol: str) -> bool:
     """ccxt unified perp symbols carry their settle asset after a colon."""
     return ":" in symbol

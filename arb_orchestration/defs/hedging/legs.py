@@ -20,7 +20,7 @@ from dataclasses import asdict
 from typing import Any
 
 from arb_orchestration.domain.funding import DEFAULT_BASIS_HOURS, apr, normalised, to_bps
-from arb_orchestration.domain.hedging import HedgeOrder, base_asset, is_perp
+from arb_orchestration.domain.hedging import HedgeOrder, base_asset, is_perp, settle_asset
 from arb_orchestration.domain.models import FundingRate, Order, Side
 from arb_orchestration.saga.keys import derive_key
 
@@ -98,19 +98,33 @@ def rate_rows(rates: Iterable[FundingRate]) -> list[dict[str, Any]]:
 
 
 def best_markets(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per symbol: where a short collects the most (highest 8 h rate) and where a long pays the least."""
-    by_symbol: dict[str, list[Mapping[str, Any]]] = {}
+    """Per base asset: where a short collects the most (highest 8 h rate) and where a long pays the least.
+
+    Grouped by base asset, as `plan_hedges` groups markets: a BTC hedge may go
+    to any BTC perp, USDT- or USDC-margined, so the table compares them all
+    and names the symbol chosen on each side. Funding is a fraction of the
+    position's notional either way, so the normalised rates compare directly;
+    `mixed_settle` says when the two sides settle in different assets (a
+    short/long pair across them also carries the USDT/USDC basis, which the
+    rates do not show).
+    """
+    by_asset: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        by_symbol.setdefault(row["symbol"], []).append(row)
+        by_asset.setdefault(base_asset(row["symbol"]), []).append(row)
     out = {}
-    for symbol, group in by_symbol.items():
-        hi = max(group, key=lambda r: (r["rate_8h"], r["venue"]))
-        lo = min(group, key=lambda r: (r["rate_8h"], r["venue"]))
-        out[symbol] = {
-            "asset": base_asset(symbol),
+    for asset, group in by_asset.items():
+        hi = max(group, key=lambda r: (r["rate_8h"], r["venue"], r["symbol"]))
+        lo = min(group, key=lambda r: (r["rate_8h"], r["venue"], r["symbol"]))
+        settles = sorted({s for s in (settle_asset(r["symbol"]) for r in group) if s})
+        out[asset] = {
+            "asset": asset,
             "short_venue": hi["venue"],
+            "short_symbol": hi["symbol"],
             "short_bps": hi["rate_8h_bps"],
             "long_venue": lo["venue"],
+            "long_symbol": lo["symbol"],
             "long_bps": lo["rate_8h_bps"],
+            "settles": settles,
+            "mixed_settle": settle_asset(hi["symbol"]) != settle_asset(lo["symbol"]),
         }
     return out

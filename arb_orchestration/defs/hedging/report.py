@@ -52,7 +52,7 @@ def _bps(value: float | None) -> str:
 
 
 def summary_markdown(plan: Mapping[str, Any], placed: Mapping[str, Any], stops: Mapping[str, Any]) -> str:
-    """The run in one page: drift per asset, orders and fills, stops, best funding per symbol."""
+    """The run in one page: drift per asset, orders and fills, stops, best funding per base asset."""
     lines = ["# funding_rate_hedge" + (" (DRY RUN: nothing placed or cancelled)" if plan.get("dry_run") else "")]
     if plan.get("trigger"):
         lines.append(f"Triggered by {plan['trigger']}.")
@@ -88,9 +88,12 @@ def summary_markdown(plan: Mapping[str, Any], placed: Mapping[str, Any], stops: 
                 lines.append(f"| {s['venue']} | {s['symbol']} | {s['action']} | {price} | {s.get('outcome', '')} |")
     best = plan.get("best_markets") or {}
     if best:
-        lines += ["", "## Funding (normalised to 8 h)", "", "| symbol | best for shorts | best for longs |",
+        lines += ["", "## Funding (normalised to 8 h)", "", "| asset | best for shorts | best for longs |",
                   "|---|---|---|"]
-        for symbol, b in sorted(best.items()):
-            lines.append(f"| {symbol} | {b['short_venue']} ({_bps(b['short_bps'])} bp) "
-                         f"| {b['long_venue']} ({_bps(b['long_bps'])} bp) |")
+        for asset, b in sorted(best.items()):
+            # Plans from before best_markets grouped by asset have no symbol per side.
+            short = " ".join(filter(None, (b["short_venue"], b.get("short_symbol"))))
+            long_ = " ".join(filter(None, (b["long_venue"], b.get("long_symbol"))))
+            mixed = " (different settle assets)" if b.get("mixed_settle") else ""
+            lines.append(f"| {asset} | {short} ({_bps(b['short_bps'])} bp) | {long_} ({_bps(b['long_bps'])} bp){mixed} |")
     return "\n".join(lines)
