@@ -9,7 +9,6 @@ schedules running. Ctrl-C stops everything.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ import urllib.request
 import webbrowser
 from pathlib import Path
 
+from arb_orchestration.commands import _flags
 from arb_orchestration.commands.world import add_world_arguments, environment_line, print_world, world_from_args
 
 LOCAL_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "sim" / "dagster_local.yaml"
@@ -146,13 +146,16 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="arb-orchestration dev", description=__doc__)
+    parser = _flags.CommandParser(prog="arb-orchestration dev", description=__doc__)
     add_world_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="Dagster UI host")
-    parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
-    parser.add_argument("--dagster-home", type=Path, default=Path(".dagster_home"))
+    parser.add_argument("--host", default="127.0.0.1", help="Dagster UI host (default 127.0.0.1)")
+    parser.add_argument("--port", type=_flags.fixed_port, default=3000, help="Dagster UI port (default 3000)")
+    parser.add_argument("--dagster-home", type=Path, default=Path(".dagster_home"),
+                        help="project-local Dagster instance directory (default .dagster_home)")
     parser.add_argument("--no-generator", action="store_true", help="do not publish demo traffic")
-    parser.add_argument("--events-per-second", type=float, default=DEMO_EVENTS_PER_SECOND)
+    parser.add_argument("--events-per-second", type=_flags.positive_number, default=DEMO_EVENTS_PER_SECOND,
+                        help=f"demo traffic, events per second (default {DEMO_EVENTS_PER_SECOND:g}; "
+                             "--no-generator for none)")
     parser.add_argument("--no-browser", action="store_true", help="do not try to open a browser")
     args = parser.parse_args(argv)
 

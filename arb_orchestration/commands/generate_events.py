@@ -13,39 +13,38 @@ printed) or the broker failed; 2 bad options or a bad KAFKA_* setting.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 from arb_orchestration import settings
+from arb_orchestration.commands import _flags
 from arb_orchestration.resources.kafka import KafkaConfigError, KafkaResource
 from arb_orchestration.sim.event_generator import EventGenerator
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _flags.CommandParser(
         prog="arb-orchestration generate-events", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # --events-per-second: the name `arb-orchestration dev` uses for the same thing.
     parser.add_argument("--rate", "--events-per-second", dest="rate", type=float, default=2.0,
                         help="events per second (default 2)")
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--count", type=int, default=None, help="stop after this many events")
-    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible traffic")
-    parser.add_argument("--warning-probability", type=float, default=0.03, help="share of warning shocks (0.03)")
-    parser.add_argument("--critical-probability", type=float, default=0.0,
-                        help="share of critical events (default 0: never)")
+    parser.add_argument("--duration", type=_flags.positive_number, default=None,
+                        help="stop after this many seconds (default: no limit)")
+    parser.add_argument("--count", type=_flags.positive_int, default=None,
+                        help="stop after this many events (default: no limit)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed for reproducible traffic (default: a new one each run)")
+    parser.add_argument("--warning-probability", type=_flags.probability, default=0.03,
+                        help="share of warning shocks, 0-1 (default 0.03)")
+    parser.add_argument("--critical-probability", type=_flags.probability, default=0.0,
+                        help="share of critical events, 0-1 (default 0: never)")
     parser.add_argument("--bootstrap", default=None, help="override KAFKA_BOOTSTRAP_SERVERS")
     args = parser.parse_args(argv)
-    if args.rate <= 0:
-        parser.error("--rate must be > 0")
-    if args.duration is not None and args.duration <= 0:
-        parser.error("--duration must be > 0 (seconds)")
-    if args.count is not None and args.count < 1:
-        parser.error("--count must be >= 1")
-    for option in ("warning_probability", "critical_probability"):
-        if not 0.0 <= getattr(args, option) <= 1.0:
-            parser.error(f"--{option.replace('_', '-')} must be within [0, 1], got {getattr(args, option):g}")
+    if not (math.isfinite(args.rate) and args.rate > 0):  # checked here: the message names --rate, not both names
+        parser.error(f"--rate must be > 0 and finite (events per second), got {args.rate:g}")
 
     signing_key = os.environ.get("EVENT_SIGNING_KEY") or None
     try:

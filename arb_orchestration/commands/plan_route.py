@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 
+from arb_orchestration.commands import _flags
 from arb_orchestration.commands._native_stdout import native_stdout_to_stderr
 from arb_orchestration.domain.routing import RoutingError, RoutingInputError, naive_plan, parse_problem, plan_routes
 
@@ -41,12 +42,12 @@ def _load(path: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _flags.CommandParser(
         prog="arb-orchestration plan-route", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("instance", help="path to the instance JSON")
     parser.add_argument("--naive", action="store_true", help="print the naive direct-transfer baseline instead")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="solver seconds per asset (default 60)")
+    parser.add_argument("--time-limit", type=_flags.positive_number, default=60.0, help="solver seconds per asset (default 60)")
     args = parser.parse_args(argv)
     try:
         data = _load(args.instance)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from arb_orchestration import settings
+from arb_orchestration.commands import _flags
 from arb_orchestration.commands._broker_log import BrokerLog
 from arb_orchestration.domain.events import (
     SCHEMA_VERSION,
@@ -67,14 +68,15 @@ def _unknown_venue_warning(payload: dict) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _flags.CommandParser(
         prog="arb-orchestration publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("topic", help="market-events | capital-events | funding-rate-events")
     parser.add_argument("json", help="the event as a JSON object, '-' (stdin) or '@path'")
     parser.add_argument("--bootstrap", default=None, help="override KAFKA_BOOTSTRAP_SERVERS")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the event, send nothing")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker's ack")
+    parser.add_argument("--timeout", type=_flags.positive_number, default=30.0,
+                        help="seconds to wait for the broker's ack (default 30)")
     args = parser.parse_args(argv)
 
     try:

@@ -28,6 +28,7 @@ import sys
 import time
 
 from arb_orchestration import settings
+from arb_orchestration.commands import _flags
 from arb_orchestration.commands._broker_log import unreachable_broker
 from arb_orchestration.domain.events import (
     EventRejected,
@@ -113,14 +114,14 @@ def read_messages(kafka: KafkaResource, topic: str, wanted: dict[int, set[int] |
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _flags.CommandParser(
         prog="arb-orchestration replay-dlq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("topic", help="the dead-letter topic, e.g. market-events.dlq")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="replay every message on the DLQ")
-    which.add_argument("--offset", type=int, nargs="+", help="replay only these offsets")
-    parser.add_argument("--partition", type=int, default=0, help="partition of --offset (default 0)")
+    which.add_argument("--offset", type=_flags.non_negative_int, nargs="+", help="replay only these offsets")
+    parser.add_argument("--partition", type=_flags.non_negative_int, default=0, help="partition of --offset (default 0)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be replayed, send nothing")
     parser.add_argument("--bootstrap", default=None, help="override KAFKA_BOOTSTRAP_SERVERS")
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from arb_orchestration import settings
+from arb_orchestration.commands import _flags
 from arb_orchestration.commands._broker_log import unreachable_broker
 from arb_orchestration.domain.events import TOPICS, dlq_topic, topic_name
 from arb_orchestration.resources.kafka import KafkaConfigError, KafkaResource
@@ -51,17 +52,15 @@ def create_all_topics(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _flags.CommandParser(
         prog="arb-orchestration topics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="create the event topics and their .dlq topics (idempotent)")
-    create.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
-    create.add_argument("--replication", type=int, default=1, help="replication factor (default 1; 3 in prod)")
+    create.add_argument("--partitions", type=_flags.positive_int, default=3, help="partitions per topic (default 3)")
+    create.add_argument("--replication", type=_flags.positive_int, default=1, help="replication factor (default 1; 3 in prod)")
     create.add_argument("--bootstrap", default=None, help="override KAFKA_BOOTSTRAP_SERVERS")
     args = parser.parse_args(argv)
-    if args.partitions < 1 or args.replication < 1:
-        parser.error("--partitions and --replication must be >= 1")
 
     try:
         kafka = KafkaResource.from_env(**({"bootstrap_servers": args.bootstrap} if args.bootstrap else {}))

@@ -22,6 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
+from arb_orchestration.commands import _flags
 from arb_orchestration.resources.wise_webhooks import (
     DEFAULT_PATH,
     HEALTH_PATH,
@@ -35,11 +36,11 @@ DEFAULT_PORT = 8704
 PUBLIC_KEY_SETTING = "WISE_WEBHOOK_PUBLIC_KEY"
 
 
-def read_public_key(value: str) -> bytes:
+def read_public_key(value: str, source: str = PUBLIC_KEY_SETTING) -> bytes:
     """The PEM in `value`, or in the file it names; `SettingError` when it is neither an RSA key nor a readable file."""
     value = value.strip()  # an env var often loses the PEM's last newline, or gains spaces
     if not value:
-        raise SettingError(f"{PUBLIC_KEY_SETTING} is empty: set it (or --public-key) to Wise's webhook public key, "
+        raise SettingError(f"{source} is empty: set it (or --public-key) to Wise's webhook public key, "
                            "a PEM file path or the PEM itself")
     if value.startswith("-----BEGIN"):
         pem = (value + "\n").encode()
@@ -47,17 +48,18 @@ def read_public_key(value: str) -> bytes:
         try:
             pem = Path(value).expanduser().read_bytes()
         except OSError as exc:
-            raise SettingError(f"{PUBLIC_KEY_SETTING}: cannot read {value!r} ({exc.strerror})") from None
+            raise SettingError(f"{source}: cannot read {value!r} ({exc.strerror})") from None
     try:
         load_public_key(pem)
     except ValueError as exc:
-        raise SettingError(f"{PUBLIC_KEY_SETTING}: not an RSA public key in PEM ({exc})") from None
+        raise SettingError(f"{source}: not an RSA public key in PEM ({exc})") from None
     return pem
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        pem = read_public_key(args.public_key if args.public_key is not None else raw(PUBLIC_KEY_SETTING))
+        pem = (read_public_key(args.public_key, "--public-key") if args.public_key is not None
+               else read_public_key(raw(PUBLIC_KEY_SETTING)))
     except SettingError as exc:
         print(f"arb-orchestration wise-webhooks: {exc}", file=sys.stderr)
         return 2
@@ -87,16 +89,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="arb-orchestration wise-webhooks", description=__doc__,
+    parser = _flags.CommandParser(prog="arb-orchestration wise-webhooks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
     serve = sub.add_parser("serve", help="run the webhook receiver")
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
+    serve.add_argument("--port", type=_flags.port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
     serve.add_argument("--path", default=DEFAULT_PATH, help=f"the webhook path Wise posts to (default {DEFAULT_PATH})")
     serve.add_argument("--public-key", default=None,
                        help=f"Wise's webhook public key: PEM file path or PEM (default: ${PUBLIC_KEY_SETTING})")
-    serve.add_argument("--log-level", default="INFO", help="INFO shows every accepted state change")
+    serve.add_argument("--log-level", type=_flags.log_level, default="INFO",
+                       help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO: every accepted state change)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return _serve(args)

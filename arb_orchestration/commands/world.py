@@ -23,6 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
+from arb_orchestration.commands import _flags
 from arb_orchestration.sim.world import DEFAULT_PORTS, LocalWorld
 
 DEFAULT_ENV_FILE = Path(".dagster_home/world.env")
@@ -31,10 +32,10 @@ DEFAULT_ENV_FILE = Path(".dagster_home/world.env")
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:
     for name, what in (("exchange", "exchange simulator HTTP"), ("wise", "Wise simulator HTTP"),
                        ("smtp", "SMTP sink"), ("mailbox", "mailbox web page")):
-        parser.add_argument(f"--{name}-port", type=int, default=DEFAULT_PORTS[name],
+        parser.add_argument(f"--{name}-port", type=_flags.port, default=DEFAULT_PORTS[name],
                             help=f"{what} port (default {DEFAULT_PORTS[name]}; 0: any free port)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the price/funding random walk")
-    parser.add_argument("--maildir", type=Path, default=None, help="where received mail is stored as .eml")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the price/funding random walk (default 42)")
+    parser.add_argument("--maildir", type=Path, default=None, help="where received mail is stored as .eml (default: mail/ in the Dagster home)")
 
 
 def world_from_args(args: argparse.Namespace, maildir: Path) -> LocalWorld:
@@ -90,7 +91,7 @@ def wait_for_signal() -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _flags.CommandParser(
         prog="arb-orchestration world", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_world_arguments(parser)
