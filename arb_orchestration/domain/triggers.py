@@ -241,8 +241,26 @@ def market_key(venue: str, symbol: str) -> str:
     return f"{venue}|{symbol}"
 
 
+# A requested hedge whose run the instance still does not show after this long (seconds) never
+# became a run (the request was lost): its requested rate hedged nothing, so it stops counting.
+PENDING_RUN_GRACE_SECONDS = 300.0
+# Keys that make a point *pending*: the rate the sensor requested a hedge at, not yet hedged.
+_PENDING_KEYS = ("requested_at", "confirmed")
+
+
 class HedgeBaselines:
-    """The funding rate each venue/symbol had when the sensor last requested its hedge."""
+    """The funding rate each venue/symbol had at its last hedge: what the sensor compares new rates with.
+
+    A point is ``{rate, interval_hours, at, event_id | run_id}``. When the sensor
+    requests a hedge the point becomes that event's rate and is *pending*: it also
+    holds ``requested_at`` (wall clock) and ``confirmed``, the baseline before the
+    request (None when there was none). The sensor compares with the pending rate
+    (no second request while the first runs), and `settle_pending` resolves it
+    from the request's runs: a successful run confirms it, a failed or canceled
+    one (or none at all after `PENDING_RUN_GRACE_SECONDS`) restores `confirmed`,
+    so the deviation the failed hedge left is measured, and requested, again.
+    Points without the pending keys (every cursor written before them) are confirmed.
+    """
 
     def __init__(self, points: Mapping[str, Mapping[str, Any]] | None = None):
         self.points: dict[str, dict[str, Any]] = {key: dict(value) for key, value in (points or {}).items()}
@@ -253,13 +271,64 @@ class HedgeBaselines:
             return None
         return RatePoint(rate=float(point["rate"]), interval_hours=float(point["interval_hours"]), at=point.get("at"))
 
-    def record(self, event: FundingRateEvent) -> None:
-        self.points[market_key(event.venue, event.symbol)] = {
+    def record(self, event: FundingRateEvent, *, requested_at: float | None = None) -> None:
+        """A hedge was requested at `event`'s rate: pending until a run of that request succeeds."""
+        key = market_key(event.venue, event.symbol)
+        self.points[key] = {
             "rate": event.rate,
             "interval_hours": event.interval_hours,
             "at": event.ts.timestamp(),
             "event_id": event.event_id,
+            "requested_at": utc_now().timestamp() if requested_at is None else requested_at,
+            "confirmed": self.confirmed(key),
         }
+
+    def confirmed(self, key: str) -> dict[str, Any] | None:
+        """The market's baseline as really hedged: the point, or what it replaced when it is pending."""
+        point = self.points.get(key)
+        if point is None:
+            return None
+        if "confirmed" in point:
+            held = point["confirmed"]
+            return None if held is None else dict(held)
+        return dict(point)
+
+    def pending_event_ids(self) -> dict[str, str]:
+        """``{event_id: market key}`` of the requested hedges not yet settled."""
+        return {str(p.get("event_id")): key for key, p in self.points.items() if "confirmed" in p}
+
+    def settle_pending(
+        self, outcomes: Mapping[str, str], *, now: float, grace_seconds: float = PENDING_RUN_GRACE_SECONDS
+    ) -> dict[str, str]:
+        """Resolve pending points from their request's run outcome; returns ``{market: what happened}``.
+
+        `outcomes`: ``{event_id: "succeeded" | "failed" | "running"}`` (an id without
+        a run is absent). Succeeded: the requested rate is the baseline. Failed (or
+        canceled): back to the confirmed baseline. Running: still pending. No run
+        after `grace_seconds`: back to the confirmed baseline.
+        """
+        settled = {}
+        for event_id, key in self.pending_event_ids().items():
+            point = self.points[key]
+            outcome = outcomes.get(event_id)
+            if outcome == "running":
+                continue
+            if outcome is None:
+                requested_at = point.get("requested_at")
+                if requested_at is not None and now - float(requested_at) <= grace_seconds:
+                    continue
+                outcome = "no run"
+            if outcome == "succeeded":
+                for name in _PENDING_KEYS:
+                    point.pop(name, None)
+            else:
+                confirmed = self.confirmed(key)
+                if confirmed is None:
+                    del self.points[key]
+                else:
+                    self.points[key] = confirmed
+            settled[key] = outcome
+        return settled
 
 
 @dataclass(frozen=True)
@@ -489,9 +558,17 @@ def _exact_held(held: list[Any]) -> datetime:
 
 
 def decide_hedges(
-    events: Iterable[FundingRateEvent], baselines: HedgeBaselines, deviation: FundingDeviation
+    events: Iterable[FundingRateEvent],
+    baselines: HedgeBaselines,
+    deviation: FundingDeviation,
+    *,
+    now: float | None = None,
 ) -> list[HedgeDecision]:
-    """Compare each rate (one per market) with the rate at its last hedge; record the new baseline on a hedge."""
+    """Compare each rate (one per market) with the rate at its last hedge; a hedge makes its rate pending.
+
+    `now` (epoch seconds, default the clock): when the requests are made, for
+    `HedgeBaselines.settle_pending`'s grace.
+    """
     decisions = []
     for event in events:
         current = FundingRate(
@@ -503,7 +580,7 @@ def decide_hedges(
         )
         result = deviation.check(baselines.get(event.venue, event.symbol), current)
         if result.exceeded:
-            baselines.record(event)
+            baselines.record(event, requested_at=now)
         decisions.append(
             HedgeDecision(
                 event=event,
@@ -532,7 +609,8 @@ class SensorCursor:
     """The sensor's Dagster cursor: the source of truth for what has been read.
 
     JSON: ``{"v": 1, "offsets": {"market-events/0": 42}, "seen": {"<event_id>": ts},
-    "floor": ts, "hedged": {"binance|BTC/USDT:USDT": {"rate", "interval_hours", "at", "event_id"}}}``.
+    "floor": ts, "hedged": {"binance|BTC/USDT:USDT": {"rate", "interval_hours", "at", "event_id"}}}``
+    (a pending hedge point also has ``requested_at`` and ``confirmed``: `HedgeBaselines`).
     An offset is the *next* offset to read; a partition missing from `offsets`
     is read from the earliest offset the broker still has.
     """

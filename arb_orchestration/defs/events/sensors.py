@@ -55,7 +55,12 @@ from arb_orchestration.defs.events.kafka_source import (
     park_all,
 )
 from arb_orchestration.defs.events.tuning import EventSensorSettings, EventTopics
-from arb_orchestration.defs.hedging.baselines import baseline_keys, overlay_hedge_baselines, sensor_instance
+from arb_orchestration.defs.hedging.baselines import (
+    baseline_keys,
+    hedge_request_outcomes,
+    overlay_hedge_baselines,
+    sensor_instance,
+)
 from arb_orchestration.defs.k8s import HEDGE_JOB, JOB_TAG, PRIORITY_TAG, REBALANCE_SAGA_LANE, SAGA_TAG
 from arb_orchestration.domain.events import (
     CAPITAL_EVENTS,
@@ -472,9 +477,20 @@ class _EventSensor:
             context.log.info(f"{len(newest)} newest funding rate(s) not compared: trading is paused ({paused})")
             return
         messages = {id(event): msg for event, msg in newest}
+        baselines = tick.cursor.baselines
+        pending = baselines.pending_event_ids()
+        if pending and instance is not None:
+            # A requested hedge counts as the baseline only once its run succeeded: a failed or
+            # canceled one falls back to the last confirmed baseline (one runs query per tick).
+            outcomes = hedge_request_outcomes(
+                instance, self.jobs[Action.HEDGE].name, pending, event_id_tag=EVENT_ID_TAG
+            )
+            for key, outcome in baselines.settle_pending(outcomes, now=time.time()).items():
+                if outcome != "succeeded":
+                    context.log.info(f"{key}: the hedge requested at its rate {outcome}: back to the last hedged rate")
         # Hedge runs (schedule, UI, this sensor) record the rates they hedged at; newer ones reset the baseline.
-        overlay_hedge_baselines(instance, tick.cursor.baselines, markets, values=values)
-        for decision in decide_hedges([event for event, _ in newest], tick.cursor.baselines, self.deviation):
+        overlay_hedge_baselines(instance, baselines, markets, values=values)
+        for decision in decide_hedges([event for event, _ in newest], baselines, self.deviation):
             record = Record.of(messages[id(decision.event)])
             if decision.hedge:
                 tick.run_requests.append(self._request(Action.HEDGE, decision.event, record, decision.reason))

@@ -123,17 +123,56 @@ def overlay_hedge_baselines(
         at = point.get("at")
         if at is None:
             continue
+        recorded = {
+            "rate": float(point["rate"]),
+            "interval_hours": float(point["interval_hours"]),
+            "at": float(at),
+            "run_id": point.get("run_id"),
+        }
         held = baselines.points.get(key)
         held_at = held.get("at") if held else None
         if held_at is None or float(at) >= float(held_at):
-            baselines.points[key] = {
-                "rate": float(point["rate"]),
-                "interval_hours": float(point["interval_hours"]),
-                "at": float(at),
-                "run_id": point.get("run_id"),
-            }
+            baselines.points[key] = recorded  # newer than a pending request too: it settles it
             replaced.append(key)
+        elif held is not None and "confirmed" in held:
+            # Older than the pending request but newer than what it would fall back to.
+            confirmed = held["confirmed"]
+            if confirmed is None or confirmed.get("at") is None or float(at) >= float(confirmed["at"]):
+                held["confirmed"] = recorded
     return sorted(replaced)
+
+
+# Run statuses that end a hedge request's run without hedging / having hedged.
+_FAILED = {"FAILURE", "CANCELED", "CANCELING"}
+
+
+def hedge_request_outcomes(
+    instance: "DagsterInstance", job_name: str, event_ids: Iterable[str], *, event_id_tag: str
+) -> dict[str, str]:
+    """``{event_id: "succeeded" | "failed" | "running"}`` for the hedge runs the sensor requested; one query.
+
+    Runs are found by their event id tag (the sensor's request). Any successful run
+    of a request counts as hedged (a re-execution that went through); else one
+    still queued or going is "running"; else every run failed or was canceled.
+    """
+    from dagster import RunsFilter
+
+    ids = sorted(set(event_ids))
+    if not ids:
+        return {}
+    runs = instance.get_runs(filters=RunsFilter(job_name=job_name, tags={event_id_tag: ids}), limit=20 * len(ids))
+    statuses: dict[str, set[str]] = {}
+    for run in runs:
+        statuses.setdefault(run.tags.get(event_id_tag, ""), set()).add(run.status.value)
+    out = {}
+    for event_id, seen in statuses.items():
+        if "SUCCESS" in seen:
+            out[event_id] = "succeeded"
+        elif seen - _FAILED:
+            out[event_id] = "running"
+        else:
+            out[event_id] = "failed"
+    return out
 
 
 def sensor_instance(context: Any) -> "DagsterInstance | None":
