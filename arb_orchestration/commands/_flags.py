@@ -12,6 +12,7 @@ import argparse
 import logging
 import math
 import re
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -87,6 +88,24 @@ def fixed_port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port within 1-65535, got {text}")
     return value
+
+
+def directory(text: str) -> Path:
+    """A directory to use or create: refused when a file is in the way (mkdir would fail after start-up)."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a directory, {text} is a file")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to (re)write: refused when it names a directory."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a file path, {text} is a directory")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot be written: {path.parent} is a file")
+    return path
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
     add_world_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="Dagster UI host (default 127.0.0.1)")
     parser.add_argument("--port", type=_flags.fixed_port, default=3000, help="Dagster UI port (default 3000)")
-    parser.add_argument("--dagster-home", type=Path, default=Path(".dagster_home"),
+    parser.add_argument("--dagster-home", type=_flags.directory, default=Path(".dagster_home"),
                         help="project-local Dagster instance directory (default .dagster_home)")
     parser.add_argument("--no-generator", action="store_true", help="do not publish demo traffic")
     parser.add_argument("--events-per-second", type=_flags.positive_number, default=DEMO_EVENTS_PER_SECOND,

@@ -35,7 +35,7 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}-port", type=_flags.port, default=DEFAULT_PORTS[name],
                             help=f"{what} port (default {DEFAULT_PORTS[name]}; 0: any free port)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the price/funding random walk (default 42)")
-    parser.add_argument("--maildir", type=Path, default=None, help="where received mail is stored as .eml (default: mail/ in the Dagster home)")
+    parser.add_argument("--maildir", type=_flags.directory, default=None, help="where received mail is stored as .eml (default: mail/ in the Dagster home)")
 
 
 def world_from_args(args: argparse.Namespace, maildir: Path) -> LocalWorld:
@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
         prog="arb-orchestration world", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_world_arguments(parser)
-    parser.add_argument("--env-file", type=Path, default=DEFAULT_ENV_FILE,
+    parser.add_argument("--env-file", type=_flags.output_file, default=DEFAULT_ENV_FILE,
                         help=f"where to write the world's environment (default {DEFAULT_ENV_FILE}; owner-only)")
     parser.add_argument("--print-env", action="store_true",
                         help="also print the environment as export lines (secrets included)")

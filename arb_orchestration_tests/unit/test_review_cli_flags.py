@@ -185,3 +185,11 @@ def test_the_help_states_units_and_defaults(module, prefix, expected, capsys):
         text = _option_help(out, flag)
         for word in words:
             assert word in text, f"{module.__name__} {flag}: {word!r} missing from {text!r}"
+
+
+def test_a_path_that_cannot_be_used_is_refused_before_anything_starts(capsys, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    _refused(dev, ["--dagster-home", "a-file"], capsys, "--dagster-home")
+    _refused(dev, ["--maildir", "a-file"], capsys, "--maildir")
+    _refused(world, ["--env-file", str(tmp_path)], capsys, "--env-file")
+    _refused(world, ["--env-file", "a-file/world.env"], capsys, "--env-file")
