@@ -149,6 +149,12 @@ class _Tick:
         self.logged[kind] = self.logged.get(kind, 0) + 1
         return self.logged[kind] <= _LOGGED_PER_TICK
 
+    def ignore(self, context, kind: str, line: Callable[[], str]) -> None:
+        """Count a message read but not acted on; log `line()` for the first few of each `kind`."""
+        self.tally.ignored += 1
+        if self.should_log(kind):
+            context.log.info(line())
+
 
 @dataclass(frozen=True)
 class _Spec:
@@ -319,16 +325,13 @@ class _EventSensor:
         admission = admit_event(event, signing_key, tick.cursor.seen, now=utc_now(), policy=self.policy)
         if not admission.admitted:
             if admission.stale:
-                tick.tally.ignored += 1
-                if tick.should_log("stale"):
-                    context.log.info(f"{Record.of(msg).source}: event {event.event_id} not acted on: {admission.reason}")
+                tick.ignore(context, "stale", lambda: (
+                    f"{Record.of(msg).source}: event {event.event_id} not acted on: {admission.reason}"))
                 return False
             return self._park(context, tick, _parked(msg), admission.reason, critical=event.is_critical, event=event)
         route = route_event(event)
         if route.action is Action.NONE:
-            tick.tally.ignored += 1
-            if tick.should_log("none"):
-                context.log.info(f"{Record.of(msg).source}: event {event.event_id}: {route.reason}: no action")
+            tick.ignore(context, "none", lambda: f"{Record.of(msg).source}: event {event.event_id}: {route.reason}: no action")
             return False
         record = Record.of(msg)
         if route.action is not Action.STOP_LOSS:
@@ -336,25 +339,19 @@ class _EventSensor:
             if paused is not None:
                 # A rebalance would only refuse to start (its first step fails while paused): say so
                 # here instead of queueing failed runs. A critical event still stops everything.
-                tick.tally.ignored += 1
                 tick.tally.paused += 1
-                if tick.should_log("paused"):
-                    context.log.info(
-                        f"{record.source}: event {event.event_id}: {route.reason}: not acted on, trading is paused ({paused})"
-                    )
+                tick.ignore(context, "paused", lambda: (
+                    f"{record.source}: event {event.event_id}: {route.reason}: not acted on, trading is paused ({paused})"))
                 return False
         if route.action is Action.REBALANCE and self.settings.coalesce_rebalances:
             waiting = self._waiting_rebalance(context, tick)
             if waiting is not None:
                 # A rebalance plans from the balances when it starts: one still waiting covers this
                 # event too, and a second one would only queue behind it (one at a time) and re-plan.
-                tick.tally.ignored += 1
                 tick.tally.coalesced += 1
-                if tick.should_log("coalesced"):
-                    context.log.info(
-                        f"{record.source}: event {event.event_id}: {route.reason}: left to the rebalance "
-                        f"already waiting to start ({waiting})"
-                    )
+                tick.ignore(context, "coalesced", lambda: (
+                    f"{record.source}: event {event.event_id}: {route.reason}: left to the rebalance "
+                    f"already waiting to start ({waiting})"))
                 return False
         run_key = self._stop_loss_run_key(context, event) if route.action is Action.STOP_LOSS else None
         tick.run_requests.append(self._request(route.action, event, record, route.reason, run_key=run_key))
@@ -430,9 +427,8 @@ class _EventSensor:
         admission = admit(event)
         if not admission.admitted:
             if admission.stale:
-                tick.tally.ignored += 1
-                if tick.should_log("stale"):
-                    context.log.info(f"{Record.of(msg).source}: event {event.event_id} not acted on: {admission.reason}")
+                tick.ignore(context, "stale", lambda: (
+                    f"{Record.of(msg).source}: event {event.event_id} not acted on: {admission.reason}"))
                 return _GO_ON
             parked = self._park(context, tick, _parked(msg), admission.reason, critical=False, event=event)
             return _AFTER if parked else _GO_ON
@@ -497,9 +493,7 @@ class _EventSensor:
                 tick.tally.acted += 1
                 context.log.info(f"{record.source}: event {decision.event.event_id}: {decision.reason} -> hedge")
             else:
-                tick.tally.ignored += 1
-                if tick.should_log("within"):
-                    context.log.info(f"{record.source}: {decision.reason}: no hedge")
+                tick.ignore(context, "within", lambda: f"{record.source}: {decision.reason}: no hedge")
         if superseded:
             context.log.info(f"{superseded} funding rate(s) superseded by a newer one for the same market in this batch")
 
