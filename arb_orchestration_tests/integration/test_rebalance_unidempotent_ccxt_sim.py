@@ -10,71 +10,21 @@ servers on loopback, a real temporary Dagster instance; no live exchange is cont
 
 from __future__ import annotations
 
-import os
-import secrets
-
 import pytest
-from dagster import DagsterEventType, EnvVar, RetryPolicy, instance_for_test
+from dagster import DagsterEventType, instance_for_test
 
-from arb_orchestration.defs.rebalance import RebalanceJournalResource, build_auto_rebalance_saga
 from arb_orchestration.resources import ccxt_venue
-from arb_orchestration.resources.ccxt_venue import CcxtExchangeResource, CcxtVenueConfig
-from arb_orchestration.resources.resilience import reset_breakers
-from arb_orchestration.resources.smtp import SmtpResource
-from arb_orchestration.resources.wise import WiseResource
 from arb_orchestration.saga import InstanceSagaLog
-from arb_orchestration.sim.real_api_binance import serve_binance_venue
+# The same world as the fee-mode test: every venue behind the simulator's Binance dialect, okx short of USDT.
+from arb_orchestration_tests.integration.test_rebalance_fee_mode_sim import (  # noqa: F401 (fixtures)
+    CONFIG,
+    SAGA,
+    _resources,
+    dialect_servers,
+    short,
+)
 
 pytestmark = pytest.mark.integration
-
-KEY = "nid-" + secrets.token_hex(16)
-SECRET = "nid-" + secrets.token_hex(24)
-SAGA = build_auto_rebalance_saga(retry_policy=RetryPolicy(max_retries=1, delay=0.05))
-CONFIG = {"assets": ["USDT"], "poll_interval_seconds": 0.05, "arrival_timeout_seconds": 15.0}
-
-
-@pytest.fixture(scope="module")
-def dialect_servers(local_world):
-    servers = {
-        venue: serve_binance_venue(local_world.exchange, venue=venue, api_key=KEY, secret=SECRET)
-        for venue in local_world.exchange.state.venue_names()
-    }
-    yield servers
-    for server in servers.values():
-        server.stop()
-
-
-@pytest.fixture
-def short(world, dialect_servers, monkeypatch):
-    """okx: 4,000 USDT free (floor 10,000), so a rebalance wants to withdraw USDT into it."""
-    for server in dialect_servers.values():
-        server.api.reset()
-        server.api.withdrawal_fee = "deducted"
-    reset_breakers()
-    monkeypatch.setenv("CCXT_NID_API_KEY", KEY)
-    monkeypatch.setenv("CCXT_NID_SECRET", SECRET)
-    state = world.exchange.state
-    state.credit("okx", "USDT", -(state.balances("okx")["USDT"].free - 4_000.0))
-    yield world
-
-
-def _resources(world, servers) -> dict:
-    return {
-        "exchange": CcxtExchangeResource(
-            accounts=[
-                CcxtVenueConfig(name=venue, exchange_id="binanceusdm", api_key=EnvVar("CCXT_NID_API_KEY"),
-                                secret=EnvVar("CCXT_NID_SECRET"), api_base_url=server.url, rate_limit_ms=1)
-                for venue, server in servers.items()
-            ],
-            timeout_seconds=3.0, max_attempts=3, retry_base_delay=0.02,
-        ),
-        "wise": WiseResource(base_url=os.environ["WISE_API_URL"], api_token=EnvVar("WISE_API_TOKEN"),
-                             profile_id=int(os.environ["WISE_PROFILE_ID"]), timeout_seconds=2.0, max_attempts=2,
-                             retry_base_delay=0.01),
-        "smtp": SmtpResource(host=world.smtp_host, port=world.smtp_port, sender="rebalance@arb.local",
-                             risk_team=["risk@arb.local"], retry_base_delay=0.05),
-        "rebalance_journal": RebalanceJournalResource(),
-    }
 
 
 def _failure_text(result) -> tuple[str, str]:
