@@ -202,6 +202,14 @@ def _send_round(client, io, plan: list[CloseOrder], orders, attempts, refusals, 
         try:
             order = future.result()
         except BusinessError as exc:
+            if exc.code == "duplicate_client_order_id":
+                # An earlier attempt of this saga used the id and the venue no longer finds its order:
+                # the id is spent, the position was not refused. Next id; a fresh read sizes it.
+                attempts[o.key] = o.attempt + 1
+                log.info("stop-loss %s: %s %s id %s already used; moving to the next id",
+                         client.name, o.symbol, o.position_side, o.client_order_id)
+                progressed = True
+                continue
             # Refused (e.g. reduce-only would increase: already flat). That id is spent.
             refusals[o.key] = refusals.get(o.key, 0) + 1
             attempts[o.key] = o.attempt + 1
