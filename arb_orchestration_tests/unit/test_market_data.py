@@ -131,8 +131,8 @@ def test_observe_job_records_tables_totals_funding_and_charts(instance):
     hourly = by_market[("hyperliquid", BTC)]
     assert (hourly["rate_bps"], hourly["interval_hours"], hourly["rate_8h_bps"]) == (0.5, 1.0, 4.0)
     assert hourly["apr_pct"] == pytest.approx(43.8)
-    best = {r["symbol"]: r for r in rows(funding["best_venue_per_symbol"])}
-    assert (best[BTC]["short_on"], best[BTC]["long_on"]) == ("hyperliquid", "okx")
+    best = {r["asset"]: r for r in rows(funding["best_venue_per_asset"])}
+    assert (best["BTC"]["short_on"], best["BTC"]["long_on"]) == ("hyperliquid", "okx")
     assert funding["chart"].md_str.startswith("![Funding rate per venue")
 
     floors = latest_check(instance, balances_key("binance"), BALANCES_FLOORS_CHECK)

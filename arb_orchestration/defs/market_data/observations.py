@@ -3,8 +3,9 @@
 Per venue: a balances table (asset, free, used, total, price, USD value) with
 USD totals, and a positions table (symbol, side, size, entry, mark, liquidation
 price and distance, uPnL, notional). For all venues: funding rates as
-published and normalised to 8 h, with APR, and the best venue per symbol for
-each side. Charts are optional per call (they are the heavy part).
+published and normalised to 8 h, with APR, and the best venue per base asset
+for each side (compared as `plan_hedges` does, by `defs/hedging/legs.best_markets`).
+Charts are optional per call (they are the heavy part).
 
 Every observation carries `dagster/last_updated_timestamp` (when the venue
 answered) and a `DataVersion` hashed from its content, so an unchanged
@@ -29,6 +30,7 @@ from dagster import (
     TableSchema,
 )
 
+from arb_orchestration.defs.hedging.legs import best_markets, rate_rows
 from arb_orchestration.defs.market_data import plots
 from arb_orchestration.defs.market_data.keys import FUNDING_RATES_KEY, balances_key, positions_key
 from arb_orchestration.defs.market_data.snapshot import MarketSnapshot
@@ -80,12 +82,18 @@ FUNDING_SCHEMA = TableSchema(
 )
 BEST_VENUE_SCHEMA = TableSchema(
     columns=[
-        TableColumn("symbol", "string"),
+        TableColumn("asset", "string", description="base asset: every perp on it is compared, whatever it settles in"),
         TableColumn("short_on", "string", description="highest 8 h rate: shorts collect it"),
+        TableColumn("short_symbol", "string"),
         TableColumn("short_rate_8h_bps", "float"),
         TableColumn("long_on", "string", description="lowest 8 h rate"),
+        TableColumn("long_symbol", "string"),
         TableColumn("long_rate_8h_bps", "float"),
         TableColumn("spread_8h_bps", "float"),
+        TableColumn(
+            "mixed_settle", "bool",
+            description="the two sides settle in different assets (e.g. USDT and USDC): the pair also carries their basis",
+        ),
     ]
 )
 
@@ -223,32 +231,35 @@ def funding_observation(snapshot: MarketSnapshot, *, with_plot: bool, all_venues
     by_symbol: dict[str, list[tuple[float, str]]] = {}
     for r in rates:
         by_symbol.setdefault(r.symbol, []).append((to_bps(normalised(r)), r.venue))
-    best_rows = []
-    for symbol, entries in sorted(by_symbol.items()):
-        high = max(entries)
-        low = min(entries)
-        best_rows.append(
-            {
-                "symbol": symbol,
-                "short_on": high[1],
-                "short_rate_8h_bps": _r(high[0], 4),
-                "long_on": low[1],
-                "long_rate_8h_bps": _r(low[0], 4),
-                "spread_8h_bps": _r(high[0] - low[0], 4),
-            }
-        )
+    # Per base asset, as plan_hedges and the hedge summary compare markets (one function for both).
+    best_rows = [
+        {
+            "asset": asset,
+            "short_on": b["short_venue"],
+            "short_symbol": b["short_symbol"],
+            "short_rate_8h_bps": _r(b["short_bps"], 4),
+            "long_on": b["long_venue"],
+            "long_symbol": b["long_symbol"],
+            "long_rate_8h_bps": _r(b["long_bps"], 4),
+            "spread_8h_bps": _r(b["short_bps"] - b["long_bps"], 4),
+            "mixed_settle": b["mixed_settle"],
+        }
+        for asset, b in sorted(best_markets(rate_rows(rates)).items())
+    ]
     fetched_at = min((s.fetched_at for s in snapshot.states.values()), default=snapshot.started_at)
     metadata = {
         "funding_rates": MetadataValue.table(records=[TableRecord(row) for row in rows], schema=FUNDING_SCHEMA),
-        "best_venue_per_symbol": MetadataValue.table(
+        "best_venue_per_asset": MetadataValue.table(
             records=[TableRecord(row) for row in best_rows], schema=BEST_VENUE_SCHEMA
         ),
         "market_count": len(rows),
         "venues": ", ".join(sorted(snapshot.states)),
         LAST_UPDATED: MetadataValue.timestamp(fetched_at),
     }
-    for row in best_rows:
-        metadata[f"spread_8h_bps/{_label(row['symbol'], by_symbol)}"] = MetadataValue.float(row["spread_8h_bps"])
+    # The series stay per symbol (one per listed perp, named by _label), as before: the table's spread is per asset.
+    for symbol, entries in sorted(by_symbol.items()):
+        spread = max(entries)[0] - min(entries)[0]
+        metadata[f"spread_8h_bps/{_label(symbol, by_symbol)}"] = MetadataValue.float(_r(spread, 4))
     if with_plot and rows:
         venues = sorted(snapshot.states)
         symbols = sorted(by_symbol)
