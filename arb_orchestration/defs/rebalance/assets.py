@@ -3,16 +3,18 @@
 Materialised on demand (UI, `dagster asset materialize --select rebalance_plan`)
 from a fresh fetch of every venue, so operators see the plan, its fee against
 the direct-only baseline, the targets and the guardrail verdict before any
-saga runs. It takes the same policy config as `auto_rebalance_saga`.
+saga runs. It takes the same policy config as `auto_rebalance_saga`, checked
+the same way first: a bad value fails the materialisation with a `Failure`
+naming the key ("invalid run config: ..."), before any venue is read.
 """
 
 # No `from __future__ import annotations`: Dagster reads the config annotation at definition time.
-from dagster import AssetExecutionContext, AssetKey, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, asset
 
 from arb_orchestration.defs.market_data.keys import balances_key
 from arb_orchestration.defs.rebalance.config import RebalancePolicyConfig
 from arb_orchestration.defs.rebalance.journal import usage_today
-from arb_orchestration.defs.rebalance.planning import propose
+from arb_orchestration.defs.rebalance.planning import check_target_venues, propose
 from arb_orchestration.defs.rebalance.report import proposal_metadata
 from arb_orchestration.resources.venue import ExchangeResource
 from arb_orchestration.resources.wise import WiseResource
@@ -38,6 +40,15 @@ def build_rebalance_plan(venues: list[str]):
         names = exchange.venue_names()
         if set(names) != set(venues):
             context.log.warning(f"exchange resource venues {sorted(names)} differ from the asset deps {sorted(venues)}")
+        # The checks of the saga's plan step (InvalidRebalanceConfig there), with its message: a bad value is
+        # the operator's to fix, shown as a Failure naming the key rather than a ValueError traceback.
+        try:
+            config.check()
+            config.policy()  # + TargetPolicy's own checks
+            config.guardrails()  # + Guardrails' own checks
+            check_target_venues(config, names)
+        except ValueError as exc:
+            raise Failure(description=f"invalid run config: {exc}", allow_retries=False) from exc
         proposal = propose(exchange, wise, config, usage_today(context.instance), logger=context.log)
         for t in proposal.run_now:
             context.log.info(f"would send {t.amount:g} {t.asset} {t.rail} (fee {t.fee:g})")
