@@ -162,6 +162,29 @@ class LiquidationReport(_Model):
         return bool(stuck) and all(v.business_errors and len(v.business_errors) == len(v.errors) for v in stuck)
 
 
+def with_earlier_attempts(report: LiquidationReport, earlier: Iterable[LiquidationReport]) -> LiquidationReport:
+    """`report` with the orders, rounds and cancels of earlier attempts of the same liquidation folded in.
+
+    A retry finds a venue the earlier attempt flattened already flat and sends nothing there: without
+    this, the risk mail would not say what was closed on it, nor at what prices. The latest view of an
+    order (by venue order id) wins: a retry may have read a partly filled order again after it filled.
+    """
+    earlier = list(earlier)
+    venues = []
+    for v in report.venues:
+        before = [e for r in earlier for e in r.venues if e.venue == v.venue]
+        latest: dict[str, Order] = {}
+        for o in [o for e in before for o in e.orders] + list(v.orders):
+            latest.pop(o.id, None)
+            latest[o.id] = o
+        venues.append(v.model_copy(update={
+            "orders": list(latest.values()),
+            "rounds": v.rounds + sum(e.rounds for e in before),
+            "canceled_orders": v.canceled_orders + sum(e.canceled_orders for e in before),
+        }))
+    return report.model_copy(update={"venues": venues})
+
+
 def summarize_fills(orders: Iterable[Order]) -> list[ClosedPosition]:
     """Filled amount and volume-weighted average price per (venue, symbol, side)."""
     groups: dict[tuple[str, str, str], list[Order]] = {}

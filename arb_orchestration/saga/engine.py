@@ -227,6 +227,8 @@ class StepContext:
     log: Any  # logging.Logger or Dagster's log manager
     trading_switch: TradingSwitch | None = None
     run_tags: Mapping[str, str] = field(default_factory=dict)
+    # What earlier attempts of this step `note()`d (op retries, relaunched runs); empty on a fresh run.
+    progress: Sequence[Mapping[str, Any]] = field(default_factory=list)
     _log: SagaLog | None = field(default=None, repr=False)
 
     def key(self, *parts: object) -> str:
@@ -320,6 +322,7 @@ def execute_step(saga: SagaDefinition, step_name: str, rt: StepRuntime) -> dict[
         log=rt.logger,
         trading_switch=rt.trading_switch,
         run_tags=rt.run_tags,
+        progress=list(state.steps[step.name].progress) if step.name in state.steps else [],
         _log=rt.log,
     )
     try:

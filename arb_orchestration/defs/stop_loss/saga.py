@@ -26,7 +26,7 @@ from pydantic import Field
 
 from arb_orchestration.defs.k8s import STOP_LOSS_JOB, STOP_LOSS_RUN_TAGS
 from arb_orchestration.defs.stop_loss.liquidator import LiquidationSettings, liquidate_all, observe_all
-from arb_orchestration.domain.liquidation import LiquidationReport, render_report
+from arb_orchestration.domain.liquidation import LiquidationReport, render_report, with_earlier_attempts
 from arb_orchestration.resources.errors import BusinessError, TransientError
 from arb_orchestration.resources.venue import ExchangeResource
 from arb_orchestration.saga import SagaStep, StepContext, build_saga
@@ -106,6 +106,14 @@ def liquidate(ctx: StepContext, exchange: ExchangeResource) -> dict:
         reason=reason,
         while_running=engage_kill_switch,
     )
+    earlier = []
+    for n in ctx.progress:
+        try:
+            earlier.append(LiquidationReport.model_validate(n["report"]))
+        except (KeyError, TypeError, ValueError):  # not ours or unreadable: the orders are sent, only report
+            ctx.log.warning(f"stop-loss: an earlier attempt's note is not a report; left out of the mail: {n!r:.200}")
+    this_attempt = report  # noted alone on failure: each note holds one attempt, so nothing counts twice
+    report = with_earlier_attempts(report, earlier)  # fills of earlier attempts belong in the mail too
     for v in report.venues:
         first = ("no order sent" if v.first_order_after_seconds is None
                  else f"first order after {v.first_order_after_seconds:.3f}s")
@@ -113,7 +121,7 @@ def liquidate(ctx: StepContext, exchange: ExchangeResource) -> dict:
                      f"left={len(v.remaining)}, {first}")
     if report.dry_run or report.flat:
         return report.model_dump(mode="json")
-    ctx.note(report=report.model_dump(mode="json"))  # durable even though the step fails
+    ctx.note(report=this_attempt.model_dump(mode="json"))  # durable even though the step fails
     stuck = ", ".join(f"{v.venue} ({len(v.remaining)} position(s), {len(v.open_orders)} order(s); "
                       f"{v.errors[-1] if v.errors else 'no error'})" for v in report.venues if not v.flat)
     if report.only_business_errors:
