@@ -9,7 +9,7 @@ naming the key ("invalid run config: ..."), before any venue is read.
 """
 
 # No `from __future__ import annotations`: Dagster reads the config annotation at definition time.
-from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
 
 from arb_orchestration.defs.market_data.keys import balances_key
 from arb_orchestration.defs.rebalance.config import RebalancePolicyConfig
@@ -52,6 +52,9 @@ def build_rebalance_plan(venues: list[str]):
         proposal = propose(exchange, wise, config, usage_today(context.instance), logger=context.log)
         for t in proposal.run_now:
             context.log.info(f"would send {t.amount:g} {t.asset} {t.rail} (fee {t.fee:g})")
-        return MaterializeResult(metadata=proposal_metadata(proposal, title="Rebalance plan (dry)"))
+        metadata = proposal_metadata(proposal, title="Rebalance plan (dry)")
+        # Counted like allowlist_excluded_rails: rails out of venues that cannot withdraw idempotently.
+        metadata["withdrawal_excluded_rails"] = MetadataValue.int(len(proposal.withdrawal_excluded))
+        return MaterializeResult(metadata=metadata)
 
     return rebalance_plan
