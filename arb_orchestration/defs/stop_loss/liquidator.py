@@ -171,6 +171,7 @@ def liquidate_venue(
                 failures += 1
                 clock.backoff(failures)
         _drain(cancel)
+        _read_back_fills(client, io, orders)
 
     remaining = open_positions(positions, settings.dust)
     return VenueOutcome(
@@ -224,6 +225,26 @@ def _send_round(client, io, plan: list[CloseOrder], orders, attempts, refusals, 
                 attempts[o.key] = o.attempt + 1
                 progressed = True
     return progressed
+
+
+def _read_back_fills(client, io, orders: dict[str, Order]) -> None:
+    """Replace acknowledgements (OKX/Bybit answer an id, no fill, no status) by the orders as they are now.
+
+    The mail reports fills and average prices from these: an "open, filled 0" acknowledgement of a close
+    that did fill would be reported as nothing closed. Best effort, concurrent: a failed read keeps what
+    we had (logged); flatness is decided from positions, never from these.
+    """
+    stale = {cid: o for cid, o in orders.items() if o.status == "open" or (o.filled > 0 and o.average is None)}
+    futures = {io.submit(client.fetch_order_by_client_id, cid, o.symbol): cid for cid, o in stale.items()}
+    for future in as_completed(futures):
+        cid = futures[future]
+        try:
+            fresh = future.result()
+        except Exception as exc:  # reporting only: never let it hide the outcome
+            log.warning("stop-loss %s: reading back close %s failed: %s", client.name, cid, exc)
+            continue
+        if fresh is not None:
+            orders[cid] = fresh
 
 
 def _drain(future) -> None:
