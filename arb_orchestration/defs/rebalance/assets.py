@@ -9,12 +9,12 @@ naming the key ("invalid run config: ..."), before any venue is read.
 """
 
 # No `from __future__ import annotations`: Dagster reads the config annotation at definition time.
-from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, asset
 
 from arb_orchestration.defs.market_data.keys import balances_key
 from arb_orchestration.defs.rebalance.config import RebalancePolicyConfig
 from arb_orchestration.defs.rebalance.journal import usage_today
-from arb_orchestration.defs.rebalance.planning import check_target_venues, propose
+from arb_orchestration.defs.rebalance.planning import check_config, propose
 from arb_orchestration.defs.rebalance.report import proposal_metadata
 from arb_orchestration.resources.venue import ExchangeResource
 from arb_orchestration.resources.wise import WiseResource
@@ -43,18 +43,12 @@ def build_rebalance_plan(venues: list[str]):
         # The checks of the saga's plan step (InvalidRebalanceConfig there), with its message: a bad value is
         # the operator's to fix, shown as a Failure naming the key rather than a ValueError traceback.
         try:
-            config.check()
-            config.policy()  # + TargetPolicy's own checks
-            config.guardrails()  # + Guardrails' own checks
-            check_target_venues(config, names)
+            check_config(config, names)
         except ValueError as exc:
             raise Failure(description=f"invalid run config: {exc}", allow_retries=False) from exc
         proposal = propose(exchange, wise, config, usage_today(context.instance), logger=context.log)
         for t in proposal.run_now:
             context.log.info(f"would send {t.amount:g} {t.asset} {t.rail} (fee {t.fee:g})")
-        metadata = proposal_metadata(proposal, title="Rebalance plan (dry)")
-        # Counted like allowlist_excluded_rails: rails out of venues that cannot withdraw idempotently.
-        metadata["withdrawal_excluded_rails"] = MetadataValue.int(len(proposal.withdrawal_excluded))
-        return MaterializeResult(metadata=metadata)
+        return MaterializeResult(metadata=proposal_metadata(proposal, title="Rebalance plan (dry)"))
 
     return rebalance_plan

@@ -136,6 +136,18 @@ def withdraws_idempotently(venue: Any) -> bool:
     return bool(getattr(venue, "withdrawals_idempotent", True))
 
 
+def check_config(config: Any, venues: list[str]) -> None:
+    """Every check of a rebalance run config, before anything is read or moves; ValueError naming the key.
+
+    The config's own field bounds (including the fields only read after the pivot), TargetPolicy's and
+    Guardrails' checks, and the target venues. Shared by the saga's plan step and the dry plan asset.
+    """
+    config.check()
+    config.policy()  # + TargetPolicy's own checks (tolerance, shares...)
+    config.guardrails()  # + Guardrails' own checks (limits, max_fee_ratio)
+    check_target_venues(config, venues)
+
+
 def check_target_venues(config: Any, venues: list[str]) -> None:
     """Raise ValueError naming every target venue the exchange resource does not have (a typo's rule never applies)."""
     unknown = sorted({t.venue for t in config.targets if t.venue != "*"} - set(venues))

@@ -123,6 +123,8 @@ def proposal_metadata(proposal: Proposal, *, title: str) -> dict[str, MetadataVa
         "may_run": MetadataValue.bool(proposal.may_run),
         "guardrails": MetadataValue.json([b.to_dict() for b in proposal.breaches]),
         "allowlist_excluded_rails": MetadataValue.int(len(proposal.allowlist_excluded)),
+        # rails out of venues that cannot withdraw idempotently (no client withdrawal id)
+        "withdrawal_excluded_rails": MetadataValue.int(len(proposal.withdrawal_excluded)),
         "legs": MetadataValue.json([t.to_dict() for t in proposal.run_now]),
     }
 

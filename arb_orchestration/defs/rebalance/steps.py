@@ -36,7 +36,7 @@ from dagster import Failure, MetadataValue
 
 from arb_orchestration.defs.rebalance.funding import fund_wise_legs, funding_may_need_human, journal_webhook_board
 from arb_orchestration.defs.rebalance.journal import ACKNOWLEDGED_IN_FLIGHT, SagaInFlight
-from arb_orchestration.defs.rebalance.planning import Proposal, check_target_venues, propose, withdraws_idempotently
+from arb_orchestration.defs.rebalance.planning import Proposal, check_config, propose, withdraws_idempotently
 from arb_orchestration.defs.rebalance.report import (
     legs_markdown,
     proposal_metadata,
@@ -112,10 +112,7 @@ def plan_rebalance(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
     """
     cfg = ctx.config
     try:
-        cfg.check()  # every field, including those first read after the pivot
-        cfg.policy()  # + TargetPolicy's own checks (tolerance, shares...)
-        cfg.guardrails()  # + Guardrails' own checks (limits, max_fee_ratio)
-        check_target_venues(cfg, exchange.venue_names())
+        check_config(cfg, exchange.venue_names())  # every field, including those first read after the pivot
     except ValueError as exc:
         raise InvalidRebalanceConfig(f"invalid run config: {exc}") from exc
     trigger = cfg.trigger.model_dump() if cfg.trigger is not None else None
