@@ -124,9 +124,12 @@ def liquidate(ctx: StepContext, exchange: ExchangeResource) -> dict:
     ctx.note(report=this_attempt.model_dump(mode="json"))  # durable even though the step fails
     stuck = ", ".join(f"{v.venue} ({len(v.remaining)} position(s), {len(v.open_orders)} order(s); "
                       f"{v.errors[-1] if v.errors else 'no error'})" for v in report.venues if not v.flat)
+    # notify_risk_team will not run: the failure/escalation mail (built from this text) carries the report,
+    # so the risk team learns what was closed, at what prices, and what is left open.
+    _, body = render_report(report)
     if report.only_business_errors:
-        raise StopLossRefused(f"not flat and refused by the venue: {stuck}")
-    raise StopLossIncomplete(f"not flat yet: {stuck}")
+        raise StopLossRefused(f"not flat and refused by the venue: {stuck}\n\n{body}")
+    raise StopLossIncomplete(f"not flat yet: {stuck}\n\n{body}")
 
 
 def notify_risk_team(ctx: StepContext, exchange: ExchangeResource, smtp) -> dict:
