@@ -570,6 +570,10 @@ class CcxtVenueClient(VenueClient):
             if side not in {"long", "short"}:
                 continue
             entry = float(p.get("entryPrice") or 0.0)
+            market = ((self._exchange.markets if self._exchange is not None else None) or {}).get(p["symbol"]) or {}
+            price = float(p.get("markPrice") or 0.0) or entry
+            if market.get("inverse") and price > 0:
+                size /= price  # an inverse contract is sized in quote (USD): base = USD / price
             positions.append(
                 Position(
                     venue=self.name,
