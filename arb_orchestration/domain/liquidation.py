@@ -209,15 +209,19 @@ def render_report(
     *,
     verification: Mapping[str, tuple[list[Position], list[Order]]] | None = None,
     verification_errors: Mapping[str, str] | None = None,
+    dust: float = DEFAULT_DUST,
 ) -> tuple[str, str]:
-    """(subject, body) of the risk team's mail. `verification`: fresh (positions, open orders) per venue."""
+    """(subject, body) of the risk team's mail. `verification`: fresh (positions, open orders) per venue.
+
+    `dust`: the run's, the same the caller judges flatness by (a mail must not say otherwise).
+    """
     checked = verification is not None or verification_errors is not None
     verification = verification or {}
     verification_errors = verification_errors or {}
     still_open = {
-        venue: (open_positions(positions), orders)
+        venue: (open_positions(positions, dust), orders)
         for venue, (positions, orders) in verification.items()
-        if open_positions(positions) or orders
+        if open_positions(positions, dust) or orders
     }
     unverified = (
         sorted(set(verification_errors) | ({v.venue for v in report.venues} - set(verification))) if checked else []

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from arb_orchestration.defs.k8s import STOP_LOSS_JOB, STOP_LOSS_RUN_TAGS
 from arb_orchestration.defs.stop_loss.liquidator import LiquidationSettings, liquidate_all, observe_all
-from arb_orchestration.domain.liquidation import LiquidationReport, render_report, with_earlier_attempts
+from arb_orchestration.domain.liquidation import LiquidationReport, open_positions, render_report, with_earlier_attempts
 from arb_orchestration.resources.errors import BusinessError, TransientError
 from arb_orchestration.resources.venue import ExchangeResource
 from arb_orchestration.saga import SagaStep, StepContext, build_saga
@@ -137,10 +137,9 @@ def notify_risk_team(ctx: StepContext, exchange: ExchangeResource, smtp) -> dict
     cfg: StopLossConfig = ctx.config
     report = LiquidationReport.model_validate(ctx.results["liquidate"])
     seen, errors = observe_all([v.venue for v in report.venues], exchange.venue)
-    subject, body = render_report(report, verification=seen, verification_errors=errors)
+    subject, body = render_report(report, verification=seen, verification_errors=errors, dust=cfg.dust)
     smtp.send(subject, body)
-    still_open = sorted(v for v, (positions, orders) in seen.items()
-                        if any(p.size > cfg.dust for p in positions) or orders)
+    still_open = sorted(v for v, (positions, orders) in seen.items() if open_positions(positions, cfg.dust) or orders)
     result = {"subject": subject, "still_open": still_open, "unverified": sorted(errors)}
     if not report.dry_run and (still_open or errors):
         ctx.note(**result)
