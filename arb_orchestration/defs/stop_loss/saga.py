@@ -89,6 +89,8 @@ def liquidate(ctx: StepContext, exchange: ExchangeResource) -> dict:
     cfg: StopLossConfig = ctx.config
     cfg.check()  # before any order
     names = _venues(cfg, exchange)
+    if not names:  # nothing checked is not flat (all([]) would say it is)
+        raise StopLossRefused("no venue to flatten: the exchange resource lists none")
     reason = _reason(ctx)
 
     def engage_kill_switch() -> None:
