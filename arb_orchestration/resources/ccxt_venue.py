@@ -568,7 +568,11 @@ class CcxtVenueClient(VenueClient):
                 continue
             side = p.get("side")
             if side not in {"long", "short"}:
-                continue
+                # An open position whose direction is unknown must not read as flat (the stop-loss would
+                # report FLAT): fail the read; asking again gives the same answer, so not retried.
+                raise BusinessError(
+                    f"{self.name}: fetch_positions: {p.get('symbol')} holds {contracts:g} contract(s) with no side "
+                    f"({side!r}): cannot tell long from short", code="position_side_unknown")
             entry = float(p.get("entryPrice") or 0.0)
             market = ((self._exchange.markets if self._exchange is not None else None) or {}).get(p["symbol"]) or {}
             price = float(p.get("markPrice") or 0.0) or entry
