@@ -529,6 +529,8 @@ class WarmWorker:
             if child.exit_code is None:
                 if is_alive(child.pid, child.ticks):
                     return {**mine, "status": "RUNNING", "msg": child.describe()}
+                self.reap()  # it ended between the reap above and the liveness check: collect how
+            if child.exit_code is None:
                 return {**mine, "status": "FAILED", "msg": f"run worker pid {child.pid} vanished"}
             status = "SUCCESS" if child.exit_code == 0 else "FAILED"
             return {**mine, "status": status, "msg": child.describe()}
