@@ -21,28 +21,18 @@ import uuid
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 
-from arb_orchestration.defs.events import EventSensorSettings, EventTopics, build_event_sensors, kafka_source
+from arb_orchestration.defs.events import kafka_source
 from arb_orchestration.domain.events import encode_event
 from arb_orchestration.domain.triggers import HedgeBaselines, SensorCursor
 from arb_orchestration.resources.kafka import KafkaResource
-from arb_orchestration_tests.unit.test_event_sensor_reading import FakeConsumer
-from arb_orchestration_tests.unit.test_review_sensors_poison import FakeProducer, _review_job, use_headered_messages
+from arb_orchestration_tests.unit.test_review_sensors_poison import _review_job, sensor_on_fakes
 
 MARKET = "okx|ETH/USDT:USDT"
 
 
 @pytest.fixture
 def funding(monkeypatch):
-    topics = EventTopics.with_prefix(f"pb{uuid.uuid4().hex[:6]}-")
-    logs: dict[int, list[bytes]] = {0: []}
-    monkeypatch.setattr(kafka_source, "Consumer", lambda config: FakeConsumer(topics.funding, logs))
-    monkeypatch.setattr(kafka_source, "Producer", FakeProducer)
-    use_headered_messages(monkeypatch)
-    FakeProducer.produced = []
-    kafka_source.drop_warm_clients()
-    sensor = build_event_sensors(rebalance_job=_review_job, stop_loss_job=_review_job, hedge_job=_review_job,
-                                 settings=EventSensorSettings(long_poll_seconds=0), topics=topics,
-                                 name_prefix="pb_")[2]
+    sensor, topics, logs = sensor_on_fakes(monkeypatch, "funding", "pb")
     instance = DagsterInstance.ephemeral()
 
     def publish(rate: float) -> None:

@@ -140,22 +140,28 @@ def _review_job():
     _take()
 
 
-@pytest.fixture
-def market_on_fakes(monkeypatch):
-    topics = EventTopics.with_prefix(f"rv{uuid.uuid4().hex[:6]}-")
+SENSOR_INDEX = {"market": 0, "capital": 1, "funding": 2}  # build_event_sensors' order
+
+
+def sensor_on_fakes(monkeypatch, topic: str, prefix: str, *, stop_loss_job=_review_job):
+    """(sensor, topics, logs): the `topic` sensor ("market", "capital", "funding") reading the fake
+    consumer's `logs` (partition -> values) and parking on FakeProducer (reset), no long poll."""
+    topics = EventTopics.with_prefix(f"{prefix}{uuid.uuid4().hex[:6]}-")
     logs: dict[int, list[bytes]] = {0: []}
-
-    def consumer(config):
-        return FakeConsumer(topics.market, logs)
-
-    monkeypatch.setattr(kafka_source, "Consumer", consumer)
+    monkeypatch.setattr(kafka_source, "Consumer", lambda config: FakeConsumer(getattr(topics, topic), logs))
     monkeypatch.setattr(kafka_source, "Producer", FakeProducer)
     use_headered_messages(monkeypatch)
     FakeProducer.produced = []
     kafka_source.drop_warm_clients()
-    sensor = build_event_sensors(rebalance_job=_review_job, stop_loss_job=_review_job, hedge_job=_review_job,
-                                 settings=EventSensorSettings(long_poll_seconds=0), topics=topics,
-                                 name_prefix="rv_")[0]
+    sensors = build_event_sensors(rebalance_job=_review_job, stop_loss_job=stop_loss_job, hedge_job=_review_job,
+                                  settings=EventSensorSettings(long_poll_seconds=0), topics=topics,
+                                  name_prefix=f"{prefix}_")
+    return sensors[SENSOR_INDEX[topic]], topics, logs
+
+
+@pytest.fixture
+def market_on_fakes(monkeypatch):
+    sensor, topics, logs = sensor_on_fakes(monkeypatch, "market", "rv")
     mailbox = Mailbox()
 
     def evaluate(cursor=None):

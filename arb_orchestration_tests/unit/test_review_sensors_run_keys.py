@@ -22,19 +22,18 @@ import uuid
 import pytest
 from dagster import DagsterInstance, RunsFilter, build_sensor_context, job, op
 
-from arb_orchestration.defs.events import EventSensorSettings, EventTopics, TriggerEventConfig, build_event_sensors
+from arb_orchestration.defs.events import TriggerEventConfig
 from arb_orchestration.defs.events import kafka_source
 from arb_orchestration.domain.events import encode_event, parse_dlq_envelope, sign_event
 from arb_orchestration.domain.triggers import run_key_problem
 from arb_orchestration.resources.kafka import KafkaResource
-from arb_orchestration_tests.unit.test_event_sensor_reading import FakeConsumer
 from arb_orchestration_tests.unit.test_review_sensors_poison import (
     KEY,
     FakeProducer,
     _review_job,
     _shock,
     market_on_fakes,  # noqa: F401 (fixture)
-    use_headered_messages,
+    sensor_on_fakes,
 )
 
 
@@ -64,16 +63,7 @@ def test_a_market_event_whose_id_holds_nul_is_parked_not_requested(market_on_fak
 
 @pytest.fixture
 def funding_on_fakes(monkeypatch):
-    topics = EventTopics.with_prefix(f"rk{uuid.uuid4().hex[:6]}-")
-    logs: dict[int, list[bytes]] = {0: []}
-    monkeypatch.setattr(kafka_source, "Consumer", lambda config: FakeConsumer(topics.funding, logs))
-    monkeypatch.setattr(kafka_source, "Producer", FakeProducer)
-    use_headered_messages(monkeypatch)
-    FakeProducer.produced = []
-    kafka_source.drop_warm_clients()
-    sensor = build_event_sensors(rebalance_job=_review_job, stop_loss_job=_review_job, hedge_job=_review_job,
-                                 settings=EventSensorSettings(long_poll_seconds=0), topics=topics,
-                                 name_prefix="rk_")[2]
+    sensor, topics, logs = sensor_on_fakes(monkeypatch, "funding", "rk")
 
     def evaluate(cursor=None):
         return sensor(build_sensor_context(cursor=cursor, resources={"kafka": KafkaResource(bootstrap_servers="fake:9")}))
@@ -119,16 +109,7 @@ def _review_stop_loss_job():
 
 @pytest.fixture
 def market_with_instance(monkeypatch):
-    topics = EventTopics.with_prefix(f"rs{uuid.uuid4().hex[:6]}-")
-    logs: dict[int, list[bytes]] = {0: []}
-    monkeypatch.setattr(kafka_source, "Consumer", lambda config: FakeConsumer(topics.market, logs))
-    monkeypatch.setattr(kafka_source, "Producer", FakeProducer)
-    use_headered_messages(monkeypatch)
-    FakeProducer.produced = []
-    kafka_source.drop_warm_clients()
-    sensor = build_event_sensors(rebalance_job=_review_job, stop_loss_job=_review_stop_loss_job, hedge_job=_review_job,
-                                 settings=EventSensorSettings(long_poll_seconds=0), topics=topics,
-                                 name_prefix="rs_")[0]
+    sensor, topics, logs = sensor_on_fakes(monkeypatch, "market", "rs", stop_loss_job=_review_stop_loss_job)
     instance = DagsterInstance.ephemeral()
 
     def evaluate(cursor=None):
