@@ -26,15 +26,20 @@ SECRET = "hedge-" + secrets.token_hex(24)
 JOB = build_funding_rate_hedge(retry_policy=RetryPolicy(max_retries=1, delay=0.05)).job
 
 
-@pytest.fixture(scope="module")
-def dialect_servers(local_world):
+def binance_dialects(local_world, key: str, secret: str):
+    """Every venue of the world behind the simulator's Binance API (one HTTP server each), stopped after."""
     servers = {
-        venue: serve_binance_venue(local_world.exchange, venue=venue, api_key=KEY, secret=SECRET)
+        venue: serve_binance_venue(local_world.exchange, venue=venue, api_key=key, secret=secret)
         for venue in local_world.exchange.state.venue_names()
     }
     yield servers
     for server in servers.values():
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def dialect_servers(local_world):
+    yield from binance_dialects(local_world, KEY, SECRET)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from arb_orchestration.resources.resilience import reset_breakers
 from arb_orchestration.resources.smtp import SmtpResource
 from arb_orchestration.resources.wise import WiseResource
 from arb_orchestration.saga import InstanceSagaLog
-from arb_orchestration.sim.real_api_binance import serve_binance_venue
+from arb_orchestration_tests.integration.test_ccxt_hedge_sim import binance_dialects
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,7 @@ CONFIG = {"assets": ["USDT"], "poll_interval_seconds": 0.05, "arrival_timeout_se
 
 @pytest.fixture(scope="module")
 def dialect_servers(local_world):
-    servers = {
-        venue: serve_binance_venue(local_world.exchange, venue=venue, api_key=KEY, secret=SECRET)
-        for venue in local_world.exchange.state.venue_names()
-    }
-    yield servers
-    for server in servers.values():
-        server.stop()
+    yield from binance_dialects(local_world, KEY, SECRET)
 
 
 @pytest.fixture
