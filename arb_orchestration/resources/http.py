@@ -77,12 +77,20 @@ def _error_body(response: httpx.Response) -> dict:
     return body if isinstance(body, dict) else {}
 
 
+def _first_error(body: dict) -> dict:
+    # Some APIs (Wise) answer 4xx with only `{"errors": [{"code": ..., "message": ...}, ...]}`.
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        return errors[0]
+    return {}
+
+
 def _error_code(response: httpx.Response) -> str | None:
     body = _error_body(response)
-    code = body.get("code") or body.get("error")
+    code = body.get("code") or body.get("error") or _first_error(body).get("code")
     return str(code) if code is not None else None
 
 
 def _error_message(response: httpx.Response) -> str:
     body = _error_body(response)
-    return str(body.get("message") or body.get("error") or response.text[:200])
+    return str(body.get("message") or body.get("error") or _first_error(body).get("message") or response.text[:200])

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, TypeVar
 
 import httpx
@@ -67,6 +67,15 @@ FUNDED_STATUSES = frozenset(
 )
 # States a transfer does not leave on its own; `bounced_back` is not one (Wise may re-send).
 FAILED_STATUSES = frozenset({CANCELLED, "funds_refunded", "charged_back"})
+# Wise cancels a transfer "up until the transfer has been processed and funds converted"
+# (PUT /v1/transfers/{id}/cancel): a funded one in `processing` too (its money is refunded).
+CANCELLABLE_STATUSES = frozenset({WAITING, "incoming_payment_initiated", "processing"})
+# Codes the funding call answers with when its transfer is no longer waiting (Wise: 422
+# transfer.invalid-state, "you can't fund a transfer twice"); the transfer's status decides.
+_NOT_FUNDABLE_CODES = frozenset({"transfer.invalid-state", "transfer.invalid_state", "transfer.not.fundable", "wrong_status"})
+# How far back `find_transfer` looks by default (createdDateStart): Wise cancels a transfer left
+# unfunded for 14 days, so a saga's transfer is younger than this unless it was funded long ago.
+DEFAULT_LOOKUP_WINDOW_DAYS = 30.0
 
 _CTI_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "arb-orchestration/wise/customerTransactionId")
 
@@ -86,6 +95,15 @@ def customer_transaction_id_for(key: str) -> str:
 
 def _normalise_iban(iban: str) -> str:
     return re.sub(r"\s+", "", iban or "").upper()
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _wise_date(value: datetime) -> str:
+    """A `createdDateStart`/`createdDateEnd` value: the UTC day, as the API reference's example writes it."""
+    return _utc(value).date().isoformat()
 
 
 # --------------------------------------------------------------------------- models
@@ -108,11 +126,12 @@ class Profile(_WiseModel):
 
 
 class Quote(_WiseModel):
-    """A v3 quote, with the fee and delivery estimate of the payment option we pay with.
+    """A v3 quote, with the amounts, fee and delivery estimate of the payment option we pay with.
 
     The fee lives per payment option in Wise's answer; the option that matters
     is the one whose payIn is how we fund (BALANCE) and whose payOut is the
-    quote's payOut.
+    quote's payOut. Its sourceAmount/targetAmount are the ones we use: the top
+    level carries only the amount that was asked for.
     """
 
     id: str
@@ -144,8 +163,13 @@ class Quote(_WiseModel):
         if chosen is None:
             raise ValueError(f"quote {data.get('id')} has no enabled payment option with payIn={pay_in}")
         fee = chosen.get("fee") or {}
+        # The amounts of the option we pay with: Wise leaves out the top-level amount that was not
+        # asked for (a targetAmount quote has no top-level sourceAmount), and what the balance
+        # pays differs from the bank-transfer price anyway.
+        amounts = {name: chosen[name] for name in ("sourceAmount", "targetAmount") if chosen.get(name) is not None}
         return {
             **data,
+            **amounts,
             "pay_in": pay_in,
             "fee_total": fee.get("total", 0.0),
             "fee_percentage": chosen.get("feePercentage") or 0.0,
@@ -286,6 +310,7 @@ class WiseResource(ConfigurableResource):
     poll_interval_seconds: float = 1.0
     lookup_page_size: int = 100
     lookup_max_pages: int = 10
+    lookup_window_days: float = DEFAULT_LOOKUP_WINDOW_DAYS
 
     _client: httpx.Client | None = PrivateAttr(default=None)
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -494,29 +519,37 @@ class WiseResource(ConfigurableResource):
         if status:
             params["status"] = status if isinstance(status, str) else ",".join(status)
         if created_after is not None:
-            params["createdDateStart"] = created_after.isoformat()
-        return self._call(
-            "wise list transfers",
-            lambda: [Transfer.model_validate(t) for t in self._request("GET", "/v1/transfers", params=params)],
-        )
+            params["createdDateStart"] = _wise_date(created_after)
+
+        def fetch() -> list[Transfer]:
+            transfers = [Transfer.model_validate(t) for t in self._request("GET", "/v1/transfers", params=params)]
+            # createdDateStart is a day (inclusive): drop what that day had before `created_after`.
+            return [t for t in transfers if created_after is None or t.created is None or t.created >= _utc(created_after)]
+
+        return self._call("wise list transfers", fetch)
 
     def _lookup_transfer(self, cti: str, created_after: datetime | None = None) -> Transfer | None:
-        # Wise has no lookup by customerTransactionId: page through the listing.
+        # Wise has no lookup by customerTransactionId: page through the listing. Its order is not
+        # documented (a recorded sandbox listing came oldest first), so the listing is narrowed with
+        # createdDateStart (a date, as in the reference's example) and every page is read.
+        since = created_after or datetime.now(timezone.utc) - timedelta(days=self.lookup_window_days)
         for page in range(self.lookup_max_pages):
             params: dict[str, Any] = {
                 "profile": self.profile_id,
                 "limit": self.lookup_page_size,
                 "offset": page * self.lookup_page_size,
+                "createdDateStart": _wise_date(since),
             }
-            if created_after is not None:
-                params["createdDateStart"] = created_after.isoformat()
             items = self._request("GET", "/v1/transfers", params=params)
             for item in items:
                 if str(item.get("customerTransactionId", "")).lower() == cti:
                     return Transfer.model_validate(item)
             if len(items) < self.lookup_page_size:
                 return None
-        log.warning("wise: customerTransactionId %s not in the newest %d transfers", cti, self.lookup_max_pages * self.lookup_page_size)
+        log.warning(
+            "wise: customerTransactionId %s not among %d transfers created since %s (lookup_max_pages)",
+            cti, self.lookup_max_pages * self.lookup_page_size, _wise_date(since),
+        )
         return None
 
     def find_transfer(self, customer_transaction_id: str, *, created_after: datetime | None = None) -> Transfer | None:
@@ -527,7 +560,9 @@ class WiseResource(ConfigurableResource):
     def fund_transfer(self, transfer_id: int) -> Payment:
         """Pay the transfer from the balance. REJECTED (e.g. insufficient funds) → BusinessError.
 
-        Funding twice is harmless: Wise answers COMPLETED again without paying twice.
+        Funding twice is harmless: Wise refuses the second funding (422
+        transfer.invalid-state) and pays nothing; the transfer being funded, the
+        answer is COMPLETED.
         """
         path = f"/v3/profiles/{self.profile_id}/transfers/{transfer_id}/payments"
 
@@ -539,11 +574,23 @@ class WiseResource(ConfigurableResource):
                 return None  # not applied: fund again
             raise BusinessError(f"wise transfer {transfer_id} is {transfer.status}; cannot fund it", code="transfer.not.fundable")
 
-        payment = self._call(
-            f"wise fund transfer {transfer_id}",
-            lambda: Payment.model_validate(self._request("POST", path, json={"type": "BALANCE"})),
-            reconcile=reconcile,
-        )
+        try:
+            payment = self._call(
+                f"wise fund transfer {transfer_id}",
+                lambda: Payment.model_validate(self._request("POST", path, json={"type": "BALANCE"})),
+                reconcile=reconcile,
+            )
+        except BusinessError as exc:
+            if exc.code not in _NOT_FUNDABLE_CODES:
+                raise
+            # Wise refuses a second funding (422 transfer.invalid-state): an earlier attempt whose
+            # answer was lost, or a person in the Wise app, funded it. Funded is funded; anything
+            # else (cancelled, refunded) is the refusal it looks like.
+            transfer = self.get_transfer(transfer_id)
+            if not transfer.is_funded or transfer.is_failed:
+                raise
+            log.warning("wise transfer %s was already funded (%s; now %s)", transfer_id, exc.code, transfer.status)
+            return Payment(type="BALANCE", status="COMPLETED", error_code=None)
         if not payment.completed:
             raise BusinessError(
                 f"wise funding of transfer {transfer_id} {payment.status}: {payment.error_code}", code=payment.error_code
@@ -552,14 +599,18 @@ class WiseResource(ConfigurableResource):
         return payment
 
     def cancel_transfer(self, transfer_id: int) -> Transfer:
-        """Cancel an unfunded transfer (a compensation). Cancelling twice is harmless;
-        a funded transfer cannot be cancelled: BusinessError."""
+        """Cancel a transfer (a compensation). Cancelling twice is harmless.
+
+        Wise cancels until the funds are converted (`CANCELLABLE_STATUSES`: a
+        funded transfer still `processing` is cancelled and its money refunded);
+        from `funds_converted` on it refuses (409
+        transfer.cancellation.not.allowed): BusinessError."""
 
         def reconcile() -> Transfer | None:
             transfer = self._get_transfer_once(transfer_id)
             if transfer.status == CANCELLED:
                 return transfer
-            if transfer.status == WAITING:
+            if transfer.status in CANCELLABLE_STATUSES:
                 return None
             raise BusinessError(
                 f"wise transfer {transfer_id} is {transfer.status}; it can no longer be cancelled",
