@@ -27,7 +27,7 @@ from dagster import (
     materialize,
 )
 
-from arb_orchestration.defs.rebalance import RebalanceJournalResource, build_auto_rebalance_saga, planning
+from arb_orchestration.defs.rebalance import RebalanceJournalResource, build_auto_rebalance_saga
 from arb_orchestration.defs.rebalance.assets import build_rebalance_plan
 from arb_orchestration.resources.resilience import reset_breakers
 from arb_orchestration.resources.sim_venue import SimExchangeResource
@@ -251,15 +251,14 @@ def test_refuses_to_start_while_trading_is_paused(short, instance):
     [
         ({"max_transfer": {"USDT": 5_000.0, "USDC": 1e6, "EUR": 1e6}}, "per_transfer_limit"),
         ({"max_daily": {"USDT": 1e6, "USDC": 1e6, "EUR": 1_000.0}}, "daily_limit"),
-        # The planner sees only allowed rails (test_the_allowlist_steers_the_plan_to_a_listed_network below); the
-        # guardrail is the defence in depth behind that filter, so this case hands the planner every rail, as a
-        # bug in the filter would (an in-process patch of our own code; the world stays real).
-        ({"allowed_destinations": ["*:TRC20", "*:SEPA"]}, "destination_allowlist"),
+        # The planner sees only allowed rails, so in a real world an allowlist that keeps no USDT rail fails the
+        # plan as infeasible. The `destination_allowlist` guardrail behind that filter (defence in depth: only a
+        # bug in the filter reaches it) is proven with fakes in unit/test_rebalance_steps.py and
+        # unit/test_rebalance_allowlist_routing.py; here nothing of our own code is patched.
+        ({"allowed_destinations": ["*:SEPA"]}, "plan_infeasible"),
     ],
 )
-def test_each_guardrail_breach_fails_before_anything_moves(short, instance, config, rule, monkeypatch):
-    if rule == "destination_allowlist":
-        monkeypatch.setattr(planning, "split_by_allowlist", lambda specs, guardrails: (list(specs), []))
+def test_each_guardrail_breach_fails_before_anything_moves(short, instance, config, rule):
     world = short
     books = _books(world)
     result = _run(instance, config)
