@@ -76,6 +76,8 @@ _NOT_FUNDABLE_CODES = frozenset({"transfer.invalid-state", "transfer.invalid_sta
 # How far back `find_transfer` looks by default (createdDateStart): Wise cancels a transfer left
 # unfunded for 14 days, so a saga's transfer is younger than this unless it was funded long ago.
 DEFAULT_LOOKUP_WINDOW_DAYS = 30.0
+# GET /v2/accounts pages: "Defaults to 20 (the maximum)".
+RECIPIENT_PAGE_SIZE_MAX = 20
 
 _CTI_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "arb-orchestration/wise/customerTransactionId")
 
@@ -428,7 +430,9 @@ class WiseResource(ConfigurableResource):
         seek: Any = None
         for _ in range(self.lookup_max_pages):
             params: dict[str, Any] = {
-                "profile": self.profile_id, "currency": currency, "size": self.lookup_page_size, "sort": "id,desc",
+                "profile": self.profile_id, "currency": currency, "sort": "id,desc",
+                # Wise documents 20 as this listing's default and its most; ask for no more.
+                "size": min(self.lookup_page_size, RECIPIENT_PAGE_SIZE_MAX),
             }
             if seek is not None:
                 params["seekPosition"] = seek

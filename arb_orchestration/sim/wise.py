@@ -12,20 +12,23 @@ would to the sandbox:
     POST /v1/accounts                                    IBAN recipient
     GET  /v2/accounts?profile=&currency=&size=&seekPosition=&sort=
                                                          {"content": [...], "size", "seekPositionForCurrent",
-                                                          "seekPositionForNext"}: a page (default 20)
+                                                          "seekPositionForNext"}: a page (20, also the most)
     GET  /v2/accounts/{id}
     POST /v1/transfers                                   idempotent on customerTransactionId
-    GET  /v1/transfers?profile=&status=&limit=&offset=   newest first
+    GET  /v1/transfers?profile=&status=&createdDateStart=&createdDateEnd=&limit=&offset=
+                                                         oldest first; dates inclusive
     GET  /v1/transfers/{id}
-    PUT  /v1/transfers/{id}/cancel                       only before funding
-    POST /v3/profiles/{p}/transfers/{id}/payments        {"type": "BALANCE"}
+    PUT  /v1/transfers/{id}/cancel                       until funds_converted (a funded one is refunded)
+    POST /v3/profiles/{p}/transfers/{id}/payments        {"type": "BALANCE"} -> 201; a second one -> 422
+
+Error answers are `{"errors": [{"code", "message", "path"?, "arguments"}]}`, as Wise's 4xx are.
 
 After funding a transfer moves `incoming_payment_waiting → processing →
 funds_converted → outgoing_payment_sent` over `settle_delay` seconds. Just
 before it shows `outgoing_payment_sent` the simulator pays the recipient IBAN
 through the `deliver(iban, currency, amount) -> bool` callback, exactly once;
-a payout the callback refuses bounces (`bounced_back → funds_refunded`) and the
-money returns to the balance. The simulator knows nothing about the exchange
+a payout the callback refuses bounces (`bounced_back → processing → cancelled →
+funds_refunded`, Wise's unhappy path) and the money returns to the balance. The simulator knows nothing about the exchange
 simulator: the local world wires the callback to it.
 
 Faults are injected per operation (names in `OPERATIONS`), over HTTP at
@@ -52,7 +55,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -67,6 +70,10 @@ SENT = "outgoing_payment_sent"
 CANCELLED = "cancelled"
 BOUNCED_BACK = "bounced_back"
 FUNDS_REFUNDED = "funds_refunded"
+# Wise cancels "up until the transfer has been processed and funds converted".
+CANCELLABLE = frozenset({WAITING, PROCESSING})
+# GET /v2/accounts answers at most this many recipients a page, whatever `size` asks.
+MAX_RECIPIENT_PAGE_SIZE = 20
 
 # Mid-market rates, units of currency per 1 EUR.
 MID_RATES = {"EUR": 1.0, "USD": 1.085, "GBP": 0.855, "CHF": 0.945, "PLN": 4.31, "SEK": 11.45, "DKK": 7.46}
@@ -118,10 +125,11 @@ class WiseApiError(Exception):
         self.path = path
 
     def body(self) -> dict:
-        error = {"code": self.code, "message": self.message}
+        # Wise's 4xx shape: an `errors` array and nothing at the top level.
+        error: dict = {"code": self.code, "message": self.message, "arguments": []}
         if self.path:
             error["path"] = self.path
-        return {"code": self.code, "message": self.message, "errors": [error]}
+        return {"errors": [error]}
 
 
 def _iso(ts: float) -> str:
@@ -180,12 +188,14 @@ class SimQuote:
         }
 
     def to_json(self) -> dict:
+        # Wise puts only the amount that was asked for at the top level (a targetAmount quote has
+        # no top-level sourceAmount); each payment option carries both.
+        asked = {"sourceAmount": self.source_amount} if self.provided_amount_type == "SOURCE" else {"targetAmount": self.target_amount}
         return {
             "id": self.id,
             "sourceCurrency": self.source_currency,
             "targetCurrency": self.target_currency,
-            "sourceAmount": self.source_amount,
-            "targetAmount": self.target_amount,
+            **asked,
             "payOut": "BANK_TRANSFER",
             "preferredPayIn": "BALANCE",
             "rate": self.rate,
@@ -560,9 +570,9 @@ class WiseState:
         limit: int = 100,
         offset: int = 0,
     ) -> list[SimTransfer]:
-        """Newest first, like Wise."""
+        """Oldest first, as a recorded sandbox listing came (Wise's reference states no order)."""
         with self._lock:
-            items = sorted(self._transfers.values(), key=lambda t: t.id, reverse=True)
+            items = sorted(self._transfers.values(), key=lambda t: t.id)
         selected = [
             t
             for t in items
@@ -576,23 +586,33 @@ class WiseState:
         return selected[offset : offset + limit]
 
     def cancel_transfer(self, transfer_id: int) -> SimTransfer:
-        """Only an unfunded transfer can be cancelled; cancelling twice is harmless."""
+        """Cancel until the funds are converted (a funded `processing` transfer too: its source
+        amount goes back to the balance, `cancelled → funds_refunded`); cancelling twice is harmless.
+        Returns the transfer as the cancel answers it (`cancelled`)."""
         with self._lock:
             transfer = self.get_transfer(transfer_id)
-            if transfer.status == CANCELLED:
+            if transfer.status == CANCELLED or (transfer.status == FUNDS_REFUNDED and any(s == CANCELLED for s, _ in transfer.history)):
                 return transfer
-            if transfer.status != WAITING:
+            if transfer.status not in CANCELLABLE or transfer.delivering:
                 raise WiseApiError(
                     409,
                     "transfer.cancellation.not.allowed",
-                    f"transfer {transfer_id} is {transfer.status}; only {WAITING} can be cancelled",
+                    f"transfer {transfer_id} is {transfer.status}; it can no longer be cancelled",
                 )
-            transfer.set_status(CANCELLED, self.clock())
-            return transfer
+            now = self.clock()
+            transfer.set_status(CANCELLED, now)
+            answer = SimTransfer(**{**transfer.__dict__, "history": list(transfer.history)})
+            if transfer.funded_at is not None:
+                self._balances[transfer.source_currency] = _money(
+                    self._balances.get(transfer.source_currency, 0.0) + transfer.source_value
+                )
+                transfer.set_status(FUNDS_REFUNDED, now)
+            return answer
 
     def fund_transfer(self, profile_id: int, transfer_id: int, payment_type: str = "BALANCE") -> dict:
         """Pay a transfer from the balance: `COMPLETED`, or `REJECTED` when the balance is short.
-        Funding an already funded transfer returns `COMPLETED` again and debits nothing."""
+        Funding a transfer that is no longer waiting (funded already, cancelled) is refused with
+        422 `transfer.invalid-state` and debits nothing."""
         self._check_profile(profile_id)
         if payment_type != "BALANCE":
             raise WiseApiError(422, "payment.type.not_supported", f"payment type {payment_type!r} is not supported", "type")
@@ -600,10 +620,9 @@ class WiseState:
             transfer = self.get_transfer(transfer_id)
             if transfer.profile != profile_id:
                 raise WiseApiError(404, "transfer.not_found", f"transfer {transfer_id} not found")
-            if transfer.funded_at is not None:
-                return {"type": "BALANCE", "status": "COMPLETED", "errorCode": None}
             if transfer.status != WAITING:
-                raise WiseApiError(409, "transfer.not.fundable", f"transfer {transfer_id} is {transfer.status}")
+                # Wise: "you can't fund a transfer twice"; nor a cancelled one.
+                raise WiseApiError(422, "transfer.invalid-state", f"transfer {transfer_id} is {transfer.status}")
             available = self._balances.get(transfer.source_currency, 0.0)
             if available + 1e-9 < transfer.source_value:
                 return {"type": "BALANCE", "status": "REJECTED", "errorCode": "transfer.insufficient_funds"}
@@ -657,8 +676,9 @@ class WiseState:
             transfer.set_status(SENT, now)
             if not accepted:
                 # The receiving bank refused it: Wise refunds the source amount to the balance.
-                transfer.set_status(BOUNCED_BACK, now)
-                transfer.set_status(FUNDS_REFUNDED, now)
+                # Wise's unhappy path: outgoing_payment_sent → bounced_back → processing → cancelled → funds_refunded.
+                for status in (BOUNCED_BACK, PROCESSING, CANCELLED, FUNDS_REFUNDED):
+                    transfer.set_status(status, now)
                 self._balances[transfer.source_currency] = _money(
                     self._balances.get(transfer.source_currency, 0.0) + transfer.source_value
                 )
@@ -817,13 +837,16 @@ def _route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
     return None
 
 
-def _parse_date(value: str, name: str) -> float:
+def _parse_date(value: str, name: str, *, end: bool = False) -> float:
+    """A createdDateStart/End: a date (both inclusive of that day, as Wise documents) or a datetime."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise WiseApiError(422, "NOT_VALID", f"{name} must be an ISO date or datetime", name) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
+    if end and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+        parsed += timedelta(days=1)
     return parsed.timestamp()
 
 
@@ -1123,6 +1146,7 @@ class WiseSimulator:
             raise WiseApiError(422, "NOT_VALID", "size and seekPosition must be integers") from None
         if size < 1:
             raise WiseApiError(422, "NOT_VALID", "size must be positive", "size")
+        size = min(size, MAX_RECIPIENT_PAGE_SIZE)
         sort = query.get("sort", "id,asc").replace(" ", "").lower()
         if sort not in ("id,asc", "id,desc"):
             raise WiseApiError(422, "NOT_VALID", f"unsupported sort {sort!r} (the simulator sorts by id)", "sort")
@@ -1170,7 +1194,7 @@ class WiseSimulator:
             source_currency=query.get("sourceCurrency"),
             target_currency=query.get("targetCurrency"),
             created_start=_parse_date(query["createdDateStart"], "createdDateStart") if query.get("createdDateStart") else None,
-            created_end=_parse_date(query["createdDateEnd"], "createdDateEnd") if query.get("createdDateEnd") else None,
+            created_end=_parse_date(query["createdDateEnd"], "createdDateEnd", end=True) if query.get("createdDateEnd") else None,
             limit=limit,
             offset=offset,
         )
@@ -1184,7 +1208,7 @@ class WiseSimulator:
 
     def _op_fund_transfer(self, params, query, body) -> SimResponse:
         payment = self.state.fund_transfer(int(params["pid"]), int(params["tid"]), str(body.get("type", "")))
-        return SimResponse(200, payment)
+        return SimResponse(201, payment)  # a recorded sandbox funding answered 201 Created
 
     def _op_admin_add_fault(self, params, query, body) -> SimResponse:
         return SimResponse(201, self.faults.add(body).to_json())
