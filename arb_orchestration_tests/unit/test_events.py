@@ -239,14 +239,21 @@ def test_signature_is_hmac_sha256_hex_of_the_canonical_payload():
 def test_signed_event_verifies_after_a_round_trip_through_bytes():
     signed = sign_event(market(severity="critical", ts="2026-03-01T12:00:00Z"), KEY)
     event = parse_event("market-events", raw(signed))
-    verify_signature(event, KEY)  # does not raise
-    verify_signature(signed, KEY)  # a plain dict works too
+    assert event.raw == signed  # the round trip kept every field, the signature included
+    assert verify_signature(event, KEY) is None  # raises EventRejected when it does not verify
+    assert verify_signature(signed, KEY) is None  # a plain dict works too
+    # The same round trip with one field changed is refused: the check above could have failed.
+    with pytest.raises(EventRejected, match="bad signature"):
+        verify_signature(parse_event("market-events", raw({**signed, "severity": "warning"})), KEY)
 
 
 def test_key_order_and_whitespace_on_the_wire_do_not_matter():
     signed = sign_event(market(), KEY)
     reordered = json.dumps(dict(reversed(list(signed.items()))), indent=2).encode()
-    verify_signature(parse_event("market-events", reordered), KEY)
+    assert reordered != raw(signed) and json.loads(reordered) == signed  # other bytes, same object
+    assert verify_signature(parse_event("market-events", reordered), KEY) is None  # raises if it does not verify
+    with pytest.raises(EventRejected, match="bad signature"):  # and the order is not what makes it pass
+        verify_signature(parse_event("market-events", reordered), "another-key")
 
 
 def test_tampering_wrong_key_and_missing_signature_are_rejected():
@@ -281,7 +288,10 @@ def test_resigning_replaces_the_old_signature_and_empty_keys_are_refused():
 )
 def test_any_valid_market_event_round_trips_its_signature(venue, pct, window):
     signed = sign_event(market(venue=venue, price_change_pct=pct, window_seconds=window), KEY)
-    verify_signature(parse_event("market-events", ev.encode_event(signed)), KEY)
+    event = parse_event("market-events", ev.encode_event(signed))
+    assert verify_signature(event, KEY) is None  # raises EventRejected when it does not verify
+    with pytest.raises(EventRejected, match="bad signature"):  # one field changed after signing: refused
+        verify_signature(parse_event("market-events", ev.encode_event({**signed, "window_seconds": window + 1})), KEY)
 
 
 # ------------------------------------------------------------------ window and replay

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from arb_orchestration.domain.events import encode_event, parse_event, verify_signature, sign_event
+from arb_orchestration.domain.events import EventRejected, encode_event, parse_event, sign_event, verify_signature
 from arb_orchestration.sim.event_generator import EventFactory, Market, default_markets
 
 NOW = 1_772_366_400.0
@@ -74,7 +74,10 @@ def test_same_seed_same_traffic_apart_from_ids():
 
 def test_signed_generated_events_verify():
     topic, payload = generate(1)[0]
-    verify_signature(parse_event(topic, encode_event(sign_event(payload, "k"))), "k")
+    signed = sign_event(payload, "k")
+    assert verify_signature(parse_event(topic, encode_event(signed)), "k") is None  # raises if it does not verify
+    with pytest.raises(EventRejected, match="bad signature"):
+        verify_signature(parse_event(topic, encode_event(signed)), "another-key")
 
 
 def test_default_markets_come_from_the_simulated_venues():

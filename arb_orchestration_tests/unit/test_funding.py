@@ -114,3 +114,20 @@ def test_threshold_must_be_sane():
         FundingDeviation(threshold_bps=-1)
     with pytest.raises(ValueError):
         FundingDeviation(basis_hours=0)
+
+
+def test_a_zero_threshold_is_allowed_and_any_move_then_triggers():
+    check = FundingDeviation(threshold_bps=0)
+    assert check.check(RatePoint(0.0001, 8), rate(0.00011)).exceeded  # +0.1 bp
+    assert not check.check(RatePoint(0.0001, 8), rate(0.0001)).exceeded  # no move
+
+
+def test_the_reason_quotes_both_rates_per_8h_the_move_and_the_threshold():
+    # Hedged at 1 bp per 8 h; now 4 bp per hour = 32 bp per 8 h: +31 bps against a 20 bps threshold.
+    moved = FundingDeviation().check(RatePoint(0.0001, 8), rate(0.0004, hours=1))
+    assert moved.reason == (
+        "binance BTC/USDT:USDT: 1.00 -> 32.00 bp/8h, moved +31.00 bps, exceeds the 20 bps threshold"
+    )
+    # Down from 3 bp per 4 h (6 bp per 8 h) to 1 bp per 8 h: -5 bps, within.
+    within = FundingDeviation().check(RatePoint(0.0003, 4), rate(0.0001))
+    assert within.reason == "binance BTC/USDT:USDT: 6.00 -> 1.00 bp/8h, moved -5.00 bps, within the 20 bps threshold"
