@@ -82,6 +82,12 @@ def test_report_says_what_was_closed_at_what_price_and_what_is_left():
     assert subject.startswith("[stop-loss] FLAT") and "okx: flat, no open orders" in body
     subject, _ = render_report(ok, verification={}, verification_errors={"okx": "TransientError: 503"})
     assert "NOT FLAT" in subject  # an unverified venue is never reported flat
+    # A fresh check that did not cover a venue of the report (and reported no error for it) leaves it unverified.
+    subject, _ = render_report(ok, verification={})
+    assert "NOT FLAT" in subject
+    # Without a fresh check at all, the report's own verdict stands.
+    subject, _ = render_report(ok)
+    assert subject == "[stop-loss] FLAT on 1 venue(s) — saga s1"
 
 
 def test_dry_run_report_lists_what_would_be_sent():
