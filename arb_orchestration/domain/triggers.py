@@ -16,8 +16,8 @@ hand them here. This module decides, with no Dagster and no I/O:
   the last hedge the sensor requested (`HedgeBaselines`), newest rate per market
   within a batch.
 - `SensorCursor`: the JSON the sensor stores as its Dagster cursor (offsets per
-  topic-partition, recent critical ids, hedge baselines) and `TickTally`, the
-  one-line account of a tick.
+  topic-partition, the identity of each topic they belong to, recent critical
+  ids, hedge baselines) and `TickTally`, the one-line account of a tick.
 """
 
 from __future__ import annotations
@@ -604,18 +604,32 @@ def partition_key(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
 
 
+class TopicIdVerdict(Enum):
+    """What the topic id the cluster reports says about the cursor's offsets of that topic."""
+
+    SAME = "same"  # the offsets belong to this topic
+    ADOPTED = "adopted"  # the cursor had no id for the topic (an older cursor, a first tick): now it has
+    RECREATED = "recreated"  # another topic of the same name: the offsets mean nothing there
+
+
 @dataclass
 class SensorCursor:
     """The sensor's Dagster cursor: the source of truth for what has been read.
 
-    JSON: ``{"v": 1, "offsets": {"market-events/0": 42}, "seen": {"<event_id>": ts},
-    "floor": ts, "hedged": {"binance|BTC/USDT:USDT": {"rate", "interval_hours", "at", "event_id"}}}``
+    JSON: ``{"v": 1, "offsets": {"market-events/0": 42}, "topic_ids": {"market-events": "<id>"},
+    "seen": {"<event_id>": ts}, "floor": ts,
+    "hedged": {"binance|BTC/USDT:USDT": {"rate", "interval_hours", "at", "event_id"}}}``
     (a pending hedge point also has ``requested_at`` and ``confirmed``: `HedgeBaselines`).
     An offset is the *next* offset to read; a partition missing from `offsets`
-    is read from the earliest offset the broker still has.
+    is read from the earliest offset the broker still has. `topic_ids` holds the
+    Kafka topic id (a UUID, as the client prints it) of the topic the offsets were
+    read from: a topic deleted and recreated under the same name has another id,
+    and its offsets start again at 0. Cursors written before `topic_ids` existed
+    load without it (`check_topic_id` then adopts the id the cluster reports).
     """
 
     offsets: dict[str, int] = field(default_factory=dict)
+    topic_ids: dict[str, str] = field(default_factory=dict)
     seen: SeenCriticalIds = field(default_factory=SeenCriticalIds)
     baselines: HedgeBaselines = field(default_factory=HedgeBaselines)
 
@@ -631,6 +645,10 @@ class SensorCursor:
             raise CursorError(f"sensor cursor has an unknown format (expected v={CURSOR_VERSION}): {text[:200]!r}")
         try:
             offsets = {str(k): int(v) for k, v in (obj.get("offsets") or {}).items()}
+            topic_ids = obj.get("topic_ids") or {}
+            if not isinstance(topic_ids, dict) or not all(isinstance(v, str) and v for v in topic_ids.values()):
+                raise TypeError(f"topic_ids must map topics to non-empty id strings, got {topic_ids!r}")
+            topic_ids = {str(k): v for k, v in topic_ids.items()}
             seen = SeenCriticalIds({str(k): float(v) for k, v in (obj.get("seen") or {}).items()}, float(obj.get("floor", 0)))
             baselines = HedgeBaselines(obj.get("hedged") or {})
         except (TypeError, ValueError, AttributeError) as exc:
@@ -638,11 +656,36 @@ class SensorCursor:
         for key, offset in offsets.items():
             if "/" not in key or offset < 0:
                 raise CursorError(f"sensor cursor has a bad offset entry {key!r}: {offset}")
-        return cls(offsets=offsets, seen=seen, baselines=baselines)
+        return cls(offsets=offsets, topic_ids=topic_ids, seen=seen, baselines=baselines)
 
     def offset(self, topic: str, partition: int) -> int:
         """Where to start reading `topic/partition` (EARLIEST when never read)."""
         return self.offsets.get(partition_key(topic, partition), EARLIEST)
+
+    def check_topic_id(self, topic: str, current: str) -> TopicIdVerdict:
+        """Compare the id the cluster reports for `topic` with the cursor's; a first id is recorded.
+
+        RECREATED leaves the cursor as it is: the caller decides what to keep of the
+        tick and calls `restart_topic`.
+        """
+        known = self.topic_ids.get(topic)
+        if known is None:
+            self.topic_ids[topic] = current
+            return TopicIdVerdict.ADOPTED
+        return TopicIdVerdict.SAME if known == current else TopicIdVerdict.RECREATED
+
+    def restart_topic(self, topic: str, topic_id: str) -> list[str]:
+        """`topic` is now the topic with `topic_id`: forget every offset of it (read from the earliest).
+
+        Returns the partition keys forgotten. Offsets of other topics, the replay
+        memory and the hedge baselines are not the topic's and stay.
+        """
+        prefix = f"{topic}/"
+        dropped = sorted(key for key in self.offsets if key.startswith(prefix) and "/" not in key[len(prefix):])
+        for key in dropped:
+            del self.offsets[key]
+        self.topic_ids[topic] = topic_id
+        return dropped
 
     def advance(self, topic: str, partition: int, offset: int) -> None:
         """Record that `offset` was read: the next read starts after it."""
@@ -651,6 +694,8 @@ class SensorCursor:
 
     def serialize(self) -> str:
         obj: dict[str, Any] = {"v": CURSOR_VERSION, "offsets": dict(sorted(self.offsets.items()))}
+        if self.topic_ids:
+            obj["topic_ids"] = dict(sorted(self.topic_ids.items()))
         if self.seen.ids or self.seen.floor:
             obj["seen"] = self.seen.ids
             obj["floor"] = self.seen.floor

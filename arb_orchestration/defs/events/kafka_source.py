@@ -10,6 +10,12 @@ metadata round trips at the start of each tick. A warm consumer carries no
 state that matters: it is re-assigned from the cursor every tick, unassigned at
 the end of it, and thrown away after any tick that raised (a broker restart or
 a network failure never leaves a half-broken client in the cache).
+
+A topic deleted and recreated under the same name starts its offsets again at 0,
+so offsets alone cannot tell it from the old one. `request_topic_id` asks the
+cluster for the topic's id (DescribeTopics, through one cached AdminClient per
+sensor and configuration) without waiting; the tick reads meanwhile and takes
+the answer, with a short bounded wait, before it returns its cursor.
 """
 
 from __future__ import annotations
@@ -20,12 +26,23 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import methodcaller
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+    Uuid,
+)
+from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger("arb_orchestration.defs.events")
 
@@ -152,6 +169,7 @@ class _WarmConsumer:
 _cache_lock = threading.Lock()
 _consumers: dict[str, _WarmConsumer] = {}
 _producers: dict[str, Producer] = {}  # DLQ producers (thread-safe, shared)
+_admins: dict[str, "_WarmAdmin"] = {}  # topic-id lookups (an AdminClient is thread-safe: shared)
 
 
 def _cache_key(owner: str, topic: str, config: Mapping[str, Any]) -> str:
@@ -198,12 +216,13 @@ def _consumer(owner: str, topic: str, config: Mapping[str, Any]) -> Iterator[_Wa
 
 
 def drop_warm_clients() -> None:
-    """Close every cached consumer and producer (tests; a code server shutting down)."""
+    """Close every cached consumer, producer and admin client (tests; a code server shutting down)."""
     with _cache_lock:
         cached = list(_consumers.values())
         producers = list(_producers.values())
         _consumers.clear()
         _producers.clear()
+        _admins.clear()  # an AdminClient has no close(): it goes with its last reference
     for warm in cached:
         warm.close()
     for producer in producers:
@@ -223,6 +242,12 @@ class TopicRead:
     low_at_start: dict[int, int]
     positions: dict[int, int] = field(default_factory=dict)  # next offset per partition after what was read
     warnings: list[str] = field(default_factory=list)  # offsets the cursor had that the broker no longer has
+    # The cluster metadata named a controller among its brokers (DescribeTopics needs one; the
+    # librdkafka mock cluster has none).
+    controller_known: bool = True
+    # False: unassign the consumer at the end of the tick instead of keeping it assigned for the
+    # next one (what it read or prefetched must not be read on from: see `release`).
+    keep_assignment: bool = True
     # The client's own positions (`Consumer.position`: last message returned + 1, reset by
     # `assign`) equal what was handled while every batch returned was handled whole; they are
     # used then, instead of one `partition()` call per message (see `mark_read`).
@@ -296,6 +321,15 @@ class TopicRead:
         self.positions.update(touched)
         return touched
 
+    def release(self) -> None:
+        """Do not keep the consumer assigned after this tick: the next one assigns from its cursor.
+
+        For a tick whose messages are dropped (the topic turned out to be another one
+        than the cursor's): what the client fetched or prefetched comes from offsets
+        that mean nothing in the new topic.
+        """
+        self.keep_assignment = False
+
     def behind(self) -> int:
         """Messages between the positions and the high watermarks seen at the start (0: caught up).
 
@@ -360,6 +394,7 @@ def open_topic_read(
             ) from exc
         if warm.errors.fatal:
             raise KafkaUnavailable(f"Kafka refused the sensor's client: {'; '.join(warm.errors.fatal)}")
+        controller_known = getattr(metadata, "controller_id", -1) in (getattr(metadata, "brokers", None) or {})
         info = metadata.topics.get(topic)
         if info is None or info.error is not None:
             if info is not None and info.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -440,6 +475,7 @@ def open_topic_read(
             high_at_start=high_at_start,
             low_at_start=low_at_start,
             warnings=warnings,
+            controller_known=controller_known,
             positions={p: offset for p, offset in start.items() if offset >= 0},
             client_positions_exact=exact,
             _position_query=query,
@@ -447,7 +483,7 @@ def open_topic_read(
         yield read
         if warm.errors.fatal:
             raise KafkaUnavailable(f"Kafka refused the sensor's client: {'; '.join(warm.errors.fatal)}")
-        if warm.oneoff:
+        if warm.oneoff or not read.keep_assignment:
             consumer.unassign()
             return
         # The consumer stays assigned (it keeps fetching ahead, up to queued.max.messages.kbytes)
@@ -458,6 +494,134 @@ def open_topic_read(
             consumer.unassign()
             return
         warm.assigned = {p: delivered[p] if delivered.get(p, -1) >= 0 else start[p] for p in partitions}
+
+
+# --------------------------------------------------------------------------- topic identity
+
+# How long after its request a tick may wait for the topic id: on a healthy cluster the answer
+# came long before the read ended (local broker: ~2 ms). Past this the tick goes on without it
+# (the id is checked next tick) rather than hold a critical event's run for a slow cluster.
+TOPIC_ID_WAIT_SECONDS = 0.25
+# The request itself may take longer (a fresh connection, TLS): its late answer is not used.
+TOPIC_ID_REQUEST_SECONDS = 5.0
+# A cluster that cannot say a topic's id (no controller in its metadata: the librdkafka mock
+# cluster; an all-zero id: Kafka before 2.8) is reported once per this many seconds, not every
+# tick, and (zero id) asked again only after it.
+TOPIC_ID_RECHECK_SECONDS = 300.0
+
+_NO_TOPIC_ID = str(Uuid(0, 0))  # what a cluster without topic ids reports
+
+
+@dataclass(frozen=True)
+class TopicIdAnswer:
+    """The id the cluster reported for a topic in this tick, or why there is none."""
+
+    topic_id: str | None
+    problem: str = ""  # when topic_id is None: why (for the tick's warning)
+    quiet: bool = False  # a limitation of this cluster already reported recently: log it at debug only
+
+
+class _WarmAdmin:
+    def __init__(self, config: Mapping[str, Any]):
+        self.config = dict(config)
+        self.errors = _ClientErrors()
+        self._admin: AdminClient | None = None  # made on the first request (a cluster without a controller never gets one)
+        self.last_used = time.monotonic()
+        self.reported: dict[str, float] = {}  # cluster limitation -> when it was last reported
+        self.ask_again_at = 0.0  # the cluster reported no topic ids: don't ask before this (monotonic)
+
+    @property
+    def admin(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient({
+                **self.config,
+                "reconnect.backoff.ms": 50,
+                "reconnect.backoff.max.ms": 1000,
+                "error_cb": self.errors,
+                "logger": _client_log,
+            })
+        return self._admin
+
+    def limitation(self, problem: str) -> TopicIdAnswer:
+        now = time.monotonic()
+        quiet = now - self.reported.get(problem, -TOPIC_ID_RECHECK_SECONDS - 1) < TOPIC_ID_RECHECK_SECONDS
+        if not quiet:
+            self.reported[problem] = now
+        return TopicIdAnswer(None, problem, quiet=quiet)
+
+
+def _warm_admin(owner: str, config: Mapping[str, Any]) -> _WarmAdmin:
+    key = _cache_key(owner, "<admin>", config)  # a digest of the config: it holds secrets
+    now = time.monotonic()
+    with _cache_lock:
+        for idle in [k for k, w in _admins.items() if k != key and now - w.last_used > IDLE_CONSUMER_SECONDS]:
+            del _admins[idle]
+        warm = _admins.get(key)
+        if warm is None:
+            warm = _admins[key] = _WarmAdmin(config)
+        warm.last_used = now
+    return warm
+
+
+@dataclass
+class TopicIdRequest:
+    """One tick's question "which topic is `topic` now?", sent without waiting; `answer` takes the reply."""
+
+    topic: str
+    issued: float  # monotonic
+    future: Future | None = None
+    warm: _WarmAdmin | None = None
+    unasked: TopicIdAnswer | None = None  # the answer when nothing was sent
+
+    def answer(self, wait_until: float) -> TopicIdAnswer:
+        """The id, waiting for it at most until `wait_until` (monotonic); never raises."""
+        if self.unasked is not None:
+            return self.unasked
+        assert self.future is not None and self.warm is not None
+        try:
+            description = self.future.result(timeout=max(0.0, wait_until - time.monotonic()))
+        except TimeoutError:  # (concurrent.futures.TimeoutError is the builtin since 3.11)
+            late = time.monotonic() - self.issued
+            return TopicIdAnswer(None, f"no answer to DescribeTopics after {late:.2f}s")
+        except CancelledError:
+            return TopicIdAnswer(None, "DescribeTopics was cancelled")
+        except KafkaException as exc:
+            return TopicIdAnswer(None, f"DescribeTopics failed: {exc.args[0]}")
+        topic_id = str(description.topic_id) if description.topic_id is not None else _NO_TOPIC_ID
+        if topic_id == _NO_TOPIC_ID:
+            self.warm.ask_again_at = time.monotonic() + TOPIC_ID_RECHECK_SECONDS
+            return self.warm.limitation("the cluster reports no topic ids (Kafka before 2.8?)")
+        return TopicIdAnswer(topic_id)
+
+
+_NO_CONTROLLER = (
+    "the cluster metadata names no controller, which DescribeTopics needs (librdkafka's mock cluster?)"
+)
+
+
+def request_topic_id(
+    *, owner: str, topic: str, config: Mapping[str, Any], controller_known: bool = True
+) -> TopicIdRequest:
+    """Ask the cluster for `topic`'s id and return at once (the answer comes on a future).
+
+    `config`: the admin client configuration (`KafkaResource.admin_config()`); one
+    AdminClient is kept per (owner, config). `controller_known`: what the tick's
+    metadata said (`TopicRead.controller_known`); without a controller nothing is
+    sent. Never raises: a request that cannot be sent is an answer with a problem.
+    """
+    issued = time.monotonic()
+    warm = _warm_admin(owner, config)
+    if not controller_known:
+        return TopicIdRequest(topic, issued, unasked=warm.limitation(_NO_CONTROLLER))
+    if issued < warm.ask_again_at:
+        problem = "the cluster reports no topic ids (Kafka before 2.8?)"
+        return TopicIdRequest(topic, issued, unasked=warm.limitation(problem))
+    try:
+        warm.admin.poll(0)  # serve the client's log and error callbacks queued since the last tick
+        futures = warm.admin.describe_topics(TopicCollection([topic]), request_timeout=TOPIC_ID_REQUEST_SECONDS)
+    except (KafkaException, ValueError, TypeError, RuntimeError) as exc:
+        return TopicIdRequest(topic, issued, unasked=TopicIdAnswer(None, f"DescribeTopics not sent: {exc}"))
+    return TopicIdRequest(topic, issued, future=futures[topic], warm=warm)
 
 
 # --------------------------------------------------------------------------- dead-letter producer

@@ -18,6 +18,12 @@ One shape for all three (see docs/sensors.md):
 4. Parked messages are produced and flushed; only then is the new cursor
    returned with the run requests. `run_key` is the event id, so an event read
    twice (a failed tick, a redelivery) never starts a second run.
+5. The topic's id (Kafka's topic UUID) is asked for, without waiting, when the
+   read starts, and compared with the cursor's before the tick returns: another
+   id means the topic was deleted and recreated, so the cursor's offsets (and
+   what was read at them) mean nothing there. The tick then drops what it read
+   and returns the cursor with every partition of the topic back at the earliest
+   offset (see `_restart_recreated_topic`).
 
 Kafka unreachable: the tick raises, Dagster keeps the old cursor, nothing is lost.
 Bad input never makes a tick raise.
@@ -48,11 +54,14 @@ from arb_orchestration.defs.events.config import TriggerEventConfig, event_run_c
 from arb_orchestration.defs.events.daemon_loop import LoopClock
 from arb_orchestration.defs.events.kafka_source import (
     MAX_DLQ_MESSAGE_BYTES,
+    TOPIC_ID_WAIT_SECONDS,
     Parked,
     Record,
+    TopicIdAnswer,
     describe_landed,
     open_topic_read,
     park_all,
+    request_topic_id,
 )
 from arb_orchestration.defs.events.tuning import EventSensorSettings, EventTopics
 from arb_orchestration.defs.hedging.baselines import (
@@ -85,6 +94,7 @@ from arb_orchestration.domain.triggers import (
     NewestPerMarket,
     SensorCursor,
     TickTally,
+    TopicIdVerdict,
     admit_event,
     decide_hedges,
     partition_key,
@@ -219,6 +229,7 @@ class _EventSensor:
             for key, offset in tick.cursor.offsets.items()
             if key.rsplit("/", 1)[0] == spec.topic
         }
+        recreated: tuple[str, str] | None = None  # (old id, new id) when the topic turns out to be another one
         with open_topic_read(
             owner=spec.name,
             topic=spec.topic,
@@ -233,6 +244,10 @@ class _EventSensor:
                 )
                 context.log.warning(message)
                 return SensorResult(skip_reason=message, cursor=context.cursor)
+            # Which topic is this now? Asked without waiting: the answer is taken after the read.
+            topic_id = request_topic_id(
+                owner=spec.name, topic=spec.topic, config=kafka.admin_config(), controller_known=read.controller_known
+            )
             for warning in read.warnings:
                 context.log.warning(warning)
             # Where reading really starts (a cursor past the end or behind retention was corrected).
@@ -280,6 +295,11 @@ class _EventSensor:
                 context.log.warning(
                     f"{read.errors.transport} Kafka connection error(s) during the tick (last: {read.errors.last})"
                 )
+            recreated = self._check_topic_id(context, tick, topic_id.answer(topic_id.issued + TOPIC_ID_WAIT_SECONDS))
+            if recreated is not None:
+                read.release()  # what the consumer holds was fetched at the old offsets
+        if recreated is not None:
+            return self._restart_recreated_topic(context, tick, *recreated, started=started)
         if tick.newest is not None and tick.newest.offered:
             self._decide_hedges(context, tick)
         # Parked messages are safe on the DLQ before the cursor moves past them.
@@ -299,6 +319,72 @@ class _EventSensor:
             skip_reason=None if tick.run_requests else summary,
             cursor=tick.cursor.serialize(),
         )
+
+    # ------------------------------------------------------------------ topic identity
+
+    def _check_topic_id(self, context, tick: _Tick, answer: TopicIdAnswer) -> tuple[str, str] | None:
+        """Compare the topic's id with the cursor's; (old id, new id) when the topic was recreated.
+
+        An unknown id (no answer in time, an error) keeps the cursor's and is checked
+        again next tick: the tick is not held for it, and a Kafka that cannot be reached
+        at all has already failed the tick (the read's metadata request).
+        """
+        topic = self.spec.topic
+        known = tick.cursor.topic_ids.get(topic)
+        if answer.topic_id is None:
+            line = (
+                f"{topic}: topic id not checked this tick ({answer.problem}); the cursor keeps "
+                f"{'id ' + known if known else 'no id'}, checked again next tick. Until it is, a topic deleted "
+                "and recreated with at least as many messages as the cursor's offsets is not noticed"
+            )
+            if answer.quiet:
+                log.debug(line)
+            else:
+                context.log.warning(line)
+            return None
+        verdict = tick.cursor.check_topic_id(topic, answer.topic_id)
+        if verdict is TopicIdVerdict.ADOPTED:
+            context.log.info(
+                f"{topic}: topic id {answer.topic_id} recorded in the cursor (it had none for this topic: a cursor "
+                "from before topic ids, or a first tick; nothing to compare against yet)"
+            )
+        elif verdict is TopicIdVerdict.RECREATED:
+            assert known is not None
+            return known, answer.topic_id
+        return None
+
+    def _restart_recreated_topic(self, context, tick: _Tick, old_id: str, new_id: str, *, started: float) -> SensorResult:
+        """The topic was deleted and recreated: read it again from the earliest offsets, next tick.
+
+        Everything this tick did is dropped, and the cursor returned is the one the tick
+        started from with the topic's offsets removed and the new id. The messages read
+        came from the new topic but at the old topic's offsets (the ones below were never
+        read), and the tick's other effects cannot be kept apart from them: a critical
+        event admitted now would sit in the replay memory and be refused as a replay when
+        it is read again; a funding rate would move a hedge baseline. Read again from the
+        start next tick, every event is handled once in offset order; one already acted on
+        (the topic was recreated during an earlier tick) asks again under the same run key,
+        which Dagster skips. Nothing is parked and no alert is sent: the next tick parks
+        and alerts what it reads.
+        """
+        topic = self.spec.topic
+        cursor = SensorCursor.parse(context.cursor)
+        before = dict(cursor.offsets)
+        dropped = ", ".join(f"{key}: {before[key]}" for key in cursor.restart_topic(topic, new_id)) or "none"
+        context.log.warning(
+            f"topic {topic} was deleted and recreated: its id is {new_id}, the cursor's was {old_id}. The cursor's "
+            f"offsets ({dropped}) "
+            f"belong to the old topic: every partition is read again from the earliest offset next tick. The "
+            f"{tick.tally.read} message(s) read in this tick at those offsets are dropped ({len(tick.run_requests)} "
+            f"run request(s), {tick.tally.parked} parked message(s) not sent; run keys stop duplicate runs)"
+        )
+        summary = (
+            f"{topic}: topic recreated (id {old_id} -> {new_id}): {tick.tally.read} message(s) read at the old "
+            f"offsets dropped, every partition read again from the earliest offset next tick, "
+            f"in {time.monotonic() - started:.2f}s"
+        )
+        context.log.info(summary)
+        return SensorResult(run_requests=[], skip_reason=summary, cursor=cursor.serialize())
 
     # ------------------------------------------------------------------ per chunk
 
