@@ -54,9 +54,12 @@ def _clean_environment(monkeypatch):
 def test_bad_value_fails_the_load_naming_the_variable(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)
     with pytest.raises(settings.SettingError) as caught:
-        resources_for_deployment("local")
-        configured_venues()
+        resources_for_deployment("local")  # the load itself fails (a second call in this block could hide it)
     assert message in str(caught.value)
+    if name == "EXCHANGE_VENUES":  # and the asset keys, read from the same variable, refuse it the same way
+        with pytest.raises(settings.SettingError) as caught:
+            configured_venues()
+        assert message in str(caught.value)
 
 
 def test_sasl_typo_and_missing_sasl_credentials_fail_the_load(monkeypatch):
