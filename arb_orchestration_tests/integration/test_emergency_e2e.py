@@ -142,4 +142,6 @@ def test_signed_critical_event_flattens_every_venue_and_mails_the_risk_team(worl
     mails = world.smtp.wait_for(1, timeout=30)
     stop_loss_mails = [m for m in mails if m.subject.startswith("[stop-loss]")]
     assert stop_loss_mails, [m.subject for m in mails]
+    # The verdict too, not just the event: every venue the world holds was flattened, and the mail must say so.
+    assert stop_loss_mails[0].subject.startswith(f"[stop-loss] FLAT on {len(before)} venue(s)"), stop_loss_mails[0].subject
     assert event_id in stop_loss_mails[0].body
