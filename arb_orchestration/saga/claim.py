@@ -23,6 +23,11 @@ A lease dies when its expiry passes, or — for a holder inside a run (hook, ste
 as that run has ended (its worker is gone), except for a run that run monitoring stopped for
 exceeding its maximum runtime: its worker may still be shutting down, so its lease runs out
 its time.
+
+A recovery actor holds its lease through `HeldClaim`: a heartbeat thread renews it every
+`ttl / 4` for as long as the actor acts (a single long compensation call included), so the TTL
+bounds how long a *dead* holder blocks recovery, not how long a compensation may take. A lease
+found lost is reported at once and the actor stops at its next safe point (see `HeldClaim`).
 """
 
 from __future__ import annotations
@@ -42,9 +47,19 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
 CLAIM_KEY_PREFIX = "arb/saga_claim/"
-# Recovery actors (sensors, hooks) renew before each compensation; a single compensation that
-# runs longer than this can be taken over (docs/sagas.md "Limits worth knowing").
-DEFAULT_CLAIM_TTL_SECONDS = 300.0
+# A recovery actor (sensor, hook) keeps its lease alive with a heartbeat (`HeldClaim`) for as long
+# as it holds it, a single long compensation call included, so the TTL only has to cover a few
+# missed renewals, not the longest compensation: it bounds how long a *dead* holder (a code server
+# restarted mid-compensation) delays recovery. 60 s with a renewal every 15 s survives three
+# renewals in a row failing (a database blip, a stalled process) before anyone may take over
+# (docs/sagas.md "Claims").
+DEFAULT_CLAIM_TTL_SECONDS = 60.0
+DEFAULT_RENEW_EVERY_SECONDS = 15.0
+# A holder stops renewing after this long, so a call hung for good cannot keep its saga forever:
+# its lease then runs out and the next actor takes over (the hung one is stopped at its next safe
+# point). Far above what a compensation takes with the resources' own timeouts and retries.
+DEFAULT_MAX_HOLD_SECONDS = 1800.0
+HEARTBEAT_THREAD_PREFIX = "saga-claim-heartbeat"
 # A continuing run's step holds the claim only while it checks the log and records its start.
 STEP_CLAIM_TTL_SECONDS = 120.0
 # How long a continuing run's step waits for a claim held by a recovery actor before failing
@@ -280,11 +295,17 @@ class SagaClaims:
         """Push our expiry out; `ClaimLostError` if the lease is no longer ours."""
         renewed = replace(lease, expires_at=self._clock() + ttl_seconds)
         renewed = replace(renewed, raw=renewed.to_json())
-        if not self.store.replace(claim_key(lease.saga_id), lease.raw, renewed.raw):
-            holder = self.holder(lease.saga_id)
-            raise ClaimLostError(f"saga {lease.saga_id}: our claim ({lease.actor}, owner {lease.owner}) was taken "
-                                 f"over by {holder.describe() if holder else 'nobody (released)'}")
-        return renewed
+        key = claim_key(lease.saga_id)
+        if self.store.replace(key, lease.raw, renewed.raw):
+            return renewed
+        raw = self.store.read(key)
+        holder = _parse(raw, lease.saga_id) if raw is not None else None
+        if holder is not None and holder.owner == lease.owner and self.store.replace(key, raw, renewed.raw):
+            # Still ours in a version we never saw: an earlier renewal committed but its reply was
+            # lost (a dropped connection). Owners are unique per acquisition, so nobody took it over.
+            return renewed
+        raise ClaimLostError(f"saga {lease.saga_id}: our claim ({lease.actor}, owner {lease.owner}) was taken "
+                             f"over by {holder.describe(self._clock()) if holder else 'nobody (released)'}")
 
     def release(self, lease: Lease) -> bool:
         """Let go; False if it was no longer ours (taken over after expiring)."""
@@ -292,6 +313,141 @@ class SagaClaims:
 
     def _alive(self, lease: Lease) -> bool:
         return True if self._holder_alive is None else self._holder_alive(lease)
+
+
+class HeldClaim:
+    """A lease we hold, kept alive by a background heartbeat while we act on the saga.
+
+    It is the one owner of the lease's current value: the heartbeat, the actor's own renewals at
+    its safe points (`renew`, e.g. before each compensation) and `release` all go through it under
+    one lock, so every compare-and-swap compares the latest value (a stale one would make the
+    release fail and leave the lease to expire, blocking recovery for a TTL).
+
+    The heartbeat cannot stop a call in flight. When a renewal finds the lease taken over it logs
+    that at ERROR at once and remembers it; the actor's next `renew` raises `ClaimLostError`, so it
+    does nothing more (the recovery actors also renew before every write to the saga log: see
+    `recovery.holding_claim`). A storage error in one heartbeat is logged and retried at the next:
+    the lease has TTL minus one period to spare, and only a failed compare means it is lost.
+
+    Threads and connections: `InstanceClaimStore` opens a fresh connection for each statement
+    (`run_storage.connect()` is NullPool on SQLite and on PostgreSQL), so the heartbeat thread shares
+    no connection with the actor's thread; on SQLite a renewal can meet "database is locked" and is
+    retried like any storage error. The thread is a daemon: it dies with its process (SIGKILL, OOM,
+    a code server restart), which is what lets a dead holder's lease run out. After
+    `max_hold_seconds` it stops renewing, so a call hung for good cannot keep its saga forever.
+    """
+
+    def __init__(self, claims: SagaClaims, lease: Lease, *, ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS,
+                 renew_every_seconds: float | None = None,
+                 max_hold_seconds: float | None = DEFAULT_MAX_HOLD_SECONDS, logger=None):
+        if renew_every_seconds is None:
+            renew_every_seconds = ttl_seconds / 4
+        if not 0 < renew_every_seconds < ttl_seconds:
+            raise ValueError(f"renew_every_seconds ({renew_every_seconds:g}) must be above 0 and well below the "
+                             f"lease's ttl_seconds ({ttl_seconds:g})")
+        import logging
+
+        self.claims = claims
+        self.ttl_seconds = ttl_seconds
+        self.renew_every_seconds = renew_every_seconds
+        self.max_hold_seconds = max_hold_seconds
+        self._logger = logger or logging.getLogger("arb_orchestration.saga")
+        self._lease = lease
+        self._held_since = claims._clock()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lost: str | None = None
+        self.renewals = 0  # by the heartbeat
+        self.renewal_errors = 0
+
+    @property
+    def lease(self) -> Lease:
+        with self._lock:
+            return self._lease
+
+    @property
+    def lost(self) -> str | None:
+        """Why the lease is no longer ours (None while it is, as far as we know)."""
+        with self._lock:
+            return self._lost
+
+    def renew(self, _step: str | None = None) -> Lease:
+        """Renew now (a safe point); `ClaimLostError` if the lease is no longer ours."""
+        with self._lock:
+            if self._lost is not None:
+                raise ClaimLostError(self._lost)
+            try:
+                self._lease = self.claims.renew(self._lease, self.ttl_seconds)
+            except ClaimLostError as exc:
+                self._lost = str(exc)
+                raise
+            return self._lease
+
+    def beat(self) -> bool:
+        """One heartbeat; False once there is nothing more to renew (lost, or held past `max_hold_seconds`)."""
+        lease = self.lease
+        held_for = self.claims._clock() - self._held_since
+        if self.max_hold_seconds is not None and held_for >= self.max_hold_seconds:
+            self._logger.error(
+                f"saga {lease.saga_id}: {lease.actor} has held its claim for {held_for:.0f} s (max_hold_seconds "
+                f"{self.max_hold_seconds:g}): its heartbeat stops renewing, so the lease runs out "
+                f"{max(0.0, lease.expires_at - self.claims._clock()):.0f} s from now and another actor may take "
+                f"over; the call in flight is probably hung")
+            return False
+        try:
+            self.renew()
+        except ClaimLostError as exc:
+            self._logger.error(
+                f"CLAIM LOST: {exc}. {lease.actor} stops acting on saga {lease.saga_id} at its next safe point: "
+                f"the call in flight (if any) cannot be aborted; its outcome will not be recorded and nothing "
+                f"more will be done by this actor (the new holder repeats it, idempotent by key)")
+            return False
+        except Exception as exc:  # storage trouble: the lease still has time; try again next period
+            self.renewal_errors += 1
+            self._logger.warning(
+                f"saga {lease.saga_id}: the heartbeat of {lease.actor} could not renew its claim "
+                f"({type(exc).__name__}: {exc}); trying again in {self.renew_every_seconds:g} s "
+                f"(lease ends in {max(0.0, lease.expires_at - self.claims._clock()):.0f} s)")
+            return True
+        self.renewals += 1
+        return True
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.renew_every_seconds):
+                if not self.beat():
+                    return
+        except BaseException as exc:  # never die silently: the lease would run out unexplained
+            self._logger.error(f"saga {self._lease.saga_id}: claim heartbeat crashed: {type(exc).__name__}: {exc}")
+
+    def start_heartbeat(self) -> "HeldClaim":
+        if self._thread is None:
+            lease = self.lease
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name=f"{HEARTBEAT_THREAD_PREFIX} {lease.saga_id} ({lease.actor})")
+            self._thread.start()
+        return self
+
+    def stop_heartbeat(self) -> None:
+        """Stop renewing (waits for a renewal in progress to finish). The lease stays until released or expired."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def release(self) -> bool:
+        """Stop the heartbeat and let go; False if the lease was no longer ours."""
+        self.stop_heartbeat()
+        with self._lock:
+            if self._lost is not None:
+                return False
+            return self.claims.release(self._lease)
+
+    def __enter__(self) -> "HeldClaim":
+        return self.start_heartbeat()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 def _parse(raw: str, saga_id: str) -> Lease:

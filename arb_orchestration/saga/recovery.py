@@ -26,7 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from arb_orchestration.saga.claim import DEFAULT_CLAIM_TTL_SECONDS, ClaimLostError, Lease, SagaClaims
+from arb_orchestration.saga.claim import (
+    DEFAULT_CLAIM_TTL_SECONDS,
+    DEFAULT_MAX_HOLD_SECONDS,
+    ClaimLostError,
+    HeldClaim,
+    Lease,
+    SagaClaims,
+)
 from arb_orchestration.saga.engine import (
     Alert,
     CompensationFailedError,
@@ -37,7 +44,7 @@ from arb_orchestration.saga.engine import (
 )
 from arb_orchestration.saga.keys import FORWARD_ATTEMPT_TAG, RECOVERY_OF_TAG, SAGA_ID_TAG
 from arb_orchestration.saga.log import SagaLog, describe
-from arb_orchestration.saga.state import SagaState
+from arb_orchestration.saga.state import RecordKind, SagaRecord, SagaState
 
 
 class Verdict(str, enum.Enum):
@@ -119,6 +126,7 @@ class Action(str, enum.Enum):
     ESCALATED = "escalated"
     ALERTED = "alerted"  # hook: forward recovery will follow
     BUSY = "busy"  # another actor holds the saga's claim: it was left alone (reason names the holder)
+    CLAIM_LOST = "claim_lost"  # our claim was taken over while we acted: we stopped (logged at ERROR)
 
 
 @dataclass(frozen=True)
@@ -133,29 +141,34 @@ class RecoveryOutcome:
 
 @dataclass(frozen=True)
 class ClaimSpec:
-    """Who takes the saga's claim, for how long, and how long it waits for another holder."""
+    """Who takes the saga's claim, for how long, and how long it waits for another holder.
+
+    While held, a heartbeat renews the lease every `renew_every_seconds` (default: a quarter of
+    `ttl_seconds`) until `max_hold_seconds` (None: no limit)."""
 
     claims: SagaClaims
     actor: str
     run_id: str | None = None  # the run the actor lives in (hook): the lease dies with it
     ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS
     wait_seconds: float = 0.0
+    renew_every_seconds: float | None = None
+    max_hold_seconds: float | None = DEFAULT_MAX_HOLD_SECONDS
 
-
-class _Held:
-    """Our lease while we act; `renew` before each compensation (raises ClaimLostError if it was taken)."""
-
-    def __init__(self, spec: ClaimSpec, lease: Lease):
-        self.spec = spec
-        self.lease = lease
-
-    def renew(self, _step: str | None = None) -> None:
-        self.lease = self.spec.claims.renew(self.lease, self.spec.ttl_seconds)
+    def __post_init__(self) -> None:  # refuse a bad period before a lease is taken, not after
+        every = self.ttl_seconds / 4 if self.renew_every_seconds is None else self.renew_every_seconds
+        if not 0 < every < self.ttl_seconds:
+            raise ValueError(f"claim of {self.actor}: renew_every_seconds ({every:g}) must be above 0 and below "
+                             f"ttl_seconds ({self.ttl_seconds:g})")
 
 
 @contextlib.contextmanager
-def holding_claim(spec: ClaimSpec | None, saga_name: str, saga_id: str, logger: Any) -> Iterator[_Held | Lease | None]:
-    """Yields our `_Held` lease; the other holder's `Lease` if the claim is taken; None without a spec."""
+def holding_claim(spec: ClaimSpec | None, saga_name: str, saga_id: str,
+                  logger: Any) -> Iterator[HeldClaim | Lease | None]:
+    """Yields our `HeldClaim` (heartbeat running); the other holder's `Lease` if the claim is taken; None without a spec.
+
+    The heartbeat runs for the whole held section (log reads, compensation calls, mails), so a
+    single call longer than the lease keeps it; it stops before the lease is released.
+    """
     if spec is None:
         yield None
         return
@@ -169,13 +182,72 @@ def holding_claim(spec: ClaimSpec | None, saga_name: str, saga_id: str, logger: 
     if result.took_over is not None:
         logger.warning(f"saga {saga_name} [{saga_id}]: {spec.actor} took over the claim of "
                        f"{result.took_over.describe()} (its lease expired or its run ended)")
-    held = _Held(spec, result.lease)
+    held = HeldClaim(spec.claims, result.lease, ttl_seconds=spec.ttl_seconds,
+                     renew_every_seconds=spec.renew_every_seconds, max_hold_seconds=spec.max_hold_seconds,
+                     logger=logger)
+    held.start_heartbeat()
     try:
         yield held
     finally:
-        if not spec.claims.release(held.lease):
+        if not held.release() and held.lost is None:
             logger.warning(f"saga {saga_name} [{saga_id}]: {spec.actor} no longer held its claim at release "
                            f"(taken over after its lease ran out)")
+
+
+class _FencedLog(SagaLog):
+    """The saga log as a claim holder writes it: every write is a safe point that renews the claim first.
+
+    Once the lease is gone nothing more is written: not the outcome of the compensation that was in
+    flight when it was lost (logged at ERROR instead; the new holder repeats that compensation,
+    idempotent by key, and records it), not a compensation failure (it would count towards the new
+    holder's escalation), not a relaunch request, not an escalation. Raising `ClaimLostError` from
+    the write also stops `engine.compensate` before its next step and before any mail.
+    """
+
+    def __init__(self, inner: SagaLog, held: HeldClaim, logger: Any):
+        self._inner = inner
+        self._held = held
+        self._logger = logger
+        self.run_id = inner.run_id
+
+    def append(self, record: SagaRecord, *, error: BaseException | None = None) -> None:
+        try:
+            self._held.renew()
+        except ClaimLostError as exc:
+            self._logger.error(f"CLAIM LOST: {exc}. {_what(record)} — NOT recorded; {self._held.lease.actor} "
+                               f"stops acting on saga {record.saga_name} [{record.saga_id}] here")
+            raise
+        self._inner.append(record, error=error)
+
+    def load(self, saga_id: str) -> SagaState:
+        return self._inner.load(saga_id)
+
+    def __getattr__(self, name: str) -> Any:  # runs_of_saga, resolve_saga_id, ...
+        return getattr(self._inner, name)
+
+
+def _what(record: SagaRecord) -> str:
+    if record.kind is RecordKind.STEP_COMPENSATED:
+        return f"The compensation of step {record.step} had returned {dict(record.data).get('details')}"
+    if record.kind is RecordKind.COMPENSATION_FAILED:
+        return f"The compensation of step {record.step} had failed ({dict(record.data).get('error')})"
+    return f"Record {record.kind.value}{f' of step {record.step}' if record.step else ''} {dict(record.data)}"
+
+
+def _fenced(log: SagaLog, held: HeldClaim | None, logger: Any) -> SagaLog:
+    return log if held is None else _FencedLog(log, held, logger)
+
+
+def _checkpoint(held: HeldClaim | None) -> None:
+    """A safe point without a log write (before a mail): `ClaimLostError` if the claim is gone."""
+    if held is not None:
+        held.renew()
+
+
+def _claim_lost(saga: SagaDefinition, saga_id: str, log: SagaLog, actor: str, exc: ClaimLostError,
+                logger: Any) -> RecoveryOutcome:
+    logger.error(f"saga {saga.name} [{saga_id}]: {actor} LOST its claim while acting and stopped: {exc}")
+    return RecoveryOutcome(saga_id, decide(saga, log.load(saga_id)), Action.CLAIM_LOST, str(exc))
 
 
 def _busy(saga: SagaDefinition, saga_id: str, log: SagaLog, actor: str, holder: Lease, logger: Any) -> RecoveryOutcome:
@@ -218,13 +290,14 @@ def recover_saga(
             assert claim is not None
             return _busy(saga, saga_id, log, claim.actor, held, logger)
         try:
-            return _recover(saga, saga_id, failed_run, log=log, resources=resources, alert=alert, config=config,
+            return _recover(saga, saga_id, failed_run, log=_fenced(log, held, logger), resources=resources,
+                            alert=alert, config=config,
                             active_runs=active_runs() if callable(active_runs) else active_runs,
                             relaunch_exists=relaunch_exists() if callable(relaunch_exists) else relaunch_exists,
                             held=held, reissue_after_seconds=reissue_after_seconds, logger=logger)
         except ClaimLostError as exc:
-            logger.warning(str(exc))
-            return RecoveryOutcome(saga_id, decide(saga, log.load(saga_id)), Action.BUSY, str(exc))
+            assert claim is not None
+            return _claim_lost(saga, saga_id, log, claim.actor, exc, logger)
 
 
 def _recover(
@@ -238,7 +311,7 @@ def _recover(
     config: Any,
     active_runs: int,
     relaunch_exists: bool,
-    held: "_Held | None",
+    held: HeldClaim | None,
     reissue_after_seconds: float,
     logger: Any,
 ) -> RecoveryOutcome:
@@ -267,6 +340,8 @@ def _recover(
                                  f"compensation of {exc.step} failed {failures} times; "
                                  f"last error: {describe(exc.__cause__ or exc)}")
             return RecoveryOutcome(saga_id, decision, Action.COMPENSATION_FAILED, str(exc))
+        # No checkpoint needed: every compensation above was recorded under a confirmed claim, so a
+        # holder that took over after it finds nothing left to undo and sends no second mail.
         send_alert(alert, logger, f"[saga] {saga.name} rolled back [{saga_id}]",
                    f"Run {failed_run.run_id} of {saga.name} ended before the pivot.\n"
                    f"Compensated (newest first): {', '.join(done) or 'nothing'}.")
@@ -347,15 +422,15 @@ def on_step_failure(
             assert claim is not None
             return _busy(saga, saga_id, log, claim.actor, held, logger)
         try:
-            return _on_step_failure(saga, saga_id, step, error, log=log, resources=resources, alert=alert,
-                                    config=config, held=held, logger=logger)
+            return _on_step_failure(saga, saga_id, step, error, log=_fenced(log, held, logger), resources=resources,
+                                    alert=alert, config=config, held=held, logger=logger)
         except ClaimLostError as exc:
-            logger.warning(str(exc))
-            return RecoveryOutcome(saga_id, decide(saga, log.load(saga_id)), Action.BUSY, str(exc))
+            assert claim is not None
+            return _claim_lost(saga, saga_id, log, claim.actor, exc, logger)
 
 
 def _on_step_failure(saga: SagaDefinition, saga_id: str, step: str, error: BaseException | None, *, log: SagaLog,
-                     resources: Mapping[str, Any], alert: Alert | None, config: Any, held: "_Held | None",
+                     resources: Mapping[str, Any], alert: Alert | None, config: Any, held: HeldClaim | None,
                      logger: Any) -> RecoveryOutcome:
     state = log.load(saga_id)
     decision = decide(saga, state)
@@ -372,12 +447,14 @@ def _on_step_failure(saga: SagaDefinition, saga_id: str, step: str, error: BaseE
         if nxt.failed_business:
             return _escalate(saga, saga_id, state, decision, log, alert, logger,
                              f"step {nxt.name} was refused (business error, not retried): {nxt.last_error}")
+        _checkpoint(held)
         send_alert(alert, logger, f"[saga] {saga.name} stuck after its pivot at {step} [{saga_id}]",
                    f"Step {step} failed after its retries: {err}\n{decision.reason}.\n"
                    f"The recovery sensor relaunches it (attempt {state.forward_attempts + 1} of "
                    f"{saga.max_forward_attempts}), then escalates.")
         return RecoveryOutcome(saga_id, decision, Action.ALERTED, "forward recovery will relaunch")
     if decision.verdict is Verdict.ESCALATED:
+        _checkpoint(held)
         send_alert(alert, logger, f"[saga] {saga.name} (escalated) failed again at {step} [{saga_id}]",
                    f"Step {step} failed: {err}\n{decision.reason}")
         return RecoveryOutcome(saga_id, decision, Action.ALERTED, decision.reason)
