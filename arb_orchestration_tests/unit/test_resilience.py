@@ -166,3 +166,50 @@ def test_unexpected_error_during_half_open_probe_does_not_wedge_the_breaker():
     assert breaker.state == "open"
     clock.now = 12
     assert caller.call(lambda: "recovered", what="t") == "recovered"
+
+
+def test_transient_failures_give_up_after_max_attempts_with_the_last_error():
+    caller, _, _, sleeps = make_caller(threshold=10, attempts=4)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        raise TransientError(f"503 #{len(calls)}")
+
+    with pytest.raises(TransientError, match="503 #4"):
+        caller.call(fn, what="t")
+    assert len(calls) == 4 and len(sleeps) == 3  # 4 attempts, a backoff between each
+
+
+def test_ambiguous_outcome_not_found_is_resubmitted_at_most_max_attempts_times():
+    caller, _, _, sleeps = make_caller(threshold=10, attempts=3)
+    submitted, lookups = [], []
+
+    def submit():
+        submitted.append(1)
+        raise AmbiguousOutcomeError("read timeout")
+
+    def reconcile():
+        lookups.append(1)
+        return None  # the venue has no trace of it: safe to send again
+
+    with pytest.raises(AmbiguousOutcomeError, match="read timeout"):
+        caller.call(submit, what="order", reconcile=reconcile)
+    assert len(submitted) == 3 and len(lookups) == 3 and len(sleeps) == 2
+
+
+def test_a_lookup_that_keeps_failing_leaves_the_outcome_ambiguous_and_sends_nothing_again():
+    caller, _, _, sleeps = make_caller(threshold=10, attempts=3)
+    submitted, lookups = [], []
+
+    def submit():
+        submitted.append(1)
+        raise AmbiguousOutcomeError("read timeout")
+
+    def reconcile():
+        lookups.append(1)
+        raise TransientError("lookup 503")
+
+    with pytest.raises(AmbiguousOutcomeError, match="lookup kept failing"):
+        caller.call(submit, what="order", reconcile=reconcile)
+    assert len(submitted) == 1 and len(lookups) == 3 and len(sleeps) == 2
