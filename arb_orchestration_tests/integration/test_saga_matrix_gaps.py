@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -220,6 +221,10 @@ class Crash:
         runs = self.instance.get_runs()
         return InstanceSagaLog(self.instance).load(runs[0].run_id) if runs else None
 
+    def step_started(self, step: str) -> bool:
+        state = self.log()
+        return state is not None and state.step(step).started
+
     def step_done(self, step: str) -> bool:
         state = self.log()
         return state is not None and state.step(step).done
@@ -397,9 +402,9 @@ def test_sigkill_in_await_is_finished_forward_once(short, crash):
     world, c = short, crash("rebalance")
     world.exchange.state.withdrawal_hold = 1.5  # await is still polling when the kill comes
     wise_before = world.wise.balances()["EUR"]
-    c.run_and_kill(REBALANCE_FAST, lambda: c.step_done("commit_transfers"))
+    c.run_and_kill(REBALANCE_FAST, lambda: c.step_started("await_arrival"))
     state = c.state()
-    assert state.step("await_arrival").started and not state.step("await_arrival").done
+    assert state.step("commit_transfers").done and not state.step("await_arrival").done
     _rebalance_finished_forward_after_kill(world, c, wise_before)
 
 
@@ -511,6 +516,272 @@ def test_sigkill_in_the_mail_step_mails_once_and_closes_nothing_more(world, cras
     assert mail.subject.startswith("[stop-loss] FLAT on 2 venue(s)")
     c.assert_second_pass_does_nothing(world)
     assert len(world.smtp.messages()) == 1
+
+
+# ----------------------------------------------------------------------------- in-process: failure at a sub-step
+
+
+def _run(saga: str, instance, config=None, res=None):
+    base = REBALANCE_FAST if saga == "rebalance" else {}
+    return SAGAS[saga].job.execute_in_process(
+        instance=instance, resources=res or resources(saga), run_config={**base, **(config or {})},
+        raise_on_error=False,
+    )
+
+
+def when(condition: Callable[[], bool], action: Callable[[], object], timeout: float = 30.0) -> threading.Thread:
+    """Run `action` in a thread as soon as `condition` holds (polled every 10 ms, with a deadline)."""
+
+    def wait():
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        action()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread
+
+
+def _sweep(saga: str, instance):
+    _, sweep = SAGAS[saga].recovery_sensors(grace_seconds=0)
+    with build_sensor_context(instance=instance, resources=_recovery_resources(saga)) as ctx:
+        return sweep(ctx)
+
+
+@pytest.mark.parametrize("endpoint", ["create_quote", "create_recipient", "create_transfer"])
+def test_a_wise_sub_step_of_prepare_failing_is_compensated(short, instance, endpoint):
+    """Prepare's Wise leg: quote, recipient, transfer. Each failing on every try (503, nothing applied) ends the
+    saga compensated with nothing stray. Plan quotes Wise too, so the fault is set once prepare has begun: plan
+    reads bybit's IBAN once, prepare a second time (held 0.3 s, while a thread sets the Wise fault)."""
+    world = short
+    before = _books(world)
+    iban = world.exchange.faults.add({"kind": "latency", "latency_ms": 300, "endpoint": "deposit_address",
+                                      "venue": "bybit"})
+    when(lambda: iban.hits >= 2, lambda: world.wise.set_fault(endpoint, "error"))
+    result = _run("rebalance", instance)
+    assert not result.success
+    assert iban.hits >= 2  # plan, then prepare (and its retry)
+    state = InstanceSagaLog(instance).load(result.run_id)
+    assert state.step("prepare_transfers").started and not state.step("prepare_transfers").done
+    assert decide(REBALANCE.definition, state).verdict is Verdict.COMPENSATED
+    _assert_nothing_stray(world, before)
+    assert world.wise.transfers() == []
+
+
+def test_a_wise_transfer_whose_answer_is_lost_for_good_is_cancelled_by_its_key(short, instance):
+    """Wise created the transfer on every try but no answer (nor lookup) reached the run: the step fails, the
+    hook's compensation cannot look it up either (COMPENSATION FAILED), the sweep finds it by key and cancels it."""
+    world = short
+    before = _books(world)
+    world.wise.set_fault("create_transfer", "timeout_after_commit")
+    world.wise.set_fault("list_transfers", "error")  # the reconciliation's lookup by customerTransactionId
+    result = _run("rebalance", instance)
+    assert not result.success
+    [transfer] = world.wise.transfers()  # one transfer, whatever the number of tries (same key)
+    assert transfer["status"] == "incoming_payment_waiting"
+    state = InstanceSagaLog(instance).load(result.run_id)
+    assert RecordKind.COMPENSATION_FAILED in [r.kind for r in state.records]
+    assert not state.step("prepare_transfers").compensated
+    world.wise.clear_faults()
+    reset_breakers()
+    skip = _sweep("rebalance", instance)
+    assert "compensated" in skip.skip_message, skip.skip_message
+    state = InstanceSagaLog(instance).load(result.run_id)
+    assert decide(REBALANCE.definition, state).verdict is Verdict.COMPENSATED
+    assert state.step("prepare_transfers").compensation["cancelled"] == [0]
+    _assert_nothing_stray(world, before)
+    records = len(state.records)
+    assert "no failed saga runs needing recovery" in _sweep("rebalance", instance).skip_message
+    assert len(InstanceSagaLog(instance).load(result.run_id).records) == records
+
+
+def test_funds_gone_at_the_pivot_refuses_before_sending_and_cancels_the_wise_transfer(short, instance):
+    """Between plan and pivot binance's USDT is spent elsewhere: the pivot's funds check refuses (business error)
+    before any withdrawal or funding, and the prepared Wise transfer is cancelled."""
+    world = short
+    state = world.exchange.state
+    before = _books(world)
+    fault = world.exchange.faults.add({"kind": "latency", "latency_ms": 500, "endpoint": "deposit_address",
+                                       "venue": "okx", "count": 1})
+    spent: list[float] = []
+
+    def spend():
+        spent.append(state.balances("binance")["USDT"].free - 100.0)
+        state.credit("binance", "USDT", -spent[0])
+
+    t = when(lambda: fault.hits >= 1, spend)  # okx's address is read in prepare only
+    result = _run("rebalance", instance)
+    t.join()
+    assert not result.success and spent
+    failure = next(e for e in result.all_events if e.event_type is DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "commit_transfers" and "USDT free, the plan sends" in str(failure.event_specific_data.error)
+    saga = InstanceSagaLog(instance).load(result.run_id)
+    assert decide(REBALANCE.definition, saga).verdict is Verdict.COMPENSATED
+    assert _withdrawals(world) == []
+    assert [t["status"] for t in world.wise.transfers()] == ["cancelled"]
+    state.credit("binance", "USDT", spent[0])
+    _assert_nothing_stray(world, before)
+
+
+# ----------------------------------------------------------------------------- in-process: the compensations' own calls
+
+
+def test_timeout_after_commit_on_the_cancels_still_compensates_and_a_reexecution_moves_nothing(short, instance):
+    """Wise funding fails at the pivot; the compensation's cancel_withdrawal and Wise cancel_transfer are applied
+    but their answers are lost: still fully compensated. Re-executing the rolled-back run moves nothing."""
+    world = short
+    world.exchange.state.withdrawal_hold = 10.0
+    before = _books(world)
+    world.wise.set_fault("fund_transfer", "error")
+    cancel_w = world.exchange.faults.add({"kind": "timeout_after_commit", "endpoint": "cancel_withdrawal", "count": 1})
+    cancel_t = world.wise.set_fault("cancel_transfer", "timeout_after_commit", count=1)
+    result = _run("rebalance", instance)
+    assert not result.success
+    assert cancel_w.hits == 1 and cancel_t.fired == 1  # both answers really were lost
+    state = InstanceSagaLog(instance).load(result.run_id)
+    assert decide(REBALANCE.definition, state).verdict is Verdict.COMPENSATED
+    assert state.step("commit_transfers").compensation["cancelled"] == [1]
+    assert state.step("prepare_transfers").compensation["cancelled"] == [0]
+    _assert_nothing_stray(world, before)
+    assert len(_withdrawals(world)) == 1 and len(world.wise.transfers()) == 1
+
+    world.wise.clear_faults()
+    books = _books(world)
+    job = build_reconstructable_job(__name__, "rebalance_job_for_world")
+    with execute_job(job, instance, run_config=REBALANCE_FAST,
+                     reexecution_options=ReexecutionOptions(parent_run_id=result.run_id)) as again:
+        assert not again.success  # a rolled-back saga refuses to run again (SagaClosedError)
+        failure = next(e for e in again.all_events if e.event_type is DagsterEventType.STEP_FAILURE)
+        assert "Saga" in str(failure.event_specific_data.error) or "rolled back" in str(failure.event_specific_data.error)
+    assert _books(world) == books
+
+
+# ----------------------------------------------------------------------------- in-process: hedge
+
+
+def test_a_failing_hedge_plan_places_nothing(world, instance):
+    before = _exposure(world)
+    world.exchange.faults.add({"kind": "error_5xx", "endpoint": "positions", "venue": "okx"})
+    result = _run("hedge", instance)
+    assert not result.success
+    state = InstanceSagaLog(instance).load(result.run_id)
+    assert not state.step(PLACE).started
+    assert decide(HEDGE.definition, state).verdict is Verdict.COMPENSATED
+    assert _exposure(world) == before
+    assert all(_orders(world, v) == [] for v in world.exchange.state.venue_names())
+
+
+def test_timeout_after_commit_on_the_leg_and_on_its_unwind_sends_each_once(world, instance):
+    """A refused second leg makes the compensation unwind the first; both the leg and the unwind are applied by
+    bybit with their answers lost: one leg order, one unwind order, the position back where it was."""
+    state = world.exchange.state
+    state.credit("kraken", "BTC", 1.0)
+    state.shock(venue="bybit", symbol=BTC, funding_rate=0.0005)
+    state.shock(venue="okx", symbol=BTC, funding_rate=0.0004)
+    state.credit("okx", "USDT", -(state.balances("okx")["USDT"].free - 50.0))  # okx cannot margin leg 1
+    before = _exposure(world)["bybit"]
+    fault = world.exchange.faults.add({"kind": "timeout_after_commit", "venue": "bybit", "endpoint": "create_order",
+                                       "count": 2})
+    result = _run("hedge", instance, {"max_notional_per_market_usd": 40_000.0})
+    assert not result.success and fault.hits == 2
+    leg, unwind = _orders(world, "bybit")
+    assert (leg.reduce_only, unwind.reduce_only, unwind.filled) == (False, True, pytest.approx(leg.filled))
+    assert _exposure(world)["bybit"] == before
+    saga = InstanceSagaLog(instance).load(result.run_id)
+    assert decide(HEDGE.definition, saga).verdict is Verdict.COMPENSATED
+
+
+def test_timeout_after_commit_on_stop_creation_and_cancellation_leaves_one_stop_each(world, instance):
+    create = world.exchange.faults.add({"kind": "timeout_after_commit", "venue": "kraken", "endpoint": "create_order"})
+    first = _run("hedge", instance)
+    assert first.success and create.hits >= 1
+    kraken = world.exchange.state.positions("kraken")
+    stops = [o for o in _orders(world, "kraken") if o.type == "stop_market"]
+    assert len(stops) == len(kraken) >= 1 and all(o.status == "open" for o in stops)  # no duplicate
+    world.exchange.faults.clear()
+
+    # kraken's positions are closed by hand: the next hedge cancels its stops, every cancel's answer lost.
+    world.exchange.state.set_positions("kraken", [])
+    cancel = world.exchange.faults.add({"kind": "timeout_after_commit", "venue": "kraken", "endpoint": "cancel_order"})
+    second = _run("hedge", instance)
+    assert second.success and cancel.hits >= 1
+    assert [o for o in _orders(world, "kraken", status="open")] == []
+    assert len([o for o in _orders(world, "kraken") if o.type == "stop_market"]) == len(stops)  # nothing new
+
+
+def test_a_failed_stops_step_is_finished_by_forward_recovery_without_a_second_hedge(world, instance):
+    world.exchange.faults.add({"kind": "error_5xx", "endpoint": "list_orders"})  # only the stops step lists orders
+    result = _run("hedge", instance)
+    assert not result.success
+    state = InstanceSagaLog(instance).load(result.run_id)
+    assert state.step(PLACE).done and not state.step(STOPS).done
+    assert decide(HEDGE.definition, state).verdict is Verdict.FORWARD
+    assert state.step(PLACE).compensation is None
+    assert any("stuck after its pivot" in m.subject for m in world.smtp.wait_for(1, timeout=10))
+    markets = {v: [o.id for o in _orders(world, v) if o.type == "market"] for v in world.exchange.state.venue_names()}
+    world.exchange.faults.clear()
+    reset_breakers()
+    outcome = recover_run(instance, HEDGE.definition, instance.get_run_by_id(result.run_id), _recovery_resources("hedge"))
+    assert outcome.action is Action.RELAUNCH, outcome.reason
+    relaunch = HEDGE.job.execute_in_process(instance=instance, resources=resources("hedge"),
+                                            run_config=outcome.relaunch.run_config, tags=outcome.relaunch.tags,
+                                            raise_on_error=False)
+    assert relaunch.success
+    assert {v: [o.id for o in _orders(world, v) if o.type == "market"] for v in markets} == markets
+    stops = [o for v in markets for o in _orders(world, v, status="open") if o.type == "stop_market"]
+    assert len(stops) == 12
+    assert recover_run(instance, HEDGE.definition, instance.get_run_by_id(result.run_id),
+                       _recovery_resources("hedge")).action is Action.NONE
+
+
+# ----------------------------------------------------------------------------- in-process: stop-loss
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failed_risk_mail_is_sent_by_forward_recovery_and_nothing_is_closed_twice(world, instance):
+    venues = ["kraken", "okx"]
+    dead = SmtpResource(host="127.0.0.1", port=_closed_port(), sender="x@localhost", risk_team=["risk@localhost"],
+                        max_attempts=1, retry_base_delay=0.01, timeout_seconds=1.0)
+    result = _run("stop_loss", instance, {"venues": venues, "deadline_seconds": 20.0},
+                  res={**resources("stop_loss"), "smtp": dead})
+    assert not result.success
+    state = InstanceSagaLog(instance).load(result.run_id)
+    assert state.step("liquidate").done and not state.step("notify_risk_team").done
+    assert decide(STOP_LOSS.definition, state).verdict is Verdict.FORWARD
+    orders = {v: len(_orders(world, v)) for v in venues}
+    assert world.smtp.messages() == []
+    outcome = recover_run(instance, STOP_LOSS.definition, instance.get_run_by_id(result.run_id),
+                          _recovery_resources("stop_loss"))
+    assert outcome.action is Action.RELAUNCH, outcome.reason
+    relaunch = STOP_LOSS.job.execute_in_process(instance=instance, resources=resources("stop_loss"),
+                                                run_config=outcome.relaunch.run_config, tags=outcome.relaunch.tags,
+                                                raise_on_error=False)
+    assert relaunch.success
+    assert {v: len(_orders(world, v)) for v in venues} == orders
+    mails = [m for m in world.smtp.wait_for(1, timeout=10) if m.subject.startswith("[stop-loss] FLAT")]
+    assert len(mails) == 1
+
+
+def test_timeout_after_commit_on_cancel_all_leaves_no_order_open(world, instance):
+    state = world.exchange.state
+    mark = state.mark_prices("kraken")[BTC]
+    state.place_order("kraken", symbol=BTC, type="limit", side="buy", amount=0.01, price=round(mark * 0.5, 1))
+    assert state.orders("kraken", status="open")
+    fault = world.exchange.faults.add({"kind": "timeout_after_commit", "venue": "kraken",
+                                       "endpoint": "cancel_all_orders", "count": 1})
+    result = _run("stop_loss", instance, {"venues": ["kraken"], "deadline_seconds": 20.0})
+    assert result.success and fault.hits == 1
+    assert state.orders("kraken", status="open") == [] and _exposure(world)["kraken"] == []
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["child"]:
