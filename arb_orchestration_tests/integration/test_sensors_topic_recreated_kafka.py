@@ -8,7 +8,8 @@ a tick that finds another id drops what it read and restarts the topic from the
 earliest offsets. Covered, each against the real broker: market (sensor kept warm
 between ticks, and cold as after a code-server restart, with a signed critical
 event among the new ones), capital, and funding (the newest rate of a market whose
-only new rate sits below the old offset is the one hedged).
+only new rate sits below the old offset is the one hedged); and a recreation
+noticed a tick late (events already acted on are read again): no new run key.
 """
 
 import json
@@ -16,7 +17,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition, Uuid
 from confluent_kafka.admin import AdminClient, NewTopic
 from dagster import DagsterInstance, build_sensor_context, job, op
 
@@ -121,6 +122,14 @@ class World:
         new = self.topic_id(topic)
         assert new != old
         return new
+
+    def dlq_size(self, topic: str) -> int:
+        consumer = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": "dlq-size"})
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(dlq_topic(topic), 0), timeout=10)
+        finally:
+            consumer.close()
+        return high - low
 
     def close(self) -> None:
         # Clients left open keep retrying the broker after the session stops it.
@@ -229,3 +238,36 @@ def test_funding_takes_the_newest_rates_from_the_recreated_topic(world):
     assert topic_ids(results[-1]) == {topic: new_id}
     hedged = json.loads(results[-1].cursor)["hedged"]
     assert hedged["binance|ETH/USDT:USDT"]["rate"] == pytest.approx(0.0050)
+
+
+def _with_topic_id(cursor: str, topic: str, topic_id: str) -> str:
+    obj = json.loads(cursor)
+    obj["topic_ids"] = {topic: topic_id}
+    return json.dumps(obj)
+
+
+def test_a_recreation_noticed_a_tick_late_asks_for_no_new_run(world):
+    """The topic was recreated after a tick's DescribeTopics was answered: that tick acted on the new
+    topic's events under the old id; the next tick notices, and reading the topic again from its start
+    asks for no run key that was not asked for already (a critical event: refused as a replay, loud)."""
+    market_topic, funding_topic = world.topics.market, world.topics.funding
+    critical = market("critical")
+    world.publish(market_topic, {0: [market("warning"), critical, market("warning")], 1: [market("warning")]})
+    now = time.time()
+    world.publish(funding_topic, {0: [funding("binance", "ETH/USDT:USDT", 0.0001, now - 5),
+                                      funding("okx", "ETH/USDT:USDT", 0.0030, now - 4)]})
+    stale_id = str(Uuid(12345, 67890))  # stands for the old topic's id (no topic on the broker has it)
+    for kind, topic in (("market", market_topic), ("funding", funding_topic)):
+        acted, _ = run_until_caught_up(world, kind, None, 4 if kind == "market" else 2)
+        first_keys = {r.run_key for result in acted for r in result.run_requests}
+        assert len(first_keys) == (4 if kind == "market" else 2)
+        late = _with_topic_id(acted[-1].cursor, topic, stale_id)  # the id the cursor held before the recreation
+        results, requests = run_until_caught_up(world, kind, late, 4 if kind == "market" else 2)
+        assert "recreated" in results[0].skip_reason.skip_message and results[0].run_requests == []
+        assert {r.run_key for r in requests} <= first_keys
+        if kind == "market":
+            # Re-read: the warnings ask again under their keys (Dagster skips them); the critical event
+            # is in the replay memory, so it is parked and alerted, never a second stop-loss.
+            assert {r.run_key for r in requests} == first_keys - {critical["event_id"]}
+            assert world.dlq_size(market_topic) == 1
+        assert topic_ids(results[-1]) == {topic: world.topic_id(topic)}

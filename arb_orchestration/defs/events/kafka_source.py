@@ -220,9 +220,11 @@ def drop_warm_clients() -> None:
     with _cache_lock:
         cached = list(_consumers.values())
         producers = list(_producers.values())
+        admins = list(_admins.values())
         _consumers.clear()
         _producers.clear()
-        _admins.clear()  # an AdminClient has no close(): it goes with its last reference
+        _admins.clear()
+    del admins  # an AdminClient has no close(): it goes with its last reference (outside the lock)
     for warm in cached:
         warm.close()
     for producer in producers:
@@ -554,12 +556,13 @@ def _warm_admin(owner: str, config: Mapping[str, Any]) -> _WarmAdmin:
     key = _cache_key(owner, "<admin>", config)  # a digest of the config: it holds secrets
     now = time.monotonic()
     with _cache_lock:
-        for idle in [k for k, w in _admins.items() if k != key and now - w.last_used > IDLE_CONSUMER_SECONDS]:
-            del _admins[idle]
+        idle = [k for k, w in _admins.items() if k != key and now - w.last_used > IDLE_CONSUMER_SECONDS]
+        retired = [_admins.pop(k) for k in idle]  # destroyed below, outside the lock, with the last reference
         warm = _admins.get(key)
         if warm is None:
             warm = _admins[key] = _WarmAdmin(config)
         warm.last_used = now
+    del retired
     return warm
 
 
