@@ -186,6 +186,8 @@ def test_cancel_is_the_compensation_before_funding_only(sim):
     assert wise.cancel_transfer(transfer.id).status == "cancelled"
     funded = prepared_transfer(wise, "saga-14/pay")
     wise.fund_transfer(funded.id)
+    # Wise cancels until the funds are converted (docs/wise-api-conformance.md S4): once paid out, no more.
+    wise.wait_for_state(funded.id, timeout=5.0, poll_interval=0.02)
     with pytest.raises(BusinessError) as err:
         wise.cancel_transfer(funded.id)
     assert err.value.code == "transfer.cancellation.not.allowed"

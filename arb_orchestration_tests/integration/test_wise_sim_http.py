@@ -90,7 +90,9 @@ def test_every_endpoint_answers_in_wise_shapes(api, sim):
     assert balances == {"EUR": 5000.0, "USD": 100.0}
 
     q = quote(api, 250, "EUR", "USD")
-    assert set(q) >= {"id", "rate", "rateExpirationTime", "paymentOptions", "sourceAmount", "targetAmount"}
+    # Only the amount asked for is at the top level (Wise); both are in each payment option.
+    assert set(q) >= {"id", "rate", "rateExpirationTime", "paymentOptions", "sourceAmount"} and "targetAmount" not in q
+    balance_option = next(o for o in q["paymentOptions"] if o["payIn"] == "BALANCE")
     assert api.get(f"/v3/profiles/1001/quotes/{q['id']}").json()["rate"] == q["rate"]
     assert api.get(f"/v3/profiles/1001/quotes/{uuid.uuid4()}").status_code == 404
 
@@ -101,7 +103,7 @@ def test_every_endpoint_answers_in_wise_shapes(api, sim):
     assert api.get(f"/v2/accounts/{r['id']}").json()["name"]["fullName"] == "Bybit EU"
 
     t = transfer(api, q, r).json()
-    assert t["status"] == "incoming_payment_waiting" and t["targetValue"] == q["targetAmount"]
+    assert t["status"] == "incoming_payment_waiting" and t["targetValue"] == balance_option["targetAmount"]
     assert api.get(f"/v1/transfers/{t['id']}").json() == t
     assert [x["id"] for x in api.get("/v1/transfers", params={"profile": 1001}).json()] == [t["id"]]
     assert fund(api, t["id"]).json() == {"type": "BALANCE", "status": "COMPLETED", "errorCode": None}
@@ -127,12 +129,14 @@ def test_cancel_is_allowed_before_funding_only(api):
     waiting = transfer(api, quote(api), recipient(api)).json()
     assert api.put(f"/v1/transfers/{waiting['id']}/cancel").json()["status"] == "cancelled"
     assert api.put(f"/v1/transfers/{waiting['id']}/cancel").status_code == 200  # twice is harmless
-    assert fund(api, waiting["id"]).status_code == 409
+    assert fund(api, waiting["id"]).status_code == 422  # Wise: transfer.invalid-state
 
+    # Wise cancels until the funds are converted (docs/wise-api-conformance.md S4): once paid out, no more.
     funded = transfer(api, quote(api), recipient(api)).json()
     assert fund(api, funded["id"]).json()["status"] == "COMPLETED"
+    assert wait_status(api, funded["id"], "outgoing_payment_sent") == "outgoing_payment_sent"
     refused = api.put(f"/v1/transfers/{funded['id']}/cancel")
-    assert refused.status_code == 409 and refused.json()["code"] == "transfer.cancellation.not.allowed"
+    assert refused.status_code == 409 and refused.json()["errors"][0]["code"] == "transfer.cancellation.not.allowed"
 
 
 def test_funding_beyond_the_balance_is_rejected(api, sim):
@@ -166,7 +170,7 @@ def test_full_progression_pays_out_exactly_once_while_clients_poll(api, sim, pay
         thread.start()
     ready.wait(timeout=5)
     assert fund(api, t["id"]).json()["status"] == "COMPLETED"
-    assert fund(api, t["id"]).json()["status"] == "COMPLETED"  # funding twice: one debit
+    assert fund(api, t["id"]).status_code == 422  # funding twice: refused (Wise), one debit
     assert sim.balances()["EUR"] == 4000.0
     for thread in pollers:
         thread.join(timeout=6)
@@ -174,7 +178,8 @@ def test_full_progression_pays_out_exactly_once_while_clients_poll(api, sim, pay
     assert len(paid_when_sent) == 4 and min(paid_when_sent) == 1  # paid before anyone sees "sent"
     # More ticks of the state machine (what the background ticker runs) move nothing and pay nothing again.
     assert [sim.state.advance() for _ in range(3)] == [0, 0, 0]
-    assert payouts.calls == [(IBAN, "EUR", q["targetAmount"])]
+    delivered = next(o for o in q["paymentOptions"] if o["payIn"] == "BALANCE")["targetAmount"]  # no top-level one
+    assert payouts.calls == [(IBAN, "EUR", delivered)]
     history = next(x for x in sim.transfers() if x["id"] == t["id"])["history"]
     assert history == ["incoming_payment_waiting", "processing", "funds_converted", "outgoing_payment_sent"]
 

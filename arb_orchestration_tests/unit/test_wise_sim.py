@@ -170,7 +170,9 @@ def test_funding_debits_once_and_is_idempotent():
     state, _ = make_state()
     transfer = new_transfer(state, 1000)
     assert state.fund_transfer(PROFILE, transfer.id)["status"] == "COMPLETED"
-    assert state.fund_transfer(PROFILE, transfer.id)["status"] == "COMPLETED"
+    with pytest.raises(WiseApiError) as err:  # Wise refuses a second funding: 422 transfer.invalid-state
+        state.fund_transfer(PROFILE, transfer.id)
+    assert (err.value.status, err.value.code) == (422, "transfer.invalid-state")
     assert state.balances()["EUR"] == 9000.0
     assert state.get_transfer(transfer.id).status == PROCESSING
 
@@ -188,16 +190,20 @@ def test_funding_beyond_the_balance_is_rejected_and_leaves_the_transfer_waiting(
 
 
 def test_cancel_only_before_funding_and_cancel_twice_is_harmless():
-    state, _ = make_state()
+    state, clock = make_state()
     unfunded = new_transfer(state)
     assert state.cancel_transfer(unfunded.id).status == CANCELLED
     assert state.cancel_transfer(unfunded.id).status == CANCELLED
     with pytest.raises(WiseApiError) as err:
         state.fund_transfer(PROFILE, unfunded.id)
-    assert err.value.status == 409
+    assert err.value.status == 422
 
+    # Wise cancels until the funds are converted (docs/wise-api-conformance.md S4).
     funded = new_transfer(state)
     state.fund_transfer(PROFILE, funded.id)
+    clock.now += state.settle_delay
+    state.advance()
+    assert state.get_transfer(funded.id).status not in (WAITING, PROCESSING)
     with pytest.raises(WiseApiError) as err:
         state.cancel_transfer(funded.id)
     assert err.value.status == 409 and err.value.code == "transfer.cancellation.not.allowed"
@@ -240,7 +246,7 @@ def test_refused_payout_bounces_and_refunds_the_balance():
     state.fund_transfer(PROFILE, transfer.id)  # settle_delay 0: paid out at once
     final = state.get_transfer(transfer.id)
     assert final.status == FUNDS_REFUNDED and final.delivered is False
-    assert [s for s, _ in final.history][-3:] == [SENT, BOUNCED_BACK, FUNDS_REFUNDED]
+    assert [s for s, _ in final.history][-5:] == [SENT, BOUNCED_BACK, PROCESSING, CANCELLED, FUNDS_REFUNDED]
     assert state.balances()["EUR"] == 10_000.0
 
 
@@ -256,15 +262,15 @@ def test_a_failing_callback_bounces_instead_of_losing_money():
     assert [d.accepted for d in state.deliveries] == [False]
 
 
-def test_listing_is_newest_first_and_filters():
+def test_listing_is_oldest_first_and_filters():
     state, clock = make_state()
     first = new_transfer(state, 100)
     clock.now += 60
     second = new_transfer(state, 200)
     state.cancel_transfer(first.id)
-    assert [t.id for t in state.list_transfers()] == [second.id, first.id]
+    assert [t.id for t in state.list_transfers()] == [first.id, second.id]  # as a recorded sandbox listing
     assert [t.id for t in state.list_transfers(statuses={CANCELLED})] == [first.id]
-    assert [t.id for t in state.list_transfers(limit=1, offset=1)] == [first.id]
+    assert [t.id for t in state.list_transfers(limit=1, offset=1)] == [second.id]
     assert [t.id for t in state.list_transfers(created_start=clock.now - 30)] == [second.id]
     assert state.list_transfers(profile_id=7) == []
 
