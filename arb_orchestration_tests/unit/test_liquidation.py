@@ -47,6 +47,7 @@ def test_client_order_ids_are_stable_and_move_only_with_the_attempt():
     assert len(cid) == 32 and cid.isalnum()
     pos = [_pos("okx", "BTC/USDT:USDT", "long", 1.0)]
     key = ("okx", "BTC/USDT:USDT", "long")
+    assert plan_close_orders(pos, base_key="k")[0].client_order_id == cid  # a first close is attempt 0
     assert plan_close_orders(pos, base_key="k", attempts={key: 1})[0].client_order_id == \
         close_order_id("k", "okx", "BTC/USDT:USDT", "long", 1)
     assert plan_close_orders(pos, base_key="k", skip=[key]) == []
@@ -70,6 +71,12 @@ def test_report_says_what_was_closed_at_what_price_and_what_is_left():
                          errors=["close ETH: BusinessError: rejected"], business_errors=["close ETH: BusinessError: rejected"])
     report = LiquidationReport(saga_id="s1", dry_run=False, reason="capital below floor", venues=[flat, stuck])
     assert not report.flat and report.only_business_errors
+    # A venue left open by a refusal AND a flaky error may still flatten on a retry: not "only business errors";
+    # nor may a venue left open without any error be escalated as refused.
+    mixed = stuck.model_copy(update={"errors": stuck.errors + ["fetch: TransientError: 503"]})
+    assert not LiquidationReport(saga_id="s1", dry_run=False, venues=[flat, mixed]).only_business_errors
+    silent = VenueOutcome(venue="kraken", flat=False, remaining=stuck.remaining)
+    assert not LiquidationReport(saga_id="s1", dry_run=False, venues=[flat, silent]).only_business_errors
     positions = {"okx": ([], []), "kraken": ([_pos("kraken", "ETH/USDT:USDT", "short", 1.5)], [])}
     subject, body = render_report(report, verification=positions)
     assert "NOT FLAT" in subject

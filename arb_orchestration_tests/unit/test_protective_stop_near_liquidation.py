@@ -22,6 +22,7 @@ def test_the_stop_lies_between_the_mark_and_liquidation(side, mark, liq):
     stop = protective_stop(_position(side, mark, liq), 5.0, liquidation_buffer_pct=0.5)
     low, high = sorted((mark, liq))
     assert low < stop.stop_price < high
+    assert stop.stop_price == pytest.approx(60_000.0 + (liq - mark) / 2)  # 59,900 / 60,100: halfway, as the reason says
     assert stop.side == ("sell" if side == "long" else "buy") and stop.reduce_only
     assert "halfway to liquidation" in stop.reason
 

@@ -210,6 +210,20 @@ def test_dry_run_moves_nothing_and_lists_the_plan():
     assert {m for m, _ in v.calls} == {"fetch_positions", "fetch_open_orders"}
 
 
+def test_dry_run_judges_positions_with_the_runs_dust():
+    # 0.0005 BTC is dust for this run (dust 0.001): the dry run plans nothing for it and reports the venue flat,
+    # as the real run would; 0.002 BTC is not dust and is planned.
+    v = FakeVenue("okx", positions=[("BTC/USDT:USDT", "long", 0.0005)])
+    [outcome] = liquidate_all(["okx"], {"okx": v}.__getitem__, saga_id="s", base_key="k",
+                              settings=LiquidationSettings(dry_run=True, dust=0.001)).venues
+    assert outcome.planned == [] and outcome.remaining == [] and outcome.flat
+    v = FakeVenue("okx", positions=[("BTC/USDT:USDT", "long", 0.002)])
+    [outcome] = liquidate_all(["okx"], {"okx": v}.__getitem__, saga_id="s", base_key="k",
+                              settings=LiquidationSettings(dry_run=True, dust=0.001)).venues
+    assert [(o.side, o.amount) for o in outcome.planned] == [("sell", 0.002)] and not outcome.flat
+    assert v.order_count() == 0
+
+
 def test_same_base_key_gives_the_same_ids_so_a_rerun_replays_instead_of_resending():
     v = FakeVenue("okx", positions=[("BTC/USDT:USDT", "long", 1.0)])
     liquidate_venue(v, base_key="k", settings=FAST)
