@@ -92,6 +92,10 @@ def test_report_says_what_was_closed_at_what_price_and_what_is_left():
     # A fresh check that did not cover a venue of the report (and reported no error for it) leaves it unverified.
     subject, _ = render_report(ok, verification={})
     assert "NOT FLAT" in subject
+    # A venue with no position left but an order still open is not flat either, and the mail says what is open.
+    resting = _order("9", "okx", "BTC/USDT:USDT", "buy", 0.0, None)
+    subject, body = render_report(ok, verification={"okx": ([], [resting])})
+    assert "NOT FLAT" in subject and "okx: STILL OPEN: no positions; 1 open order(s)" in body
     # Without a fresh check at all, the report's own verdict stands.
     subject, _ = render_report(ok)
     assert subject == "[stop-loss] FLAT on 1 venue(s) — saga s1"
