@@ -62,7 +62,17 @@ from arb_orchestration.defs.stop_loss import stop_loss_saga
 from arb_orchestration.resources.resilience import reset_breakers
 from arb_orchestration.resources.smtp import SmtpResource
 from arb_orchestration.resources.wise import WiseResource
-from arb_orchestration.saga import Action, InstanceSagaLog, RecordKind, SagaStep, Verdict, build_saga, decide, recover_run
+from arb_orchestration.saga import (
+    Action,
+    InstanceSagaLog,
+    RecordKind,
+    SagaStep,
+    Verdict,
+    build_saga,
+    decide,
+    pause_trading,
+    recover_run,
+)
 from arb_orchestration_tests.integration.world_resources import world_exchange, world_smtp
 
 pytestmark = pytest.mark.integration
@@ -381,6 +391,31 @@ def test_sigkill_between_the_withdrawal_and_the_wise_funding_undoes_both(short, 
     assert state.step("prepare_transfers").compensation["cancelled"] == [0]
 
 
+def test_sigkill_while_wise_applies_the_funding_cancels_the_withdrawal_and_reports_the_funded_leg(short, crash):
+    """The last call of the pivot (Wise funding) is applied but never answered, and the run dies. The pivot did not
+    finish, so recovery goes backward (docs/rebalance.md): the pending withdrawal is cancelled, the funded Wise leg
+    cannot be and is reported in flight and mailed; it arrives exactly once."""
+    world, c = short, crash("rebalance")
+    world.exchange.state.withdrawal_hold = 30.0
+    fault = world.wise.set_fault("fund_transfer", "timeout_after_commit", count=1, latency=BLOCK_SECONDS)
+    c.run_and_kill(REBALANCE_FAST, lambda: fault.fired >= 1 and world.wise.transfers()[0]["status"] != "incoming_payment_waiting")
+    assert c.failure_tick() is None
+    state = c.state()
+    assert decide(REBALANCE.definition, state).verdict is Verdict.COMPENSATED
+    assert state.step("commit_transfers").compensation == {"cancelled": [1], "not_created": [], "in_flight": [0]}
+    assert state.step("prepare_transfers").compensation["in_flight"] == [0]
+    assert [w.status for w in _withdrawals(world)] == ["canceled"]
+    assert any("partially committed" in m.subject for m in world.smtp.wait_for(2, timeout=10))
+    deadline = time.monotonic() + 15
+    while world.wise.transfers()[0]["status"] != "outgoing_payment_sent":  # paid out (delivery comes first)
+        assert time.monotonic() < deadline, world.wise.transfers()[0]["status"]
+        time.sleep(0.05)
+    assert [d.amount for d in world.wise.deliveries] == [3_000.0]
+    assert world.exchange.state.balances("okx")["USDT"].free == pytest.approx(4_000.0)
+    c.assert_second_pass_does_nothing(world)
+    assert [d.amount for d in world.wise.deliveries] == [3_000.0]
+
+
 # ----------------------------------------------------------------------------- rebalance: SIGKILL after the pivot
 
 
@@ -672,6 +707,41 @@ def test_a_failing_hedge_plan_places_nothing(world, instance):
     assert decide(HEDGE.definition, state).verdict is Verdict.COMPENSATED
     assert _exposure(world) == before
     assert all(_orders(world, v) == [] for v in world.exchange.state.venue_names())
+
+
+def test_trading_paused_between_legs_unwinds_the_first_leg(world, instance):
+    """The kill switch is engaged while the first leg is being verified: the second leg is never sent and the
+    compensation unwinds the first (reduce-only, its own key)."""
+    before = _exposure(world)
+    venues = world.exchange.state.venue_names()
+    world.exchange.faults.add({"kind": "latency", "latency_ms": 400, "endpoint": "get_order_by_client_id", "count": 1})
+    when(lambda: any(_orders(world, v) for v in venues),
+         lambda: pause_trading(instance, "risk drill mid-hedge", by="test"))
+    result = _run("hedge", instance)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type is DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == PLACE and "trading was paused" in str(failure.event_specific_data.error)
+    orders = [o for v in venues for o in _orders(world, v)]
+    assert [o.reduce_only for o in orders] == [False, True]  # one leg, its unwind; the second leg never went out
+    assert _exposure(world) == before
+    saga = InstanceSagaLog(instance).load(result.run_id)
+    assert decide(HEDGE.definition, saga).verdict is Verdict.COMPENSATED
+
+
+@pytest.mark.parametrize("refusal", ["paused", "invalid_config"])
+def test_a_hedge_refused_before_it_starts_sends_nothing(world, instance, refusal):
+    before = _exposure(world)
+    config = {}
+    if refusal == "paused":
+        pause_trading(instance, "stop-loss drill", by="test")
+    else:
+        config = {"stop_distance_pct": 0.05}  # a fraction typed for a percent
+    result = _run("hedge", instance, config)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type is DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "plan_hedge"
+    assert all(_orders(world, v) == [] for v in world.exchange.state.venue_names())
+    assert _exposure(world) == before
 
 
 def test_timeout_after_commit_on_the_leg_and_on_its_unwind_sends_each_once(world, instance):
