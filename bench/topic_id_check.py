@@ -24,6 +24,7 @@ Prints medians (p90) and the ratio with/without. Nothing here asserts a time.
 """
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         kafka_source.drop_warm_clients()
         if broker is not None:
             broker.stop()
+            shutil.rmtree(broker.directory, ignore_errors=True)
 
 
 if __name__ == "__main__":
