@@ -108,6 +108,7 @@ DOCUMENTED_FUNDING_INTERVAL_HOURS = {
 
 # The request parameter that carries our client order id (ccxt also understands
 # `clientOrderId` and maps it itself; these are the names in each exchange's docs).
+# Kraken Futures (`cliOrdId`) and Hyperliquid (`c`, the cloid) take ccxt's `clientOrderId`.
 CLIENT_ORDER_ID_PARAMS = {"binance": "newClientOrderId", "binanceusdm": "newClientOrderId", "bybit": "orderLinkId", "okx": "clOrdId"}
 
 # What each exchange accepts as a client order id; anything else is mapped to a stable hash.
@@ -116,6 +117,8 @@ CLIENT_ORDER_ID_RULES = {
     "binanceusdm": re.compile(r"^[.A-Za-z0-9:/_-]{1,36}$"),
     "bybit": re.compile(r"^[A-Za-z0-9_-]{1,36}$"),
     "okx": re.compile(r"^[A-Za-z0-9]{1,32}$"),
+    # A cloid is a 128-bit hex string with its 0x prefix (Hyperliquid's exchange endpoint; ccxt passes it as is).
+    "hyperliquid": re.compile(r"^0x[0-9a-f]{32}$"),
 }
 _DEFAULT_CLIENT_ORDER_ID_RULE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -146,7 +149,9 @@ DEFAULT_WITHDRAWAL_FEE_MODES = {
 
 # Exchanges whose conditional (stop) orders live behind separate endpoints that ccxt
 # reaches with `params={"trigger": True}` (Binance's Algo Order API).
-SEPARATE_TRIGGER_ORDERS = {"binance", "binanceusdm"}
+# OKX's trigger orders are algo orders (`/trade/order-algo`, `orders-algo-pending`, `cancel-algos`),
+# looked up by `algoClOrdId`.
+SEPARATE_TRIGGER_ORDERS = {"binance", "binanceusdm", "okx"}
 
 # Futures classes whose testnet ccxt no longer supports (it raises NotSupported and points at
 # Binance's demo trading): `demo_trading` is their rehearsal environment.
@@ -154,6 +159,8 @@ FUTURES_WITHOUT_SANDBOX = {"binanceusdm", "binancecoinm"}
 
 # ccxt options we always set per exchange (on top of the venue's own `options_json`).
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    # ccxt otherwise approves, and attaches to every order, a 0.01% builder fee paid to ccxt's builder address.
+    "hyperliquid": {"builderFee": False},
     # Binance refuses an unscoped open-orders query unless told the caller knows it costs more weight.
     "binanceusdm": {"warnOnFetchOpenOrdersWithoutSymbol": False, "adjustForTimeDifference": True},
     "binance": {"warnOnFetchOpenOrdersWithoutSymbol": False, "adjustForTimeDifference": True, "defaultType": "swap"},
@@ -448,6 +455,11 @@ class CcxtVenueClient(VenueClient):
             if value:
                 params[key] = value
         exchange = cls(params)
+        required = getattr(exchange, "requiredCredentials", None) or {}
+        if required.get("walletAddress") and required.get("privateKey"):
+            # Hyperliquid signs with a wallet: CCXT_<VENUE>_API_KEY is the wallet address, _SECRET its (API wallet's) key.
+            exchange.apiKey, exchange.secret = "", ""
+            exchange.walletAddress, exchange.privateKey = self.config.api_key, self.config.secret
         if self.config.sandbox:
             exchange.set_sandbox_mode(True)
         if self.config.demo_trading:
@@ -676,8 +688,9 @@ class CcxtVenueClient(VenueClient):
         rule = CLIENT_ORDER_ID_RULES.get(self.config.exchange_id, _DEFAULT_CLIENT_ORDER_ID_RULE)
         venue_id = client_order_id
         if not rule.fullmatch(client_order_id):
-            # A stable alphanumeric stand-in every venue accepts; the same key always maps the same.
-            venue_id = "x" + hashlib.sha256(client_order_id.encode()).hexdigest()[:31]
+            # A stable stand-in the venue accepts; the same key always maps the same.
+            digest = hashlib.sha256(client_order_id.encode()).hexdigest()
+            venue_id = "0x" + digest[:32] if self.config.exchange_id == "hyperliquid" else "x" + digest[:31]
         with self._cache_lock:
             self._caller_ids[venue_id] = client_order_id
         return venue_id
@@ -704,7 +717,7 @@ class CcxtVenueClient(VenueClient):
         return float(market.get("contractSize") or 1.0)
 
     def _to_order(self, raw: dict, *, client_order_id: str | None = None, trigger: bool = False, assume_status: str | None = None) -> Order:
-        info = raw.get("info") or {}
+        info = raw.get("info") if isinstance(raw.get("info"), dict) else {}  # Hyperliquid's cancel: info is "success"
         try:
             per_contract = self._base_per_contract(raw.get("symbol") or "")
         except BusinessError:  # someone else's order on an inverse contract: shown as the venue counts it
@@ -757,11 +770,8 @@ class CcxtVenueClient(VenueClient):
         kinds = [trigger] if trigger is not None else [False, True] if self.config.exchange_id in SEPARATE_TRIGGER_ORDERS else [False]
         for sym in candidates:
             for is_trigger in kinds:
-                params: dict[str, Any] = {"clientOrderId": venue_cid}
-                if is_trigger:
-                    params["trigger"] = True
                 try:
-                    raw = exchange.fetch_order(None, sym, params)
+                    raw = self._fetch_by_client_id(exchange, venue_cid, sym, bool(is_trigger))
                 except ccxt.OrderNotFound:
                     continue
                 except ccxt.BaseError as exc:
@@ -769,8 +779,31 @@ class CcxtVenueClient(VenueClient):
                     if isinstance(err, NotFoundError):
                         continue
                     raise err from None  # redacted: the ccxt error text carries the signed URL
+                # Only an order that carries our id is ours: Hyperliquid's "unknownOid" parses to an order
+                # without an id, and a venue that ignores a filter answers someone else's orders.
+                if raw is None or raw.get("id") is None or raw.get("clientOrderId") not in (None, venue_cid):
+                    continue
                 return self._to_order(raw, trigger=bool(is_trigger))
         return None
+
+    def _fetch_by_client_id(self, exchange, venue_cid: str, symbol: str, trigger: bool) -> dict | None:
+        """The raw ccxt order with this client order id in `symbol`, or None (raises ccxt errors)."""
+        exchange_id = self.config.exchange_id
+        if exchange_id == "bybit":
+            # ccxt's fetch_order refuses UTA accounts (ArgumentsRequired) and never maps clientOrderId; Bybit
+            # filters its open and history lists by orderLinkId (open first: history lags).
+            query = {"orderLinkId": venue_cid}
+            rows = exchange.fetch_open_orders(symbol, None, None, query) or exchange.fetch_canceled_and_closed_orders(
+                symbol, None, None, query)
+            return next((r for r in rows if r.get("clientOrderId") == venue_cid), None)
+        if exchange_id == "krakenfutures":
+            # ccxt's fetch_order sends orderIds=[None]; orders/status takes the client ids as cliOrdIds.
+            rows = exchange.fetch_orders(None, None, None, {"cliOrdIds": venue_cid})
+            return next((r for r in rows if r.get("clientOrderId") == venue_cid), None)
+        params: dict[str, Any] = {"clientOrderId": venue_cid}
+        if trigger:
+            params["trigger"] = True
+        return exchange.fetch_order(None, symbol, params)
 
     def _candidate_symbols(self, symbol: str | None, venue_cid: str | None = None) -> list[str]:
         if symbol:
@@ -817,6 +850,11 @@ class CcxtVenueClient(VenueClient):
             params["reduceOnly"] = True
         if type == "stop_market":
             params["triggerPrice"] = stop_price
+            if self.config.exchange_id == "bybit":
+                # ccxt refuses a Bybit trigger order without it: a sell stop fires on a fall, a buy stop on a rise.
+                params["triggerDirection"] = "descending" if side == "sell" else "ascending"
+            if self.config.exchange_id == "okx":
+                params["algoClOrdId"] = venue_cid  # the id OKX keeps for an algo order (and ccxt looks up by)
         ccxt_type = "limit" if type == "limit" else "market"
 
         def place(ex) -> Order:
@@ -824,8 +862,11 @@ class CcxtVenueClient(VenueClient):
 
             # Contracts for ccxt; rounded so that e.g. 0.3 / 0.1 is 3 contracts, not 2.999... (truncated to 2).
             contracts = round(amount / self._base_per_contract(symbol), 8)
+            send_price = price
+            if ccxt_type == "market" and price is None and self.config.exchange_id == "hyperliquid":
+                send_price = self._hyperliquid_reference_price(ex, symbol, stop_price if type == "stop_market" else None)
             try:
-                raw = ex.create_order(symbol, ccxt_type, side, contracts, price, dict(params))
+                raw = ex.create_order(symbol, ccxt_type, side, contracts, send_price, dict(params))
             except ccxt.BaseError as exc:
                 err = self._translate(exc, f"create_order {client_order_id}", mutating=True)
                 if isinstance(err, BusinessError) and err.code == "duplicate_client_order_id":
@@ -844,6 +885,20 @@ class CcxtVenueClient(VenueClient):
         log.info("venue %s: order %s %s %s %s -> %s", self.name, client_order_id, side, amount, symbol, order.status)
         return order
 
+    def _hyperliquid_reference_price(self, ex, symbol: str, stop_price: float | None) -> float:
+        """The price ccxt bounds a Hyperliquid market order with (its IOC limit is this +/- ccxt's slippage, 5%).
+
+        Hyperliquid has no true market order and ccxt refuses one without a price: a stop's is its
+        trigger, a market order's the current mark.
+        """
+        if stop_price is not None:
+            return float(stop_price)
+        ticker = ex.fetch_ticker(symbol)
+        price = ticker.get("markPrice") or ticker.get("last") or ticker.get("close")
+        if not price:
+            raise BusinessError(f"{self.name}: no price for {symbol} to bound a market order with", code="no_price")
+        return float(price)
+
     def fetch_order_by_client_id(self, client_order_id: str, symbol: str | None = None) -> Order | None:
         venue_cid = self._venue_client_id(client_order_id)
         found = self._call(lambda ex: self._lookup_order(venue_cid, symbol), what=f"fetch_order {client_order_id}")
@@ -861,9 +916,10 @@ class CcxtVenueClient(VenueClient):
             if match is None:
                 raise NotFoundError(f"{self.name}: no open order {order_id}; pass its symbol", code="order_not_found")
             symbol = match.symbol
+        separate = self.config.exchange_id in SEPARATE_TRIGGER_ORDERS  # elsewhere a stop is cancelled like any order
         with self._cache_lock:
-            kinds = [order_id in self._trigger_orders]
-        if not kinds[0] and self.config.exchange_id in SEPARATE_TRIGGER_ORDERS:
+            kinds = [separate and order_id in self._trigger_orders]
+        if not kinds[0] and separate:
             kinds.append(True)
 
         def cancel(ex) -> Order:
@@ -874,9 +930,14 @@ class CcxtVenueClient(VenueClient):
                 params = {"trigger": True} if trigger else {}
                 try:
                     raw = ex.cancel_order(order_id, symbol, params)
-                    if raw.get("amount") is None:  # Binance's algo cancel answers ids only: read it back
+                    if raw.get("amount") is None:  # Binance's algo cancel (and Hyperliquid's) answers ids only: read it back
+                        # Hyperliquid's cancel answers "success" where an order status would be.
+                        status = {"success": "canceled"}.get(raw.get("status"), raw.get("status")) or "canceled"
+                        raw = {**raw, "id": raw.get("id") or order_id, "symbol": raw.get("symbol") or symbol, "status": status}
                         try:
-                            raw = {**ex.fetch_order(order_id, symbol, params), "status": raw.get("status") or "canceled"}
+                            fetched = ex.fetch_order(order_id, symbol, params)
+                            if fetched.get("id") is not None:  # Hyperliquid's "unknownOid" parses to an order without one
+                                raw = {**fetched, "status": status}
                         except ccxt.BaseError:
                             pass
                     return self._to_order(raw, trigger=trigger, assume_status="canceled")
@@ -916,9 +977,13 @@ class CcxtVenueClient(VenueClient):
         self._refuse_if_read_only("cancel_all_orders")
         open_orders = self.fetch_open_orders(symbol)
         groups: dict[tuple[str, bool], list[Order]] = {}
+        separate = self.config.exchange_id in SEPARATE_TRIGGER_ORDERS  # elsewhere one cancel-all takes the stops too
         with self._cache_lock:
             for order in open_orders:
-                groups.setdefault((order.symbol, order.id in self._trigger_orders), []).append(order)
+                groups.setdefault((order.symbol, separate and order.id in self._trigger_orders), []).append(order)
+        if not self._ready_exchange("cancel_all_orders").has.get("cancelAllOrders"):
+            # ccxt has no cancel-all for this exchange (OKX, Hyperliquid): cancel each listed order on its own.
+            return [self._cancel_listed(order) for order in open_orders]
         if symbol is not None and (symbol, False) not in groups:
             groups[(symbol, False)] = []  # an order placed since the listing goes too
         for (sym, trigger), _orders in sorted(groups.items()):
@@ -930,6 +995,18 @@ class CcxtVenueClient(VenueClient):
                 reconcile=lambda: None,  # idempotent: sending it again is the reconciliation
             )
         return [o.model_copy(update={"status": "canceled"}) for o in open_orders]
+
+    def _cancel_listed(self, order: Order) -> Order:
+        """Cancel one order found open by cancel_all_orders; one gone or filled since the listing is no error."""
+        try:
+            return self.cancel_order(order.id, order.symbol)
+        except NotFoundError:
+            return order.model_copy(update={"status": "canceled"})
+        except BusinessError as exc:
+            if exc.code != "order_not_open":
+                raise
+            log.info("venue %s: %s", self.name, exc)
+            return order.model_copy(update={"status": "closed"})
 
     # ------------------------------------------------------------------ transfers
 
