@@ -102,7 +102,7 @@ DOCUMENTED_FUNDING_INTERVAL_HOURS = {
     "bitget": 8.0,
     "gate": 8.0,
     "kucoinfutures": 8.0,
-    "krakenfutures": 4.0,
+    "krakenfutures": 1.0,  # Kraken: funding accrues and settles every hour (ccxt reports "1h")
     "hyperliquid": 1.0,
 }
 

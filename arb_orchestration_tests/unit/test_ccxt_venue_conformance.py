@@ -330,3 +330,19 @@ def test_a_lookup_answer_for_another_client_id_is_not_our_order():
                    "qty": "1", "orderStatus": "New", "createdTime": "1700000000000", "cumExecQty": "0", "price": "1", "avgPrice": ""})
     client._exchange.fetch = lambda *a, **k: {"retCode": 0, "retMsg": "OK", "result": {"list": orders}}  # ignores the filter
     assert client.fetch_order_by_client_id("mine", "BTC/USDT:USDT") is None
+
+
+def test_kraken_futures_funding_is_hourly_and_relative():
+    """Kraken settles funding every hour; its ticker's fundingRate is absolute (USD per contract), ccxt divides by the mark."""
+    def answer(method, path, query, body):
+        assert path.endswith("/tickers"), path
+        return {"result": "success", "tickers": [{"symbol": "PF_XBTUSD", "tag": "perpetual", "pair": "XBT:USD", "markPrice": 100000.0,
+                                                  "fundingRate": 5.0, "fundingRatePrediction": 4.0, "lastTime": "2024-01-01T00:00:00.000Z"}]}
+
+    exchange, _wire = _real("krakenfutures", _market("PF_XBTUSD", "BTC/USD:USD"), answer)
+    client = _client("krakenfutures", exchange)
+    (rate,) = client.fetch_funding_rates()
+    assert (rate.symbol, rate.rate, rate.interval_hours) == ("BTC/USD:USD", pytest.approx(0.00005), 1.0)
+    # Only the fallback: ccxt gives '1h' itself. It must not say 4 h when ccxt's answer lacks one.
+    from arb_orchestration.resources.ccxt_venue import DOCUMENTED_FUNDING_INTERVAL_HOURS
+    assert DOCUMENTED_FUNDING_INTERVAL_HOURS["krakenfutures"] == 1.0
