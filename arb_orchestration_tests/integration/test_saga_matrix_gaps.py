@@ -415,6 +415,14 @@ def test_sigkill_while_wise_applies_the_funding_cancels_the_withdrawal_and_repor
     c.assert_second_pass_does_nothing(world)
     assert [d.amount for d in world.wise.deliveries] == [3_000.0]
 
+    # okx is still short, but the next rebalance must not plan around the leg it cannot see arriving.
+    books = _books(world)
+    blocked = _run("rebalance", c.instance)
+    assert not blocked.success
+    failure = next(e for e in blocked.all_events if e.event_type is DagsterEventType.STEP_FAILURE)
+    assert failure.event_specific_data.user_failure_data.metadata["arb/guardrail"].value == "legs_in_flight"
+    assert _books(world) == books
+
 
 # ----------------------------------------------------------------------------- rebalance: SIGKILL after the pivot
 
@@ -602,6 +610,9 @@ def test_a_wise_sub_step_of_prepare_failing_is_compensated(short, instance, endp
     state = InstanceSagaLog(instance).load(result.run_id)
     assert state.step("prepare_transfers").started and not state.step("prepare_transfers").done
     assert decide(REBALANCE.definition, state).verdict is Verdict.COMPENSATED
+    # Both compensations ran (newest first): the Wise search found nothing to cancel, the reservation is released.
+    assert state.step("prepare_transfers").compensation == {"cancelled": [], "absent": [0], "in_flight": []}
+    assert state.step("plan_rebalance").compensation["released"] == {"EUR": 3000.39, "USDT": 8000.8}
     _assert_nothing_stray(world, before)
     assert world.wise.transfers() == []
 
