@@ -672,6 +672,19 @@ def test_funds_gone_at_the_pivot_refuses_before_sending_and_cancels_the_wise_tra
     _assert_nothing_stray(world, before)
 
 
+def test_an_infeasible_plan_fails_before_anything_moves(short, instance):
+    """The Wise balance (less its reserve) cannot cover bybit's EUR deficit: guardrail plan_infeasible."""
+    world = short
+    before = _books(world)
+    reserve = world.wise.balances()["EUR"] - 100.0  # leaves 100 EUR to give, bybit needs 3,000
+    result = _run("rebalance", instance, {"wise_reserve": {"EUR": reserve}})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type is DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "plan_rebalance"
+    assert failure.event_specific_data.user_failure_data.metadata["arb/guardrail"].value == "plan_infeasible"
+    assert _books(world) == before
+
+
 # ----------------------------------------------------------------------------- in-process: the compensations' own calls
 
 
@@ -851,6 +864,17 @@ def test_a_failed_risk_mail_is_sent_by_forward_recovery_and_nothing_is_closed_tw
     assert {v: len(_orders(world, v)) for v in venues} == orders
     mails = [m for m in world.smtp.wait_for(1, timeout=10) if m.subject.startswith("[stop-loss] FLAT")]
     assert len(mails) == 1
+
+
+def test_a_stop_loss_with_a_bad_config_sends_nothing_and_escalates(world, instance):
+    """A dust of 5 BTC would call every position flat: refused before any order, escalated (forward-only saga)."""
+    before = _exposure(world)
+    result = _run("stop_loss", instance, {"venues": ["kraken"], "dust": 5.0})
+    assert not result.success
+    assert _orders(world, "kraken") == [] and _exposure(world) == before
+    state = InstanceSagaLog(instance).load(result.run_id)
+    assert decide(STOP_LOSS.definition, state).verdict is Verdict.ESCALATED
+    assert any("ESCALATED" in m.subject for m in world.smtp.wait_for(1, timeout=10))
 
 
 def test_timeout_after_commit_on_cancel_all_leaves_no_order_open(world, instance):
