@@ -389,7 +389,7 @@ class HeldClaim:
         lease = self.lease
         held_for = self.claims._clock() - self._held_since
         if self.max_hold_seconds is not None and held_for >= self.max_hold_seconds:
-            self._logger.error(
+            self._say("error",
                 f"saga {lease.saga_id}: {lease.actor} has held its claim for {held_for:.0f} s (max_hold_seconds "
                 f"{self.max_hold_seconds:g}): its heartbeat stops renewing, so the lease runs out "
                 f"{max(0.0, lease.expires_at - self.claims._clock()):.0f} s from now and another actor may take "
@@ -398,14 +398,14 @@ class HeldClaim:
         try:
             self.renew()
         except ClaimLostError as exc:
-            self._logger.error(
+            self._say("error",
                 f"CLAIM LOST: {exc}. {lease.actor} stops acting on saga {lease.saga_id} at its next safe point: "
                 f"the call in flight (if any) cannot be aborted; its outcome will not be recorded and nothing "
                 f"more will be done by this actor (the new holder repeats it, idempotent by key)")
             return False
         except Exception as exc:  # storage trouble: the lease still has time; try again next period
             self.renewal_errors += 1
-            self._logger.warning(
+            self._say("warning",
                 f"saga {lease.saga_id}: the heartbeat of {lease.actor} could not renew its claim "
                 f"({type(exc).__name__}: {exc}); trying again in {self.renew_every_seconds:g} s "
                 f"(lease ends in {max(0.0, lease.expires_at - self.claims._clock()):.0f} s)")
@@ -419,7 +419,17 @@ class HeldClaim:
                 if not self.beat():
                     return
         except BaseException as exc:  # never die silently: the lease would run out unexplained
-            self._logger.error(f"saga {self._lease.saga_id}: claim heartbeat crashed: {type(exc).__name__}: {exc}")
+            self._say("error", f"saga {self._lease.saga_id}: claim heartbeat crashed: {type(exc).__name__}: {exc}")
+
+    def _say(self, level: str, message: str) -> None:
+        # The actor's logger may stop working under the heartbeat (a sensor tick that timed out and
+        # whose log capture was closed while its compensation runs on): that must not stop renewals.
+        try:
+            getattr(self._logger, level)(message)
+        except Exception:
+            import logging
+
+            getattr(logging.getLogger("arb_orchestration.saga"), level)(message)
 
     def start_heartbeat(self) -> "HeldClaim":
         if self._thread is None:

@@ -340,6 +340,35 @@ def test_a_transient_storage_error_in_one_heartbeat_is_retried_and_the_lease_kep
     assert claims.holder("s-flaky") is None and not heartbeat_threads()
 
 
+def test_a_logger_that_stops_working_does_not_stop_the_renewals():
+    # A sensor tick that timed out keeps compensating in the code server after its log capture was
+    # closed: the heartbeat's log calls may raise from then on, and it must go on renewing.
+    from arb_orchestration.saga.claim import HeldClaim
+
+    class BrokenLogger(ListLogger):
+        def _add(self, level, msg):
+            raise ValueError("I/O operation on closed file")
+
+    class FlakyStore(InMemoryClaimStore):
+        failures = 1
+
+        def replace(self, key, seen, value):
+            if self.failures:
+                self.failures -= 1
+                raise OSError("server closed the connection unexpectedly")
+            return super().replace(key, seen, value)
+
+    clock, store = FakeClock(), FlakyStore()
+    claims = SagaClaims(store, clock=clock)
+    lease = claims.acquire("s-mute", "sensor a", ttl_seconds=60).lease
+    with HeldClaim(claims, lease, ttl_seconds=60, renew_every_seconds=0.01, logger=BrokenLogger()) as held:
+        for _ in range(3):
+            clock.advance(40)
+            wait_for(lambda: claims.holder("s-mute").expires_at >= clock() + 59.9, what="a renewal")
+        assert held.renewal_errors == 1 and held.renewals >= 3
+    assert claims.holder("s-mute") is None
+
+
 def test_a_renewal_whose_reply_was_lost_is_recognised_as_ours():
     # The UPDATE committed but the connection dropped before its reply: the store holds our lease
     # with a later expiry than the one we know. Nobody took it over, so renewing must not say "lost".
