@@ -176,6 +176,10 @@ def test_policy_target_venue_filter_and_spot_exclusion():
     policy = HedgePolicy(target_delta={"BTC": 1.0}, venues=("okx",))
     plan = plan_hedges([], spot(binance={"BTC": 3.0}), FUNDING, PRICES, policy)
     assert [(o.venue, o.amount) for o in plan.orders] == [("okx", 2.0)]
+    # What the plan reports measures from the target: 3 held - 1 wanted = 2 BTC too long ($120,000), all sold.
+    btc = plan.delta("BTC")
+    assert (btc.net_delta, btc.target, btc.drift) == (3.0, 1.0, 2.0)
+    assert btc.drift_usd == pytest.approx(120_000.0) and btc.residual_after_plan == pytest.approx(0.0)
     no_spot = plan_hedges([], spot(binance={"BTC": 3.0}), FUNDING, PRICES, HedgePolicy(include_spot=False))
     assert no_spot.orders == ()
     assert hedge_orders([], spot(binance={"BTC": 3.0}), FUNDING, PRICES) == list(
