@@ -687,7 +687,9 @@ class CcxtVenueClient(VenueClient):
     def _venue_client_id(self, client_order_id: str) -> str:
         rule = CLIENT_ORDER_ID_RULES.get(self.config.exchange_id, _DEFAULT_CLIENT_ORDER_ID_RULE)
         venue_id = client_order_id
-        if not rule.fullmatch(client_order_id):
+        if self.config.exchange_id == "hyperliquid" and re.fullmatch(r"[0-9a-f]{32}", client_order_id):
+            venue_id = "0x" + client_order_id  # the saga's 128-bit keys are cloids already, short of the prefix
+        elif not rule.fullmatch(client_order_id):
             # A stable stand-in the venue accepts; the same key always maps the same.
             digest = hashlib.sha256(client_order_id.encode()).hexdigest()
             venue_id = "0x" + digest[:32] if self.config.exchange_id == "hyperliquid" else "x" + digest[:31]
@@ -981,7 +983,7 @@ class CcxtVenueClient(VenueClient):
         with self._cache_lock:
             for order in open_orders:
                 groups.setdefault((order.symbol, separate and order.id in self._trigger_orders), []).append(order)
-        if not self._ready_exchange("cancel_all_orders").has.get("cancelAllOrders"):
+        if not getattr(self._ready_exchange("cancel_all_orders"), "has", {}).get("cancelAllOrders", True):
             # ccxt has no cancel-all for this exchange (OKX, Hyperliquid): cancel each listed order on its own.
             return [self._cancel_listed(order) for order in open_orders]
         if symbol is not None and (symbol, False) not in groups:
@@ -1012,6 +1014,10 @@ class CcxtVenueClient(VenueClient):
 
     def fetch_deposit_withdraw_fees(self) -> list[NetworkFee]:
         def fetch(ex) -> list[NetworkFee]:
+            if not getattr(ex, "has", {}).get("fetchDepositWithdrawFees", True):  # ccxt: None/False = not supported
+                # ccxt cannot tell this exchange's withdrawal fees (Kraken Futures, Hyperliquid): no rail leaves it.
+                log.info("venue %s: ccxt's %s has no withdrawal fees; no withdrawal rails", self.name, self.config.exchange_id)
+                return []
             fees = ex.fetch_deposit_withdraw_fees()
             rails = []
             for code, entry in sorted(fees.items()):

@@ -346,3 +346,23 @@ def test_kraken_futures_funding_is_hourly_and_relative():
     # Only the fallback: ccxt gives '1h' itself. It must not say 4 h when ccxt's answer lacks one.
     from arb_orchestration.resources.ccxt_venue import DOCUMENTED_FUNDING_INTERVAL_HOURS
     assert DOCUMENTED_FUNDING_INTERVAL_HOURS["krakenfutures"] == 1.0
+
+
+def test_hyperliquid_a_saga_key_is_its_own_cloid():
+    """The saga's keys are 128-bit hex already (saga/keys.py): on Hyperliquid they go out 0x-prefixed, readable in its UI."""
+    client, _wire = _hl_client({})
+    assert client._venue_client_id("3f2a" * 8) == "0x" + "3f2a" * 8
+    assert client._venue_client_id("0x" + "ab" * 16) == "0x" + "ab" * 16
+
+
+@pytest.mark.parametrize("exchange_id, symbol, market_id", [("krakenfutures", "BTC/USD:USD", "PF_XBTUSD"),
+                                                            ("hyperliquid", _HL_SYMBOL, "BTC")])
+def test_a_venue_without_a_fee_endpoint_offers_no_withdrawal_rails(exchange_id, symbol, market_id):
+    """ccxt has no fetchDepositWithdrawFees for these (NotSupported): the rebalance planner, which asks every venue,
+    must get "no rails" rather than a failure that stops every plan (withdrawals from them are refused anyway)."""
+    def answer(method, path, query, body):
+        raise AssertionError(f"no request expected: {method} {path}")
+
+    exchange, _wire = _real(exchange_id, _market(market_id, symbol), answer)
+    assert not exchange.has.get("fetchDepositWithdrawFees")
+    assert _client(exchange_id, exchange).fetch_deposit_withdraw_fees() == []
