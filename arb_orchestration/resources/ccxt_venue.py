@@ -571,7 +571,8 @@ class CcxtVenueClient(VenueClient):
         return result
 
     def fetch_positions(self) -> list[Position]:
-        raw = self._call(lambda ex: ex.fetch_positions(), what="fetch_positions")
+        raw = self._call(lambda ex: self._read_all(ex, ex.fetch_positions, lambda params: ex.fetch_positions(None, params),
+                                                   inverse=True), what="fetch_positions")
         positions = []
         for p in raw:
             contracts = float(p.get("contracts") or 0.0)
@@ -603,6 +604,23 @@ class CcxtVenueClient(VenueClient):
                 )
             )
         return positions
+
+    def _read_all(self, ex, read: Callable[[], list], read_with: Callable[[dict], list], *, inverse: bool = False) -> list:
+        """Every row of an account-wide read (positions, open orders): `read()`, except where ccxt answers only part.
+
+        ccxt's bybit, asked without a symbol, reads settleCoin=USDT only and one page (orders: 20): a USDC-settled
+        position would read as flat. There it reads each linear settle coin of the loaded markets, every page, and
+        (`inverse`, positions) the inverse category when there are inverse contracts. Open orders on inverse
+        contracts are not read: ccxt would ask for settleCoin=USDT there, and the client places none.
+        """
+        if self.config.exchange_id != "bybit":
+            return read()
+        contracts = [m for m in (ex.markets or {}).values() if m.get("contract") and m.get("swap", True)]
+        settles = sorted({m["settle"] for m in contracts if m.get("linear") and m.get("settle")}) or ["USDT"]
+        rows = [row for coin in settles for row in read_with({"settleCoin": coin, "paginate": True})]
+        if inverse and any(m.get("inverse") for m in contracts):
+            rows += read_with({"subType": "inverse", "paginate": True})
+        return rows
 
     def _interval_hours(self, interval: str | None, symbol: str, source: str) -> float | None:
         """Hours in a venue's funding interval ("8h", "480m", "1d"); None when absent or not understood.
@@ -968,7 +986,13 @@ class CcxtVenueClient(VenueClient):
 
     def fetch_open_orders(self, symbol: str | None = None) -> list[Order]:
         def fetch(ex) -> list[Order]:
-            orders = [self._to_order(raw) for raw in ex.fetch_open_orders(symbol)]
+            if symbol is None:
+                raws = self._read_all(ex, ex.fetch_open_orders, lambda params: ex.fetch_open_orders(None, None, None, params))
+            elif self.config.exchange_id == "bybit":
+                raws = ex.fetch_open_orders(symbol, None, None, {"paginate": True})
+            else:
+                raws = ex.fetch_open_orders(symbol)
+            orders = [self._to_order(raw) for raw in raws]
             if self.config.exchange_id in SEPARATE_TRIGGER_ORDERS:
                 orders += [self._to_order(raw, trigger=True) for raw in ex.fetch_open_orders(symbol, None, None, {"trigger": True})]
             return [o for o in orders if o.status == "open"]

@@ -366,3 +366,41 @@ def test_a_venue_without_a_fee_endpoint_offers_no_withdrawal_rails(exchange_id, 
     exchange, _wire = _real(exchange_id, _market(market_id, symbol), answer)
     assert not exchange.has.get("fetchDepositWithdrawFees")
     assert _client(exchange_id, exchange).fetch_deposit_withdraw_fees() == []
+
+
+def test_bybit_positions_and_open_orders_are_read_for_every_settle_coin_and_page():
+    """ccxt's bybit asks for settleCoin=USDT only when no symbol is given, and one page (orders: 20): a USDC-settled
+    position would read as flat to the stop-loss, and the 21st open order would be missed."""
+    def position(symbol: str) -> dict:
+        return {"symbol": symbol, "side": "Buy", "size": "0.5", "avgPrice": "100000", "markPrice": "100000", "positionIdx": 0,
+                "positionValue": "50000", "unrealisedPnl": "0", "liqPrice": "", "leverage": "5", "tradeMode": 0,
+                "updatedTime": "1700000000000", "createdTime": "1700000000000"}
+
+    def order(i: int) -> dict:
+        return {"orderId": f"o{i}", "orderLinkId": f"l{i}", "symbol": "BTCUSDT", "side": "Sell", "orderType": "Limit", "qty": "0.1",
+                "price": "200000", "orderStatus": "New", "createdTime": "1700000000000", "cumExecQty": "0", "avgPrice": ""}
+
+    usdt_orders = [order(i) for i in range(25)]
+
+    def answer(method, path, query, body):
+        settle = query.get("settleCoin")
+        if path.endswith("/v5/position/list"):
+            rows = [position("BTCPERP")] if settle == "USDC" else [position("BTCUSDT")] if settle == "USDT" else []
+            return {"retCode": 0, "retMsg": "OK", "result": {"list": rows, "nextPageCursor": ""}}
+        if path.endswith("/v5/order/realtime"):
+            if settle != "USDT":
+                return {"retCode": 0, "retMsg": "OK", "result": {"list": [], "nextPageCursor": ""}}
+            start = int(query.get("cursor") or 0)
+            size = int(query.get("limit") or 20)
+            page = usdt_orders[start:start + size]
+            more = start + size < len(usdt_orders)
+            return {"retCode": 0, "retMsg": "OK", "result": {"list": page, "nextPageCursor": str(start + size) if more else ""}}
+        raise AssertionError(f"unexpected {method} {path}")
+
+    usdc = _market("BTCPERP", "BTC/USDC:USDC")
+    exchange, _wire = _real("bybit", _market("BTCUSDT", "BTC/USDT:USDT"), answer,
+                            options={"enableUnifiedAccount": True, "enableUnifiedMargin": False})
+    exchange.set_markets([_market("BTCUSDT", "BTC/USDT:USDT"), usdc])
+    client = _client("bybit", exchange)
+    assert sorted(p.symbol for p in client.fetch_positions()) == ["BTC/USDC:USDC", "BTC/USDT:USDT"]
+    assert len(client.fetch_open_orders()) == 25
