@@ -72,6 +72,7 @@ from arb_orchestration.saga import (
     decide,
     pause_trading,
     recover_run,
+    resume_trading,
 )
 from arb_orchestration_tests.integration.world_resources import world_exchange, world_smtp
 
@@ -118,6 +119,11 @@ def resources(saga: str, *, timeout: float = 2.0) -> dict:
 def rebalance_job_for_world():
     """Reconstructable target for re-execution."""
     return Definitions(jobs=[REBALANCE.job], resources=resources("rebalance")).get_job_def(REBALANCE.job.name)
+
+
+def hedge_job_for_world():
+    """Reconstructable target for re-execution."""
+    return Definitions(jobs=[HEDGE.job], resources=resources("hedge")).get_job_def(HEDGE.job.name)
 
 
 def _recovery_resources(saga: str) -> dict:
@@ -751,6 +757,37 @@ def test_trading_paused_between_legs_unwinds_the_first_leg(world, instance):
     saga = InstanceSagaLog(instance).load(result.run_id)
     assert decide(HEDGE.definition, saga).verdict is Verdict.COMPENSATED
 
+    # Re-executing the rolled-back hedge (trading resumed) is refused and sends nothing.
+    resume_trading(instance, "drill over", by="test")
+    with execute_job(build_reconstructable_job(__name__, "hedge_job_for_world"), instance,
+                     reexecution_options=ReexecutionOptions(parent_run_id=result.run_id)) as again:
+        assert not again.success
+    assert [o for v in venues for o in _orders(world, v)] == orders
+    assert _exposure(world) == before
+
+
+def test_a_refused_stop_after_the_pivot_escalates_and_keeps_the_hedge(world, instance):
+    """kraken refuses its protective stop (the mark moved through the trigger while the order was on its way):
+    past the pivot, so the hedge legs stay, the other stops are placed, and the saga is escalated."""
+    state = world.exchange.state
+    state.set_positions("kraken", [{"symbol": BTC, "side": "long", "size": 0.3}])
+    fault = world.exchange.faults.add({"kind": "latency", "latency_ms": 400, "venue": "kraken",
+                                       "endpoint": "create_order", "count": 1})
+    when(lambda: fault.hits >= 1, lambda: state.shock(venue="kraken", symbol=BTC, pct=-0.10))
+    others = [v for v in state.venue_names() if v != "kraken"]
+    result = _run("hedge", instance, {"order_venues": others})
+    assert not result.success and fault.hits == 1
+    saga = InstanceSagaLog(instance).load(result.run_id)
+    assert saga.step(PLACE).done and not saga.step(STOPS).done and saga.step(PLACE).compensation is None
+    assert decide(HEDGE.definition, saga).verdict is Verdict.ESCALATED
+    assert any("ESCALATED" in m.subject for m in world.smtp.wait_for(1, timeout=10))
+    assert [o for o in _orders(world, "kraken", status="open")] == []  # its stop was refused
+    legs = [o for v in others for o in _orders(world, v) if o.type == "market"]
+    # The hedge was kept: its legs are the only market orders (no unwind after the pivot).
+    assert legs and sorted(o.client_order_id for o in legs) == sorted(f["client_order_id"] for f in saga.step(PLACE).result["legs"])
+    protected = {(o.venue, o.symbol) for v in others for o in _orders(world, v, status="open") if o.type == "stop_market"}
+    assert protected == {(v, p.symbol) for v in others for p in state.positions(v)}
+
 
 @pytest.mark.parametrize("refusal", ["paused", "invalid_config"])
 def test_a_hedge_refused_before_it_starts_sends_nothing(world, instance, refusal):
@@ -874,6 +911,24 @@ def test_a_stop_loss_with_a_bad_config_sends_nothing_and_escalates(world, instan
     assert _orders(world, "kraken") == [] and _exposure(world) == before
     state = InstanceSagaLog(instance).load(result.run_id)
     assert decide(STOP_LOSS.definition, state).verdict is Verdict.ESCALATED
+    assert any("ESCALATED" in m.subject for m in world.smtp.wait_for(1, timeout=10))
+
+
+def test_a_stop_loss_every_venue_refuses_is_escalated_at_once(world, instance, monkeypatch):
+    """The venue refuses every call (the run holds a revoked API key): retrying cannot flatten it, so the
+    stop-loss is escalated at once (no forward relaunch), and nothing was sent."""
+    before = _exposure(world)
+    monkeypatch.setenv("EXCHANGE_SIM_API_KEY", "revoked")
+    result = _run("stop_loss", instance, {"venues": ["kraken"], "deadline_seconds": 3.0})
+    monkeypatch.setenv("EXCHANGE_SIM_API_KEY", world.env()["EXCHANGE_SIM_API_KEY"])
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type is DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "liquidate" and "refused" in str(failure.event_specific_data.error)
+    state = InstanceSagaLog(instance).load(result.run_id)
+    assert decide(STOP_LOSS.definition, state).verdict is Verdict.ESCALATED
+    assert recover_run(instance, STOP_LOSS.definition, instance.get_run_by_id(result.run_id),
+                       _recovery_resources("stop_loss")).action is Action.NONE
+    assert _orders(world, "kraken") == [] and _exposure(world) == before
     assert any("ESCALATED" in m.subject for m in world.smtp.wait_for(1, timeout=10))
 
 
