@@ -914,7 +914,9 @@ class CcxtVenueClient(VenueClient):
         if stop_price is not None:
             return float(stop_price)
         ticker = ex.fetch_ticker(symbol)
-        price = ticker.get("markPrice") or ticker.get("last") or ticker.get("close")
+        info = ticker.get("info") if isinstance(ticker.get("info"), dict) else {}
+        # ccxt's hyperliquid ticker carries the mark only in info.markPx (last/close are the mid).
+        price = ticker.get("markPrice") or info.get("markPx") or ticker.get("last") or ticker.get("close")
         if not price:
             raise BusinessError(f"{self.name}: no price for {symbol} to bound a market order with", code="no_price")
         return float(price)

@@ -232,7 +232,9 @@ def _hyperliquid(statuses: dict[str, dict]) -> Responder:
 def _hl_client(statuses: dict[str, dict]):
     market = _market("BTC", _HL_SYMBOL, baseId=0, precision={"amount": 0.00001, "price": 1}, info={"szDecimals": 5})
     exchange, wire = _real("hyperliquid", market, _hyperliquid(statuses), options={"approvedBuilderFee": True, "builderFee": False})
-    exchange.fetch_ticker = lambda symbol, params={}: {"symbol": symbol, "markPrice": 100000.0, "last": 100010.0}
+    # ccxt's hyperliquid ticker has no unified markPrice: the mark is in info.markPx, last/close are the mid.
+    exchange.fetch_ticker = lambda symbol, params={}: {"symbol": symbol, "markPrice": None, "last": 100010.0, "close": 100010.0,
+                                                       "info": {"markPx": "100000.0", "midPx": "100010.0"}}
     return _client("hyperliquid", exchange), wire
 
 
