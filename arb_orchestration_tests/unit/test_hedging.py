@@ -215,3 +215,8 @@ def test_orders_validate_themselves():
         HedgeOrder(venue="x", symbol=BTC, side="buy", amount=0)
     with pytest.raises(ValueError):
         HedgeOrder(venue="x", symbol=BTC, side="buy", amount=1, type="stop_market")
+
+
+def test_no_protective_stop_for_an_empty_position():
+    with pytest.raises(ValueError, match="no stop for an empty position on binance BTC/USDT:USDT"):
+        protective_stop(pos("binance", BTC, "long", 0.0, liq=40_000.0), 5.0)
