@@ -43,7 +43,7 @@ from pydantic import (
     model_validator,
 )
 
-from arb_orchestration.resources.errors import BusinessError, TransientError
+from arb_orchestration.resources.errors import BusinessError, NotFoundError, TransientError
 from arb_orchestration.resources.http import send
 from arb_orchestration.resources.resilience import ResilientCaller, RetrySettings, breaker_for
 
@@ -501,11 +501,22 @@ class WiseResource(ConfigurableResource):
             "customerTransactionId": cti,
             "details": {"reference": reference},
         }
-        transfer = self._call(
-            f"wise create transfer {cti}",
-            lambda: Transfer.model_validate(self._request("POST", "/v1/transfers", json=body)),
-            reconcile=lambda: self._lookup_transfer(cti),
-        )
+        try:
+            transfer = self._call(
+                f"wise create transfer {cti}",
+                lambda: Transfer.model_validate(self._request("POST", "/v1/transfers", json=body)),
+                reconcile=lambda: self._lookup_transfer(cti),
+            )
+        except BusinessError as exc:
+            # Wise documents that a repeated customerTransactionId creates no duplicate, not what the
+            # repeat answers. Were it a 4xx, the transfer the first attempt made is the answer.
+            if isinstance(exc, NotFoundError):
+                raise
+            existing = self._call(f"wise find transfer {cti}", lambda: self._lookup_transfer(cti))
+            if existing is None:
+                raise
+            log.warning("wise: creating transfer %s was refused (%s) but it exists: transfer %s", cti, exc.code, existing.id)
+            return existing
         log.info("wise transfer %s (%s) is %s", transfer.id, cti, transfer.status)
         return transfer
 

@@ -207,3 +207,29 @@ def test_find_transfer_with_created_after_sends_that_day():
     after = datetime(2026, 11, 20, 23, 30, tzinfo=timezone.utc)
     assert client(fake).find_transfer("k", created_after=after) is None
     assert fake.calls("GET", r"/v1/transfers")[0].url.params["createdDateStart"] == "2026-11-20"
+
+
+# ----------------------------------------------------------------------------- a repeated customerTransactionId
+
+
+def test_a_repeat_refused_with_a_4xx_still_yields_the_transfer_already_created():
+    # Wise: a retry with the same customerTransactionId "will not create duplicate transfers"; what
+    # the repeat answers is not documented. Should it be a 4xx (code below is hypothetical), the
+    # transfer that the first attempt created is looked up and returned instead of failing the step.
+    cti = customer_transaction_id_for("saga-9/wise/1")
+    first = _transfer(77_001, "incoming_payment_waiting", cti)
+    fake = FakeWise()
+    fake.on("POST", r"/v1/transfers", lambda r: _errors(409, "transfer.duplicate", "already exists"))
+    fake.on("GET", r"/v1/transfers", lambda r: httpx.Response(200, json=[first]))
+    transfer = client(fake).create_transfer("f74a8311-7534-4e0a-851a-f24ad4d37170", 700615291, "saga-9/wise/1")
+    assert transfer.id == 77_001
+    assert len(fake.calls("POST", r"/v1/transfers")) == 1
+
+
+def test_a_4xx_on_create_with_no_transfer_behind_it_is_raised():
+    fake = FakeWise()
+    fake.on("POST", r"/v1/transfers", lambda r: _errors(422, "quote.expired", "quote expired"))
+    fake.on("GET", r"/v1/transfers", lambda r: httpx.Response(200, json=[]))
+    with pytest.raises(BusinessError) as err:
+        client(fake).create_transfer("f74a8311-7534-4e0a-851a-f24ad4d37170", 700615291, "saga-9/wise/2")
+    assert err.value.code == "quote.expired"
