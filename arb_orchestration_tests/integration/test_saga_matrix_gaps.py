@@ -825,6 +825,38 @@ def test_timeout_after_commit_on_the_leg_and_on_its_unwind_sends_each_once(world
     assert decide(HEDGE.definition, saga).verdict is Verdict.COMPENSATED
 
 
+def test_a_failing_unwind_is_loud_and_the_sweep_finishes_it_once(world, instance):
+    """The second leg is refused; bybit then fails every unwind order (5xx, nothing applied) past the retries: the
+    compensation fails loudly (COMPENSATION FAILED mail). Once bybit is back, the sweep unwinds the leg, once."""
+    state = world.exchange.state
+    state.credit("kraken", "BTC", 1.0)
+    state.shock(venue="bybit", symbol=BTC, funding_rate=0.0005)
+    state.shock(venue="okx", symbol=BTC, funding_rate=0.0004)
+    state.credit("okx", "USDT", -(state.balances("okx")["USDT"].free - 50.0))  # okx cannot margin leg 1
+    before = _exposure(world)["bybit"]
+    world.exchange.faults.add({"kind": "latency", "latency_ms": 300, "venue": "okx", "endpoint": "create_order"})
+    when(lambda: _orders(world, "bybit"),
+         lambda: world.exchange.faults.add({"kind": "error_5xx", "venue": "bybit", "endpoint": "create_order"}))
+    result = _run("hedge", instance, {"max_notional_per_market_usd": 40_000.0})
+    assert not result.success
+    [leg] = _orders(world, "bybit")  # no unwind reached the book
+    saga = InstanceSagaLog(instance).load(result.run_id)
+    assert RecordKind.COMPENSATION_FAILED in [r.kind for r in saga.records] and not saga.step(PLACE).compensated
+    assert any("COMPENSATION FAILED" in m.subject for m in world.smtp.wait_for(1, timeout=10))
+
+    world.exchange.faults.clear()
+    reset_breakers()
+    _sweep("hedge", instance)
+    saga = InstanceSagaLog(instance).load(result.run_id)
+    assert decide(HEDGE.definition, saga).verdict is Verdict.COMPENSATED
+    leg_again, unwind = _orders(world, "bybit")
+    assert leg_again.id == leg.id and unwind.reduce_only and unwind.filled == pytest.approx(leg.filled)
+    assert _exposure(world)["bybit"] == before
+    records = len(saga.records)
+    assert "no failed saga runs needing recovery" in _sweep("hedge", instance).skip_message
+    assert len(_orders(world, "bybit")) == 2 and len(InstanceSagaLog(instance).load(result.run_id).records) == records
+
+
 def test_timeout_after_commit_on_stop_creation_and_cancellation_leaves_one_stop_each(world, instance):
     create = world.exchange.faults.add({"kind": "timeout_after_commit", "venue": "kraken", "endpoint": "create_order"})
     first = _run("hedge", instance)
