@@ -91,6 +91,7 @@ def test_long_drift_is_shorted_where_normalised_funding_is_highest():
         False,
     )
     assert order.funding_rate_8h == pytest.approx(0.0004)
+    assert order.reason == "hedge BTC drift (funding +4.00 bp/8h)"  # 0.5 bp/h, per 8 h, in bp
     assert order.notional_usd == pytest.approx(120_000.0)
     assert plan.delta("BTC").status == "hedge"
     assert plan.delta("BTC").residual_after_plan == pytest.approx(0.0)
@@ -220,3 +221,18 @@ def test_orders_validate_themselves():
 def test_no_protective_stop_for_an_empty_position():
     with pytest.raises(ValueError, match="no stop for an empty position on binance BTC/USDT:USDT"):
         protective_stop(pos("binance", BTC, "long", 0.0, liq=40_000.0), 5.0)
+
+
+@pytest.mark.parametrize("bad", [0.0, -60_000.0, float("inf"), float("nan")])
+def test_a_bad_reference_price_leaves_the_asset_unpriced_and_unhedged(bad):
+    plan = plan_hedges([], spot(binance={"BTC": 2.0}), FUNDING, {"BTC": bad})
+    assert plan.delta("BTC").status == "unpriced" and plan.delta("BTC").price_usd is None
+    assert plan.orders == ()
+
+
+def test_policy_caps_must_be_positive():
+    with pytest.raises(ValueError, match="max_notional_per_market_usd must be > 0"):
+        HedgePolicy(max_notional_per_market_usd=0)
+    assert HedgePolicy(max_notional_per_market_usd=0.5).max_notional_per_market_usd == 0.5
+    with pytest.raises(ValueError, match="must be >= 0"):
+        HedgePolicy(min_notional_usd=-1)
