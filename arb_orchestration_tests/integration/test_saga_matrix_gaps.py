@@ -933,6 +933,8 @@ def test_a_failed_risk_mail_is_sent_by_forward_recovery_and_nothing_is_closed_tw
     assert {v: len(_orders(world, v)) for v in venues} == orders
     mails = [m for m in world.smtp.wait_for(1, timeout=10) if m.subject.startswith("[stop-loss] FLAT")]
     assert len(mails) == 1
+    state = InstanceSagaLog(instance).load(result.run_id)  # the same saga, finished: liquidate was not run again
+    assert decide(STOP_LOSS.definition, state).verdict is Verdict.COMPLETED and state.step("liquidate").starts == 1
 
 
 def test_a_stop_loss_with_a_bad_config_sends_nothing_and_escalates(world, instance):
