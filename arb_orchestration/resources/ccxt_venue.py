@@ -147,6 +147,35 @@ DEFAULT_WITHDRAWAL_FEE_MODES = {
     "hyperliquid": "deducted",
 }
 
+# Where an exchange pays withdrawals from, when that is not the trading account the ccxt class trades in.
+# Binance's `capital/withdraw/apply` pays from the spot wallet (walletType 0) or the funding wallet (1); without
+# walletType it uses the wallet "selected" in the account's UI, so the client always sends it. OKX's
+# `asset/withdrawal` pays from the funding account (6); margin sits in the trading account (18). The values are
+# ccxt account names (`options['accountsByType']`); "none" means the exchange pays withdrawals from the trading
+# account itself (or someone moves funds by hand), so nothing is topped up.
+WITHDRAW_FROM_NONE = "none"
+WITHDRAW_WALLETS: dict[str, tuple[str, ...]] = {
+    "binance": ("spot", "funding"),
+    "binanceusdm": ("spot", "funding"),
+    "binancecoinm": ("spot", "funding"),
+    "okx": ("funding",),
+}
+DEFAULT_WITHDRAW_FROM_ACCOUNT = {"binance": "spot", "binanceusdm": "spot", "binancecoinm": "spot", "okx": "funding"}
+# ccxt's name of the account the class trades in, the source of a top-up. Not "future" on Binance: that is no
+# key of binance's accountsByType, and ccxt's transfer would take it for an isolated-margin symbol.
+TRADING_ACCOUNTS = {"binance": "linear", "binanceusdm": "linear", "binancecoinm": "inverse", "okx": "trading"}
+BINANCE_WALLET_TYPES = {"spot": 0, "funding": 1}
+
+
+def withdraw_from_account_for(exchange_id: str, configured: str | None) -> str:
+    """The wallet withdrawals are paid from (`configured`, else the exchange's default); ValueError if not one of its own."""
+    value = configured or DEFAULT_WITHDRAW_FROM_ACCOUNT.get(exchange_id, WITHDRAW_FROM_NONE)
+    allowed = (*WITHDRAW_WALLETS.get(exchange_id, ()), WITHDRAW_FROM_NONE)
+    if value not in allowed:
+        raise ValueError(f"{value!r} is not a withdrawal wallet of {exchange_id}; one of {', '.join(map(repr, allowed))}")
+    return value
+
+
 # Exchanges whose conditional (stop) orders live behind separate endpoints that ccxt
 # reaches with `params={"trigger": True}` (Binance's Algo Order API).
 # OKX's trigger orders are algo orders (`/trade/order-algo`, `orders-algo-pending`, `cancel-algos`),
@@ -368,6 +397,8 @@ class CcxtVenueSettings:
     precheck_client_order_id: bool = True
     # "added" | "deducted"; None: the exchange's entry in DEFAULT_WITHDRAWAL_FEE_MODES (no entry: no withdrawals).
     withdrawal_fee_mode: str | None = None
+    # The wallet withdrawals are paid from ("spot", "funding", "none"); None: DEFAULT_WITHDRAW_FROM_ACCOUNT.
+    withdraw_from_account: str | None = None
 
 
 def _is_loopback(url: str) -> bool:
@@ -427,6 +458,11 @@ class CcxtVenueClient(VenueClient):
         if self.withdrawal_fee_mode not in (None, *WITHDRAWAL_FEE_MODES):
             raise ValueError(f"{config.name}: withdrawal_fee_mode must be one of {WITHDRAWAL_FEE_MODES}, "
                              f"got {config.withdrawal_fee_mode!r}")
+        try:
+            self.withdraw_from_account = withdraw_from_account_for(config.exchange_id, config.withdraw_from_account)
+        except ValueError as exc:
+            raise ValueError(f"{config.name}: withdraw_from_account: {exc}") from None
+        self._wallet_noted: dict[str, float] = {}  # asset -> amount last reported in the withdrawal wallet
         if config.api_base_url:
             check_endpoint(config.api_base_url, f"{config.name}: api_base_url")
         for key, url in config.api_urls.items():
@@ -543,6 +579,7 @@ class CcxtVenueClient(VenueClient):
             "sandbox": self.config.sandbox,
             "demo_trading": self.config.demo_trading,
             "read_only": self.config.read_only,
+            "withdraw_from_account": self.withdraw_from_account,
             "markets_loaded": self._ready,
             "breaker": self._breaker.snapshot(),
         }
@@ -550,7 +587,54 @@ class CcxtVenueClient(VenueClient):
     # ------------------------------------------------------------------ market state
 
     def fetch_balance(self) -> dict[str, Balance]:
-        raw = self._call(lambda ex: ex.fetch_balance(), what="fetch_balance")
+        """The trading account's balances plus what sits in the withdrawal wallet (spot / funding), if any.
+
+        Money in the withdrawal wallet is the venue's: a top-up whose withdrawal then failed, or a deposit (Binance
+        credits spot or funding, OKX funding). It is counted here so the books never lose sight of it (and the next
+        withdrawal spends it first), and logged at WARNING whenever its amount changes.
+        """
+        if self.withdraw_from_account == WITHDRAW_FROM_NONE:
+            raw = self._call(lambda ex: ex.fetch_balance(), what="fetch_balance")
+            return self._trading_balances(raw)
+        raw, wallet = self._call(lambda ex: (ex.fetch_balance(), self._read_withdrawal_wallet(ex)), what="fetch_balance")
+        result = self._trading_balances(raw)
+        for asset, held in sorted(wallet.items()):
+            if held.total <= 0 and asset not in result:
+                continue
+            mine = result.get(asset) or Balance(asset=asset, free=0.0, used=0.0, total=0.0)
+            result[asset] = Balance(asset=asset, free=mine.free + held.free, used=mine.used + held.used,
+                                    total=mine.total + held.total)
+        self._note_withdrawal_wallet(wallet)
+        return dict(sorted(result.items()))
+
+    def _note_withdrawal_wallet(self, wallet: dict[str, Balance]) -> None:
+        for asset, held in sorted(wallet.items()):
+            if abs(held.total - self._wallet_noted.get(asset, 0.0)) <= 1e-12:
+                continue
+            self._wallet_noted[asset] = held.total
+            if held.total > 0:
+                log.warning("venue %s: %s %s sits in the %s wallet, outside the trading account (a top-up left by a "
+                            "failed withdrawal, or a deposit); counted in the venue's balance, spent first by the next "
+                            "withdrawal", self.name, format(held.total, ".8g"), asset, self.withdraw_from_account)
+
+    def _read_withdrawal_wallet(self, ex) -> dict[str, Balance]:
+        """The withdrawal wallet's balances (raises ccxt errors: call inside `_call`/`_run`)."""
+        params: dict[str, Any] = {"type": self.withdraw_from_account}
+        if self._family == "binance":
+            # Anything but linear/inverse: binanceusdm's defaultSubType ('linear') would otherwise send even a spot
+            # or funding read to the futures account (binance.fetch_balance checks is_linear before type).
+            params["subType"] = self.withdraw_from_account
+        raw = ex.fetch_balance(params)
+        result = {}
+        for asset in sorted(raw.get("total") or {}):
+            entry = raw.get(asset) or {}
+            free = float(entry.get("free") or 0.0)
+            total = float(entry.get("total") or 0.0)
+            used = float(entry.get("used") if entry.get("used") is not None else max(0.0, total - free))
+            result[asset] = Balance(asset=asset, free=free, used=used, total=total)
+        return result
+
+    def _trading_balances(self, raw: dict) -> dict[str, Balance]:
         totals = raw.get("total") or {}
         # ccxt's futures `total` is the margin balance (wallet + unrealised PnL). The platform's
         # Balance.total is the wallet (realised), as on the simulator, so a mark move cannot look
@@ -1174,6 +1258,13 @@ class CcxtVenueClient(VenueClient):
         params: dict[str, Any] = {"network": network, param: idempotency_key}
         if tag:
             params["tag"] = tag
+        moved = 0.0
+        if self.withdraw_from_account != WITHDRAW_FROM_NONE:
+            # The exchange pays from its withdrawal wallet, not from the trading account: it must hold what leaves.
+            leaves = requested if self.withdrawal_fee_mode == "deducted" else requested + self._fee_on_top(asset, network, requested)
+            moved = self._top_up_withdrawal_wallet(asset, leaves, idempotency_key)
+            if self._family == "binance":
+                params["walletType"] = BINANCE_WALLET_TYPES[self.withdraw_from_account]
 
         def send(ex) -> Withdrawal:
             raw = ex.withdraw(asset, requested, address, dict(params))
@@ -1199,11 +1290,77 @@ class CcxtVenueClient(VenueClient):
                 created_at=time.time(),
             )
 
-        withdrawal = self._call(send, what=f"withdraw {idempotency_key}", mutating=True,
-                                reconcile=lambda: self._lookup_withdrawal(idempotency_key))
+        try:
+            withdrawal = self._call(send, what=f"withdraw {idempotency_key}", mutating=True,
+                                    reconcile=lambda: self._lookup_withdrawal(idempotency_key))
+        except ExternalServiceError as exc:
+            if moved > 0:
+                # Not moved back: the next withdrawal spends it first (its top-up covers only a shortfall), and
+                # fetch_balance counts it, so the venue's books keep it.
+                log.error("venue %s: withdrawal %s failed (%s) after %s %s were moved %s -> %s for it; they stay in the "
+                          "%s wallet, counted in the venue's balance and spent first by the next withdrawal",
+                          self.name, idempotency_key, exc, format(moved, ".8g"), asset,
+                          TRADING_ACCOUNTS[self.config.exchange_id], self.withdraw_from_account, self.withdraw_from_account)
+            raise
         log.info("venue %s: withdrawal %s of %s %s over %s (requested %s, fee %s) is %s", self.name, idempotency_key,
                  amount, asset, network, requested, self.withdrawal_fee_mode, withdrawal.status)
         return withdrawal
+
+    def _fee_on_top(self, asset: str, network: str, amount: float) -> float:
+        """The network fee an exchange that adds it on top takes out of the withdrawal wallet besides `amount`."""
+        rail = next((f for f in self.fetch_deposit_withdraw_fees() if f.asset == asset and f.network == network), None)
+        if rail is None:
+            raise BusinessError(f"{self.name}: no withdrawal fee for {asset} over {network}; not sending",
+                                code="unsupported_network")
+        return rail.fee + rail.fee_rate * amount
+
+    def _round_up_to_currency(self, asset: str, value: float) -> float:
+        """`value` rounded up to the currency's precision (ccxt rounds half-up: a hair short would stay short)."""
+        currency = ((self._exchange.currencies if self._exchange is not None else None) or {}).get(asset) or {}
+        tick = currency.get("precision")
+        if not isinstance(tick, (int, float)) or not 0 < tick < 1:
+            tick = 1e-8
+        return round(math.ceil(value / tick - 1e-6) * tick, 12)
+
+    def _withdrawal_wallet_free(self, asset: str) -> float:
+        wallet = self._call(self._read_withdrawal_wallet, what=f"fetch_balance {self.withdraw_from_account}")
+        self._note_withdrawal_wallet(wallet)
+        held = wallet.get(asset)
+        return held.free if held is not None else 0.0
+
+    def _top_up_withdrawal_wallet(self, asset: str, leaves: float, idempotency_key: str) -> float:
+        """Move into the withdrawal wallet exactly what it lacks of `leaves`; returns what was moved.
+
+        Internal transfers carry no client id we could look up (Binance's universal transfer takes none). So
+        after an ambiguous outcome (timeout, dropped answer, 5xx) nothing is resent blind: the wallet is read
+        again and only the shortfall still there is moved. A transfer the exchange applied but does not show yet
+        could then be moved twice; the surplus stays in the withdrawal wallet, counted in the balances and spent
+        by the next withdrawal. Raises `TransientError` when the wallet is still short after `max_attempts`
+        transfers: nothing was withdrawn, and calling `withdraw` again re-reads and moves only what is missing.
+        """
+        source, target = TRADING_ACCOUNTS[self.config.exchange_id], self.withdraw_from_account
+        moved = 0.0
+        attempts = self._caller.retry.max_attempts
+        for attempt in range(1, attempts + 1):
+            shortfall = self._round_up_to_currency(asset, leaves - self._withdrawal_wallet_free(asset))
+            if shortfall <= 0:
+                return moved
+            what = f"transfer {format(shortfall, '.8g')} {asset} {source}->{target} for withdrawal {idempotency_key}"
+            try:
+                self._call(lambda ex: ex.transfer(asset, shortfall, source, target), what=what, mutating=True)
+            except AmbiguousOutcomeError as exc:
+                log.warning("venue %s: %s: outcome unknown (%s); reading the %s wallet again before moving anything",
+                            self.name, what, exc, target)
+                self._caller.sleep(self._caller.retry.delay(attempt))
+                continue
+            moved += shortfall
+            log.info("venue %s: moved %s %s %s -> %s for withdrawal %s", self.name, format(shortfall, ".8g"), asset,
+                     source, target, idempotency_key)
+            return moved
+        if self._withdrawal_wallet_free(asset) + 1e-9 >= leaves:
+            return moved
+        raise TransientError(f"{self.name}: the {target} wallet still lacks {asset} for withdrawal {idempotency_key} "
+                             f"after {attempts} transfer(s) with unknown outcome; nothing was withdrawn")
 
     def _amount_with_fee(self, asset: str, network: str, amount: float) -> tuple[float, float]:
         """(amount to request, network fee) so that `amount` arrives on an exchange that deducts the fee.
@@ -1233,7 +1390,8 @@ class CcxtVenueClient(VenueClient):
         )
 
     def transfer(self, asset: str, amount: float, from_account: str, to_account: str) -> dict:
-        """An internal move between the account's wallets (e.g. Binance futures -> spot before a withdrawal).
+        """An internal move between the account's wallets, by ccxt account name (Binance: `linear` = USDⓈ-M futures,
+        `spot`, `funding`; OKX: `trading`, `funding`). `withdraw` tops its wallet up itself.
 
         Exchanges take no client id for these, so an ambiguous outcome is raised to
         the caller (check the balances, then decide) instead of being resent.
@@ -1281,6 +1439,12 @@ class CcxtVenueConfig(Config):
         description="'added' (the network fee comes on top of the withdrawn amount) or 'deducted' (it comes out of "
         "it, e.g. Binance); empty: the exchange's documented default (DEFAULT_WITHDRAWAL_FEE_MODES).",
     )
+    withdraw_from_account: str | None = Field(
+        default=None,
+        description="The wallet the exchange pays withdrawals from, topped up from the trading account before each "
+        "withdrawal: 'spot' or 'funding' (Binance), 'funding' (OKX), 'none' (no top-up); empty: the exchange's "
+        "default (DEFAULT_WITHDRAW_FROM_ACCOUNT).",
+    )
 
     def to_settings(self, *, timeout_seconds: float, precheck_client_order_id: bool) -> CcxtVenueSettings:
         try:
@@ -1309,6 +1473,7 @@ class CcxtVenueConfig(Config):
             rate_limit_ms=self.rate_limit_ms,
             precheck_client_order_id=precheck_client_order_id,
             withdrawal_fee_mode=self.withdrawal_fee_mode,
+            withdraw_from_account=self.withdraw_from_account,
         )
 
 
@@ -1380,6 +1545,7 @@ class _VenueEnv(BaseModel):
     read_only: bool = False
     rate_limit_ms: int | None = None
     withdrawal_fee_mode: Literal["added", "deducted"] | None = None
+    withdraw_from_account: str | None = None
 
 
 def credential_env_names(venue: str) -> dict[str, str]:
@@ -1459,6 +1625,10 @@ def ccxt_exchange_from_env(deployment: str) -> CcxtExchangeResource:
                 f"CCXT_VENUES[{name}].withdrawal_fee_mode is required for {exchange_id} (no documented default): "
                 "'added' (the network fee comes on top of the withdrawn amount) or 'deducted' (it comes out of it)"
             )
+        try:
+            withdraw_from = withdraw_from_account_for(exchange_id, entry.withdraw_from_account)
+        except ValueError as exc:
+            raise settings.SettingError(f"CCXT_VENUES[{name}].withdraw_from_account: {exc}") from None
         if entry.sandbox and exchange_id in FUTURES_WITHOUT_SANDBOX:
             raise settings.SettingError(
                 f"CCXT_VENUES[{name}].sandbox: ccxt refuses the {exchange_id} futures testnet; use demo_trading"
@@ -1484,6 +1654,7 @@ def ccxt_exchange_from_env(deployment: str) -> CcxtExchangeResource:
                 read_only=entry.read_only,
                 rate_limit_ms=entry.rate_limit_ms,
                 withdrawal_fee_mode=fee_mode,
+                withdraw_from_account=withdraw_from,
                 **credentials,
             )
         )

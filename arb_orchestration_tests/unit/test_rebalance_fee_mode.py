@@ -123,8 +123,9 @@ class FakeCcxtWallet:
 
 
 def _client(fake, **overrides) -> CcxtVenueClient:
+    # The fake has one wallet: no spot/futures top-up here (test_ccxt_withdraw_wallet.py covers it).
     config = CcxtVenueSettings(**{"name": "binance", "exchange_id": "binanceusdm", "api_key": "k" * 16,
-                                  "secret": "s" * 32, **overrides})
+                                  "secret": "s" * 32, "withdraw_from_account": "none", **overrides})
     return CcxtVenueClient(config, retry=RetrySettings(max_attempts=2, base_delay=0.0), breaker=CircuitBreaker("fee-mode"),
                            sleep=lambda s: None, exchange=fake)
 
