@@ -16,7 +16,15 @@ library without contacting Binance:
 * signed wallet (sapi): `GET /sapi/v1/capital/config/getall`,
   `GET /sapi/v1/capital/deposit/address`, `POST /sapi/v1/capital/withdraw/apply`,
   `GET /sapi/v1/capital/withdraw/history`, `POST /sapi/v1/asset/transfer`,
-  `GET /sapi/v1/margin/allPairs` (empty: what `load_markets` asks for).
+  `POST /sapi/v1/asset/get-funding-asset`, `GET /sapi/v1/margin/allPairs` (empty: what `load_markets` asks for);
+* signed spot account: `GET /api/v3/account` (the spot wallet's balances).
+
+Wallets, as on Binance: the simulator's venue wallet (`ExchangeState`) is the USDⓈ-M futures account
+(UMFUTURE); the spot (MAIN), funding (FUNDING) and cross-margin (MARGIN) wallets are kept here, empty at
+start. `asset/transfer` moves funds between them (-5013 when the source lacks them), and `withdraw/apply`
+pays from the spot wallet (`walletType` 0, also the simulator's default "selected wallet") or the funding
+wallet (1), never from the futures account: a client must transfer first, as on Binance. Deposits still land
+in the futures account (the simulator's one deposit wallet; on Binance they land in spot or funding).
 
 What is checked like Binance does: the `X-MBX-APIKEY` header (-2014/-2015),
 `timestamp` within `recvWindow` (-1021), the HMAC-SHA256 `signature` over the
@@ -40,10 +48,8 @@ receives amount − withdrawFee; `withdrawal_fee="added"` puts it on top instead
 is what arrives, `transactionFee` the fee (as in ccxt's sample answer: 28.75 + 0.25; unverified on
 Binance itself).
 
-Deliberate simplifications (the simulator's model, not Binance's): one wallet
-per venue backs both the futures account and the spot/funding wallet, so
-`asset/transfer` is accepted and recorded but moves nothing; every futures
-asset is margin; `LIMIT` takes `timeInForce=GTC` only; the only conditional order is a
+Deliberate simplifications (the simulator's model, not Binance's): deposits land in the futures account;
+every futures asset is margin; `LIMIT` takes `timeInForce=GTC` only; the only conditional order is a
 `STOP_MARKET` (mark-price trigger); `estimatedArrivalTime` is the simulator's
 rail time in (fractional) minutes.
 """
@@ -97,6 +103,9 @@ _TRANSFER_TYPES = {
     "MAIN_UMFUTURE", "UMFUTURE_MAIN", "MAIN_FUNDING", "FUNDING_MAIN",
     "FUNDING_UMFUTURE", "UMFUTURE_FUNDING", "MAIN_MARGIN", "MARGIN_MAIN",
 }
+FUTURES_WALLET = "UMFUTURE"  # the simulator's ExchangeState wallet of the venue
+_SIDE_WALLETS = ("MAIN", "FUNDING", "MARGIN")  # kept by the dialect
+_WITHDRAW_WALLETS = {0: "MAIN", 1: "FUNDING"}  # withdraw/apply walletType
 
 
 class BinanceError(Exception):
@@ -232,6 +241,10 @@ class BinanceApi:
         self._alias_seq = itertools.count(2)
         self._transfers: list[dict[str, Any]] = []
         self._tran_ids = itertools.count(130_000_000_001)
+        # Spot, funding and margin wallets (the futures account is the ExchangeState wallet). Lock order:
+        # _wallet_lock, then the state's lock; never the other way round.
+        self._wallet_lock = threading.Lock()
+        self._wallets: dict[str, dict[str, float]] = {name: {} for name in _SIDE_WALLETS}
         self.request_log: list[tuple[str, str, int]] = []  # (method, path, status) for tests
         self._routes: dict[tuple[str, str], tuple[Handler, bool, str]] = {}
         r = self._route
@@ -260,6 +273,8 @@ class BinanceApi:
         r("POST", "/sapi/v1/capital/withdraw/apply", self._withdraw, endpoint="create_withdrawal")
         r("GET", "/sapi/v1/capital/withdraw/history", self._withdraw_history, endpoint="list_withdrawals")
         r("POST", "/sapi/v1/asset/transfer", self._transfer, endpoint="balances")
+        r("POST", "/sapi/v1/asset/get-funding-asset", self._funding_asset, endpoint="balances")
+        r("GET", "/api/v3/account", self._spot_account, endpoint="balances")
         # ccxt's `binance` loads cross-margin pairs with the currencies (options.fetchMargins);
         # the simulated venue lends nothing, so the list is empty.
         r("GET", "/sapi/v1/margin/allPairs", lambda req, p: [], endpoint="networks")
@@ -751,12 +766,15 @@ class BinanceApi:
             return None
 
     def reset(self) -> None:
-        """Forget client-id aliases and transfers (call with `ExchangeState.reset()`)."""
+        """Forget client-id aliases, transfers and the spot/funding/margin wallets (call with `ExchangeState.reset()`)."""
         with self._lock:
             self._public_cid.clear()
             self._cid_history.clear()
             self._transfers.clear()
             self.request_log.clear()
+        with self._wallet_lock:
+            for wallet in self._wallets.values():
+                wallet.clear()
 
     def _release_client_id(self, cid: str, state_cid: str) -> None:
         with self._lock:
@@ -1052,28 +1070,56 @@ class BinanceApi:
             amount = float(p["amount"])
         except ValueError:
             raise BinanceError(-1100, "Illegal characters found in parameter 'amount'.")
+        try:
+            source = _WITHDRAW_WALLETS[int(p.get("walletType") or 0)]
+        except (KeyError, ValueError):
+            raise BinanceError(-1130, "Data sent for parameter 'walletType' is not valid.") from None
         # Binance does not document withdrawOrderId as an idempotency key; the simulator's state
         # returns the first withdrawal for a known key. Clients must look up, never resend blind.
         key = p.get("withdrawOrderId") or f"binance-api-{next(self._tran_ids)}"
-        try:
-            withdrawal, _ = self.state.withdraw(
-                self.venue,
-                asset=coin,
-                amount=amount,
-                address=p["address"],
-                network=network,
-                idempotency_key=key,
-                tag=p.get("addressTag") or None,
-                fee_deducted=self.withdrawal_fee == "deducted",
-            )
-        except SimError as exc:
-            raise {
-                "insufficient_funds": BinanceError(-4026, "You have insufficient balance."),
-                "below_min_amount": BinanceError(-4022, f"Not less than the minimum pick-up quantity. {exc.message}"),
-                "unsupported_network": BinanceError(-4019, "Current asset is not open for withdrawal."),
-                "address_mismatch": BinanceError(-4007, "Address validation is not passed."),
-            }.get(exc.code, BinanceError(-1102, exc.message)) from None
+        rail = next((r for r in self.state.networks(self.venue) if r.asset == coin and r.network == network), None)
+        # What leaves the paying wallet: amount (Binance deducts the fee from it) or amount + fee.
+        leaves = amount if self.withdrawal_fee == "deducted" else amount + (rail.fee if rail else 0.0)
+        with self._wallet_lock, self.state._lock:  # noqa: SLF001 - the move below must be atomic with the withdrawal
+            wallet = self._wallets[source]
+            known = self._known_withdrawal(key)
+            if known is None and rail is not None and amount >= rail.min_amount and leaves > wallet.get(coin, 0.0) + 1e-12:
+                raise BinanceError(-4026, "You have insufficient balance.")
+            # The state pays withdrawals out of the venue's one wallet: the amount is moved there from the paying
+            # wallet for the call, and back if the state refuses. A known key moves nothing (its first withdrawal).
+            if known is None and leaves > 0:
+                self.state.credit(self.venue, coin, leaves)
+            try:
+                withdrawal, created = self.state.withdraw(
+                    self.venue,
+                    asset=coin,
+                    amount=amount,
+                    address=p["address"],
+                    network=network,
+                    idempotency_key=key,
+                    tag=p.get("addressTag") or None,
+                    fee_deducted=self.withdrawal_fee == "deducted",
+                )
+            except SimError as exc:
+                if known is None and leaves > 0:
+                    self.state.credit(self.venue, coin, -leaves)
+                raise {
+                    "insufficient_funds": BinanceError(-4026, "You have insufficient balance."),
+                    "below_min_amount": BinanceError(-4022, f"Not less than the minimum pick-up quantity. {exc.message}"),
+                    "unsupported_network": BinanceError(-4019, "Current asset is not open for withdrawal."),
+                    "address_mismatch": BinanceError(-4007, "Address validation is not passed."),
+                }.get(exc.code, BinanceError(-1102, exc.message)) from None
+            if created:
+                wallet[coin] = wallet.get(coin, 0.0) - leaves
+            elif known is None and leaves > 0:
+                self.state.credit(self.venue, coin, -leaves)
         return {"id": withdrawal.id}
+
+    def _known_withdrawal(self, key: str) -> Withdrawal | None:
+        try:
+            return self.state.withdrawal_by_key(self.venue, key)
+        except SimError:
+            return None
 
     def _withdraw_history(self, req, p):
         coin = p.get("coin")
@@ -1125,19 +1171,58 @@ class BinanceApi:
                 raise _mandatory(name)
         if p["type"] not in _TRANSFER_TYPES:
             raise BinanceError(-1130, "Data sent for parameter 'type' is not valid.")
-        amount = float(p["amount"])
-        bal = self.state.balances(self.venue).get(p["asset"])
-        if amount <= 0 or bal is None or amount > bal.free + 1e-12:
-            raise BinanceError(-5013, "Asset transfer failed: insufficient balance")
+        try:
+            amount = float(p["amount"])
+        except ValueError:
+            raise BinanceError(-1100, "Illegal characters found in parameter 'amount'.") from None
+        asset = p["asset"]
+        source, target = p["type"].split("_", 1)
+        insufficient = BinanceError(-5013, "Asset transfer failed: insufficient balance")
+        if not math.isfinite(amount) or amount <= 0:
+            raise insufficient
+        with self._wallet_lock, self.state._lock:  # noqa: SLF001 - debit and credit in one step
+            if source == FUTURES_WALLET:
+                try:
+                    self.state.credit(self.venue, asset, -amount)  # refuses more than the futures account's free
+                except SimError:
+                    raise insufficient from None
+            else:
+                held = self._wallets[source].get(asset, 0.0)
+                if amount > held + 1e-12:
+                    raise insufficient
+                self._wallets[source][asset] = held - amount
+            if target == FUTURES_WALLET:
+                self.state.credit(self.venue, asset, amount)
+            else:
+                self._wallets[target][asset] = self._wallets[target].get(asset, 0.0) + amount
         with self._lock:
             tran_id = next(self._tran_ids)
-            self._transfers.append({"tranId": tran_id, "type": p["type"], "asset": p["asset"], "amount": amount})
+            self._transfers.append({"tranId": tran_id, "type": p["type"], "asset": asset, "amount": amount})
         return {"tranId": tran_id}
 
     def transfers(self) -> list[dict[str, Any]]:
-        """Internal transfers accepted so far (the simulator's one wallet does not move)."""
+        """Internal transfers applied so far."""
         with self._lock:
             return list(self._transfers)
+
+    def wallet(self, name: str) -> dict[str, float]:
+        """A copy of the spot (`MAIN`), `FUNDING` or `MARGIN` wallet (the futures account is the state's)."""
+        with self._wallet_lock:
+            return {asset: amount for asset, amount in self._wallets[name].items() if amount}
+
+    def _wallet_rows(self, name: str) -> list[tuple[str, float]]:
+        with self._wallet_lock:
+            return sorted((asset, amount) for asset, amount in self._wallets[name].items() if amount > 0)
+
+    def _spot_account(self, req, p):
+        rows = [{"asset": asset, "free": _num(amount), "locked": _num(0.0)} for asset, amount in self._wallet_rows("MAIN")]
+        return {"makerCommission": 10, "takerCommission": 10, "canTrade": True, "canWithdraw": True, "canDeposit": True,
+                "updateTime": _ms(self._clock()), "accountType": "SPOT", "balances": rows, "permissions": ["SPOT"]}
+
+    def _funding_asset(self, req, p):
+        coin = p.get("asset")
+        return [{"asset": asset, "free": _num(amount), "locked": "0", "freeze": "0", "withdrawing": "0",
+                 "btcValuation": "0"} for asset, amount in self._wallet_rows("FUNDING") if coin in (None, asset)]
 
 
 def _seconds(value: float) -> str:

@@ -123,6 +123,7 @@ def test_unmodified_ccxt_order_lifecycle_with_binance_client_id_semantics(world,
         ex.cancel_order(rest["id"], "ETH/USDT:USDT")
     with pytest.raises(ccxt.OrderNotFound, match="-2013"):
         ex.fetch_order(None, "ETH/USDT:USDT", {"clientOrderId": "never-sent"})
+    ex.transfer("USDT", 50, "linear", "spot")  # Binance pays withdrawals from spot, not the futures account
     withdrawal = ex.withdraw("USDT", 50, "sim:okx:USDT:TRC20", {"network": "TRC20", "withdrawOrderId": "raw-wd-1"})
     assert [w["id"] for w in ex.fetch_withdrawals(None, None, None, {"withdrawOrderId": "raw-wd-1"})] == [withdrawal["id"]]
     fees = ex.fetch_deposit_withdraw_fees()
