@@ -236,3 +236,19 @@ def test_policy_caps_must_be_positive():
     assert HedgePolicy(max_notional_per_market_usd=0.5).max_notional_per_market_usd == 0.5
     with pytest.raises(ValueError, match="must be >= 0"):
         HedgePolicy(min_notional_usd=-1)
+
+
+def test_equal_funding_prefers_the_market_that_can_reduce_a_position_over_the_name_order():
+    tied = [fr("alpha", BTC, 0.0001), fr("beta", BTC, 0.0001)]
+    plan = plan_hedges([pos("beta", BTC, "long", 0.5)], spot(kraken={"BTC": 2.5}), tied, PRICES)
+    # 3 BTC too long: beta closes its 0.5 long first (reduce-only), the rest goes there too.
+    assert [(o.venue, o.amount, o.reduce_only) for o in plan.orders] == [("beta", 0.5, True), ("beta", 2.5, False)]
+
+
+@pytest.mark.parametrize("side, stop_side_mark, liq, clamped_to", [
+    ("long", 60_000.0, 58_000.0, 58_000.0 * 1.005),  # 3 % below the mark is 58,200: inside the 0.5 % band (58,290)
+    ("short", 60_000.0, 62_000.0, 62_000.0 * 0.995),  # 3 % above is 61,800: inside the band (61,690)
+])
+def test_a_stop_inside_the_liquidation_buffer_is_moved_out_of_it(side, stop_side_mark, liq, clamped_to):
+    stop = protective_stop(pos("binance", BTC, side, 1.0, mark=stop_side_mark, liq=liq), 3.0)
+    assert stop.stop_price == pytest.approx(clamped_to) and "moved inside liquidation" in stop.reason

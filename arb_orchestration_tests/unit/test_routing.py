@@ -76,6 +76,17 @@ def test_relay_through_a_venue_that_is_exactly_at_target():
     assert held[("C", "USDT")] == pytest.approx(500.0)
 
 
+def test_naive_plan_combines_capped_direct_rails_and_its_credits_are_real():
+    # B needs 100; each direct rail carries at most 60 and keeps 1: 60 -> 59 credited, then 42 -> 41.
+    rails = [rail("n1", "A", "B", 1, hi=60), rail("n2", "A", "B", 1, hi=60)]
+    naive = naive_plan(BAL, NEED_B, rails)
+    assert naive.feasible
+    assert [(t.rail, t.amount) for t in naive.transfers] == [("n1", pytest.approx(60.0)), ("n2", pytest.approx(42.0))]
+    assert naive.total_fee == pytest.approx(2.0)
+    held = execute(BAL, NEED_B, naive)
+    assert held[("B", "USDT")] == pytest.approx(100.0)
+
+
 @pytest.mark.parametrize(("need", "expected"), [(1000.0, "proportional"), (5000.0, "fixed")])
 def test_fixed_versus_proportional_fee_trade_off(need, expected):
     balances = {"A": {"USDT": 10_000.0}, "B": {"USDT": 0.0}}
@@ -180,6 +191,9 @@ def test_ordering_finds_the_one_order_that_works_around_a_cycle():
 
 @pytest.mark.parametrize(("mutate", "field", "words"), [
     (lambda i: i["rails"][0].update(fee_rate=1.5), "rails[0].fee_rate", "between 0 and 1"),
+    (lambda i: i["rails"][0].update(fee_rate=1.0), "rails[0].fee_rate", "exclusive of 1"),  # would deliver nothing
+    (lambda i: i["rails"][0].update(id=""), "rails[0].id", "non-empty string"),
+    (lambda i: i["rails"][0].update(asset=7), "rails[0].asset", "non-empty string"),
     (lambda i: i["rails"][0].update(fee_rate=-0.1), "rails[0].fee_rate", ">= 0"),
     (lambda i: i["rails"][0].update(fixed_fee="1"), "rails[0].fixed_fee", "must be a number"),
     (lambda i: i["rails"][0].update(min_amount=True), "rails[0].min_amount", "must be a number"),
