@@ -23,7 +23,7 @@ import pytest
 
 from arb_orchestration import settings
 from arb_orchestration.resources.ccxt_venue import CcxtVenueClient, CcxtVenueSettings, ccxt_exchange_from_env
-from arb_orchestration.resources.errors import BusinessError
+from arb_orchestration.resources.errors import BusinessError, TransientError
 from arb_orchestration.resources.resilience import CircuitBreaker, RetrySettings
 
 ADDRESS = "T" + "Q" * 33  # a TRC20-shaped destination
@@ -186,6 +186,25 @@ def test_an_ambiguous_transfer_is_re_read_and_never_doubled(fault):
     spot_reads = venue.sent("GET", "/api/v3/account")
     assert len(spot_reads) >= 2, "the wallet is read again after the ambiguous transfer"
     assert len(venue.sent("POST", "/sapi/v1/capital/withdraw/apply")) == 1
+
+
+def test_a_top_up_that_stays_unknown_withdraws_nothing_and_a_retry_moves_only_what_is_missing():
+    client, venue = _binance(trading=10_000.0, spot=0.0)
+    venue.transfer_script = ["5xx", "5xx", "5xx"]  # max_attempts=3 transfers, none applied
+    with pytest.raises(TransientError):
+        _withdraw(client, "leg1", 300.0)
+    assert venue.sent("POST", "/sapi/v1/capital/withdraw/apply") == [] and venue.wallet == 0.0
+    # The retry (the op's retry policy, or a relaunch) re-reads and moves only the shortfall that remains.
+    _withdraw(client, "leg1", 300.0)
+    assert venue.trading == pytest.approx(10_000.0 - 301.0) and len(venue.sent("POST", "/sapi/v1/capital/withdraw/apply")) == 1
+
+
+def test_the_last_ambiguous_transfer_is_read_back_before_giving_up():
+    client, venue = _binance(trading=10_000.0, spot=0.0)
+    venue.transfer_script = ["5xx", "5xx", "timeout_after_commit"]  # the third one was applied, its answer lost
+    _withdraw(client, "leg1", 300.0)
+    assert len(venue.sent("POST", "/sapi/v1/asset/transfer")) == 3
+    assert venue.trading == pytest.approx(10_000.0 - 301.0) and len(venue.sent("POST", "/sapi/v1/capital/withdraw/apply")) == 1
 
 
 def test_a_withdrawal_already_made_needs_no_top_up():
