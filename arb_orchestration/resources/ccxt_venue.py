@@ -463,6 +463,9 @@ class CcxtVenueClient(VenueClient):
         except ValueError as exc:
             raise ValueError(f"{config.name}: withdraw_from_account: {exc}") from None
         self._wallet_noted: dict[str, float] = {}  # asset -> amount last reported in the withdrawal wallet
+        # One top-up-and-withdraw at a time per client: a second withdrawal must not count the first one's top-up
+        # as its own (both would then withdraw it). Other processes are not covered (see docs/real-venues.md).
+        self._withdraw_lock = threading.Lock()
         if config.api_base_url:
             check_endpoint(config.api_base_url, f"{config.name}: api_base_url")
         for key, url in config.api_urls.items():
@@ -1245,6 +1248,12 @@ class CcxtVenueClient(VenueClient):
                 f"{self.name}: {self.config.exchange_id} takes no client withdrawal id, so withdrawal "
                 f"{idempotency_key} could not be looked up after a retry; refused, nothing was sent",
                 code="withdrawal_not_idempotent")
+        with self._withdraw_lock:
+            return self._withdraw_once(asset, amount, address=address, network=network, idempotency_key=idempotency_key,
+                                       tag=tag)
+
+    def _withdraw_once(self, asset: str, amount: float, *, address: str, network: str, idempotency_key: str,
+                       tag: str | None) -> Withdrawal:
         param = WITHDRAW_CLIENT_ID_PARAMS[self.config.exchange_id]
         # Money leaves here: look first, every time (a relaunched saga sends the same key).
         found = self._call(lambda ex: self._lookup_withdrawal(idempotency_key), what=f"lookup withdrawal {idempotency_key}")
@@ -1258,6 +1267,10 @@ class CcxtVenueClient(VenueClient):
         params: dict[str, Any] = {"network": network, param: idempotency_key}
         if tag:
             params["tag"] = tag
+        return self._top_up_and_send(asset, amount, address, network, idempotency_key, requested, fee, params)
+
+    def _top_up_and_send(self, asset: str, amount: float, address: str, network: str, idempotency_key: str,
+                         requested: float, fee: float, params: dict[str, Any]) -> Withdrawal:
         moved = 0.0
         if self.withdraw_from_account != WITHDRAW_FROM_NONE:
             # The exchange pays from its withdrawal wallet, not from the trading account: it must hold what leaves.
