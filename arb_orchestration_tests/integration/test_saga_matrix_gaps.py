@@ -198,8 +198,22 @@ def short(world):
     state.withdrawal_hold = hold
 
 
+@pytest.fixture(scope="module")
+def _shared_instance():
+    with instance_for_test() as inst:
+        yield inst
+
+
 @pytest.fixture
-def instance():
+def instance(_shared_instance):
+    """One instance for the in-process tests (creating one costs 1-3 s); the stop-loss engages the kill switch."""
+    yield _shared_instance
+    resume_trading(_shared_instance, "test teardown", by="test")
+
+
+@pytest.fixture
+def fresh_instance():
+    """For tests that run the recovery sweep, which looks at every failed saga run in the instance."""
     with instance_for_test() as inst:
         yield inst
 
@@ -623,31 +637,31 @@ def test_a_wise_sub_step_of_prepare_failing_is_compensated(short, instance, endp
     assert world.wise.transfers() == []
 
 
-def test_a_wise_transfer_whose_answer_is_lost_for_good_is_cancelled_by_its_key(short, instance):
+def test_a_wise_transfer_whose_answer_is_lost_for_good_is_cancelled_by_its_key(short, fresh_instance):
     """Wise created the transfer on every try but no answer (nor lookup) reached the run: the step fails, the
     hook's compensation cannot look it up either (COMPENSATION FAILED), the sweep finds it by key and cancels it."""
     world = short
     before = _books(world)
     world.wise.set_fault("create_transfer", "timeout_after_commit")
     world.wise.set_fault("list_transfers", "error")  # the reconciliation's lookup by customerTransactionId
-    result = _run("rebalance", instance)
+    result = _run("rebalance", fresh_instance)
     assert not result.success
     [transfer] = world.wise.transfers()  # one transfer, whatever the number of tries (same key)
     assert transfer["status"] == "incoming_payment_waiting"
-    state = InstanceSagaLog(instance).load(result.run_id)
+    state = InstanceSagaLog(fresh_instance).load(result.run_id)
     assert RecordKind.COMPENSATION_FAILED in [r.kind for r in state.records]
     assert not state.step("prepare_transfers").compensated
     world.wise.clear_faults()
     reset_breakers()
-    skip = _sweep("rebalance", instance)
+    skip = _sweep("rebalance", fresh_instance)
     assert "compensated" in skip.skip_message, skip.skip_message
-    state = InstanceSagaLog(instance).load(result.run_id)
+    state = InstanceSagaLog(fresh_instance).load(result.run_id)
     assert decide(REBALANCE.definition, state).verdict is Verdict.COMPENSATED
     assert state.step("prepare_transfers").compensation["cancelled"] == [0]
     _assert_nothing_stray(world, before)
     records = len(state.records)
-    assert "no failed saga runs needing recovery" in _sweep("rebalance", instance).skip_message
-    assert len(InstanceSagaLog(instance).load(result.run_id).records) == records
+    assert "no failed saga runs needing recovery" in _sweep("rebalance", fresh_instance).skip_message
+    assert len(InstanceSagaLog(fresh_instance).load(result.run_id).records) == records
 
 
 def test_funds_gone_at_the_pivot_refuses_before_sending_and_cancels_the_wise_transfer(short, instance):
@@ -825,7 +839,7 @@ def test_timeout_after_commit_on_the_leg_and_on_its_unwind_sends_each_once(world
     assert decide(HEDGE.definition, saga).verdict is Verdict.COMPENSATED
 
 
-def test_a_failing_unwind_is_loud_and_the_sweep_finishes_it_once(world, instance):
+def test_a_failing_unwind_is_loud_and_the_sweep_finishes_it_once(world, fresh_instance):
     """The second leg is refused; bybit then fails every unwind order (5xx, nothing applied) past the retries: the
     compensation fails loudly (COMPENSATION FAILED mail). Once bybit is back, the sweep unwinds the leg, once."""
     state = world.exchange.state
@@ -837,24 +851,24 @@ def test_a_failing_unwind_is_loud_and_the_sweep_finishes_it_once(world, instance
     world.exchange.faults.add({"kind": "latency", "latency_ms": 300, "venue": "okx", "endpoint": "create_order"})
     when(lambda: _orders(world, "bybit"),
          lambda: world.exchange.faults.add({"kind": "error_5xx", "venue": "bybit", "endpoint": "create_order"}))
-    result = _run("hedge", instance, {"max_notional_per_market_usd": 40_000.0})
+    result = _run("hedge", fresh_instance, {"max_notional_per_market_usd": 40_000.0})
     assert not result.success
     [leg] = _orders(world, "bybit")  # no unwind reached the book
-    saga = InstanceSagaLog(instance).load(result.run_id)
+    saga = InstanceSagaLog(fresh_instance).load(result.run_id)
     assert RecordKind.COMPENSATION_FAILED in [r.kind for r in saga.records] and not saga.step(PLACE).compensated
     assert any("COMPENSATION FAILED" in m.subject for m in world.smtp.wait_for(1, timeout=10))
 
     world.exchange.faults.clear()
     reset_breakers()
-    _sweep("hedge", instance)
-    saga = InstanceSagaLog(instance).load(result.run_id)
+    _sweep("hedge", fresh_instance)
+    saga = InstanceSagaLog(fresh_instance).load(result.run_id)
     assert decide(HEDGE.definition, saga).verdict is Verdict.COMPENSATED
     leg_again, unwind = _orders(world, "bybit")
     assert leg_again.id == leg.id and unwind.reduce_only and unwind.filled == pytest.approx(leg.filled)
     assert _exposure(world)["bybit"] == before
     records = len(saga.records)
-    assert "no failed saga runs needing recovery" in _sweep("hedge", instance).skip_message
-    assert len(_orders(world, "bybit")) == 2 and len(InstanceSagaLog(instance).load(result.run_id).records) == records
+    assert "no failed saga runs needing recovery" in _sweep("hedge", fresh_instance).skip_message
+    assert len(_orders(world, "bybit")) == 2 and len(InstanceSagaLog(fresh_instance).load(result.run_id).records) == records
 
 
 def test_timeout_after_commit_on_stop_creation_and_cancellation_leaves_one_stop_each(world, instance):
