@@ -12,10 +12,14 @@ fault hooks. Covered:
   sensor then compensates (before the pivot) or relaunches forward (after it), and a second pass of
   both recovery sensors does nothing.
 * Failures at the Wise sub-steps of prepare (quote, recipient, transfer; and a transfer created whose
-  answer is lost on every try), timeout-after-commit on the compensations' own calls (cancel
-  withdrawal, cancel Wise transfer, the hedge unwind order), on stop creation and stop cancellation,
-  and on the stop-loss's cancel-all; forward recovery of a failed hedge stops step and of a failed
-  stop-loss mail; re-executing a rolled-back rebalance moves nothing.
+  answer is lost on every try), funds gone at the pivot, the hedge's plan, the kill switch engaged between
+  two legs, a hedge unwind failing past its retries (loud, then the sweep), a refused protective stop
+  (escalated, hedge kept), a stop-loss every venue refuses (escalated at once), a failed stop-loss mail
+  (forward recovery).
+* Timeout-after-commit on the compensations' own calls (cancel withdrawal, cancel Wise transfer, the
+  hedge unwind order), on stop creation and stop cancellation, and on the stop-loss's cancel-all.
+* Nothing moves: re-executing a rolled-back rebalance or hedge, an infeasible plan, legs in flight, a
+  hedge refused before it starts (kill switch, bad config), a stop-loss with a bad config.
 
 How a child is stopped at a boundary without the blocked call taking effect: a `latency` fault
 plus an error fault on the endpoint the next step calls first (the simulator waits, then answers
