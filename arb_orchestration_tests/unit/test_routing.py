@@ -85,6 +85,26 @@ def test_naive_plan_combines_capped_direct_rails_and_its_credits_are_real():
     assert naive.total_fee == pytest.approx(2.0)
     held = execute(BAL, NEED_B, naive)
     assert held[("B", "USDT")] == pytest.approx(100.0)
+    # With a 1 % rate instead: 60 -> 59.4 credited, then 40.6 / 0.99 = 41.0101... -> 40.6.
+    rails = [rail("p1", "A", "B", 0, rate=0.01, hi=60), rail("p2", "A", "B", 0, rate=0.01, hi=60)]
+    naive = naive_plan(BAL, NEED_B, rails)
+    assert [t.amount for t in naive.transfers] == [pytest.approx(60.0), pytest.approx(40.6 / 0.99)]
+    assert execute(BAL, NEED_B, naive)[("B", "USDT")] == pytest.approx(100.0)
+
+
+def test_rail_defaults_and_a_venue_without_the_asset_holds_none():
+    bare = {"id": "ab", "from": "A", "to": "B", "asset": "USDT", "fixed_fee": 1.0, "fee_rate": 0.0}
+    problem = parse_problem({"A": {"USDT": 1000.0}, "B": {}}, NEED_B, [bare, {**rail("ab2", "A", "B", 2), "eta_seconds": 45}])
+    first, second = problem.rails
+    assert (first.min_amount, first.max_amount, first.eta_seconds) == (0.0, None, 0.0)
+    assert second.eta_seconds == 45.0
+    assert problem.balance("B", "USDT") == 0.0
+    # B holds no USDT at all: the whole 100 must arrive, so 101 leaves A over the 1-fee rail.
+    plan = plan_routes({"A": {"USDT": 1000.0}, "B": {}}, NEED_B, [bare])
+    assert [(t.rail, t.amount) for t in plan.transfers] == [("ab", pytest.approx(101.0))]
+    # A rail with a single allowed amount (min == max) is valid.
+    exact = parse_problem(BAL, NEED_B, [rail("ab", "A", "B", 1, lo=101.0, hi=101.0)]).rails[0]
+    assert (exact.min_amount, exact.max_amount) == (101.0, 101.0)
 
 
 @pytest.mark.parametrize(("need", "expected"), [(1000.0, "proportional"), (5000.0, "fixed")])
