@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from dagster import Config, EnvVar
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, ValidationError
 
 from arb_orchestration import settings
 from arb_orchestration.domain.models import (
@@ -174,6 +174,17 @@ def withdraw_from_account_for(exchange_id: str, configured: str | None) -> str:
     if value not in allowed:
         raise ValueError(f"{value!r} is not a withdrawal wallet of {exchange_id}; one of {', '.join(map(repr, allowed))}")
     return value
+
+
+def sweep_deposits_for(withdraw_from_account: str, configured: bool | None) -> bool:
+    """Whether deposits are moved into the trading account (`configured`, else: whenever there is a withdrawal
+    wallet apart from it); ValueError when switched on for a venue with no such wallet."""
+    if configured is None:
+        return withdraw_from_account != WITHDRAW_FROM_NONE
+    if configured and withdraw_from_account == WITHDRAW_FROM_NONE:
+        raise ValueError("true needs a deposit/withdrawal wallet apart from the trading account, and "
+                         "withdraw_from_account is 'none' (the exchange's default, or set so)")
+    return bool(configured)
 
 
 # Exchanges whose conditional (stop) orders live behind separate endpoints that ccxt
@@ -399,6 +410,8 @@ class CcxtVenueSettings:
     withdrawal_fee_mode: str | None = None
     # The wallet withdrawals are paid from ("spot", "funding", "none"); None: DEFAULT_WITHDRAW_FROM_ACCOUNT.
     withdraw_from_account: str | None = None
+    # Move deposits (and withdrawal leftovers) from that wallet into the trading account; None: yes if there is one.
+    sweep_deposits_to_trading: bool | None = None
 
 
 def _is_loopback(url: str) -> bool:
@@ -462,6 +475,11 @@ class CcxtVenueClient(VenueClient):
             self.withdraw_from_account = withdraw_from_account_for(config.exchange_id, config.withdraw_from_account)
         except ValueError as exc:
             raise ValueError(f"{config.name}: withdraw_from_account: {exc}") from None
+        try:
+            self.sweep_deposits_to_trading = sweep_deposits_for(self.withdraw_from_account,
+                                                                config.sweep_deposits_to_trading)
+        except ValueError as exc:
+            raise ValueError(f"{config.name}: sweep_deposits_to_trading: {exc}") from None
         self._wallet_noted: dict[str, float] = {}  # asset -> amount last reported in the withdrawal wallet
         # One top-up-and-withdraw at a time per client: a second withdrawal must not count the first one's top-up
         # as its own (both would then withdraw it). Other processes are not covered (see docs/real-venues.md).
@@ -583,6 +601,7 @@ class CcxtVenueClient(VenueClient):
             "demo_trading": self.config.demo_trading,
             "read_only": self.config.read_only,
             "withdraw_from_account": self.withdraw_from_account,
+            "sweep_deposits_to_trading": self.sweep_deposits_to_trading,
             "markets_loaded": self._ready,
             "breaker": self._breaker.snapshot(),
         }
@@ -1375,6 +1394,78 @@ class CcxtVenueClient(VenueClient):
         raise TransientError(f"{self.name}: the {target} wallet still lacks {asset} for withdrawal {idempotency_key} "
                              f"after {attempts} transfer(s) with unknown outcome; nothing was withdrawn")
 
+    def sweep_to_trading(self, asset: str) -> float:
+        """Move `asset`'s free balance in the withdrawal wallet (where Binance credits deposits to spot/funding and
+        OKX to funding, and where a failed withdrawal leaves its top-up) into the trading account; returns what moved.
+
+        The same account names as the withdrawal's top-up, reversed (Binance `spot`/`funding` -> `linear`: universal
+        transfer MAIN_UMFUTURE / FUNDING_UMFUTURE; OKX `funding` -> `trading`: 6 -> 18). Safe to repeat: it moves what
+        the wallet holds now, and sends nothing when it holds nothing. Internal transfers carry no id we could look up,
+        so after an ambiguous outcome the wallet is read again and only what is still there is moved; a transfer the
+        exchange applied but does not show yet may then be refused for insufficient balance, which is read back the
+        same way. Raises `TransientError` if money is still there after `max_attempts` transfers with unknown outcome
+        (calling again re-reads). Venues switched off (`sweep_deposits_to_trading`) or with no such wallet: 0.0 and
+        no request. Read-only venues refuse (BusinessError `read_only`) before any request. Holds the withdrawal lock:
+        a withdrawal's top-up on this client is never swept back between its top-up and its send.
+        """
+        if not self.sweep_deposits_to_trading:
+            return 0.0
+        source, target = self.withdraw_from_account, TRADING_ACCOUNTS[self.config.exchange_id]
+        self._refuse_if_read_only(f"sweep {asset} {source}->{target}")
+        with self._withdraw_lock:
+            return self._sweep_once(asset, source, target)
+
+    def _sweep_once(self, asset: str, source: str, target: str) -> float:
+        moved = 0.0
+        unconfirmed = 0.0  # sent with an unknown outcome, not yet seen to leave the wallet
+        attempts = self._caller.retry.max_attempts
+        held = self._withdrawal_wallet_free(asset)
+        for attempt in range(1, attempts + 1):
+            amount = self._round_down_to_currency(asset, held)
+            if amount <= 0:
+                break
+            what = f"transfer {format(amount, '.8g')} {asset} {source}->{target} (sweep)"
+            try:
+                self._call(lambda ex: ex.transfer(asset, amount, source, target), what=what, mutating=True)
+            except AmbiguousOutcomeError as exc:
+                log.warning("venue %s: %s: outcome unknown (%s); reading the %s wallet again before moving anything",
+                            self.name, what, exc, source)
+                unconfirmed, before = amount, held
+            except BusinessError as exc:
+                if exc.code != "insufficient_funds" or not unconfirmed:
+                    raise
+                # The wallet still showed what an earlier transfer (outcome unknown) had already moved: read again.
+                log.warning("venue %s: %s refused (%s) after a transfer with unknown outcome; reading the %s wallet "
+                            "again", self.name, what, exc, source)
+                before = held
+            else:
+                moved += amount
+                unconfirmed = 0.0
+                log.info("venue %s: moved %s %s %s -> %s (deposits and leftovers into the trading account)", self.name,
+                         format(amount, ".8g"), asset, source, target)
+                held = self._withdrawal_wallet_free(asset)
+                continue
+            self._caller.sleep(self._caller.retry.delay(attempt))
+            held = self._withdrawal_wallet_free(asset)
+            if unconfirmed and held <= before - unconfirmed + 1e-9:  # it left: the unknown transfer was applied
+                moved += unconfirmed
+                unconfirmed = 0.0
+        else:
+            held = self._withdrawal_wallet_free(asset)
+            if self._round_down_to_currency(asset, held) > 0:
+                raise TransientError(f"{self.name}: {format(held, '.8g')} {asset} still in the {source} wallet after "
+                                     f"{attempts} transfer(s) to {target} with unknown outcome (moved "
+                                     f"{format(moved, '.8g')}); sweeping again re-reads it")
+        return round(moved, 12)
+
+    def _round_down_to_currency(self, asset: str, value: float) -> float:
+        """`value` rounded down to the currency's precision (a transfer of a hair more than is there is refused)."""
+        currency = ((self._exchange.currencies if self._exchange is not None else None) or {}).get(asset) or {}
+        tick = currency.get("precision")
+        if not isinstance(tick, (int, float)) or not 0 < tick < 1:
+            tick = 1e-8
+        return max(0.0, round(math.floor(value / tick + 1e-6) * tick, 12))
+
     def _amount_with_fee(self, asset: str, network: str, amount: float) -> tuple[float, float]:
         """(amount to request, network fee) so that `amount` arrives on an exchange that deducts the fee.
 
@@ -1458,6 +1549,11 @@ class CcxtVenueConfig(Config):
         "withdrawal: 'spot' or 'funding' (Binance), 'funding' (OKX), 'none' (no top-up); empty: the exchange's "
         "default (DEFAULT_WITHDRAW_FROM_ACCOUNT).",
     )
+    sweep_deposits_to_trading: bool | None = Field(
+        default=None,
+        description="Move deposits (and a failed withdrawal's leftovers) from the withdrawal wallet into the trading "
+        "account after a rebalance delivered them; empty: yes whenever withdraw_from_account is not 'none'.",
+    )
 
     def to_settings(self, *, timeout_seconds: float, precheck_client_order_id: bool) -> CcxtVenueSettings:
         try:
@@ -1487,6 +1583,7 @@ class CcxtVenueConfig(Config):
             precheck_client_order_id=precheck_client_order_id,
             withdrawal_fee_mode=self.withdrawal_fee_mode,
             withdraw_from_account=self.withdraw_from_account,
+            sweep_deposits_to_trading=self.sweep_deposits_to_trading,
         )
 
 
@@ -1559,6 +1656,7 @@ class _VenueEnv(BaseModel):
     rate_limit_ms: int | None = None
     withdrawal_fee_mode: Literal["added", "deducted"] | None = None
     withdraw_from_account: str | None = None
+    sweep_deposits_to_trading: StrictBool | None = None
 
 
 def credential_env_names(venue: str) -> dict[str, str]:
@@ -1642,6 +1740,10 @@ def ccxt_exchange_from_env(deployment: str) -> CcxtExchangeResource:
             withdraw_from = withdraw_from_account_for(exchange_id, entry.withdraw_from_account)
         except ValueError as exc:
             raise settings.SettingError(f"CCXT_VENUES[{name}].withdraw_from_account: {exc}") from None
+        try:
+            sweep = sweep_deposits_for(withdraw_from, entry.sweep_deposits_to_trading)
+        except ValueError as exc:
+            raise settings.SettingError(f"CCXT_VENUES[{name}].sweep_deposits_to_trading: {exc}") from None
         if entry.sandbox and exchange_id in FUTURES_WITHOUT_SANDBOX:
             raise settings.SettingError(
                 f"CCXT_VENUES[{name}].sandbox: ccxt refuses the {exchange_id} futures testnet; use demo_trading"
@@ -1668,6 +1770,7 @@ def ccxt_exchange_from_env(deployment: str) -> CcxtExchangeResource:
                 rate_limit_ms=entry.rate_limit_ms,
                 withdrawal_fee_mode=fee_mode,
                 withdraw_from_account=withdraw_from,
+                sweep_deposits_to_trading=sweep,
                 **credentials,
             )
         )

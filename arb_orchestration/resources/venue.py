@@ -118,6 +118,15 @@ class VenueClient(abc.ABC):
     def cancel_withdrawal(self, withdrawal_id: str) -> Withdrawal:
         """Cancel a withdrawal that has not been broadcast yet (BusinessError otherwise)."""
 
+    def sweep_to_trading(self, asset: str) -> float:
+        """Move `asset`'s free balance from the wallet deposits land in into the trading account; returns the amount.
+
+        For exchanges where deposits (and a failed withdrawal's top-up) sit outside the account margin is drawn
+        from (Binance spot/funding, OKX funding). Safe to repeat: it moves what is there now, nothing when nothing
+        is. The default is for venues with one wallet (the simulator's native client): nothing to move, 0.0.
+        """
+        return 0.0
+
     def health(self) -> dict:
         """Circuit-breaker state and anything else worth showing in metadata."""
         return {}

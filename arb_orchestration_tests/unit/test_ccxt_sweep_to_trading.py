@@ -33,24 +33,22 @@ from arb_orchestration_tests.unit.test_ccxt_withdraw_wallet import (
 
 def _moving_back(venue: Venue, base: Callable[..., Any], path_end: str, allowed: dict[str, tuple[str, ...]],
                  amount_key: str) -> Callable[..., Any]:
-    """The exchange's answer, with transfers from the withdrawal wallet into the trading account applied."""
+    """The exchange's answer, with transfers from the withdrawal wallet into the trading account applied (the
+    other direction, a withdrawal's top-up, is the base answer's)."""
 
     def answer(method, path, p):
-        if path.endswith(path_end):
-            direction = tuple(p.get(k) for k in allowed["keys"])
-            if direction == allowed["back"]:
-                amount = float(p[amount_key])
-                outcome = venue.transfer_script.pop(0) if venue.transfer_script else "ok"
-                if outcome == "5xx":
-                    raise ccxt.ExchangeNotAvailable("503 Service Unavailable")
-                if amount > venue.wallet + 1e-9:
-                    raise ccxt.InsufficientFunds('{"code":-5013,"msg":"Asset transfer failed: insufficient balance"}')
-                venue.wallet -= amount
-                venue.trading += amount
-                if outcome == "timeout_after_commit":
-                    raise ccxt.RequestTimeout("read timeout")
-                return allowed["answer"](p)
-            raise AssertionError(f"unexpected transfer {direction}")
+        if path.endswith(path_end) and tuple(p.get(k) for k in allowed["keys"]) == allowed["back"]:
+            amount = float(p[amount_key])
+            outcome = venue.transfer_script.pop(0) if venue.transfer_script else "ok"
+            if outcome == "5xx":
+                raise ccxt.ExchangeNotAvailable("503 Service Unavailable")
+            if amount > venue.wallet + 1e-9:
+                raise ccxt.InsufficientFunds('{"code":-5013,"msg":"Asset transfer failed: insufficient balance"}')
+            venue.wallet -= amount
+            venue.trading += amount
+            if outcome == "timeout_after_commit":
+                raise ccxt.RequestTimeout("read timeout")
+            return allowed["answer"](p)
         return base(method, path, p)
 
     return answer
@@ -100,12 +98,14 @@ def test_an_empty_wallet_sends_nothing():
     assert _transfers(venue) == [] and venue.sent("GET", "/api/v3/account")
 
 
-def test_the_amount_is_rounded_down_never_up():
-    client, venue = _binance(trading=0.0, spot=123.456789129)
+def test_the_amount_is_rounded_down_to_the_currency_precision_never_up():
+    client, venue = _binance(trading=0.0, spot=123.456)
+    client._ensure_ready()  # noqa: SLF001
+    client._exchange.currencies["USDT"]["precision"] = 0.01  # noqa: SLF001 - a coarse currency: rounding shows
     moved = client.sweep_to_trading("USDT")
-    (transfer,) = _transfers(venue)
-    assert transfer["amount"] == "123.45678912" and moved == pytest.approx(123.45678912)
-    assert venue.wallet == pytest.approx(0.000000009, abs=1e-12)
+    (transfer,) = _transfers(venue)  # 123.46 would be refused: more than the wallet holds
+    assert transfer["amount"] == "123.45" and moved == pytest.approx(123.45)
+    assert venue.wallet == pytest.approx(0.006)
 
 
 def test_binance_funding_wallet_when_configured():
@@ -212,3 +212,25 @@ def test_sweep_deposits_to_trading_defaults_and_validation(monkeypatch):
             _load(monkeypatch, venue, {venue: entry})
     with pytest.raises(ValueError, match="sweep_deposits_to_trading"):
         CcxtVenueClient(CcxtVenueSettings(name="bybit", exchange_id="bybit", sweep_deposits_to_trading=True))
+
+
+def test_a_transfer_applied_but_not_shown_yet_is_not_counted_twice():
+    # The answer of an applied transfer is lost and the next read still shows the old balance (the exchange lags):
+    # the resend is refused for insufficient balance, the wallet is read again, and the move counts once.
+    client, venue = _binance(trading=0.0, spot=500.0)
+    venue.transfer_script = ["timeout_after_commit"]
+    base = client._exchange.fetch  # noqa: SLF001
+    lag = {"reads": 0}
+
+    def lagging(url, method="GET", headers=None, body=None):
+        if url.split("?")[0].endswith("/api/v3/account") and venue.sent("POST", "/sapi/v1/asset/transfer"):
+            lag["reads"] += 1
+            if lag["reads"] == 1:  # the first read after the transfer shows the balance from before it
+                venue.requests.append((method, "/api/v3/account", {}, None))
+                return {"balances": [{"asset": "USDT", "free": "500.00000000", "locked": "0"}], "accountType": "SPOT"}
+        return base(url, method, headers, body)
+
+    client._exchange.fetch = lagging  # noqa: SLF001
+    assert client.sweep_to_trading("USDT") == pytest.approx(500.0)
+    assert [float(b["amount"]) for b in _transfers(venue)] == [500.0, 500.0]  # the second one was refused
+    assert (venue.trading, venue.wallet) == (pytest.approx(500.0), pytest.approx(0.0))
