@@ -131,3 +131,6 @@ def test_the_reason_quotes_both_rates_per_8h_the_move_and_the_threshold():
     # Down from 3 bp per 4 h (6 bp per 8 h) to 1 bp per 8 h: -5 bps, within.
     within = FundingDeviation().check(RatePoint(0.0003, 4), rate(0.0001))
     assert within.reason == "binance BTC/USDT:USDT: 6.00 -> 1.00 bp/8h, moved -5.00 bps, within the 20 bps threshold"
+    # Hedged when funding was exactly zero: the previous rate is 0.00, not missing.
+    from_zero = FundingDeviation().check(RatePoint(0.0, 8), rate(0.0025))
+    assert from_zero.reason == "binance BTC/USDT:USDT: 0.00 -> 25.00 bp/8h, moved +25.00 bps, exceeds the 20 bps threshold"
