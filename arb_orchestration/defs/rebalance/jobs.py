@@ -11,6 +11,7 @@ from arb_orchestration.defs.rebalance.steps import (
     COMMIT,
     PLAN,
     PREPARE,
+    SWEEP,
     VERIFY,
     await_arrival,
     cancel_prepared,
@@ -19,6 +20,7 @@ from arb_orchestration.defs.rebalance.steps import (
     plan_rebalance,
     prepare_transfers,
     release_reservations,
+    sweep_to_trading,
     verify_balances,
 )
 from arb_orchestration.saga import DEFAULT_STEP_RETRY, Saga, SagaStep, build_saga
@@ -38,11 +40,13 @@ def build_auto_rebalance_saga(*, retry_policy: RetryPolicy | None = DEFAULT_STEP
             _step(COMMIT, commit_transfers, cancel_uncommitted, pivot=True),
             _step(AWAIT, await_arrival),
             _step(VERIFY, verify_balances),
+            _step(SWEEP, sweep_to_trading),
         ],
         config=RebalanceConfig,
         description=(
             "Moves money between venues (crypto withdrawals, EUR via Wise) to bring every venue back to its "
-            "target: plan (exact MILP, guardrails) → prepare → commit (PIVOT) → await arrival → verify. "
+            "target: plan (exact MILP, guardrails) → prepare → commit (PIVOT) → await arrival → verify → sweep deposits "
+            "into the trading account. "
             "Compensates before the pivot, recovers forward after it. See docs/rebalance.md."
         ),
         tags=dict(REBALANCE_RUN_TAGS),

@@ -1,7 +1,7 @@
 """The steps of `auto_rebalance_saga`: actions, compensations and the keys they send.
 
-    plan_rebalance ──▶ prepare_transfers ──▶ commit_transfers (PIVOT) ──▶ await_arrival ──▶ verify_balances
-    release_reservations  cancel_prepared      cancel_uncommitted           (forward only)    (forward only)
+    plan_rebalance ──▶ prepare_transfers ──▶ commit_transfers (PIVOT) ──▶ await_arrival ──▶ verify_balances ──▶ sweep_to_trading
+    release_reservations  cancel_prepared      cancel_uncommitted           (forward only)    (forward only)     (forward only)
 
 The plan has a variable number of legs, the saga a fixed list of steps: each
 step loops over the plan's legs (in the planner's executable order) and
@@ -22,8 +22,13 @@ may need a person (a personal token: EU/UK SCA), then the Wise legs go first
 and a refused one is parked until a person funds it or its deadline passes
 (`funding.py`). If the pivot fails part way, its compensation cancels what is
 still cancellable and reports (and mails) any leg already on its way. After the pivot only forward recovery:
-await_arrival / verify_balances retry, then the engine's hook mails the risk
-team and the recovery sensor relaunches the saga with the same keys.
+await_arrival / verify_balances / sweep_to_trading retry, then the engine's hook
+mails the risk team and the recovery sensor relaunches the saga with the same keys.
+
+`sweep_to_trading` moves what arrived at a destination whose exchange credits
+deposits outside the margin account (Binance spot, OKX funding) into its trading
+account; `cancel_uncommitted` does the same at the sources, best effort, for a
+withdrawal's top-up left behind by a failed or cancelled withdrawal.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ PREPARE = "prepare_transfers"
 COMMIT = "commit_transfers"
 AWAIT = "await_arrival"
 VERIFY = "verify_balances"
+SWEEP = "sweep_to_trading"
 
 GUARDRAIL_METADATA_KEY = "arb/guardrail"
 RULE_INFEASIBLE = "plan_infeasible"
@@ -82,6 +88,12 @@ def _mask(address: str | None) -> str:
     if not address:
         return ""
     return address if len(address) <= 10 else f"{address[:6]}…{address[-4:]}"
+
+
+def _sweep(venue, asset: str) -> float:
+    """`venue.sweep_to_trading(asset)`; 0.0 for a client outside the VenueClient contract (a one-wallet test double)."""
+    sweep = getattr(venue, "sweep_to_trading", None)
+    return float(sweep(asset)) if sweep is not None else 0.0
 
 
 def _by_source(legs: list[PlannedTransfer]) -> dict[str, list[PlannedTransfer]]:
@@ -517,6 +529,11 @@ def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
                 out["in_flight"].append(leg.index)
             else:
                 out["not_created"].append(leg.index)
+    swept, sweep_failed = _sweep_sources(ctx, exchange)
+    if swept:  # only when something moved or failed to: a one-wallet venue adds nothing to the record
+        out["swept"] = swept
+    if sweep_failed:
+        out["sweep_failed"] = sweep_failed
     if out["in_flight"]:
         legs = {t.index: t for t in _legs(ctx.results.get(PLAN))}
         body = "\n".join(
@@ -533,6 +550,30 @@ def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
         except Exception as exc:  # the saga log holds the facts; the mail is the courtesy copy
             ctx.log.error(f"could not mail the in-flight legs of saga {ctx.saga_id}: {type(exc).__name__}: {exc}")
     return out
+
+
+def _sweep_sources(ctx, exchange) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Move a withdrawal's top-up left at its source (failed send, cancelled withdrawal) back into the trading account.
+
+    Best effort, and the only thing here that is: the money is not lost if this fails (the venue's balances count the
+    withdrawal wallet, and its next withdrawal spends it first), while a failed compensation would leave the pivot's
+    outcome "unknown" and block every rebalance for the in-flight lookback. What moved is recorded under `swept`; a
+    failure is logged at ERROR and recorded under `sweep_failed`; the next rebalance into that venue, or a re-run of this compensation, moves it.
+    """
+    swept: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for venue, asset in sorted({(t.from_venue, t.asset) for t in _legs(ctx.results.get(PLAN)) if t.kind == "withdrawal"}):
+        try:
+            moved = _sweep(exchange.venue(venue), asset)
+        except Exception as exc:  # noqa: BLE001 - recorded and logged: see the docstring
+            failed.append({"venue": venue, "asset": asset, "error": f"{type(exc).__name__}: {exc}"})
+            ctx.log.error(f"could not move {asset} left in {venue}'s withdrawal wallet back into its trading account "
+                          f"({type(exc).__name__}: {exc}); it stays counted in {venue}'s balance and is spent by its "
+                          "next withdrawal")
+            continue
+        if moved > 0:
+            swept.append({"venue": venue, "asset": asset, "moved": moved})
+    return swept, failed
 
 
 # --------------------------------------------------------------------------- 4. await (forward only)
@@ -678,3 +719,36 @@ def verify_balances(ctx, exchange, rebalance_journal) -> dict[str, Any]:
             f"{r['venue']} {r['asset']} {format_amount(r['asset'], r['now'])} < "
             f"{format_amount(r['asset'], r['expected'])}" for r in bad))
     return {"verified": rows}  # the markdown summary is in the step's report event (the engine logs this dict)
+
+
+# --------------------------------------------------------------------------- 6. sweep (forward only)
+
+
+def sweep_to_trading(ctx, exchange, rebalance_journal) -> dict[str, Any]:
+    """Move what arrived into each destination's trading account (where it is margin) and record what moved.
+
+    Binance credits deposits to spot (or funding), OKX to its funding account: the arrival check and the
+    verification count them (the venue's balances include that wallet), but they are no margin until moved.
+    For every destination venue and asset of a crypto leg that arrived, the venue client moves that wallet's free
+    balance of the asset (which includes leftovers of earlier failed withdrawals); a venue with one wallet, or with
+    `sweep_deposits_to_trading` off, moves nothing. Idempotent (a retry moves what is still there); a transient
+    failure is retried, then escalated like any step after the pivot; a refusal (read-only venue) escalates at once.
+    """
+    plan = ctx.results[PLAN]
+    skip = _skip_reason(plan)
+    if skip:
+        return {"skipped": skip}
+    arrived = ctx.results[AWAIT]["arrived"]
+    destinations = sorted({(leg.to_venue, leg.asset) for leg in _legs(plan)
+                           if leg.kind == "withdrawal" and str(leg.index) in arrived})
+    swept: list[dict[str, Any]] = []
+    for venue, asset in destinations:
+        moved = _sweep(exchange.venue(venue), asset)
+        ctx.note(venue=venue, asset=asset, moved=moved)
+        swept.append({"venue": venue, "asset": asset, "moved": moved})
+    moved_any = [r for r in swept if r["moved"] > 0]
+    message = ("moved into the trading account: " + ", ".join(
+        f"{r['venue']} {format_amount(r['asset'], r['moved'])} {r['asset']}" for r in moved_any)
+        if moved_any else "nothing to move into a trading account")
+    rebalance_journal.report(SWEEP, message, {"swept": swept})
+    return {"swept": swept}
