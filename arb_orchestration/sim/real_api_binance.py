@@ -23,8 +23,13 @@ Wallets, as on Binance: the simulator's venue wallet (`ExchangeState`) is the US
 (UMFUTURE); the spot (MAIN), funding (FUNDING) and cross-margin (MARGIN) wallets are kept here, empty at
 start. `asset/transfer` moves funds between them (-5013 when the source lacks them), and `withdraw/apply`
 pays from the spot wallet (`walletType` 0, also the simulator's default "selected wallet") or the funding
-wallet (1), never from the futures account: a client must transfer first, as on Binance. Deposits still land
-in the futures account (the simulator's one deposit wallet; on Binance they land in spot or funding).
+wallet (1), never from the futures account: a client must transfer first, as on Binance. Deposits land where
+`deposit_wallet` says: "MAIN" (spot) is what Binance does (or "FUNDING"); the default "UMFUTURE" keeps the
+simulator's older model (the futures account), which tests written before the split rely on. With "MAIN" or
+"FUNDING", the state still credits a completed withdrawal into the venue's one wallet (the futures account) and
+the dialect moves each such arrival to the deposit wallet before it serves any request, in the same lock as the
+request, so no read sees it in both. Only crypto arrivals (withdrawals from simulated venues) move; a fiat
+credit (Wise) stays in the futures account.
 
 What is checked like Binance does: the `X-MBX-APIKEY` header (-2014/-2015),
 `timestamp` within `recvWindow` (-1021), the HMAC-SHA256 `signature` over the
@@ -48,8 +53,9 @@ receives amount − withdrawFee; `withdrawal_fee="added"` puts it on top instead
 is what arrives, `transactionFee` the fee (as in ccxt's sample answer: 28.75 + 0.25; unverified on
 Binance itself).
 
-Deliberate simplifications (the simulator's model, not Binance's): deposits land in the futures account;
-every futures asset is margin; `LIMIT` takes `timeInForce=GTC` only; the only conditional order is a
+Deliberate simplifications (the simulator's model, not Binance's): deposits land in the futures account
+unless `deposit_wallet` says otherwise, fiat credits (Wise) always; every futures asset is margin; `LIMIT`
+takes `timeInForce=GTC` only; the only conditional order is a
 `STOP_MARKET` (mark-price trigger); `estimatedArrivalTime` is the simulator's
 rail time in (fractional) minutes.
 """
@@ -106,6 +112,7 @@ _TRANSFER_TYPES = {
 FUTURES_WALLET = "UMFUTURE"  # the simulator's ExchangeState wallet of the venue
 _SIDE_WALLETS = ("MAIN", "FUNDING", "MARGIN")  # kept by the dialect
 _WITHDRAW_WALLETS = {0: "MAIN", 1: "FUNDING"}  # withdraw/apply walletType
+DEPOSIT_WALLETS = ("MAIN", "FUNDING", FUTURES_WALLET)  # where an arriving withdrawal is credited
 
 
 class BinanceError(Exception):
@@ -214,6 +221,7 @@ class BinanceApi:
         step_sizes: Mapping[str, str] | None = None,
         tick_sizes: Mapping[str, str] | None = None,
         withdrawal_fee: str = "deducted",
+        deposit_wallet: str = FUTURES_WALLET,
     ):
         if venue not in state.venue_names():
             raise ValueError(f"no venue {venue!r} in the simulator; venues: {', '.join(state.venue_names())}")
@@ -242,9 +250,13 @@ class BinanceApi:
         self._transfers: list[dict[str, Any]] = []
         self._tran_ids = itertools.count(130_000_000_001)
         # Spot, funding and margin wallets (the futures account is the ExchangeState wallet). Lock order:
-        # _wallet_lock, then the state's lock; never the other way round.
-        self._wallet_lock = threading.Lock()
+        # _wallet_lock, then the state's lock; never the other way round. Re-entrant: a request holds both while
+        # its handler runs (deposits are landed first), and handlers take them again.
+        self._wallet_lock = threading.RLock()
         self._wallets: dict[str, dict[str, float]] = {name: {} for name in _SIDE_WALLETS}
+        # Arrivals already moved to the deposit wallet, as (withdrawal id, created_at): ids restart after a state reset.
+        self._landed: set[tuple[str, float | None]] = set()
+        self.deposit_wallet = deposit_wallet
         self.request_log: list[tuple[str, str, int]] = []  # (method, path, status) for tests
         self._routes: dict[tuple[str, str], tuple[Handler, bool, str]] = {}
         r = self._route
@@ -320,7 +332,9 @@ class BinanceApi:
             err.headers.update(headers)
             return err
         try:
-            response = BinanceResponse(200, handler(req, params))
+            with self._wallet_lock, self.state._lock:  # noqa: SLF001 - landing and the handler see one state
+                self._land_deposits()
+                response = BinanceResponse(200, handler(req, params))
         except BinanceError as exc:
             response = self._error(exc)
         except SimError as exc:  # a rejection the handler did not translate
@@ -775,6 +789,49 @@ class BinanceApi:
         with self._wallet_lock:
             for wallet in self._wallets.values():
                 wallet.clear()
+            self._landed = self._arrivals()
+
+    @property
+    def deposit_wallet(self) -> str:
+        """Where arriving withdrawals are credited: "MAIN" (spot, as Binance), "FUNDING" or "UMFUTURE" (the default)."""
+        return self._deposit_wallet
+
+    @deposit_wallet.setter
+    def deposit_wallet(self, value: str) -> None:
+        if value not in DEPOSIT_WALLETS:
+            raise ValueError(f"deposit_wallet must be one of {DEPOSIT_WALLETS}, got {value!r}")
+        with self._wallet_lock, self.state._lock:  # noqa: SLF001
+            self._deposit_wallet = value
+            self._landed = self._arrivals()  # what arrived before stays where it is; only later arrivals move
+
+    def _arrivals(self) -> set[tuple[str, float | None]]:
+        """Withdrawals from any simulated venue that completed into this venue (the state credited its futures wallet)."""
+        found = set()
+        for name in self.state.venue_names():
+            for w in self.state.withdrawals(name):
+                if w.to_venue == self.venue and w.status == "completed":
+                    found.add((w.id, w.created_at))
+        return found
+
+    def _land_deposits(self) -> None:
+        """Move every new arrival from the futures account to the deposit wallet (spot, as Binance credits deposits)."""
+        if self.deposit_wallet == FUTURES_WALLET:
+            return
+        with self._wallet_lock, self.state._lock:  # noqa: SLF001
+            for name in self.state.venue_names():
+                for w in self.state.withdrawals(name):
+                    key = (w.id, w.created_at)
+                    if w.to_venue != self.venue or w.status != "completed" or key in self._landed:
+                        continue
+                    try:
+                        self.state.credit(self.venue, w.asset, -w.amount)
+                    except SimError:  # the futures account spent it already (margin): try again on the next request
+                        log.warning("%s: deposit %s of %s %s not movable to %s yet", self.venue, w.id, w.amount,
+                                    w.asset, self.deposit_wallet)
+                        continue
+                    wallet = self._wallets[self.deposit_wallet]
+                    wallet[w.asset] = wallet.get(w.asset, 0.0) + w.amount
+                    self._landed.add(key)
 
     def _release_client_id(self, cid: str, state_cid: str) -> None:
         with self._lock:
