@@ -1403,7 +1403,7 @@ class CcxtVenueClient(VenueClient):
         the wallet holds now, and sends nothing when it holds nothing. Internal transfers carry no id we could look up,
         so after an ambiguous outcome the wallet is read again and only what is still there is moved; a transfer the
         exchange applied but does not show yet may then be refused for insufficient balance, which is read back the
-        same way. Raises `TransientError` if money is still there after `max_attempts` transfers with unknown outcome
+        same way (also after a confirmed transfer, should the exchange show it late). Raises `TransientError` if money is still there after `max_attempts` transfers with unknown outcome
         (calling again re-reads). Venues switched off (`sweep_deposits_to_trading`) or with no such wallet: 0.0 and
         no request. Read-only venues refuse (BusinessError `read_only`) before any request. Holds the withdrawal lock:
         a withdrawal's top-up on this client is never swept back between its top-up and its send.
@@ -1432,12 +1432,11 @@ class CcxtVenueClient(VenueClient):
                             self.name, what, exc, source)
                 unconfirmed, before = amount, held
             except BusinessError as exc:
-                if exc.code != "insufficient_funds" or not unconfirmed:
+                if exc.code != "insufficient_funds" or not (unconfirmed or moved):
                     raise
-                # The wallet still showed what an earlier transfer (outcome unknown) had already moved: read again.
-                log.warning("venue %s: %s refused (%s) after a transfer with unknown outcome; reading the %s wallet "
+                # The wallet still showed what an earlier transfer of this sweep had already moved: read again.
+                log.warning("venue %s: %s refused (%s) after an earlier transfer of this sweep; reading the %s wallet "
                             "again", self.name, what, exc, source)
-                before = held
             else:
                 moved += amount
                 unconfirmed = 0.0

@@ -234,3 +234,19 @@ def test_a_transfer_applied_but_not_shown_yet_is_not_counted_twice():
     assert client.sweep_to_trading("USDT") == pytest.approx(500.0)
     assert [float(b["amount"]) for b in _transfers(venue)] == [500.0, 500.0]  # the second one was refused
     assert (venue.trading, venue.wallet) == (pytest.approx(500.0), pytest.approx(0.0))
+
+
+def test_a_first_transfer_refused_for_insufficient_balance_is_a_business_error():
+    # Nothing of this sweep moved before: the refusal is the exchange's word (e.g. the funds are locked), not lag.
+    client, venue = _binance(trading=0.0, spot=500.0)
+    base = client._exchange.fetch  # noqa: SLF001
+
+    def refusing(url, method="GET", headers=None, body=None):
+        if url.split("?")[0].endswith("/sapi/v1/asset/transfer"):
+            raise ccxt.InsufficientFunds('binance {"code":-5013,"msg":"Asset transfer failed: insufficient balance"}')
+        return base(url, method, headers, body)
+
+    client._exchange.fetch = refusing  # noqa: SLF001
+    with pytest.raises(BusinessError) as refused:
+        client.sweep_to_trading("USDT")
+    assert refused.value.code == "insufficient_funds" and venue.wallet == 500.0
