@@ -133,7 +133,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("EXCHANGE_SIM_API_KEY", "API key the simulator expects (secret).", None, True, True),
         Setting("EXCHANGE_VENUES", "Comma-separated venue names.", "binance,okx,bybit,kraken,hyperliquid"),
         # EXCHANGE_BACKEND=ccxt (resources/ccxt_venue.py; docs/real-venues.md). <VENUE> is the venue name upper-cased.
-        Setting("CCXT_VENUES", "JSON object, venue name -> {exchange_id, sandbox, demo_trading, symbols, withdraw_allowlist, fiat_deposit_addresses, default_funding_interval_hours, options, read_only, rate_limit_ms, api_base_url, api_urls}; a missing venue uses its default ccxt class.", "{}", False),
+        Setting("CCXT_VENUES", "JSON object, venue name -> {exchange_id, sandbox, demo_trading, symbols, withdraw_allowlist, fiat_deposit_addresses, fiat_deposit_references, default_funding_interval_hours, options, read_only, rate_limit_ms, api_base_url, api_urls, withdrawal_fee_mode, withdraw_from_account, sweep_deposits_to_trading} (docs/real-venues.md); a missing venue uses its default ccxt class.", "{}", False),
         Setting("CCXT_<VENUE>_API_KEY", "API key of that venue account (secret; required in prod with EXCHANGE_BACKEND=ccxt).", "", False, True),
         Setting("CCXT_<VENUE>_SECRET", "API secret of that venue account (secret; required in prod with EXCHANGE_BACKEND=ccxt).", "", False, True),
         Setting("CCXT_<VENUE>_PASSWORD", "API passphrase, where the venue has one (OKX) (secret).", "", False, True),

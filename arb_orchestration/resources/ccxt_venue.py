@@ -43,7 +43,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, TypeVar
+from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from dagster import Config, EnvVar
@@ -61,6 +61,7 @@ from arb_orchestration.domain.models import (
     Side,
     Withdrawal,
 )
+from arb_orchestration.domain.rebalance import wise_reference_problem
 from arb_orchestration.resources.errors import (
     AmbiguousOutcomeError,
     BusinessError,
@@ -174,6 +175,16 @@ def withdraw_from_account_for(exchange_id: str, configured: str | None) -> str:
     if value not in allowed:
         raise ValueError(f"{value!r} is not a withdrawal wallet of {exchange_id}; one of {', '.join(map(repr, allowed))}")
     return value
+
+
+def check_fiat_deposit_reference(key: str, reference: str, addresses: Mapping[str, str]) -> None:
+    """A venue's bank-deposit reference for `key` ('EUR:SEPA'): only beside its IBAN, and one Wise can carry."""
+    if key not in addresses:
+        raise ValueError(f"no fiat_deposit_addresses entry for {key!r}: a reference needs the account it is for")
+    currency = key.split(":", 1)[0]
+    problem = wise_reference_problem(reference, currency)
+    if problem:
+        raise ValueError(problem)
 
 
 def sweep_deposits_for(withdraw_from_account: str, configured: bool | None) -> bool:
@@ -400,6 +411,8 @@ class CcxtVenueSettings:
     symbols: tuple[str, ...] = ()
     withdraw_allowlist: tuple[str, ...] = ()
     fiat_deposit_addresses: dict[str, str] = field(default_factory=dict)
+    # 'EUR:SEPA' -> the payment reference the venue needs to credit a bank deposit to this account
+    fiat_deposit_references: dict[str, str] = field(default_factory=dict)
     default_funding_interval_hours: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
     read_only: bool = False
@@ -480,6 +493,11 @@ class CcxtVenueClient(VenueClient):
                                                                 config.sweep_deposits_to_trading)
         except ValueError as exc:
             raise ValueError(f"{config.name}: sweep_deposits_to_trading: {exc}") from None
+        for key, reference in config.fiat_deposit_references.items():
+            try:
+                check_fiat_deposit_reference(key, reference, config.fiat_deposit_addresses)
+            except ValueError as exc:
+                raise ValueError(f"{config.name}: fiat_deposit_references.{key}: {exc}") from None
         self._wallet_noted: dict[str, float] = {}  # asset -> amount last reported in the withdrawal wallet
         # One top-up-and-withdraw at a time per client: a second withdrawal must not count the first one's top-up
         # as its own (both would then withdraw it). Other processes are not covered (see docs/real-venues.md).
@@ -1182,7 +1200,9 @@ class CcxtVenueClient(VenueClient):
         configured = self.config.fiat_deposit_addresses.get(f"{asset}:{network}")
         if configured:
             # Fiat rails (SEPA) have no crypto deposit address: the account's IBAN is configuration.
-            return DepositAddress(venue=self.name, asset=asset, network=network, address=configured)
+            # The venue's payment reference (if it needs one to credit the deposit) travels as the tag.
+            reference = self.config.fiat_deposit_references.get(f"{asset}:{network}") or None
+            return DepositAddress(venue=self.name, asset=asset, network=network, address=configured, tag=reference)
         raw = self._call(lambda ex: ex.fetch_deposit_address(asset, {"network": network}), what=f"fetch_deposit_address {asset}/{network}")
         # What the exchange answered for, not what was asked: the saga refuses an address of another chain
         # (an exchange may answer its default network's). Only where it does not say is the request kept.
@@ -1533,6 +1553,10 @@ class CcxtVenueConfig(Config):
     symbols: list[str] = Field(default_factory=list, description="Allowlist for orders that add exposure (empty: all).")
     withdraw_allowlist: list[str] = Field(default_factory=list, description="Only these withdrawal addresses (empty: any).")
     fiat_deposit_addresses: dict[str, str] = Field(default_factory=dict, description="'EUR:SEPA' -> the account's IBAN.")
+    fiat_deposit_references: dict[str, str] = Field(
+        default_factory=dict,
+        description="'EUR:SEPA' -> the payment reference the venue needs to credit a bank deposit to this account.",
+    )
     default_funding_interval_hours: float | None = Field(default=None, description="Funding interval when the venue gives none.")
     options_json: str = Field(default="", description="Extra ccxt options as a JSON object.")
     read_only: bool = Field(default=False, description="Refuse every order, cancel, withdrawal and transfer.")
@@ -1574,6 +1598,7 @@ class CcxtVenueConfig(Config):
             symbols=tuple(self.symbols),
             withdraw_allowlist=tuple(self.withdraw_allowlist),
             fiat_deposit_addresses=dict(self.fiat_deposit_addresses),
+            fiat_deposit_references=dict(self.fiat_deposit_references),
             default_funding_interval_hours=self.default_funding_interval_hours,
             options=options,
             read_only=self.read_only,
@@ -1649,6 +1674,7 @@ class _VenueEnv(BaseModel):
     symbols: list[str] = []
     withdraw_allowlist: list[str] = []
     fiat_deposit_addresses: dict[str, str] = {}
+    fiat_deposit_references: dict[str, str] = {}
     default_funding_interval_hours: float | None = None
     options: dict[str, Any] = {}
     read_only: bool = False
@@ -1743,6 +1769,11 @@ def ccxt_exchange_from_env(deployment: str) -> CcxtExchangeResource:
             sweep = sweep_deposits_for(withdraw_from, entry.sweep_deposits_to_trading)
         except ValueError as exc:
             raise settings.SettingError(f"CCXT_VENUES[{name}].sweep_deposits_to_trading: {exc}") from None
+        for key, reference in entry.fiat_deposit_references.items():
+            try:
+                check_fiat_deposit_reference(key, reference, entry.fiat_deposit_addresses)
+            except ValueError as exc:
+                raise settings.SettingError(f"CCXT_VENUES[{name}].fiat_deposit_references.{key}: {exc}") from None
         if entry.sandbox and exchange_id in FUTURES_WITHOUT_SANDBOX:
             raise settings.SettingError(
                 f"CCXT_VENUES[{name}].sandbox: ccxt refuses the {exchange_id} futures testnet; use demo_trading"
@@ -1763,6 +1794,7 @@ def ccxt_exchange_from_env(deployment: str) -> CcxtExchangeResource:
                 symbols=entry.symbols,
                 withdraw_allowlist=entry.withdraw_allowlist,
                 fiat_deposit_addresses=entry.fiat_deposit_addresses,
+                fiat_deposit_references=entry.fiat_deposit_references,
                 default_funding_interval_hours=entry.default_funding_interval_hours,
                 options_json=json.dumps(entry.options) if entry.options else "",
                 read_only=entry.read_only,

@@ -130,7 +130,7 @@ def _park(ctx, wise, smtp, journal, refused: Sequence[PlannedTransfer], prepared
             ctx.log.warning(f"leg #{leg.index}: the wait for a human is {why}")
         p = ParkedFunding(index=leg.index, transfer_id=transfer_id, amount=float(target["source_value"]),
                           currency=leg.asset, to_venue=leg.to_venue, credited=float(target["target_value"]),
-                          parked_at=now, deadline=deadline, reference=f"rebalance {ctx.saga_id[:8]}-{leg.index}",
+                          parked_at=now, deadline=deadline, reference=str(target.get("reference") or f"rebalance {ctx.saga_id[:8]}-{leg.index}"),
                           recipient=_mask(target.get("address")))
         ctx.note(**p.to_note())
         ctx.log.warning(p.describe())

@@ -47,7 +47,13 @@ from arb_orchestration.defs.rebalance.report import (
     proposal_metadata,
     summary_markdown,
 )
-from arb_orchestration.domain.rebalance import FIAT_SOURCE, PlannedTransfer, format_amount, wise_funds_first
+from arb_orchestration.domain.rebalance import (
+    FIAT_SOURCE,
+    PlannedTransfer,
+    format_amount,
+    wise_funds_first,
+    wise_reference,
+)
 from arb_orchestration.resources.errors import BusinessError, TransientError
 from arb_orchestration.resources.wise import CANCELLED, FAILED_STATUSES, SENT, WAITING, customer_transaction_id_for
 from arb_orchestration.resources.wise_webhooks import BoardWatch
@@ -290,7 +296,7 @@ def prepare_transfers(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
             )
         entry: dict[str, Any] = {"address": address.address, "tag": address.tag}
         if leg.kind == "wise":
-            entry.update(_prepare_wise_leg(ctx, wise, leg, address.address, cfg))
+            entry.update(_prepare_wise_leg(ctx, wise, leg, address.address, cfg, venue_reference=address.tag))
         prepared[str(leg.index)] = entry
     rows = {
         int(i): {"destination": _mask(p["address"]), "Wise transfer": p.get("wise_transfer_id", "")}
@@ -305,11 +311,18 @@ def prepare_transfers(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
     return {"legs": prepared}
 
 
-def _prepare_wise_leg(ctx, wise, leg: PlannedTransfer, iban: str, cfg) -> dict[str, Any]:
+def _prepare_wise_leg(ctx, wise, leg: PlannedTransfer, iban: str, cfg, *, venue_reference: str | None = None) -> dict[str, Any]:
     # Quoted by what must *arrive*: Wise deducts its fee from a source amount, so a source-amount quote
     # delivers less than planned whenever Wise now charges more than the plan's fitted fee (or the amount
     # rounds down to the cent). A fee above the allowed increase is refused below; within it, the Wise
     # balance pays the difference (checked again at the pivot) and the venue gets its target.
+    # The venue's own deposit reference when it needs one (else the deposit is not credited to us), else
+    # ours, fitted to what Wise takes for the currency. Checked before anything is created at Wise.
+    try:
+        reference = wise_reference(ctx.saga_id, leg.index, leg.asset, venue_reference)
+    except ValueError as exc:
+        raise BusinessError(f"leg #{leg.index}: {leg.to_venue} {leg.asset}/{leg.network}: {exc}",
+                            code="bad_reference") from None
     quote = wise.create_quote(leg.asset, leg.asset, target_amount=leg.credited)
     allowed = leg.fee * (1 + cfg.max_fee_increase) + 0.01
     if quote.fee_total > allowed:
@@ -320,7 +333,7 @@ def _prepare_wise_leg(ctx, wise, leg: PlannedTransfer, iban: str, cfg) -> dict[s
         )
     recipient = wise.create_recipient(leg.asset, iban, cfg.wise_recipient_holder)
     key = ctx.key("wise", leg.index, leg.rail)
-    transfer = wise.create_transfer(quote.id, recipient.id, key, reference=f"rebalance {ctx.saga_id[:8]}-{leg.index}")
+    transfer = wise.create_transfer(quote.id, recipient.id, key, reference=reference)
     if transfer.status == CANCELLED or transfer.is_failed:
         raise BusinessError(f"leg #{leg.index}: Wise transfer {transfer.id} for this saga is {transfer.status}",
                             code="transfer_closed")
@@ -333,6 +346,7 @@ def _prepare_wise_leg(ctx, wise, leg: PlannedTransfer, iban: str, cfg) -> dict[s
         "source_value": transfer.source_value,
         "target_value": transfer.target_value,
         "wise_fee": quote.fee_total,
+        "reference": reference,
     }
 
 
