@@ -15,6 +15,7 @@ import html as html_lib
 import json
 import logging
 import ssl
+import asyncio
 import threading
 import time
 import warnings
@@ -89,6 +90,11 @@ class _Handler:
         failure = self.sink._take_failure()
         if failure is not None:
             return failure
+        if self.sink._take_hold():
+            # Held (tests: a sender killed while it waits for the answer). The message is never kept:
+            # the sender saw no 250, so for it nothing was delivered.
+            await asyncio.to_thread(self.sink._release.wait)
+            return "451 4.3.0 Held, then dropped"
         self.sink._store(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content)
         return "250 Message accepted for delivery"
 
@@ -132,6 +138,9 @@ class SmtpSink:
         self._lock = threading.Lock()
         self._messages: list[SinkMessage] = []
         self._failures: list[str] = []
+        self._holds = 0  # hold_next: messages still to hold at DATA
+        self.held = 0  # messages held so far (a sender is waiting for the answer)
+        self._release = threading.Event()
         self._seq = 0
         self._controller: Controller | None = None
         self._http: ThreadingHTTPServer | None = None
@@ -186,6 +195,7 @@ class SmtpSink:
         return f"http://{bound_host}:{bound_port}"
 
     def stop(self) -> None:
+        self._release.set()  # no handler thread left waiting
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -237,6 +247,26 @@ class SmtpSink:
         """How many of the `fail_next` refusals are still to come."""
         with self._lock:
             return len(self._failures)
+
+    def hold_next(self, count: int = 1) -> None:
+        """Keep the next `count` senders waiting at DATA until `release_held()`; those messages are dropped."""
+        with self._lock:
+            self._holds += count
+            self._release.clear()
+
+    def release_held(self) -> None:
+        """Answer every held sender (451) and stop holding; held messages are not kept."""
+        with self._lock:
+            self._holds = 0
+        self._release.set()
+
+    def _take_hold(self) -> bool:
+        with self._lock:
+            if self._holds <= 0:
+                return False
+            self._holds -= 1
+            self.held += 1
+            return True
 
     def _take_failure(self) -> str | None:
         with self._lock:
