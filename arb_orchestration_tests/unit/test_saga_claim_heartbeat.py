@@ -141,20 +141,8 @@ class Venue:
             return [s for kind, s in self.effects if kind == "undo"]
 
 
-class Mailbox:
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    def send(self, subject: str, body: str) -> None:
-        self.sent.append(subject)
-
-
-def _act(ctx, venue):
-    return venue.act(ctx)
-
-
-def _undo(ctx, venue):
-    return venue.undo(ctx)
+# The same mailbox and step functions as the claim tests' saga (its steps call the venue's act/undo).
+from arb_orchestration_tests.unit.test_saga_claim import Mailbox, _act, _undo  # noqa: E402
 
 
 # reserve → hedge → deposit (pivot) → settle; a crash after hedge started compensates hedge, then reserve.
