@@ -8,11 +8,15 @@ Kinds:
 * `latency`               — wait `latency_ms` before handling (adds up with others);
 * `error_5xx`             — answer `status` (default 503) without applying anything;
 * `rate_limit`            — answer 429 with `Retry-After: retry_after` without applying;
+* `error_4xx`             — a business refusal: answer `status` (default 400) with the
+                            exchange error `code` (default "order_rejected") and
+                            `message`, without applying anything (clients map it to
+                            `BusinessError`: not retried, not ambiguous);
 * `timeout_after_commit`  — apply the request, then wait `hang_ms` and close the
                             connection without a response (the client sees a
                             dropped connection, or its read timeout if `hang_ms`
                             is longer than it).
-At most one of the last three fires per request (the first in insertion order).
+At most one of the last four fires per request (the first in insertion order).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-KINDS = ("latency", "error_5xx", "rate_limit", "timeout_after_commit")
+KINDS = ("latency", "error_5xx", "error_4xx", "rate_limit", "timeout_after_commit")
+
+DEFAULT_STATUS = {"error_5xx": 503, "error_4xx": 400}
+DEFAULT_REJECT_CODE = "order_rejected"
 
 # Endpoint names faults can target ("*" or None: every non-admin endpoint).
 ENDPOINTS = (
@@ -57,7 +64,9 @@ class Fault:
     count: int | None = None
     rate: float = 1.0
     latency_ms: float = 0.0
-    status: int = 503
+    status: int | None = None  # error_5xx: 503, error_4xx: 400 when not given
+    code: str = DEFAULT_REJECT_CODE  # error_4xx only: the exchange error code in the body
+    message: str | None = None  # error_4xx only: the body's message (default names the fault)
     retry_after: float | None = 1.0
     hang_ms: float = 0.0
     id: str = ""
@@ -75,8 +84,20 @@ class Fault:
             raise ValueError(f"rate must be within [0, 1], got {self.rate}")
         if self.count is not None and self.count < 0:
             raise ValueError("count must be >= 0")
+        if self.status is None:
+            self.status = DEFAULT_STATUS.get(self.kind, 503)
+        if isinstance(self.status, bool) or not isinstance(self.status, int):
+            raise ValueError(f"status must be an integer HTTP status, got {self.status!r}")
         if self.kind == "error_5xx" and not 500 <= self.status <= 599:
             raise ValueError(f"error_5xx status must be 5xx, got {self.status}")
+        if self.kind == "error_4xx":
+            # 429 reads as "rate limited, retry" to every client; 404 as "no such object": neither is a refusal.
+            if not 400 <= self.status <= 499 or self.status in (404, 429):
+                raise ValueError(f"error_4xx status must be a 4xx other than 404 and 429, got {self.status}")
+            if not isinstance(self.code, str) or not self.code.strip() or len(self.code) > 64:
+                raise ValueError(f"error_4xx code must be a non-empty string of at most 64 characters, got {self.code!r}")
+            if self.message is not None and not isinstance(self.message, str):
+                raise ValueError(f"error_4xx message must be a string, got {self.message!r}")
         if self.remaining is None:
             self.remaining = self.count
 
@@ -86,6 +107,10 @@ class Fault:
         if self.endpoint is not None and self.endpoint != endpoint:
             return False
         return self.remaining is None or self.remaining > 0
+
+    def rejection_message(self) -> str:
+        """The body's message of an `error_4xx` answer."""
+        return self.message or f"injected refusal: {self.code} ({self.id})"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,7 +125,8 @@ class FaultDecision:
     fired: list[str] = field(default_factory=list)
 
 
-_FIELDS = {"kind", "venue", "endpoint", "count", "rate", "latency_ms", "status", "retry_after", "hang_ms"}
+_FIELDS = {"kind", "venue", "endpoint", "count", "rate", "latency_ms", "status", "code", "message", "retry_after",
+           "hang_ms"}
 
 
 class FaultInjector:

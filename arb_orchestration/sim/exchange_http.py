@@ -156,6 +156,8 @@ class ExchangeApi:
             fault = decision.response_fault
             if fault is not None and fault.kind == "error_5xx":
                 return _error(fault.status, "injected_error", f"injected {fault.status} ({fault.id})")
+            if fault is not None and fault.kind == "error_4xx":  # a business refusal: nothing applied
+                return _error(fault.status, fault.code, fault.rejection_message())
             if fault is not None and fault.kind == "rate_limit":
                 headers = {} if fault.retry_after is None else {"Retry-After": _format_seconds(fault.retry_after)}
                 return _error(429, "rate_limited", f"injected rate limit ({fault.id})", headers)

@@ -125,6 +125,15 @@ class BinanceError(Exception):
         self.status = status
 
 
+def _binance_reject_code(code: str) -> int:
+    """An injected refusal's Binance code: the fault's own when it is one (`"-2022"`), else -2010 NEW_ORDER_REJECTED."""
+    try:
+        value = int(code)
+    except ValueError:
+        return -2010
+    return value if value < 0 else -2010
+
+
 def _mandatory(name: str) -> BinanceError:
     return BinanceError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
 
@@ -326,6 +335,8 @@ class BinanceApi:
             return self._error(
                 BinanceError(-1001, "Internal error; unable to process your request. Please try again.", fault.status)
             )
+        if fault is not None and fault.kind == "error_4xx":  # a business refusal: nothing applied
+            return self._error(BinanceError(_binance_reject_code(fault.code), fault.rejection_message(), fault.status))
         if fault is not None and fault.kind == "rate_limit":
             headers = {} if fault.retry_after is None else {"Retry-After": _seconds(fault.retry_after)}
             err = self._error(BinanceError(-1003, "Too many requests; current limit of IP is 2400 requests per minute.", 429))
