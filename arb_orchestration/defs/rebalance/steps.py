@@ -55,7 +55,16 @@ from arb_orchestration.domain.rebalance import (
     wise_reference,
 )
 from arb_orchestration.resources.errors import BusinessError, TransientError
-from arb_orchestration.resources.wise import CANCELLED, FAILED_STATUSES, SENT, WAITING, customer_transaction_id_for
+from arb_orchestration.resources.wise import (
+    CANCELLABLE_STATUSES,
+    CANCELLED,
+    FAILED_STATUSES,
+    FUNDED_STATUSES,
+    SENT,
+    WAITING,
+    Transfer,
+    customer_transaction_id_for,
+)
 from arb_orchestration.resources.wise_webhooks import BoardWatch
 
 PLAN = "plan_rebalance"
@@ -68,6 +77,12 @@ SWEEP = "sweep_to_trading"
 GUARDRAIL_METADATA_KEY = "arb/guardrail"
 RULE_INFEASIBLE = "plan_infeasible"
 RULE_LEGS_IN_FLIGHT = "legs_in_flight"
+
+REFUNDED = "funds_refunded"
+# How long a compensation waits, after cancelling a funded Wise transfer, for Wise to refund it
+# (`cancelled → funds_refunded`). The simulator refunds at once; Wise states no delay. A transfer
+# still `cancelled` at the deadline is not moving either: recorded as refund pending, not in flight.
+REFUND_WAIT_SECONDS = 10.0
 
 
 class InvalidRebalanceConfig(BusinessError):
@@ -361,12 +376,15 @@ def _recorded_transfer_ids(ctx) -> dict[int, int]:
 
 
 def cancel_prepared(ctx, wise) -> dict[str, Any]:
-    """Cancel every unfunded Wise transfer of this saga (looked up by its customerTransactionId).
+    """Cancel every Wise transfer of this saga that Wise still lets us cancel (looked up by its customerTransactionId).
 
-    Safe when the action never ran or ran half way; a funded transfer cannot
-    be cancelled and is reported as in flight instead.
+    Safe when the action never ran or ran half way. Wise cancels until the funds are converted: an unfunded
+    transfer, and a funded one still `processing` (a person funded it in the app; the pivot's compensation
+    could not stop it), whose money Wise refunds to the balance (`refunded`, see `_stop_wise_transfer`).
+    A transfer past that point is reported as in flight.
     """
     out: dict[str, list] = {"cancelled": [], "absent": [], "in_flight": []}
+    refunded: list[dict[str, Any]] = []
     known = _recorded_transfer_ids(ctx)
     for leg in _legs(ctx.results.get(PLAN)):
         if leg.kind != "wise":
@@ -376,24 +394,87 @@ def cancel_prepared(ctx, wise) -> dict[str, Any]:
             # The customerTransactionId search only looks through recent transfers; the step noted
             # this transfer's id the moment it existed, so it is not "absent": read it by id.
             transfer = wise.get_transfer(known[leg.index])
-        if transfer is not None and transfer.status == WAITING:
-            try:
-                wise.cancel_transfer(transfer.id)
-            except BusinessError:
-                # Refused: a person may have funded it in the Wise app a moment ago. Decide on a fresh read.
-                transfer = wise.get_transfer(transfer.id)
-                if transfer.status == WAITING:
-                    raise
-            else:
-                out["cancelled"].append(leg.index)
-                continue
         if transfer is None:
             out["absent"].append(leg.index)
-        elif transfer.is_failed:  # cancelled, or funded and refunded/charged back: nothing in flight
+            continue
+        transfer, funded = _stop_wise_transfer(ctx, wise, transfer)
+        if transfer.is_failed:  # cancelled, or funded and refunded/charged back: nothing in flight
             out["cancelled"].append(leg.index)
+            if funded or transfer.status == REFUNDED:
+                refunded.append(_refund_entry(leg.index, transfer))
         else:
             out["in_flight"].append(leg.index)
+    if refunded:  # present only when a funded transfer was stopped: the exact shape of older results stays
+        out["refunded"] = refunded
     return out
+
+
+def _stop_wise_transfer(ctx, wise, transfer: Transfer) -> tuple[Transfer, bool]:
+    """Cancel `transfer` if Wise still lets us; return it as last read, and whether it was ever seen funded.
+
+    Wise cancels until the funds are converted (`CANCELLABLE_STATUSES`): unfunded, and funded but still
+    `processing` (or `incoming_payment_initiated`), which Wise then refunds to the balance; a cancel of a
+    funded transfer waits (bounded, `REFUND_WAIT_SECONDS`) for `funds_refunded`. Every outcome other than a
+    clean cancel is decided on a fresh read, never on the error alone:
+
+    * refused (4xx): moved on meanwhile (converted, sent: in flight; cancelled: done; funded by a person a
+      moment ago and still cancellable: one more cancel). A funded transfer Wise refuses to cancel in the
+      same state is in flight (its cancel window may be narrower than documented). An unfunded transfer
+      refused without having moved is raised: nothing explains it, the compensation fails loudly.
+    * unknown outcome (timeout, 5xx after retries, breaker open): read back; if it is still cancellable the
+      cancel did not take, and the original error is raised (a failed compensation, retried, sends it again).
+    A failing read is raised too.
+    """
+    funded = transfer.is_funded
+    for _ in range(3):  # a transfer can move forward only so often; bounded anyway
+        if transfer.status not in CANCELLABLE_STATUSES:
+            break
+        tried = transfer.status
+        try:
+            transfer = wise.cancel_transfer(transfer.id)
+        except BusinessError:
+            fresh = wise.get_transfer(transfer.id)
+            funded = funded or fresh.is_funded
+            if fresh.status == tried:
+                if tried == WAITING:
+                    raise  # unfunded, refused, unchanged: no reason we can see
+                ctx.log.warning(f"Wise refused to cancel transfer {fresh.id} ({fresh.status}); it stays in flight")
+                return fresh, funded
+            transfer = fresh  # moved on meanwhile: decide again on what it is now
+            continue
+        except TransientError:
+            fresh = wise.get_transfer(transfer.id)
+            if fresh.status in CANCELLABLE_STATUSES:
+                raise  # the cancel did not take (yet) and still could: loud, a retry sends it again
+            transfer = fresh
+            funded = funded or fresh.is_funded
+            break
+        break
+    if funded and transfer.status == CANCELLED:
+        transfer = _await_refund(ctx, wise, transfer)
+    if funded and transfer.is_failed:
+        ctx.log.warning(f"funded Wise transfer {transfer.id} cancelled, {transfer.status}: "
+                        f"{format_amount(transfer.source_currency, transfer.source_value)} "
+                        f"{transfer.source_currency} back to the Wise balance"
+                        + ("" if transfer.status == REFUNDED else " once Wise refunds it"))
+    return transfer, funded
+
+
+def _await_refund(ctx, wise, transfer: Transfer) -> Transfer:
+    """Poll a cancelled funded transfer until `funds_refunded`, at most `REFUND_WAIT_SECONDS`; return the last read."""
+    cfg = ctx.config
+    pause = float(getattr(cfg, "poll_interval_seconds", None) or 0.5)
+    deadline = time.monotonic() + REFUND_WAIT_SECONDS
+    while transfer.status == CANCELLED and time.monotonic() < deadline:
+        time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        transfer = wise.get_transfer(transfer.id)
+    return transfer
+
+
+def _refund_entry(index: int, transfer: Transfer) -> dict[str, Any]:
+    return {"index": index, "wise_transfer_id": transfer.id, "amount": transfer.source_value,
+            "currency": transfer.source_currency, "status": transfer.status,
+            "refunded": transfer.status == REFUNDED}
 
 
 # --------------------------------------------------------------------------- 3. commit (pivot)
@@ -506,15 +587,19 @@ def _create_withdrawals(ctx, exchange, withdrawals: list[PlannedTransfer], prepa
 
 
 def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
-    """Undo a pivot that failed part way: cancel withdrawals still `pending`; report legs already gone.
+    """Undo a pivot that failed part way: cancel withdrawals still `pending` and funded Wise transfers Wise
+    still cancels; report legs already gone.
 
-    Unfunded Wise transfers are left to `cancel_prepared` (it runs next). A leg
-    that can no longer be stopped (broadcast withdrawal, funded Wise transfer)
-    is listed as `in_flight` and mailed to the risk team: it will arrive at the
-    destination venue, but the saga did not run to its end.
+    Unfunded Wise transfers are left to `cancel_prepared` (it runs next). A funded Wise transfer still
+    before `funds_converted` is cancelled and Wise refunds it to the balance: listed under `cancelled` and,
+    with its amount and status, under `refunded` (present only then). A leg that can no longer be stopped
+    (broadcast withdrawal, Wise transfer converted or sent) is listed as `in_flight`. Both are mailed to
+    the risk team: an in-flight leg will arrive at the destination venue although the saga did not run to
+    its end; a refunded one is back on the Wise balance.
     """
     prepared = (ctx.results.get(PREPARE) or {}).get("legs", {})
     out: dict[str, list] = {"cancelled": [], "not_created": [], "in_flight": []}
+    refunded: list[dict[str, Any]] = []
     for leg in _legs(ctx.results.get(PLAN)):
         if leg.kind == "withdrawal":
             venue = exchange.venue(leg.from_venue)
@@ -537,33 +622,60 @@ def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
         else:
             transfer_id = prepared.get(str(leg.index), {}).get("wise_transfer_id")
             transfer = wise.get_transfer(transfer_id) if transfer_id is not None else None
+            funded = False
+            if transfer is not None and transfer.is_funded and not transfer.is_failed:
+                transfer, funded = _stop_wise_transfer(ctx, wise, transfer)
             if transfer is not None and transfer.is_failed:  # cancelled, refunded or charged back: not moving
                 out["cancelled"].append(leg.index)
+                if funded:
+                    refunded.append(_refund_entry(leg.index, transfer))
             elif transfer is not None and transfer.is_funded:
                 out["in_flight"].append(leg.index)
             else:
                 out["not_created"].append(leg.index)
+    if refunded:  # present only when a funded transfer was stopped: the exact shape of older results stays
+        out["refunded"] = refunded
     swept, sweep_failed = _sweep_sources(ctx, exchange)
     if swept:  # only when something moved or failed to: a one-wallet venue adds nothing to the record
         out["swept"] = swept
     if sweep_failed:
         out["sweep_failed"] = sweep_failed
-    if out["in_flight"]:
-        legs = {t.index: t for t in _legs(ctx.results.get(PLAN))}
-        body = "\n".join(
-            [f"Rebalance saga {ctx.saga_id} failed during its pivot ({COMMIT}).",
-             "These legs had already left and could not be cancelled; they will arrive, but the saga was rolled "
-             "back around them (no arrival check, no balance verification):"]
-            + [f"  #{i}: {legs[i].rail} {format_amount(legs[i].asset, legs[i].amount)} {legs[i].asset}"
-               for i in out["in_flight"] if i in legs]
-            + [f"Cancelled: {out['cancelled'] or 'none'}; never created: {out['not_created'] or 'none'}."]
-        )
-        try:
-            smtp.send(f"[rebalance] partially committed: {len(out['in_flight'])} leg(s) in flight [{ctx.saga_id}]",
-                      body)
-        except Exception as exc:  # the saga log holds the facts; the mail is the courtesy copy
-            ctx.log.error(f"could not mail the in-flight legs of saga {ctx.saga_id}: {type(exc).__name__}: {exc}")
+    if out["in_flight"] or refunded:
+        _mail_pivot_rollback(ctx, smtp, out, refunded)
     return out
+
+
+def _mail_pivot_rollback(ctx, smtp, out: Mapping[str, Any], refunded: list[dict[str, Any]]) -> None:
+    """Tell the risk team which legs of a rolled-back pivot are still on their way and which funded Wise
+    transfers were cancelled and refunded (the saga log holds the facts; the mail is the courtesy copy)."""
+    legs = {t.index: t for t in _legs(ctx.results.get(PLAN))}
+    lines = [f"Rebalance saga {ctx.saga_id} failed during its pivot ({COMMIT})."]
+    if out["in_flight"]:
+        lines += (["These legs had already left and could not be cancelled; they will arrive, but the saga was "
+                   "rolled back around them (no arrival check, no balance verification):"]
+                  + [f"  #{i}: {legs[i].rail} {format_amount(legs[i].asset, legs[i].amount)} {legs[i].asset}"
+                     for i in out["in_flight"] if i in legs])
+    if refunded:
+        lines += ["These Wise legs were funded, then cancelled before Wise converted them; nothing reaches the "
+                  "destination:"]
+        for r in refunded:
+            rail = legs[r["index"]].rail if r["index"] in legs else "wise"
+            state = ("refunded to the Wise balance" if r["refunded"]
+                     else f"refund pending (Wise shows it {r['status']})")
+            lines.append(f"  #{r['index']}: {rail} Wise transfer {r['wise_transfer_id']} "
+                         f"{format_amount(r['currency'], r['amount'])} {r['currency']}: cancelled, {state}")
+    lines.append(f"Cancelled: {out['cancelled'] or 'none'}; never created: {out['not_created'] or 'none'}.")
+    if out["in_flight"]:
+        subject = f"[rebalance] partially committed: {len(out['in_flight'])} leg(s) in flight"
+        if refunded:
+            subject += f", {len(refunded)} funded Wise transfer(s) cancelled and refunded"
+    else:
+        subject = (f"[rebalance] pivot rolled back: {len(refunded)} funded Wise transfer(s) cancelled, "
+                   "refunded to the Wise balance")
+    try:
+        smtp.send(f"{subject} [{ctx.saga_id}]", "\n".join(lines))
+    except Exception as exc:  # the saga log holds the facts; the mail is the courtesy copy
+        ctx.log.error(f"could not mail the rollback of saga {ctx.saga_id}'s pivot: {type(exc).__name__}: {exc}")
 
 
 def _sweep_sources(ctx, exchange) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
