@@ -78,8 +78,10 @@ def test_a_wise_leg_funded_while_the_rollback_ran_counts_against_the_day(world):
     find = wise.find_transfer
 
     def funded_by_a_person_meanwhile(key):
-        # cancel_uncommitted has just read it unfunded; a person approves it in the Wise app now.
-        transfer["status"] = "processing"
+        # cancel_uncommitted has just read it unfunded; a person approves it in the Wise app now, and Wise
+        # converts it at once (past `funds_converted` Wise no longer cancels; a `processing` one would be
+        # cancelled and refunded by cancel_prepared: test_rebalance_cancel_funded_wise.py).
+        transfer["status"] = "funds_converted"
         return find(key)
 
     wise.find_transfer = funded_by_a_person_meanwhile
