@@ -400,7 +400,7 @@ def cancel_prepared(ctx, wise) -> dict[str, Any]:
         transfer, funded = _stop_wise_transfer(ctx, wise, transfer)
         if transfer.is_failed:  # cancelled, or funded and refunded/charged back: nothing in flight
             out["cancelled"].append(leg.index)
-            if funded or transfer.status == REFUNDED:
+            if funded or transfer.status == REFUNDED:  # funded, and back (or on its way back) to the balance
                 refunded.append(_refund_entry(leg.index, transfer))
         else:
             out["in_flight"].append(leg.index)
@@ -410,7 +410,8 @@ def cancel_prepared(ctx, wise) -> dict[str, Any]:
 
 
 def _stop_wise_transfer(ctx, wise, transfer: Transfer) -> tuple[Transfer, bool]:
-    """Cancel `transfer` if Wise still lets us; return it as last read, and whether it was ever seen funded.
+    """Cancel `transfer` if Wise still lets us; return it as last read, and whether a cancel was sent while it
+    was funded (so Wise owes a refund).
 
     Wise cancels until the funds are converted (`CANCELLABLE_STATUSES`): unfunded, and funded but still
     `processing` (or `incoming_payment_initiated`), which Wise then refunds to the balance; a cancel of a
@@ -425,16 +426,16 @@ def _stop_wise_transfer(ctx, wise, transfer: Transfer) -> tuple[Transfer, bool]:
       cancel did not take, and the original error is raised (a failed compensation, retried, sends it again).
     A failing read is raised too.
     """
-    funded = transfer.is_funded
+    funded = False
     for _ in range(3):  # a transfer can move forward only so often; bounded anyway
         if transfer.status not in CANCELLABLE_STATUSES:
             break
         tried = transfer.status
+        funded = funded or tried in FUNDED_STATUSES
         try:
             transfer = wise.cancel_transfer(transfer.id)
         except BusinessError:
             fresh = wise.get_transfer(transfer.id)
-            funded = funded or fresh.is_funded
             if fresh.status == tried:
                 if tried == WAITING:
                     raise  # unfunded, refused, unchanged: no reason we can see
@@ -447,7 +448,6 @@ def _stop_wise_transfer(ctx, wise, transfer: Transfer) -> tuple[Transfer, bool]:
             if fresh.status in CANCELLABLE_STATUSES:
                 raise  # the cancel did not take (yet) and still could: loud, a retry sends it again
             transfer = fresh
-            funded = funded or fresh.is_funded
             break
         break
     if funded and transfer.status == CANCELLED:
@@ -627,7 +627,7 @@ def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
                 transfer, funded = _stop_wise_transfer(ctx, wise, transfer)
             if transfer is not None and transfer.is_failed:  # cancelled, refunded or charged back: not moving
                 out["cancelled"].append(leg.index)
-                if funded:
+                if funded or transfer.status == REFUNDED:  # also when an earlier try of this compensation cancelled it
                     refunded.append(_refund_entry(leg.index, transfer))
             elif transfer is not None and transfer.is_funded:
                 out["in_flight"].append(leg.index)
@@ -656,8 +656,8 @@ def _mail_pivot_rollback(ctx, smtp, out: Mapping[str, Any], refunded: list[dict[
                   + [f"  #{i}: {legs[i].rail} {format_amount(legs[i].asset, legs[i].amount)} {legs[i].asset}"
                      for i in out["in_flight"] if i in legs])
     if refunded:
-        lines += ["These Wise legs were funded, then cancelled before Wise converted them; nothing reaches the "
-                  "destination:"]
+        lines += ["These Wise legs had been funded and are cancelled (Wise had not converted them yet); nothing "
+                  "reaches the destination, the money goes back to the Wise balance:"]
         for r in refunded:
             rail = legs[r["index"]].rail if r["index"] in legs else "wise"
             state = ("refunded to the Wise balance" if r["refunded"]
@@ -669,9 +669,12 @@ def _mail_pivot_rollback(ctx, smtp, out: Mapping[str, Any], refunded: list[dict[
         subject = f"[rebalance] partially committed: {len(out['in_flight'])} leg(s) in flight"
         if refunded:
             subject += f", {len(refunded)} funded Wise transfer(s) cancelled and refunded"
-    else:
+    elif all(r["refunded"] for r in refunded):
         subject = (f"[rebalance] pivot rolled back: {len(refunded)} funded Wise transfer(s) cancelled, "
                    "refunded to the Wise balance")
+    else:
+        subject = (f"[rebalance] pivot rolled back: {len(refunded)} funded Wise transfer(s) cancelled, "
+                   "refund pending")
     try:
         smtp.send(f"{subject} [{ctx.saga_id}]", "\n".join(lines))
     except Exception as exc:  # the saga log holds the facts; the mail is the courtesy copy
