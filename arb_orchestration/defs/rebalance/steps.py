@@ -17,11 +17,13 @@ the same saga send the same keys:
 
 Before the pivot every side effect can be undone (an unfunded Wise transfer is
 cancelled; a withdrawal is cancellable while `pending`). The pivot commits
-withdrawals first, Wise fundings last (irreversible at once) — unless funding
-may need a person (a personal token: EU/UK SCA), then the Wise legs go first
-and a refused one is parked until a person funds it or its deadline passes
-(`funding.py`). If the pivot fails part way, its compensation cancels what is
-still cancellable and reports (and mails) any leg already on its way. After the pivot only forward recovery:
+withdrawals first, Wise fundings last (irreversible once Wise converts the
+funds, often within seconds) — unless funding may need a person (a personal
+token: EU/UK SCA), then the Wise legs go first and a refused one is parked until
+a person funds it or its deadline passes (`funding.py`). If the pivot fails part
+way, its compensation cancels what is still cancellable (a pending withdrawal; a
+funded Wise transfer before `funds_converted`, which Wise refunds to the balance)
+and reports (and mails) any leg already on its way and any refunded one. After the pivot only forward recovery:
 await_arrival / verify_balances / sweep_to_trading retry, then the engine's hook
 mails the risk team and the recovery sensor relaunches the saga with the same keys.
 
