@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
 import os
 import socket
 import threading
@@ -345,8 +346,6 @@ class HeldClaim:
         if not 0 < renew_every_seconds < ttl_seconds:
             raise ValueError(f"renew_every_seconds ({renew_every_seconds:g}) must be above 0 and well below the "
                              f"lease's ttl_seconds ({ttl_seconds:g})")
-        import logging
-
         self.claims = claims
         self.ttl_seconds = ttl_seconds
         self.renew_every_seconds = renew_every_seconds
@@ -427,8 +426,6 @@ class HeldClaim:
         try:
             getattr(self._logger, level)(message)
         except Exception:
-            import logging
-
             getattr(logging.getLogger("arb_orchestration.saga"), level)(message)
 
     def start_heartbeat(self) -> "HeldClaim":
