@@ -83,6 +83,22 @@ log = logging.getLogger("arb_orchestration.resources.ccxt_venue")
 
 # ---------------------------------------------------------------------------- per-exchange facts
 
+# Position mode (docs/ccxt-conformance.md § 2a). The client sends one-way orders only; a hedge-mode account rejects
+# them. Where ccxt can read the mode, the client reads it (cached) and refuses to place orders on a hedge account.
+POSITION_MODES = ("one_way", "hedge", "unknown")
+POSITION_MODE_TTL_SECONDS = 600.0  # an account's mode rarely changes
+POSITION_MODE_UNKNOWN_TTL_SECONDS = 60.0  # a failed read is asked again sooner, never blocking an order
+# What to change on the exchange, per ccxt class, for a venue found in hedge mode.
+ONE_WAY_SETTING = {
+    "binanceusdm": "set Binance USDⓈ-M Futures to One-way Mode (Preferences > Position Mode; "
+                   "API: POST /fapi/v1/positionSide/dual dualSidePosition=false)",
+    "okx": "set the OKX account's position mode to One-way / net mode (Settings > Position mode; "
+           "API: POST /api/v5/account/set-position-mode posMode=net_mode)",
+    "bybit": "set Bybit's position mode to One-Way Mode for the USDT/USDC perpetuals "
+             "(API: POST /v5/position/switch-mode mode=0)",
+}
+
+
 # The desk's venue names and the ccxt class of their perpetual-futures account.
 DEFAULT_EXCHANGE_IDS = {
     "binance": "binanceusdm",
@@ -502,6 +518,9 @@ class CcxtVenueClient(VenueClient):
         # One top-up-and-withdraw at a time per client: a second withdrawal must not count the first one's top-up
         # as its own (both would then withdraw it). Other processes are not covered (see docs/real-venues.md).
         self._withdraw_lock = threading.Lock()
+        # (mode, why, monotonic time read) of the last position-mode read; see position_mode()
+        self._position_mode: tuple[str, str, float] | None = None
+        self._position_mode_lock = threading.Lock()
         if config.api_base_url:
             check_endpoint(config.api_base_url, f"{config.name}: api_base_url")
         for key, url in config.api_urls.items():
@@ -622,7 +641,66 @@ class CcxtVenueClient(VenueClient):
             "sweep_deposits_to_trading": self.sweep_deposits_to_trading,
             "markets_loaded": self._ready,
             "breaker": self._breaker.snapshot(),
+            # the last read (no request here): "one_way" | "hedge" | "unknown"; None: not read yet
+            "position_mode": self._position_mode[0] if self._position_mode else None,
+            "position_mode_detail": self._position_mode[1] if self._position_mode else None,
         }
+
+    # ------------------------------------------------------------------ position mode
+
+    def position_mode(self, *, max_age_seconds: float | None = None) -> str:
+        """"one_way", "hedge" or "unknown" (no way to read it on this venue, or the read failed); cached.
+
+        One request, no retry, never raises: the answer is kept POSITION_MODE_TTL_SECONDS (an unknown one
+        POSITION_MODE_UNKNOWN_TTL_SECONDS) unless `max_age_seconds` asks for a fresher one.
+        """
+        with self._position_mode_lock:
+            now = time.monotonic()
+            cached = self._position_mode
+            if cached is not None:
+                ttl = POSITION_MODE_TTL_SECONDS if cached[0] != "unknown" else POSITION_MODE_UNKNOWN_TTL_SECONDS
+                if max_age_seconds is not None:
+                    ttl = min(ttl, max_age_seconds)
+                if now - cached[2] < ttl:
+                    return cached[0]
+            try:
+                mode, why = self._read_position_mode()
+            except Exception as exc:  # best effort: a failed read must not stop anything
+                mode, why = "unknown", self._redact(f"position mode not read: {type(exc).__name__}: {exc}")[:300]
+                log.warning("venue %s: %s", self.name, why)
+            if mode == "hedge":
+                log.error("venue %s: the account is in hedge (two-way) position mode: %s", self.name, why)
+            self._position_mode = (mode, why, time.monotonic())
+            return mode
+
+    def _read_position_mode(self) -> tuple[str, str]:
+        exchange_id = self.config.exchange_id
+        if exchange_id not in ("binanceusdm", "okx", "bybit"):
+            return "unknown", f"{exchange_id}: no position-mode read (one-way only venue or not offered by ccxt)"
+        ex = self._ensure_ready()
+        if exchange_id in ("binanceusdm", "okx"):
+            # binanceusdm: GET /fapi/v1/positionSide/dual {dualSidePosition}; okx: GET /api/v5/account/config {posMode}
+            hedged = ex.fetch_position_mode().get("hedged")
+            if hedged is None:
+                return "unknown", f"{exchange_id}: the position-mode answer did not say"
+            source = "dualSidePosition" if exchange_id == "binanceusdm" else "posMode"
+            return ("hedge" if hedged else "one_way"), f"{exchange_id}: {source} says {'hedge' if hedged else 'one-way'}"
+        # bybit: ccxt 4.5.90 has no fetchPositionMode and Bybit v5 no endpoint to read it; each position row carries
+        # positionIdx (0 one-way, 1/2 hedge). No row: unknown.
+        rows = self._read_all(ex, ex.fetch_positions, lambda params: ex.fetch_positions(None, params))
+        idx = {str((r.get("info") or {}).get("positionIdx")) for r in rows} - {"None"}
+        if idx & {"1", "2"}:
+            return "hedge", "bybit: position rows with positionIdx 1/2 (hedge mode)"
+        if "0" in idx:
+            return "one_way", "bybit: position rows with positionIdx 0"
+        return "unknown", "bybit: no position row to tell the mode from"
+
+    def _refuse_if_hedge_mode(self, what: str) -> None:
+        if self.position_mode() == "hedge":
+            setting = ONE_WAY_SETTING.get(self.config.exchange_id, "switch the account to one-way position mode")
+            raise BusinessError(
+                f"{self.name}: {what} refused: the account is in hedge (two-way) position mode, which this client does "
+                f"not support (the exchange would reject the order); {setting}", code="hedge_mode_unsupported")
 
     # ------------------------------------------------------------------ market state
 
@@ -980,6 +1058,7 @@ class CcxtVenueClient(VenueClient):
             raise BusinessError(f"{self.name}: {symbol} is not in the venue's symbol allowlist", code="symbol_not_allowed")
         if type == "stop_market" and stop_price is None:
             raise ValueError("a stop_market order needs a stop_price")
+        self._refuse_if_hedge_mode(f"create_order {client_order_id}")
         venue_cid = self._venue_client_id(client_order_id)
         trigger = self._uses_trigger_endpoints(type)
         with self._cache_lock:
