@@ -8,7 +8,8 @@ library without contacting Binance:
 
 * public: `GET /fapi/v1/{ping,time,exchangeInfo,premiumIndex,fundingInfo}`;
 * signed futures: `GET /fapi/v{2,3}/account`, `GET /fapi/v{2,3}/positionRisk`,
-  `GET /fapi/v1/leverageBracket`, `POST|GET|DELETE /fapi/v1/order`,
+  `GET /fapi/v1/leverageBracket`, `GET /fapi/v1/positionSide/dual` (always one-way),
+  `POST|GET|DELETE /fapi/v1/order`,
   `GET /fapi/v1/openOrders`, `DELETE /fapi/v1/allOpenOrders`, and the Algo
   Order API that carries conditional orders (`STOP_MARKET`) since Binance moved
   them off `/order`: `POST|GET|DELETE /fapi/v1/algoOrder`,
@@ -279,6 +280,8 @@ class BinanceApi:
         r("GET", "/fapi/v2/positionRisk", self._position_risk, endpoint="positions")
         r("GET", "/fapi/v3/positionRisk", self._position_risk, endpoint="positions")
         r("GET", "/fapi/v1/leverageBracket", self._leverage_bracket, endpoint="positions")
+        # The client's position-mode read before its first order: the simulated account is one-way.
+        r("GET", "/fapi/v1/positionSide/dual", self._position_side_dual, endpoint="position_mode")
         r("POST", "/fapi/v1/order", self._new_order, endpoint="create_order")
         r("GET", "/fapi/v1/order", self._query_order, endpoint="get_order_by_client_id")
         r("DELETE", "/fapi/v1/order", self._cancel_order, endpoint="cancel_order")
@@ -622,6 +625,9 @@ class BinanceApi:
                 }
             )
         return rows
+
+    def _position_side_dual(self, req, p):
+        return {"dualSidePosition": False}  # one-way mode, the only mode the simulator models
 
     def _leverage_bracket(self, req, p):
         symbol = self._symbol(p.get("symbol"), required=False)

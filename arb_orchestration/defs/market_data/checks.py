@@ -44,6 +44,7 @@ from arb_orchestration.defs.market_data.keys import (
     OBSERVATION_FRESH_CHECK,
     balances_key,
     observable_keys,
+    positions_key,
 )
 from arb_orchestration.defs.market_data.observations import LAST_UPDATED
 from arb_orchestration.defs.market_data.policy import BalanceFloors, MarketDataPolicy
@@ -303,3 +304,67 @@ def hedge_drift_outcome(plan: HedgePlan, policy: MarketDataPolicy) -> CheckOutco
         parts.append(f"{d.asset} drift {d.drift:+.6g} {d.asset} ({usd}, band ${d.tolerance_usd:,.0f}, {d.status})")
     severity = AssetCheckSeverity.ERROR if unfixable or far else AssetCheckSeverity.WARN
     return CheckOutcome(HEDGE_TARGETS_KEY, HEDGE_DRIFT_CHECK, False, severity, "; ".join(parts), metadata)
+
+
+# ---------------------------------------------------------------- position mode (hedge-mode accounts)
+
+POSITION_MODE_CHECK = "position_mode_one_way"
+
+
+def position_mode_outcome(venue: str, mode: str | None, detail: str | None = None,
+                          setting: str | None = None) -> CheckOutcome:
+    """ERROR when the venue's account is in hedge (two-way) mode: every order the platform sends would be rejected.
+
+    `mode`: "one_way" | "hedge" | "unknown" (a venue client's `position_mode()`); None: the client cannot tell.
+    """
+    metadata = {"position_mode": mode or "unknown", "detail": detail or ""}
+    if mode == "hedge":
+        what = setting or "switch the account to one-way position mode"
+        return CheckOutcome(
+            positions_key(venue), POSITION_MODE_CHECK, False, AssetCheckSeverity.ERROR,
+            f"{venue}: the account is in hedge (two-way) position mode; orders (hedge legs, stops, stop-loss closes) "
+            f"would be rejected (hedge_mode_unsupported). On the exchange: {what}.", metadata)
+    if mode == "one_way":
+        return CheckOutcome(positions_key(venue), POSITION_MODE_CHECK, True, AssetCheckSeverity.ERROR,
+                            f"{venue}: one-way position mode.", metadata)
+    return CheckOutcome(positions_key(venue), POSITION_MODE_CHECK, True, AssetCheckSeverity.WARN,
+                        f"{venue}: position mode unknown ({detail or 'this venue cannot report it'}); "
+                        "the platform needs one-way mode.", metadata)
+
+
+def position_mode_from_client(venue: str, client: object) -> CheckOutcome:
+    """Ask a venue client for its position mode (ccxt clients only; others are unknown). Never raises."""
+    read = getattr(client, "position_mode", None)
+    if read is None:
+        return position_mode_outcome(venue, None, "the venue client does not read the position mode")
+    try:
+        mode = read()
+        health = client.health() if hasattr(client, "health") else {}
+    except Exception as exc:  # the check reports, it does not fail the run
+        return position_mode_outcome(venue, None, f"position mode not read: {type(exc).__name__}")
+    from arb_orchestration.resources.ccxt_venue import ONE_WAY_SETTING  # lazy: ccxt is imported at first use only
+
+    exchange_id = getattr(getattr(client, "config", None), "exchange_id", None)
+    return position_mode_outcome(venue, mode, health.get("position_mode_detail"), ONE_WAY_SETTING.get(exchange_id))
+
+
+def build_position_mode_checks(venues: list[str]):
+    @multi_asset_check(
+        name="market_data_position_mode_checks",
+        specs=[
+            AssetCheckSpec(
+                POSITION_MODE_CHECK,
+                asset=positions_key(venue),
+                description=f"{venue}'s account is in one-way position mode (ERROR in hedge mode: orders would be rejected).",
+            )
+            for venue in venues
+        ],
+        can_subset=True,
+        required_resource_keys={"exchange"},
+    )
+    def market_data_position_mode_checks(context: AssetCheckExecutionContext):
+        for check_key in context.selected_asset_check_keys:
+            venue = check_key.asset_key.path[1]
+            yield position_mode_from_client(venue, context.resources.exchange.venue(venue)).as_result()
+
+    return market_data_position_mode_checks
