@@ -147,6 +147,8 @@ class KafkaResource(ConfigurableResource):
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            # librdkafka's default, stated: never hand a sensor a record of an aborted transaction.
+            "isolation.level": "read_committed",
             "fetch.wait.max.ms": self.fetch_wait_max_ms,
         }
         config.update(_dotted(overrides))
@@ -219,7 +221,10 @@ class KafkaResource(ConfigurableResource):
         if metadata.controller_id not in metadata.brokers:
             return {**outcome, **self._auto_create(missing, timeout)}
         futures = admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=replication) for name in missing],
+            [
+                NewTopic(name, num_partitions=partitions, replication_factor=replication, config=topic_config(replication))
+                for name in missing
+            ],
             operation_timeout=timeout,
             request_timeout=timeout,
         )
@@ -358,6 +363,10 @@ class KafkaResource(ConfigurableResource):
             if own:
                 producer.flush(0)
         if "err" not in result:
+            # The caller is told "not delivered": drop the message so a reused producer cannot
+            # deliver it after that answer (one still in flight may yet land; see docs/kafka.md).
+            producer.purge()
+            producer.poll(0)
             raise TimeoutError(
                 f"no delivery report for {topic} within {timeout:g}s ({remaining} message(s) still queued); "
                 f"is the broker at {self.bootstrap_servers} reachable?"
@@ -385,6 +394,17 @@ class KafkaResource(ConfigurableResource):
         }
         values.update(overrides)
         return cls(**values)
+
+
+def topic_config(replication: int) -> dict[str, str]:
+    """Topic configs `create_topics` sets for a replication factor.
+
+    With acks=all, the broker acknowledges once the *in-sync* replicas have a record;
+    with min.insync.replicas=1 (Kafka's default) that can be the leader alone, and an
+    acknowledged record is lost when that leader dies. Three or more replicas: require
+    two. Fewer: left to the broker (2 of 2 would stop every write while one broker is down).
+    """
+    return {"min.insync.replicas": "2"} if replication >= 3 else {}
 
 
 def _dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -169,6 +169,7 @@ class _WarmConsumer:
 _cache_lock = threading.Lock()
 _consumers: dict[str, _WarmConsumer] = {}
 _producers: dict[str, Producer] = {}  # DLQ producers (thread-safe, shared)
+_producer_errors: dict[str, _ClientErrors] = {}  # what each one's error_cb reported
 _admins: dict[str, "_WarmAdmin"] = {}  # topic-id lookups (an AdminClient is thread-safe: shared)
 
 
@@ -223,6 +224,7 @@ def drop_warm_clients() -> None:
         admins = list(_admins.values())
         _consumers.clear()
         _producers.clear()
+        _producer_errors.clear()
         _admins.clear()
     del admins  # an AdminClient has no close(): it goes with its last reference (outside the lock)
     for warm in cached:
@@ -647,14 +649,24 @@ def _warm_producer(config: Mapping[str, Any]) -> tuple[str, Producer]:
     with _cache_lock:
         producer = _producers.get(key)
         if producer is None:
-            producer = _producers[key] = Producer({**config, "error_cb": lambda err: None, "logger": _client_log})
+            errors = _producer_errors[key] = _ClientErrors()
+            producer = _producers[key] = Producer({**config, "error_cb": errors, "logger": _client_log})
     return key, producer
+
+
+def _reported(key: str) -> str:
+    """What librdkafka's error callback said for this DLQ producer, for the DeadLetterError."""
+    errors = _producer_errors.get(key)
+    if errors is None or not (errors.fatal or errors.last):
+        return ""
+    return f"; librdkafka reported: {'; '.join(errors.fatal) or errors.last}"
 
 
 def _drop_producer(key: str, producer: Producer) -> None:
     with _cache_lock:
         if _producers.get(key) is producer:
             del _producers[key]
+            _producer_errors.pop(key, None)
     try:
         producer.purge()
         producer.flush(0)
@@ -681,6 +693,8 @@ def park_all(producer_config: Mapping[str, Any], parked: list[Parked], timeout: 
             landed.append((msg.topic(), msg.partition(), msg.offset()))
 
     key, producer = _warm_producer(producer_config)
+    if (errors := _producer_errors.get(key)) is not None:
+        errors.reset()  # diagnostics only: what an earlier tick's errors said is not this tick's cause
     deadline = time.monotonic() + timeout
     try:
         for item in parked:
@@ -698,10 +712,14 @@ def park_all(producer_config: Mapping[str, Any], parked: list[Parked], timeout: 
         if remaining:
             raise DeadLetterError(
                 f"{remaining} of {len(parked)} DLQ message(s) not acknowledged within {timeout:g}s "
-                "(is Kafka reachable?)"
+                f"(is Kafka reachable?){_reported(key)}"
             )
         if failures:
-            raise DeadLetterError(f"{len(failures)} DLQ message(s) failed: {'; '.join(sorted(set(failures))[:5])}")
+            raise DeadLetterError(
+                f"{len(failures)} DLQ message(s) failed: {'; '.join(sorted(set(failures))[:5])}{_reported(key)}"
+            )
+        if len(landed) != len(parked):  # flush() said done, yet a delivery report is missing: never assume
+            raise DeadLetterError(f"{len(parked) - len(landed)} of {len(parked)} DLQ message(s) without a delivery report")
     except BaseException:
         _drop_producer(key, producer)
         raise
