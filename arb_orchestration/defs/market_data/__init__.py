@@ -18,7 +18,11 @@ from __future__ import annotations
 from dagster import Definitions
 
 from arb_orchestration.defs.market_data.assets import build_hedge_targets, build_observable_specs
-from arb_orchestration.defs.market_data.checks import build_balance_floor_checks, build_freshness_checks
+from arb_orchestration.defs.market_data.checks import (
+    build_balance_floor_checks,
+    build_freshness_checks,
+    build_position_mode_checks,
+)
 from arb_orchestration.defs.market_data.jobs import build_observe_market_state_job
 from arb_orchestration.defs.market_data.keys import configured_venues
 from arb_orchestration.defs.market_data.policy import DEFAULT_POLICY, MarketDataPolicy
@@ -30,7 +34,8 @@ def build_market_data_defs(venues: list[str], policy: MarketDataPolicy = DEFAULT
     venues = list(dict.fromkeys(venues))
     return Definitions(
         assets=[*build_observable_specs(venues), build_hedge_targets(venues, policy)],
-        asset_checks=[build_balance_floor_checks(venues, policy), build_freshness_checks(venues, policy)],
+        asset_checks=[build_balance_floor_checks(venues, policy), build_freshness_checks(venues, policy),
+                      build_position_mode_checks(venues)],
         jobs=[build_observe_market_state_job(venues, policy)],
         sensors=[build_observation_sensor(venues, policy), build_freshness_sensor(venues, policy)],
     )
