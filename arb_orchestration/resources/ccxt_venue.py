@@ -699,7 +699,7 @@ class CcxtVenueClient(VenueClient):
         if self.position_mode() == "hedge":
             setting = ONE_WAY_SETTING.get(self.config.exchange_id, "switch the account to one-way position mode")
             raise BusinessError(
-                f"{self.name}: {what} refused: the account is in hedge (two-way) position mode, which this client does "
+                f"{self.name}: {what} refused (hedge_mode_unsupported): the account is in hedge (two-way) position mode, which this client does "
                 f"not support (the exchange would reject the order); {setting}", code="hedge_mode_unsupported")
 
     # ------------------------------------------------------------------ market state
