@@ -16,6 +16,7 @@ given up on and reported.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -188,6 +189,10 @@ def liquidate_venue(
     )
 
 
+# Business-error codes that refuse every order of the venue's account alike: retrying cannot help.
+ACCOUNT_REFUSALS = frozenset({"hedge_mode_unsupported"})
+
+
 def _send_round(client, io, plan: list[CloseOrder], orders, attempts, refusals, note) -> bool:
     """Send one round of close orders concurrently; True if any order reached a final state."""
     progressed = False
@@ -211,8 +216,10 @@ def _send_round(client, io, plan: list[CloseOrder], orders, attempts, refusals, 
                          client.name, o.symbol, o.position_side, o.client_order_id)
                 progressed = True
                 continue
-            # Refused (e.g. reduce-only would increase: already flat). That id is spent.
-            refusals[o.key] = refusals.get(o.key, 0) + 1
+            # Refused (e.g. reduce-only would increase: already flat). That id is spent. A refusal that is
+            # about the account, not the order (hedge position mode), is given up on at once: every retry
+            # would be refused the same way until an operator changes the setting the message names.
+            refusals[o.key] = math.inf if exc.code in ACCOUNT_REFUSALS else refusals.get(o.key, 0) + 1
             attempts[o.key] = o.attempt + 1
             note(exc, f"close {o.symbol} {o.position_side} ({o.client_order_id})")
             progressed = True
