@@ -13,8 +13,6 @@ pass touches nothing."""
 
 from __future__ import annotations
 
-import threading
-import time
 
 import pytest
 from dagster import DagsterEventType, RetryPolicy, build_sensor_context, instance_for_test
@@ -23,6 +21,7 @@ from arb_orchestration.defs.hedging import HedgeJournalResource, build_funding_r
 from arb_orchestration.defs.hedging.steps import PLACE
 from arb_orchestration.resources.resilience import reset_breakers
 from arb_orchestration.saga import InstanceSagaLog, RecordKind, Verdict, decide
+from arb_orchestration_tests.integration.test_saga_matrix_gaps import when
 from arb_orchestration_tests.integration.world_resources import world_exchange, world_smtp
 
 pytestmark = pytest.mark.integration
@@ -47,22 +46,6 @@ def _position(world, venue: str, symbol: str) -> float:
     return sum(p.signed_size for p in world.exchange.state.positions(venue) if p.symbol == symbol)
 
 
-def _when(condition, action, timeout: float = 30.0) -> threading.Thread:
-    """Run `action` in a thread as soon as `condition` holds (polled every 10 ms, with a deadline)."""
-
-    def wait():
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.01)
-        action()
-
-    thread = threading.Thread(target=wait, daemon=True)
-    thread.start()
-    return thread
-
-
 def _sweep(instance):
     _, sweep = HEDGE.recovery_sensors(grace_seconds=0)
     keys = HEDGE.definition.compensation_resource_keys
@@ -82,7 +65,7 @@ def test_a_refused_unwind_leaves_the_leg_open_and_is_loud_never_rolled_back(worl
     # okx's leg is held 300 ms, long enough to arm the refusal for bybit's next order (the unwind) only.
     world.exchange.faults.add({"kind": "latency", "latency_ms": 300, "venue": "okx", "endpoint": "create_order"})
     armed: list = []
-    _when(lambda: state.orders("bybit"),
+    when(lambda: state.orders("bybit"),
           lambda: armed.append(world.exchange.faults.add(
               {"kind": "error_4xx", "venue": "bybit", "endpoint": "create_order", "code": code})))
 
