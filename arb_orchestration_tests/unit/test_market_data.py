@@ -28,6 +28,7 @@ from dagster import (
 
 from arb_orchestration.defs.market_data import build_market_data_defs
 from arb_orchestration.defs.market_data.checks import (
+    POSITION_MODE_CHECK,
     balance_floors_outcome,
     freshness_outcome,
     hedge_drift_outcome,
@@ -185,7 +186,7 @@ def test_sensor_observes_throttles_charts_and_repeats_checks_only_on_change(inst
     checks = [e for e in first.asset_events if not isinstance(e, AssetObservation)]
     assert {(c.asset_key, c.check_name, c.passed) for c in checks} == {
         (balances_key(v), BALANCES_FLOORS_CHECK, True) for v in VENUES
-    }
+    } | {(positions_key(v), POSITION_MODE_CHECK, True) for v in VENUES}  # fakes read no mode: unknown, a pass
     charts = {e.asset_key for e in first.asset_events if isinstance(e, AssetObservation) and "chart" in e.metadata}
     assert charts == {balances_key(v) for v in VENUES} | {FUNDING_RATES_KEY}
 

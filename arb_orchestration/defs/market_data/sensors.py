@@ -37,6 +37,7 @@ from arb_orchestration.defs.market_data.checks import (
     balance_floors_from_instance,
     balance_floors_outcome,
     freshness_from_instance,
+    position_mode_from_client,
 )
 from arb_orchestration.defs.market_data.keys import observable_keys
 from arb_orchestration.defs.market_data.observations import market_observations
@@ -125,7 +126,7 @@ def build_observation_sensor(venues: list[str], policy: MarketDataPolicy):
         default_status=DefaultSensorStatus.RUNNING,
         description=(
             "Observes balances and positions per venue and all funding rates, and records the "
-            "balance-floor checks, as runless asset events."
+            "balance-floor and position-mode checks, as runless asset events."
         ),
     )
     def market_state_observation_sensor(context: SensorEvaluationContext, exchange: ExchangeResource):
@@ -156,6 +157,9 @@ def build_observation_sensor(venues: list[str], policy: MarketDataPolicy):
             for venue in venues
             if venue not in snapshot.states
         ]
+        # Position mode (hedge mode makes every order fail): read by the snapshot's fetch, which the client cached.
+        outcomes += [position_mode_from_client(venue, state.client)
+                     for venue, state in snapshot.states.items() if state.client is not None]
         checks = cursor.due(
             outcomes, now, policy.check_heartbeat_seconds, stored_check_states(context.instance, outcomes)
         )

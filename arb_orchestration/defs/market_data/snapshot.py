@@ -28,6 +28,9 @@ class VenueState:
     funding_rates: list[FundingRate]
     marks: dict[str, float]
     fetched_at: float
+    # The client itself: the observation sensor asks it for its position mode (`position_mode_from_client`
+    # in checks.py) after the fetch, from what this fetch left cached; None in states built without one.
+    client: object | None = None
 
 
 @dataclass
@@ -79,6 +82,11 @@ def _fetch_venue(exchange: ExchangeResource, venue: str) -> VenueState:
     positions = client.fetch_positions()
     funding = client.fetch_funding_rates()
     marks = client.fetch_mark_prices()
+    read_mode = getattr(client, "position_mode", None)
+    if read_mode is not None:
+        # Inside this venue's deadline-bound fetch, so a hung exchange cannot stall the sensor's tick;
+        # the client caches the answer, and never raises for it (an unread mode is "unknown").
+        read_mode()
     return VenueState(
         venue=venue,
         balances=dict(balances),
@@ -86,6 +94,7 @@ def _fetch_venue(exchange: ExchangeResource, venue: str) -> VenueState:
         funding_rates=list(funding),
         marks=dict(marks),
         fetched_at=time.time(),
+        client=client,
     )
 
 
