@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -179,18 +179,25 @@ def _cache_key(owner: str, topic: str, config: Mapping[str, Any]) -> str:
     return f"{owner}|{topic}|{digest}"
 
 
+def _warm_entry(cache: dict[str, Any], key: str, make: Callable[[], Any]) -> tuple[Any, list[Any]]:
+    """The cached client for `key` (made if missing), marked used now, and the others idle for longer than
+    IDLE_CONSUMER_SECONDS, taken out of `cache` for the caller to close outside the lock."""
+    now = time.monotonic()
+    with _cache_lock:
+        idle = [k for k, w in cache.items() if k != key and now - w.last_used > IDLE_CONSUMER_SECONDS]
+        retired = [cache.pop(k) for k in idle]
+        warm = cache.get(key)
+        if warm is None:
+            warm = cache[key] = make()
+        warm.last_used = now
+    return warm, retired
+
+
 @contextmanager
 def _consumer(owner: str, topic: str, config: Mapping[str, Any]) -> Iterator[_WarmConsumer]:
     """The warm consumer for (owner, topic, config), or a one-off one when it is busy."""
     key = _cache_key(owner, topic, config)
-    now = time.monotonic()
-    with _cache_lock:
-        idle = [k for k, w in _consumers.items() if k != key and now - w.last_used > IDLE_CONSUMER_SECONDS]
-        retired = [_consumers.pop(k) for k in idle]
-        warm = _consumers.get(key)
-        if warm is None:
-            warm = _consumers[key] = _WarmConsumer(config)
-        warm.last_used = now
+    warm, retired = _warm_entry(_consumers, key, lambda: _WarmConsumer(config))
     for old in retired:
         if old.lock.acquire(blocking=False):
             old.close()
@@ -555,16 +562,9 @@ class _WarmAdmin:
 
 
 def _warm_admin(owner: str, config: Mapping[str, Any]) -> _WarmAdmin:
-    key = _cache_key(owner, "<admin>", config)  # a digest of the config: it holds secrets
-    now = time.monotonic()
-    with _cache_lock:
-        idle = [k for k, w in _admins.items() if k != key and now - w.last_used > IDLE_CONSUMER_SECONDS]
-        retired = [_admins.pop(k) for k in idle]  # destroyed below, outside the lock, with the last reference
-        warm = _admins.get(key)
-        if warm is None:
-            warm = _admins[key] = _WarmAdmin(config)
-        warm.last_used = now
-    del retired
+    # A digest of the config as the key: it holds secrets.
+    warm, retired = _warm_entry(_admins, _cache_key(owner, "<admin>", config), lambda: _WarmAdmin(config))
+    del retired  # destroyed here, outside the lock, with the last reference
     return warm
 
 
