@@ -113,12 +113,6 @@ def _mask(address: str | None) -> str:
     return address if len(address) <= 10 else f"{address[:6]}…{address[-4:]}"
 
 
-def _sweep(venue, asset: str) -> float:
-    """`venue.sweep_to_trading(asset)`; 0.0 for a client outside the VenueClient contract (a one-wallet test double)."""
-    sweep = getattr(venue, "sweep_to_trading", None)
-    return float(sweep(asset)) if sweep is not None else 0.0
-
-
 def _by_source(legs: list[PlannedTransfer]) -> dict[str, list[PlannedTransfer]]:
     out: dict[str, list[PlannedTransfer]] = {}
     for leg in legs:
@@ -695,7 +689,7 @@ def _sweep_sources(ctx, exchange) -> tuple[list[dict[str, Any]], list[dict[str, 
     failed: list[dict[str, Any]] = []
     for venue, asset in sorted({(t.from_venue, t.asset) for t in _legs(ctx.results.get(PLAN)) if t.kind == "withdrawal"}):
         try:
-            moved = _sweep(exchange.venue(venue), asset)
+            moved = float(exchange.venue(venue).sweep_to_trading(asset))
         except Exception as exc:  # noqa: BLE001 - recorded and logged: see the docstring
             failed.append({"venue": venue, "asset": asset, "error": f"{type(exc).__name__}: {exc}"})
             ctx.log.error(f"could not move {asset} left in {venue}'s withdrawal wallet back into its trading account "
@@ -874,7 +868,7 @@ def sweep_to_trading(ctx, exchange, rebalance_journal) -> dict[str, Any]:
                            if leg.kind == "withdrawal" and str(leg.index) in arrived})
     swept: list[dict[str, Any]] = []
     for venue, asset in destinations:
-        moved = _sweep(exchange.venue(venue), asset)
+        moved = float(exchange.venue(venue).sweep_to_trading(asset))
         ctx.note(venue=venue, asset=asset, moved=moved)
         swept.append({"venue": venue, "asset": asset, "moved": moved})
     moved_any = [r for r in swept if r["moved"] > 0]
