@@ -29,7 +29,8 @@ before it shows `outgoing_payment_sent` the simulator pays the recipient IBAN
 through the `deliver(iban, currency, amount) -> bool` callback, exactly once;
 a payout the callback refuses bounces (`bounced_back → processing → cancelled →
 funds_refunded`, Wise's unhappy path) and the money returns to the balance. The simulator knows nothing about the exchange
-simulator: the local world wires the callback to it.
+simulator: the local world wires the callback to it. A cancelled funded transfer is refunded at once, unless
+a test holds the refund (`state.refund_delay` seconds, `math.inf` until `state.release_refunds()`).
 
 Faults are injected per operation (names in `OPERATIONS`), over HTTP at
 `POST /admin/faults` or with `set_fault()`: latency, 5xx, 429 + Retry-After,
@@ -280,6 +281,7 @@ class SimTransfer:
     history: list[tuple[str, float]] = field(default_factory=list)
     delivering: bool = False
     delivered: bool | None = None  # None: not paid out yet; True/False: payout accepted/refused
+    refund_due_at: float | None = None  # a cancelled funded transfer whose refund is held (see `refund_delay`)
 
     def set_status(self, status: str, now: float) -> None:
         self.status = status
@@ -365,6 +367,11 @@ class WiseState:
             self._next_recipient_id = 40_000_001
             self._next_transfer_id = 50_000_001
             self.deliveries: list[Delivery] = []
+            # Test hook: how long Wise takes to refund a cancelled funded transfer (`cancelled → funds_refunded`).
+            # 0 (the default, restored by `reset`): at once, in the cancel itself. > 0: the transfer stays
+            # `cancelled` and `advance()` refunds it that many seconds later; `math.inf`: never, until
+            # `release_refunds()`. Real Wise states no delay.
+            self.refund_delay = 0.0
 
     # ----------------------------------------------------------------- balances
 
@@ -603,11 +610,28 @@ class WiseState:
             transfer.set_status(CANCELLED, now)
             answer = SimTransfer(**{**transfer.__dict__, "history": list(transfer.history)})
             if transfer.funded_at is not None:
-                self._balances[transfer.source_currency] = _money(
-                    self._balances.get(transfer.source_currency, 0.0) + transfer.source_value
-                )
-                transfer.set_status(FUNDS_REFUNDED, now)
+                if self.refund_delay > 0:
+                    transfer.refund_due_at = now + self.refund_delay  # held: `advance()` refunds it when due
+                else:
+                    self._refund(transfer, now)
             return answer
+
+    def _refund(self, transfer: SimTransfer, now: float) -> None:
+        self._balances[transfer.source_currency] = _money(
+            self._balances.get(transfer.source_currency, 0.0) + transfer.source_value
+        )
+        transfer.refund_due_at = None
+        transfer.set_status(FUNDS_REFUNDED, now)
+
+    def release_refunds(self, transfer_id: int | None = None) -> int:
+        """Test hook: refund now the held refunds (of `transfer_id` only, if given); returns how many."""
+        with self._lock:
+            now = self.clock()
+            held = [t for t in self._transfers.values() if t.status == CANCELLED and t.refund_due_at is not None
+                    and (transfer_id is None or t.id == transfer_id)]
+            for transfer in held:
+                self._refund(transfer, now)
+            return len(held)
 
     def fund_transfer(self, profile_id: int, transfer_id: int, payment_type: str = "BALANCE") -> dict:
         """Pay a transfer from the balance: `COMPLETED`, or `REJECTED` when the balance is short.
@@ -643,6 +667,10 @@ class WiseState:
             with self._lock:
                 now = self.clock()
                 for transfer in self._transfers.values():
+                    if transfer.status == CANCELLED and transfer.refund_due_at is not None and now >= transfer.refund_due_at:
+                        self._refund(transfer, now)  # a held refund that is due (`refund_delay`)
+                        changed += 1
+                        continue
                     if transfer.funded_at is None or transfer.delivering:
                         continue
                     if transfer.status == PROCESSING and now >= transfer.funded_at + self.settle_delay / 2:
