@@ -171,6 +171,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("ARB_EVENT_MAX_AGE_SECONDS", "Non-critical events older than this are read but not acted on.", "900", False),
         Setting("ARB_CRITICAL_EVENT_MAX_AGE_SECONDS", "Timestamp window of signed critical events (older: refused).", "60", False),
         Setting("ARB_FUNDING_DEVIATION_BPS", "Hedge when a funding rate (per 8 h) moved more than this since the last hedge.", "20", False),
+        # Wise refund follow-up (defs/rebalance/refunds.py; docs/refund-followup.md).
+        Setting("ARB_WISE_REFUND_ALERT_AFTER_SECONDS", "Escalate (one mail) a funded Wise transfer the rebalance saga cancelled that Wise has still not refunded this long after the cancel.", "86400", False),
     ]
 }
 
