@@ -85,6 +85,8 @@ def test_a_refund_the_simulator_makes_later_is_mailed_exactly_once(short, instan
     for lost in (cursor, cursor, None):  # more ticks, and one with the cursor lost
         message, cursor = _tick(sensor, instance, lost)
         assert "0 open" in message and "mailed 0" in message
+    token = world.secrets.wise_api_token
+    assert token not in message and not [m for m in world.smtp.messages() if token in m.subject + m.body]
 
     [mail] = [m for m in world.smtp.messages() if "refund arrived" in m.subject]
     transfer_id = refund["wise_transfer_id"]

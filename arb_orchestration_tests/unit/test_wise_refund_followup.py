@@ -344,3 +344,13 @@ def test_the_code_location_holds_the_sensor_with_the_wise_and_smtp_resources():
     sensor = repo.get_sensor_def(SENSOR_NAME)
     assert {"wise", "smtp"} <= set(sensor.required_resource_keys)
     assert not sensor.targets  # it launches nothing: reads, asks Wise, mails
+
+
+def test_an_id_listed_open_without_its_watch_is_watched_after_the_next_discovery(instance):
+    """A tick that died between listing a new watch as open and storing it: nothing is lost."""
+    record_compensation(instance, "saga-j", "commit_transfers", [entry(60)])
+    store = RefundWatchStore(instance)
+    store._set_open([60])  # the first half of `add`, then the crash
+    wise, smtp = FakeWise(t60="funds_refunded"), FakeSmtp()
+    report, _ = tick(instance, wise, smtp, now=time.time())
+    assert report.discovered == 1 and report.mailed == 1 and store.open_ids() == []

@@ -117,14 +117,15 @@ class RefundWatchStore:
         self.instance.run_storage.set_cursor_values({watch_key(watch.transfer_id): json.dumps(watch.to_json())})
 
     def add(self, watches: Iterable[RefundWatch]) -> None:
-        """Store new watches, then list them as open (a crash in between leaves a watch that re-discovery
-        skips but nobody checks: the index is written right after, so that window is one statement)."""
+        """List new watches as open, then store them. In this order a crash in between leaves an id listed
+        without a watch (skipped by `load`; the next discovery finds no watch and adds it again), never a
+        watch that discovery counts as known but no tick checks."""
         watches = list(watches)
         if not watches:
             return
+        self._set_open([*self.open_ids(), *(w.transfer_id for w in watches)])
         self.instance.run_storage.set_cursor_values(
             {watch_key(w.transfer_id): json.dumps(w.to_json()) for w in watches})
-        self._set_open([*self.open_ids(), *(w.transfer_id for w in watches)])
 
     def close(self, transfer_id: int) -> None:
         self._set_open(i for i in self.open_ids() if i != int(transfer_id))
