@@ -518,6 +518,10 @@ class CcxtVenueClient(VenueClient):
         # One top-up-and-withdraw at a time per client: a second withdrawal must not count the first one's top-up
         # as its own (both would then withdraw it). Other processes are not covered (see docs/real-venues.md).
         self._withdraw_lock = threading.Lock()
+        # withdrawal key -> what a top-up moved into the withdrawal wallet for it, not yet taken by the caller
+        # (`take_withdrawal_top_up`): the saga records it as the bound of the sweep that moves it back.
+        self._top_ups: dict[str, float] = {}
+        self._top_ups_lock = threading.Lock()
         # (mode, why, monotonic time read) of the last position-mode read; see position_mode()
         self._position_mode: tuple[str, str, float] | None = None
         self._position_mode_lock = threading.Lock()
@@ -1485,6 +1489,8 @@ class CcxtVenueClient(VenueClient):
                 self._caller.sleep(self._caller.retry.delay(attempt))
                 continue
             moved += shortfall
+            with self._top_ups_lock:  # at once: a later failure of this withdrawal must not lose it
+                self._top_ups[idempotency_key] = self._top_ups.get(idempotency_key, 0.0) + shortfall
             log.info("venue %s: moved %s %s %s -> %s for withdrawal %s", self.name, format(shortfall, ".8g"), asset,
                      source, target, idempotency_key)
             return moved
@@ -1493,68 +1499,108 @@ class CcxtVenueClient(VenueClient):
         raise TransientError(f"{self.name}: the {target} wallet still lacks {asset} for withdrawal {idempotency_key} "
                              f"after {attempts} transfer(s) with unknown outcome; nothing was withdrawn")
 
-    def sweep_to_trading(self, asset: str) -> float:
-        """Move `asset`'s free balance in the withdrawal wallet (where Binance credits deposits to spot/funding and
-        OKX to funding, and where a failed withdrawal leaves its top-up) into the trading account; returns what moved.
+    def take_withdrawal_top_up(self, idempotency_key: str) -> float:
+        """What a top-up confirmed moving into the withdrawal wallet for withdrawal `idempotency_key` since the
+        last call (see `VenueClient`). A top-up transfer whose outcome stayed unknown is not counted: the bound
+        of the sweep back errs low, so a sweep never moves more than the saga put there."""
+        with self._top_ups_lock:
+            return round(self._top_ups.pop(idempotency_key, 0.0), 12)
 
-        The same account names as the withdrawal's top-up, reversed (Binance `spot`/`funding` -> `linear`: universal
-        transfer MAIN_UMFUTURE / FUNDING_UMFUTURE; OKX `funding` -> `trading`: 6 -> 18). Safe to repeat: it moves what
-        the wallet holds now, and sends nothing when it holds nothing. Internal transfers carry no id we could look up,
-        so after an ambiguous outcome the wallet is read again and only what is still there is moved; a transfer the
-        exchange applied but does not show yet may then be refused for insufficient balance, which is read back the
-        same way (also after a confirmed transfer, should the exchange show it late). Raises `TransientError` if money is still there after `max_attempts` transfers with unknown outcome
-        (calling again re-reads). Venues switched off (`sweep_deposits_to_trading`) or with no such wallet: 0.0 and
-        no request. Read-only venues refuse (BusinessError `read_only`) before any request. Holds the withdrawal lock:
-        a withdrawal's top-up on this client is never swept back between its top-up and its send.
+    def sweep_to_trading(self, asset: str, *, at_most: float,
+                         on_transfer: Callable[[str, float], None] | None = None) -> float:
+        """Move at most `at_most` of `asset` from the withdrawal wallet (where Binance credits deposits to
+        spot/funding and OKX to funding, and where a failed withdrawal leaves its top-up) into the trading
+        account; returns what is known to have moved.
+
+        The wallet may hold money that is not the caller's (an operator's own USDT in Binance spot): the caller
+        bounds the sweep by what it put there (`at_most`, required), and the sweep moves
+        `min(at_most, free balance)` rounded down to the currency's precision. The same account names as the
+        withdrawal's top-up, reversed (Binance `spot`/`funding` -> `linear`: universal transfer MAIN_UMFUTURE /
+        FUNDING_UMFUTURE; OKX `funding` -> `trading`: 6 -> 18).
+
+        Internal transfers carry no id we could look up. After an ambiguous outcome (timeout, dropped answer,
+        5xx) the wallet is read again, up to `max_attempts` times with the retry delay: seen to drop by the
+        amount, the transfer moved. Otherwise its outcome stays unknown and it still counts against `at_most`:
+        it is never resent, so what may have moved never exceeds the bound even when the exchange applied it
+        but does not show it yet. The cost of that rule is an under-sweep (the money stays in the withdrawal
+        wallet, counted in the venue's balances and spent first by its next withdrawal), never someone else's
+        money moved. `on_transfer` reports each transfer (see `VenueClient.sweep_to_trading`); the caller
+        records the unknown ones. A transfer refused for insufficient balance after an earlier transfer of this
+        sweep is `not_moved` and the wallet is read again; a first one refused is the exchange's word
+        (BusinessError). Venues switched off (`sweep_deposits_to_trading`) or with no such wallet, or
+        `at_most` <= 0: 0.0 and no request. Read-only venues refuse (BusinessError `read_only`) before any
+        request. Holds the withdrawal lock: a withdrawal's top-up on this client is never swept back between
+        its top-up and its send.
         """
-        if not self.sweep_deposits_to_trading:
+        if not isinstance(at_most, (int, float)) or isinstance(at_most, bool) or not math.isfinite(at_most):
+            raise ValueError(f"{self.name}: sweep_to_trading({asset}): at_most must be a finite number, "
+                             f"got {at_most!r}")
+        if not self.sweep_deposits_to_trading or at_most <= 0:
             return 0.0
         source, target = self.withdraw_from_account, TRADING_ACCOUNTS[self.config.exchange_id]
         self._refuse_if_read_only(f"sweep {asset} {source}->{target}")
         with self._withdraw_lock:
-            return self._sweep_once(asset, source, target)
+            return self._sweep_once(asset, source, target, float(at_most),
+                                    on_transfer or (lambda _event, _amount: None))
 
-    def _sweep_once(self, asset: str, source: str, target: str) -> float:
+    def _sweep_once(self, asset: str, source: str, target: str, at_most: float,
+                    report: Callable[[str, float], None]) -> float:
         moved = 0.0
-        unconfirmed = 0.0  # sent with an unknown outcome, not yet seen to leave the wallet
+        unknown = 0.0  # sent with an outcome never resolved: counts against the bound, never resent
         attempts = self._caller.retry.max_attempts
         held = self._withdrawal_wallet_free(asset)
         for attempt in range(1, attempts + 1):
-            amount = self._round_down_to_currency(asset, held)
+            amount = self._round_down_to_currency(asset, min(held, at_most - moved - unknown))
             if amount <= 0:
                 break
-            what = f"transfer {format(amount, '.8g')} {asset} {source}->{target} (sweep)"
+            what = (f"transfer {format(amount, '.8g')} {asset} {source}->{target} "
+                    f"(sweep, at most {format(at_most, '.8g')})")
+            report("sending", amount)  # before the request: a crash after it leaves a record of the unknown
             try:
                 self._call(lambda ex: ex.transfer(asset, amount, source, target), what=what, mutating=True)
             except AmbiguousOutcomeError as exc:
-                log.warning("venue %s: %s: outcome unknown (%s); reading the %s wallet again before moving anything",
+                log.warning("venue %s: %s: outcome unknown (%s); reading the %s wallet to see whether it left",
                             self.name, what, exc, source)
-                unconfirmed, before = amount, held
+                held, left = self._await_leaving(asset, before=held, amount=amount)
+                if left:
+                    moved += amount
+                    report("moved", amount)
+                    continue
+                unknown += amount
+                log.warning("venue %s: %s: outcome still unknown; counted against the bound and not resent (it may "
+                            "have moved): if %s %s of it is still in the %s wallet, move it by hand", self.name, what,
+                            format(amount, ".8g"), asset, source)
+                continue
+            except TransientError:
+                report("not_moved", amount)  # not ambiguous: the request was not applied (connect error, breaker)
+                raise
             except BusinessError as exc:
-                if exc.code != "insufficient_funds" or not (unconfirmed or moved):
+                report("not_moved", amount)  # refused: nothing moved
+                if exc.code != "insufficient_funds" or not (unknown or moved):
                     raise
                 # The wallet still showed what an earlier transfer of this sweep had already moved: read again.
                 log.warning("venue %s: %s refused (%s) after an earlier transfer of this sweep; reading the %s wallet "
                             "again", self.name, what, exc, source)
-            else:
-                moved += amount
-                unconfirmed = 0.0
-                log.info("venue %s: moved %s %s %s -> %s (deposits and leftovers into the trading account)", self.name,
-                         format(amount, ".8g"), asset, source, target)
+                self._caller.sleep(self._caller.retry.delay(attempt))
                 held = self._withdrawal_wallet_free(asset)
                 continue
+            moved += amount
+            report("moved", amount)
+            log.info("venue %s: moved %s %s %s -> %s (what this saga put there, into the trading account)", self.name,
+                     format(amount, ".8g"), asset, source, target)
+            held = self._withdrawal_wallet_free(asset)
+        return round(moved, 12)
+
+    def _await_leaving(self, asset: str, *, before: float, amount: float) -> tuple[float, bool]:
+        """After a transfer of `amount` with unknown outcome: re-read the wallet (with the retry delay, up to
+        `max_attempts` times) until it shows at most `before - amount`. Returns (last free balance, whether it left)."""
+        held = before
+        for attempt in range(1, self._caller.retry.max_attempts + 1):
             self._caller.sleep(self._caller.retry.delay(attempt))
             held = self._withdrawal_wallet_free(asset)
-            if unconfirmed and held <= before - unconfirmed + 1e-9:  # it left: the unknown transfer was applied
-                moved += unconfirmed
-                unconfirmed = 0.0
-        else:
-            held = self._withdrawal_wallet_free(asset)
-            if self._round_down_to_currency(asset, held) > 0:
-                raise TransientError(f"{self.name}: {format(held, '.8g')} {asset} still in the {source} wallet after "
-                                     f"{attempts} transfer(s) to {target} with unknown outcome (moved "
-                                     f"{format(moved, '.8g')}); sweeping again re-reads it")
-        return round(moved, 12)
+            if held <= before - amount + 1e-9:
+                return held, True
+        return held, False
 
     def _round_down_to_currency(self, asset: str, value: float) -> float:
         """`value` rounded down to the currency's precision (a transfer of a hair more than is there is refused)."""
@@ -1653,8 +1699,8 @@ class CcxtVenueConfig(Config):
     )
     sweep_deposits_to_trading: bool | None = Field(
         default=None,
-        description="Move deposits (and a failed withdrawal's leftovers) from the withdrawal wallet into the trading "
-        "account after a rebalance delivered them; empty: yes whenever withdraw_from_account is not 'none'.",
+        description="Move what a rebalance delivered (and a failed withdrawal's recorded top-up), never more, from the "
+        "withdrawal wallet into the trading account; empty: yes whenever withdraw_from_account is not 'none'.",
     )
 
     def to_settings(self, *, timeout_seconds: float, precheck_client_order_id: bool) -> CcxtVenueSettings:

@@ -13,6 +13,7 @@ hands out one `VenueClient` per venue name.
 from __future__ import annotations
 
 import abc
+from typing import Callable
 
 from dagster import ConfigurableResource
 
@@ -118,13 +119,32 @@ class VenueClient(abc.ABC):
     def cancel_withdrawal(self, withdrawal_id: str) -> Withdrawal:
         """Cancel a withdrawal that has not been broadcast yet (BusinessError otherwise)."""
 
-    def sweep_to_trading(self, asset: str) -> float:
-        """Move `asset`'s free balance from the wallet deposits land in into the trading account; returns the amount.
+    def sweep_to_trading(self, asset: str, *, at_most: float,
+                         on_transfer: Callable[[str, float], None] | None = None) -> float:
+        """Move at most `at_most` of `asset` from the wallet deposits land in into the trading account; returns
+        what is known to have moved.
 
         For exchanges where deposits (and a failed withdrawal's top-up) sit outside the account margin is drawn
-        from (Binance spot/funding, OKX funding). Safe to repeat: it moves what is there now, nothing when nothing
-        is. The default is for venues with one wallet (the simulator's native client): nothing to move, 0.0.
+        from (Binance spot/funding, OKX funding). That wallet may hold money nobody asked to move (an operator's
+        own funds), so the caller says how much is its own: what its legs credited there, or the top-up its
+        failed withdrawal left. `at_most` is required; there is no "sweep everything". Moves
+        `min(at_most, free balance)`, nothing when either is 0.
+
+        `on_transfer(event, amount)` is called, when given, with `"sending"` before each transfer is requested,
+        then `"moved"` once it is known to have moved (answered, or seen leaving the wallet) or `"not_moved"`
+        when the exchange refused it. A transfer with `"sending"` and neither of the others has an unknown
+        outcome: it counts against `at_most` and is never sent again (so what may have moved never exceeds
+        the bound), and the caller should record it as such. Raising inside `on_transfer` before a transfer
+        stops the sweep before that transfer is sent.
+
+        The default is for venues with one wallet (the simulator's native client): nothing to move, 0.0.
         """
+        return 0.0
+
+    def take_withdrawal_top_up(self, idempotency_key: str) -> float:
+        """What this client moved into its withdrawal wallet for withdrawal `idempotency_key` since the last call
+        (confirmed transfers only), so the caller can record it durably: the bound of the sweep that moves it back
+        if that withdrawal fails or is cancelled. 0.0 for venues with one wallet (the default)."""
         return 0.0
 
     def health(self) -> dict:

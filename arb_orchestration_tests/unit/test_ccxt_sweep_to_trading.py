@@ -1,14 +1,17 @@
-"""`sweep_to_trading`: what sits in a Binance/OKX venue's deposit-and-withdrawal wallet moves into its trading account.
+"""`sweep_to_trading`: what a rebalance put in a Binance/OKX venue's deposit-and-withdrawal wallet, and no more, moves
+into its trading account.
 
 A deposit into Binance lands in the spot wallet, into OKX in the funding account; a failed withdrawal leaves its
 top-up there. The platform trades from the USDⓈ-M futures / trading account, so such money is counted (the
-balances include that wallet) but is no margin until it is moved. Each test builds the unmodified ccxt class with
-its HTTP layer replaced by a recorder that keeps the two wallets (the technique of test_ccxt_withdraw_wallet), so
-the requests asserted are the ones ccxt puts on the wire: the wallet read, one universal transfer of its free
-balance (Binance MAIN_UMFUTURE / FUNDING_UMFUTURE, OKX 6 -> 18), nothing when the wallet is empty, a re-read (never
-a blind resend) after an ambiguous transfer, refusal on read-only venues before any request, no request at all when
-switched off, and the `sweep_deposits_to_trading` setting validated at load naming the field.
-"""
+balances include that wallet) but is no margin until it is moved. That wallet may also hold an operator's own
+money, which a sweep must never move: the caller bounds it (`at_most`, required). Each test builds the unmodified
+ccxt class with its HTTP layer replaced by a recorder that keeps the two wallets (the technique of
+test_ccxt_withdraw_wallet), so the requests asserted are the ones ccxt puts on the wire: the wallet read, one
+universal transfer of `min(at_most, free)` (Binance MAIN_UMFUTURE / FUNDING_UMFUTURE, OKX 6 -> 18), an operator's
+balance left alone, nothing when the wallet or the bound is empty, a re-read (never a resend) after an ambiguous
+transfer, the `on_transfer` events a caller records, the top-up a withdrawal reports for its key, refusal on
+read-only venues before any request, no request at all when switched off, and the `sweep_deposits_to_trading`
+setting validated at load naming the field."""
 
 from __future__ import annotations
 
@@ -81,20 +84,20 @@ def _transfers(venue: Venue, path_end: str = "/sapi/v1/asset/transfer") -> list[
 
 def test_binance_moves_the_spot_wallets_free_balance_into_the_futures_account_once():
     client, venue = _binance(trading=1_000.0, spot=500.0)
-    assert client.sweep_to_trading("USDT") == pytest.approx(500.0)
+    assert client.sweep_to_trading("USDT", at_most=500.0) == pytest.approx(500.0)
     (transfer,) = _transfers(venue)
     assert (transfer["type"], transfer["asset"], float(transfer["amount"])) == ("MAIN_UMFUTURE", "USDT", 500.0)
     assert set(transfer) - {"timestamp", "recvWindow", "signature"} == {"type", "asset", "amount"}
     assert (venue.trading, venue.wallet) == (pytest.approx(1_500.0), pytest.approx(0.0))
     assert venue.sent("GET", "/api/v3/account"), "the spot wallet is read on the spot endpoint"
     # Safe to repeat: the wallet is empty now, so nothing is sent.
-    assert client.sweep_to_trading("USDT") == 0.0
+    assert client.sweep_to_trading("USDT", at_most=500.0) == 0.0
     assert len(_transfers(venue)) == 1
 
 
 def test_an_empty_wallet_sends_nothing():
     client, venue = _binance(trading=1_000.0, spot=0.0)
-    assert client.sweep_to_trading("USDT") == 0.0
+    assert client.sweep_to_trading("USDT", at_most=500.0) == 0.0
     assert _transfers(venue) == [] and venue.sent("GET", "/api/v3/account")
 
 
@@ -102,7 +105,7 @@ def test_the_amount_is_rounded_down_to_the_currency_precision_never_up():
     client, venue = _binance(trading=0.0, spot=123.456)
     client._ensure_ready()  # noqa: SLF001
     client._exchange.currencies["USDT"]["precision"] = 0.01  # noqa: SLF001 - a coarse currency: rounding shows
-    moved = client.sweep_to_trading("USDT")
+    moved = client.sweep_to_trading("USDT", at_most=1_000.0)
     (transfer,) = _transfers(venue)  # 123.46 would be refused: more than the wallet holds
     assert transfer["amount"] == "123.45" and moved == pytest.approx(123.45)
     assert venue.wallet == pytest.approx(0.006)
@@ -110,7 +113,7 @@ def test_the_amount_is_rounded_down_to_the_currency_precision_never_up():
 
 def test_binance_funding_wallet_when_configured():
     client, venue = _binance(trading=0.0, spot=250.0, wallet_type=1, withdraw_from_account="funding")
-    assert client.sweep_to_trading("USDT") == pytest.approx(250.0)
+    assert client.sweep_to_trading("USDT", at_most=250.0) == pytest.approx(250.0)
     (transfer,) = _transfers(venue)
     assert transfer["type"] == "FUNDING_UMFUTURE"
     assert venue.sent("POST", "/sapi/v1/asset/get-funding-asset") and not venue.sent("GET", "/api/v3/account")
@@ -118,7 +121,7 @@ def test_binance_funding_wallet_when_configured():
 
 def test_okx_moves_the_funding_account_into_the_trading_account():
     client, venue = _okx(trading=100.0, funding=8_000.0)
-    assert client.sweep_to_trading("USDT") == pytest.approx(8_000.0)
+    assert client.sweep_to_trading("USDT", at_most=8_000.0) == pytest.approx(8_000.0)
     (transfer,) = _transfers(venue, "/asset/transfer")
     assert (transfer["from"], transfer["to"], transfer.get("type", "0"), float(transfer["amt"])) == ("6", "18", "0", 8_000.0)
     assert venue.sent("GET", "/asset/balances"), "the funding account is read on the asset endpoint"
@@ -126,41 +129,109 @@ def test_okx_moves_the_funding_account_into_the_trading_account():
 
 
 @pytest.mark.parametrize("fault", ["timeout_after_commit", "5xx"])
-def test_an_ambiguous_transfer_is_re_read_and_never_resent_blind(fault):
-    client, venue = _binance(trading=0.0, spot=500.0)
+def test_an_ambiguous_transfer_is_re_read_and_never_resent(fault):
+    # Spot holds an operator's 5,000 besides the 500 this rebalance delivered. The transfer's answer is lost:
+    # applied, the re-read shows the wallet 500 lower and it counts as moved; not applied, the wallet never
+    # drops, and it is still not resent (it could have been applied and be shown late: a resend would then move
+    # 500 of the operator's money). Its outcome stays unknown, reported so, and counted against the bound.
+    client, venue = _binance(trading=0.0, spot=5_500.0)
     venue.transfer_script = [fault]
-    moved = client.sweep_to_trading("USDT")
-    sent = [float(b["amount"]) for b in _transfers(venue)]
-    if fault == "timeout_after_commit":  # applied: the re-read shows the wallet empty, nothing is resent
-        assert sent == [500.0]
-    else:  # not applied: the re-read shows it still there, moved once
-        assert sent == [500.0, 500.0]
-    assert moved == pytest.approx(500.0)
-    assert (venue.trading, venue.wallet) == (pytest.approx(500.0), pytest.approx(0.0))
+    events: list[tuple[str, float]] = []
+    moved = client.sweep_to_trading("USDT", at_most=500.0, on_transfer=lambda e, a: events.append((e, a)))
+    assert [float(b["amount"]) for b in _transfers(venue)] == [500.0]
     assert len(venue.sent("GET", "/api/v3/account")) >= 2, "the wallet is read again after the ambiguous transfer"
+    if fault == "timeout_after_commit":
+        assert moved == pytest.approx(500.0) and events == [("sending", 500.0), ("moved", 500.0)]
+        assert (venue.trading, venue.wallet) == (pytest.approx(500.0), pytest.approx(5_000.0))
+    else:
+        assert moved == 0.0 and events == [("sending", 500.0)]  # no outcome: the caller records it as unknown
+        assert (venue.trading, venue.wallet) == (pytest.approx(0.0), pytest.approx(5_500.0))
 
 
-def test_a_sweep_whose_transfers_all_stay_unknown_raises_transient_and_a_retry_moves_what_is_left():
+def test_an_operators_own_spot_balance_survives_a_sweep():
+    # The defect this bound fixes: 5,000 USDT of the operator's own sit in spot, 500 arrived for the rebalance.
+    client, venue = _binance(trading=1_000.0, spot=5_500.0)
+    assert client.sweep_to_trading("USDT", at_most=500.0) == pytest.approx(500.0)
+    assert [float(b["amount"]) for b in _transfers(venue)] == [500.0]
+    assert (venue.trading, venue.wallet) == (pytest.approx(1_500.0), pytest.approx(5_000.0))
+    # Asked again with what is left of the bound (nothing), it sends nothing: the operator's money stays.
+    assert client.sweep_to_trading("USDT", at_most=0.0) == 0.0
+    assert len(_transfers(venue)) == 1 and venue.wallet == pytest.approx(5_000.0)
+
+
+def test_the_bound_is_capped_by_what_the_wallet_holds_and_reported_per_transfer():
+    client, venue = _okx(trading=100.0, funding=300.0)  # less arrived so far than the bound
+    events: list[tuple[str, float]] = []
+    assert client.sweep_to_trading("USDT", at_most=1_000.0,
+                                   on_transfer=lambda e, a: events.append((e, a))) == pytest.approx(300.0)
+    assert events == [("sending", 300.0), ("moved", 300.0)]
+    assert (venue.trading, venue.wallet) == (pytest.approx(400.0), pytest.approx(0.0))
+
+
+def test_the_bound_is_required_and_must_be_a_number():
     client, venue = _binance(trading=0.0, spot=500.0)
-    venue.transfer_script = ["5xx", "5xx", "5xx"]  # max_attempts=3, none applied
-    with pytest.raises(TransientError, match="spot"):
-        client.sweep_to_trading("USDT")
-    assert venue.wallet == 500.0
-    assert client.sweep_to_trading("USDT") == pytest.approx(500.0)
-    assert (venue.trading, venue.wallet) == (pytest.approx(500.0), pytest.approx(0.0))
+    with pytest.raises(TypeError):
+        client.sweep_to_trading("USDT")  # no "sweep everything"
+    for bad in (float("nan"), float("inf"), None, "500"):
+        with pytest.raises(ValueError, match="at_most"):
+            client.sweep_to_trading("USDT", at_most=bad)
+    assert client.sweep_to_trading("USDT", at_most=-1.0) == 0.0
+    assert venue.requests == [] and venue.wallet == 500.0
+
+
+def test_a_callback_that_fails_before_a_transfer_stops_the_sweep_before_it_is_sent():
+    # The saga notes each transfer before it is sent; if that note cannot be written, nothing is sent.
+    client, venue = _binance(trading=0.0, spot=500.0)
+
+    def failing(event, amount):
+        raise RuntimeError("saga log unavailable")
+
+    with pytest.raises(RuntimeError):
+        client.sweep_to_trading("USDT", at_most=500.0, on_transfer=failing)
+    assert _transfers(venue) == [] and venue.wallet == 500.0
+
+
+def test_a_transfer_that_fails_before_it_is_applied_is_reported_not_moved():
+    client, venue = _binance(trading=0.0, spot=500.0)
+    base = client._exchange.fetch  # noqa: SLF001
+
+    def unreachable(url, method="GET", headers=None, body=None):
+        if url.split("?")[0].endswith("/sapi/v1/asset/transfer"):
+            raise ccxt.RateLimitExceeded("429 Too Many Requests")  # refused before anything was applied
+        return base(url, method, headers, body)
+
+    client._exchange.fetch = unreachable  # noqa: SLF001
+    events: list[tuple[str, float]] = []
+    with pytest.raises(TransientError):
+        client.sweep_to_trading("USDT", at_most=500.0, on_transfer=lambda e, a: events.append((e, a)))
+    assert events[0] == ("sending", 500.0) and events[-1] == ("not_moved", 500.0) and venue.wallet == 500.0
+
+
+def test_a_withdrawal_reports_its_top_up_once_by_key_also_when_the_send_fails():
+    client, venue = _binance(trading=10_000.0, spot=100.0)
+    venue.refuse_withdrawal = True
+    with pytest.raises(BusinessError):
+        client.withdraw("USDT", 300.0, address="T" + "Q" * 33, network="TRC20", idempotency_key="leg1")
+    assert venue.wallet == pytest.approx(301.0)  # 100 there before (not ours) + the 201 top-up
+    assert client.take_withdrawal_top_up("leg1") == pytest.approx(201.0)
+    assert client.take_withdrawal_top_up("leg1") == 0.0  # taken: reported once
+    assert client.take_withdrawal_top_up("other") == 0.0
+    # Swept back by that bound, the 100 that were there before stay.
+    assert client.sweep_to_trading("USDT", at_most=201.0) == pytest.approx(201.0)
+    assert venue.wallet == pytest.approx(100.0) and venue.trading == pytest.approx(10_000.0)
 
 
 def test_read_only_refuses_before_any_request():
     client, venue = _binance(trading=0.0, spot=500.0, read_only=True)
     with pytest.raises(BusinessError) as refused:
-        client.sweep_to_trading("USDT")
+        client.sweep_to_trading("USDT", at_most=500.0)
     assert refused.value.code == "read_only" and venue.requests == []
 
 
 @pytest.mark.parametrize("overrides", [{"sweep_deposits_to_trading": False}, {"withdraw_from_account": "none"}])
 def test_switched_off_or_one_wallet_is_a_no_op_without_requests(overrides):
     client, venue = _binance(trading=0.0, spot=500.0, **overrides)
-    assert client.sweep_to_trading("USDT") == 0.0
+    assert client.sweep_to_trading("USDT", at_most=500.0) == 0.0
     assert venue.requests == [] and venue.wallet == 500.0
 
 
@@ -181,7 +252,8 @@ def test_the_sweep_waits_for_a_withdrawal_in_progress_on_the_same_client():
         import threading
 
         done = threading.Event()
-        threading.Thread(target=lambda: (client.sweep_to_trading("USDT"), done.set()), daemon=True).start()
+        threading.Thread(target=lambda: (client.sweep_to_trading("USDT", at_most=300.0), done.set()),
+                         daemon=True).start()
         assert not done.wait(0.2), "the sweep ran while a withdrawal held the wallet"
     assert done.wait(5.0)
 
@@ -216,7 +288,7 @@ def test_sweep_deposits_to_trading_defaults_and_validation(monkeypatch):
 
 def test_a_transfer_applied_but_not_shown_yet_is_not_counted_twice():
     # The answer of an applied transfer is lost and the next read still shows the old balance (the exchange lags):
-    # the resend is refused for insufficient balance, the wallet is read again, and the move counts once.
+    # nothing is resent; the wallet is read again until it shows the transfer, which then counts once.
     client, venue = _binance(trading=0.0, spot=500.0)
     venue.transfer_script = ["timeout_after_commit"]
     base = client._exchange.fetch  # noqa: SLF001
@@ -231,8 +303,8 @@ def test_a_transfer_applied_but_not_shown_yet_is_not_counted_twice():
         return base(url, method, headers, body)
 
     client._exchange.fetch = lagging  # noqa: SLF001
-    assert client.sweep_to_trading("USDT") == pytest.approx(500.0)
-    assert [float(b["amount"]) for b in _transfers(venue)] == [500.0, 500.0]  # the second one was refused
+    assert client.sweep_to_trading("USDT", at_most=500.0) == pytest.approx(500.0)
+    assert [float(b["amount"]) for b in _transfers(venue)] == [500.0]  # never resent: a later read showed it gone
     assert (venue.trading, venue.wallet) == (pytest.approx(500.0), pytest.approx(0.0))
 
 
@@ -247,6 +319,8 @@ def test_a_first_transfer_refused_for_insufficient_balance_is_a_business_error()
         return base(url, method, headers, body)
 
     client._exchange.fetch = refusing  # noqa: SLF001
+    events: list[tuple[str, float]] = []
     with pytest.raises(BusinessError) as refused:
-        client.sweep_to_trading("USDT")
+        client.sweep_to_trading("USDT", at_most=500.0, on_transfer=lambda e, a: events.append((e, a)))
     assert refused.value.code == "insufficient_funds" and venue.wallet == 500.0
+    assert events == [("sending", 500.0), ("not_moved", 500.0)]  # refused: the caller knows nothing moved

@@ -51,8 +51,11 @@ class FakeVenue:
     def fetch_deposit_withdraw_fees(self):
         return [NetworkFee(asset="USDT", network="TRC20", fee=self.fee, min_amount=10.0, eta_seconds=1.0)]
 
-    def sweep_to_trading(self, asset):
+    def sweep_to_trading(self, asset, *, at_most, on_transfer=None):
         return 0.0  # one wallet: deposits already land in the trading account (VenueClient's default)
+
+    def take_withdrawal_top_up(self, idempotency_key):
+        return 0.0  # one wallet: no top-up (VenueClient's default)
 
     def fetch_deposit_address(self, asset, network):
         if asset == "EUR":

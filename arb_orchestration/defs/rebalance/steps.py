@@ -29,8 +29,10 @@ mails the risk team and the recovery sensor relaunches the saga with the same ke
 
 `sweep_to_trading` moves what arrived at a destination whose exchange credits
 deposits outside the margin account (Binance spot, OKX funding) into its trading
-account; `cancel_uncommitted` does the same at the sources, best effort, for a
-withdrawal's top-up left behind by a failed or cancelled withdrawal.
+account, at most what this saga's legs credited there (the wallet may hold an
+operator's own money); `cancel_uncommitted` does the same at the sources, best
+effort, for the top-up `commit_transfers` recorded for a failed or cancelled
+withdrawal, and no more.
 """
 
 from __future__ import annotations
@@ -566,10 +568,18 @@ def _create_withdrawals(ctx, exchange, withdrawals: list[PlannedTransfer], prepa
     for leg in withdrawals:
         key = ctx.key("withdraw", leg.index, leg.rail)
         target = prepared[str(leg.index)]
-        w = exchange.venue(leg.from_venue).withdraw(
-            leg.asset, leg.credited, address=target["address"], network=leg.network, idempotency_key=key,
-            tag=target.get("tag"),
-        )
+        venue = exchange.venue(leg.from_venue)
+        try:
+            w = venue.withdraw(
+                leg.asset, leg.credited, address=target["address"], network=leg.network, idempotency_key=key,
+                tag=target.get("tag"),
+            )
+        finally:
+            # Sent or not: what the venue moved into its withdrawal wallet for this leg is recorded now, the
+            # only bound the compensation may sweep back there (`_sweep_sources`).
+            topped_up = float(venue.take_withdrawal_top_up(key))
+            if topped_up > 0:
+                ctx.note(top_up=leg.index, venue=leg.from_venue, asset=leg.asset, amount=topped_up)
         if w.status in ("canceled", "failed"):
             raise BusinessError(f"leg #{leg.index}: withdrawal {w.id} under this saga's key is {w.status}",
                                 code="withdrawal_closed")
@@ -631,7 +641,7 @@ def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
                 out["not_created"].append(leg.index)
     if refunded:  # present only when a funded transfer was stopped: the exact shape of older results stays
         out["refunded"] = refunded
-    swept, sweep_failed = _sweep_sources(ctx, exchange)
+    swept, sweep_failed = _sweep_sources(ctx, exchange, stayed={*out["cancelled"], *out["not_created"]})
     if swept:  # only when something moved or failed to: a one-wallet venue adds nothing to the record
         out["swept"] = swept
     if sweep_failed:
@@ -677,28 +687,66 @@ def _mail_pivot_rollback(ctx, smtp, out: Mapping[str, Any], refunded: list[dict[
         ctx.log.error(f"could not mail the rollback of saga {ctx.saga_id}'s pivot: {type(exc).__name__}: {exc}")
 
 
-def _sweep_sources(ctx, exchange) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Move a withdrawal's top-up left at its source (failed send, cancelled withdrawal) back into the trading account.
+def top_ups_recorded(progress) -> dict[int, tuple[str, str, float]]:
+    """leg index -> (source venue, asset, what its withdrawal's top-ups moved into the withdrawal wallet), from
+    `commit_transfers`' notes (every attempt's, summed)."""
+    out: dict[int, tuple[str, str, float]] = {}
+    for note in progress:
+        if "top_up" in note:
+            index = int(note["top_up"])
+            _, _, before = out.get(index, (note["venue"], note["asset"], 0.0))
+            out[index] = (note["venue"], note["asset"], before + float(note["amount"]))
+    return out
+
+
+def _sweep_sources(ctx, exchange, *, stayed: set[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Move the top-ups of withdrawals that did not leave (failed send, cancelled) back into the trading account.
+
+    At most what those withdrawals' top-ups moved into the withdrawal wallet, as `commit_transfers` recorded it
+    (`top_ups_recorded`): the wallet may hold an operator's own money, which stays; a top-up nobody recorded
+    (the run died between the top-up and the note) is not swept (it stays counted in the venue's balance and is
+    spent first by its next withdrawal). A leg that left took its top-up with it: nothing to sweep for it.
 
     Best effort, and the only thing here that is: the money is not lost if this fails (the venue's balances count the
     withdrawal wallet, and its next withdrawal spends it first), while a failed compensation would leave the pivot's
-    outcome "unknown" and block every rebalance for the in-flight lookback. What moved is recorded under `swept`; a
-    failure is logged at ERROR and recorded under `sweep_failed`; the next rebalance into that venue, or a re-run of this compensation, moves it.
+    outcome "unknown" and block every rebalance for the in-flight lookback. What moved is recorded under `swept`
+    (with `unconfirmed` when a transfer's outcome stayed unknown: counted, not resent); a failure is logged at ERROR
+    and recorded under `sweep_failed`. A compensation cannot note progress in the saga log, so a compensation
+    killed after its sweep and before its record would, run again, sweep up to the bound once more.
     """
+    bounds: dict[tuple[str, str], float] = {}
+    for index, (venue, asset, amount) in top_ups_recorded(ctx.progress).items():
+        if index in stayed:
+            bounds[(venue, asset)] = bounds.get((venue, asset), 0.0) + amount
     swept: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    for venue, asset in sorted({(t.from_venue, t.asset) for t in _legs(ctx.results.get(PLAN)) if t.kind == "withdrawal"}):
+    for (venue, asset), bound in sorted(bounds.items()):
+        events: list[tuple[str, float]] = []
         try:
-            moved = float(exchange.venue(venue).sweep_to_trading(asset))
+            moved = float(exchange.venue(venue).sweep_to_trading(
+                asset, at_most=bound, on_transfer=lambda event, amount: events.append((event, float(amount)))))
         except Exception as exc:  # noqa: BLE001 - recorded and logged: see the docstring
-            failed.append({"venue": venue, "asset": asset, "error": f"{type(exc).__name__}: {exc}"})
-            ctx.log.error(f"could not move {asset} left in {venue}'s withdrawal wallet back into its trading account "
-                          f"({type(exc).__name__}: {exc}); it stays counted in {venue}'s balance and is spent by its "
-                          "next withdrawal")
+            failed.append({"venue": venue, "asset": asset, "top_up": bound, "error": f"{type(exc).__name__}: {exc}"})
+            ctx.log.error(f"could not move the {format_amount(asset, bound)} {asset} top-up left in {venue}'s "
+                          f"withdrawal wallet back into its trading account ({type(exc).__name__}: {exc}); it stays "
+                          f"counted in {venue}'s balance and is spent by its next withdrawal")
             continue
-        if moved > 0:
-            swept.append({"venue": venue, "asset": asset, "moved": moved})
+        unknown = _unknown_outcome(events)
+        if moved > 0 or unknown > 0:
+            entry = {"venue": venue, "asset": asset, "moved": moved}
+            if unknown > 0:
+                entry["unconfirmed"] = unknown
+                ctx.log.warning(f"{venue}: a transfer of {format_amount(asset, unknown)} {asset} back into the trading "
+                                "account has an unknown outcome; not resent (check the withdrawal wallet)")
+            swept.append(entry)
     return swept, failed
+
+
+def _unknown_outcome(events: list[tuple[str, float]]) -> float:
+    """What was sent with no known outcome, from a sweep's `on_transfer` events."""
+    sent = sum(a for e, a in events if e == "sending")
+    resolved = sum(a for e, a in events if e in ("moved", "not_moved"))
+    return round(max(0.0, sent - resolved), 12)
 
 
 # --------------------------------------------------------------------------- 4. await (forward only)
@@ -850,30 +898,94 @@ def verify_balances(ctx, exchange, rebalance_journal) -> dict[str, Any]:
 
 
 def sweep_to_trading(ctx, exchange, rebalance_journal) -> dict[str, Any]:
-    """Move what arrived into each destination's trading account (where it is margin) and record what moved.
+    """Move what arrived into each destination's trading account (where it is margin), and no more; record what moved.
 
     Binance credits deposits to spot (or funding), OKX to its funding account: the arrival check and the
     verification count them (the venue's balances include that wallet), but they are no margin until moved.
-    For every destination venue and asset of a crypto leg that arrived, the venue client moves that wallet's free
-    balance of the asset (which includes leftovers of earlier failed withdrawals); a venue with one wallet, or with
-    `sweep_deposits_to_trading` off, moves nothing. Idempotent (a retry moves what is still there); a transient
-    failure is retried, then escalated like any step after the pivot; a refusal (read-only venue) escalates at once.
+    For every destination venue and asset of a crypto leg that arrived, the venue client moves at most what this
+    rebalance's legs credited there (`sweep_bounds`), never the wallet's whole balance: an operator's own money
+    there stays. A venue with one wallet, or with `sweep_deposits_to_trading` off, moves nothing.
+
+    Every transfer is noted in the saga log before it is sent and again once its outcome is known
+    (`sweep_ledger`), so a retry, a re-execution or a relaunch moves at most the bound less what already moved
+    or may have moved: a transfer whose outcome stayed unknown (or that a killed run sent and never saw
+    answered) counts as moved and is not resent; it is reported as `unconfirmed` for a person to check. A
+    transient failure is retried, then escalated like any step after the pivot; a refusal (read-only venue)
+    escalates at once.
     """
     plan = ctx.results[PLAN]
     skip = _skip_reason(plan)
     if skip:
         return {"skipped": skip}
-    arrived = ctx.results[AWAIT]["arrived"]
-    destinations = sorted({(leg.to_venue, leg.asset) for leg in _legs(plan)
-                           if leg.kind == "withdrawal" and str(leg.index) in arrived})
+    bounds = sweep_bounds(_legs(plan), ctx.results[AWAIT]["arrived"])
     swept: list[dict[str, Any]] = []
-    for venue, asset in destinations:
-        moved = float(exchange.venue(venue).sweep_to_trading(asset))
-        ctx.note(venue=venue, asset=asset, moved=moved)
-        swept.append({"venue": venue, "asset": asset, "moved": moved})
+    for (venue, asset), bound in sorted(bounds.items()):
+        moved, unknown = sweep_ledger(ctx.progress, venue, asset)
+        remaining = round(bound - moved - unknown, 12)
+        if remaining > 1e-9:
+            seen: list[tuple[str, float]] = []
+
+            def record(event: str, amount: float, venue=venue, asset=asset, seen=seen) -> None:
+                ctx.note(venue=venue, asset=asset, sweep=event, amount=float(amount))
+                seen.append((event, float(amount)))
+
+            returned = float(exchange.venue(venue).sweep_to_trading(asset, at_most=remaining, on_transfer=record))
+            reported = sum(a for e, a in seen if e == "moved")
+            if returned > reported + 1e-9:  # a client that moved without saying so: still counted against the bound
+                record("moved_unreported", returned - reported)
+            moved, unknown = sweep_ledger([*ctx.progress, *({"venue": venue, "asset": asset, "sweep": e, "amount": a}
+                                                            for e, a in seen)], venue, asset)
+        entry: dict[str, Any] = {"venue": venue, "asset": asset, "arrived": bound, "moved": moved}
+        if unknown > 0:
+            entry["unconfirmed"] = unknown
+            ctx.log.warning(f"{venue}: {format_amount(asset, unknown)} {asset} were sent into the trading account "
+                            "with an unknown outcome; counted as moved, not resent: check the withdrawal wallet")
+        swept.append(entry)
     moved_any = [r for r in swept if r["moved"] > 0]
     message = ("moved into the trading account: " + ", ".join(
         f"{r['venue']} {format_amount(r['asset'], r['moved'])} {r['asset']}" for r in moved_any)
         if moved_any else "nothing to move into a trading account")
+    unconfirmed = [r for r in swept if r.get("unconfirmed")]
+    if unconfirmed:
+        message += "; outcome unknown (not resent, check the wallet): " + ", ".join(
+            f"{r['venue']} {format_amount(r['asset'], r['unconfirmed'])} {r['asset']}" for r in unconfirmed)
     rebalance_journal.report(SWEEP, message, {"swept": swept})
     return {"swept": swept}
+
+
+def sweep_bounds(legs: list[PlannedTransfer], arrived: Mapping[str, Any]) -> dict[tuple[str, str], float]:
+    """(destination venue, asset) -> what this rebalance's crypto legs that arrived credited there: the most the
+    forward sweep may move out of that venue's deposit wallet."""
+    out: dict[tuple[str, str], float] = {}
+    for leg in legs:
+        if leg.kind == "withdrawal" and str(leg.index) in arrived:
+            out[(leg.to_venue, leg.asset)] = out.get((leg.to_venue, leg.asset), 0.0) + float(leg.credited)
+    return out
+
+
+def sweep_ledger(progress, venue: str, asset: str) -> tuple[float, float]:
+    """(moved, outcome unknown) of `venue`/`asset` from the sweep step's notes across every attempt and run.
+
+    Notes are `sending` (before a transfer is requested), then `moved` / `not_moved` once known;
+    `moved_unreported` is a client's return above what it reported. A `sending` never resolved (an unknown
+    outcome, or a run killed mid-transfer) counts as unknown. Notes of the older shape (`moved` only) count
+    as moved."""
+    sent = resolved = moved = 0.0
+    for note in progress:
+        if note.get("venue") != venue or note.get("asset") != asset:
+            continue
+        event = note.get("sweep")
+        if event is None:
+            moved += float(note.get("moved", 0.0))
+            continue
+        amount = float(note["amount"])
+        if event == "sending":
+            sent += amount
+        elif event == "moved":
+            moved += amount
+            resolved += amount
+        elif event == "not_moved":
+            resolved += amount
+        elif event == "moved_unreported":
+            moved += amount
+    return round(moved, 12), round(max(0.0, sent - resolved), 12)
