@@ -25,9 +25,12 @@ exceeding its maximum runtime: its worker may still be shutting down, so its lea
 its time.
 
 A recovery actor holds its lease through `HeldClaim`: a heartbeat thread renews it every
-`ttl / 4` for as long as the actor acts (a single long compensation call included), so the TTL
+`ttl / 6` for as long as the actor acts (a single long compensation call included), so the TTL
 bounds how long a *dead* holder blocks recovery, not how long a compensation may take. A lease
-found lost is reported at once and the actor stops at its next safe point (see `HeldClaim`).
+found lost is reported at once and the actor stops at its next safe point (see `HeldClaim`). A
+holder whose renewals keep *failing* (it cannot reach the database, its statements stall) fences
+itself: once no renewal has been confirmed for `ttl - margin` on its own monotonic clock, it
+treats the lease as lost, before anyone else may take it over.
 """
 
 from __future__ import annotations
@@ -51,17 +54,37 @@ CLAIM_KEY_PREFIX = "arb/saga_claim/"
 # A recovery actor (sensor, hook) keeps its lease alive with a heartbeat (`HeldClaim`) for as long
 # as it holds it, a single long compensation call included, so the TTL only has to cover a few
 # missed renewals, not the longest compensation: it bounds how long a *dead* holder (a code server
-# restarted mid-compensation) delays recovery. 60 s with a renewal every 15 s survives three
-# renewals in a row failing (a database blip, a stalled process) before anyone may take over
-# (docs/sagas.md "Claims").
+# restarted mid-compensation) delays recovery (docs/sagas.md "Claims").
 DEFAULT_CLAIM_TTL_SECONDS = 60.0
-DEFAULT_RENEW_EVERY_SECONDS = 15.0
+# ttl / 6: with the self-fence below at ttl - 15 s = 45 s, a holder gets four more tries (at 10, 20,
+# 30, 40 s) and a last one at 45 s after its last confirmed renewal before it gives the lease up.
+DEFAULT_RENEW_EVERY_SECONDS = 10.0
+RENEWALS_PER_TTL = 6
+# Self-fencing: a holder that has not *confirmed* a renewal for `ttl - margin` (its own monotonic
+# clock, counted from just before the statement that wrote the expiry) considers its lease lost.
+# The margin covers what can make another actor see the lease expired, or see our write land
+# after it judged so, earlier than our clock says (docs/sagas.md "Self-fencing"):
+#   * wall-clock offset between hosts: the expiry is written with the holder's `time.time()` and
+#     judged with the taker's; NTP/chrony keep hosts within milliseconds, alarms fire at ~1 s;
+#     budget 2 s;
+#   * clock *rate*: the monotonic clock may drift from real time by up to 500 ppm (NTP's maximum
+#     slew), 30 ms per 60 s, on each of two hosts: budget 0.1 s;
+#   * check-to-effect: after a safe point passes, the guarded action still has to land: one
+#     saga-log statement (SQLite waits up to its busy timeout on a locked database; PostgreSQL has
+#     no statement timeout by default, so "slow" is unbounded and anything beyond the budget is
+#     the in-flight case the fence cannot cover) or the dispatch of a venue request: budget 10 s;
+#   * scheduling: a heartbeat thread woken late on a loaded 2-core host, a GC pause: budget ~2 s.
+# That is ~14 s; rounded up to 15 s (a quarter of the 60 s TTL). For short TTLs (tests) the margin
+# is a quarter of the TTL.
+DEFAULT_FENCE_MARGIN_SECONDS = 15.0
 # A holder stops renewing after this long, so a call hung for good cannot keep its saga forever:
 # its lease then runs out and the next actor takes over (the hung one is stopped at its next safe
 # point). Far above what a compensation takes with the resources' own timeouts and retries.
 DEFAULT_MAX_HOLD_SECONDS = 1800.0
 HEARTBEAT_THREAD_PREFIX = "saga-claim-heartbeat"
-# A continuing run's step holds the claim only while it checks the log and records its start.
+# A continuing run's step holds the claim while it checks the log and records its start: a few
+# statements, normally milliseconds, but a slow database can stretch them past any TTL, so the step
+# holds it through `HeldClaim` too (heartbeat + self-fence, engine._claim_for_step).
 STEP_CLAIM_TTL_SECONDS = 120.0
 # How long a continuing run's step waits for a claim held by a recovery actor before failing
 # (transient: its RetryPolicy tries again).
@@ -89,6 +112,9 @@ class Lease:
     host: str = ""
     pid: int = 0
     raw: str = field(default="", compare=False, repr=False)  # the exact stored value (for the CAS)
+    # Local only (not stored): when this lease's expiry passes by the holder's monotonic clock, counted
+    # from a reading taken just *before* the statement that wrote it (so a slow statement eats into it).
+    local_expires_at: float | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -257,10 +283,12 @@ class SagaClaims:
     """
 
     def __init__(self, store: ClaimStore, *, holder_alive: Callable[[Lease], bool] | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.store = store
         self._holder_alive = holder_alive
-        self._clock = clock
+        self._clock = clock  # wall clock: expiries are stored in it and compared across hosts
+        self._monotonic = monotonic  # the holder's own clock for self-fencing (never jumps)
         self._sleep = sleep
 
     def holder(self, saga_id: str) -> Lease | None:
@@ -273,10 +301,10 @@ class SagaClaims:
         key = claim_key(saga_id)
         deadline = self._clock() + wait_seconds
         while True:
-            now = self._clock()
+            now, mono = self._clock(), self._monotonic()
             mine = Lease(saga_id, f"{uuid.uuid4().hex[:12]}", actor, now, now + ttl_seconds, run_id,
                          socket.gethostname(), os.getpid())
-            mine = replace(mine, raw=mine.to_json())
+            mine = replace(mine, raw=mine.to_json(), local_expires_at=mono + ttl_seconds)
             # Insert first: an unclaimed saga (the usual case) costs one statement.
             if self.store.insert(key, mine.raw):
                 return ClaimResult(True, lease=mine)
@@ -294,8 +322,9 @@ class SagaClaims:
 
     def renew(self, lease: Lease, ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS) -> Lease:
         """Push our expiry out; `ClaimLostError` if the lease is no longer ours."""
+        mono = self._monotonic()  # before the statement: a slow one shortens what we may count on
         renewed = replace(lease, expires_at=self._clock() + ttl_seconds)
-        renewed = replace(renewed, raw=renewed.to_json())
+        renewed = replace(renewed, raw=renewed.to_json(), local_expires_at=mono + ttl_seconds)
         key = claim_key(lease.saga_id)
         if self.store.replace(key, lease.raw, renewed.raw):
             return renewed
@@ -316,19 +345,50 @@ class SagaClaims:
         return True if self._holder_alive is None else self._holder_alive(lease)
 
 
+def default_fence_margin(ttl_seconds: float) -> float:
+    """`DEFAULT_FENCE_MARGIN_SECONDS`, or a quarter of a shorter TTL's (tests use TTLs of a second or two)."""
+    return min(DEFAULT_FENCE_MARGIN_SECONDS, ttl_seconds / 4)
+
+
+def check_claim_timing(ttl_seconds: float, renew_every_seconds: float, fence_margin_seconds: float,
+                       who: str = "the claim") -> None:
+    """ValueError unless the heartbeat gets at least one renewal in before the holder would fence itself."""
+    if not 0 < renew_every_seconds < ttl_seconds:
+        raise ValueError(f"{who}: renew_every_seconds ({renew_every_seconds:g}) must be above 0 and below "
+                         f"ttl_seconds ({ttl_seconds:g})")
+    if not 0 <= fence_margin_seconds < ttl_seconds - renew_every_seconds:
+        raise ValueError(f"{who}: fence_margin_seconds ({fence_margin_seconds:g}) must be at least 0 and leave a "
+                         f"renewal period before the fence (ttl_seconds {ttl_seconds:g} - renew_every_seconds "
+                         f"{renew_every_seconds:g})")
+
+
 class HeldClaim:
     """A lease we hold, kept alive by a background heartbeat while we act on the saga.
 
     It is the one owner of the lease's current value: the heartbeat, the actor's own renewals at
-    its safe points (`renew`, e.g. before each compensation) and `release` all go through it under
-    one lock, so every compare-and-swap compares the latest value (a stale one would make the
-    release fail and leave the lease to expire, blocking recovery for a TTL).
+    its safe points (`renew`, e.g. before each compensation) and `release` all go through it one
+    statement at a time, so every compare-and-swap compares the latest value (a stale one would
+    make the release fail and leave the lease to expire, blocking recovery for a TTL).
 
-    The heartbeat cannot stop a call in flight. When a renewal finds the lease taken over it logs
-    that at ERROR at once and remembers it; the actor's next `renew` raises `ClaimLostError`, so it
-    does nothing more (the recovery actors also renew before every write to the saga log: see
-    `recovery.holding_claim`). A storage error in one heartbeat is logged and retried at the next:
-    the lease has TTL minus one period to spare, and only a failed compare means it is lost.
+    The lease is lost in two ways, and both end the same way (logged at ERROR once, remembered;
+    every later `renew` raises `ClaimLostError`, so the actor does nothing more: the recovery
+    actors renew before every write to the saga log and before every compensation call, see
+    `recovery.holding_claim`):
+
+    * **taken over**: a renewal's compare-and-swap finds another value;
+    * **self-fenced**: no renewal has been *confirmed* for `ttl - fence_margin_seconds` by the
+      holder's own monotonic clock, counted from just before the statement that wrote the last
+      expiry. Past that point another actor may soon find the lease expired, and the holder, whose
+      renewals only *errored* (database unreachable for it, statements stalling, a partition),
+      would never learn it was taken over. A renewal that succeeds but whose statement started too
+      long ago (a slow statement) fences too. A safe point never waits past the fence for a
+      renewal stuck in a statement.
+
+    A storage error in one renewal is not a loss while the fence is ahead: the heartbeat logs it
+    and tries again (every `renew_every_seconds`, and once more at the fence); a safe point logs it
+    and carries on, since the last confirmed renewal still covers it. What neither can stop is a
+    call already in flight: a compensation that started before the fence may still be running
+    after the lease expired (docs/sagas.md "Self-fencing").
 
     Threads and connections: `InstanceClaimStore` opens a fresh connection for each statement
     (`run_storage.connect()` is NullPool on SQLite and on PostgreSQL), so the heartbeat thread shares
@@ -339,24 +399,30 @@ class HeldClaim:
     """
 
     def __init__(self, claims: SagaClaims, lease: Lease, *, ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS,
-                 renew_every_seconds: float | None = None,
+                 renew_every_seconds: float | None = None, fence_margin_seconds: float | None = None,
                  max_hold_seconds: float | None = DEFAULT_MAX_HOLD_SECONDS, logger=None):
         if renew_every_seconds is None:
-            renew_every_seconds = ttl_seconds / 4
-        if not 0 < renew_every_seconds < ttl_seconds:
-            raise ValueError(f"renew_every_seconds ({renew_every_seconds:g}) must be above 0 and well below the "
-                             f"lease's ttl_seconds ({ttl_seconds:g})")
+            renew_every_seconds = ttl_seconds / RENEWALS_PER_TTL
+        if fence_margin_seconds is None:
+            fence_margin_seconds = default_fence_margin(ttl_seconds)
+        check_claim_timing(ttl_seconds, renew_every_seconds, fence_margin_seconds, f"claim of {lease.actor}")
         self.claims = claims
         self.ttl_seconds = ttl_seconds
         self.renew_every_seconds = renew_every_seconds
+        self.fence_margin_seconds = fence_margin_seconds
         self.max_hold_seconds = max_hold_seconds
         self._logger = logger or logging.getLogger("arb_orchestration.saga")
-        self._lease = lease
         self._held_since = claims._clock()
-        self._lock = threading.Lock()
+        self._statement = threading.Lock()  # one renewal/release statement at a time, latest value
+        self._lock = threading.Lock()  # the fields below; never held across a statement
+        self._lease = lease
+        self._fence_at = self._fence_for(lease)
+        self._confirmed_at = self._fence_at + fence_margin_seconds - ttl_seconds
+        self._lost: str | None = None
+        self._self_fenced = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lost: str | None = None
+        self._last_beat_failed = False
         self.renewals = 0  # by the heartbeat
         self.renewal_errors = 0
 
@@ -371,17 +437,102 @@ class HeldClaim:
         with self._lock:
             return self._lost
 
+    @property
+    def self_fenced(self) -> bool:
+        """The lease was given up by the fence (no confirmed renewal in time), not found taken over."""
+        with self._lock:
+            return self._self_fenced
+
+    def fence_in(self) -> float:
+        """Seconds (holder's monotonic clock) until the fence; <= 0 once it has passed."""
+        with self._lock:
+            return self._fence_at - self.claims._monotonic()
+
     def renew(self, _step: str | None = None) -> Lease:
-        """Renew now (a safe point); `ClaimLostError` if the lease is no longer ours."""
+        """A safe point: renew now; `ClaimLostError` if the lease is no longer ours (taken over or fenced)."""
+        self._raise_if_lost()
+        # A renewal stuck in a statement (the heartbeat's, on a stalled connection) holds the statement
+        # lock: wait for it only until the fence, then stop without it.
+        while not self._statement.acquire(timeout=0.05):
+            self._raise_if_lost()
+            if self.fence_in() <= 0:
+                raise ClaimLostError(self._fence("a renewal has been stuck in a statement since before the fence"))
+        try:
+            return self._renew_locked()
+        except ClaimLostError:
+            raise
+        except Exception as exc:  # storage trouble inside the fence: the last confirmed renewal covers us
+            self._say("warning",
+                f"saga {self.lease.saga_id}: {self.lease.actor} could not renew its claim at a safe point "
+                f"({type(exc).__name__}: {exc}); carrying on under its last confirmed renewal (fence in "
+                f"{max(0.0, self.fence_in()):.1f} s)")
+            return self.lease
+        finally:
+            self._statement.release()
+
+    def _renew_locked(self) -> Lease:
+        """One renewal (statement lock held). Raises `ClaimLostError` (taken over, or fenced) or the storage error."""
+        self._raise_if_lost()
+        lease = self.lease
+        try:
+            renewed = self.claims.renew(lease, self.ttl_seconds)
+        except ClaimLostError as exc:
+            if self._mark_lost(str(exc), self_fenced=False):
+                self._say("error", self._lost_message(str(exc)))
+            raise ClaimLostError(self.lost or str(exc)) from exc
+        except Exception as exc:
+            with self._lock:
+                self.renewal_errors += 1
+            if self.fence_in() <= 0:
+                raise ClaimLostError(self._fence(f"last renewal error: {type(exc).__name__}: {exc}")) from exc
+            raise
+        with self._lock:
+            self._lease = renewed  # ours in storage even if we fence below: release can still free it
+            if self._lost is None:
+                self._fence_at = self._fence_for(renewed)
+                self._confirmed_at = self._fence_at + self.fence_margin_seconds - self.ttl_seconds
+        self._raise_if_lost()
+        if self.fence_in() <= 0:  # confirmed, but the statement took so long that too little is left
+            raise ClaimLostError(self._fence("the renewal that succeeded last took too long to leave a margin"))
+        return renewed
+
+    def _fence_for(self, lease: Lease) -> float:
+        local = lease.local_expires_at
+        if local is None:  # a lease made elsewhere: count from now what is left of its stored expiry
+            local = self.claims._monotonic() + max(0.0, lease.expires_at - self.claims._clock())
+        return local - self.fence_margin_seconds
+
+    def _fence(self, why: str) -> str:
+        """Give the lease up (self-fence); returns the reason. Logged at ERROR the first time."""
+        lease = self.lease
+        with self._lock:
+            since = self.claims._monotonic() - self._confirmed_at
+        reason = (f"saga {lease.saga_id}: {lease.actor} (owner {lease.owner}) SELF-FENCED: no renewal of its claim "
+                  f"confirmed for {since:.1f} s (fence at ttl {self.ttl_seconds:g} s - margin "
+                  f"{self.fence_margin_seconds:g} s; {why}); it treats the lease as lost before another actor may "
+                  f"find it expired")
+        if self._mark_lost(reason, self_fenced=True):
+            self._say("error", self._lost_message(reason))
+        return self.lost or reason
+
+    def _lost_message(self, reason: str) -> str:
+        lease = self.lease
+        return (f"CLAIM LOST: {reason}. {lease.actor} stops acting on saga {lease.saga_id} at its next safe point: "
+                f"the call in flight (if any) cannot be aborted; its outcome will not be recorded and nothing "
+                f"more will be done by this actor (the new holder repeats it, idempotent by key)")
+
+    def _mark_lost(self, reason: str, *, self_fenced: bool) -> bool:
         with self._lock:
             if self._lost is not None:
-                raise ClaimLostError(self._lost)
-            try:
-                self._lease = self.claims.renew(self._lease, self.ttl_seconds)
-            except ClaimLostError as exc:
-                self._lost = str(exc)
-                raise
-            return self._lease
+                return False
+            self._lost = reason
+            self._self_fenced = self_fenced
+            return True
+
+    def _raise_if_lost(self) -> None:
+        lost = self.lost
+        if lost is not None:
+            raise ClaimLostError(lost)
 
     def beat(self) -> bool:
         """One heartbeat; False once there is nothing more to renew (lost, or held past `max_hold_seconds`)."""
@@ -394,27 +545,35 @@ class HeldClaim:
                 f"{max(0.0, lease.expires_at - self.claims._clock()):.0f} s from now and another actor may take "
                 f"over; the call in flight is probably hung")
             return False
-        try:
-            self.renew()
-        except ClaimLostError as exc:
-            self._say("error",
-                f"CLAIM LOST: {exc}. {lease.actor} stops acting on saga {lease.saga_id} at its next safe point: "
-                f"the call in flight (if any) cannot be aborted; its outcome will not be recorded and nothing "
-                f"more will be done by this actor (the new holder repeats it, idempotent by key)")
+        if self.lost is not None:
             return False
+        try:
+            with self._statement:
+                self._renew_locked()
+        except ClaimLostError:
+            return False  # said at ERROR where it was found
         except Exception as exc:  # storage trouble: the lease still has time; try again next period
-            self.renewal_errors += 1
+            self._last_beat_failed = True
             self._say("warning",
                 f"saga {lease.saga_id}: the heartbeat of {lease.actor} could not renew its claim "
-                f"({type(exc).__name__}: {exc}); trying again in {self.renew_every_seconds:g} s "
-                f"(lease ends in {max(0.0, lease.expires_at - self.claims._clock()):.0f} s)")
+                f"({type(exc).__name__}: {exc}); trying again in {min(self.renew_every_seconds, max(0.0, self.fence_in())):g} s "
+                f"(self-fence in {max(0.0, self.fence_in()):.1f} s, lease ends in "
+                f"{max(0.0, lease.expires_at - self.claims._clock()):.0f} s)")
             return True
+        self._last_beat_failed = False
         self.renewals += 1
         return True
 
+    def _next_wait(self) -> float:
+        # After a failed renewal the next try comes no later than the fence: a last chance, and the
+        # loss is reported when it happens, not at the next period.
+        if self._last_beat_failed:
+            return max(0.0, min(self.renew_every_seconds, self.fence_in()))
+        return self.renew_every_seconds
+
     def _run(self) -> None:
         try:
-            while not self._stop.wait(self.renew_every_seconds):
+            while not self._stop.wait(self._next_wait()):
                 if not self.beat():
                     return
         except BaseException as exc:  # never die silently: the lease would run out unexplained
@@ -443,12 +602,24 @@ class HeldClaim:
             self._thread.join()
 
     def release(self) -> bool:
-        """Stop the heartbeat and let go; False if the lease was no longer ours."""
+        """Stop the heartbeat and let go; False if the lease was no longer ours.
+
+        A self-fenced holder has stopped acting, so it still frees its lease if storage lets it (a
+        compare-and-swap on our own value: it cannot touch a new holder's lease); the next actor then
+        need not wait for the expiry."""
         self.stop_heartbeat()
-        with self._lock:
-            if self._lost is not None:
-                return False
-            return self.claims.release(self._lease)
+        with self._statement:
+            with self._lock:
+                lost, self_fenced, lease = self._lost, self._self_fenced, self._lease
+            if lost is None:
+                return self.claims.release(lease)
+            if self_fenced:
+                try:
+                    self.claims.release(lease)
+                except Exception as exc:
+                    self._say("warning", f"saga {lease.saga_id}: {lease.actor} could not free its fenced claim "
+                                         f"({type(exc).__name__}: {exc}); it runs out at its expiry")
+            return False
 
     def __enter__(self) -> "HeldClaim":
         return self.start_heartbeat()

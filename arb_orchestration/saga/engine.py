@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from arb_orchestration.resources.errors import BusinessError
-from arb_orchestration.saga.claim import STEP_CLAIM_TTL_SECONDS, STEP_CLAIM_WAIT_SECONDS, Lease, SagaClaims
+from arb_orchestration.saga.claim import (
+    STEP_CLAIM_TTL_SECONDS,
+    STEP_CLAIM_WAIT_SECONDS,
+    ClaimLostError,
+    HeldClaim,
+    SagaClaims,
+)
 from arb_orchestration.saga.keys import derive_key, idempotency_key
 from arb_orchestration.saga.kill_switch import TradingSwitch
 from arb_orchestration.saga.log import SagaLog, describe
@@ -281,6 +287,9 @@ class StepRuntime:
     continues_saga: bool = False
     claim_wait_seconds: float = STEP_CLAIM_WAIT_SECONDS
     claim_ttl_seconds: float = STEP_CLAIM_TTL_SECONDS
+    # The step's claim is a `HeldClaim` (heartbeat + self-fence) like a recovery actor's; None: the
+    # default margin (claim.default_fence_margin). Tests shorten it with the TTL.
+    claim_fence_margin_seconds: float | None = None
 
 
 # --------------------------------------------------------------------------- execution
@@ -296,18 +305,21 @@ def execute_step(saga: SagaDefinition, step_name: str, rt: StepRuntime) -> dict[
     # meet a recovery actor compensating it right now: it decides and records its start under
     # the saga's claim. Once `step_started` is recorded and the claim let go, recovery sees this
     # run in progress and waits for it. A fresh run never touches the claim.
-    lease: Lease | None = None
+    # The window is a few statements, but a slow database can stretch it past any TTL: the claim is
+    # held like a recovery actor's (heartbeat + self-fence), and checked before the start is
+    # recorded and again after, before the action runs (`_begin_step`).
+    held: HeldClaim | None = None
     try:
         if rt.claims is not None and rt.continues_saga:
-            lease = _claim_for_step(saga, step.name, rt)
+            held = _claim_for_step(saga, step.name, rt)
         state = SagaState(rt.saga_id) if fresh else rt.log.load(rt.saga_id)
-        if lease is None and rt.claims is not None and any(r.run_id != rt.run_id for r in state.records):
-            lease = _claim_for_step(saga, step.name, rt)  # not flagged as continuing, but it is
+        if held is None and rt.claims is not None and any(r.run_id != rt.run_id for r in state.records):
+            held = _claim_for_step(saga, step.name, rt)  # not flagged as continuing, but it is
             state = rt.log.load(rt.saga_id)
-        already_done = _begin_step(saga, step, index, key, state, rt)
+        already_done = _begin_step(saga, step, index, key, state, rt, held)
     finally:
-        if lease is not None and rt.claims is not None:
-            rt.claims.release(lease)
+        if held is not None:
+            _release_step_claim(held, rt)
     if already_done is not None:
         return already_done
     ctx = StepContext(
@@ -340,7 +352,7 @@ def execute_step(saga: SagaDefinition, step_name: str, rt: StepRuntime) -> dict[
     return result
 
 
-def _claim_for_step(saga: SagaDefinition, step: str, rt: StepRuntime) -> Lease:
+def _claim_for_step(saga: SagaDefinition, step: str, rt: StepRuntime) -> HeldClaim:
     assert rt.claims is not None
     actor = f"step {step} of run {rt.run_id}"
     result = rt.claims.acquire(rt.saga_id, actor, ttl_seconds=rt.claim_ttl_seconds, run_id=rt.run_id,
@@ -353,12 +365,39 @@ def _claim_for_step(saga: SagaDefinition, step: str, rt: StepRuntime) -> Lease:
     if result.took_over is not None:
         rt.logger.warning(f"saga {saga.name} [{rt.saga_id}]: {actor} took over the claim of "
                           f"{result.took_over.describe()} (its lease expired or its run ended)")
-    return result.lease
+    held = HeldClaim(rt.claims, result.lease, ttl_seconds=rt.claim_ttl_seconds,
+                     fence_margin_seconds=rt.claim_fence_margin_seconds, logger=rt.logger)
+    return held.start_heartbeat()
+
+
+def _release_step_claim(held: HeldClaim, rt: StepRuntime) -> None:
+    # Never let a failed release replace the step's own outcome (or error): the lease then runs out
+    # at its expiry, or as soon as this run ends (it is tied to the run).
+    try:
+        held.release()
+    except Exception as exc:
+        rt.logger.warning(f"saga [{rt.saga_id}]: could not release the step's claim ({type(exc).__name__}: {exc}); "
+                          f"it ends when this run ends or at its expiry")
+
+
+def _step_safe_point(held: HeldClaim | None, saga: SagaDefinition, step: str, rt: StepRuntime, what: str) -> None:
+    """`SagaBusyError` (transient: the op retries) if the step's claim was lost or fenced."""
+    if held is None:
+        return
+    try:
+        held.renew()
+    except ClaimLostError as exc:
+        raise SagaBusyError(f"saga {saga.name} [{rt.saga_id}]: step {step} {what}: it lost the saga's claim "
+                            f"({exc})") from exc
 
 
 def _begin_step(saga: SagaDefinition, step: SagaStep, index: int, key: str, state: SagaState,
-                rt: StepRuntime) -> dict[str, Any] | None:
-    """Checks the log allows the step, then records its start; returns the recorded result if already done."""
+                rt: StepRuntime, held: HeldClaim | None = None) -> dict[str, Any] | None:
+    """Checks the log allows the step, then records its start; returns the recorded result if already done.
+
+    With the saga's claim (`held`), every write here is preceded by a safe point, and the start is
+    confirmed by one more after it: a step whose claim was lost or fenced neither records nor acts.
+    """
     if state.compensation_began:
         raise SagaClosedError(
             f"saga {saga.name} [{rt.saga_id}] was rolled back; it does not run again. "
@@ -376,9 +415,11 @@ def _begin_step(saga: SagaDefinition, step: SagaStep, index: int, key: str, stat
                 f"trading is paused ({pause.reason}; by {pause.changed_by or 'unknown'}): "
                 f"saga {saga.name} does not start"
             )
+            _step_safe_point(held, saga, step.name, rt, "did not record its refusal")
             rt.log.record_failed(rt.saga_id, saga.name, step.name, error=error, business=True, attempt=rt.attempt)
             raise error
 
+    _step_safe_point(held, saga, step.name, rt, "did not start")
     rt.log.record_started(
         rt.saga_id,
         saga.name,
@@ -387,6 +428,10 @@ def _begin_step(saga: SagaDefinition, step: SagaStep, index: int, key: str, stat
         attempt=rt.attempt,
         compensation=step.compensation.__name__ if step.compensation else None,
     )
+    # The write may have been slow enough for the lease to run out under it and another actor to read
+    # the log without it: confirm before acting. If lost, the recorded start is harmless (it reads as
+    # "started, outcome unknown": compensations cope with an action that never happened, by key).
+    _step_safe_point(held, saga, step.name, rt, "recorded its start but did not run its action")
     return None
 
 

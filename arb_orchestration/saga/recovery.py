@@ -29,10 +29,13 @@ from typing import Any, Callable, Iterator, Mapping
 from arb_orchestration.saga.claim import (
     DEFAULT_CLAIM_TTL_SECONDS,
     DEFAULT_MAX_HOLD_SECONDS,
+    RENEWALS_PER_TTL,
     ClaimLostError,
     HeldClaim,
     Lease,
     SagaClaims,
+    check_claim_timing,
+    default_fence_margin,
 )
 from arb_orchestration.saga.engine import (
     Alert,
@@ -143,8 +146,10 @@ class RecoveryOutcome:
 class ClaimSpec:
     """Who takes the saga's claim, for how long, and how long it waits for another holder.
 
-    While held, a heartbeat renews the lease every `renew_every_seconds` (default: a quarter of
-    `ttl_seconds`) until `max_hold_seconds` (None: no limit)."""
+    While held, a heartbeat renews the lease every `renew_every_seconds` (default: a sixth of
+    `ttl_seconds`) until `max_hold_seconds` (None: no limit); the holder fences itself once no
+    renewal was confirmed for `ttl_seconds - fence_margin_seconds` (default margin: 15 s, or a
+    quarter of a shorter TTL; see `claim.DEFAULT_FENCE_MARGIN_SECONDS`)."""
 
     claims: SagaClaims
     actor: str
@@ -153,12 +158,13 @@ class ClaimSpec:
     wait_seconds: float = 0.0
     renew_every_seconds: float | None = None
     max_hold_seconds: float | None = DEFAULT_MAX_HOLD_SECONDS
+    fence_margin_seconds: float | None = None
 
     def __post_init__(self) -> None:  # refuse a bad period before a lease is taken, not after
-        every = self.ttl_seconds / 4 if self.renew_every_seconds is None else self.renew_every_seconds
-        if not 0 < every < self.ttl_seconds:
-            raise ValueError(f"claim of {self.actor}: renew_every_seconds ({every:g}) must be above 0 and below "
-                             f"ttl_seconds ({self.ttl_seconds:g})")
+        every = self.ttl_seconds / RENEWALS_PER_TTL if self.renew_every_seconds is None else self.renew_every_seconds
+        margin = (default_fence_margin(self.ttl_seconds) if self.fence_margin_seconds is None
+                  else self.fence_margin_seconds)
+        check_claim_timing(self.ttl_seconds, every, margin, f"claim of {self.actor}")
 
 
 @contextlib.contextmanager
@@ -167,7 +173,9 @@ def holding_claim(spec: ClaimSpec | None, saga_name: str, saga_id: str,
     """Yields our `HeldClaim` (heartbeat running); the other holder's `Lease` if the claim is taken; None without a spec.
 
     The heartbeat runs for the whole held section (log reads, compensation calls, mails), so a
-    single call longer than the lease keeps it; it stops before the lease is released.
+    single call longer than the lease keeps it; it stops before the lease is released. If its
+    renewals keep failing the holder fences itself before the lease can expire (`HeldClaim`): the
+    next safe point raises `ClaimLostError`, exactly as for a lease found taken over.
     """
     if spec is None:
         yield None
@@ -184,7 +192,7 @@ def holding_claim(spec: ClaimSpec | None, saga_name: str, saga_id: str,
                        f"{result.took_over.describe()} (its lease expired or its run ended)")
     held = HeldClaim(spec.claims, result.lease, ttl_seconds=spec.ttl_seconds,
                      renew_every_seconds=spec.renew_every_seconds, max_hold_seconds=spec.max_hold_seconds,
-                     logger=logger)
+                     fence_margin_seconds=spec.fence_margin_seconds, logger=logger)
     held.start_heartbeat()
     try:
         yield held
@@ -368,6 +376,7 @@ def _recover(
                                    f"relaunch of run {failed_run.run_id} requested {age:.0f} s ago; waiting for it "
                                    f"to appear (re-issued after {reissue_after_seconds:g} s)")
         attempt = state.forward_requested_for.index(failed_run.run_id) + 1
+        _checkpoint(held)  # nothing is written on this path: a lost (or fenced) holder must not start a run
         logger.warning(f"saga {saga.name} [{saga_id}]: relaunch {attempt} was recorded but no run exists; re-issuing")
         return RecoveryOutcome(saga_id, decision, Action.RELAUNCH, f"forward attempt {attempt} (re-issued)",
                                relaunch=_relaunch(saga_id, failed_run, attempt))
