@@ -17,7 +17,7 @@ lease taken, so it went on acting while another actor could take the saga over. 
 * the timing rules `ClaimSpec` refuses up front.
 
 Fake clocks (wall and monotonic) decide the fence where the test drives the beats itself; the
-threaded scenarios use a TTL of about a second. Real instances (SQLite here, PostgreSQL with a
+threaded scenarios use a TTL of 2 s. Real instances (SQLite here, PostgreSQL with a
 unix-socket partition in integration/test_claim_fencing_postgres.py) are in `check_*` below.
 """
 
@@ -205,7 +205,7 @@ def test_the_timing_rules_are_refused_before_a_lease_is_taken():
 
 def test_a_safe_point_does_not_wait_past_the_fence_for_a_renewal_stuck_in_a_statement():
     store, a_path, a, b = _two_actors()
-    ttl = 1.2  # beat every 0.2 s, margin 0.3 s: fence 0.9 s after the last confirmed renewal
+    ttl = 2.0  # beat every 0.33 s, margin 0.5 s: fence 1.5 s after the last confirmed renewal
     lease = a.acquire("s1", "sensor a", ttl_seconds=ttl).lease
     logger = ListLogger()
     held = HeldClaim(a, lease, ttl_seconds=ttl, logger=logger)
@@ -251,7 +251,7 @@ class TimedVenue(Venue):
 def test_a_recovery_actor_cut_off_from_its_claim_stops_before_another_actor_acts():
     store, a_path, a, b = _two_actors()
     log, mail_a, mail_b, logger_a = half_done_saga(), Mailbox(), Mailbox(), ListLogger()
-    ttl = 1.2
+    ttl = 2.0
     at_fence: list[tuple[float, Lease]] = []
 
     def cut_off_mid_call() -> None:
@@ -298,13 +298,13 @@ def test_a_recovery_actor_cut_off_from_its_claim_stops_before_another_actor_acts
 def test_a_recovery_actor_whose_claim_path_comes_back_before_the_fence_keeps_the_saga():
     store, a_path, a, b = _two_actors()
     log, mail, logger = half_done_saga(), Mailbox(), ListLogger()
-    ttl = 1.2
+    ttl = 2.0
 
     def blip() -> None:
         a_path.down = True
         wait_for(lambda: any("could not renew" in m for m in logger.at("warning")), timeout=5,
                  what="a failed renewal")
-        a_path.down = False  # back well inside the 0.9 s fence
+        a_path.down = False  # back well inside the 1.5 s fence
         wait_for(lambda: Lease.from_json(store.read(claim_key("s1"))).expires_at > time.time() + ttl * 0.8,
                  timeout=5, what="a renewal after the blip")
         busy = _recover(log, b, "sensor b", Venue(), Mailbox(), ListLogger(), ttl)
