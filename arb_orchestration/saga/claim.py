@@ -73,7 +73,8 @@ RENEWALS_PER_TTL = 6
 #     saga-log statement (SQLite waits up to its busy timeout on a locked database; PostgreSQL has
 #     no statement timeout by default, so "slow" is unbounded and anything beyond the budget is
 #     the in-flight case the fence cannot cover) or the dispatch of a venue request: budget 10 s;
-#   * scheduling: a heartbeat thread woken late on a loaded 2-core host, a GC pause: budget ~2 s.
+#   * scheduling: the actor's thread descheduled between a safe point and its action on a loaded
+#     2-core host, a GC pause: budget ~2 s.
 # That is ~14 s; rounded up to 15 s (a quarter of the 60 s TTL). For short TTLs (tests) the margin
 # is a quarter of the TTL.
 DEFAULT_FENCE_MARGIN_SECONDS = 15.0
