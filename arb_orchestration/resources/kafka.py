@@ -18,6 +18,8 @@ from typing import Any, Iterable, Mapping
 
 from dagster import ConfigurableResource
 
+from arb_orchestration.resources.rebind import CheapRebind
+
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _SECRET_KEYS = {"sasl.password", "ssl.key.password"}
@@ -41,7 +43,7 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ("***" if k in _SECRET_KEYS and v else v) for k, v in config.items()}
 
 
-class KafkaResource(ConfigurableResource):
+class KafkaResource(CheapRebind, ConfigurableResource):
     """Kafka producer/consumer/admin configuration, including SASL/TLS, and the event-signing key."""
 
     bootstrap_servers: str

@@ -29,6 +29,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from arb_orchestration.resources.errors import BusinessError, TransientError
+from arb_orchestration.resources.rebind import CheapRebind
 from arb_orchestration.resources.resilience import ResilientCaller, RetrySettings, breaker_for
 
 log = logging.getLogger("arb_orchestration.resources.smtp")
@@ -38,7 +39,7 @@ def _is_transient(code: int) -> bool:
     return 400 <= code < 500
 
 
-class SmtpResource(ConfigurableResource):
+class SmtpResource(CheapRebind, ConfigurableResource):
     """Sends mail to the risk team."""
 
     host: str
