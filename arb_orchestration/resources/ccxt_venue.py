@@ -521,6 +521,12 @@ class CcxtVenueClient(VenueClient):
         # withdrawal key -> what a top-up moved into the withdrawal wallet for it, not yet taken by the caller
         # (`take_withdrawal_top_up`): the saga records it as the bound of the sweep that moves it back.
         self._top_ups: dict[str, float] = {}
+        # withdrawal key -> everything this client's top-ups (or the caller's record, `restore_withdrawal_top_up`)
+        # moved into the withdrawal wallet for it, never taken: a retry of the same withdrawal tops up only the rest.
+        self._topped_up: dict[str, float] = {}
+        # withdrawal key -> (amount, the wallet's free balance before) of a top-up transfer whose outcome stayed
+        # unknown: it counts against the withdrawal's bound and is never resent; a retry looks for it again.
+        self._top_up_unknown: dict[str, tuple[float, float]] = {}
         self._top_ups_lock = threading.Lock()
         # (mode, why, monotonic time read) of the last position-mode read; see position_mode()
         self._position_mode: tuple[str, str, float] | None = None
@@ -711,9 +717,11 @@ class CcxtVenueClient(VenueClient):
     def fetch_balance(self) -> dict[str, Balance]:
         """The trading account's balances plus what sits in the withdrawal wallet (spot / funding), if any.
 
-        Money in the withdrawal wallet is the venue's: a top-up whose withdrawal then failed, or a deposit (Binance
-        credits spot or funding, OKX funding). It is counted here so the books never lose sight of it (and the next
-        withdrawal spends it first), and logged at WARNING whenever its amount changes.
+        Money in the withdrawal wallet is counted as the venue's: a top-up whose withdrawal then failed, a deposit
+        not swept yet (Binance credits spot or funding, OKX funding), but also whatever an operator keeps there
+        (the client cannot tell them apart). It is counted here so the books never lose sight of it, and logged
+        at WARNING whenever its amount changes. A withdrawal never spends it: `withdraw` tops the wallet up by the
+        full amount that leaves, from the trading account (docs/ccxt-conformance.md § 5a).
         """
         if self.withdraw_from_account == WITHDRAW_FROM_NONE:
             raw = self._call(lambda ex: ex.fetch_balance(), what="fetch_balance")
@@ -736,8 +744,9 @@ class CcxtVenueClient(VenueClient):
             self._wallet_noted[asset] = held.total
             if held.total > 0:
                 log.warning("venue %s: %s %s sits in the %s wallet, outside the trading account (a top-up left by a "
-                            "failed withdrawal, or a deposit); counted in the venue's balance, spent first by the next "
-                            "withdrawal", self.name, format(held.total, ".8g"), asset, self.withdraw_from_account)
+                            "failed withdrawal, a deposit, or an operator's own money); counted in the venue's balance, "
+                            "never spent by a withdrawal (each tops the wallet up by its full amount)",
+                            self.name, format(held.total, ".8g"), asset, self.withdraw_from_account)
 
     def _read_withdrawal_wallet(self, ex) -> dict[str, Balance]:
         """The withdrawal wallet's balances (raises ccxt errors: call inside `_call`/`_run`)."""
@@ -1430,10 +1439,12 @@ class CcxtVenueClient(VenueClient):
                                     reconcile=lambda: self._lookup_withdrawal(idempotency_key))
         except ExternalServiceError as exc:
             if moved > 0:
-                # Not moved back: the next withdrawal spends it first (its top-up covers only a shortfall), and
-                # fetch_balance counts it, so the venue's books keep it.
+                # Not moved back here: a retry of this withdrawal (same key) sends it without a second top-up, and
+                # the saga's compensation moves the recorded top-up back (`take_withdrawal_top_up`); fetch_balance
+                # counts it meanwhile, so the venue's books keep it.
                 log.error("venue %s: withdrawal %s failed (%s) after %s %s were moved %s -> %s for it; they stay in the "
-                          "%s wallet, counted in the venue's balance and spent first by the next withdrawal",
+                          "%s wallet, counted in the venue's balance, until a retry of this withdrawal sends them "
+                          "or the saga's compensation moves them back",
                           self.name, idempotency_key, exc, format(moved, ".8g"), asset,
                           TRADING_ACCOUNTS[self.config.exchange_id], self.withdraw_from_account, self.withdraw_from_account)
             raise
@@ -1464,40 +1475,85 @@ class CcxtVenueClient(VenueClient):
         return held.free if held is not None else 0.0
 
     def _top_up_withdrawal_wallet(self, asset: str, leaves: float, idempotency_key: str) -> float:
-        """Move into the withdrawal wallet exactly what it lacks of `leaves`; returns what was moved.
+        """Move `leaves` (all that will leave the withdrawal wallet for this withdrawal) from the trading account
+        into the withdrawal wallet, less what earlier attempts of the same withdrawal already moved there; returns
+        what was moved now.
 
-        Internal transfers carry no client id we could look up (Binance's universal transfer takes none). So
-        after an ambiguous outcome (timeout, dropped answer, 5xx) nothing is resent blind: the wallet is read
-        again and only the shortfall still there is moved. A transfer the exchange applied but does not show yet
-        could then be moved twice; the surplus stays in the withdrawal wallet, counted in the balances and spent
-        by the next withdrawal. Raises `TransientError` when the wallet is still short after `max_attempts`
-        transfers: nothing was withdrawn, and calling `withdraw` again re-reads and moves only what is missing.
+        The full amount, whatever the wallet already holds: the plan moves money out of the trading account, and
+        the wallet may hold an operator's own money (or a deposit, or another withdrawal's leftover), which a
+        withdrawal must not spend. What counts as already moved for this key: this client's confirmed top-ups of
+        it (`_topped_up`, kept across calls), or the caller's durable record of them (`restore_withdrawal_top_up`,
+        for a retry in another process), whichever is larger.
+
+        Internal transfers carry no client id we could look up (Binance's universal transfer takes none). After
+        an ambiguous outcome (timeout, dropped answer, 5xx) the wallet is re-read (up to `max_attempts` times,
+        with the retry delay): seen to grow by the amount, the transfer moved. Otherwise its outcome stays
+        unknown: it counts against the bound (`leaves`) and is never resent, so what may have left the trading
+        account for this withdrawal never exceeds what the withdrawal pays, even when the exchange applied it
+        and shows it late. Nothing is withdrawn then (`TransientError`): sending would pay from whatever the
+        wallet holds, an operator's money included. A retry of the same withdrawal on this client looks for the
+        unknown transfer again and sends once it shows.
         """
         source, target = TRADING_ACCOUNTS[self.config.exchange_id], self.withdraw_from_account
-        moved = 0.0
-        attempts = self._caller.retry.max_attempts
-        for attempt in range(1, attempts + 1):
-            shortfall = self._round_up_to_currency(asset, leaves - self._withdrawal_wallet_free(asset))
-            if shortfall <= 0:
-                return moved
-            what = f"transfer {format(shortfall, '.8g')} {asset} {source}->{target} for withdrawal {idempotency_key}"
-            try:
-                self._call(lambda ex: ex.transfer(asset, shortfall, source, target), what=what, mutating=True)
-            except AmbiguousOutcomeError as exc:
-                log.warning("venue %s: %s: outcome unknown (%s); reading the %s wallet again before moving anything",
-                            self.name, what, exc, target)
-                self._caller.sleep(self._caller.retry.delay(attempt))
-                continue
-            moved += shortfall
-            with self._top_ups_lock:  # at once: a later failure of this withdrawal must not lose it
-                self._top_ups[idempotency_key] = self._top_ups.get(idempotency_key, 0.0) + shortfall
-            log.info("venue %s: moved %s %s %s -> %s for withdrawal %s", self.name, format(shortfall, ".8g"), asset,
-                     source, target, idempotency_key)
-            return moved
-        if self._withdrawal_wallet_free(asset) + 1e-9 >= leaves:
-            return moved
-        raise TransientError(f"{self.name}: the {target} wallet still lacks {asset} for withdrawal {idempotency_key} "
-                             f"after {attempts} transfer(s) with unknown outcome; nothing was withdrawn")
+        with self._top_ups_lock:
+            unknown = self._top_up_unknown.get(idempotency_key)
+        if unknown is not None:
+            amount, before = unknown
+            if self._withdrawal_wallet_free(asset) + 1e-9 < before + amount:
+                raise TransientError(
+                    f"{self.name}: a {format(amount, '.8g')} {asset} top-up {source}->{target} for withdrawal "
+                    f"{idempotency_key} still has an unknown outcome (not seen in the {target} wallet); not resent, "
+                    "nothing withdrawn")
+            with self._top_ups_lock:
+                self._top_up_unknown.pop(idempotency_key, None)
+            self._confirm_top_up(idempotency_key, amount)
+            log.info("venue %s: the %s %s top-up for withdrawal %s with an unknown outcome has arrived in %s",
+                     self.name, format(amount, ".8g"), asset, idempotency_key, target)
+        with self._top_ups_lock:
+            already = self._topped_up.get(idempotency_key, 0.0)
+        amount = self._round_up_to_currency(asset, leaves - already)
+        if amount <= 0:
+            return 0.0
+        before = self._withdrawal_wallet_free(asset)
+        what = f"transfer {format(amount, '.8g')} {asset} {source}->{target} for withdrawal {idempotency_key}"
+        try:
+            self._call(lambda ex: ex.transfer(asset, amount, source, target), what=what, mutating=True)
+        except AmbiguousOutcomeError as exc:
+            log.warning("venue %s: %s: outcome unknown (%s); reading the %s wallet to see whether it arrived",
+                        self.name, what, exc, target)
+            if not self._await_arriving(asset, before=before, amount=amount):
+                with self._top_ups_lock:
+                    self._top_up_unknown[idempotency_key] = (amount, before)
+                raise TransientError(
+                    f"{self.name}: {what}: outcome unknown and not seen in the {target} wallet; not resent, nothing "
+                    "withdrawn (a retry of this withdrawal looks for it again)") from exc
+        self._confirm_top_up(idempotency_key, amount)
+        log.info("venue %s: moved %s %s %s -> %s for withdrawal %s", self.name, format(amount, ".8g"), asset,
+                 source, target, idempotency_key)
+        return amount
+
+    def _confirm_top_up(self, idempotency_key: str, amount: float) -> None:
+        with self._top_ups_lock:  # at once: a later failure of this withdrawal must not lose it
+            self._top_ups[idempotency_key] = self._top_ups.get(idempotency_key, 0.0) + amount
+            self._topped_up[idempotency_key] = self._topped_up.get(idempotency_key, 0.0) + amount
+
+    def _await_arriving(self, asset: str, *, before: float, amount: float) -> bool:
+        """After a top-up of `amount` with unknown outcome: re-read the withdrawal wallet (with the retry delay, up
+        to `max_attempts` times) until it shows at least `before + amount`. Whether it arrived."""
+        for attempt in range(1, self._caller.retry.max_attempts + 1):
+            self._caller.sleep(self._caller.retry.delay(attempt))
+            if self._withdrawal_wallet_free(asset) + 1e-9 >= before + amount:
+                return True
+        return False
+
+    def restore_withdrawal_top_up(self, idempotency_key: str, amount: float) -> None:
+        """The caller's durable record of what earlier attempts of withdrawal `idempotency_key` (in this process
+        or another) moved into the withdrawal wallet (see `VenueClient`): its top-up moves only the rest."""
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount < 0:
+            raise ValueError(f"{self.name}: restore_withdrawal_top_up({idempotency_key}): amount must be a finite "
+                             f"number >= 0, got {amount!r}")
+        with self._top_ups_lock:
+            self._topped_up[idempotency_key] = max(self._topped_up.get(idempotency_key, 0.0), float(amount))
 
     def take_withdrawal_top_up(self, idempotency_key: str) -> float:
         """What a top-up confirmed moving into the withdrawal wallet for withdrawal `idempotency_key` since the
@@ -1523,7 +1579,7 @@ class CcxtVenueClient(VenueClient):
         amount, the transfer moved. Otherwise its outcome stays unknown and it still counts against `at_most`:
         it is never resent, so what may have moved never exceeds the bound even when the exchange applied it
         but does not show it yet. The cost of that rule is an under-sweep (the money stays in the withdrawal
-        wallet, counted in the venue's balances and spent first by its next withdrawal), never someone else's
+        wallet, counted in the venue's balances until a person moves it), never someone else's
         money moved. `on_transfer` reports each transfer (see `VenueClient.sweep_to_trading`); the caller
         records the unknown ones. A transfer refused for insufficient balance after an earlier transfer of this
         sweep is `not_moved` and the wallet is read again; a first one refused is the exchange's word

@@ -147,6 +147,12 @@ class VenueClient(abc.ABC):
         if that withdrawal fails or is cancelled. 0.0 for venues with one wallet (the default)."""
         return 0.0
 
+    def restore_withdrawal_top_up(self, idempotency_key: str, amount: float) -> None:
+        """Tell the client what earlier attempts of withdrawal `idempotency_key` (this process or another) already
+        moved into its withdrawal wallet, as the caller recorded it from `take_withdrawal_top_up`: a retried
+        withdrawal then tops up only the rest. Nothing to do for venues with one wallet (the default)."""
+        return None
+
     def health(self) -> dict:
         """Circuit-breaker state and anything else worth showing in metadata."""
         return {}

@@ -212,12 +212,12 @@ def test_a_withdrawal_reports_its_top_up_once_by_key_also_when_the_send_fails():
     venue.refuse_withdrawal = True
     with pytest.raises(BusinessError):
         client.withdraw("USDT", 300.0, address="T" + "Q" * 33, network="TRC20", idempotency_key="leg1")
-    assert venue.wallet == pytest.approx(301.0)  # 100 there before (not ours) + the 201 top-up
-    assert client.take_withdrawal_top_up("leg1") == pytest.approx(201.0)
+    assert venue.wallet == pytest.approx(401.0)  # 100 there before (not ours) + the full 301 top-up
+    assert client.take_withdrawal_top_up("leg1") == pytest.approx(301.0)
     assert client.take_withdrawal_top_up("leg1") == 0.0  # taken: reported once
     assert client.take_withdrawal_top_up("other") == 0.0
     # Swept back by that bound, the 100 that were there before stay.
-    assert client.sweep_to_trading("USDT", at_most=201.0) == pytest.approx(201.0)
+    assert client.sweep_to_trading("USDT", at_most=301.0) == pytest.approx(301.0)
     assert venue.wallet == pytest.approx(100.0) and venue.trading == pytest.approx(10_000.0)
 
 

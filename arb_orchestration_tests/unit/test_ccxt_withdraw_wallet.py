@@ -4,10 +4,10 @@ Binance pays `capital/withdraw/apply` from the spot (walletType 0) or funding (1
 `asset/withdrawal` from the funding account; the platform's balances sit in the USDⓈ-M futures / trading
 account. Each test builds the unmodified ccxt class (the version in .venv) with one market and replaces only
 its HTTP layer (`Exchange.fetch`) with a recorder that answers like the exchange and keeps its wallets, so the
-requests asserted are the ones ccxt would put on the wire: the wallet read, the internal transfer of exactly
-the shortfall, the withdrawal from that wallet; no transfer when the wallet already holds enough; after an
-ambiguous transfer (timeout, 5xx) a re-read instead of a resend; a failed withdrawal's top-up kept visible in
-the venue's balances and reused; read-only venues refusing before any request; the `withdraw_from_account`
+requests asserted are the ones ccxt would put on the wire: the wallet read, the internal transfer of all that
+leaves the wallet (never spending what it already holds), the withdrawal from that wallet; after an ambiguous
+transfer (timeout, 5xx) a re-read instead of a resend, and no withdrawal while its outcome is unknown; a failed
+withdrawal's top-up kept visible in the venue's balances and reused by its retry only; read-only venues refusing before any request; the `withdraw_from_account`
 setting validated at load. What each check stands on: docs/ccxt-conformance.md (section 5).
 """
 
@@ -146,12 +146,13 @@ def _withdraw(client: CcxtVenueClient, key: str, amount: float = 300.0):
     return client.withdraw("USDT", amount, address=ADDRESS, network="TRC20", idempotency_key=key)
 
 
-def test_binance_tops_up_the_spot_wallet_by_exactly_the_shortfall_then_withdraws_from_spot():
+def test_binance_tops_up_the_spot_wallet_by_all_that_leaves_it_then_withdraws_from_spot():
     client, venue = _binance(trading=10_000.0, spot=100.0)
     withdrawal = _withdraw(client, "leg1", 300.0)
-    # Binance deducts its 1 USDT fee from `amount`: 301 is asked for, the spot wallet held 100, so 201 move.
+    # Binance deducts its 1 USDT fee from `amount`: 301 is asked for, and all 301 come from the futures account;
+    # the 100 already in spot are not the plan's to spend (test_ccxt_withdraw_keeps_operator_wallet.py).
     (transfer,) = venue.sent("POST", "/sapi/v1/asset/transfer")
-    assert (transfer[1]["type"], transfer[1]["asset"], float(transfer[1]["amount"])) == ("UMFUTURE_MAIN", "USDT", 201.0)
+    assert (transfer[1]["type"], transfer[1]["asset"], float(transfer[1]["amount"])) == ("UMFUTURE_MAIN", "USDT", 301.0)
     (apply,) = venue.sent("POST", "/sapi/v1/capital/withdraw/apply")
     assert (float(apply[1]["amount"]), apply[1]["walletType"], apply[1]["withdrawOrderId"]) == (301.0, "0", "leg1")
     paths = venue.paths()
@@ -160,50 +161,51 @@ def test_binance_tops_up_the_spot_wallet_by_exactly_the_shortfall_then_withdraws
     assert spot_reads, "the spot wallet is read on the spot endpoint, not the futures one"
     assert all(not {"type", "subType"} & set(q) for q, _b in spot_reads)  # ccxt's selectors stay off the wire
     assert set(transfer[1]) - {"timestamp", "recvWindow", "signature"} == {"type", "asset", "amount"}
-    assert (venue.trading, venue.wallet) == (pytest.approx(9_799.0), pytest.approx(0.0))
+    assert (venue.trading, venue.wallet) == (pytest.approx(9_699.0), pytest.approx(100.0))
     assert withdrawal.idempotency_key == "leg1" and withdrawal.amount == pytest.approx(300.0)
 
 
-def test_binance_no_transfer_when_the_spot_wallet_already_holds_enough():
+def test_binance_tops_up_in_full_even_when_the_spot_wallet_already_holds_enough():
     client, venue = _binance(trading=10_000.0, spot=500.0)
     _withdraw(client, "leg1", 300.0)
-    assert venue.sent("POST", "/sapi/v1/asset/transfer") == []
+    assert [float(b["amount"]) for _q, b in venue.sent("POST", "/sapi/v1/asset/transfer")] == [301.0]
     assert len(venue.sent("POST", "/sapi/v1/capital/withdraw/apply")) == 1
-    assert venue.trading == 10_000.0 and venue.wallet == pytest.approx(199.0)
+    assert venue.trading == pytest.approx(9_699.0) and venue.wallet == pytest.approx(500.0)
 
 
 @pytest.mark.parametrize("fault", ["timeout_after_commit", "5xx"])
-def test_an_ambiguous_transfer_is_re_read_and_never_doubled(fault):
+def test_an_ambiguous_transfer_is_re_read_and_never_resent(fault):
     client, venue = _binance(trading=10_000.0, spot=0.0)
     venue.transfer_script = [fault]
-    _withdraw(client, "leg1", 300.0)
+    if fault == "timeout_after_commit":  # it was applied: the re-read shows it arrived, the withdrawal is sent
+        _withdraw(client, "leg1", 300.0)
+        assert venue.trading == pytest.approx(10_000.0 - 301.0) and venue.wallet == pytest.approx(0.0)
+        assert len(venue.sent("POST", "/sapi/v1/capital/withdraw/apply")) == 1
+    else:  # it was not applied: the re-reads never show it; not resent, nothing withdrawn
+        with pytest.raises(TransientError):
+            _withdraw(client, "leg1", 300.0)
+        assert venue.trading == pytest.approx(10_000.0) and venue.wallet == pytest.approx(0.0)
+        assert venue.sent("POST", "/sapi/v1/capital/withdraw/apply") == []
     moved = [float(b["amount"]) for _q, b in venue.sent("POST", "/sapi/v1/asset/transfer")]
-    if fault == "timeout_after_commit":  # it was applied: the re-read shows the wallet full, nothing is resent
-        assert moved == [301.0]
-    else:  # it was not applied: the re-read shows the shortfall still there, moved once
-        assert moved == [301.0, 301.0]
-    assert venue.trading == pytest.approx(10_000.0 - 301.0) and venue.wallet == pytest.approx(0.0)
+    assert moved == [301.0]
     spot_reads = venue.sent("GET", "/api/v3/account")
     assert len(spot_reads) >= 2, "the wallet is read again after the ambiguous transfer"
-    assert len(venue.sent("POST", "/sapi/v1/capital/withdraw/apply")) == 1
 
 
-def test_a_top_up_that_stays_unknown_withdraws_nothing_and_a_retry_moves_only_what_is_missing():
+def test_a_top_up_that_stays_unknown_withdraws_nothing_and_a_retry_sends_once_it_shows():
     client, venue = _binance(trading=10_000.0, spot=0.0)
-    venue.transfer_script = ["5xx", "5xx", "5xx"]  # max_attempts=3 transfers, none applied
+    venue.transfer_script = ["5xx"]
     with pytest.raises(TransientError):
         _withdraw(client, "leg1", 300.0)
     assert venue.sent("POST", "/sapi/v1/capital/withdraw/apply") == [] and venue.wallet == 0.0
-    # The retry (the op's retry policy, or a relaunch) re-reads and moves only the shortfall that remains.
+    # The retry (the op's retry policy) looks for the unknown transfer again and never resends it ...
+    with pytest.raises(TransientError):
+        _withdraw(client, "leg1", 300.0)
+    assert len(venue.sent("POST", "/sapi/v1/asset/transfer")) == 1
+    # ... and sends the withdrawal once the exchange shows it.
+    venue.trading, venue.wallet = venue.trading - 301.0, venue.wallet + 301.0
     _withdraw(client, "leg1", 300.0)
-    assert venue.trading == pytest.approx(10_000.0 - 301.0) and len(venue.sent("POST", "/sapi/v1/capital/withdraw/apply")) == 1
-
-
-def test_the_last_ambiguous_transfer_is_read_back_before_giving_up():
-    client, venue = _binance(trading=10_000.0, spot=0.0)
-    venue.transfer_script = ["5xx", "5xx", "timeout_after_commit"]  # the third one was applied, its answer lost
-    _withdraw(client, "leg1", 300.0)
-    assert len(venue.sent("POST", "/sapi/v1/asset/transfer")) == 3
+    assert len(venue.sent("POST", "/sapi/v1/asset/transfer")) == 1
     assert venue.trading == pytest.approx(10_000.0 - 301.0) and len(venue.sent("POST", "/sapi/v1/capital/withdraw/apply")) == 1
 
 
@@ -216,7 +218,7 @@ def test_a_withdrawal_already_made_needs_no_top_up():
     assert len(venue.sent("POST", "/sapi/v1/capital/withdraw/apply")) == 1
 
 
-def test_a_failed_withdrawal_leaves_its_top_up_visible_in_the_balances_and_the_next_one_reuses_it(caplog):
+def test_a_failed_withdrawal_leaves_its_top_up_visible_in_the_balances_and_only_its_retry_reuses_it(caplog):
     client, venue = _binance(trading=10_000.0, spot=0.0)
     venue.refuse_withdrawal = True
     with caplog.at_level(logging.WARNING, logger="arb_orchestration.resources.ccxt_venue"), pytest.raises(BusinessError):
@@ -227,9 +229,12 @@ def test_a_failed_withdrawal_leaves_its_top_up_visible_in_the_balances_and_the_n
     usdt = client.fetch_balance()["USDT"]
     assert usdt.total == pytest.approx(10_000.0) and usdt.free == pytest.approx(10_000.0)
     venue.refuse_withdrawal = False
-    _withdraw(client, "leg2", 300.0)
-    assert len(venue.sent("POST", "/sapi/v1/asset/transfer")) == 1  # the leftover paid for it: no second top-up
-    assert venue.wallet == pytest.approx(0.0)
+    _withdraw(client, "leg2", 300.0)  # another withdrawal tops up its own 301: leg1's leftover is not its money
+    assert len(venue.sent("POST", "/sapi/v1/asset/transfer")) == 2
+    assert venue.wallet == pytest.approx(301.0)
+    _withdraw(client, "leg1", 300.0)  # leg1's retry sends its own top-up, moves nothing more
+    assert len(venue.sent("POST", "/sapi/v1/asset/transfer")) == 2
+    assert venue.wallet == pytest.approx(0.0) and venue.trading == pytest.approx(10_000.0 - 2 * 301.0)
 
 
 def test_binance_funding_wallet_when_configured():
@@ -299,15 +304,15 @@ def test_okx_tops_up_the_funding_account_from_trading_with_the_fee_on_top():
     client, venue = _okx(trading=10_000.0, funding=50.0)
     client.withdraw("USDT", 300.0, address=ADDRESS, network="TRC20", idempotency_key="leg1")
     (transfer,) = venue.sent("POST", "/asset/transfer")
-    # OKX adds the fee on top: 300 + 1 must be in funding, which held 50.
-    assert (transfer[1]["from"], transfer[1]["to"], float(transfer[1]["amt"])) == ("18", "6", 251.0)
+    # OKX adds the fee on top: 300 + 1 leave funding, all of it moved from trading (the 50 there stay).
+    assert (transfer[1]["from"], transfer[1]["to"], float(transfer[1]["amt"])) == ("18", "6", 301.0)
     (withdrawal,) = venue.sent("POST", "/asset/withdrawal")
     assert (float(withdrawal[1]["amt"]), withdrawal[1]["clientId"]) == (300.0, "leg1")
     assert venue.sent("GET", "/asset/balances"), "the funding account is read on the asset endpoint"
-    assert venue.wallet == pytest.approx(0.0) and venue.trading == pytest.approx(9_749.0)
+    assert venue.wallet == pytest.approx(50.0) and venue.trading == pytest.approx(9_699.0)
     # The funding account is part of the venue's balance.
     venue.wallet = 25.0
-    assert client.fetch_balance()["USDT"].total == pytest.approx(9_774.0)
+    assert client.fetch_balance()["USDT"].total == pytest.approx(9_724.0)
 
 
 # ------------------------------------------------------------------------------------------------ configuration

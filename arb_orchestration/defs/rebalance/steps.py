@@ -569,6 +569,11 @@ def _create_withdrawals(ctx, exchange, withdrawals: list[PlannedTransfer], prepa
         key = ctx.key("withdraw", leg.index, leg.rail)
         target = prepared[str(leg.index)]
         venue = exchange.venue(leg.from_venue)
+        recorded = top_ups_recorded(ctx.progress).get(leg.index)
+        if recorded is not None and recorded[2] > 0:
+            # An earlier attempt (maybe in another process) topped the withdrawal wallet up for this key and did
+            # not send: the venue moves only the rest, never the same amount twice.
+            venue.restore_withdrawal_top_up(key, recorded[2])
         try:
             w = venue.withdraw(
                 leg.asset, leg.credited, address=target["address"], network=leg.network, idempotency_key=key,
@@ -704,11 +709,11 @@ def _sweep_sources(ctx, exchange, *, stayed: set[int]) -> tuple[list[dict[str, A
 
     At most what those withdrawals' top-ups moved into the withdrawal wallet, as `commit_transfers` recorded it
     (`top_ups_recorded`): the wallet may hold an operator's own money, which stays; a top-up nobody recorded
-    (the run died between the top-up and the note) is not swept (it stays counted in the venue's balance and is
-    spent first by its next withdrawal). A leg that left took its top-up with it: nothing to sweep for it.
+    (the run died between the top-up and the note) is not swept (it stays counted in the venue's balance until a
+    person moves it). A leg that left took its top-up with it: nothing to sweep for it.
 
     Best effort, and the only thing here that is: the money is not lost if this fails (the venue's balances count the
-    withdrawal wallet, and its next withdrawal spends it first), while a failed compensation would leave the pivot's
+    withdrawal wallet), while a failed compensation would leave the pivot's
     outcome "unknown" and block every rebalance for the in-flight lookback. What moved is recorded under `swept`
     (with `unconfirmed` when a transfer's outcome stayed unknown: counted, not resent); a failure is logged at ERROR
     and recorded under `sweep_failed`. A compensation cannot note progress in the saga log, so a compensation
@@ -729,7 +734,7 @@ def _sweep_sources(ctx, exchange, *, stayed: set[int]) -> tuple[list[dict[str, A
             failed.append({"venue": venue, "asset": asset, "top_up": bound, "error": f"{type(exc).__name__}: {exc}"})
             ctx.log.error(f"could not move the {format_amount(asset, bound)} {asset} top-up left in {venue}'s "
                           f"withdrawal wallet back into its trading account ({type(exc).__name__}: {exc}); it stays "
-                          f"counted in {venue}'s balance and is spent by its next withdrawal")
+                          f"counted in {venue}'s balance until a person moves it")
             continue
         unknown = _unknown_outcome(events)
         if moved > 0 or unknown > 0:
