@@ -42,6 +42,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar
 from urllib.parse import urlsplit
@@ -182,6 +183,34 @@ DEFAULT_WITHDRAW_FROM_ACCOUNT = {"binance": "spot", "binanceusdm": "spot", "bina
 # key of binance's accountsByType, and ccxt's transfer would take it for an isolated-margin symbol.
 TRADING_ACCOUNTS = {"binance": "linear", "binanceusdm": "linear", "binancecoinm": "inverse", "okx": "trading"}
 BINANCE_WALLET_TYPES = {"spot": 0, "funding": 1}
+
+# Exchanges whose internal transfers carry a client id the client can look the transfer up by afterwards.
+# OKX: `POST /api/v5/asset/transfer` takes `clientId` ("a combination of case-sensitive alphanumerics, all numbers,
+# or all letters of up to 32 characters": letters and digits only, no `-`/`_`), and
+# `GET /api/v5/asset/transfer-state?clientId=...&type=0` answers its `state` (`success`, `pending`, `failed`) for the
+# last two weeks. OKX's docs add that the transfer request's success or failure "does not necessarily reflect the
+# actual transfer result" and recommend that lookup. They do not say a repeated clientId is refused or
+# deduplicated, so the client never counts on it (docs/ccxt-conformance.md § 5c). Binance's universal transfer takes
+# no client id: it keeps the balance re-read.
+TRANSFER_CLIENT_ID_EXCHANGES = frozenset({"okx"})
+TRANSFER_STATES = ("success", "pending", "failed")
+# The answers to a transfer-state lookup that mean "no transfer with this clientId". 58129 is what OKX answers for an
+# unknown client id, and 51000 ("Parameter clientId error") is what it answers for an unknown or malformed one. That
+# mapping comes from GaloyMoney/stablesats-rs (okex-client error.rs), which uses it in production, not from OKX's
+# docs. An answer with no rows means the same.
+OKX_TRANSFER_NOT_FOUND_CODES = frozenset({"58129"})
+_CLIENT_ID_ERROR_CODE = "51000"
+
+
+def transfer_client_id(purpose: str, *parts: object) -> str:
+    """The clientId of one internal transfer: `purpose` (two letters: `tu` a withdrawal's top-up, `sw` a sweep)
+    followed by the first 30 hex digits of SHA-256 over the parts joined by `|`. That is 32 letters and digits,
+    the most OKX accepts. The same parts always give the same id, so a retry in another process sends and looks up the
+    same transfer; 120 bits keep the ids of different transfers apart."""
+    if not (len(purpose) == 2 and purpose.isascii() and purpose.isalpha()):
+        raise ValueError(f"transfer purpose must be two letters, got {purpose!r}")
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()
+    return purpose + digest[:30]
 
 
 def withdraw_from_account_for(exchange_id: str, configured: str | None) -> str:
@@ -525,7 +554,8 @@ class CcxtVenueClient(VenueClient):
         # moved into the withdrawal wallet for it, never taken: a retry of the same withdrawal tops up only the rest.
         self._topped_up: dict[str, float] = {}
         # withdrawal key -> (amount, the wallet's free balance before) of a top-up transfer whose outcome stayed
-        # unknown: it counts against the withdrawal's bound and is never resent; a retry looks for it again.
+        # unknown: it counts against the withdrawal's bound and is never resent; a retry looks for it again (by
+        # the wallet's balance, or on OKX by its clientId, in which case the balance before is not used).
         self._top_up_unknown: dict[str, tuple[float, float]] = {}
         self._top_ups_lock = threading.Lock()
         # (mode, why, monotonic time read) of the last position-mode read; see position_mode()
@@ -1485,15 +1515,19 @@ class CcxtVenueClient(VenueClient):
         it (`_topped_up`, kept across calls), or the caller's durable record of them (`restore_withdrawal_top_up`,
         for a retry in another process), whichever is larger.
 
-        Internal transfers carry no client id we could look up (Binance's universal transfer takes none). After
-        an ambiguous outcome (timeout, dropped answer, 5xx) the wallet is re-read (up to `max_attempts` times,
-        with the retry delay): seen to grow by the amount, the transfer moved. Otherwise its outcome stays
-        unknown: it counts against the bound (`leaves`) and is never resent, so what may have left the trading
-        account for this withdrawal never exceeds what the withdrawal pays, even when the exchange applied it
-        and shows it late. Nothing is withdrawn then (`TransientError`): sending would pay from whatever the
-        wallet holds, an operator's money included. A retry of the same withdrawal on this client looks for the
-        unknown transfer again and sends once it shows.
+        OKX (`TRANSFER_CLIENT_ID_EXCHANGES`): every top-up carries a clientId derived from the withdrawal key and
+        what earlier attempts already moved (`_top_up_client_id`), and is resolved by it (`_top_up_by_client_id`).
+
+        Binance's universal transfer carries no client id. After an ambiguous outcome (timeout, dropped answer,
+        5xx) the wallet is re-read (up to `max_attempts` times, with the retry delay): seen to grow by the amount,
+        the transfer moved. Otherwise its outcome stays unknown: it counts against the bound (`leaves`) and is
+        never resent, so what may have left the trading account for this withdrawal never exceeds what the
+        withdrawal pays, even when the exchange applied it and shows it late. Nothing is withdrawn then
+        (`TransientError`): sending would pay from whatever the wallet holds, an operator's money included. A
+        retry of the same withdrawal on this client looks for the unknown transfer again and sends once it shows.
         """
+        if self.internal_transfer_ids:
+            return self._top_up_by_client_id(asset, leaves, idempotency_key)
         source, target = TRADING_ACCOUNTS[self.config.exchange_id], self.withdraw_from_account
         with self._top_ups_lock:
             unknown = self._top_up_unknown.get(idempotency_key)
@@ -1532,6 +1566,153 @@ class CcxtVenueClient(VenueClient):
                  source, target, idempotency_key)
         return amount
 
+    @staticmethod
+    def _top_up_client_id(idempotency_key: str, already: float) -> str:
+        """The clientId of the top-up that follows `already` (what earlier attempts of withdrawal `idempotency_key`
+        moved): a retry that knows the same `already` (this client, or the saga's record in another process) sends
+        and looks up the same transfer; after a confirmed top-up the next one of the same key gets a new id."""
+        return transfer_client_id("tu", "top-up", idempotency_key, format(already, ".8f"))
+
+    def _top_up_by_client_id(self, asset: str, leaves: float, idempotency_key: str) -> float:
+        """`_top_up_withdrawal_wallet` for exchanges whose transfers carry a clientId (OKX).
+
+        After an ambiguous send, see `_transfer_by_client_id`. If OKX reports `success` the top-up is counted. If it
+        reports `failed`, or has no record after the polling window, the top-up is sent once more with the same
+        clientId. If it is still `pending`, the top-up stays unknown: it counts against the bound, is not resent,
+        and nothing is withdrawn (`TransientError`). A retry of the same withdrawal on this client then looks it
+        up by its clientId before anything is sent. If OKX now reports `success`, it is counted at the amount OKX
+        reports. If it reports `failed` or not found, it is sent with the same clientId. If it is still
+        `pending`, or the lookup fails, nothing is sent. Without an unknown outcome on this client nothing is
+        looked up before a send, so an OKX withdrawal's requests are the same as before. A retry in another process
+        therefore sends the same clientId again (the id is deterministic). Whether OKX refuses that as a duplicate
+        is not documented (§ 5c).
+        """
+        source, target = TRADING_ACCOUNTS[self.config.exchange_id], self.withdraw_from_account
+        moved = 0.0
+        for _ in range(3):  # a found transfer may cover only part of what leaves: at most one more is sent
+            with self._top_ups_lock:
+                already = self._topped_up.get(idempotency_key, 0.0)
+                had_unknown = self._top_up_unknown.pop(idempotency_key, None) is not None
+            amount = self._round_up_to_currency(asset, leaves - already)
+            if amount <= 0:
+                return moved
+            client_id = self._top_up_client_id(idempotency_key, already)
+            what = (f"transfer {format(amount, '.8g')} {asset} {source}->{target} for withdrawal {idempotency_key} "
+                    f"(clientId {client_id})")
+            state, found_amount = self._transfer_state(client_id) if had_unknown else ("not_found", None)
+            if state == "success":
+                counted = found_amount if found_amount is not None else amount
+                self._confirm_top_up(idempotency_key, counted)
+                moved += counted
+                log.info("venue %s: %s: the earlier attempt with an unknown outcome was made (OKX: success, %s %s); "
+                         "counted, not sent",
+                         self.name, what, format(counted, ".8g"), asset)
+                continue
+            # Read as for Binance, though not to decide anything here: it keeps the wallet's WARNING note current.
+            before = self._withdrawal_wallet_free(asset)
+            if state in ("pending", "unknown"):
+                with self._top_ups_lock:
+                    self._top_up_unknown[idempotency_key] = (amount, before)
+                raise TransientError(
+                    f"{self.name}: {what}: an earlier attempt's transfer is {state} at OKX; not resent, nothing "
+                    "withdrawn (a retry of this withdrawal looks it up again)")
+            if self._transfer_by_client_id(asset, amount, source, target, what=what, client_id=client_id) != "moved":
+                with self._top_ups_lock:
+                    self._top_up_unknown[idempotency_key] = (amount, before)
+                raise TransientError(
+                    f"{self.name}: {what}: outcome still unknown at OKX; not resent, nothing withdrawn (a retry of "
+                    "this withdrawal looks it up again by its clientId)")
+            self._confirm_top_up(idempotency_key, amount)
+            log.info("venue %s: moved %s %s %s -> %s for withdrawal %s (clientId %s)", self.name,
+                     format(amount, ".8g"), asset, source, target, idempotency_key, client_id)
+            return moved + amount
+        raise TransientError(f"{self.name}: top-up for withdrawal {idempotency_key}: earlier transfers found at OKX "
+                             "do not add up to what leaves; nothing withdrawn")
+
+    @property
+    def internal_transfer_ids(self) -> bool:
+        """Whether this venue's internal transfers carry a clientId the client looks them up by (OKX). A caller of
+        `sweep_to_trading` may then pass a `transfer_key` that makes the ids deterministic."""
+        return self.config.exchange_id in TRANSFER_CLIENT_ID_EXCHANGES
+
+    def _transfer_state(self, client_id: str) -> tuple[str, float | None]:
+        """(state, amount OKX reports) of the transfer sent with `client_id`. The state is one of `success`,
+        `pending` or `failed`. It is `not_found` when OKX has no such transfer, and `unknown` when the lookup failed
+        or the answer is about another transfer. One request, no retry: the caller polls."""
+        import ccxt
+
+        try:
+            exchange = self._ensure_ready()
+            raw = exchange.privateGetAssetTransferState({"clientId": client_id, "type": "0"})
+        except ccxt.BaseError as exc:
+            code = venue_error_code(exc)
+            if code in OKX_TRANSFER_NOT_FOUND_CODES or (code == _CLIENT_ID_ERROR_CODE and "clientId" in str(exc)):
+                return "not_found", None
+            log.warning("venue %s: transfer-state lookup of clientId %s failed: %s", self.name, client_id,
+                        self._redact(f"{type(exc).__name__}: {exc}"))
+            return "unknown", None
+        rows = raw.get("data") if isinstance(raw, dict) else None
+        if not rows:
+            return "not_found", None
+        row = rows[0] if isinstance(rows[0], dict) else {}
+        if row.get("clientId") not in (None, "", client_id):
+            log.warning("venue %s: transfer-state lookup of clientId %s answered clientId %s", self.name, client_id,
+                        row.get("clientId"))
+            return "unknown", None
+        state = row.get("state")
+        try:
+            found_amount = float(row["amt"]) if row.get("amt") not in (None, "") else None
+        except (TypeError, ValueError):
+            found_amount = None
+        return (state if state in TRANSFER_STATES else "unknown"), found_amount
+
+    def _await_transfer_state(self, client_id: str) -> str:
+        """After a send with an ambiguous outcome, poll the transfer's state by `client_id` up to `max_attempts`
+        times, with the retry delay before each lookup. `success` or `failed` ends the polling at once.
+        `not_found` counts only when the last lookup still finds nothing and no lookup ever saw it `pending`: OKX
+        has then had the whole polling window to record it. Any other outcome is `pending` or `unknown`."""
+        state, seen = "unknown", False
+        for attempt in range(1, self._caller.retry.max_attempts + 1):
+            self._caller.sleep(self._caller.retry.delay(attempt))
+            state, _ = self._transfer_state(client_id)
+            if state in ("success", "failed"):
+                return state
+            seen = seen or state == "pending"
+        return "unknown" if state == "not_found" and seen else state
+
+    def _transfer_by_client_id(self, asset: str, amount: float, source: str, target: str, *, what: str,
+                               client_id: str) -> str:
+        """Send one internal transfer carrying `client_id`, resolving an ambiguous outcome by that id. Returns
+        `moved`, or `unknown` when OKX still reports it `pending` (or cannot be asked) after the polling window.
+
+        After an ambiguous send (timeout, dropped answer, 5xx) the transfer is looked up (`_await_transfer_state`).
+        If it is `success`, it moved. If it is `failed`, or not found after the polling window, OKX did not apply
+        it, and it is sent once more with the same clientId. That is the only resend. If the resend is also not
+        applied, this raises `TransientError` (nothing moved). A refusal (`BusinessError`) or a failure known not
+        to be applied (`TransientError`) is raised as it comes.
+        """
+        for send in (1, 2):
+            try:
+                self._call(lambda ex: ex.transfer(asset, amount, source, target, {"clientId": client_id}),
+                           what=what, mutating=True)
+                return "moved"
+            except AmbiguousOutcomeError as exc:
+                log.warning("venue %s: %s: outcome unknown (%s); looking it up by its clientId", self.name, what, exc)
+                state = self._await_transfer_state(client_id)
+                if state == "success":
+                    log.info("venue %s: %s: OKX reports it success", self.name, what)
+                    return "moved"
+                if state in ("failed", "not_found") and send == 1:
+                    log.warning("venue %s: %s: OKX reports it %s (not applied); sending it again with the same "
+                                "clientId", self.name, what, state)
+                    continue
+                if state in ("failed", "not_found"):
+                    raise TransientError(f"{self.name}: {what}: not applied after one resend (OKX: {state}); nothing "
+                                         "moved") from exc
+                log.warning("venue %s: %s: OKX still reports it %s; not resent", self.name, what, state)
+                return "unknown"
+        raise AssertionError("unreachable")
+
     def _confirm_top_up(self, idempotency_key: str, amount: float) -> None:
         with self._top_ups_lock:  # at once: a later failure of this withdrawal must not lose it
             self._top_ups[idempotency_key] = self._top_ups.get(idempotency_key, 0.0) + amount
@@ -1563,7 +1744,8 @@ class CcxtVenueClient(VenueClient):
             return round(self._top_ups.pop(idempotency_key, 0.0), 12)
 
     def sweep_to_trading(self, asset: str, *, at_most: float,
-                         on_transfer: Callable[[str, float], None] | None = None) -> float:
+                         on_transfer: Callable[[str, float], None] | None = None,
+                         transfer_key: str | None = None) -> float:
         """Move at most `at_most` of `asset` from the withdrawal wallet (where Binance credits deposits to
         spot/funding and OKX to funding, and where a failed withdrawal leaves its top-up) into the trading
         account; returns what is known to have moved.
@@ -1574,9 +1756,18 @@ class CcxtVenueClient(VenueClient):
         withdrawal's top-up, reversed (Binance `spot`/`funding` -> `linear`: universal transfer MAIN_UMFUTURE /
         FUNDING_UMFUTURE; OKX `funding` -> `trading`: 6 -> 18).
 
-        Internal transfers carry no id we could look up. After an ambiguous outcome (timeout, dropped answer,
-        5xx) the wallet is read again, up to `max_attempts` times with the retry delay: seen to drop by the
-        amount, the transfer moved. Otherwise its outcome stays unknown and it still counts against `at_most`:
+        On OKX (`internal_transfer_ids`) each transfer carries the clientId
+        `transfer_client_id("sw", transfer_key, n)`, where n counts this call's transfers from 0. The caller's
+        `transfer_key` must be different for every call: the rebalance step derives it from the saga's key and the
+        number of transfers its notes record. Without a `transfer_key`, a random key is drawn per call: the ids
+        are then good only for the lookups of this call. An ambiguous outcome is resolved by that id
+        (`_transfer_by_client_id`). If OKX reports it `success`, it moved. If OKX reports it `failed`, or has no
+        record of it after the polling window, it is sent once more with the same id. If it is still `pending`,
+        its outcome is unknown, with the same rule as below.
+
+        Binance's internal transfers carry no id we could look up. After an ambiguous outcome (timeout, dropped
+        answer, 5xx) the wallet is read again, up to `max_attempts` times with the retry delay: seen to drop by
+        the amount, the transfer moved. Otherwise its outcome stays unknown and it still counts against `at_most`:
         it is never resent, so what may have moved never exceeds the bound even when the exchange applied it
         but does not show it yet. The cost of that rule is an under-sweep (the money stays in the withdrawal
         wallet, counted in the venue's balances until a person moves it), never someone else's
@@ -1596,11 +1787,14 @@ class CcxtVenueClient(VenueClient):
         source, target = self.withdraw_from_account, TRADING_ACCOUNTS[self.config.exchange_id]
         self._refuse_if_read_only(f"sweep {asset} {source}->{target}")
         with self._withdraw_lock:
+            key = None
+            if self.internal_transfer_ids:
+                key = transfer_key if transfer_key else f"random:{uuid.uuid4().hex}"
             return self._sweep_once(asset, source, target, float(at_most),
-                                    on_transfer or (lambda _event, _amount: None))
+                                    on_transfer or (lambda _event, _amount: None), transfer_key=key)
 
     def _sweep_once(self, asset: str, source: str, target: str, at_most: float,
-                    report: Callable[[str, float], None]) -> float:
+                    report: Callable[[str, float], None], *, transfer_key: str | None = None) -> float:
         moved = 0.0
         unknown = 0.0  # sent with an outcome never resolved: counts against the bound, never resent
         attempts = self._caller.retry.max_attempts
@@ -1611,9 +1805,22 @@ class CcxtVenueClient(VenueClient):
                 break
             what = (f"transfer {format(amount, '.8g')} {asset} {source}->{target} "
                     f"(sweep, at most {format(at_most, '.8g')})")
+            client_id = None
+            if transfer_key is not None:  # OKX: the n-th transfer of this call (n = attempt - 1)
+                client_id = transfer_client_id("sw", "sweep", transfer_key, attempt - 1)
+                what += f" (clientId {client_id})"
             report("sending", amount)  # before the request: a crash after it leaves a record of the unknown
             try:
-                self._call(lambda ex: ex.transfer(asset, amount, source, target), what=what, mutating=True)
+                if client_id is not None:
+                    if self._transfer_by_client_id(asset, amount, source, target, what=what,
+                                                   client_id=client_id) != "moved":
+                        unknown += amount
+                        log.warning("venue %s: %s: outcome still unknown at OKX; counted against the bound and not "
+                                    "resent (it may have moved): look it up by its clientId", self.name, what)
+                        held = self._withdrawal_wallet_free(asset)
+                        continue
+                else:
+                    self._call(lambda ex: ex.transfer(asset, amount, source, target), what=what, mutating=True)
             except AmbiguousOutcomeError as exc:
                 log.warning("venue %s: %s: outcome unknown (%s); reading the %s wallet to see whether it left",
                             self.name, what, exc, source)
