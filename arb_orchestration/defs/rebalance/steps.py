@@ -934,7 +934,13 @@ def sweep_to_trading(ctx, exchange, rebalance_journal) -> dict[str, Any]:
                 ctx.note(venue=venue, asset=asset, sweep=event, amount=float(amount))
                 seen.append((event, float(amount)))
 
-            returned = float(exchange.venue(venue).sweep_to_trading(asset, at_most=remaining, on_transfer=record))
+            client = exchange.venue(venue)
+            extra = {}
+            if getattr(client, "internal_transfer_ids", False):
+                # OKX: the clientIds of this call's transfers are derived from this key (ccxt_venue.sweep_to_trading).
+                # It also counts the transfers the notes already record, so no retry or relaunch reuses an id.
+                extra["transfer_key"] = sweep_transfer_key(ctx, ctx.progress, venue, asset)
+            returned = float(client.sweep_to_trading(asset, at_most=remaining, on_transfer=record, **extra))
             reported = sum(a for e, a in seen if e == "moved")
             if returned > reported + 1e-9:  # a client that moved without saying so: still counted against the bound
                 record("moved_unreported", returned - reported)
@@ -966,6 +972,16 @@ def sweep_bounds(legs: list[PlannedTransfer], arrived: Mapping[str, Any]) -> dic
         if leg.kind == "withdrawal" and str(leg.index) in arrived:
             out[(leg.to_venue, leg.asset)] = out.get((leg.to_venue, leg.asset), 0.0) + float(leg.credited)
     return out
+
+
+def sweep_transfer_key(ctx, progress, venue: str, asset: str) -> str:
+    """The key a venue whose transfers carry client ids (OKX) derives this sweep call's transfer ids from: the saga's
+    key for `venue`/`asset`, plus how many transfers the step's notes already record as `sending` there. Each
+    transfer is noted before it is sent, so a later call (a retry, a re-execution, a relaunch) never reuses the id of
+    a transfer that may have been sent. Every call gets the same key for the same notes."""
+    sent = sum(1 for note in progress
+               if note.get("venue") == venue and note.get("asset") == asset and note.get("sweep") == "sending")
+    return ctx.key("sweep", venue, asset, sent)
 
 
 def sweep_ledger(progress, venue: str, asset: str) -> tuple[float, float]:
