@@ -47,7 +47,8 @@ from arb_orchestration.saga.recovery import ClaimSpec, on_step_failure
 # an earlier run of the saga) before leaving the compensation to the recovery sweep.
 HOOK_CLAIM_WAIT_SECONDS = 10.0
 # While it holds the claim, the hook's heartbeat (a daemon thread of the run worker, dying with it)
-# renews the lease every DEFAULT_CLAIM_TTL_SECONDS / 4 (recovery.holding_claim).
+# renews the lease every DEFAULT_CLAIM_TTL_SECONDS / RENEWALS_PER_TTL, i.e. ttl/6 (claim.py;
+# recovery.holding_claim).
 
 # Transient failures (5xx, timeouts, an open breaker) get 3 more tries: ~1 s, 3 s, 7 s apart (±jitter).
 DEFAULT_STEP_RETRY = RetryPolicy(max_retries=3, delay=1.0, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
