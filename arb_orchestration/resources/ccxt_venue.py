@@ -199,6 +199,10 @@ TRANSFER_STATES = ("success", "pending", "failed")
 # mapping comes from GaloyMoney/stablesats-rs (okex-client error.rs), which uses it in production, not from OKX's
 # docs. An answer with no rows means the same.
 OKX_TRANSFER_NOT_FOUND_CODES = frozenset({"58129"})
+# The least time, after an ambiguous send, before "not found" may count as "OKX never got it" and the transfer may be
+# resent. OKX does not document how late a transfer can show in transfer-state: this is a judgement (transfers are
+# described as immediate), kept well above a round trip. The polling window's own delays count towards it.
+TRANSFER_NOT_FOUND_GRACE_SECONDS = 5.0
 _CLIENT_ID_ERROR_CODE = "51000"
 
 
@@ -1669,11 +1673,20 @@ class CcxtVenueClient(VenueClient):
     def _await_transfer_state(self, client_id: str) -> str:
         """After a send with an ambiguous outcome, poll the transfer's state by `client_id` up to `max_attempts`
         times, with the retry delay before each lookup. `success` or `failed` ends the polling at once.
-        `not_found` counts only when the last lookup still finds nothing and no lookup ever saw it `pending`: OKX
-        has then had the whole polling window to record it. Any other outcome is `pending` or `unknown`."""
-        state, seen = "unknown", False
-        for attempt in range(1, self._caller.retry.max_attempts + 1):
-            self._caller.sleep(self._caller.retry.delay(attempt))
+        `not_found` counts only when the last lookup still finds nothing, no lookup ever saw it `pending`, and at
+        least `TRANSFER_NOT_FOUND_GRACE_SECONDS` have passed since the send. If the window was shorter (the
+        delays are jittered), the client waits out the rest and looks once more. Any other outcome is `pending` or
+        `unknown`."""
+        state, seen, waited = "unknown", False, 0.0
+        for attempt in range(1, self._caller.retry.max_attempts + 2):
+            if attempt > self._caller.retry.max_attempts:  # one more look, once the grace has passed
+                if state != "not_found" or seen or waited >= TRANSFER_NOT_FOUND_GRACE_SECONDS:
+                    break
+                delay = TRANSFER_NOT_FOUND_GRACE_SECONDS - waited
+            else:
+                delay = self._caller.retry.delay(attempt)
+            self._caller.sleep(delay)
+            waited += delay
             state, _ = self._transfer_state(client_id)
             if state in ("success", "failed"):
                 return state

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import ccxt
 import pytest
 
-from arb_orchestration.resources.ccxt_venue import transfer_client_id
+from arb_orchestration.resources.ccxt_venue import TRANSFER_NOT_FOUND_GRACE_SECONDS, transfer_client_id
 from arb_orchestration.resources.errors import TransientError
 from arb_orchestration_tests.unit.test_ccxt_withdraw_wallet import (
     ADDRESS,
@@ -155,13 +155,25 @@ def test_a_top_up_okx_reports_failed_is_resent_exactly_once_with_the_same_client
     assert venue.trading == pytest.approx(9_699.0) and venue.wallet == pytest.approx(50.0)
 
 
-def test_a_top_up_okx_never_recorded_is_resent_once_after_the_polling_window():
+def test_a_top_up_okx_never_recorded_is_resent_once_after_the_polling_window_and_the_grace():
     client, venue = _okx()
+    slept: list[float] = []
+    client._caller.sleep = slept.append  # the retry delays are 0 here: the grace is waited out before the last look
     venue.transfer_script = ["timeout_lost"]  # not applied: OKX answers 58129 for its clientId
     _withdraw(client)
     assert [p["clientId"] for p in venue.transfer_posts()] == [TOP_UP, TOP_UP]
-    assert len(venue.state_lookups()) == 3, "not found counts only once the whole window (max_attempts) has passed"
+    assert len(venue.state_lookups()) == 3 + 1, "the whole window (max_attempts lookups), then one after the grace"
+    assert sum(slept) >= TRANSFER_NOT_FOUND_GRACE_SECONDS
     assert client.take_withdrawal_top_up("leg1") == pytest.approx(301.0)
+
+
+def test_a_transfer_that_shows_up_pending_is_never_taken_for_not_found():
+    client, venue = _okx()
+    venue.transfer_script = ["timeout_lost"]
+    venue.state_script = ["not_found", "pending", "not_found"]  # an odd answer sequence: not resent on it
+    with pytest.raises(TransientError, match="outcome still unknown at OKX"):
+        _withdraw(client)
+    assert len(venue.transfer_posts()) == 1 and venue.sent("POST", "/asset/withdrawal") == []
 
 
 def test_a_resend_that_is_not_applied_either_withdraws_nothing_and_sends_no_third_time():
