@@ -248,7 +248,14 @@ class StepContext:
 
 @dataclass
 class CompensationContext:
-    """What a compensation sees: its step's key, recorded result (None if the action never finished)."""
+    """What a compensation sees: its step's key, recorded result (None if the action never finished).
+
+    `progress` is what the *action* `note()`d. A compensation that moves money in several calls records
+    its own progress with `note(**fields)` (durable before it returns, like an action's note) and finds
+    what every earlier attempt of *this compensation* noted in `compensation_progress`, oldest first,
+    across runs and actors: an attempt killed after a transfer and before its result was recorded leaves
+    the transfer in the log, so the next attempt does not send it again.
+    """
 
     saga_id: str
     saga_name: str
@@ -259,9 +266,22 @@ class CompensationContext:
     progress: Sequence[Mapping[str, Any]]
     results: Mapping[str, Mapping[str, Any]]
     log: Any
+    # Earlier attempts' compensation notes for this step (oldest first); empty the first time, and in older logs.
+    compensation_progress: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    # The saga log this compensation's outcome is recorded in. Under a claim it is the recovery actor's fenced
+    # log (recovery._FencedLog): every note first renews the claim, and a lost claim raises `ClaimLostError`
+    # with nothing written.
+    _log: SagaLog | None = field(default=None, repr=False)
 
     def key(self, *parts: object) -> str:
         return derive_key(self.idempotency_key, *parts)
+
+    def note(self, **fields: Any) -> None:
+        """Durably record progress inside this compensation (e.g. a transfer before it is sent, then its
+        outcome). Raises `ClaimLostError` (nothing written) if the actor lost the saga's claim: let it
+        propagate, so nothing is sent after it."""
+        if self._log is not None:
+            self._log.record_compensation_progress(self.saga_id, self.saga_name, self.step, jsonable(fields))
 
 
 @dataclass
@@ -481,12 +501,18 @@ def compensate(
             progress=list(st.progress),
             results=results,
             log=logger,
+            compensation_progress=list(st.compensation_progress),
+            _log=log,
         )
         assert step.compensation is not None
         if before_each is not None:
             before_each(step.name)
         try:
             raw = step.compensation(ctx, **{k: resources[k] for k in step.compensation_resource_keys})
+        except ClaimLostError:
+            # A note found the claim gone (nothing written): another actor owns the saga now. Neither a
+            # failure (it would count towards that actor's escalation) nor a mail: stop here.
+            raise
         except Exception as exc:
             log.record_compensation_failed(saga_id, saga.name, step.name, key=key, error=exc)
             failure = CompensationFailedError(saga.name, saga_id, step.name, cause)

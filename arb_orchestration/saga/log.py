@@ -73,6 +73,10 @@ class SagaLog(abc.ABC):
         return self._record(RecordKind.STEP_COMPENSATED, saga_id, saga_name, step,
                             {"key": key, "details": details})
 
+    def record_compensation_progress(self, saga_id: str, saga_name: str, step: str,
+                                     details: Mapping[str, Any]) -> SagaRecord:
+        return self._record(RecordKind.COMPENSATION_PROGRESS, saga_id, saga_name, step, details)
+
     def record_compensation_failed(self, saga_id: str, saga_name: str, step: str, *, key: str,
                                    error: BaseException) -> SagaRecord:
         return self._record(RecordKind.COMPENSATION_FAILED, saga_id, saga_name, step,

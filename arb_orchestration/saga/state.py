@@ -22,6 +22,9 @@ class RecordKind(str, enum.Enum):
     STEP_FAILED = "step_failed"
     STEP_COMPENSATED = "step_compensated"
     COMPENSATION_FAILED = "compensation_failed"
+    # A compensation's own `note()`: progress inside a compensation (a transfer about to be sent, its
+    # outcome), so the next attempt of that compensation (another actor, another run) does not repeat it.
+    COMPENSATION_PROGRESS = "compensation_progress"
     FORWARD_REQUESTED = "forward_requested"
     ESCALATED = "escalated"
 
@@ -98,6 +101,8 @@ class StepState:
     compensation: dict[str, Any] | None = None
     compensation_failures: int = 0
     last_compensation_error: str | None = None
+    # Every attempt's compensation notes, oldest first (`CompensationContext.note`); empty in older logs.
+    compensation_progress: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -122,8 +127,8 @@ class SagaState:
 
     @property
     def compensation_began(self) -> bool:
-        """Once any compensation ran or failed, the saga only ever goes backward."""
-        return any(s.compensated or s.compensation_failures for s in self.steps.values())
+        """Once any compensation ran, failed or noted progress, the saga only ever goes backward."""
+        return any(s.compensated or s.compensation_failures or s.compensation_progress for s in self.steps.values())
 
     @property
     def forward_attempts(self) -> int:
@@ -178,4 +183,6 @@ class SagaState:
             elif r.kind is RecordKind.COMPENSATION_FAILED:
                 s.compensation_failures += 1
                 s.last_compensation_error = r.data.get("error")
+            elif r.kind is RecordKind.COMPENSATION_PROGRESS:
+                s.compensation_progress.append(dict(r.data))
         return state

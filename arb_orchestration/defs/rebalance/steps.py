@@ -70,6 +70,7 @@ from arb_orchestration.resources.wise import (
     customer_transaction_id_for,
 )
 from arb_orchestration.resources.wise_webhooks import BoardWatch
+from arb_orchestration.saga.claim import ClaimLostError
 
 PLAN = "plan_rebalance"
 PREPARE = "prepare_transfers"
@@ -712,33 +713,59 @@ def _sweep_sources(ctx, exchange, *, stayed: set[int]) -> tuple[list[dict[str, A
     (the run died between the top-up and the note) is not swept (it stays counted in the venue's balance until a
     person moves it). A leg that left took its top-up with it: nothing to sweep for it.
 
+    Every transfer is noted in the saga log as the compensation's own progress (`ctx.note`: `sending` before it
+    is requested, `moved` / `not_moved` once known, the notes `sweep_ledger` reads), and each venue/asset is
+    bounded by its top-ups less what earlier attempts of this compensation moved or may have moved
+    (`ctx.compensation_progress`). So a compensation killed after its sweep and before its result was recorded
+    moves nothing more when it runs again (another actor, another run): what it would move the second time is
+    the operator's own money. A transfer whose outcome stayed unknown counts as moved and is never resent.
+
     Best effort, and the only thing here that is: the money is not lost if this fails (the venue's balances count the
     withdrawal wallet), while a failed compensation would leave the pivot's
-    outcome "unknown" and block every rebalance for the in-flight lookback. What moved is recorded under `swept`
-    (with `unconfirmed` when a transfer's outcome stayed unknown: counted, not resent); a failure is logged at ERROR
-    and recorded under `sweep_failed`. A compensation cannot note progress in the saga log, so a compensation
-    killed after its sweep and before its record would, run again, sweep up to the bound once more.
+    outcome "unknown" and block every rebalance for the in-flight lookback. What moved, over every attempt, is
+    recorded under `swept` (with `unconfirmed` when a transfer's outcome stayed unknown: counted, not resent); a
+    failure is logged at ERROR and recorded under `sweep_failed`. A lost claim (`ClaimLostError` from a note) is
+    not a failure of the sweep: it stops the compensation before anything more is sent.
     """
     bounds: dict[tuple[str, str], float] = {}
     for index, (venue, asset, amount) in top_ups_recorded(ctx.progress).items():
         if index in stayed:
             bounds[(venue, asset)] = bounds.get((venue, asset), 0.0) + amount
+    earlier = [dict(n) for n in (getattr(ctx, "compensation_progress", None) or []) if "sweep" in n]
     swept: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     for (venue, asset), bound in sorted(bounds.items()):
-        events: list[tuple[str, float]] = []
-        try:
-            moved = float(exchange.venue(venue).sweep_to_trading(
-                asset, at_most=bound, on_transfer=lambda event, amount: events.append((event, float(amount)))))
-        except Exception as exc:  # noqa: BLE001 - recorded and logged: see the docstring
-            failed.append({"venue": venue, "asset": asset, "top_up": bound, "error": f"{type(exc).__name__}: {exc}"})
-            ctx.log.error(f"could not move the {format_amount(asset, bound)} {asset} top-up left in {venue}'s "
-                          f"withdrawal wallet back into its trading account ({type(exc).__name__}: {exc}); it stays "
-                          f"counted in {venue}'s balance until a person moves it")
-            continue
-        unknown = _unknown_outcome(events)
+        seen: list[dict[str, Any]] = []
+
+        def record(event: str, amount: float, venue=venue, asset=asset, seen=seen) -> None:
+            note = {"venue": venue, "asset": asset, "sweep": event, "amount": float(amount)}
+            ctx.note(**note)  # durable before the transfer is sent (`sending`); raises if the claim is lost
+            seen.append(note)
+
+        moved, unknown = sweep_ledger(earlier, venue, asset)
+        remaining = round(bound - moved - unknown, 12)
+        if remaining > 1e-9:
+            client = exchange.venue(venue)
+            extra = {}
+            if getattr(client, "internal_transfer_ids", False):
+                # OKX: deterministic clientIds, never reused by a later attempt (its notes count the transfers sent).
+                extra["transfer_key"] = sweep_transfer_key(ctx, earlier, venue, asset)
+            try:
+                returned = float(client.sweep_to_trading(asset, at_most=remaining, on_transfer=record, **extra))
+                reported = sum(n["amount"] for n in seen if n["sweep"] == "moved")
+                if returned > reported + 1e-9:  # a client that moved without saying so: counted against the bound
+                    record("moved_unreported", returned - reported)
+            except ClaimLostError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded and logged: see the docstring
+                failed.append({"venue": venue, "asset": asset, "top_up": bound,
+                               "error": f"{type(exc).__name__}: {exc}"})
+                ctx.log.error(f"could not move the {format_amount(asset, remaining)} {asset} top-up left in {venue}'s "
+                              f"withdrawal wallet back into its trading account ({type(exc).__name__}: {exc}); it "
+                              f"stays counted in {venue}'s balance until a person moves it")
+            moved, unknown = sweep_ledger([*earlier, *seen], venue, asset)
         if moved > 0 or unknown > 0:
-            entry = {"venue": venue, "asset": asset, "moved": moved}
+            entry: dict[str, Any] = {"venue": venue, "asset": asset, "moved": moved}
             if unknown > 0:
                 entry["unconfirmed"] = unknown
                 ctx.log.warning(f"{venue}: a transfer of {format_amount(asset, unknown)} {asset} back into the trading "
