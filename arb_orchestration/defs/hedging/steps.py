@@ -280,6 +280,22 @@ def _report_fills(hedge_journal, step: str, fills: list[dict], failed: str | Non
 # How venues say "a reduce-only order would not reduce anything" (see unwind_hedge_orders).
 REDUCE_ONLY_REFUSALS = frozenset({"reduce_only_would_increase", "reduce_only_rejected"})
 
+# The compensation's own notes (ctx.note / ctx.compensation_progress), one ledger per unwind order, keyed by its
+# client order id. `sending` is written before the order is sent; an outcome after it.
+UNWIND_SENDING = "sending"
+UNWIND_PLACED = "placed"            # the venue acknowledged the order (its id); the fill is read back next
+UNWIND_FILLED = "filled"            # the venue has the order: its id and filled amount (found after a kill, too)
+UNWIND_ALREADY_CLOSED = "already_closed"  # refused as reduce-only while a fresh read showed nothing left: not placed
+UNWIND_REFUSED = "refused"          # any other refusal (a business error: nothing applied); the compensation failed
+UNWIND_OUTCOMES = frozenset({UNWIND_PLACED, UNWIND_FILLED, UNWIND_ALREADY_CLOSED, UNWIND_REFUSED})
+
+
+class UnwindOutcomeUnknown(Exception):
+    """An earlier attempt sent an unwind order and died before its outcome was recorded, and the venue no longer
+    finds it (by client order id, nor in its order history where it has one). It is NOT sent again: if it
+    filled, a second one would close part of a position this hedge did not open. The compensation fails (mailed,
+    retried by the sweep, escalated after its attempts) until a person has checked the venue."""
+
 
 def _exposure_left(venue: Any, leg: dict) -> float:
     """Size still open on the side `leg` opened (a buy opens long, a sell short), from a fresh read."""
@@ -287,17 +303,116 @@ def _exposure_left(venue: Any, leg: dict) -> float:
     return sum(p.size for p in venue.fetch_positions() if p.symbol == leg["symbol"] and p.side == side)
 
 
+def unwind_ledger(notes: Any) -> dict[str, dict[str, Any]]:
+    """Per unwind client order id: its `sending` note and its last outcome note (None while unknown).
+
+    Reads the compensation's notes from every earlier attempt (oldest first). An outcome after the last
+    `sending` settles it; a `refused` one means nothing was placed, so a later attempt may send again (and
+    notes `sending` again first).
+    """
+    ledger: dict[str, dict[str, Any]] = {}
+    for note in notes or []:
+        event, ucid = note.get("unwind"), note.get("client_order_id")
+        if not ucid or event is None:
+            continue
+        entry = ledger.setdefault(str(ucid), {"sending": None, "outcome": None})
+        if event == UNWIND_SENDING:
+            entry["sending"], entry["outcome"] = dict(note), None
+        elif event in UNWIND_OUTCOMES:
+            entry["outcome"] = dict(note)
+    return ledger
+
+
+def _find_unwind_order(venue: Any, ucid: str, symbol: str) -> tuple[Order | None, str]:
+    """The unwind order an earlier attempt sent, by its client order id, then in the venue's order history
+    (if the client offers one: `fetch_orders(symbol)`); with how it was looked for."""
+    found = venue.fetch_order_by_client_id(ucid, symbol)
+    if found is not None:
+        return found, "by client order id"
+    history = getattr(venue, "fetch_orders", None)
+    if not callable(history):
+        return None, "by client order id (not found); no order history on this venue client"
+    for order in history(symbol):
+        if order.client_order_id == ucid:
+            return order, "in the order history"
+    return None, "by client order id and in the order history (not found in either)"
+
+
+def _unwind_row(leg: dict, ucid: str, order_id: Any, side: Any, filled: Any, average: Any, **extra: Any) -> dict:
+    return {"leg": leg["leg"], "venue": leg["venue"], "symbol": leg["symbol"], "side": side, "amount": filled,
+            "average": average, "order_id": order_id, "client_order_id": ucid, **extra}
+
+
 def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) -> dict:
     """Undo the step: unwind each filled opening leg (newest first) with a reduce-only order the other way.
 
     Works from the recorded plan and looks every leg up by its client order id,
     so it is right whether the step finished, failed mid-way or never ran.
+
+    Every unwind order is noted before it is sent (`sending`: client order id, venue, symbol, side, amount) and
+    its outcome after (`filled` with order id and amount; `already_closed`; `refused`). A rerun of this
+    compensation (its actor died, recovery compensates again) never sends an unwind twice, even on a venue that
+    forgot the client order id or with the client's lookup off: an unwind with a recorded outcome is reported
+    from the notes without any request; one noted as `sending` with no outcome is looked up (by client order id,
+    then in the order history); if the venue cannot say, it is not resent and the compensation fails naming it
+    (`UnwindOutcomeUnknown`). The other legs are still unwound first.
     """
     plan = ctx.results.get(PLAN) or {}
-    unwound, kept, untouched = [], [], []
+    ledger = unwind_ledger(ctx.compensation_progress)
+    unwound, kept, untouched, unknown = [], [], [], []
     for leg in reversed(plan.get("legs", [])):
-        cid = leg_client_order_id(ctx.idempotency_key, leg)
+        ucid = unwind_client_order_id(ctx.idempotency_key, leg)
+        earlier = ledger.get(ucid)
+        outcome = earlier["outcome"] if earlier else None
+        if outcome is not None and outcome["unwind"] == UNWIND_FILLED:
+            unwound.append(_unwind_row(leg, ucid, outcome.get("order_id"), outcome.get("side"), outcome.get("filled"),
+                                       outcome.get("average"), earlier_attempt=True))
+            continue
+        if outcome is not None and outcome["unwind"] == UNWIND_ALREADY_CLOSED:
+            untouched.append({"leg": leg["leg"], "why": outcome.get("why", "position already closed"),
+                              "earlier_attempt": True})
+            continue
         venue = exchange.venue(leg["venue"])
+        if earlier is not None and earlier["sending"] is not None and outcome is not None \
+                and outcome["unwind"] == UNWIND_PLACED:
+            # Acknowledged, but the attempt ended before its fill was read back: read it now, never resend.
+            found, how = _find_unwind_order(venue, ucid, leg["symbol"])
+            if found is None:
+                ctx.log.warning(f"unwind of {describe_leg(leg)}: order {outcome.get('order_id')} ({ucid}) was "
+                                f"acknowledged by {leg['venue']} but is no longer found ({how}); reported as "
+                                "acknowledged, not sent again")
+                unwound.append(_unwind_row(leg, ucid, outcome.get("order_id"), outcome.get("side"),
+                                           outcome.get("filled"), outcome.get("average"), earlier_attempt=True,
+                                           status=f"acknowledged ({outcome.get('status')}); fill not read back"))
+                continue
+            ctx.note(unwind=UNWIND_FILLED, leg=leg["leg"], client_order_id=ucid, venue=leg["venue"],
+                     symbol=leg["symbol"], side=found.side, order_id=found.id, filled=found.filled,
+                     average=found.average, status=found.status, resolved=how)
+            unwound.append(_unwind_row(leg, ucid, found.id, found.side, found.filled, found.average,
+                                       earlier_attempt=True, status=found.status))
+            continue
+        if earlier is not None and earlier["sending"] is not None and outcome is None:
+            # Sent by an attempt that died before its outcome was recorded: resolve it, never resend it.
+            sent = earlier["sending"]
+            found, how = _find_unwind_order(venue, ucid, leg["symbol"])
+            if found is None:
+                message = (f"unwind of {describe_leg(leg)}: order {ucid} ({sent.get('side')} {sent.get('amount')} "
+                           f"{leg['symbol']} reduce-only on {leg['venue']}) was sent by an earlier attempt whose "
+                           f"outcome was never recorded, and {leg['venue']} cannot say what became of it (looked "
+                           f"up {how}). NOT sent again: if it filled, a second one would close a position this "
+                           f"hedge did not open. Check {leg['venue']} for client order id {ucid}")
+                ctx.log.error(message)
+                unknown.append(message)
+                continue
+            ctx.note(unwind=UNWIND_FILLED, leg=leg["leg"], client_order_id=ucid, venue=leg["venue"],
+                     symbol=leg["symbol"], side=found.side, order_id=found.id, filled=found.filled,
+                     average=found.average, status=found.status, resolved=how)
+            ctx.log.warning(f"unwind of {describe_leg(leg)} sent by an earlier attempt found {how}: {found.side} "
+                            f"{found.filled:g} ({found.id}, {found.status}); not sent again")
+            unwound.append(_unwind_row(leg, ucid, found.id, found.side, found.filled, found.average,
+                                       earlier_attempt=True, status=found.status))
+            continue
+        cid = leg_client_order_id(ctx.idempotency_key, leg)
         order = venue.fetch_order_by_client_id(cid, leg["symbol"])
         if order is None or not order.filled > 0:
             untouched.append({"leg": leg["leg"], "why": "never placed" if order is None else f"{order.status}, nothing filled"})
@@ -305,26 +420,41 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
         if leg["reduce_only"]:
             kept.append({"leg": leg["leg"], "filled": order.filled, "why": "reduce-only: it only took exposure off"})
             continue
-        ucid = unwind_client_order_id(ctx.idempotency_key, leg)
+        side, amount = opposite(leg["side"]), order.filled
+        ctx.note(unwind=UNWIND_SENDING, leg=leg["leg"], client_order_id=ucid, venue=leg["venue"],
+                 symbol=leg["symbol"], side=side, amount=amount)  # durable before the order exists
         try:
-            undo = venue.create_order(
-                leg["symbol"], "market", opposite(leg["side"]), order.filled, client_order_id=ucid, reduce_only=True
-            )
+            undo = venue.create_order(leg["symbol"], "market", side, amount, client_order_id=ucid, reduce_only=True)
         except BusinessError as exc:
             # The venue refused the reduce-only order. Believe "already closed" (a stop fired, someone
             # closed it) only when a fresh read shows nothing left on the side the leg opened: venues
             # word this refusal differently (the simulator: reduce_only_would_increase; Binance -2022
             # through ccxt: reduce_only_rejected), and any other refusal must stay loud.
             if exc.code not in REDUCE_ONLY_REFUSALS or _exposure_left(venue, leg) > 0:
+                ctx.note(unwind=UNWIND_REFUSED, leg=leg["leg"], client_order_id=ucid, code=exc.code,
+                         error=f"{type(exc).__name__}: {exc}")
                 raise
-            untouched.append({"leg": leg["leg"], "why": f"position already closed ({exc})"})
+            why = f"position already closed ({exc})"
+            ctx.note(unwind=UNWIND_ALREADY_CLOSED, leg=leg["leg"], client_order_id=ucid, why=why)
+            untouched.append({"leg": leg["leg"], "why": why})
             continue
+        # Any other error (ambiguous, transient after retries) leaves the `sending` note without an outcome:
+        # the next attempt looks the order up and never resends it blindly.
+        ctx.note(unwind=UNWIND_PLACED, leg=leg["leg"], client_order_id=ucid, venue=leg["venue"],
+                 symbol=leg["symbol"], side=undo.side, order_id=undo.id, filled=undo.filled, average=undo.average,
+                 status=undo.status)
         undo = _verify(venue, ucid, leg["symbol"], undo)
+        ctx.note(unwind=UNWIND_FILLED, leg=leg["leg"], client_order_id=ucid, venue=leg["venue"], symbol=leg["symbol"],
+                 side=undo.side, order_id=undo.id, filled=undo.filled, average=undo.average, status=undo.status)
         ctx.log.warning(
             f"unwound {describe_leg(leg)}: {undo.side} {undo.filled:g} reduce-only @ {undo.average} ({undo.id}, {ucid})"
         )
-        unwound.append({"leg": leg["leg"], "venue": leg["venue"], "symbol": leg["symbol"], "side": undo.side,
-                        "amount": undo.filled, "average": undo.average, "order_id": undo.id, "client_order_id": ucid})
+        unwound.append(_unwind_row(leg, ucid, undo.id, undo.side, undo.filled, undo.average))
+    if unknown:
+        raise UnwindOutcomeUnknown(
+            f"{len(unknown)} unwind order(s) with an unknown outcome, not resent (the other legs were worked: "
+            f"{len(unwound)} unwound, {len(kept)} kept, {len(untouched)} untouched): " + " | ".join(unknown)
+        )
     return {"unwound": unwound, "kept": kept, "untouched": untouched}
 
 
