@@ -206,6 +206,14 @@ TRANSFER_NOT_FOUND_GRACE_SECONDS = 5.0
 _CLIENT_ID_ERROR_CODE = "51000"
 
 
+# `on_top_up(event, amount, transfer_id, wallet_before)` of `withdraw` (see `VenueClient.reports_withdrawal_top_ups`).
+TopUpReport = Callable[[str, float, str, "float | None"], None]
+
+
+def _no_report(_event: str, _amount: float, _transfer_id: str, _wallet_before: float | None) -> None:
+    return None
+
+
 def transfer_client_id(purpose: str, *parts: object) -> str:
     """The clientId of one internal transfer: `purpose` (two letters: `tu` a withdrawal's top-up, `sw` a sweep)
     followed by the first 30 hex digits of SHA-256 over the parts joined by `|`. That is 32 letters and digits,
@@ -557,10 +565,11 @@ class CcxtVenueClient(VenueClient):
         # withdrawal key -> everything this client's top-ups (or the caller's record, `restore_withdrawal_top_up`)
         # moved into the withdrawal wallet for it, never taken: a retry of the same withdrawal tops up only the rest.
         self._topped_up: dict[str, float] = {}
-        # withdrawal key -> (amount, the wallet's free balance before) of a top-up transfer whose outcome stayed
-        # unknown: it counts against the withdrawal's bound and is never resent; a retry looks for it again (by
-        # the wallet's balance, or on OKX by its clientId, in which case the balance before is not used).
-        self._top_up_unknown: dict[str, tuple[float, float]] = {}
+        # withdrawal key -> (amount, the wallet's free balance before, transfer id) of a top-up transfer whose
+        # outcome stayed unknown, here or in an earlier process (`restore_pending_top_up`; its balance before may be
+        # None then): it counts against the withdrawal's bound and is never resent blindly; a retry looks for it
+        # again (by the wallet's balance, or on OKX by its clientId, in which case the balance before is not used).
+        self._top_up_unknown: dict[str, tuple[float, float | None, str]] = {}
         self._top_ups_lock = threading.Lock()
         # (mode, why, monotonic time read) of the last position-mode read; see position_mode()
         self._position_mode: tuple[str, str, float] | None = None
@@ -1398,7 +1407,9 @@ class CcxtVenueClient(VenueClient):
         network: str,
         idempotency_key: str,
         tag: str | None = None,
+        on_top_up: TopUpReport | None = None,
     ) -> Withdrawal:
+        """See `VenueClient.withdraw`; `on_top_up` reports each top-up transfer (`reports_withdrawal_top_ups`)."""
         require_withdrawal_key(idempotency_key)
         self._refuse_if_read_only(f"withdraw {idempotency_key}")
         if self.config.withdraw_allowlist and address not in self.config.withdraw_allowlist:
@@ -1415,10 +1426,16 @@ class CcxtVenueClient(VenueClient):
                 code="withdrawal_not_idempotent")
         with self._withdraw_lock:
             return self._withdraw_once(asset, amount, address=address, network=network, idempotency_key=idempotency_key,
-                                       tag=tag)
+                                       tag=tag, report=on_top_up or _no_report)
+
+    @property
+    def reports_withdrawal_top_ups(self) -> bool:
+        """Whether `withdraw` tops up a wallet apart from the trading account and reports it through `on_top_up`
+        (see `VenueClient.reports_withdrawal_top_ups`): Binance and OKX unless `withdraw_from_account` is none."""
+        return self.withdraw_from_account != WITHDRAW_FROM_NONE
 
     def _withdraw_once(self, asset: str, amount: float, *, address: str, network: str, idempotency_key: str,
-                       tag: str | None) -> Withdrawal:
+                       tag: str | None, report: TopUpReport) -> Withdrawal:
         param = WITHDRAW_CLIENT_ID_PARAMS[self.config.exchange_id]
         # Money leaves here: look first, every time (a relaunched saga sends the same key).
         found = self._call(lambda ex: self._lookup_withdrawal(idempotency_key), what=f"lookup withdrawal {idempotency_key}")
@@ -1432,15 +1449,15 @@ class CcxtVenueClient(VenueClient):
         params: dict[str, Any] = {"network": network, param: idempotency_key}
         if tag:
             params["tag"] = tag
-        return self._top_up_and_send(asset, amount, address, network, idempotency_key, requested, fee, params)
+        return self._top_up_and_send(asset, amount, address, network, idempotency_key, requested, fee, params, report)
 
     def _top_up_and_send(self, asset: str, amount: float, address: str, network: str, idempotency_key: str,
-                         requested: float, fee: float, params: dict[str, Any]) -> Withdrawal:
+                         requested: float, fee: float, params: dict[str, Any], report: TopUpReport) -> Withdrawal:
         moved = 0.0
         if self.withdraw_from_account != WITHDRAW_FROM_NONE:
             # The exchange pays from its withdrawal wallet, not from the trading account: it must hold what leaves.
             leaves = requested if self.withdrawal_fee_mode == "deducted" else requested + self._fee_on_top(asset, network, requested)
-            moved = self._top_up_withdrawal_wallet(asset, leaves, idempotency_key)
+            moved = self._top_up_withdrawal_wallet(asset, leaves, idempotency_key, report)
             if self._family == "binance":
                 params["walletType"] = BINANCE_WALLET_TYPES[self.withdraw_from_account]
 
@@ -1508,7 +1525,8 @@ class CcxtVenueClient(VenueClient):
         held = wallet.get(asset)
         return held.free if held is not None else 0.0
 
-    def _top_up_withdrawal_wallet(self, asset: str, leaves: float, idempotency_key: str) -> float:
+    def _top_up_withdrawal_wallet(self, asset: str, leaves: float, idempotency_key: str,
+                                  report: TopUpReport | None = None) -> float:
         """Move `leaves` (all that will leave the withdrawal wallet for this withdrawal) from the trading account
         into the withdrawal wallet, less what earlier attempts of the same withdrawal already moved there; returns
         what was moved now.
@@ -1529,14 +1547,25 @@ class CcxtVenueClient(VenueClient):
         withdrawal pays, even when the exchange applied it and shows it late. Nothing is withdrawn then
         (`TransientError`): sending would pay from whatever the wallet holds, an operator's money included. A
         retry of the same withdrawal on this client looks for the unknown transfer again and sends once it shows.
+
+        Every transfer is reported through `report(event, amount, transfer_id, wallet_before)` (see
+        `VenueClient.reports_withdrawal_top_ups`): `sending` before it is requested, `moved` / `not_moved` once
+        known. Binance's transfers carry no id: `transfer_id` is the label `_top_up_client_id` (never sent). A
+        top-up an earlier process left unknown (`restore_pending_top_up`) is looked for the same way, against the
+        wallet's balance that process read before sending it (without one: against this key's confirmed top-ups,
+        all the saga knows to be in the wallet for it); seen there, it counts, and is reported `moved`.
         """
+        report = report or _no_report
         if self.internal_transfer_ids:
-            return self._top_up_by_client_id(asset, leaves, idempotency_key)
+            return self._top_up_by_client_id(asset, leaves, idempotency_key, report)
         source, target = TRADING_ACCOUNTS[self.config.exchange_id], self.withdraw_from_account
         with self._top_ups_lock:
             unknown = self._top_up_unknown.get(idempotency_key)
+            confirmed = self._topped_up.get(idempotency_key, 0.0)
         if unknown is not None:
-            amount, before = unknown
+            amount, before, transfer_id = unknown
+            if before is None:  # restored without the balance before it: what the saga knows it put there
+                before = confirmed
             if self._withdrawal_wallet_free(asset) + 1e-9 < before + amount:
                 raise TransientError(
                     f"{self.name}: a {format(amount, '.8g')} {asset} top-up {source}->{target} for withdrawal "
@@ -1545,6 +1574,7 @@ class CcxtVenueClient(VenueClient):
             with self._top_ups_lock:
                 self._top_up_unknown.pop(idempotency_key, None)
             self._confirm_top_up(idempotency_key, amount)
+            report("moved", amount, transfer_id, None)
             log.info("venue %s: the %s %s top-up for withdrawal %s with an unknown outcome has arrived in %s",
                      self.name, format(amount, ".8g"), asset, idempotency_key, target)
         with self._top_ups_lock:
@@ -1553,7 +1583,9 @@ class CcxtVenueClient(VenueClient):
         if amount <= 0:
             return 0.0
         before = self._withdrawal_wallet_free(asset)
+        transfer_id = self._top_up_client_id(idempotency_key, already)
         what = f"transfer {format(amount, '.8g')} {asset} {source}->{target} for withdrawal {idempotency_key}"
+        report("sending", amount, transfer_id, before)  # before the request: a crash after it leaves the record
         try:
             self._call(lambda ex: ex.transfer(asset, amount, source, target), what=what, mutating=True)
         except AmbiguousOutcomeError as exc:
@@ -1561,11 +1593,15 @@ class CcxtVenueClient(VenueClient):
                         self.name, what, exc, target)
             if not self._await_arriving(asset, before=before, amount=amount):
                 with self._top_ups_lock:
-                    self._top_up_unknown[idempotency_key] = (amount, before)
+                    self._top_up_unknown[idempotency_key] = (amount, before, transfer_id)
                 raise TransientError(
                     f"{self.name}: {what}: outcome unknown and not seen in the {target} wallet; not resent, nothing "
                     "withdrawn (a retry of this withdrawal looks for it again)") from exc
+        except ExternalServiceError:  # not ambiguous: refused, or known not to have been applied
+            report("not_moved", amount, transfer_id, None)
+            raise
         self._confirm_top_up(idempotency_key, amount)
+        report("moved", amount, transfer_id, None)
         log.info("venue %s: moved %s %s %s -> %s for withdrawal %s", self.name, format(amount, ".8g"), asset,
                  source, target, idempotency_key)
         return amount
@@ -1577,7 +1613,7 @@ class CcxtVenueClient(VenueClient):
         and looks up the same transfer; after a confirmed top-up the next one of the same key gets a new id."""
         return transfer_client_id("tu", "top-up", idempotency_key, format(already, ".8f"))
 
-    def _top_up_by_client_id(self, asset: str, leaves: float, idempotency_key: str) -> float:
+    def _top_up_by_client_id(self, asset: str, leaves: float, idempotency_key: str, report: TopUpReport) -> float:
         """`_top_up_withdrawal_wallet` for exchanges whose transfers carry a clientId (OKX).
 
         After an ambiguous send, see `_transfer_by_client_id`. If OKX reports `success` the top-up is counted. If it
@@ -1588,25 +1624,29 @@ class CcxtVenueClient(VenueClient):
         reports. If it reports `failed` or not found, it is sent with the same clientId. If it is still
         `pending`, or the lookup fails, nothing is sent. Without an unknown outcome on this client nothing is
         looked up before a send, so an OKX withdrawal's requests are the same as before. A retry in another process
-        therefore sends the same clientId again (the id is deterministic). Whether OKX refuses that as a duplicate
-        is not documented (§ 5c).
+        is told of an unknown top-up by the caller's record (`restore_pending_top_up`, with its clientId) and
+        resolves it the same way; without that record it would send the same clientId again (the id is
+        deterministic), and whether OKX refuses that as a duplicate is not documented (§ 5c). Each transfer is
+        reported through `report` (see `_top_up_withdrawal_wallet`), with its clientId.
         """
         source, target = TRADING_ACCOUNTS[self.config.exchange_id], self.withdraw_from_account
         moved = 0.0
         for _ in range(3):  # a found transfer may cover only part of what leaves: at most one more is sent
             with self._top_ups_lock:
                 already = self._topped_up.get(idempotency_key, 0.0)
-                had_unknown = self._top_up_unknown.pop(idempotency_key, None) is not None
+                unknown = self._top_up_unknown.pop(idempotency_key, None)
             amount = self._round_up_to_currency(asset, leaves - already)
             if amount <= 0:
                 return moved
-            client_id = self._top_up_client_id(idempotency_key, already)
+            # An unknown top-up keeps the id it was sent with (an earlier process's, from the caller's record).
+            client_id = unknown[2] if unknown is not None else self._top_up_client_id(idempotency_key, already)
             what = (f"transfer {format(amount, '.8g')} {asset} {source}->{target} for withdrawal {idempotency_key} "
                     f"(clientId {client_id})")
-            state, found_amount = self._transfer_state(client_id) if had_unknown else ("not_found", None)
+            state, found_amount = self._transfer_state(client_id) if unknown is not None else ("not_found", None)
             if state == "success":
-                counted = found_amount if found_amount is not None else amount
+                counted = found_amount if found_amount is not None else unknown[0]
                 self._confirm_top_up(idempotency_key, counted)
+                report("moved", counted, client_id, None)
                 moved += counted
                 log.info("venue %s: %s: the earlier attempt with an unknown outcome was made (OKX: success, %s %s); "
                          "counted, not sent",
@@ -1616,17 +1656,28 @@ class CcxtVenueClient(VenueClient):
             before = self._withdrawal_wallet_free(asset)
             if state in ("pending", "unknown"):
                 with self._top_ups_lock:
-                    self._top_up_unknown[idempotency_key] = (amount, before)
+                    self._top_up_unknown[idempotency_key] = unknown
                 raise TransientError(
                     f"{self.name}: {what}: an earlier attempt's transfer is {state} at OKX; not resent, nothing "
                     "withdrawn (a retry of this withdrawal looks it up again)")
-            if self._transfer_by_client_id(asset, amount, source, target, what=what, client_id=client_id) != "moved":
+            report("sending", amount, client_id, before)  # before the request: a crash after it leaves the record
+            try:
+                outcome = self._transfer_by_client_id(asset, amount, source, target, what=what, client_id=client_id)
+            except AmbiguousOutcomeError:  # (resolved inside; kept unknown should one ever come through)
                 with self._top_ups_lock:
-                    self._top_up_unknown[idempotency_key] = (amount, before)
+                    self._top_up_unknown[idempotency_key] = (amount, before, client_id)
+                raise
+            except ExternalServiceError:  # refused, or not applied (after its one resend)
+                report("not_moved", amount, client_id, None)
+                raise
+            if outcome != "moved":
+                with self._top_ups_lock:
+                    self._top_up_unknown[idempotency_key] = (amount, before, client_id)
                 raise TransientError(
                     f"{self.name}: {what}: outcome still unknown at OKX; not resent, nothing withdrawn (a retry of "
                     "this withdrawal looks it up again by its clientId)")
             self._confirm_top_up(idempotency_key, amount)
+            report("moved", amount, client_id, None)
             log.info("venue %s: moved %s %s %s -> %s for withdrawal %s (clientId %s)", self.name,
                      format(amount, ".8g"), asset, source, target, idempotency_key, client_id)
             return moved + amount
@@ -1748,6 +1799,27 @@ class CcxtVenueClient(VenueClient):
                              f"number >= 0, got {amount!r}")
         with self._top_ups_lock:
             self._topped_up[idempotency_key] = max(self._topped_up.get(idempotency_key, 0.0), float(amount))
+
+    def restore_pending_top_up(self, idempotency_key: str, amount: float, transfer_id: str, *,
+                               wallet_before: float | None = None) -> None:
+        """The caller's record of a top-up for withdrawal `idempotency_key` that an earlier attempt reported
+        `sending` and never resolved (see `VenueClient.restore_pending_top_up`). The next `withdraw` of the key
+        resolves it before moving anything: OKX looks `transfer_id` (its clientId) up (`success` counts, `failed` or
+        not found is sent once more with that id, `pending` or a failed lookup sends and withdraws nothing); Binance
+        reads the wallet (holding `wallet_before` + `amount`, it counts; else nothing is sent or withdrawn). This
+        client's own memory of an unknown top-up for the key wins (it is the same transfer, or a later one)."""
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount <= 0:
+            raise ValueError(f"{self.name}: restore_pending_top_up({idempotency_key}): amount must be a finite "
+                             f"number > 0, got {amount!r}")
+        if not isinstance(transfer_id, str) or not transfer_id:
+            raise ValueError(f"{self.name}: restore_pending_top_up({idempotency_key}): transfer_id is required")
+        if wallet_before is not None and (not isinstance(wallet_before, (int, float)) or isinstance(wallet_before, bool)
+                                          or not math.isfinite(wallet_before)):
+            raise ValueError(f"{self.name}: restore_pending_top_up({idempotency_key}): wallet_before must be a "
+                             f"finite number or None, got {wallet_before!r}")
+        before = None if wallet_before is None else float(wallet_before)
+        with self._top_ups_lock:
+            self._top_up_unknown.setdefault(idempotency_key, (float(amount), before, transfer_id))
 
     def take_withdrawal_top_up(self, idempotency_key: str) -> float:
         """What a top-up confirmed moving into the withdrawal wallet for withdrawal `idempotency_key` since the

@@ -153,6 +153,31 @@ class VenueClient(abc.ABC):
         withdrawal then tops up only the rest. Nothing to do for venues with one wallet (the default)."""
         return None
 
+    # Whether `withdraw` takes the keyword `on_top_up` and reports through it every transfer that tops its
+    # withdrawal wallet up, so the caller can note a top-up durably before it is sent:
+    #
+    #     withdraw(..., on_top_up=callback)   callback(event, amount, transfer_id, wallet_before)
+    #
+    # `event` is "sending" before the transfer is requested (with `wallet_before`, the wallet's free balance of the
+    # asset read right before it, else None), then "moved" once it is known to have moved (counted, also by
+    # `take_withdrawal_top_up`) or "not_moved" once it is known not to have been applied. A "sending" with neither
+    # after it has an unknown outcome: nothing is withdrawn meanwhile, and a retry in another process must be told
+    # of it with `restore_pending_top_up`. `transfer_id` names the transfer (OKX: the clientId on the wire; an
+    # exchange whose transfers take no id: a label, unique per transfer of the key). Raising in the callback on
+    # "sending" stops the withdrawal before that transfer is sent. False (the default): `withdraw` takes no such
+    # keyword (one wallet, nothing is topped up), and callers must not pass it.
+    reports_withdrawal_top_ups: bool = False
+
+    def restore_pending_top_up(self, idempotency_key: str, amount: float, transfer_id: str, *,
+                               wallet_before: float | None = None) -> None:
+        """Tell the client of a top-up for withdrawal `idempotency_key` that an earlier attempt (this process or
+        another) reported "sending" and never resolved (see `reports_withdrawal_top_ups`), with the `amount`,
+        `transfer_id` and `wallet_before` it reported. The next `withdraw` of that key resolves it before anything
+        is moved: found moved, it counts (reported "moved") and is not topped up again; found not applied, it is
+        sent once more (with the same id where the exchange takes one); still unknown, nothing is topped up or
+        withdrawn (`TransientError`). Nothing to do for venues with one wallet (the default)."""
+        return None
+
     def health(self) -> dict:
         """Circuit-breaker state and anything else worth showing in metadata."""
         return {}
