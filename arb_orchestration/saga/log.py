@@ -17,6 +17,7 @@ root is `<id>`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Mapping
@@ -114,8 +115,7 @@ class InMemorySagaLog(SagaLog):
             # Strictly increasing timestamps keep replay order equal to write order.
             existing = self._store[record.saga_id]
             if existing and record.timestamp <= existing[-1].timestamp:
-                record = SagaRecord(record.kind, record.saga_id, record.saga_name, record.step,
-                                    record.run_id, record.data, existing[-1].timestamp + 1e-6)
+                record = dataclasses.replace(record, timestamp=existing[-1].timestamp + 1e-6)
             existing.append(record)
             if error is not None:
                 self.errors.append((record, error))
@@ -154,7 +154,7 @@ class InstanceSagaLog(SagaLog):
             error_info = SerializableErrorInfo(describe(error), [], type(error).__name__)
         target = f" step {record.step}" if record.step else ""
         self.instance.report_engine_event(
-            f"saga {record.saga_name} [{record.saga_id}]{target}: {record.kind.value}{_summary(record)}",
+            f"saga {record.saga_name} [{record.saga_id}]{target}: {record.kind_name}{_summary(record)}",
             self.run,
             EngineEventData(
                 metadata={

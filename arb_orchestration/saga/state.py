@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -29,21 +30,69 @@ class RecordKind(str, enum.Enum):
     ESCALATED = "escalated"
 
 
+# ---- forward compatibility: record kinds a reader does not know (docs/sagas.md, "Upgrades") ----------------------
+#
+# A record of a kind this code does not know was written by a newer version. Whether a reader may skip it is
+# decided by its *writer*, the only one that knows what it means, and travels with the record: the JSON key
+# IGNORABLE_KEY set to true says "a reader that does not know this kind decides correctly without it" (pure
+# information: nothing in it changes what may be done next). Without that flag an unknown kind is
+# must-understand: the reader refuses to act on that saga (`SagaLogTooNewError` from `SagaState.from_records`,
+# so from every `SagaLog.load` of it) until it is upgraded; other sagas are not affected. An ignorable one is
+# skipped with a WARNING naming it. Failing closed is the point: skipping a record that meant "compensation
+# began" or "step done" would let an old reader go forward on a saga being rolled back, or redo a step.
+IGNORABLE_KEY = "ignorable_by_older_readers"
+
+# Kinds of this version that an older reader may skip. Every kind so far changes decisions (compensation_progress
+# included: it makes `compensation_began` true and bounds a rerun), so none. A new kind goes here only if a
+# reader without it still decides exactly as it should; then it is written with IGNORABLE_KEY: true.
+IGNORABLE_KINDS: frozenset[RecordKind] = frozenset()
+
+_log = logging.getLogger("arb_orchestration.saga")
+
+
+class SagaLogTooNewError(RuntimeError):
+    """The saga's log holds record kinds from a newer version that older readers must not skip: nothing is
+    decided or done for this saga by this code (upgrade it). Raised per saga; other sagas are unaffected."""
+
+    def __init__(self, saga_id: str, kinds: Iterable[str]):
+        self.saga_id = saga_id
+        self.kinds = tuple(sorted(set(kinds)))
+        super().__init__(
+            f"saga log of [{saga_id}] has record kind(s) {', '.join(self.kinds)} from a newer version that this "
+            "code does not know and must not ignore; upgrade this code location (and every daemon/code server "
+            "that runs saga steps or recovery). Nothing is done for this saga until then; other sagas are "
+            "unaffected."
+        )
+
+
 @dataclass(frozen=True)
 class SagaRecord:
-    """One durable fact about a saga. `data` holds what the step did (ids, amounts, errors)."""
+    """One durable fact about a saga. `data` holds what the step did (ids, amounts, errors).
 
-    kind: RecordKind
+    `kind` is a `RecordKind`, or the raw string of a kind this code does not know (read from a newer version's
+    log; `known` is False), with `ignorable` saying whether its writer allowed older readers to skip it.
+    """
+
+    kind: RecordKind | str
     saga_id: str
     saga_name: str
     step: str | None = None
     run_id: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     timestamp: float = field(default_factory=time.time)
+    ignorable: bool = False
+
+    @property
+    def known(self) -> bool:
+        return isinstance(self.kind, RecordKind)
+
+    @property
+    def kind_name(self) -> str:
+        return self.kind.value if isinstance(self.kind, RecordKind) else str(self.kind)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind.value,
+        raw = {
+            "kind": self.kind_name,
             "saga_id": self.saga_id,
             "saga_name": self.saga_name,
             "step": self.step,
@@ -51,17 +100,26 @@ class SagaRecord:
             "data": jsonable(self.data),
             "timestamp": self.timestamp,
         }
+        if self.ignorable or self.kind in IGNORABLE_KINDS:
+            raw[IGNORABLE_KEY] = True
+        return raw
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> "SagaRecord":
+        """Never raises on an unknown kind (it is kept as a string): `SagaState.from_records` applies the rule."""
+        try:
+            kind: RecordKind | str = RecordKind(raw["kind"])
+        except ValueError:
+            kind = str(raw["kind"])
         return cls(
-            kind=RecordKind(raw["kind"]),
+            kind=kind,
             saga_id=raw["saga_id"],
             saga_name=raw["saga_name"],
             step=raw.get("step"),
             run_id=raw.get("run_id"),
             data=dict(raw.get("data") or {}),
             timestamp=float(raw.get("timestamp") or 0.0),
+            ignorable=raw.get(IGNORABLE_KEY) is True,
         )
 
 
@@ -117,6 +175,8 @@ class SagaState:
     forward_requested_at: dict[str, float] = field(default_factory=dict)  # failed run id -> first request time
     escalated: bool = False
     escalation_reason: str | None = None
+    # Records of kinds this code does not know whose writer marked them ignorable: skipped (WARNING), kept here.
+    ignored_records: list[SagaRecord] = field(default_factory=list)
 
     def step(self, name: str) -> StepState:
         return self.steps.get(name) or StepState(name)
@@ -148,8 +208,22 @@ class SagaState:
 
     @classmethod
     def from_records(cls, saga_id: str, records: Iterable[SagaRecord]) -> "SagaState":
+        """Replay the log. Raises `SagaLogTooNewError` if it holds a kind this code does not know and its writer
+        did not mark ignorable; unknown ignorable kinds are skipped with a WARNING (see IGNORABLE_KEY)."""
         ordered = sorted(records, key=lambda r: r.timestamp)
-        state = cls(saga_id=saga_id, records=ordered)
+        unknown = [r for r in ordered if not r.known]
+        if unknown:
+            must_understand = [r.kind_name for r in unknown if not r.ignorable]
+            if must_understand:
+                raise SagaLogTooNewError(saga_id, must_understand)
+            counts: dict[str, int] = {}
+            for r in unknown:
+                counts[r.kind_name] = counts.get(r.kind_name, 0) + 1
+            _log.warning(f"saga [{saga_id}]: ignoring record kind(s) from a newer version that this code does not "
+                         f"know ({', '.join(f'{k} x{n}' for k, n in sorted(counts.items()))}); their writer marked "
+                         "them safe for older readers to skip")
+            ordered = [r for r in ordered if r.known]
+        state = cls(saga_id=saga_id, records=ordered, ignored_records=unknown)
         for r in ordered:
             state.saga_name = state.saga_name or r.saga_name
             if r.kind is RecordKind.FORWARD_REQUESTED:
