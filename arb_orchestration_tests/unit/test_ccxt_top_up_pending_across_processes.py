@@ -183,3 +183,69 @@ def test_restore_pending_top_up_validates_its_input():
             client.restore_pending_top_up("leg1", bad, TOP_UP)
     with pytest.raises(ValueError):
         client.restore_pending_top_up("leg1", 301.0, "")
+
+
+# ------------------------------------------------------------------------------------------------ through the saga step
+
+
+class _StepContext:
+    """What `_create_withdrawals` uses of the engine's step context: keys, the notes of earlier attempts
+    (`progress`, read at the start of an attempt) and `note` (durable in the engine; a list here)."""
+
+    def __init__(self, notes: list):
+        import logging
+
+        self.notes, self.progress, self.log = notes, list(notes), logging.getLogger("test")
+
+    def key(self, *parts):
+        return "leg1"  # the withdrawal key the recorders above expect
+
+    def note(self, **fields):
+        self.notes.append(fields)
+
+
+def _step(client, notes: list):
+    from arb_orchestration.defs.rebalance.steps import _create_withdrawals
+    from arb_orchestration.domain.rebalance import PlannedTransfer
+
+    leg = PlannedTransfer(index=1, rail="okx->a:USDT:TRC20", kind="withdrawal", from_venue="okx", to_venue="a",
+                          asset="USDT", network="TRC20", amount=301.0, fee=1.0, credited=300.0)
+    exchange = type("Exchange", (), {"venue": lambda self, name: client})()
+    return _create_withdrawals(_StepContext(notes), exchange, [leg], {"1": {"address": ADDRESS}})
+
+
+def test_the_saga_step_notes_a_pending_okx_top_up_and_a_fresh_client_resolves_it_without_a_second_top_up():
+    a, venue = _okx(trading=10_000.0, funding=OPERATOR)
+    venue.transfer_script = ["timeout_after_commit"]
+    venue.state_script = ["pending"] * 3
+    notes: list = []
+    with pytest.raises(TransientError):
+        _step(a, notes)  # process A: the top-up's outcome stays unknown
+    assert notes == [{"top_up_sending": 1, "venue": "okx", "asset": "USDT", "amount": 301.0, "transfer_id": TOP_UP,
+                      "wallet_before": OPERATOR}]
+    b = _client("okx", a._exchange, password="p" * 8)  # process B
+    venue.state_script = ["pending"]
+    with pytest.raises(TransientError, match="pending at OKX"):
+        _step(b, notes)
+    assert len(venue.transfer_posts()) == 1 and venue.sent("POST", "/asset/withdrawal") == []
+    c = _client("okx", a._exchange, password="p" * 8)  # process C: OKX now reports what it applied
+    venue.state_script = []
+    committed = _step(c, notes)
+    assert committed["1"]["idempotency_key"] == "leg1"
+    assert len(venue.transfer_posts()) == 1, "topped up once over three processes"
+    assert len(venue.sent("POST", "/asset/withdrawal")) == 1
+    assert [(n["amount"], n["transfer_id"]) for n in notes if "top_up" in n] == [(301.0, TOP_UP)]
+    assert venue.trading == pytest.approx(10_000.0 - 301.0) and venue.wallet == pytest.approx(OPERATOR)
+
+
+def test_without_the_saga_record_a_fresh_client_would_top_up_again():
+    """The gap this closes, shown on the client alone: B not told of A's pending top-up moves the money twice."""
+    a, venue = _okx(trading=10_000.0, funding=OPERATOR)
+    venue.transfer_script = ["timeout_after_commit"]
+    venue.state_script = ["pending"] * 3
+    with pytest.raises(TransientError):
+        _withdraw(a, [])
+    venue.state_script = []
+    b = _client("okx", a._exchange, password="p" * 8)
+    _withdraw(b, [])  # same clientId resent: this recorder applies it again (OKX's duplicate rule is unknown)
+    assert len(venue.transfer_posts()) == 2 and venue.trading == pytest.approx(10_000.0 - 2 * 301.0)

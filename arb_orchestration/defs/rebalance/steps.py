@@ -565,6 +565,18 @@ def commit_transfers(ctx, exchange, wise, smtp, rebalance_journal) -> dict[str, 
 
 
 def _create_withdrawals(ctx, exchange, withdrawals: list[PlannedTransfer], prepared) -> dict[str, dict[str, Any]]:
+    """Send each withdrawal leg, noting its top-ups (a Binance/OKX venue first moves what leaves from the trading
+    account into its withdrawal wallet) in the saga log as they happen.
+
+    A venue that reports its top-ups (`reports_withdrawal_top_ups`) gets `on_top_up`: each transfer is noted
+    `top_up_sending` before it is sent (amount, transfer id: OKX's clientId, and the wallet's balance before),
+    then `top_up` once it moved or `top_up_not_moved` once it was not applied. On a retry (another process: the
+    client remembers nothing) the venue is told what earlier attempts moved (`restore_withdrawal_top_up`, from
+    the `top_up` notes) and of a top-up whose outcome stayed unknown (`restore_pending_top_up`, a
+    `top_up_sending` with nothing after it): the venue resolves that one before moving anything, and while it
+    cannot, neither tops up again nor withdraws (`TransientError`: retried, then the step fails and the engine
+    escalates). Other venues are called as before; what `take_withdrawal_top_up` reports is noted `top_up`.
+    """
     committed: dict[str, dict[str, Any]] = {}
     for leg in withdrawals:
         key = ctx.key("withdraw", leg.index, leg.rail)
@@ -575,17 +587,34 @@ def _create_withdrawals(ctx, exchange, withdrawals: list[PlannedTransfer], prepa
             # An earlier attempt (maybe in another process) topped the withdrawal wallet up for this key and did
             # not send: the venue moves only the rest, never the same amount twice.
             venue.restore_withdrawal_top_up(key, recorded[2])
+        pending = top_ups_pending(ctx.progress).get(leg.index, [])
+        if len(pending) > 1:  # one top-up at a time per key: never expected; a person must look at the notes
+            raise TransientError(
+                f"leg #{leg.index}: {len(pending)} top-ups at {leg.from_venue} with an unknown outcome ("
+                + ", ".join(str(p["transfer_id"]) for p in pending) + "); nothing topped up or withdrawn")
+        for p in pending:
+            ctx.log.warning(f"leg #{leg.index}: an earlier attempt's {format_amount(leg.asset, p['amount'])} "
+                            f"{leg.asset} top-up at {leg.from_venue} (transfer {p['transfer_id']}) has an unknown "
+                            "outcome; the venue resolves it before moving anything")
+            venue.restore_pending_top_up(key, float(p["amount"]), str(p["transfer_id"]),
+                                         wallet_before=p.get("wallet_before"))
+        reported: list[float] = []
+        extra: dict[str, Any] = {}
+        if getattr(venue, "reports_withdrawal_top_ups", False):
+            extra["on_top_up"] = _top_up_recorder(ctx, leg, reported)
         try:
             w = venue.withdraw(
                 leg.asset, leg.credited, address=target["address"], network=leg.network, idempotency_key=key,
-                tag=target.get("tag"),
+                tag=target.get("tag"), **extra,
             )
         finally:
             # Sent or not: what the venue moved into its withdrawal wallet for this leg is recorded now, the
-            # only bound the compensation may sweep back there (`_sweep_sources`).
+            # only bound the compensation may sweep back there (`_sweep_sources`). A reporting venue's moves are
+            # noted already (`top_up`); anything it confirmed without reporting is noted here.
             topped_up = float(venue.take_withdrawal_top_up(key))
-            if topped_up > 0:
-                ctx.note(top_up=leg.index, venue=leg.from_venue, asset=leg.asset, amount=topped_up)
+            unreported = round(topped_up - sum(reported), 12)
+            if unreported > 1e-9:
+                ctx.note(top_up=leg.index, venue=leg.from_venue, asset=leg.asset, amount=unreported)
         if w.status in ("canceled", "failed"):
             raise BusinessError(f"leg #{leg.index}: withdrawal {w.id} under this saga's key is {w.status}",
                                 code="withdrawal_closed")
@@ -596,6 +625,25 @@ def _create_withdrawals(ctx, exchange, withdrawals: list[PlannedTransfer], prepa
             "committed_at": time.time(),
         }
     return committed
+
+
+def _top_up_recorder(ctx, leg: PlannedTransfer, reported: list[float]):
+    """The `on_top_up` callback of one leg's withdrawal: every event is a durable note before the venue goes on
+    (`sending` before the transfer is requested: a run killed after it leaves the record a retry resolves)."""
+
+    def record(event: str, amount: float, transfer_id: str, wallet_before: float | None = None) -> None:
+        fields = {"venue": leg.from_venue, "asset": leg.asset, "amount": float(amount), "transfer_id": transfer_id}
+        if event == "sending":
+            ctx.note(top_up_sending=leg.index, **fields, wallet_before=wallet_before)
+        elif event == "moved":
+            ctx.note(top_up=leg.index, **fields)
+            reported.append(float(amount))
+        elif event == "not_moved":
+            ctx.note(top_up_not_moved=leg.index, **fields)
+        else:
+            raise ValueError(f"leg #{leg.index}: unknown top-up event {event!r}")
+
+    return record
 
 
 def cancel_uncommitted(ctx, exchange, wise, smtp) -> dict[str, Any]:
@@ -702,6 +750,22 @@ def top_ups_recorded(progress) -> dict[int, tuple[str, str, float]]:
             index = int(note["top_up"])
             _, _, before = out.get(index, (note["venue"], note["asset"], 0.0))
             out[index] = (note["venue"], note["asset"], before + float(note["amount"]))
+    return out
+
+
+def top_ups_pending(progress) -> dict[int, list[dict[str, Any]]]:
+    """leg index -> the `top_up_sending` notes of `commit_transfers` whose transfer nothing resolved afterwards
+    (no `top_up` or `top_up_not_moved` with the same transfer id, and no later `top_up_sending` of it): top-ups
+    whose outcome is unknown, oldest first. A transfer sent again with its id (OKX) counts by its last note."""
+    last: dict[tuple[int, str], tuple[str, Mapping[str, Any]]] = {}
+    for note in progress:
+        for kind in ("top_up_sending", "top_up", "top_up_not_moved"):
+            if kind in note and note.get("transfer_id"):
+                last[(int(note[kind]), str(note["transfer_id"]))] = (kind, note)
+    out: dict[int, list[dict[str, Any]]] = {}
+    for (index, _transfer_id), (kind, note) in last.items():
+        if kind == "top_up_sending":
+            out.setdefault(index, []).append(dict(note))
     return out
 
 
