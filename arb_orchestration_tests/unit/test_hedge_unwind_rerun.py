@@ -10,7 +10,8 @@ a BTC the hedge never opened. Covered:
   rerun records the outcome and completes, no second order;
 * a rerun after a recorded outcome makes no request at all for that leg;
 * a refused unwind (nothing placed) is sent again by the rerun, once;
-* the notes the normal path writes.
+* the notes the normal path writes;
+* an opening leg the venue forgot is unwound from the fill the step noted.
 """
 
 from __future__ import annotations
@@ -222,3 +223,16 @@ def test_the_normal_path_notes_sending_then_the_outcome():
     assert len({n["client_order_id"] for n in notes}) == 1
     order = alpha.orders(client_order_id=notes[0]["client_order_id"])[0]
     assert notes[-1]["order_id"] == order.id and notes[-1]["filled"] == pytest.approx(LEG)
+
+
+def test_a_leg_the_venue_forgot_is_unwound_from_the_fill_the_step_noted():
+    world, log, error = _failed_pair()
+    alpha = world.venue("alpha")
+    [leg_order] = [o for o in alpha.orders() if not o.reduce_only]
+    _forget(world, "alpha", leg_order.client_order_id)  # the compensation runs long after: the id is gone
+
+    assert _compensate(world, log, error).action is Action.COMPENSATED
+
+    assert len(_unwinds(alpha)) == 1 and alpha.position(BTC) == pytest.approx(OWN_SHORT)
+    [row] = log.load("saga-1").step(PLACE).compensation["unwound"]
+    assert row["amount"] == pytest.approx(LEG)

@@ -338,6 +338,20 @@ def _find_unwind_order(venue: Any, ucid: str, symbol: str) -> tuple[Order | None
     return None, "by client order id and in the order history (not found in either)"
 
 
+def _noted_fill(ctx: CompensationContext, leg: dict, cid: str) -> Order | None:
+    """The leg's fill as `place_hedge_orders` noted it (`filled=<leg>`), for a venue that no longer finds the
+    leg by its client order id (Kraken Futures: recent orders only): without it the leg would read as never
+    placed and stay open, unhedged."""
+    note = next((p for p in reversed(list(ctx.progress or [])) if p.get("filled") == leg["leg"]), None)
+    if note is None or not float(note.get("amount") or 0) > 0:
+        return None
+    ctx.log.warning(f"{describe_leg(leg)}: {leg['venue']} no longer finds order {cid}; unwinding the fill the step "
+                    f"noted ({note.get('amount')} as order {note.get('order_id')})")
+    return Order(id=str(note.get("order_id")), client_order_id=cid, venue=leg["venue"], symbol=leg["symbol"],
+                 type="market", side=leg["side"], amount=float(leg["amount"]), filled=float(note["amount"]),
+                 average=note.get("average"), status="closed", reduce_only=bool(leg["reduce_only"]))
+
+
 def _unwind_row(leg: dict, ucid: str, order_id: Any, side: Any, filled: Any, average: Any, **extra: Any) -> dict:
     return {"leg": leg["leg"], "venue": leg["venue"], "symbol": leg["symbol"], "side": side, "amount": filled,
             "average": average, "order_id": order_id, "client_order_id": ucid, **extra}
@@ -414,6 +428,8 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
             continue
         cid = leg_client_order_id(ctx.idempotency_key, leg)
         order = venue.fetch_order_by_client_id(cid, leg["symbol"])
+        if order is None:
+            order = _noted_fill(ctx, leg, cid)  # the venue forgot the leg's id, but the step noted its fill
         if order is None or not order.filled > 0:
             untouched.append({"leg": leg["leg"], "why": "never placed" if order is None else f"{order.status}, nothing filled"})
             continue
