@@ -8,6 +8,8 @@ a BTC the hedge never opened. Covered:
   no order history): the rerun sends nothing, fails loudly naming the order (mail included);
 * the same with the venue still finding the order (by client order id, or only in its order history): the
   rerun records the outcome and completes, no second order;
+* an unwind that never reached the venue (5xx, nothing applied): sent again once when the order history shows
+  the leg but not the unwind; not sent when the history does not reach back to the leg;
 * a rerun after a recorded outcome makes no request at all for that leg;
 * a refused unwind (nothing placed) is sent again by the rerun, once;
 * the notes the normal path writes;
@@ -20,8 +22,9 @@ import pytest
 
 from arb_orchestration.defs.hedging import HEDGE_SAGA, HedgeConfig
 from arb_orchestration.defs.hedging.journal import InMemoryHedgeJournal
+from arb_orchestration.defs.hedging import steps as hedge_steps
 from arb_orchestration.defs.hedging.steps import PLACE, PLAN, HedgeLegRejected, UnwindOutcomeUnknown, unwind_ledger
-from arb_orchestration.resources.errors import BusinessError
+from arb_orchestration.resources.errors import AmbiguousOutcomeError, BusinessError
 from arb_orchestration.saga import (
     Action,
     CompensationFailedError,
@@ -39,6 +42,12 @@ OWN_SHORT = -1.0  # alpha's short before the hedge: not the hedge's to close
 LEG = 2 / 3
 
 
+@pytest.fixture(autouse=True)
+def _no_grace(monkeypatch):
+    """Reruns here come right after the kill; the 5 s wait before judging an order absent is not under test."""
+    monkeypatch.setattr(hedge_steps, "UNWIND_ABSENT_GRACE_SECONDS", 0.0)
+
+
 class Killed(BaseException):
     """The compensating actor dying (SIGKILL): no `except Exception` sees it, nothing more is recorded."""
 
@@ -48,6 +57,14 @@ class HistoryVenue(StateVenue):
 
     def fetch_orders(self, symbol=None):
         return self._call("fetch_orders", lambda: self.state.orders(self.name, "all", symbol), symbol=symbol)
+
+
+class ShortHistoryVenue(StateVenue):
+    """Order history that covers recent orders only (none from before the unwind)."""
+
+    def fetch_orders(self, symbol=None):
+        return self._call("fetch_orders", lambda: [o for o in self.state.orders(self.name, "all", symbol)
+                                                   if o.reduce_only], symbol=symbol)
 
 
 class KillAfterNote(InMemorySagaLog):
@@ -63,7 +80,7 @@ class KillAfterNote(InMemorySagaLog):
             raise Killed()
 
 
-def _failed_pair(history: bool = False):
+def _failed_pair(history: type[StateVenue] | None = None):
     """Leg 0 (alpha, sell 2/3 BTC onto its own 1 BTC short) filled, leg 1 (beta) refused: the step failed."""
     world = World([
         venue_spec("alpha", btc_funding=0.0005, balances={"USDT": 500_000.0, "BTC": 2.0},
@@ -71,8 +88,8 @@ def _failed_pair(history: bool = False):
         venue_spec("beta", btc_funding=0.0004),
         venue_spec("gamma", btc_funding=0.0001),
     ])
-    if history:
-        world.venues["alpha"] = HistoryVenue("alpha", world.state)
+    if history is not None:
+        world.venues["alpha"] = history("alpha", world.state)
     world.venue("beta").fail_on("create_order", BusinessError("insufficient margin", code="insufficient_margin"))
     log = InMemorySagaLog()
     rt = StepRuntime(saga_id="saga-1", log=log, resources={"exchange": world, "hedge_journal": InMemoryHedgeJournal()},
@@ -157,7 +174,7 @@ def test_a_rerun_after_a_kill_finds_the_order_by_its_id_and_records_it_without_r
 
 
 def test_a_rerun_finds_a_forgotten_order_in_the_order_history():
-    world, log, error = _failed_pair(history=True)
+    world, log, error = _failed_pair(history=HistoryVenue)
     ucid = _kill_between_send_and_outcome(world, log, error)
     _forget(world, "alpha", ucid)
     alpha = world.venue("alpha")
@@ -236,3 +253,45 @@ def test_a_leg_the_venue_forgot_is_unwound_from_the_fill_the_step_noted():
     assert len(_unwinds(alpha)) == 1 and alpha.position(BTC) == pytest.approx(OWN_SHORT)
     [row] = log.load("saga-1").step(PLACE).compensation["unwound"]
     assert row["amount"] == pytest.approx(LEG)
+
+
+def _unwind_never_applied(world, log, error) -> str:
+    """Every unwind order fails with an ambiguous 5xx that applied nothing; the compensation fails."""
+    alpha = world.venue("alpha")
+    alpha.fail_on("create_order", AmbiguousOutcomeError("POST /orders: HTTP 503"),
+                  match=lambda kwargs: kwargs.get("reduce_only") is True)
+    with pytest.raises(CompensationFailedError):
+        _compensate(world, log, error)
+    assert alpha.position(BTC) == pytest.approx(OWN_SHORT - LEG) and alpha.orders(reduce_only=True) == []
+    [sending] = log.load("saga-1").step(PLACE).compensation_progress
+    assert sending["unwind"] == "sending"
+    return sending["client_order_id"]
+
+
+def test_an_unwind_the_history_shows_never_arrived_is_sent_again_once():
+    world, log, error = _failed_pair(history=HistoryVenue)
+    ucid = _unwind_never_applied(world, log, error)
+    alpha = world.venue("alpha")
+
+    assert _compensate(world, log, error).action is Action.COMPENSATED
+
+    assert [o.client_order_id for o in alpha.orders(reduce_only=True)] == [ucid]
+    assert alpha.position(BTC) == pytest.approx(OWN_SHORT)
+    notes = log.load("saga-1").step(PLACE).compensation_progress
+    assert [n["unwind"] for n in notes] == ["sending", "not_placed", "sending", "placed", "filled"]
+    assert _compensate(world, log, error).action is Action.NONE and len(alpha.orders(reduce_only=True)) == 1
+
+
+@pytest.mark.parametrize("venue_class", [StateVenue, ShortHistoryVenue])
+def test_an_unwind_that_never_arrived_is_not_resent_without_a_history_reaching_back_to_the_leg(venue_class):
+    world, log, error = _failed_pair(history=venue_class)
+    ucid = _unwind_never_applied(world, log, error)
+    alpha = world.venue("alpha")
+    sends = len(_unwinds(alpha))
+
+    with pytest.raises(CompensationFailedError) as failed:
+        _compensate(world, log, error)
+
+    assert isinstance(failed.value.__cause__, UnwindOutcomeUnknown) and ucid in str(failed.value.__cause__)
+    assert len(_unwinds(alpha)) == sends  # nothing sent: "not found" cannot tell forgotten from never arrived
+    assert alpha.position(BTC) == pytest.approx(OWN_SHORT - LEG)  # the reverse risk: the leg stays open

@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from typing import Any
 
 from dagster import MetadataValue
@@ -287,7 +288,11 @@ UNWIND_PLACED = "placed"            # the venue acknowledged the order (its id);
 UNWIND_FILLED = "filled"            # the venue has the order: its id and filled amount (found after a kill, too)
 UNWIND_ALREADY_CLOSED = "already_closed"  # refused as reduce-only while a fresh read showed nothing left: not placed
 UNWIND_REFUSED = "refused"          # any other refusal (a business error: nothing applied); the compensation failed
-UNWIND_OUTCOMES = frozenset({UNWIND_PLACED, UNWIND_FILLED, UNWIND_ALREADY_CLOSED, UNWIND_REFUSED})
+UNWIND_NOT_PLACED = "not_placed"    # a `sending` shown never to have reached the venue (see _find_unwind_order)
+UNWIND_OUTCOMES = frozenset({UNWIND_PLACED, UNWIND_FILLED, UNWIND_ALREADY_CLOSED, UNWIND_REFUSED, UNWIND_NOT_PLACED})
+# An order sent moments ago may not show in a venue's lookups yet (Bybit's history lags; the ccxt client waits 5 s
+# before calling an OKX transfer absent): an unwind is judged absent only this long after its `sending` note.
+UNWIND_ABSENT_GRACE_SECONDS = 5.0
 
 
 class UnwindOutcomeUnknown(Exception):
@@ -323,19 +328,36 @@ def unwind_ledger(notes: Any) -> dict[str, dict[str, Any]]:
     return ledger
 
 
-def _find_unwind_order(venue: Any, ucid: str, symbol: str) -> tuple[Order | None, str]:
-    """The unwind order an earlier attempt sent, by its client order id, then in the venue's order history
-    (if the client offers one: `fetch_orders(symbol)`); with how it was looked for."""
+def _find_unwind_order(venue: Any, ucid: str, leg_cid: str, symbol: str,
+                       sent_at: float | None = None) -> tuple[Order | None, str, bool]:
+    """The unwind order an earlier attempt sent: (order or None, how it was looked for, absent for sure).
+
+    Looked up by its client order id, then in the venue's order history if the client offers one
+    (`fetch_orders(symbol)`: every order of the venue, the simulator's client). Absent *for sure* only when
+    neither finds it while that history does show the leg's own order, which was sent before the unwind: the
+    history reaches back far enough, so the unwind never reached the venue. A venue that merely forgot the id
+    (Kraken Futures' lookup covers recent orders only) and has no history on its client never proves absence.
+    Looked at no sooner than `UNWIND_ABSENT_GRACE_SECONDS` after the `sending` note (waits the rest).
+    """
+    if sent_at is not None:
+        wait = float(sent_at) + UNWIND_ABSENT_GRACE_SECONDS - time.time()
+        if wait > 0:
+            time.sleep(min(wait, UNWIND_ABSENT_GRACE_SECONDS))
     found = venue.fetch_order_by_client_id(ucid, symbol)
     if found is not None:
-        return found, "by client order id"
+        return found, "by client order id", False
     history = getattr(venue, "fetch_orders", None)
     if not callable(history):
-        return None, "by client order id (not found); no order history on this venue client"
-    for order in history(symbol):
-        if order.client_order_id == ucid:
-            return order, "in the order history"
-    return None, "by client order id and in the order history (not found in either)"
+        return None, "by client order id (not found); this venue client has no order history", False
+    orders = list(history(symbol))
+    found = next((o for o in orders if o.client_order_id == ucid), None)
+    if found is not None:
+        return found, "in the order history", False
+    if any(o.client_order_id == leg_cid for o in orders):
+        return None, ("by client order id and in the order history, which shows the leg's own earlier order but "
+                      "not this one"), True
+    return None, ("by client order id and in the order history (in neither, and the history does not reach "
+                  "back to the leg's own order)"), False
 
 
 def _noted_fill(ctx: CompensationContext, leg: dict, cid: str) -> Order | None:
@@ -368,8 +390,10 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
     compensation (its actor died, recovery compensates again) never sends an unwind twice, even on a venue that
     forgot the client order id or with the client's lookup off: an unwind with a recorded outcome is reported
     from the notes without any request; one noted as `sending` with no outcome is looked up (by client order id,
-    then in the order history); if the venue cannot say, it is not resent and the compensation fails naming it
-    (`UnwindOutcomeUnknown`). The other legs are still unwound first.
+    then in the order history): found, it is recorded; shown absent (`_find_unwind_order`: the history reaches
+    back to the leg's own order and lacks the unwind), it is sent (`not_placed`, then `sending` again);
+    otherwise it is not resent and the compensation fails naming it (`UnwindOutcomeUnknown`), after the other
+    legs were worked.
     """
     plan = ctx.results.get(PLAN) or {}
     ledger = unwind_ledger(ctx.compensation_progress)
@@ -390,7 +414,7 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
         if earlier is not None and earlier["sending"] is not None and outcome is not None \
                 and outcome["unwind"] == UNWIND_PLACED:
             # Acknowledged, but the attempt ended before its fill was read back: read it now, never resend.
-            found, how = _find_unwind_order(venue, ucid, leg["symbol"])
+            found, how, _ = _find_unwind_order(venue, ucid, leg_client_order_id(ctx.idempotency_key, leg), leg["symbol"])
             if found is None:
                 ctx.log.warning(f"unwind of {describe_leg(leg)}: order {outcome.get('order_id')} ({ucid}) was "
                                 f"acknowledged by {leg['venue']} but is no longer found ({how}); reported as "
@@ -406,10 +430,20 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
                                        earlier_attempt=True, status=found.status))
             continue
         if earlier is not None and earlier["sending"] is not None and outcome is None:
-            # Sent by an attempt that died before its outcome was recorded: resolve it, never resend it.
+            # Sent by an attempt that died before its outcome was recorded: resolve it, never resend it blindly.
             sent = earlier["sending"]
-            found, how = _find_unwind_order(venue, ucid, leg["symbol"])
-            if found is None:
+            found, how, absent = _find_unwind_order(venue, ucid, leg_client_order_id(ctx.idempotency_key, leg),
+                                                    leg["symbol"], sent.get("sent_at"))
+            if found is not None:
+                ctx.note(unwind=UNWIND_FILLED, leg=leg["leg"], client_order_id=ucid, venue=leg["venue"],
+                         symbol=leg["symbol"], side=found.side, order_id=found.id, filled=found.filled,
+                         average=found.average, status=found.status, resolved=how)
+                ctx.log.warning(f"unwind of {describe_leg(leg)} sent by an earlier attempt found {how}: {found.side} "
+                                f"{found.filled:g} ({found.id}, {found.status}); not sent again")
+                unwound.append(_unwind_row(leg, ucid, found.id, found.side, found.filled, found.average,
+                                           earlier_attempt=True, status=found.status))
+                continue
+            if not absent:
                 message = (f"unwind of {describe_leg(leg)}: order {ucid} ({sent.get('side')} {sent.get('amount')} "
                            f"{leg['symbol']} reduce-only on {leg['venue']}) was sent by an earlier attempt whose "
                            f"outcome was never recorded, and {leg['venue']} cannot say what became of it (looked "
@@ -418,14 +452,10 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
                 ctx.log.error(message)
                 unknown.append(message)
                 continue
-            ctx.note(unwind=UNWIND_FILLED, leg=leg["leg"], client_order_id=ucid, venue=leg["venue"],
-                     symbol=leg["symbol"], side=found.side, order_id=found.id, filled=found.filled,
-                     average=found.average, status=found.status, resolved=how)
-            ctx.log.warning(f"unwind of {describe_leg(leg)} sent by an earlier attempt found {how}: {found.side} "
-                            f"{found.filled:g} ({found.id}, {found.status}); not sent again")
-            unwound.append(_unwind_row(leg, ucid, found.id, found.side, found.filled, found.average,
-                                       earlier_attempt=True, status=found.status))
-            continue
+            # Shown never to have reached the venue: what follows is its first send (noted `sending` again).
+            ctx.note(unwind=UNWIND_NOT_PLACED, leg=leg["leg"], client_order_id=ucid, resolved=how)
+            ctx.log.warning(f"unwind of {describe_leg(leg)} sent by an earlier attempt never reached "
+                            f"{leg['venue']} (looked up {how}); sending it now")
         cid = leg_client_order_id(ctx.idempotency_key, leg)
         order = venue.fetch_order_by_client_id(cid, leg["symbol"])
         if order is None:
@@ -438,7 +468,7 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
             continue
         side, amount = opposite(leg["side"]), order.filled
         ctx.note(unwind=UNWIND_SENDING, leg=leg["leg"], client_order_id=ucid, venue=leg["venue"],
-                 symbol=leg["symbol"], side=side, amount=amount)  # durable before the order exists
+                 symbol=leg["symbol"], side=side, amount=amount, sent_at=time.time())  # durable before the order exists
         try:
             undo = venue.create_order(leg["symbol"], "market", side, amount, client_order_id=ucid, reduce_only=True)
         except BusinessError as exc:
