@@ -253,8 +253,10 @@ def test_a_recovery_actor_cut_off_from_its_claim_stops_before_another_actor_acts
     log, mail_a, mail_b, logger_a = half_done_saga(), Mailbox(), Mailbox(), ListLogger()
     ttl = 2.0
     at_fence: list[tuple[float, Lease]] = []
+    a_acting = threading.Event()
 
     def cut_off_mid_call() -> None:
+        a_acting.set()
         a_path.down = True  # from here on every renewal of A errors; its compensation call runs on
         try:
             wait_for(lambda: any("SELF-FENCED" in m for m in logger_a.at("error")), timeout=5,
@@ -266,6 +268,9 @@ def test_a_recovery_actor_cut_off_from_its_claim_stops_before_another_actor_acts
     actor_a, box = in_thread(_recover, log, a, "sensor a", venue_a, mail_a, logger_a, ttl)
     outcomes_b = []
     try:
+        # A holds the saga and is inside its compensation call before B starts trying (else B may win
+        # the first acquire on a loaded host and A, not B, is the one turned away).
+        assert a_acting.wait(GATE_TIMEOUT), "A never started compensating"
         deadline = time.monotonic() + 20
         while True:  # B keeps trying all along, as the sweep would
             outcome = _recover(log, b, "sensor b", venue_b, mail_b, ListLogger(), ttl)
