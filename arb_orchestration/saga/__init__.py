@@ -71,7 +71,7 @@ from arb_orchestration.saga.recovery import (
     recover_saga,
 )
 from arb_orchestration.saga.sensors import build_saga_recovery_sensors, recover_run, sweep_failed_sagas
-from arb_orchestration.saga.state import RecordKind, SagaRecord, SagaState, StepState
+from arb_orchestration.saga.state import RecordKind, SagaLogTooNewError, SagaRecord, SagaState, StepState
 
 __all__ = [
     "DEFAULT_STEP_RETRY",
@@ -103,6 +103,7 @@ __all__ = [
     "SagaDefinition",
     "SagaError",
     "SagaLog",
+    "SagaLogTooNewError",
     "SagaRecord",
     "SagaState",
     "SagaStep",

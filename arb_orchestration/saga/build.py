@@ -42,6 +42,7 @@ from arb_orchestration.saga.keys import SAGA_ID_TAG, SAGA_TAG, may_have_history,
 from arb_orchestration.saga.kill_switch import InstanceTradingSwitch
 from arb_orchestration.saga.log import InstanceSagaLog
 from arb_orchestration.saga.recovery import ClaimSpec, on_step_failure
+from arb_orchestration.saga.state import SagaLogTooNewError
 
 # The failure hook waits this long for a saga claimed by someone else (a recovery sensor acting on
 # an earlier run of the saga) before leaving the compensation to the recovery sweep.
@@ -156,6 +157,14 @@ def _step_op(definition: SagaDefinition, step: SagaStep, index: int, default_ret
             ) from exc
         try:
             result = execute_step(definition, step.name, runtime)
+        except SagaLogTooNewError as exc:
+            # Retrying cannot help: only an upgrade of this code can read the saga. Nothing was done or recorded.
+            raise Failure(
+                description=too_new_description(definition.name, exc),
+                metadata={SAGA_ID_TAG: MetadataValue.text(exc.saga_id),
+                          "arb/unknown_record_kinds": MetadataValue.text(", ".join(exc.kinds))},
+                allow_retries=False,
+            ) from exc
         except BusinessError as exc:
             raise Failure(
                 description=f"saga {definition.name} step {step.name}: {exc} (business error: not retried)",
@@ -224,6 +233,23 @@ def _runtime(definition: SagaDefinition, step: SagaStep, context: OpExecutionCon
     )
 
 
+def too_new_description(saga_name: str, exc: SagaLogTooNewError) -> str:
+    return (f"saga {saga_name} [{exc.saga_id}]: its log has record kind(s) {', '.join(exc.kinds)} from a newer "
+            "version that this code does not know and must not ignore; nothing was done or recorded: "
+            "upgrade this code location (and every code location/daemon that runs saga steps or recovery), "
+            "then re-execute or let the recovery sweep handle it (not retried: a retry cannot read it either).")
+
+
+def too_new_cause(error: BaseException | None) -> SagaLogTooNewError | None:
+    """The `SagaLogTooNewError` behind a step's failure (raised as is, or as the cause of its `Failure`)."""
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, SagaLogTooNewError):
+            return error
+        error, seen = error.__cause__, seen + 1
+    return None
+
+
 def alert_from(resources: Any, key: str | None):
     """`send(subject, body)` of the alert resource, or None when the saga has none."""
     if key is None:
@@ -239,6 +265,19 @@ def _failure_hook(definition: SagaDefinition):
         run = context.instance.get_run_by_id(context.run_id)
         assert run is not None
         saga_id = saga_id_of(run, context.instance)
+        too_new = too_new_cause(context.op_exception)
+        if too_new is None:
+            try:
+                _hand_over(context, run, saga_id)
+                return
+            except SagaLogTooNewError as exc:  # the step failed otherwise, but the log became unreadable since
+                too_new = exc
+        # Nothing can be decided from a log this code cannot read: compensating from a partial reading could
+        # undo what a newer version already did differently. The recovery sensors report (and mail) it once.
+        context.log.error(f"saga {definition.name} [{saga_id}] step {context.op.name}: not compensating — "
+                          f"{too_new_description(definition.name, too_new)}")
+
+    def _hand_over(context, run: DagsterRun, saga_id: str) -> None:
         on_step_failure(
             definition,
             saga_id,

@@ -21,6 +21,7 @@ Both default to RUNNING: a recovery sensor that is off is a silent risk.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -50,6 +51,7 @@ from arb_orchestration.saga.engine import SagaDefinition
 from arb_orchestration.saga.keys import RECOVERY_OF_TAG
 from arb_orchestration.saga.log import InstanceSagaLog
 from arb_orchestration.saga.recovery import Action, ClaimSpec, FailedRun, RecoveryOutcome, recover_saga
+from arb_orchestration.saga.state import SagaLogTooNewError
 
 _log = logging.getLogger("arb_orchestration.saga.recovery")
 
@@ -75,6 +77,64 @@ def stopped_for_max_runtime(instance: DagsterInstance, run_id: str) -> float | N
         if event is not None and (event.message or "").startswith(MAX_RUNTIME_FAILURE_PREFIX):
             return record.event_log_entry.timestamp
     return None
+
+
+# ---- a saga whose log is too new for this code (docs/sagas.md, "Upgrades and record kinds") ------------------------
+#
+# Nothing is done for such a saga until this code is upgraded. Both sensors report it (ERROR) and go on with the
+# other sagas; the risk team is mailed once per saga. "Mailed" is a key in the instance's kvs table (like the
+# refund follow-up's watches), so it holds across ticks, sensors, daemon restarts and cursor resets. The key is
+# written after the mail went out: a failed send is retried on the next tick rather than lost (at worst the two
+# sensors racing on the same saga mail it twice).
+TOO_NEW_MAIL_KEY_PREFIX = "arb/saga/too_new_mailed/"
+
+
+def too_new_mail_key(saga_id: str) -> str:
+    return f"{TOO_NEW_MAIL_KEY_PREFIX}{saga_id}"
+
+
+def report_too_new_saga(
+    instance: DagsterInstance,
+    definition: SagaDefinition,
+    run: DagsterRun,
+    error: SagaLogTooNewError,
+    resources: Mapping[str, Any],
+    logger: Any,
+    *,
+    actor: str,
+) -> bool:
+    """Log the refusal (ERROR) and mail the risk team unless already mailed for this saga; True if mailed now.
+
+    A failing mail is logged and left for the next tick (the ERROR line is there either way)."""
+    logger.error(f"{actor}: saga {definition.name} [{error.saga_id}] (failed run {run.run_id}) not recovered: "
+                 f"{error}")
+    key = too_new_mail_key(error.saga_id)
+    if instance.run_storage.get_cursor_values({key}).get(key):
+        return False
+    send = alert_from(resources, definition.alert_resource_key)
+    if send is None:
+        return False
+    kinds = ", ".join(error.kinds)
+    try:
+        send(
+            f"[saga] {definition.name} {error.saga_id}: log too new for this code — NOT recovered; upgrade needed",
+            f"Saga {definition.name} [{error.saga_id}], failed run {run.run_id} (job {run.job_name}).\n\n"
+            f"Its saga log holds record kind(s) {kinds} written by a newer version of arb-orchestration. This code "
+            "does not know them and must not ignore them, so it has done nothing for this saga: no compensation, "
+            "no forward relaunch.\n\n"
+            "What to do: upgrade this code location (and every code location/daemon that runs saga steps or "
+            "recovery) to the version that wrote these records. The recovery sweep then recovers the saga on its "
+            "next tick, as long as the failed run is still within its lookback window (3 days by default); past "
+            "that, recover it by hand (re-execute the run on the upgraded code). Until then the sweep's tick stays "
+            "red naming this saga. This mail is sent once per saga.",
+        )
+    except Exception as exc:  # the ERROR line above still reports it; the next tick tries the mail again
+        logger.error(f"{actor}: could not mail the risk team about saga [{error.saga_id}]: "
+                     f"{type(exc).__name__}: {exc}")
+        return False
+    instance.run_storage.set_cursor_values({key: json.dumps({"run_id": run.run_id, "kinds": list(error.kinds),
+                                                             "mailed_at": time.time()})})
+    return True
 
 
 def recover_run(
@@ -185,9 +245,17 @@ def build_saga_recovery_sensors(
                 f"shutting down, so the sweep recovers it {stopping_grace_seconds:g} s after the failure"
             )
             return None
-        outcome = recover_run(context.instance, definition, run, _resources(context), context.log,
-                              actor=f"sensor {name}", claim_ttl_seconds=claim_ttl_seconds,
-                              reissue_after_seconds=reissue_after_seconds)
+        try:
+            outcome = recover_run(context.instance, definition, run, _resources(context), context.log,
+                                  actor=f"sensor {name}", claim_ttl_seconds=claim_ttl_seconds,
+                                  reissue_after_seconds=reissue_after_seconds)
+        except SagaLogTooNewError as exc:
+            # Reported here (ERROR + one mail), then None so the tick goes on with the next failed run. Dagster
+            # moves this sensor's cursor past the run whatever we return or raise (RunStatusSensorDefinition);
+            # the saga is not lost: the sweep has no cursor and re-checks it every tick until an upgrade.
+            report_too_new_saga(context.instance, definition, run, exc, _resources(context), context.log,
+                                actor=f"sensor {name}")
+            return None
         context.log.info(f"saga recovery of run {run.run_id}: {outcome.action.value} — {outcome.reason}")
         if outcome.action is Action.RELAUNCH:
             return _run_request(outcome)
@@ -287,6 +355,10 @@ def sweep_failed_sagas(
             try:
                 outcome = recover_run(instance, definition, run, resources, logger, actor=actor,
                                       claim_ttl_seconds=claim_ttl_seconds, reissue_after_seconds=reissue_after_seconds)
+            except SagaLogTooNewError as exc:  # waits for an upgrade: reported every tick, mailed once
+                report_too_new_saga(instance, definition, run, exc, resources, logger, actor=actor)
+                lines.append(f"{saga_id}: error SagaLogTooNewError ({', '.join(exc.kinds)}: upgrade needed)")
+                continue
             except Exception as exc:  # reported; one bad saga must not block the others' recovery
                 logger.error(f"saga recovery of run {run.run_id} raised: {type(exc).__name__}: {exc}")
                 lines.append(f"{saga_id}: error {type(exc).__name__}")
