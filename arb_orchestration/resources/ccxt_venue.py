@@ -209,6 +209,30 @@ _CLIENT_ID_ERROR_CODE = "51000"
 # `on_top_up(event, amount, transfer_id, wallet_before)` of `withdraw` (see `VenueClient.reports_withdrawal_top_ups`).
 TopUpReport = Callable[[str, float, str, "float | None"], None]
 
+# Order history (`CcxtVenueClient.fetch_orders`, docs/ccxt-conformance.md § 8). The hedge unwind's rerun
+# (defs/hedging/steps.py `_find_unwind_order`) calls an unwind "never arrived" when the history shows the leg's own
+# earlier order but not the unwind, and sends it then: a history with a gap would send a second unwind. So the client
+# offers a history only where it reads one whole: the exchanges listed here; elsewhere it has no `fetch_orders`.
+ORDER_HISTORY_EXCHANGES = frozenset({"binanceusdm", "okx"})
+# How far back the history reads by default. Binance's allOrders answers at most 7 days per query and drops cancelled
+# orders without a fill after 3 days; OKX's orders-history keeps 7 days (unfilled cancels: 2 hours). An order the
+# venue dropped had no fill, so sending its unwind again cannot close more than the leg opened.
+ORDER_HISTORY_LOOKBACK_SECONDS = 3 * 24 * 3600.0
+ORDER_HISTORY_MAX_AGE_SECONDS = {"binanceusdm": 7 * 24 * 3600.0, "okx": 7 * 24 * 3600.0}
+ORDER_HISTORY_PAGE_SIZE = {"binanceusdm": 1000, "okx": 100}  # each endpoint's maximum `limit`
+ORDER_HISTORY_MAX_PAGES = 5
+
+
+class IncompleteOrderHistory(list):
+    """An order history the client could not read whole (too many orders for its page bound, a window the venue
+    does not keep, an endpoint ccxt lacks): empty, with `reason`. Empty on purpose: no order in it, so no order
+    looks absent next to one that is there; the hedge unwind then escalates instead of resending."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+
+
 
 def _no_report(_event: str, _amount: float, _transfer_id: str, _wallet_before: float | None) -> None:
     return None
@@ -1259,6 +1283,88 @@ class CcxtVenueClient(VenueClient):
             return [o for o in orders if o.status == "open"]
 
         return self._call(fetch, what="fetch_open_orders")
+
+    @property
+    def has_order_history(self) -> bool:
+        return self.config.exchange_id in ORDER_HISTORY_EXCHANGES
+
+    @property
+    def fetch_orders(self) -> Callable[..., list[Order]]:
+        """`fetch_orders(symbol, since=None)`: every order of `symbol` (open, filled, cancelled) placed since
+        `since` (epoch seconds; default `ORDER_HISTORY_LOOKBACK_SECONDS` ago), the simulator client's order history.
+
+        Only on exchanges whose history the client reads whole (`ORDER_HISTORY_EXCHANGES`); elsewhere the
+        attribute does not exist, so callers that probe for a history (`getattr(venue, "fetch_orders", None)`)
+        see none. A read that cannot be whole answers an empty `IncompleteOrderHistory`, never part of one.
+        """
+        if not self.has_order_history:
+            raise AttributeError(f"{self.name} ({self.config.exchange_id}): no order history the client can read "
+                                 "whole (docs/ccxt-conformance.md § 8)")
+        return self._fetch_order_history
+
+    def _fetch_order_history(self, symbol: str, since: float | None = None) -> list[Order]:
+        if not symbol:
+            raise ValueError(f"{self.name}: fetch_orders needs a symbol (Binance USDⓈ-M and OKX read per symbol)")
+        exchange_id = self.config.exchange_id
+        since = time.time() - ORDER_HISTORY_LOOKBACK_SECONDS if since is None else float(since)
+
+        def fetch(ex) -> list[Order]:
+            now_ms = int(ex.milliseconds())
+            since_ms = int(since * 1000)
+            if now_ms - since_ms > ORDER_HISTORY_MAX_AGE_SECONDS[exchange_id] * 1000:
+                return self._incomplete(symbol, f"{exchange_id} keeps no order history that far back")
+            page = ORDER_HISTORY_PAGE_SIZE[exchange_id]
+            has = getattr(ex, "has", {}) or {}
+            if exchange_id == "binanceusdm":
+                rows = self._binance_history(ex, symbol, since_ms, now_ms, page, has)
+            else:
+                rows = self._okx_history(ex, symbol, since_ms, page, has)
+            if isinstance(rows, IncompleteOrderHistory):
+                return rows
+            by_id: dict[str, dict] = {}
+            for raw in rows:  # an order read open and then closed: the later read wins
+                if raw.get("id") is not None:
+                    by_id[str(raw["id"])] = raw
+            return [self._to_order(raw) for raw in sorted(by_id.values(), key=lambda r: r.get("timestamp") or 0)]
+
+        return self._call(fetch, what=f"fetch_orders {symbol}")
+
+    def _incomplete(self, symbol: str, why: str) -> IncompleteOrderHistory:
+        reason = f"{self.name}: order history of {symbol} not read whole: {why}"
+        log.warning("venue %s", reason)
+        return IncompleteOrderHistory(reason)
+
+    def _binance_history(self, ex, symbol: str, since_ms: int, now_ms: int, page: int, has: dict) -> list[dict]:
+        """GET /fapi/v1/allOrders?symbol&startTime&endTime&limit: oldest first from startTime, so a full page is
+        only the beginning; paged on by the last order's time (orders in that millisecond come again: by id)."""
+        if not has.get("fetchOrders"):
+            return self._incomplete(symbol, "ccxt has no fetchOrders for it")
+        rows: list[dict] = []
+        start = since_ms
+        for _ in range(ORDER_HISTORY_MAX_PAGES):
+            batch = ex.fetch_orders(symbol, start, page, {"until": now_ms})
+            rows += batch
+            if len(batch) < page:
+                return rows
+            start = max(int(r.get("timestamp") or start) for r in batch)
+        return self._incomplete(symbol, f"more than {ORDER_HISTORY_MAX_PAGES} pages of {page} orders")
+
+    def _okx_history(self, ex, symbol: str, since_ms: int, page: int, has: dict) -> list[dict]:
+        """OKX has no all-orders read (ccxt: fetchOrders False): open orders (trade/orders-pending), then the
+        filled (trade/orders-history state=filled) and cancelled (state=canceled) ones since `begin`. Open first:
+        an order that fills between the reads shows in the later one. A full page (100) may hide older orders."""
+        missing = [name for name in ("fetchOpenOrders", "fetchClosedOrders", "fetchCanceledOrders") if not has.get(name)]
+        if missing:
+            return self._incomplete(symbol, f"ccxt lacks {', '.join(missing)}")
+        rows: list[dict] = []
+        for what, read in (("open", lambda: ex.fetch_open_orders(symbol, None, page)),
+                           ("filled", lambda: ex.fetch_closed_orders(symbol, since_ms, page)),
+                           ("cancelled", lambda: ex.fetch_canceled_orders(symbol, since_ms, page))):
+            batch = read()
+            if len(batch) >= page:
+                return self._incomplete(symbol, f"{len(batch)} {what} orders, a full page of OKX's {page}")
+            rows += batch
+        return rows
 
     def cancel_all_orders(self, symbol: str | None = None) -> list[Order]:
         self._refuse_if_read_only("cancel_all_orders")
