@@ -21,6 +21,7 @@ attribute, goes the usual way. Only which object Dagster gets back changes, neve
 from __future__ import annotations
 
 from collections.abc import Mapping
+from copy import deepcopy
 from typing import Any
 
 
@@ -35,6 +36,12 @@ class CheapRebind:
     def _with_updated_values(self, values: Mapping[str, Any] | None):
         if _same_values(self, values or {}):
             copy = self.model_copy()  # type: ignore[attr-defined]
+            # Dagster's path validates into fresh containers; so does this (a list of mail recipients
+            # mutated in one run must not change the definition every later build starts from).
+            for name in type(copy).model_fields:
+                value = copy.__dict__.get(name)
+                if isinstance(value, (list, dict, set)):
+                    copy.__dict__[name] = deepcopy(value)
             # What Dagster's own path does to the instance it creates: keep this one's init context.
             state = self._state__internal__  # type: ignore[attr-defined]
             copy._state__internal__ = copy._state__internal__._replace(resource_context=state.resource_context)

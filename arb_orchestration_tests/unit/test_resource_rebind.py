@@ -57,6 +57,10 @@ def test_smtp_is_built_the_cheap_way_too(schema_inferences):
     schema_inferences.clear()
     with build_resources({"smtp": smtp}) as resources:
         assert resources.smtp.model_dump() == smtp.model_dump()
+        # Its own containers, as Dagster's validating path gives: a change in one build stays there.
+        assert resources.smtp.risk_team is not smtp.risk_team
+        resources.smtp.risk_team.append("someone@else")
+    assert smtp.risk_team == ["risk@desk"]
     assert schema_inferences.get("SmtpResource", 0) == 0
 
 
