@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate-events": ("arb_orchestration.commands.generate_events", "publish realistic demo traffic"),
     "plan-route": ("arb_orchestration.commands.plan_route", "plan-route INSTANCE.json: dry-run the rebalancing route planner"),
     "settings": ("arb_orchestration.commands.settings", "print every environment variable the platform reads"),
+    "refunds": ("arb_orchestration.commands.refunds", "refunds list | close ID --reason TEXT: the Wise refund watches"),
     "wise-webhooks": ("arb_orchestration.commands.wise_webhooks", "wise-webhooks serve: receive Wise transfer webhooks into the instance"),
 }
 

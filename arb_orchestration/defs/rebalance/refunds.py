@@ -59,6 +59,8 @@ DEFAULT_ALERT_AFTER_SECONDS = 86_400.0
 
 KEY_PREFIX = "arb/wise_refund_followup/"
 OPEN_KEY = KEY_PREFIX + "open"
+# In a watch's entry, only when an operator closed it (`arb-orchestration refunds close`): {by, at, reason}.
+CLOSED_BY_HAND_FIELD = "closed_by_hand"
 # The saga-log steps whose compensation records `refunded` legs, and which compensation that is.
 _COMPENSATIONS = {"commit_transfers": PIVOT_COMPENSATION, "prepare_transfers": PREPARE_COMPENSATION}
 # A compensation can be written into a run's log after the run's last update (the recovery sensor
@@ -110,8 +112,9 @@ class RefundWatchStore:
         return {keys[k] for k in self._get(set(keys))}
 
     def load(self, transfer_ids: Iterable[int]) -> dict[int, RefundWatch]:
-        keys = {watch_key(i): int(i) for i in transfer_ids}
-        return {keys[k]: RefundWatch.from_json(json.loads(v)) for k, v in self._get(set(keys)).items()}
+        """The watches among `transfer_ids`; one closed by hand is left out even if its id is listed open
+        again (a tick's open-list write racing `close_by_hand`): no tick checks or mails it."""
+        return {i: watch for i, (watch, closure) in self.entries(transfer_ids).items() if closure is None}
 
     def save(self, watch: RefundWatch) -> None:
         self.instance.run_storage.set_cursor_values({watch_key(watch.transfer_id): json.dumps(watch.to_json())})
@@ -129,6 +132,51 @@ class RefundWatchStore:
 
     def close(self, transfer_id: int) -> None:
         self._set_open(i for i in self.open_ids() if i != int(transfer_id))
+
+    # ------------------------------------------------ operator access (`arb-orchestration refunds`)
+
+    def all_ids(self) -> list[int]:
+        """Every transfer id with a stored entry, open or closed: a prefix scan of the key-value table. Dagster
+        has no public prefix read of kvs, so this uses the SQL run storage's table (SQLite and Postgres)."""
+        import sqlalchemy as db
+        from dagster._core.storage.runs.schema import KeyValueStoreTable
+
+        prefix = f"{KEY_PREFIX}transfer/"
+
+        with self.instance.run_storage.connect() as conn:
+            rows = conn.execute(db.select(KeyValueStoreTable.c.key).where(
+                KeyValueStoreTable.c.key.like(prefix + "%"))).fetchall()
+        return sorted(int(r[0][len(prefix):]) for r in rows if r[0][len(prefix):].isdigit())
+
+    def entries(self, transfer_ids: Iterable[int]) -> dict[int, tuple[RefundWatch, dict | None]]:
+        """{id: (watch, hand closure or None)} of the stored entries among `transfer_ids`."""
+        keys = {watch_key(i): int(i) for i in transfer_ids}
+        out = {}
+        for key, raw in self._get(set(keys)).items():
+            data = json.loads(raw)
+            closure = data.pop(CLOSED_BY_HAND_FIELD, None)
+            out[keys[key]] = (RefundWatch.from_json(data), closure)
+        return out
+
+    def close_by_hand(self, transfer_id: int, *, by: str, reason: str, at: float | None = None) -> RefundWatch:
+        """Close a watch an operator settled with Wise by other means: the entry records who, when and why
+        (`closed_by_hand`), then the id leaves the open list, so no tick checks or mails it again. Raises
+        `LookupError` (nothing changed) for an unknown id or a watch that is not open."""
+        transfer_id = int(transfer_id)
+        found = self.entries([transfer_id]).get(transfer_id)
+        if found is None:
+            raise LookupError(f"no refund watch for Wise transfer {transfer_id}")
+        watch, closure = found
+        if closure is not None:
+            raise LookupError(f"Wise transfer {transfer_id} was already closed by hand by {closure.get('by')} "
+                              f"at {closure.get('at')}: {closure.get('reason')}")
+        if transfer_id not in self.open_ids():
+            raise LookupError(f"Wise transfer {transfer_id} is already closed (refunded and mailed)")
+        data = watch.to_json()
+        data[CLOSED_BY_HAND_FIELD] = {"by": by, "at": time.time() if at is None else at, "reason": reason}
+        self.instance.run_storage.set_cursor_values({watch_key(transfer_id): json.dumps(data)})
+        self.close(transfer_id)
+        return watch
 
 
 # --------------------------------------------------------------------------- discovery from the saga log
