@@ -800,25 +800,11 @@ def _sweep_sources(ctx, exchange, *, stayed: set[int]) -> tuple[list[dict[str, A
     failed: list[dict[str, Any]] = []
     for (venue, asset), bound in sorted(bounds.items()):
         seen: list[dict[str, Any]] = []
-
-        def record(event: str, amount: float, venue=venue, asset=asset, seen=seen) -> None:
-            note = {"venue": venue, "asset": asset, "sweep": event, "amount": float(amount)}
-            ctx.note(**note)  # durable before the transfer is sent (`sending`); raises if the claim is lost
-            seen.append(note)
-
         moved, unknown = sweep_ledger(earlier, venue, asset)
         remaining = round(bound - moved - unknown, 12)
         if remaining > 1e-9:
-            client = exchange.venue(venue)
-            extra = {}
-            if getattr(client, "internal_transfer_ids", False):
-                # OKX: deterministic clientIds, never reused by a later attempt (its notes count the transfers sent).
-                extra["transfer_key"] = sweep_transfer_key(ctx, earlier, venue, asset)
             try:
-                returned = float(client.sweep_to_trading(asset, at_most=remaining, on_transfer=record, **extra))
-                reported = sum(n["amount"] for n in seen if n["sweep"] == "moved")
-                if returned > reported + 1e-9:  # a client that moved without saying so: counted against the bound
-                    record("moved_unreported", returned - reported)
+                _sweep_noted(ctx, exchange.venue(venue), venue, asset, remaining, earlier, seen)
             except ClaimLostError:
                 raise
             except Exception as exc:  # noqa: BLE001 - recorded and logged: see the docstring
@@ -836,13 +822,6 @@ def _sweep_sources(ctx, exchange, *, stayed: set[int]) -> tuple[list[dict[str, A
                                 "account has an unknown outcome; not resent (check the withdrawal wallet)")
             swept.append(entry)
     return swept, failed
-
-
-def _unknown_outcome(events: list[tuple[str, float]]) -> float:
-    """What was sent with no known outcome, from a sweep's `on_transfer` events."""
-    sent = sum(a for e, a in events if e == "sending")
-    resolved = sum(a for e, a in events if e in ("moved", "not_moved"))
-    return round(max(0.0, sent - resolved), 12)
 
 
 # --------------------------------------------------------------------------- 4. await (forward only)
@@ -1019,24 +998,9 @@ def sweep_to_trading(ctx, exchange, rebalance_journal) -> dict[str, Any]:
         moved, unknown = sweep_ledger(ctx.progress, venue, asset)
         remaining = round(bound - moved - unknown, 12)
         if remaining > 1e-9:
-            seen: list[tuple[str, float]] = []
-
-            def record(event: str, amount: float, venue=venue, asset=asset, seen=seen) -> None:
-                ctx.note(venue=venue, asset=asset, sweep=event, amount=float(amount))
-                seen.append((event, float(amount)))
-
-            client = exchange.venue(venue)
-            extra = {}
-            if getattr(client, "internal_transfer_ids", False):
-                # OKX: the clientIds of this call's transfers are derived from this key (ccxt_venue.sweep_to_trading).
-                # It also counts the transfers the notes already record, so no retry or relaunch reuses an id.
-                extra["transfer_key"] = sweep_transfer_key(ctx, ctx.progress, venue, asset)
-            returned = float(client.sweep_to_trading(asset, at_most=remaining, on_transfer=record, **extra))
-            reported = sum(a for e, a in seen if e == "moved")
-            if returned > reported + 1e-9:  # a client that moved without saying so: still counted against the bound
-                record("moved_unreported", returned - reported)
-            moved, unknown = sweep_ledger([*ctx.progress, *({"venue": venue, "asset": asset, "sweep": e, "amount": a}
-                                                            for e, a in seen)], venue, asset)
+            seen: list[dict[str, Any]] = []
+            _sweep_noted(ctx, exchange.venue(venue), venue, asset, remaining, ctx.progress, seen)
+            moved, unknown = sweep_ledger([*ctx.progress, *seen], venue, asset)
         entry: dict[str, Any] = {"venue": venue, "asset": asset, "arrived": bound, "moved": moved}
         if unknown > 0:
             entry["unconfirmed"] = unknown
@@ -1053,6 +1017,29 @@ def sweep_to_trading(ctx, exchange, rebalance_journal) -> dict[str, Any]:
             f"{r['venue']} {format_amount(r['asset'], r['unconfirmed'])} {r['asset']}" for r in unconfirmed)
     rebalance_journal.report(SWEEP, message, {"swept": swept})
     return {"swept": swept}
+
+
+def _sweep_noted(ctx, client, venue: str, asset: str, at_most: float, earlier, seen: list[dict[str, Any]]) -> None:
+    """Sweep at most `at_most` of `asset` at `venue` into its trading account, noting every transfer in the saga log.
+
+    Each `on_transfer` event becomes a `ctx.note` (`sending` durable before the transfer is requested; a lost claim
+    raises there, before anything is sent) and is appended to `seen`, so the caller can read the ledger of
+    `earlier` + `seen` (`sweep_ledger`) even when the sweep raises half-way. A client whose return exceeds what it
+    reported is noted `moved_unreported` (counted against the bound). Venues whose transfers carry client ids
+    (OKX) get a `transfer_key` counting the transfers `earlier` already records, so no later call reuses an id.
+    """
+    def record(event: str, amount: float) -> None:
+        note = {"venue": venue, "asset": asset, "sweep": event, "amount": float(amount)}
+        ctx.note(**note)
+        seen.append(note)
+
+    extra = {}
+    if getattr(client, "internal_transfer_ids", False):
+        extra["transfer_key"] = sweep_transfer_key(ctx, earlier, venue, asset)
+    returned = float(client.sweep_to_trading(asset, at_most=at_most, on_transfer=record, **extra))
+    reported = sum(n["amount"] for n in seen if n["sweep"] == "moved")
+    if returned > reported + 1e-9:
+        record("moved_unreported", returned - reported)
 
 
 def sweep_bounds(legs: list[PlannedTransfer], arrived: Mapping[str, Any]) -> dict[tuple[str, str], float]:
