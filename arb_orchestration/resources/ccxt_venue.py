@@ -804,6 +804,18 @@ class CcxtVenueClient(VenueClient):
         self._note_withdrawal_wallet(wallet)
         return dict(sorted(result.items()))
 
+    def fetch_spendable_balance(self) -> dict[str, Balance]:
+        """What a withdrawal can spend: the trading account's balances only (see `VenueClient.fetch_spendable_balance`).
+
+        The withdrawal wallet (spot / funding) is left out: `withdraw` tops it up by the full amount that leaves,
+        from the trading account, so whatever it holds (an operator's own money, a deposit not swept yet, a failed
+        withdrawal's top-up) is never what a withdrawal pays with. One read of the trading account; the wallet is
+        not read. Where the exchange withdraws from the trading account itself (`withdraw_from_account` none),
+        the same as `fetch_balance`.
+        """
+        raw = self._call(lambda ex: ex.fetch_balance(), what="fetch_balance")
+        return dict(sorted(self._trading_balances(raw).items()))
+
     def _note_withdrawal_wallet(self, wallet: dict[str, Balance]) -> None:
         for asset, held in sorted(wallet.items()):
             if abs(held.total - self._wallet_noted.get(asset, 0.0)) <= 1e-12:

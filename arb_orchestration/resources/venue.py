@@ -54,6 +54,17 @@ class VenueClient(abc.ABC):
     @abc.abstractmethod
     def fetch_balance(self) -> dict[str, Balance]: ...
 
+    def fetch_spendable_balance(self) -> dict[str, Balance]:
+        """What a withdrawal from this venue can actually spend, per asset.
+
+        `fetch_balance` is the venue's money for the books: on exchanges that pay withdrawals from a wallet apart
+        from the trading account (Binance spot/funding, OKX funding) it also counts what sits in that wallet. A
+        withdrawal never spends that (it tops the wallet up from the trading account, see `sweep_to_trading`), so
+        this is the trading account only there. The default is for venues whose trading and withdrawals share one
+        account (the simulator's native client): the whole balance, `fetch_balance()`.
+        """
+        return self.fetch_balance()
+
     @abc.abstractmethod
     def fetch_positions(self) -> list[Position]: ...
 

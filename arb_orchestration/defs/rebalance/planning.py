@@ -4,11 +4,20 @@
 fees, the IBANs and Wise quotes of the fiat legs) and hands the rest to the
 pure modules: targets and guardrails (`domain/rebalance.py`), the exact route
 planner (`domain/routing.py`). It moves nothing.
+
+Two balances per venue (docs/planner-balances.md): the whole balance
+(`fetch_balance`, the books: on Binance/OKX it counts the withdrawal wallet too)
+decides the targets and deficits; what a withdrawal can spend
+(`fetch_spendable_balance`: the trading account only there) is all a venue may
+send. Money in a withdrawal wallet counts toward its venue's target but is
+never planned to leave: `movable_targets` takes it off both the venue's planner
+balance and its planner target, and the plan's notes name it.
 """
 
 from __future__ import annotations
 
 import logging
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +36,7 @@ from arb_orchestration.domain.rebalance import (
     check_guardrails,
     compute_targets,
     fee_from_quotes,
+    format_amount,
     planned_transfers,
     split_by_allowlist,
     split_by_withdrawable_source,
@@ -69,6 +79,9 @@ class Proposal:
     allowlist_excluded: list[str] = field(default_factory=list)
     # Withdrawal rails out of venues that cannot withdraw idempotently (no client withdrawal id).
     withdrawal_excluded: list[str] = field(default_factory=list)
+    # venue -> asset -> free money outside what a withdrawal can spend (Binance spot / OKX funding wallet): counted
+    # toward the venue's target, never planned to leave it. Read only when something needs planning.
+    held_outside: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def needs(self) -> dict[str, float]:
@@ -100,6 +113,67 @@ def fetch_balances(exchange: ExchangeResource, venues: list[str]) -> dict[str, d
 
 def _free(balances: Mapping[str, Mapping[str, Balance]]) -> dict[str, dict[str, float]]:
     return {v: {a: b.free for a, b in per_asset.items()} for v, per_asset in balances.items()}
+
+
+def fetch_spendable(exchange: ExchangeResource, venues: list[str],
+                    balances: Mapping[str, Mapping[str, Balance]]) -> dict[str, dict[str, Balance]]:
+    """Per venue, what a withdrawal from it can spend (`VenueClient.fetch_spendable_balance`). A client without that
+    method (one written before it, duck-typed) has one account: its whole balance, `balances[venue]`, is spendable."""
+    def read(venue: str) -> dict[str, Balance]:
+        spendable = getattr(exchange.venue(venue), "fetch_spendable_balance", None)
+        return dict(balances.get(venue, {})) if spendable is None else spendable()
+    return _per_venue(venues, read)
+
+
+def held_outside(free: Mapping[str, Mapping[str, float]], spendable: Mapping[str, Mapping[str, float]],
+                 assets: Any) -> dict[str, dict[str, float]]:
+    """venue -> asset -> the free money a withdrawal cannot spend: free minus spendable free (only where > 0).
+
+    The two are separate reads; a fill between them can make spendable exceed free by a hair, which counts as 0.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for venue, per_asset in free.items():
+        for asset in assets:
+            held = max(0.0, per_asset.get(asset, 0.0)) - max(0.0, spendable.get(venue, {}).get(asset, 0.0))
+            if held > 1e-9:
+                out.setdefault(venue, {})[asset] = held
+    return out
+
+
+def movable_targets(targets: Targets, held: Mapping[str, Mapping[str, float]]) -> Targets:
+    """`targets` with each venue's planner balance and planner target lowered by what it holds outside what a
+    withdrawal can spend (`held`), so the planner sends at most the spendable part while that money still counts
+    toward the venue reaching its target: `final_spendable >= target - held` is `final_total >= target`. A target
+    below 0 becomes 0 (the spendable part cannot go below nothing). Deficits are unchanged; `rows` (the report's
+    per-venue levels) keep the whole balances."""
+    if not held:
+        return targets
+    balances = {v: dict(per_asset) for v, per_asset in targets.balances.items()}
+    goals = {v: dict(per_asset) for v, per_asset in targets.targets.items()}
+    for venue, per_asset in held.items():
+        for asset, amount in per_asset.items():
+            if asset in balances.get(venue, {}):
+                balances[venue][asset] = max(0.0, balances[venue][asset] - amount)
+            if asset in goals.get(venue, {}):
+                goals[venue][asset] = max(0.0, goals[venue][asset] - amount)
+    return dataclasses.replace(targets, balances=balances, targets=goals)
+
+
+def _grouped(asset: str, amount: float) -> str:
+    """`format_amount` with thousands separators, for people: 1,000 rather than 1000."""
+    whole, _, fraction = format_amount(asset, amount).partition(".")
+    return f"{int(whole):,}" + (f".{fraction}" if fraction else "")
+
+
+def _held_notes(exchange: ExchangeResource, held: Mapping[str, Mapping[str, float]]) -> list[str]:
+    notes = []
+    for venue, per_asset in sorted(held.items()):
+        wallet = getattr(exchange.venue(venue), "withdraw_from_account", None)
+        where = f"the {wallet} wallet" if isinstance(wallet, str) and wallet != "none" else "its withdrawal wallet"
+        for asset, amount in sorted(per_asset.items()):
+            notes.append(f"{venue} {asset}: {_grouped(asset, amount)} in {where} not counted as movable (a withdrawal "
+                         f"spends only the trading account); counted toward {venue}'s {asset} target")
+    return notes
 
 
 def _fiat_rails(
@@ -187,6 +261,14 @@ def propose(
     for asset in sorted(a for a in needs if a in FIAT_ASSETS):
         specs += _fiat_rails(exchange, wise, asset, targets, proposal.fiat_notes)
     proposal.rails = {s.rail.id: s for s in specs}
+    # What may leave a venue: only what a withdrawal can spend (the trading account on Binance/OKX).
+    spendable = _free(fetch_spendable(exchange, venues, balances))
+    proposal.held_outside = held_outside(free, spendable, policy.assets)
+    movable = movable_targets(targets, proposal.held_outside)
+    held_notes = _held_notes(exchange, proposal.held_outside)
+    proposal.fiat_notes.extend(held_notes)  # the plan's notes (rendered under "Notes" in the plan's metadata)
+    for note in held_notes:
+        logger.info(f"rebalance: {note}")
     # No withdrawal rail out of a venue that cannot withdraw idempotently: its client would refuse the leg.
     unwithdrawable = sorted(v for v in venues if not withdraws_idempotently(exchange.venue(v)))
     specs, not_withdrawable = split_by_withdrawable_source(specs, unwithdrawable)
@@ -204,7 +286,7 @@ def propose(
     chosen = []
     for asset in sorted(needs):
         rails = [s.rail for s in allowed if s.rail.asset == asset]
-        asset_balances, asset_targets = targets.for_asset(asset)
+        asset_balances, asset_targets = movable.for_asset(asset)
         plan = plan_routes(asset_balances, asset_targets, rails, time_limit=config.planner_time_limit_seconds)
         if not plan.feasible:
             reason = plan.reason or f"{asset}: no plan covers the deficits"
@@ -217,6 +299,10 @@ def propose(
                 reason += (f" (no idempotent withdrawal, no client withdrawal id, out of "
                            f"{', '.join(unwithdrawable)}: excluded {len(no_withdrawal)} rail(s) for {asset}: "
                            f"{', '.join(no_withdrawal)})")
+            held_here = {v: a[asset] for v, a in sorted(proposal.held_outside.items()) if asset in a}
+            if held_here:
+                reason += (f" (not counted as movable, outside what a withdrawal can spend: "
+                           + ", ".join(f"{v} {_grouped(asset, x)} {asset}" for v, x in held_here.items()) + ")")
             proposal.infeasible[asset] = reason
             continue
         proposal.plan_fee[asset] = plan.total_fee
@@ -225,6 +311,6 @@ def propose(
         chosen.extend(plan.transfers)
     proposal.transfers = planned_transfers(chosen, proposal.rails)
     kept, proposal.skipped = apply_min_benefit(proposal.transfers, needs, guardrails)
-    proposal.run_now, proposal.deferred = split_executable(kept, targets.balances, targets.targets)
+    proposal.run_now, proposal.deferred = split_executable(kept, movable.balances, movable.targets)
     proposal.breaches = check_guardrails(proposal.run_now, guardrails, used_today)
     return proposal
