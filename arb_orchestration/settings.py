@@ -167,8 +167,6 @@ SETTINGS: dict[str, Setting] = {
         Setting("ARB_EVENT_TOPIC_PREFIX", "Prefix for the three event topics and their .dlq (tests, benchmarks); empty in prod.", "", False),
         Setting("ARB_SENSOR_LONG_POLL_SECONDS", "How long the market/capital sensors wait for events inside one tick (0-30).", "4.0", False),
         Setting("ARB_SENSOR_MAX_MESSAGES", "Most messages one sensor tick reads.", "50000", False),
-        Setting("ARB_SENSOR_READ_PROCESSES", "Worker processes the funding sensor reads a backlog with, in parallel (a consumer per partition set; docs/sensors.md): auto (none on one CPU, else up to 4), or a number (0: off).", "auto", False),
-        Setting("ARB_SENSOR_PARALLEL_MIN_BACKLOG", "The funding sensor uses its reader processes only when at least this many messages wait.", "20000", False),
         Setting("ARB_SENSOR_LOOP_RESERVE_SECONDS", "Market/capital sensors end their long poll this long before the daemon's next 5 s loop iteration (0: fixed long poll instead).", "0.35", False),
         Setting("ARB_EVENT_MAX_AGE_SECONDS", "Non-critical events older than this are read but not acted on.", "900", False),
         Setting("ARB_CRITICAL_EVENT_MAX_AGE_SECONDS", "Timestamp window of signed critical events (older: refused).", "60", False),

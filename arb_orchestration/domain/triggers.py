@@ -521,33 +521,6 @@ class NewestPerMarket:
         self.offered = base + len(epochs)
         return True
 
-    def absorb(self, kept: list[tuple[tuple[str, str], float, int, Any]], *, offered: int) -> None:
-        """Take another reader's newest rate per market, read after everything offered here so far.
-
-        `kept`: `(market, epoch seconds, its read order there, item)` for each market that
-        reader kept out of the `offered` rates it read (a funding reader process, which read
-        other partitions than this one). The same outcome as offering those `offered` rates
-        here in that reader's order: each market's winner is compared with what is held
-        (latest time wins, a tie goes to the later read). Raises `ValueError`, taking nothing,
-        when the markets would go beyond `max_markets` (see `fits`).
-        """
-        if not self.fits(market for market, *_ in kept):
-            raise ValueError("absorb: more markets than max_markets")
-        base = self.offered
-        for market, epoch_seconds, order, item in kept:
-            held = self._held.get(market)
-            if held is None:
-                self._held[market] = [epoch_seconds, None, item, base + order]
-            elif _is_newer_or_tie(epoch_seconds, None, held):
-                held[0], held[1], held[2], held[3] = epoch_seconds, None, item, base + order
-        self.offered = base + offered
-
-    def fits(self, markets: Iterable[tuple[str, str]]) -> bool:
-        """Would holding `markets` too stay within `max_markets`?"""
-        if self.max_markets is None:
-            return True
-        return len(self._held.keys() | set(markets)) <= self.max_markets
-
     @property
     def superseded(self) -> int:
         """Rates offered but not kept (a newer one for the same market was, or came later)."""

@@ -12,7 +12,7 @@ silently switch a safety check off or make every event fail, and every refusal n
 import pytest
 
 from arb_orchestration import settings
-from arb_orchestration.defs.events.tuning import EventSensorSettings, parse_read_processes
+from arb_orchestration.defs.events.tuning import EventSensorSettings
 
 
 @pytest.mark.parametrize(
@@ -31,9 +31,6 @@ from arb_orchestration.defs.events.tuning import EventSensorSettings, parse_read
         ("ARB_FUNDING_DEVIATION_BPS", "0.002"),
         ("ARB_SENSOR_LONG_POLL_SECONDS", "nan"),
         ("ARB_SENSOR_MAX_MESSAGES", "0"),
-        ("ARB_SENSOR_READ_PROCESSES", "-1"),
-        ("ARB_SENSOR_READ_PROCESSES", "many"),
-        ("ARB_SENSOR_PARALLEL_MIN_BACKLOG", "0"),
     ],
 )
 def test_bad_sensor_knob_fails_the_load_naming_the_variable(monkeypatch, name, value):
@@ -48,10 +45,7 @@ def test_the_defaults_and_sane_values_still_load(monkeypatch):
     for name in settings.SETTINGS:
         monkeypatch.delenv(name, raising=False)
     loaded = EventSensorSettings.from_env("local")
-    # The table's defaults are the dataclass's defaults, but for the reader processes: the table's
-    # "auto" depends on the machine, the dataclass's 0 (tests read in-process unless they ask).
-    auto = parse_read_processes("ARB_SENSOR_READ_PROCESSES", "auto")
-    assert loaded == EventSensorSettings(read_processes=auto)
+    assert loaded == EventSensorSettings()  # the table's defaults are the dataclass's defaults
     monkeypatch.setenv("ARB_FUNDING_DEVIATION_BPS", "35")
     monkeypatch.setenv("ARB_CRITICAL_EVENT_MAX_AGE_SECONDS", "120")
     monkeypatch.setenv("ARB_EVENT_MAX_AGE_SECONDS", "300")

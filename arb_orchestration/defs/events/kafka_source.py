@@ -44,8 +44,6 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from arb_orchestration.readers.funding_shards import drop_shard_clients
-
 log = logging.getLogger("arb_orchestration.defs.events")
 
 # A DLQ envelope carries the original message twice (base64 and text); above this
@@ -226,9 +224,7 @@ def _consumer(owner: str, topic: str, config: Mapping[str, Any]) -> Iterator[_Wa
 
 
 def drop_warm_clients() -> None:
-    """Close every cached consumer, producer and admin client, the funding reader processes' consumers too
-    (tests; a code server shutting down)."""
-    drop_shard_clients()
+    """Close every cached consumer, producer and admin client (tests; a code server shutting down)."""
     with _cache_lock:
         cached = list(_consumers.values())
         producers = list(_producers.values())
@@ -267,9 +263,6 @@ class TopicRead:
     # `assign`) equal what was handled while every batch returned was handled whole; they are
     # used then, instead of one `partition()` call per message (see `mark_read`).
     client_positions_exact: bool = False
-    # False: the client is not assigned yet (`open_topic_read(defer_assign_at=...)`); `consume` and
-    # `read_on_from` assign it at the positions reached.
-    assigned: bool = True
     _last_batch: list[Any] | None = field(default=None, repr=False)
     _position_query: list[Any] = field(default_factory=list, repr=False)
 
@@ -285,8 +278,6 @@ class TopicRead:
         message as data (the funding sensor: a chunk its screen takes whole can
         hold no error event, whose value is librdkafka's error text or None).
         """
-        if not self.assigned:
-            self.read_on_from({})
         messages = self.consumer.consume(max_messages, max(0.0, timeout))
         if check:
             self.check_errors(messages)
@@ -350,41 +341,6 @@ class TopicRead:
         """
         self.keep_assignment = False
 
-    def backlog(self) -> dict[int, tuple[int, int]]:
-        """Per partition with messages left: (the offset reading goes on from, the high watermark at the start)."""
-        spans: dict[int, tuple[int, int]] = {}
-        for partition in self.partitions:
-            high = self.high_at_start.get(partition, 0)
-            position = self.positions.get(partition)
-            if position is None:  # never read: from the earliest offset there is
-                position = max(0, self.low_at_start.get(partition, 0))
-            if position < high:
-                spans[partition] = (position, high)
-        return spans
-
-    def read_on_from(self, offsets: Mapping[int, int]) -> None:
-        """Assign the client at `offsets` (partition -> next offset; the others where they were).
-
-        For a read opened with `defer_assign_at`, once others have read part of the
-        backlog. Nothing from before is pending, so the client's positions are exact.
-        """
-        self.positions.update(offsets)
-        assignment = []
-        for partition in self.partitions:
-            offset = self.positions.get(partition, self.start_offsets[partition])
-            assignment.append(TopicPartition(self.topic, partition, offset))
-        try:
-            self.consumer.assign(assignment)
-        except KafkaException as exc:
-            raise KafkaUnavailable(f"re-assigning the read of {self.topic}: {exc.args[0]}") from exc
-        self.assigned = True
-        self._last_batch = None
-        try:
-            # Nothing returned yet since `assign`: every position must be unset, else don't trust them.
-            self.client_positions_exact = all(tp.offset < 0 for tp in self.consumer.position(self._position_query))
-        except KafkaException:
-            self.client_positions_exact = False
-
     def behind(self) -> int:
         """Messages between the positions and the high watermarks seen at the start (0: caught up).
 
@@ -428,13 +384,8 @@ def open_topic_read(
     config: Mapping[str, Any],
     offsets: Mapping[int, int],
     metadata_timeout: float,
-    defer_assign_at: int | None = None,
 ) -> Iterator[TopicRead | None]:
     """Assign every partition of `topic` at the given offsets (EARLIEST for the others).
-
-    `defer_assign_at`: when at least this many messages wait, do not assign yet
-    (`TopicRead.assigned` is False): the caller lets others read first and then calls
-    `read_on_from`, or just `consume`, which assigns at the positions reached.
 
     Yields None when the topic does not exist. Raises `KafkaUnavailable` when the
     cluster cannot be reached within `metadata_timeout` seconds or refuses us.
@@ -512,16 +463,7 @@ def open_topic_read(
         query = [TopicPartition(topic, p) for p in partitions]
         kept = warm.assigned
         warm.assigned = None  # until the tick ends well
-        waiting = sum(max(0, high_at_start[p] - (start[p] if start[p] >= 0 else max(0, low_at_start[p])))
-                      for p in partitions)
-        deferred = defer_assign_at is not None and waiting >= defer_assign_at
-        if deferred:
-            # Others read first (the funding reader processes): this client must not fetch the same
-            # messages meanwhile. It is assigned when the tick reads on itself (`read_on_from`).
-            if kept is not None:
-                consumer.unassign()
-            exact = True
-        elif kept is not None and kept == start:
+        if kept is not None and kept == start:
             # Still assigned from the last tick, exactly where this cursor starts: read on from
             # what the client has fetched meanwhile (a re-assign would throw that away).
             exact = True
@@ -547,14 +489,11 @@ def open_topic_read(
             controller_known=controller_known,
             positions={p: offset for p, offset in start.items() if offset >= 0},
             client_positions_exact=exact,
-            assigned=not deferred,
             _position_query=query,
         )
         yield read
         if warm.errors.fatal:
             raise KafkaUnavailable(f"Kafka refused the sensor's client: {'; '.join(warm.errors.fatal)}")
-        if not read.assigned:
-            return  # never assigned this tick: nothing fetched, nothing to keep
         if warm.oneoff or not read.keep_assignment:
             consumer.unassign()
             return

@@ -53,7 +53,6 @@ from dagster import (
 from arb_orchestration.defs.events.config import TriggerEventConfig, event_run_config
 from arb_orchestration.defs.events.daemon_loop import LoopClock
 from arb_orchestration.defs.events.kafka_source import (
-    _CONSUMER_OVERRIDES as _SHARD_CONSUMER_OVERRIDES,
     MAX_DLQ_MESSAGE_BYTES,
     TOPIC_ID_WAIT_SECONDS,
     Parked,
@@ -65,7 +64,6 @@ from arb_orchestration.defs.events.kafka_source import (
     request_topic_id,
 )
 from arb_orchestration.defs.events.tuning import EventSensorSettings, EventTopics
-from arb_orchestration.readers.funding_shards import ShardJob, ShardSpan, shard_pool
 from arb_orchestration.defs.hedging.baselines import (
     baseline_keys,
     hedge_request_outcomes,
@@ -238,8 +236,6 @@ class _EventSensor:
             config=kafka.consumer_config(),
             offsets=offsets,
             metadata_timeout=settings.metadata_timeout_seconds,
-            # Funding with reader processes: a backlog this large is theirs first (`_read_in_shards`).
-            defer_assign_at=settings.parallel_min_backlog if funding and settings.read_processes > 0 else None,
         ) as read:
             if read is None:
                 message = (
@@ -263,8 +259,6 @@ class _EventSensor:
                     tick.cursor.offsets[key] = start
             deadline = started + read_for
             signing_key = kafka.signing_key
-            if not read.assigned:
-                self._read_in_shards(context, tick, read, kafka.consumer_config(), deadline)
             while tick.tally.read < settings.max_messages and not tick.stop:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -502,89 +496,6 @@ class _EventSensor:
             if outcome is _BEFORE:
                 return self._markets_full(tick, index)
             index += 1
-
-    def _read_in_shards(self, context, tick: _Tick, read: Any, config: Mapping[str, Any], deadline: float) -> None:
-        """Funding, with a backlog: let the reader processes take what they can of it, in parallel.
-
-        Each process gets a set of partitions with an offset range and a share of the
-        tick's message budget, and takes whole chunks of fresh, valid rates (see
-        `arb_orchestration/readers/funding_shards.py`). Their kept rates join this tick's
-        newest-per-market and the cursor moves over what they took; the tick then reads
-        on in-process from there (what they stopped at: a bad message, a stale rate, an
-        error event; or whatever is left). A process that failed or overran takes
-        nothing (its range is read here), and a result beyond the markets bound is
-        dropped whole. Nothing a process reads is committed anywhere: the cursor this
-        tick returns is still the only record.
-        """
-        settings = self.settings
-        backlog = read.backlog()
-        waiting = sum(high - start for start, high in backlog.values())
-        if waiting < settings.parallel_min_backlog:
-            return
-        pool = shard_pool(settings.read_processes)
-        ready = pool.ready()
-        if ready == 0:
-            context.log.info(f"{waiting} messages wait: starting {settings.read_processes} funding reader process(es); "
-                             "this tick reads in the sensor's process")
-            return
-        if not pool.try_acquire():  # another evaluation of this sensor (a preview, a test) uses them
-            return
-        try:
-            budget = settings.max_messages - tick.tally.read
-            remaining = deadline - time.monotonic()
-            if budget <= 0 or remaining <= 0:
-                return
-            partitions = sorted(backlog)
-            groups = [partitions[i::min(ready, len(partitions))] for i in range(min(ready, len(partitions)))]
-            # Callbacks (error_cb, logger, ...) cannot cross processes: each worker sets its own.
-            consumer_config = {k: v for k, v in {**config, **_SHARD_CONSUMER_OVERRIDES}.items() if not callable(v)}
-            # The budget split by backlog, in whole messages adding up to it exactly (a remainder of
-            # a message or two left to the in-process read would cost that read a fresh fetch).
-            shares = [sum(backlog[p][1] - backlog[p][0] for p in group) for group in groups]
-            limits = [budget * share // waiting for share in shares]
-            limits[shares.index(max(shares))] += budget - sum(limits)
-            jobs = []
-            for group, limit in zip(groups, limits):
-                if limit <= 0:
-                    continue
-                jobs.append(ShardJob(
-                    config=consumer_config,
-                    topic=self.spec.topic,
-                    spans=tuple(ShardSpan(p, *backlog[p]) for p in group),
-                    limit=limit,
-                    seconds=remaining,
-                    max_age_seconds=self.policy.max_age_seconds,
-                    max_markets=settings.max_run_requests,
-                    max_bytes=settings.max_event_bytes,
-                ))
-            began = time.monotonic()
-            results = pool.read(jobs)
-        finally:
-            pool.release()
-        newest = tick.newest
-        assert newest is not None
-        answered = [r for r in results if r is not None]
-        failed = len(results) - len(answered)
-        moved: dict[int, int] = {}
-        if not newest.fits(market for r in answered for market, *_ in r.winners):
-            context.log.info(f"the reader processes' rates span more than {settings.max_run_requests} markets: "
-                             "this tick reads in the sensor's process")
-            answered = []
-        for result in answered:
-            newest.absorb(result.winners, offered=result.offered)
-            for partition, next_offset in result.next_offsets.items():
-                tick.cursor.advance(self.spec.topic, partition, next_offset - 1)
-                moved[partition] = next_offset
-            tick.tally.read += result.handled
-        read.positions.update(moved)  # the in-process read, if any, assigns there (TopicRead.consume)
-        took = sum(r.handled for r in answered)
-        why = sorted({f"{r.stopped}: {r.detail}" if r.detail else r.stopped for r in answered})
-        line = (f"{len(jobs)} funding reader process(es) took {took} of {waiting} waiting message(s) in "
-                f"{time.monotonic() - began:.2f}s ({'; '.join(why) or 'nothing'})")
-        if failed:
-            context.log.warning(f"{line}; {failed} of them failed or overran (their ranges are read here)")
-        else:
-            context.log.info(line)
 
     def _funding_full_path(self, context, tick: _Tick, msg: Any, value: bytes | None, admit: AdmissionCheck) -> object:
         """One funding message the screen did not take; returns _GO_ON, _AFTER (stop after it) or _BEFORE."""

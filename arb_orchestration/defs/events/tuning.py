@@ -30,30 +30,7 @@ ENV_VARIABLES = {
     "event_max_age_seconds": "ARB_EVENT_MAX_AGE_SECONDS",
     "critical_window.max_age_seconds": "ARB_CRITICAL_EVENT_MAX_AGE_SECONDS",
     "funding_deviation_bps": "ARB_FUNDING_DEVIATION_BPS",
-    "read_processes": "ARB_SENSOR_READ_PROCESSES",
-    "parallel_min_backlog": "ARB_SENSOR_PARALLEL_MIN_BACKLOG",
 }
-
-# ARB_SENSOR_READ_PROCESSES=auto: at most this many reader processes (each ~70 MB and a consumer).
-AUTO_READ_PROCESSES_MAX = 4
-
-
-def parse_read_processes(name: str, raw: str, cpus: int | None = None) -> int:
-    """`auto` (none on one CPU, else up to AUTO_READ_PROCESSES_MAX) or a whole number >= 0."""
-    text = raw.strip().lower()
-    if text == "auto":
-        if cpus is None:
-            from arb_orchestration.readers.funding_shards import available_cpus
-
-            cpus = available_cpus()
-        return 0 if cpus < 2 else min(AUTO_READ_PROCESSES_MAX, 2 * cpus)
-    try:
-        value = int(text)
-    except ValueError:
-        raise settings.SettingError(f"{name} must be 'auto' or a whole number >= 0, got {raw!r}") from None
-    if value < 0:
-        raise settings.SettingError(f"{name} must be 'auto' or a whole number >= 0, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -113,12 +90,6 @@ class EventSensorSettings:
     # event, and a second one would only queue behind it (one rebalance at a time). Off: one
     # rebalance run per event (the demo world's 2 events/s queued ~12 runs a minute that way).
     coalesce_rebalances: bool = True
-    # Funding: worker processes that read a backlog in parallel, a set of partitions each
-    # (arb_orchestration/readers/funding_shards.py); 0: the sensor reads everything itself.
-    # Used only when at least `parallel_min_backlog` messages wait at the start of a tick: a
-    # normal tick (a few hundred rates) is faster without the round trip.
-    read_processes: int = 0
-    parallel_min_backlog: int = 20_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.long_poll_seconds <= 30:
@@ -131,10 +102,6 @@ class EventSensorSettings:
             raise ValueError(f"max_messages must be at least 1, got {self.max_messages}")
         if self.max_run_requests < 1:
             raise ValueError(f"max_run_requests must be at least 1, got {self.max_run_requests}")
-        if self.read_processes < 0:
-            raise ValueError(f"read_processes must be at least 0, got {self.read_processes}")
-        if self.parallel_min_backlog < 1:
-            raise ValueError(f"parallel_min_backlog must be at least 1, got {self.parallel_min_backlog}")
         if self.max_parked_bytes < 1:
             raise ValueError(f"max_parked_bytes must be at least 1, got {self.max_parked_bytes}")
         # NaN compares false both ways: a NaN age limit would switch the staleness checks off (a captured
@@ -177,8 +144,6 @@ class EventSensorSettings:
                 event_max_age_seconds=settings.get_float("ARB_EVENT_MAX_AGE_SECONDS", deployment),
                 critical_window=TimestampWindow(max_age_seconds=window),
                 funding_deviation_bps=settings.get_float("ARB_FUNDING_DEVIATION_BPS", deployment),
-                read_processes=settings.get("ARB_SENSOR_READ_PROCESSES", parse_read_processes, deployment),
-                parallel_min_backlog=settings.get_int("ARB_SENSOR_PARALLEL_MIN_BACKLOG", deployment),
             )
         except ValueError as exc:
             if isinstance(exc, settings.SettingError):
