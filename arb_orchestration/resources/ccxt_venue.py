@@ -1739,7 +1739,8 @@ class CcxtVenueClient(VenueClient):
         clientId. If it is still `pending`, the top-up stays unknown: it counts against the bound, is not resent,
         and nothing is withdrawn (`TransientError`). A retry of the same withdrawal on this client then looks it
         up by its clientId before anything is sent. If OKX now reports `success`, it is counted at the amount OKX
-        reports. If it reports `failed` or not found, it is sent with the same clientId. If it is still
+        reports. If it reports `failed`, or not found twice `TRANSFER_NOT_FOUND_GRACE_SECONDS` apart, it is sent
+        with the same clientId. If it is still
         `pending`, or the lookup fails, nothing is sent. Without an unknown outcome on this client nothing is
         looked up before a send, so an OKX withdrawal's requests are the same as before. A retry in another process
         is told of an unknown top-up by the caller's record (`restore_pending_top_up`, with its clientId) and
@@ -1761,6 +1762,12 @@ class CcxtVenueClient(VenueClient):
             what = (f"transfer {format(amount, '.8g')} {asset} {source}->{target} for withdrawal {idempotency_key} "
                     f"(clientId {client_id})")
             state, found_amount = self._transfer_state(client_id) if unknown is not None else ("not_found", None)
+            if unknown is not None and state == "not_found":
+                # The earlier attempt may have been sent moments ago (its process died right after), and OKX does
+                # not say how late a transfer shows in transfer-state: the grace a client gives its own ambiguous
+                # send (`_await_transfer_state`) before "not found" may mean "never got it" and a resend.
+                self._caller.sleep(TRANSFER_NOT_FOUND_GRACE_SECONDS)
+                state, found_amount = self._transfer_state(client_id)
             if state == "success":
                 counted = found_amount if found_amount is not None else unknown[0]
                 self._confirm_top_up(idempotency_key, counted)
