@@ -36,6 +36,8 @@ treats the lease as lost, before anyone else may take it over.
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -45,7 +47,9 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from arb_orchestration.resources.errors import TransientError
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -83,6 +87,22 @@ DEFAULT_FENCE_MARGIN_SECONDS = 15.0
 # point). Far above what a compensation takes with the resources' own timeouts and retries.
 DEFAULT_MAX_HOLD_SECONDS = 1800.0
 HEARTBEAT_THREAD_PREFIX = "saga-claim-heartbeat"
+# Every claim statement is bounded (docs/saga-claims-timeouts.md): on PostgreSQL by `SET LOCAL
+# statement_timeout` and `lock_timeout` in the statement's own transaction, on SQLite by the
+# connection's busy timeout (Dagster's is 30 s). Without a bound, an UPDATE stuck behind a lock or
+# a slow server outlives the lease: the heartbeat thread hangs in it and never reports the fence.
+# The bound is the smaller of two fractions of the claim's timing (`claim_statement_timeout`):
+#   * ttl / (2 * RENEWALS_PER_TTL) (5 s of a 60 s TTL): a stuck heartbeat statement gives control
+#     back within half a renewal period, so the next try (or the fence) is not delayed by it; a
+#     renewal is at most three statements (compare-and-swap, read, compare-and-swap: 15 s), far
+#     below ttl - margin (45 s);
+#   * margin / 3 (5 s of 15 s): the heartbeat's last try starts at the fence; bounded, it ends (and
+#     the holder fences itself, or its renewal lands) with two thirds of the margin still left
+#     before another actor may find the lease expired.
+# A statement that hits its bound is cancelled by the server (rolled back, not applied) and counts
+# as "could not": `ClaimStatementTimeoutError`, never as success.
+STATEMENT_BOUND_RENEWAL_FRACTION = 2 * RENEWALS_PER_TTL
+STATEMENT_BOUND_MARGIN_FRACTION = 3
 # A continuing run's step holds the claim while it checks the log and records its start: a few
 # statements, normally milliseconds, but a slow database can stretch them past any TTL, so the step
 # holds it through `HeldClaim` too (heartbeat + self-fence, engine._claim_for_step).
@@ -94,6 +114,44 @@ STEP_CLAIM_WAIT_SECONDS = 30.0
 
 def claim_key(saga_id: str) -> str:
     return f"{CLAIM_KEY_PREFIX}{saga_id}"
+
+
+def claim_statement_timeout(ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS,
+                            fence_margin_seconds: float | None = None) -> float:
+    """The bound on one claim statement for a lease of `ttl_seconds` (see `STATEMENT_BOUND_*`): 5 s by default."""
+    margin = default_fence_margin(ttl_seconds) if fence_margin_seconds is None else fence_margin_seconds
+    return min(ttl_seconds / STATEMENT_BOUND_RENEWAL_FRACTION, margin / STATEMENT_BOUND_MARGIN_FRACTION)
+
+
+# The bound in force for claim statements made by this thread (`claim_statement_bound`). A context
+# variable rather than a parameter of `ClaimStore`'s methods, so stores that wrap another (tests)
+# need not pass it on; each thread (the heartbeat's included) sets its own.
+_STATEMENT_BOUND: contextvars.ContextVar[float | None] = contextvars.ContextVar("saga_claim_statement_bound",
+                                                                               default=None)
+
+
+@contextlib.contextmanager
+def claim_statement_bound(seconds: float) -> Iterator[float]:
+    """Bound the claim statements made inside (nested bounds: the smallest wins)."""
+    current = _STATEMENT_BOUND.get()
+    bound = seconds if current is None else min(current, seconds)
+    token = _STATEMENT_BOUND.set(bound)
+    try:
+        yield bound
+    finally:
+        _STATEMENT_BOUND.reset(token)
+
+
+def current_statement_bound() -> float:
+    """The bound in force here, or the default claim's (5 s)."""
+    bound = _STATEMENT_BOUND.get()
+    return claim_statement_timeout() if bound is None else bound
+
+
+class ClaimStatementTimeoutError(TransientError):
+    """A claim statement hit its bound and was cancelled (not applied): the claim could not be
+    acquired, renewed, released or read. Never a success: an acquirer does not act, a holder counts
+    it as a failed renewal (and fences itself if none succeeds before its fence)."""
 
 
 def _utc(ts: float) -> str:
@@ -225,8 +283,14 @@ class InMemoryClaimStore(ClaimStore):
 class InstanceClaimStore(ClaimStore):
     """The Dagster instance's key-value table (`kvs`, unique `key`) through its run storage's connection.
 
-    SQLite run storage wraps each `connect()` in a transaction; PostgreSQL's runs in AUTOCOMMIT:
-    either way each call below is one statement, atomic on its own.
+    Each call below is one statement, atomic on its own, in a transaction of its own, and bounded
+    (`current_statement_bound`): PostgreSQL run storage runs AUTOCOMMIT, so the connection is
+    switched to READ COMMITTED for the call (back to the pool's setting when it returns: NullPool
+    closes it, the webserver's pool resets it) to open a transaction in which `SET LOCAL
+    statement_timeout` and `lock_timeout` apply to our statement only, never to Dagster's own; SQLite
+    run storage wraps each `connect()` in a transaction already, and its connection (NullPool, not
+    reused) gets `PRAGMA busy_timeout` in place of Dagster's 30 s. A statement cancelled by its bound
+    was rolled back: `ClaimStatementTimeoutError`, logged at WARNING.
     """
 
     def __init__(self, instance: "DagsterInstance"):
@@ -239,15 +303,52 @@ class InstanceClaimStore(ClaimStore):
             raise RuntimeError(f"saga claims need SQL run storage (SQLite or PostgreSQL), not {type(storage).__name__}")
         return connect()
 
+    @contextlib.contextmanager
+    def _bounded(self, what: str, key: str):
+        from sqlalchemy import exc as db_exc
+
+        bound = current_statement_bound()
+        millis = max(1, int(bound * 1000))
+        began = time.monotonic()
+        try:
+            with self._connect() as conn:
+                dialect = conn.dialect.name
+                if dialect == "postgresql":
+                    conn.execution_options(isolation_level="READ COMMITTED")
+                    with conn.begin():
+                        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {millis}")
+                        # A little below the statement's: a wait for a lock is reported as such
+                        # (55P03), not as a slow statement (57014); both mean "not applied".
+                        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, millis * 9 // 10)}")
+                        yield conn
+                else:
+                    if dialect == "sqlite":
+                        conn.exec_driver_sql(f"PRAGMA busy_timeout = {millis}")
+                    yield conn
+        except db_exc.DBAPIError as exc:
+            if not _statement_timed_out(exc):
+                raise
+            message = (f"saga claim statement ({what} {key}) gave up after {time.monotonic() - began:.2f} s "
+                       f"(bound {bound:g} s: {_bound_name(exc)}); cancelled and not applied, so it counts as "
+                       f"could not {what}: {type(exc.orig).__name__}: {str(exc.orig).strip()[:200]}")
+            logging.getLogger("arb_orchestration.saga").warning(message)
+            raise ClaimStatementTimeoutError(message) from exc
+
     def read(self, key: str) -> str | None:
-        return self.instance.run_storage.get_cursor_values({key}).get(key)
+        from dagster._core.storage.runs.schema import KeyValueStoreTable
+        from sqlalchemy import select
+
+        table = KeyValueStoreTable
+        with self._bounded("read", key) as conn:
+            row = conn.execute(select(table.c.value).where(table.c.key == key)).first()
+        return None if row is None else row[0]
 
     def insert(self, key: str, value: str) -> bool:
         from dagster._core.storage.runs.schema import KeyValueStoreTable
         from sqlalchemy import exc as db_exc
 
         try:
-            with self._connect() as conn:
+            with self._bounded("insert", key) as conn:
                 conn.execute(KeyValueStoreTable.insert().values(key=key, value=value))
         except db_exc.IntegrityError:
             return False
@@ -257,7 +358,7 @@ class InstanceClaimStore(ClaimStore):
         from dagster._core.storage.runs.schema import KeyValueStoreTable
 
         table = KeyValueStoreTable
-        with self._connect() as conn:
+        with self._bounded("replace", key) as conn:
             result = conn.execute(
                 table.update().where((table.c.key == key) & (table.c.value == seen)).values(value=value)
             )
@@ -267,9 +368,26 @@ class InstanceClaimStore(ClaimStore):
         from dagster._core.storage.runs.schema import KeyValueStoreTable
 
         table = KeyValueStoreTable
-        with self._connect() as conn:
+        with self._bounded("delete", key) as conn:
             result = conn.execute(table.delete().where((table.c.key == key) & (table.c.value == seen)))
             return result.rowcount == 1
+
+
+# PostgreSQL: 57014 query_canceled (statement_timeout), 55P03 lock_not_available (lock_timeout).
+_PG_TIMEOUT_CODES = {"57014": "PostgreSQL statement_timeout", "55P03": "PostgreSQL lock_timeout"}
+
+
+def _statement_timed_out(exc: Exception) -> bool:
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "pgcode", None) in _PG_TIMEOUT_CODES:
+        return True
+    text = str(orig).lower()
+    return type(orig).__module__.startswith("sqlite3") and ("locked" in text or "busy" in text)
+
+
+def _bound_name(exc: Exception) -> str:
+    code = getattr(getattr(exc, "orig", None), "pgcode", None)
+    return _PG_TIMEOUT_CODES.get(code, "SQLite busy timeout")
 
 
 class ClaimLostError(Exception):
@@ -281,24 +399,53 @@ class SagaClaims:
 
     `holder_alive(lease)` says whether the holder of an unexpired lease is still there (default:
     yes — only expiry ends it); `InstanceSagaClaims` ends a run-bound lease when its run ended.
+
+    Each store statement is bounded by `statement_timeout_seconds`, or (None) by
+    `claim_statement_timeout` of the lease's TTL (5 s for 60 s); one that hits its bound raises
+    `ClaimStatementTimeoutError` (an acquire logs it at ERROR: the actor does not act).
     """
 
     def __init__(self, store: ClaimStore, *, holder_alive: Callable[[Lease], bool] | None = None,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic, statement_timeout_seconds: float | None = None):
+        if statement_timeout_seconds is not None and not statement_timeout_seconds > 0:
+            raise ValueError(f"statement_timeout_seconds ({statement_timeout_seconds:g}) must be above 0")
         self.store = store
+        self.statement_timeout_seconds = statement_timeout_seconds
         self._holder_alive = holder_alive
         self._clock = clock  # wall clock: expiries are stored in it and compared across hosts
         self._monotonic = monotonic  # the holder's own clock for self-fencing (never jumps)
         self._sleep = sleep
 
+    def statement_bound(self, ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS,
+                        fence_margin_seconds: float | None = None) -> float:
+        """The bound on each statement for a lease of `ttl_seconds` (the explicit one if set)."""
+        if self.statement_timeout_seconds is not None:
+            return self.statement_timeout_seconds
+        return claim_statement_timeout(ttl_seconds, fence_margin_seconds)
+
     def holder(self, saga_id: str) -> Lease | None:
-        raw = self.store.read(claim_key(saga_id))
+        with claim_statement_bound(self.statement_bound()):
+            raw = self.store.read(claim_key(saga_id))
         return _parse(raw, saga_id) if raw is not None else None
 
     def acquire(self, saga_id: str, actor: str, *, ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS,
                 run_id: str | None = None, wait_seconds: float = 0.0, poll_seconds: float = 0.2) -> ClaimResult:
-        """Take the claim, or report who holds it. Waits up to `wait_seconds` for a live holder to let go."""
+        """Take the claim, or report who holds it. Waits up to `wait_seconds` for a live holder to let go.
+
+        `ClaimStatementTimeoutError` if a statement hit its bound: not acquired (the caller must not act)."""
+        bound = self.statement_bound(ttl_seconds)
+        try:
+            with claim_statement_bound(bound):
+                return self._acquire(saga_id, actor, ttl_seconds, run_id, wait_seconds, poll_seconds)
+        except ClaimStatementTimeoutError as exc:
+            logging.getLogger("arb_orchestration.saga").error(
+                f"saga {saga_id}: {actor} could NOT acquire its claim: a claim statement hit its bound of {bound:g} s "
+                f"(the database is locked or too slow); it does not act on the saga ({exc})")
+            raise
+
+    def _acquire(self, saga_id: str, actor: str, ttl_seconds: float, run_id: str | None, wait_seconds: float,
+                 poll_seconds: float) -> ClaimResult:
         key = claim_key(saga_id)
         deadline = self._clock() + wait_seconds
         while True:
@@ -322,7 +469,12 @@ class SagaClaims:
             self._sleep(min(poll_seconds, max(0.0, deadline - now)))
 
     def renew(self, lease: Lease, ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS) -> Lease:
-        """Push our expiry out; `ClaimLostError` if the lease is no longer ours."""
+        """Push our expiry out; `ClaimLostError` if the lease is no longer ours, `ClaimStatementTimeoutError`
+        if a statement hit its bound (not renewed: the lease keeps its old expiry)."""
+        with claim_statement_bound(self.statement_bound(ttl_seconds)):
+            return self._renew(lease, ttl_seconds)
+
+    def _renew(self, lease: Lease, ttl_seconds: float) -> Lease:
         mono = self._monotonic()  # before the statement: a slow one shortens what we may count on
         renewed = replace(lease, expires_at=self._clock() + ttl_seconds)
         renewed = replace(renewed, raw=renewed.to_json(), local_expires_at=mono + ttl_seconds)
@@ -340,7 +492,8 @@ class SagaClaims:
 
     def release(self, lease: Lease) -> bool:
         """Let go; False if it was no longer ours (taken over after expiring)."""
-        return self.store.delete(claim_key(lease.saga_id), lease.raw)
+        with claim_statement_bound(self.statement_bound()):
+            return self.store.delete(claim_key(lease.saga_id), lease.raw)
 
     def _alive(self, lease: Lease) -> bool:
         return True if self._holder_alive is None else self._holder_alive(lease)
@@ -412,6 +565,10 @@ class HeldClaim:
         self.renew_every_seconds = renew_every_seconds
         self.fence_margin_seconds = fence_margin_seconds
         self.max_hold_seconds = max_hold_seconds
+        # Each renewal/release statement is bounded by this (`claim_statement_timeout`: the smaller of
+        # ttl / 12 and margin / 3), so a heartbeat stuck behind a lock gets control back in time to
+        # try again and to fence itself before the lease can expire.
+        self.statement_timeout_seconds = claims.statement_bound(ttl_seconds, fence_margin_seconds)
         self._logger = logger or logging.getLogger("arb_orchestration.saga")
         self._held_since = claims._clock()
         self._statement = threading.Lock()  # one renewal/release statement at a time, latest value
@@ -476,7 +633,8 @@ class HeldClaim:
         self._raise_if_lost()
         lease = self.lease
         try:
-            renewed = self.claims.renew(lease, self.ttl_seconds)
+            with claim_statement_bound(self.statement_timeout_seconds):
+                renewed = self.claims.renew(lease, self.ttl_seconds)
         except ClaimLostError as exc:
             if self._mark_lost(str(exc), self_fenced=False):
                 self._say("error", self._lost_message(str(exc)))
@@ -613,10 +771,12 @@ class HeldClaim:
             with self._lock:
                 lost, self_fenced, lease = self._lost, self._self_fenced, self._lease
             if lost is None:
-                return self.claims.release(lease)
+                with claim_statement_bound(self.statement_timeout_seconds):
+                    return self.claims.release(lease)
             if self_fenced:
                 try:
-                    self.claims.release(lease)
+                    with claim_statement_bound(self.statement_timeout_seconds):
+                        self.claims.release(lease)
                 except Exception as exc:
                     self._say("warning", f"saga {lease.saga_id}: {lease.actor} could not free its fenced claim "
                                          f"({type(exc).__name__}: {exc}); it runs out at its expiry")
