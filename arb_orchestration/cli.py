@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan-route": ("arb_orchestration.commands.plan_route", "plan-route INSTANCE.json: dry-run the rebalancing route planner"),
     "settings": ("arb_orchestration.commands.settings", "print every environment variable the platform reads"),
     "refunds": ("arb_orchestration.commands.refunds", "refunds list | close ID --reason TEXT: the Wise refund watches"),
+    "sagas": ("arb_orchestration.commands.sagas", "sagas list | show ID | resolve ID --reason TEXT: sagas that need a person"),
     "wise-webhooks": ("arb_orchestration.commands.wise_webhooks", "wise-webhooks serve: receive Wise transfer webhooks into the instance"),
 }
 

@@ -91,6 +91,18 @@ class SagaLog(abc.ABC):
     def record_escalated(self, saga_id: str, saga_name: str, *, reason: str) -> SagaRecord:
         return self._record(RecordKind.ESCALATED, saga_id, saga_name, None, {"reason": reason})
 
+    def record_operator_resolved(self, saga_id: str, saga_name: str, *, by: str, reason: str, forced: bool,
+                                 state_before: str) -> SagaRecord:
+        """An operator settled the saga by hand (`arb-orchestration sagas resolve`): recovery leaves it alone from
+        now on. Must-understand for older readers (see `RecordKind.OPERATOR_RESOLVED`)."""
+        return self._record(RecordKind.OPERATOR_RESOLVED, saga_id, saga_name, None,
+                            {"by": by, "reason": reason, "forced": forced, "state_before": state_before})
+
+    def load_records(self, saga_id: str) -> list[SagaRecord]:
+        """The saga's records as stored, oldest first, without folding them: readable even when the log holds
+        kinds this code does not know (where `load` raises `SagaLogTooNewError`). For display, never for deciding."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list raw records")
+
 
 def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
@@ -123,6 +135,10 @@ class InMemorySagaLog(SagaLog):
     def load(self, saga_id: str) -> SagaState:
         with self._lock:
             return SagaState.from_records(saga_id, list(self._store.get(saga_id, [])))
+
+    def load_records(self, saga_id: str) -> list[SagaRecord]:
+        with self._lock:
+            return sorted(self._store.get(saga_id, []), key=lambda r: r.timestamp)
 
     def all_records(self) -> list[SagaRecord]:
         with self._lock:
@@ -167,9 +183,15 @@ class InstanceSagaLog(SagaLog):
         )
 
     def load(self, saga_id: str) -> SagaState:
+        saga_id = self.resolve_saga_id(saga_id)
+        return SagaState.from_records(saga_id, self._read(saga_id))
+
+    def load_records(self, saga_id: str) -> list[SagaRecord]:
+        return sorted(self._read(self.resolve_saga_id(saga_id)), key=lambda r: r.timestamp)
+
+    def _read(self, saga_id: str) -> list[SagaRecord]:
         from dagster import DagsterEventType
 
-        saga_id = self.resolve_saga_id(saga_id)
         records: list[SagaRecord] = []
         for run in self.runs_of_saga(saga_id):
             for entry in self.instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
@@ -181,7 +203,7 @@ class InstanceSagaLog(SagaLog):
                 record = SagaRecord.from_json(value.value)
                 if record.saga_id == saga_id:
                     records.append(record)
-        return SagaState.from_records(saga_id, records)
+        return records
 
     def resolve_saga_id(self, saga_or_run_id: str) -> str:
         run = self.instance.get_run_by_id(saga_or_run_id)
@@ -213,5 +235,7 @@ def _summary(record: SagaRecord) -> str:
         return f" — {data.get('reason')}"
     if record.kind is RecordKind.FORWARD_REQUESTED:
         return f" (after failed run {data.get('failed_run_id')}, attempt {data.get('attempt')})"
+    if record.kind is RecordKind.OPERATOR_RESOLVED:
+        return f" by {data.get('by')}{' (forced)' if data.get('forced') else ''} — {data.get('reason')}"
     return ""
 

@@ -57,6 +57,7 @@ class Verdict(str, enum.Enum):
     COMPENSATE = "compensate"  # undo work pending
     FORWARD = "forward"  # finish it
     ESCALATED = "escalated"  # an operator owns it now
+    RESOLVED = "resolved"  # an operator settled it by hand (`sagas resolve`): terminal, nothing more is done
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class Decision:
 
 def decide(saga: SagaDefinition, state: SagaState) -> Decision:
     steps = saga.steps
+    if state.resolved:  # before everything: a person settled it on the venue; acting again could undo their fix
+        r = state.resolution or {}
+        return Decision(Verdict.RESOLVED, f"resolved by hand by {r.get('by')}: {r.get('reason')}")
     if all(state.step(s.name).done for s in steps):
         return Decision(Verdict.COMPLETED, "every step is done")
     if state.escalated:
@@ -230,6 +234,9 @@ class _FencedLog(SagaLog):
     def load(self, saga_id: str) -> SagaState:
         return self._inner.load(saga_id)
 
+    def load_records(self, saga_id: str) -> list[SagaRecord]:
+        return self._inner.load_records(saga_id)
+
     def __getattr__(self, name: str) -> Any:  # runs_of_saga, resolve_saga_id, ...
         return getattr(self._inner, name)
 
@@ -329,7 +336,8 @@ def _recover(
                                f"{active_runs} run(s) of this saga still in progress")
     state = log.load(saga_id)
     decision = decide(saga, state)
-    if decision.verdict in (Verdict.COMPLETED, Verdict.NOT_STARTED, Verdict.COMPENSATED, Verdict.ESCALATED):
+    if decision.verdict in (Verdict.COMPLETED, Verdict.NOT_STARTED, Verdict.COMPENSATED, Verdict.ESCALATED,
+                            Verdict.RESOLVED):
         return RecoveryOutcome(saga_id, decision, Action.NONE, decision.reason)
 
     if decision.verdict is Verdict.COMPENSATE:

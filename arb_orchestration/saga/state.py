@@ -28,6 +28,12 @@ class RecordKind(str, enum.Enum):
     COMPENSATION_PROGRESS = "compensation_progress"
     FORWARD_REQUESTED = "forward_requested"
     ESCALATED = "escalated"
+    # An operator fixed the saga by hand (`arb-orchestration sagas resolve`; docs/sagas-cli.md): who, when, why.
+    # Terminal for recovery: no compensation, no relaunch, no escalation mail after it. MUST-UNDERSTAND (not in
+    # IGNORABLE_KINDS): an older reader that skipped it would see an unresolved saga and could compensate again or
+    # escalate (mail) a saga a person has already settled on the venue; refusing ("log too new") is the safe
+    # failure. Only the first one counts (`SagaState.resolution`); the command writes no second one.
+    OPERATOR_RESOLVED = "operator_resolved"
 
 
 # ---- forward compatibility: record kinds a reader does not know (docs/sagas.md, "Upgrades") ----------------------
@@ -177,6 +183,19 @@ class SagaState:
     escalation_reason: str | None = None
     # Records of kinds this code does not know whose writer marked them ignorable: skipped (WARNING), kept here.
     ignored_records: list[SagaRecord] = field(default_factory=list)
+    # The first `operator_resolved` record (an operator settled the saga by hand): its data (by, reason, forced,
+    # state_before) plus "at" (the record's time). None while no operator resolved it.
+    resolution: dict[str, Any] | None = None
+
+    @property
+    def resolved(self) -> bool:
+        """An operator resolved the saga by hand: recovery treats it as terminal (`recovery.decide`)."""
+        return self.resolution is not None
+
+    @property
+    def failed_compensations(self) -> list[str]:
+        """Steps whose compensation failed and has not succeeded since (oldest step first in log order)."""
+        return [name for name, s in self.steps.items() if s.compensation_failures and not s.compensated]
 
     def step(self, name: str) -> StepState:
         return self.steps.get(name) or StepState(name)
@@ -233,6 +252,10 @@ class SagaState:
             if r.kind is RecordKind.ESCALATED:
                 state.escalated = True
                 state.escalation_reason = str(r.data.get("reason"))
+                continue
+            if r.kind is RecordKind.OPERATOR_RESOLVED:
+                if state.resolution is None:
+                    state.resolution = {**dict(r.data), "at": r.timestamp, "run_id": r.run_id}
                 continue
             if r.step is None:
                 continue

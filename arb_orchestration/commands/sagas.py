@@ -1,0 +1,480 @@
+"""`arb-orchestration sagas`: the sagas that need a person, their logs, and recording a fix made by hand.
+
+  list [--all] [--json]             the sagas that need a person: escalated, compensation failed, or a log
+                                    too new for this code (--all: also the recent others, at most --limit)
+  show SAGA_ID [--json]             the saga's records, oldest first (a run id of the saga also works)
+  resolve SAGA_ID --reason TEXT     record that an operator settled an escalated or compensation-failed saga
+                                    by hand: the recovery sensors and the failure hook leave it alone from
+                                    then on (no compensation, no relaunch, no mail) [--by NAME, default: the
+                                    login name] [--force: also a saga in another state, see below]
+
+`--force` records the resolution of a saga that is not escalated/compensation-failed (completed, rolled
+back, failed and awaiting recovery, or with a run still in progress). It stops recovery only: it does not
+stop a run in progress (cancel that run first, in the UI) and undoes nothing.
+
+The saga log lives in the event logs of the saga's runs in the Dagster instance at `DAGSTER_HOME` (SQLite
+locally, PostgreSQL in production); see docs/sagas-cli.md.
+
+Exit codes: 0 done (also: resolving a saga already resolved, nothing written); 1 the instance could not be
+opened, read or written; 2 bad input (DAGSTER_HOME not set, an unknown SAGA_ID, --reason missing or empty,
+a saga that may not be resolved without --force, a log too new for this code: nothing changed); 3 another
+actor (a recovery sensor, the failure hook, a step) holds the saga's claim right now: nothing changed, try
+again in a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+from arb_orchestration.commands import _flags
+
+PROG = "arb-orchestration sagas"
+
+# States that need a person (`list` without --all shows only these).
+ESCALATED = "escalated"
+COMPENSATION_FAILED = "compensation_failed"
+TOO_NEW = "too_new"
+NEEDS_PERSON = (ESCALATED, COMPENSATION_FAILED, TOO_NEW)
+# States `resolve` accepts without --force.
+RESOLVABLE = (ESCALATED, COMPENSATION_FAILED)
+
+WHY_WIDTH = 100  # characters of "why" on a `list` line (--json has it whole)
+DEFAULT_LIMIT = 50  # sagas `list --all` shows besides those that need a person
+DEFAULT_SCAN_RUNS = 500  # newest saga runs read to find sagas (failed/canceled ones without --all)
+CLAIM_TTL_SECONDS = 60.0  # `resolve` holds the saga's claim for a few statements only
+CLAIM_WAIT_SECONDS = 5.0
+
+
+# ---- secrets never appear in output ----------------------------------------------------------------------------
+
+
+class Redactor:
+    """Blanks the values of secret environment variables present in this shell, and credentials in URLs.
+
+    Saga records hold error texts from venues and HTTP clients; the operator's shell may have the world's
+    environment file loaded. Anything printed goes through `redact`."""
+
+    _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+@")
+    _SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY|SIGNING_KEY|PRIVATE_KEY|CREDENTIALS?)$")
+
+    def __init__(self, environ: Mapping[str, str] | None = None):
+        environ = os.environ if environ is None else environ
+        patterns = [self._SECRET_NAME]
+        try:
+            from arb_orchestration.settings import SETTINGS
+
+            for name, setting in SETTINGS.items():
+                if setting.secret:
+                    patterns.append(re.compile("^" + re.escape(name).replace(re.escape("<VENUE>"), "[A-Z0-9_]+")
+                                               + "$"))
+        except Exception:  # noqa: BLE001 - the name heuristic above still applies
+            pass
+        values = {value for name, value in environ.items()
+                  if value and len(value) >= 4 and any(p.search(name) for p in patterns)}
+        self._secrets = sorted(values, key=len, reverse=True)  # longest first: a secret inside another
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return self._URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+# ---- what one saga looks like to an operator -------------------------------------------------------------------
+
+
+@dataclass
+class SagaSummary:
+    saga_id: str
+    saga_name: str
+    state: str
+    since: float | None
+    why: str
+    run_id: str | None  # where the deciding record (escalation, failure, resolution) is, else the newest run
+    running: bool = False
+    runs: list[dict[str, Any]] = field(default_factory=list)  # run id, status, created (epoch), oldest first
+
+    @property
+    def needs_person(self) -> bool:
+        return self.state in NEEDS_PERSON
+
+
+def _utc(epoch: float | None) -> str:
+    return "-" if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc_precise(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def _one_line(text: str, width: int = WHY_WIDTH) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1].rstrip() + "…"
+
+
+def _last(records: Sequence[Any], kind: Any) -> Any:
+    return next((r for r in reversed(records) if r.kind == kind), None)
+
+
+def summarize(saga_id: str, records: Sequence[Any], runs: Sequence[Mapping[str, Any]],
+              saga_name: str | None = None) -> SagaSummary:
+    """The operator's view of one saga from its raw records (oldest first) and its runs (dicts with run_id,
+    status (a DagsterRunStatus value string), created, in_progress), oldest first.
+
+    No saga definition is needed (the command does not load the code location), so "completed" is read from
+    the runs: the newest run succeeded and nothing was rolled back."""
+    from arb_orchestration.saga.state import RecordKind, SagaLogTooNewError, SagaState
+
+    newest_run = runs[-1]["run_id"] if runs else None
+    running = any(r["in_progress"] for r in runs)
+    in_progress = ", ".join(f"{r['run_id']} ({r['status']})" for r in runs if r["in_progress"])
+    name = next((r.saga_name for r in records if r.saga_name), None) or saga_name or "?"
+    newest_ts = records[-1].timestamp if records else None
+
+    def out(state: str, since: float | None, why: str, run_id: str | None = None) -> SagaSummary:
+        return SagaSummary(saga_id, name, state, since, why, run_id or newest_run, running, list(runs))
+
+    try:
+        state = SagaState.from_records(saga_id, records)
+    except SagaLogTooNewError as exc:
+        return out(TOO_NEW, newest_ts, f"log holds record kind(s) {', '.join(exc.kinds)} from a newer version "
+                                       "that this code does not know: upgrade arb-orchestration (and the code "
+                                       "locations); nothing is recovered for this saga until then")
+    if not records:
+        return out("not_started", None, "no saga record (no step started)")
+    if state.resolved:
+        r = state.resolution or {}
+        forced = " (forced)" if r.get("forced") else ""
+        return out("resolved", r.get("at"), f"by {r.get('by')}{forced}: {r.get('reason')}", r.get("run_id"))
+    failed_compensations = state.failed_compensations
+    newest_succeeded = bool(runs) and runs[-1]["status"] == "SUCCESS"
+    if newest_succeeded and not state.compensation_began:
+        # An escalated saga an operator finished by re-executing its run (docs/sagas.md, Operator guide).
+        return out("completed", newest_ts, "its newest run succeeded")
+    if state.escalated:
+        rec = _last(records, RecordKind.ESCALATED)
+        why = state.escalation_reason or "?"
+        return out(ESCALATED, rec.timestamp, why + (f" [run in progress: {in_progress}]" if running else ""),
+                   rec.run_id)
+    if failed_compensations:
+        rec = _last([r for r in records if r.step in failed_compensations], RecordKind.COMPENSATION_FAILED)
+        step = state.step(rec.step)
+        why = (f"compensation of {step.name} failed ({step.compensation_failures} time(s); the recovery sweep "
+               f"retries it, then escalates): {step.last_compensation_error}")
+        return out(COMPENSATION_FAILED, rec.timestamp, why + (f" [run in progress: {in_progress}]" if running else ""),
+                   rec.run_id)
+    if running:
+        return out("running", newest_ts, f"run in progress: {in_progress}")
+    if state.compensation_began:
+        done = [s.name for s in state.steps.values() if s.compensated]
+        return out("rolled_back", newest_ts, f"compensated: {', '.join(done) or 'nothing needed undoing'}")
+    errors = [s for s in state.steps.values() if s.last_error and not s.done]
+    last = errors[-1] if errors else None
+    why = f"step {last.name} failed: {last.last_error}" if last else "a run ended without finishing it"
+    return out("failed", newest_ts, why + "; the recovery sensors act on it")
+
+
+# ---- reading the instance --------------------------------------------------------------------------------------
+
+
+class SagaReader:
+    """Finds sagas in the instance's runs and reads their logs through `InstanceSagaLog` (any run storage)."""
+
+    def __init__(self, instance: Any):
+        from arb_orchestration.saga.log import InstanceSagaLog
+
+        self.instance = instance
+        self.log = InstanceSagaLog(instance)
+        self._runs_by_id: dict[str, Any] = {}
+
+    def _get_run(self, run_id: str) -> Any:
+        if run_id not in self._runs_by_id:
+            self._runs_by_id[run_id] = self.instance.get_run_by_id(run_id)
+        return self._runs_by_id[run_id]
+
+    def saga_id_of(self, run: Any) -> str:
+        from arb_orchestration.saga.keys import saga_id_for_run
+
+        return saga_id_for_run(run, self._get_run)
+
+    def recent_saga_ids(self, *, failed_only: bool, scan_runs: int) -> tuple[list[tuple[str, str]], bool]:
+        """(saga id, saga tag) of the sagas of the newest `scan_runs` saga runs, newest first; True if the scan
+        hit its bound (older runs were not read)."""
+        from dagster import DagsterRunStatus, RunsFilter
+
+        from arb_orchestration.saga.keys import SAGA_TAG
+
+        names = sorted({value for _key, values in self.instance.get_run_tags(tag_keys=[SAGA_TAG]) for value in values})
+        if not names:
+            return [], False
+        statuses = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED] if failed_only else []
+        runs = self.instance.get_runs(filters=RunsFilter(tags={SAGA_TAG: names}, statuses=statuses), limit=scan_runs)
+        seen: dict[str, str] = {}
+        for run in runs:  # newest first
+            self._runs_by_id.setdefault(run.run_id, run)
+            seen.setdefault(self.saga_id_of(run), run.tags.get(SAGA_TAG, ""))
+        return list(seen.items()), len(runs) >= scan_runs
+
+    def resolve_id(self, saga_or_run_id: str) -> str:
+        return self.log.resolve_saga_id(saga_or_run_id)
+
+    def runs(self, saga_id: str) -> list[dict[str, Any]]:
+        from dagster import RunsFilter
+        from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+        run_ids = [run.run_id for run in self.log.runs_of_saga(saga_id)]
+        if not run_ids:
+            return []
+        records = self.instance.get_run_records(filters=RunsFilter(run_ids=run_ids))
+        out = [{"run_id": rec.dagster_run.run_id, "status": rec.dagster_run.status.value,
+                "created": rec.create_timestamp.timestamp(), "in_progress": rec.dagster_run.status in IN_PROGRESS_RUN_STATUSES}
+               for rec in records]
+        return sorted(out, key=lambda r: r["created"])
+
+    def records(self, saga_id: str) -> list[Any]:
+        return self.log.load_records(saga_id)
+
+    def summary(self, saga_id: str, saga_tag: str | None = None) -> SagaSummary:
+        return summarize(saga_id, self.records(saga_id), self.runs(saga_id), saga_tag)
+
+
+# ---- the subcommands -------------------------------------------------------------------------------------------
+
+
+def _as_json(summary: SagaSummary, redactor: Redactor) -> dict[str, Any]:
+    raw = asdict(summary)
+    raw["why"] = redactor.redact(summary.why)
+    raw["since"] = None if summary.since is None else _utc_precise(summary.since)
+    raw["since_epoch"] = summary.since
+    raw["needs_person"] = summary.needs_person
+    for run in raw["runs"]:
+        run["created"] = _utc_precise(run["created"])
+    return raw
+
+
+def _list(reader: SagaReader, *, show_all: bool, as_json: bool, limit: int, scan_runs: int,
+          redactor: Redactor) -> int:
+    failed, failed_truncated = reader.recent_saga_ids(failed_only=True, scan_runs=scan_runs)
+    summaries: dict[str, SagaSummary] = {}
+    for saga_id, tag in failed:
+        summary = reader.summary(saga_id, tag)
+        if summary.needs_person:
+            summaries[saga_id] = summary
+    recent_truncated = False
+    if show_all:
+        recent, recent_truncated = reader.recent_saga_ids(failed_only=False, scan_runs=scan_runs)
+        others = 0
+        for saga_id, tag in recent:
+            if saga_id in summaries:
+                continue
+            if others >= limit:
+                recent_truncated = True
+                break
+            summaries[saga_id] = reader.summary(saga_id, tag)
+            others += 1
+    ordered = sorted(summaries.values(), key=lambda s: (not s.needs_person, -(s.since or 0.0)))
+    notes = []
+    if failed_truncated:
+        notes.append(f"only the newest {scan_runs} failed/canceled saga runs were read (--scan-runs): older "
+                     "sagas that need a person may be missing")
+    if show_all and recent_truncated:
+        notes.append(f"--all shows at most {limit} sagas besides those that need a person (--limit)")
+    if as_json:
+        print(json.dumps({"sagas": [_as_json(s, redactor) for s in ordered], "notes": notes}, indent=2))
+        return 0
+    if not ordered:
+        print("no sagas" if show_all else "no saga needs a person")
+    else:
+        header = ("saga", "name", "state", "since", "run", "why")
+        rows = [(s.saga_id, s.saga_name, s.state, _utc(s.since), s.run_id or "-",
+                 _one_line(redactor.redact(s.why))) for s in ordered]
+        widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header) - 1)]
+        for row in [header, *rows]:
+            print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip())
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def _details(data: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in data.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=repr)
+        parts.append(f"{key}={text}")
+    return ", ".join(parts)
+
+
+def _show(reader: SagaReader, saga_or_run_id: str, *, as_json: bool, redactor: Redactor) -> int:
+    saga_id = reader.resolve_id(saga_or_run_id)
+    records = reader.records(saga_id)
+    runs = reader.runs(saga_id)
+    if not records and not runs:
+        print(f"{PROG} show: no saga {saga_or_run_id!r} in this instance (neither a saga id nor a run id of a "
+              "saga); `sagas list --all` shows the recent ones", file=sys.stderr)
+        return 2
+    summary = summarize(saga_id, records, runs)
+    if as_json:
+        out = _as_json(summary, redactor)
+        out["records"] = [json.loads(redactor.redact(json.dumps(r.to_json()))) for r in records]
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"saga {summary.saga_name} [{saga_id}]")
+    print(f"state: {summary.state} since {_utc(summary.since)}: {redactor.redact(summary.why)}")
+    print("runs (oldest first):")
+    for run in runs:
+        print(f"  {run['run_id']}  {run['status']}  created {_utc(run['created'])}")
+    print(f"records (oldest first, {len(records)}):")
+    for r in records:
+        step = f"step {r.step}" if r.step else "-"
+        flag = "" if r.known else (" [unknown kind, ignorable]" if r.ignorable else " [unknown kind]")
+        print(f"  {_utc_precise(r.timestamp)}  {r.kind_name:<22} {step:<24} run {r.run_id or '-'}{flag}")
+        if r.data:
+            print(f"      {redactor.redact(_details(r.data))}")
+    return 0
+
+
+def _resolve(reader: SagaReader, saga_or_run_id: str, *, reason: str, by: str, force: bool,
+             redactor: Redactor) -> int:
+    from arb_orchestration.saga.claim import InstanceSagaClaims
+    from arb_orchestration.saga.log import InstanceSagaLog
+
+    saga_id = reader.resolve_id(saga_or_run_id)
+    runs = reader.runs(saga_id)
+    records = reader.records(saga_id)
+    if not records and not runs:
+        print(f"{PROG} resolve: no saga {saga_or_run_id!r} in this instance; nothing changed", file=sys.stderr)
+        return 2
+    summary = summarize(saga_id, records, runs)
+    if summary.state == "resolved":
+        print(f"saga {summary.saga_name} [{saga_id}] is already resolved ({redactor.redact(summary.why)}, at "
+              f"{_utc(summary.since)}); nothing written")
+        return 0
+    if summary.state == TOO_NEW:
+        print(f"{PROG} resolve: saga [{saga_id}]: {redactor.redact(summary.why)}; this version cannot tell what "
+              "those records mean, so it does not resolve it (not even with --force); nothing changed",
+              file=sys.stderr)
+        return 2
+    if not force and (summary.state not in RESOLVABLE or summary.running):
+        what = (f"it has a run in progress ({', '.join(r['run_id'] for r in runs if r['in_progress'])}): resolving "
+                "it now would race that run and the recovery after it" if summary.running
+                else f"it is {summary.state}, not escalated or compensation-failed: recovery is not waiting for a "
+                     "person")
+        print(f"{PROG} resolve: saga {summary.saga_name} [{saga_id}] not resolved: {what}. --force records the "
+              "resolution anyway (recovery then leaves the saga alone for good; a run in progress is NOT stopped: "
+              "cancel it first); nothing changed", file=sys.stderr)
+        return 2
+
+    claims = InstanceSagaClaims(reader.instance)
+    result = claims.acquire(saga_id, f"operator {by} (arb-orchestration sagas resolve)",
+                            ttl_seconds=CLAIM_TTL_SECONDS, wait_seconds=CLAIM_WAIT_SECONDS)
+    if not result.acquired:
+        holder = result.holder.describe() if result.holder is not None else "another actor"
+        print(f"{PROG} resolve: saga [{saga_id}] is being worked on right now by {holder}; nothing changed: try "
+              "again in a minute (then `sagas show` what it did)", file=sys.stderr)
+        return 3
+    assert result.lease is not None
+    try:
+        # Under the claim: what the state was may have changed (another operator, a compensation that ended).
+        records = reader.records(saga_id)
+        fresh = summarize(saga_id, records, reader.runs(saga_id))
+        if fresh.state == "resolved":
+            print(f"saga {fresh.saga_name} [{saga_id}] is already resolved ({redactor.redact(fresh.why)}); "
+                  "nothing written")
+            return 0
+        if fresh.state != summary.state and not force:
+            print(f"{PROG} resolve: saga [{saga_id}] changed while resolving ({summary.state} -> {fresh.state}); "
+                  "nothing changed: look at it again (`sagas show`)", file=sys.stderr)
+            return 2
+        target_id = fresh.run_id or (runs[-1]["run_id"] if runs else None)
+        target = reader.instance.get_run_by_id(target_id) if target_id else None
+        if target is None:
+            print(f"{PROG} resolve: saga [{saga_id}] has no run left to record the resolution in (deleted by run "
+                  "retention?); nothing changed", file=sys.stderr)
+            return 2
+        InstanceSagaLog(reader.instance, target).record_operator_resolved(
+            saga_id, fresh.saga_name, by=by, reason=reason, forced=force, state_before=fresh.state)
+    finally:
+        claims.release(result.lease)
+    forced = f" (forced; it was {fresh.state})" if force and fresh.state not in RESOLVABLE else ""
+    print(f"resolved saga {fresh.saga_name} [{saga_id}] by hand{forced}: by {by}, reason: {redactor.redact(reason)}. "
+          f"Recorded in run {target.run_id}; the recovery sensors and the failure hook leave this saga alone from "
+          "now on.")
+    if fresh.running:
+        print(f"warning: run(s) still in progress were not stopped: "
+              f"{', '.join(r['run_id'] for r in fresh.runs if r['in_progress'])}", file=sys.stderr)
+    return 0
+
+
+def _reason(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty: say what was done by hand (recorded)")
+    return text.strip()
+
+
+def _saga_id(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
+
+
+def main(argv: list[str]) -> int:
+    parser = _flags.CommandParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{list,show,resolve}",
+                                parser_class=_flags.CommandParser)
+    listing = sub.add_parser("list", help="the sagas that need a person")
+    listing.add_argument("--all", action="store_true", help="also the recent sagas that need nobody")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table (whole texts)")
+    listing.add_argument("--limit", type=_flags.positive_int, default=DEFAULT_LIMIT,
+                         help=f"--all: at most this many other sagas (default {DEFAULT_LIMIT})")
+    listing.add_argument("--scan-runs", type=_flags.positive_int, default=DEFAULT_SCAN_RUNS,
+                         help=f"read at most this many of the newest saga runs (default {DEFAULT_SCAN_RUNS})")
+    showing = sub.add_parser("show", help="the saga's records, oldest first")
+    showing.add_argument("saga_id", type=_saga_id, metavar="SAGA_ID", help="the saga id (or a run id of the saga)")
+    showing.add_argument("--json", action="store_true", help="JSON instead of text")
+    resolving = sub.add_parser("resolve", help="record that an operator settled the saga by hand")
+    resolving.add_argument("saga_id", type=_saga_id, metavar="SAGA_ID", help="the saga id (or a run id of the saga)")
+    resolving.add_argument("--reason", type=_reason, required=True, help="what was done by hand (recorded)")
+    resolving.add_argument("--by", default=None, help="who resolves it (recorded; default: the login name)")
+    resolving.add_argument("--force", action="store_true",
+                           help="also resolve a saga that is not escalated/compensation-failed or has a run in "
+                                "progress (stops recovery only; a running run is not stopped)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad flag (2, one line on stderr already)
+        return int(exc.code or 0)
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print(f"{PROG}: DAGSTER_HOME is not set: the saga log lives in that Dagster instance (the one the "
+              "recovery sensors' daemon uses)", file=sys.stderr)
+        return 2
+
+    from dagster import DagsterInstance
+
+    redactor = Redactor()
+    try:
+        instance = DagsterInstance.get()
+    except Exception as exc:  # noqa: BLE001 - an unreadable instance is the outside world failing
+        print(redactor.redact(f"{PROG}: could not open the Dagster instance at DAGSTER_HOME: "
+                              f"{type(exc).__name__}: {exc}"), file=sys.stderr)
+        return 1
+    with instance:
+        reader = SagaReader(instance)
+        try:
+            if args.action == "list":
+                return _list(reader, show_all=args.all, as_json=args.json, limit=args.limit,
+                             scan_runs=args.scan_runs, redactor=redactor)
+            if args.action == "show":
+                return _show(reader, args.saga_id, as_json=args.json, redactor=redactor)
+            return _resolve(reader, args.saga_id, reason=args.reason, by=args.by or getpass.getuser(),
+                            force=args.force, redactor=redactor)
+        except Exception as exc:  # noqa: BLE001 - the instance's database failed
+            print(redactor.redact(f"{PROG}: the Dagster instance failed: {type(exc).__name__}: {exc}"),
+                  file=sys.stderr)
+            return 1
