@@ -76,7 +76,8 @@ RENEWALS_PER_TTL = 6
 #   * check-to-effect: after a safe point passes, the guarded action still has to land: one
 #     saga-log statement (SQLite waits up to its busy timeout on a locked database; PostgreSQL has
 #     no statement timeout by default, so "slow" is unbounded and anything beyond the budget is
-#     the in-flight case the fence cannot cover) or the dispatch of a venue request: budget 10 s;
+#     the in-flight case the fence cannot cover; the *claim's* own statements are bounded, see
+#     `claim_statement_timeout`) or the dispatch of a venue request: budget 10 s;
 #   * scheduling: the actor's thread descheduled between a safe point and its action on a loaded
 #     2-core host, a GC pause: budget ~2 s.
 # That is ~14 s; rounded up to 15 s (a quarter of the 60 s TTL). For short TTLs (tests) the margin
