@@ -213,14 +213,20 @@ TopUpReport = Callable[[str, float, str, "float | None"], None]
 # (defs/hedging/steps.py `_find_unwind_order`) calls an unwind "never arrived" when the history shows the leg's own
 # earlier order but not the unwind, and sends it then: a history with a gap would send a second unwind. So the client
 # offers a history only where it reads one whole: the exchanges listed here; elsewhere it has no `fetch_orders`.
-ORDER_HISTORY_EXCHANGES = frozenset({"binanceusdm", "okx"})
+ORDER_HISTORY_EXCHANGES = frozenset({"binanceusdm", "okx", "bybit", "hyperliquid"})
 # How far back the history reads by default. Binance's allOrders answers at most 7 days per query and drops cancelled
-# orders without a fill after 3 days; OKX's orders-history keeps 7 days (unfilled cancels: 2 hours). An order the
-# venue dropped had no fill, so sending its unwind again cannot close more than the leg opened.
+# orders without a fill after 3 days; OKX's orders-history keeps 7 days (unfilled cancels: 2 hours); Bybit's
+# /v5/order/history (UTA) keeps every closed order 7 days (unfilled cancels/rejects: 24 hours) and takes a window of at
+# most 7 days. An order the venue dropped had no fill, so sending its unwind again cannot close more than the leg
+# opened. Hyperliquid keeps no window: historicalOrders is the account's last 2000 order states, whatever their age.
 ORDER_HISTORY_LOOKBACK_SECONDS = 3 * 24 * 3600.0
-ORDER_HISTORY_MAX_AGE_SECONDS = {"binanceusdm": 7 * 24 * 3600.0, "okx": 7 * 24 * 3600.0}
-ORDER_HISTORY_PAGE_SIZE = {"binanceusdm": 1000, "okx": 100}  # each endpoint's maximum `limit`
+ORDER_HISTORY_MAX_AGE_SECONDS = {"binanceusdm": 7 * 24 * 3600.0, "okx": 7 * 24 * 3600.0, "bybit": 7 * 24 * 3600.0,
+                                 "hyperliquid": float("inf")}
+# Each endpoint's maximum `limit` (Hyperliquid: the fixed size of its one answer, no paging).
+ORDER_HISTORY_PAGE_SIZE = {"binanceusdm": 1000, "okx": 100, "bybit": 50, "hyperliquid": 2000}
 ORDER_HISTORY_MAX_PAGES = 5
+ORDER_HISTORY_MAX_PAGES_BY_EXCHANGE = {"bybit": 20}  # Bybit pages by 50: 1000 orders, as one Binance page
+_HYPERLIQUID_CLOID = re.compile(r"0x[0-9a-f]{32}")
 
 
 class IncompleteOrderHistory(list):
@@ -1316,7 +1322,7 @@ class CcxtVenueClient(VenueClient):
 
     def _fetch_order_history(self, symbol: str, since: float | None = None) -> list[Order]:
         if not symbol:
-            raise ValueError(f"{self.name}: fetch_orders needs a symbol (Binance USDⓈ-M and OKX read per symbol)")
+            raise ValueError(f"{self.name}: fetch_orders needs a symbol (the history is read per symbol)")
         exchange_id = self.config.exchange_id
         since = time.time() - ORDER_HISTORY_LOOKBACK_SECONDS if since is None else float(since)
 
@@ -1329,6 +1335,10 @@ class CcxtVenueClient(VenueClient):
             has = getattr(ex, "has", {}) or {}
             if exchange_id == "binanceusdm":
                 rows = self._binance_history(ex, symbol, since_ms, now_ms, page, has)
+            elif exchange_id == "bybit":
+                rows = self._bybit_history(ex, symbol, since_ms, now_ms, page)
+            elif exchange_id == "hyperliquid":
+                rows = self._hyperliquid_history(ex, symbol, since_ms, page)
             else:
                 rows = self._okx_history(ex, symbol, since_ms, page, has)
             if isinstance(rows, IncompleteOrderHistory):
@@ -1377,6 +1387,72 @@ class CcxtVenueClient(VenueClient):
                 return self._incomplete(symbol, f"{len(batch)} {what} orders, a full page of OKX's {page}")
             rows += batch
         return rows
+
+    def _bybit_history(self, ex, symbol: str, since_ms: int, now_ms: int, page: int) -> list[dict]:
+        """Open orders (GET /v5/order/realtime), then the closed ones since `since` (GET /v5/order/history with
+        startTime/endTime), each paged by Bybit's cursor; open first, as on OKX. ccxt's own readers
+        (fetch_open_orders, fetch_canceled_and_closed_orders) are not used: they drop rows older than `since` on
+        the client and hide the page's length and cursor, so a full page could pass for the last one. Here a page
+        shorter than `limit` ends a read; a full page without a cursor, or more pages than the bound, is
+        incomplete. The history lags order updates (Bybit says so); the hedge waits UNWIND_ABSENT_GRACE_SECONDS."""
+        market = ex.market(symbol)
+        query = {"category": "inverse" if market.get("inverse") else "linear", "symbol": market["id"], "limit": page}
+        max_pages = ORDER_HISTORY_MAX_PAGES_BY_EXCHANGE.get("bybit", ORDER_HISTORY_MAX_PAGES)
+        rows: list[dict] = []
+        for what, read, extra in (("open", ex.privateGetV5OrderRealtime, {}),
+                                  ("closed", ex.privateGetV5OrderHistory, {"startTime": since_ms, "endTime": now_ms})):
+            cursor = None
+            for _ in range(max_pages):
+                request = {**query, **extra, **({"cursor": cursor} if cursor else {})}
+                result = (read(request) or {}).get("result") or {}
+                batch = result.get("list") or []
+                rows += [ex.parse_order(raw, market) for raw in batch]
+                if len(batch) < page:
+                    break
+                cursor = result.get("nextPageCursor")
+                if not cursor:
+                    return self._incomplete(symbol, f"a full page of {page} {what} orders without a next-page cursor")
+            else:
+                return self._incomplete(symbol, f"more than {max_pages} pages of {page} {what} orders")
+        return rows
+
+    def _hyperliquid_history(self, ex, symbol: str, since_ms: int, cap: int) -> list[dict]:
+        """Open orders (frontendOpenOrders, via ccxt's fetch_open_orders), then `historicalOrders`: the account's
+        most recent `cap` (2000) order states, every market, no time filter, no paging (the implicit call, not
+        ccxt's fetch_orders, which filters by symbol and `since` before the length can be seen). Fewer than `cap`
+        rows is everything the venue keeps, so it reaches back to any `since`; `cap` rows may have cut older ones
+        off: incomplete. One order shows once per state (open, then filled): the latest state is kept."""
+        market = ex.market(symbol)
+        rows = list(ex.fetch_open_orders(symbol))
+        user, _params = ex.handle_public_address("fetchOrders", {})
+        request: dict[str, Any] = {"type": "historicalOrders", "user": user}
+        dex = ex.get_dex_from_hip3_symbol(market) if hasattr(ex, "get_dex_from_hip3_symbol") else None
+        if dex is not None:
+            request["dex"] = dex
+        answer = ex.publicPostInfo(request)
+        states = answer if isinstance(answer, list) else []
+        if len(states) >= cap:
+            return self._incomplete(symbol, f"{len(states)} order states, Hyperliquid's cap of {cap} (older ones cut off)")
+        latest: dict[str, dict] = {}
+        for state in states:
+            oid = str((state.get("order") or {}).get("oid"))
+            if oid not in latest or int(state.get("statusTimestamp") or 0) >= int(latest[oid].get("statusTimestamp") or 0):
+                latest[oid] = state
+        for state in latest.values():
+            raw = ex.parse_order(state, market)
+            if raw.get("symbol") == symbol and int(raw.get("timestamp") or 0) >= since_ms:
+                rows.append(raw)
+        out = []
+        for raw in rows:
+            # The saga's 32-hex keys went out as cloids with a 0x prefix (`_venue_client_id`); after a restart the
+            # client no longer knows that mapping, so a cloid it never hashed is shown as the key it came from.
+            cid = raw.get("clientOrderId")
+            with self._cache_lock:
+                known = cid in self._caller_ids
+            if cid and not known and _HYPERLIQUID_CLOID.fullmatch(cid):
+                raw = {**raw, "clientOrderId": cid[2:]}
+            out.append(raw)
+        return out
 
     def cancel_all_orders(self, symbol: str | None = None) -> list[Order]:
         self._refuse_if_read_only("cancel_all_orders")

@@ -8,7 +8,7 @@ test_ccxt_okx_transfer_client_id. Covered:
 * OKX: open orders, then `trade/orders-history` state=filled and state=canceled with `begin`, instType SWAP;
   a full page (100) is an empty `IncompleteOrderHistory`; contracts are mapped to base units;
 * a window older than the venue keeps is reported incomplete without a request;
-* a venue whose history the client cannot read whole (Kraken Futures, Hyperliquid, Bybit) has no `fetch_orders`;
+* a venue whose history the client cannot read whole (Kraken Futures) has no `fetch_orders`;
 * the hedge unwind's decision (`_find_unwind_order`) on a ccxt client: the leg's order in the history and not the
   unwind -> absent for sure (it is sent once); the history not reaching back to the leg -> not absent (escalates).
 """
@@ -162,7 +162,7 @@ def test_okx_a_full_page_is_an_empty_incomplete_history():
 # ------------------------------------------------------------------------------------------------ no history
 
 
-@pytest.mark.parametrize("exchange_id", ["krakenfutures", "hyperliquid", "bybit"])
+@pytest.mark.parametrize("exchange_id", ["krakenfutures"])  # Bybit, Hyperliquid: test_ccxt_order_history_bybit_hyperliquid
 def test_a_venue_without_a_whole_history_has_no_fetch_orders(exchange_id):
     client = _client(exchange_id, exchange=object())  # never asked: no request can be made
     assert client.has_order_history is False
