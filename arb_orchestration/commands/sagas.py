@@ -225,11 +225,13 @@ class SagaReader:
     def resolve_id(self, saga_or_run_id: str) -> str:
         return self.log.resolve_saga_id(saga_or_run_id)
 
-    def runs(self, saga_id: str) -> list[dict[str, Any]]:
+    def runs(self, saga_id: str, dagster_runs: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         from dagster import RunsFilter
         from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-        run_ids = [run.run_id for run in self.log.runs_of_saga(saga_id)]
+        if dagster_runs is None:
+            dagster_runs = self.log.runs_of_saga(saga_id)
+        run_ids = [run.run_id for run in dagster_runs]
         if not run_ids:
             return []
         records = self.instance.get_run_records(filters=RunsFilter(run_ids=run_ids))
@@ -242,7 +244,10 @@ class SagaReader:
         return self.log.load_records(saga_id)
 
     def summary(self, saga_id: str, saga_tag: str | None = None) -> SagaSummary:
-        return summarize(saga_id, self.records(saga_id), self.runs(saga_id), saga_tag)
+        """`saga_id` must be a saga id (as `recent_saga_ids` gives), not a run id: the saga's runs are read once."""
+        dagster_runs = self.log.runs_of_saga(saga_id)
+        return summarize(saga_id, self.log.load_records(saga_id, runs=dagster_runs), self.runs(saga_id, dagster_runs),
+                         saga_tag)
 
 
 # ---- the subcommands -------------------------------------------------------------------------------------------

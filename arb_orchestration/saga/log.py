@@ -186,14 +186,18 @@ class InstanceSagaLog(SagaLog):
         saga_id = self.resolve_saga_id(saga_id)
         return SagaState.from_records(saga_id, self._read(saga_id))
 
-    def load_records(self, saga_id: str) -> list[SagaRecord]:
-        return sorted(self._read(self.resolve_saga_id(saga_id)), key=lambda r: r.timestamp)
+    def load_records(self, saga_id: str, *, runs: "list[DagsterRun] | None" = None) -> list[SagaRecord]:
+        """`runs`: the saga's runs (`runs_of_saga(saga_id)`) when the caller has them already; `saga_id` must
+        then be the saga id itself (not a run id), as it is not resolved again."""
+        if runs is None:
+            saga_id = self.resolve_saga_id(saga_id)
+        return sorted(self._read(saga_id, runs), key=lambda r: r.timestamp)
 
-    def _read(self, saga_id: str) -> list[SagaRecord]:
+    def _read(self, saga_id: str, runs: "list[DagsterRun] | None" = None) -> list[SagaRecord]:
         from dagster import DagsterEventType
 
         records: list[SagaRecord] = []
-        for run in self.runs_of_saga(saga_id):
+        for run in self.runs_of_saga(saga_id) if runs is None else runs:
             for entry in self.instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
                 event = entry.dagster_event
                 data = event.engine_event_data if event is not None else None
