@@ -2,8 +2,9 @@
 
 Sagas are brought into their states by the real code: the recovery sweep (`sweep_failed_sagas`) fails a
 compensation once (compensation_failed) or up to `max_compensation_attempts` (escalated, with its mail);
-the CLI's `main(argv)` then lists, shows and resolves them, and the same sweep afterwards leaves the resolved
-sagas alone (no compensation, no mail) while it still compensates an unresolved one in the same tick.
+the CLI's `main(argv)` then lists, shows and resolves them (not while another actor holds the saga's claim),
+and the same sweep afterwards leaves the resolved sagas alone (no compensation, no mail) while it still
+compensates an unresolved one in the same tick.
 A completed saga and one with a run in progress are refused without --force. Secrets in error texts never
 reach the output. The scenario is shared with integration/test_sagas_cli_postgres.py.
 """
@@ -18,7 +19,15 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from arb_orchestration.commands import sagas as sagas_cmd
-from arb_orchestration.saga import SAGA_ID_TAG, InstanceSagaLog, RecordKind, SagaStep, build_saga, idempotency_key
+from arb_orchestration.saga import (
+    SAGA_ID_TAG,
+    InstanceSagaClaims,
+    InstanceSagaLog,
+    RecordKind,
+    SagaStep,
+    build_saga,
+    idempotency_key,
+)
 from arb_orchestration.saga.sensors import sweep_failed_sagas
 from arb_orchestration_tests.unit.test_saga_claim import Mailbox
 
@@ -159,6 +168,17 @@ def check_the_sagas_command(instance: DagsterInstance, capsys) -> None:
     code, out, _ = cli(capsys, "resolve", escalated, "--reason", "again", "--by", "bob")
     assert code == 0 and "already resolved" in out and "by alice" in out
     assert resolutions(instance, escalated) == 1
+    # While a recovery actor holds the saga's claim, resolve writes nothing and says to try again (exit 3).
+    claims = InstanceSagaClaims(instance)
+    held = claims.acquire(comp_failed, "sensor test_sweep", ttl_seconds=60)
+    assert held.acquired and held.lease is not None
+    wait, sagas_cmd.CLAIM_WAIT_SECONDS = sagas_cmd.CLAIM_WAIT_SECONDS, 0.2
+    try:
+        code, _, err = cli(capsys, "resolve", comp_failed, "--reason", "refunded by hand")
+    finally:
+        sagas_cmd.CLAIM_WAIT_SECONDS = wait
+        claims.release(held.lease)
+    assert code == 3 and "sensor test_sweep" in err and "try again" in err and resolutions(instance, comp_failed) == 0
     assert cli(capsys, "resolve", comp_failed, "--reason", "refunded by hand", "--by", "carol")[0] == 0
     state = InstanceSagaLog(instance).load(escalated)
     assert state.resolved and state.resolution["by"] == "alice" and state.resolution["state_before"] == "escalated"
