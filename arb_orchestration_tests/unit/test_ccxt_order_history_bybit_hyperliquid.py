@@ -173,13 +173,20 @@ def test_bybit_a_window_older_than_seven_days_is_incomplete_without_a_request():
 def test_bybit_the_unwind_rerun_calls_an_unwind_absent_only_from_a_whole_history():
     venue = BybitVenue([], [bybit_row("1", LEG_CID, "sell", "0.667", ago_s=600)])
     client, _wire = bybit_client(venue)
-    found, how, absent = hedge_steps._find_unwind_order(client, UNWIND_CID, LEG_CID, BYBIT_SYMBOL)
+    sent_at = time.time() - 300  # longer ago than Bybit's history may lag (ORDER_HISTORY_LAG_SECONDS)
+    found, how, absent = hedge_steps._find_unwind_order(client, UNWIND_CID, LEG_CID, BYBIT_SYMBOL, sent_at)
     assert (found, absent) == (None, True) and "leg's own earlier order" in how
+
+    # Sent only moments ago: Bybit's history may not show it yet, so its absence proves nothing.
+    found, how, absent = hedge_steps._find_unwind_order(client, UNWIND_CID, LEG_CID, BYBIT_SYMBOL, time.time() - 10)
+    assert (found, absent) == (None, False) and "may lag up to 120s" in how
+    found, how, absent = hedge_steps._find_unwind_order(client, UNWIND_CID, LEG_CID, BYBIT_SYMBOL)
+    assert (found, absent) == (None, False), "no sending time: never proven absent on a lagging history"
 
     venue.closed_rows = [bybit_row(str(100 + i), f"c{i:031d}", "buy", "0.001", ago_s=100 + i) for i in range(50)] \
         + venue.closed_rows
     venue.cursorless_full_page = True  # now the history cannot be shown whole: the leg is no proof
-    found, how, absent = hedge_steps._find_unwind_order(client, UNWIND_CID, LEG_CID, BYBIT_SYMBOL)
+    found, how, absent = hedge_steps._find_unwind_order(client, UNWIND_CID, LEG_CID, BYBIT_SYMBOL, sent_at)
     assert (found, absent) == (None, False) and "does not reach back" in how
 
 

@@ -88,7 +88,7 @@ def _bybit(closed: list[dict], *, cursorless_full_page: bool = False):
     exchange, wire = _real("bybit", _market("BTCUSDT", BYBIT_SYMBOL), venue,
                            options={"enableUnifiedAccount": True, "enableUnifiedMargin": False})
     sending = {"unwind": "sending", "leg": 0, "client_order_id": ucid, "venue": "bybit", "symbol": BYBIT_SYMBOL,
-               "side": "buy", "amount": 0.667, "sent_at": time.time() - 60}
+               "side": "buy", "amount": 0.667, "sent_at": time.time() - 300}  # (Bybit's history may lag 120 s)
     return _client("bybit", exchange), wire, [sending]
 
 

@@ -335,7 +335,8 @@ def _find_unwind_order(venue: Any, ucid: str, leg_cid: str, symbol: str,
     Looked up by its client order id, then in the venue's order history if the client offers one
     (`fetch_orders(symbol)`: every order of the venue, the simulator's client). Absent *for sure* only when
     neither finds it while that history does show the leg's own order, which was sent before the unwind: the
-    history reaches back far enough, so the unwind never reached the venue. A venue that merely forgot the id
+    history reaches back far enough, so the unwind never reached the venue; on a venue whose history lags behind
+    its orders (`order_history_lag_seconds`, Bybit), only once the unwind was sent longer ago than that. A venue that merely forgot the id
     (Kraken Futures' lookup covers recent orders only) and has no history on its client never proves absence.
     Looked at no sooner than `UNWIND_ABSENT_GRACE_SECONDS` after the `sending` note (waits the rest).
     """
@@ -354,6 +355,14 @@ def _find_unwind_order(venue: Any, ucid: str, leg_cid: str, symbol: str,
     if found is not None:
         return found, "in the order history", False
     if any(o.client_order_id == leg_cid for o in orders):
+        lag = float(getattr(venue, "order_history_lag_seconds", 0.0) or 0.0)
+        if lag > 0 and (sent_at is None or time.time() - float(sent_at) < lag):
+            # This venue's history can lag behind its orders (Bybit): too soon for "not in it" to mean "never
+            # arrived". A later attempt (the recovery sweep's, a minute or more on) decides.
+            ago = "at an unknown time" if sent_at is None else f"{time.time() - float(sent_at):.0f}s ago"
+            return None, (f"by client order id and in the order history, which shows the leg's own earlier order "
+                          f"but not this one; the unwind was sent {ago} and this venue's history may lag up to "
+                          f"{lag:g}s behind its orders, so that proves nothing yet"), False
         return None, ("by client order id and in the order history, which shows the leg's own earlier order but "
                       "not this one"), True
     return None, ("by client order id and in the order history (in neither, and the history does not reach "
