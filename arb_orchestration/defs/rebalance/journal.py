@@ -175,7 +175,13 @@ def legs_in_flight(state: SagaState) -> SagaInFlight | None:
                   else "arrived, balance not verified" if index in arrived else "left")
         legs.append(InFlightLeg(index, str(raw["rail"]), str(raw["asset"]), float(raw["amount"]), str(raw["from"]),
                                 str(raw["to"]), str(raw["network"]), status))
-    if commit.compensated:
+    if state.resolved:
+        # An operator settled the saga by hand (`arb-orchestration sagas resolve`): recovery leaves it alone, but
+        # nothing verified its legs arrived, so it still blocks until a run acknowledges them (allow_legs_in_flight).
+        resolution = state.resolution or {}
+        why = (f"resolved by hand by {resolution.get('by') or '?'} ({resolution.get('reason') or 'no reason'}); "
+               "its legs were never verified as arrived")
+    elif commit.compensated:
         why = "rolled back around legs already on their way"
     elif not commit.started:
         why = "rolled back before its pivot; a compensation found legs already on their way"
