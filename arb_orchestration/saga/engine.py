@@ -418,6 +418,15 @@ def _begin_step(saga: SagaDefinition, step: SagaStep, index: int, key: str, stat
     With the saga's claim (`held`), every write here is preceded by a safe point, and the start is
     confirmed by one more after it: a step whose claim was lost or fenced neither records nor acts.
     """
+    if state.resolved:
+        # An operator settled it by hand (`arb-orchestration sagas resolve`): recovery leaves it alone, and so
+        # does a re-execution, done steps included (acting again on top of a manual fix is what resolving stops).
+        resolution = state.resolution or {}
+        raise SagaClosedError(
+            f"saga {saga.name} [{rt.saga_id}] was resolved by hand by {resolution.get('by') or '?'} "
+            f"({resolution.get('reason') or 'no reason given'}); it does not run again. "
+            "Start a new saga (new run, no re-execution) to try again."
+        )
     if state.compensation_began:
         raise SagaClosedError(
             f"saga {saga.name} [{rt.saga_id}] was rolled back; it does not run again. "
