@@ -299,5 +299,17 @@ def test_external_database_is_the_default_and_requires_tls():
     values = model.merged_values("prod")
     assert values["postgresql"]["enabled"] is False
     assert values["generatePostgresqlPasswordSecret"] is False
-    assert values["postgresql"]["postgresqlParams"] == {"sslmode": "require"}
+    assert values["postgresql"]["postgresqlParams"] == {"sslmode": "require", "connect_timeout": 10}
     assert "postgresqlPassword" not in values["postgresql"]
+
+
+def test_the_database_url_bounds_the_connect_and_libpq_accepts_it():
+    """connect_timeout reaches the URL Dagster builds, and psycopg2/libpq parses it as a connection option."""
+    import psycopg2.extensions
+
+    config = model.render_postgres_config(model.merged_values("prod"))
+    config["postgres_db"]["password"] = "pw"
+    url = sqlalchemy.engine.make_url(pg_url_from_config(config))
+    assert url.query == {"sslmode": "require", "connect_timeout": "10"}
+    dsn = psycopg2.extensions.make_dsn(host=url.host, dbname=url.database, **url.query)
+    assert psycopg2.extensions.parse_dsn(dsn)["connect_timeout"] == "10"
