@@ -28,226 +28,36 @@ import argparse
 import getpass
 import json
 import os
-import re
 import sys
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any, Mapping
 
 from arb_orchestration.commands import _flags
+from arb_orchestration.saga.attention import (  # the reading part, shared with the UI's asset
+    COMPENSATION_FAILED,
+    DEFAULT_SCAN_RUNS,
+    ESCALATED,
+    NEEDS_PERSON,
+    TOO_NEW,
+    WHY_WIDTH,
+    Redactor,
+    SagaReader,
+    SagaSummary,
+    _one_line,
+    _utc,
+    _utc_precise,
+    needing_attention,
+    summarize,
+)
 
 PROG = "arb-orchestration sagas"
 
-# States that need a person (`list` without --all shows only these).
-ESCALATED = "escalated"
-COMPENSATION_FAILED = "compensation_failed"
-TOO_NEW = "too_new"
-NEEDS_PERSON = (ESCALATED, COMPENSATION_FAILED, TOO_NEW)
 # States `resolve` accepts without --force.
 RESOLVABLE = (ESCALATED, COMPENSATION_FAILED)
 
-WHY_WIDTH = 100  # characters of "why" on a `list` line (--json has it whole)
 DEFAULT_LIMIT = 50  # sagas `list --all` shows besides those that need a person
-DEFAULT_SCAN_RUNS = 500  # newest saga runs read to find sagas (failed/canceled ones without --all)
 CLAIM_TTL_SECONDS = 60.0  # `resolve` holds the saga's claim for a few statements only
 CLAIM_WAIT_SECONDS = 5.0
-
-
-# ---- secrets never appear in output ----------------------------------------------------------------------------
-
-
-class Redactor:
-    """Blanks the values of secret environment variables present in this shell, and credentials in URLs.
-
-    Saga records hold error texts from venues and HTTP clients; the operator's shell may have the world's
-    environment file loaded. Anything printed goes through `redact`."""
-
-    _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+@")
-    _SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY|SIGNING_KEY|PRIVATE_KEY|CREDENTIALS?)$")
-
-    def __init__(self, environ: Mapping[str, str] | None = None):
-        environ = os.environ if environ is None else environ
-        patterns = [self._SECRET_NAME]
-        try:
-            from arb_orchestration.settings import SETTINGS
-
-            for name, setting in SETTINGS.items():
-                if setting.secret:
-                    patterns.append(re.compile("^" + re.escape(name).replace(re.escape("<VENUE>"), "[A-Z0-9_]+")
-                                               + "$"))
-        except Exception:  # noqa: BLE001 - the name heuristic above still applies
-            pass
-        values = {value for name, value in environ.items()
-                  if value and len(value) >= 4 and any(p.search(name) for p in patterns)}
-        self._secrets = sorted(values, key=len, reverse=True)  # longest first: a secret inside another
-
-    def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return self._URL_CREDENTIALS.sub(r"\1***@", text)
-
-
-# ---- what one saga looks like to an operator -------------------------------------------------------------------
-
-
-@dataclass
-class SagaSummary:
-    saga_id: str
-    saga_name: str
-    state: str
-    since: float | None
-    why: str
-    run_id: str | None  # where the deciding record (escalation, failure, resolution) is, else the newest run
-    running: bool = False
-    runs: list[dict[str, Any]] = field(default_factory=list)  # run id, status, created (epoch), oldest first
-
-    @property
-    def needs_person(self) -> bool:
-        return self.state in NEEDS_PERSON
-
-
-def _utc(epoch: float | None) -> str:
-    return "-" if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _utc_precise(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-
-
-def _one_line(text: str, width: int = WHY_WIDTH) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= width else flat[: width - 1].rstrip() + "…"
-
-
-def _last(records: Sequence[Any], kind: Any) -> Any:
-    return next((r for r in reversed(records) if r.kind == kind), None)
-
-
-def summarize(saga_id: str, records: Sequence[Any], runs: Sequence[Mapping[str, Any]],
-              saga_name: str | None = None) -> SagaSummary:
-    """The operator's view of one saga from its raw records (oldest first) and its runs (dicts with run_id,
-    status (a DagsterRunStatus value string), created, in_progress), oldest first.
-
-    No saga definition is needed (the command does not load the code location), so "completed" is read from
-    the runs: the newest run succeeded and nothing was rolled back."""
-    from arb_orchestration.saga.state import RecordKind, SagaLogTooNewError, SagaState
-
-    newest_run = runs[-1]["run_id"] if runs else None
-    running = any(r["in_progress"] for r in runs)
-    in_progress = ", ".join(f"{r['run_id']} ({r['status']})" for r in runs if r["in_progress"])
-    name = next((r.saga_name for r in records if r.saga_name), None) or saga_name or "?"
-    newest_ts = records[-1].timestamp if records else None
-
-    def out(state: str, since: float | None, why: str, run_id: str | None = None) -> SagaSummary:
-        return SagaSummary(saga_id, name, state, since, why, run_id or newest_run, running, list(runs))
-
-    try:
-        state = SagaState.from_records(saga_id, records)
-    except SagaLogTooNewError as exc:
-        return out(TOO_NEW, newest_ts, f"log holds record kind(s) {', '.join(exc.kinds)} from a newer version "
-                                       "that this code does not know: upgrade arb-orchestration (and the code "
-                                       "locations); nothing is recovered for this saga until then")
-    if not records:
-        return out("not_started", None, "no saga record (no step started)")
-    if state.resolved:
-        r = state.resolution or {}
-        forced = " (forced)" if r.get("forced") else ""
-        return out("resolved", r.get("at"), f"by {r.get('by')}{forced}: {r.get('reason')}", r.get("run_id"))
-    failed_compensations = state.failed_compensations
-    newest_succeeded = bool(runs) and runs[-1]["status"] == "SUCCESS"
-    if newest_succeeded and not state.compensation_began:
-        # An escalated saga an operator finished by re-executing its run (docs/sagas.md, Operator guide).
-        return out("completed", newest_ts, "its newest run succeeded")
-    if state.escalated:
-        rec = _last(records, RecordKind.ESCALATED)
-        why = state.escalation_reason or "?"
-        return out(ESCALATED, rec.timestamp, why + (f" [run in progress: {in_progress}]" if running else ""),
-                   rec.run_id)
-    if failed_compensations:
-        rec = _last([r for r in records if r.step in failed_compensations], RecordKind.COMPENSATION_FAILED)
-        step = state.step(rec.step)
-        why = (f"compensation of {step.name} failed ({step.compensation_failures} time(s); the recovery sweep "
-               f"retries it, then escalates): {step.last_compensation_error}")
-        return out(COMPENSATION_FAILED, rec.timestamp, why + (f" [run in progress: {in_progress}]" if running else ""),
-                   rec.run_id)
-    if running:
-        return out("running", newest_ts, f"run in progress: {in_progress}")
-    if state.compensation_began:
-        done = [s.name for s in state.steps.values() if s.compensated]
-        return out("rolled_back", newest_ts, f"compensated: {', '.join(done) or 'nothing needed undoing'}")
-    errors = [s for s in state.steps.values() if s.last_error and not s.done]
-    last = errors[-1] if errors else None
-    why = f"step {last.name} failed: {last.last_error}" if last else "a run ended without finishing it"
-    return out("failed", newest_ts, why + "; the recovery sensors act on it")
-
-
-# ---- reading the instance --------------------------------------------------------------------------------------
-
-
-class SagaReader:
-    """Finds sagas in the instance's runs and reads their logs through `InstanceSagaLog` (any run storage)."""
-
-    def __init__(self, instance: Any):
-        from arb_orchestration.saga.log import InstanceSagaLog
-
-        self.instance = instance
-        self.log = InstanceSagaLog(instance)
-        self._runs_by_id: dict[str, Any] = {}
-
-    def _get_run(self, run_id: str) -> Any:
-        if run_id not in self._runs_by_id:
-            self._runs_by_id[run_id] = self.instance.get_run_by_id(run_id)
-        return self._runs_by_id[run_id]
-
-    def saga_id_of(self, run: Any) -> str:
-        from arb_orchestration.saga.keys import saga_id_for_run
-
-        return saga_id_for_run(run, self._get_run)
-
-    def recent_saga_ids(self, *, failed_only: bool, scan_runs: int) -> tuple[list[tuple[str, str]], bool]:
-        """(saga id, saga tag) of the sagas of the newest `scan_runs` saga runs, newest first; True if the scan
-        hit its bound (older runs were not read)."""
-        from dagster import DagsterRunStatus, RunsFilter
-
-        from arb_orchestration.saga.keys import SAGA_TAG
-
-        names = sorted({value for _key, values in self.instance.get_run_tags(tag_keys=[SAGA_TAG]) for value in values})
-        if not names:
-            return [], False
-        statuses = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED] if failed_only else []
-        runs = self.instance.get_runs(filters=RunsFilter(tags={SAGA_TAG: names}, statuses=statuses), limit=scan_runs)
-        seen: dict[str, str] = {}
-        for run in runs:  # newest first
-            self._runs_by_id.setdefault(run.run_id, run)
-            seen.setdefault(self.saga_id_of(run), run.tags.get(SAGA_TAG, ""))
-        return list(seen.items()), len(runs) >= scan_runs
-
-    def resolve_id(self, saga_or_run_id: str) -> str:
-        return self.log.resolve_saga_id(saga_or_run_id)
-
-    def runs(self, saga_id: str, dagster_runs: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-        from dagster import RunsFilter
-        from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
-
-        if dagster_runs is None:
-            dagster_runs = self.log.runs_of_saga(saga_id)
-        run_ids = [run.run_id for run in dagster_runs]
-        if not run_ids:
-            return []
-        records = self.instance.get_run_records(filters=RunsFilter(run_ids=run_ids))
-        out = [{"run_id": rec.dagster_run.run_id, "status": rec.dagster_run.status.value,
-                "created": rec.create_timestamp.timestamp(), "in_progress": rec.dagster_run.status in IN_PROGRESS_RUN_STATUSES}
-               for rec in records]
-        return sorted(out, key=lambda r: r["created"])
-
-    def records(self, saga_id: str) -> list[Any]:
-        return self.log.load_records(saga_id)
-
-    def summary(self, saga_id: str, saga_tag: str | None = None) -> SagaSummary:
-        """`saga_id` must be a saga id (as `recent_saga_ids` gives), not a run id: the saga's runs are read once."""
-        dagster_runs = self.log.runs_of_saga(saga_id)
-        return summarize(saga_id, self.log.load_records(saga_id, runs=dagster_runs), self.runs(saga_id, dagster_runs),
-                         saga_tag)
 
 
 # ---- the subcommands -------------------------------------------------------------------------------------------
@@ -266,12 +76,9 @@ def _as_json(summary: SagaSummary, redactor: Redactor) -> dict[str, Any]:
 
 def _list(reader: SagaReader, *, show_all: bool, as_json: bool, limit: int, scan_runs: int,
           redactor: Redactor) -> int:
-    failed, failed_truncated = reader.recent_saga_ids(failed_only=True, scan_runs=scan_runs)
-    summaries: dict[str, SagaSummary] = {}
-    for saga_id, tag in failed:
-        summary = reader.summary(saga_id, tag)
-        if summary.needs_person:
-            summaries[saga_id] = summary
+    attention = needing_attention(reader, scan_runs=scan_runs)
+    failed_truncated = attention.truncated
+    summaries: dict[str, SagaSummary] = {s.saga_id: s for s in attention.sagas}
     recent_truncated = False
     if show_all:
         recent, recent_truncated = reader.recent_saga_ids(failed_only=False, scan_runs=scan_runs)
