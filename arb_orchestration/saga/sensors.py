@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
@@ -46,7 +47,13 @@ from dagster import (
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from arb_orchestration.saga.build import Saga, alert_from, parse_saga_config, saga_id_of
-from arb_orchestration.saga.claim import DEFAULT_CLAIM_TTL_SECONDS, InstanceSagaClaims, SagaClaims
+from arb_orchestration.saga.claim import (
+    DEFAULT_CLAIM_TTL_SECONDS,
+    ClaimStore,
+    InstanceClaimStore,
+    InstanceSagaClaims,
+    SagaClaims,
+)
 from arb_orchestration.saga.engine import SagaDefinition
 from arb_orchestration.saga.keys import RECOVERY_OF_TAG
 from arb_orchestration.saga.log import InstanceSagaLog
@@ -83,14 +90,53 @@ def stopped_for_max_runtime(instance: DagsterInstance, run_id: str) -> float | N
 #
 # Nothing is done for such a saga until this code is upgraded. Both sensors report it (ERROR) and go on with the
 # other sagas; the risk team is mailed once per saga. "Mailed" is a key in the instance's kvs table (like the
-# refund follow-up's watches), so it holds across ticks, sensors, daemon restarts and cursor resets. The key is
-# written after the mail went out: a failed send is retried on the next tick rather than lost (at worst the two
-# sensors racing on the same saga mail it twice).
+# refund follow-up's watches), so it holds across ticks, sensors, daemon restarts and cursor resets.
+#
+# Once means once even when the two sensors (or two ticks, or two daemons) meet the saga at the same moment: the
+# right to mail is claimed by an atomic INSERT of the key (unique `key`; `InstanceClaimStore.insert`) BEFORE the
+# send, with a "sending" value; only the inserter mails, then marks the key "sent". A send that fails is logged at
+# ERROR and the claim is deleted (only if it still holds our value), so the next tick claims and mails again: the
+# alert is delayed, never lost. A claim left "sending" by an actor that died mid-send (or whose delete failed) is
+# taken over, atomically (compare-and-set), once it is older than TOO_NEW_MAIL_SENDING_STALE_SECONDS.
 TOO_NEW_MAIL_KEY_PREFIX = "arb/saga/too_new_mailed/"
+# Longer than any send may take (the SMTP resource bounds its connect/send with timeouts and retries).
+TOO_NEW_MAIL_SENDING_STALE_SECONDS = 600.0
 
 
 def too_new_mail_key(saga_id: str) -> str:
     return f"{TOO_NEW_MAIL_KEY_PREFIX}{saga_id}"
+
+
+def _mail_state(raw: str | None) -> dict[str, Any] | None:
+    """The key's JSON; a value written before the claim existed (no `state`, has `mailed_at`) counts as sent."""
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return {"state": "sent"}  # unreadable: never mail twice because of it
+    data.setdefault("state", "sent")
+    return data
+
+
+def claim_too_new_mail(store: ClaimStore, saga_id: str, *, run_id: str, kinds: Sequence[str], actor: str,
+                       now: float, stale_after_seconds: float = TOO_NEW_MAIL_SENDING_STALE_SECONDS) -> str | None:
+    """Claim the right to mail about `saga_id`: the value we stored (pass it to `finish_too_new_mail`), or None
+    if it was mailed already or another actor is mailing it right now."""
+    key = too_new_mail_key(saga_id)
+    value = json.dumps({"state": "sending", "run_id": run_id, "kinds": list(kinds), "by": actor,
+                        "claimed_at": now, "nonce": uuid.uuid4().hex})
+    if store.insert(key, value):
+        return value
+    seen = store.read(key)
+    if seen is None:  # deleted after a failed send, between our insert and read: the next tick claims it
+        return None
+    state = _mail_state(seen) or {}
+    if state.get("state") != "sending" or now - float(state.get("claimed_at") or 0) < stale_after_seconds:
+        return None
+    return value if store.replace(key, seen, value) else None  # a dead sender's claim: take it over, once
 
 
 def report_too_new_saga(
@@ -102,17 +148,28 @@ def report_too_new_saga(
     logger: Any,
     *,
     actor: str,
+    store: ClaimStore | None = None,
+    now: float | None = None,
 ) -> bool:
     """Log the refusal (ERROR) and mail the risk team unless already mailed for this saga; True if mailed now.
 
-    A failing mail is logged and left for the next tick (the ERROR line is there either way)."""
+    The mail is claimed first (atomic insert of the kvs key), sent by the claimant only, then marked sent. A
+    failing send (or kvs statement) is logged at ERROR and left for a later tick: the claim is deleted again."""
     logger.error(f"{actor}: saga {definition.name} [{error.saga_id}] (failed run {run.run_id}) not recovered: "
                  f"{error}")
-    key = too_new_mail_key(error.saga_id)
-    if instance.run_storage.get_cursor_values({key}).get(key):
-        return False
     send = alert_from(resources, definition.alert_resource_key)
     if send is None:
+        return False
+    store = store or InstanceClaimStore(instance)
+    key = too_new_mail_key(error.saga_id)
+    now = time.time() if now is None else now
+    try:
+        claimed = claim_too_new_mail(store, error.saga_id, run_id=run.run_id, kinds=error.kinds, actor=actor, now=now)
+    except Exception as exc:  # the kvs table is unreachable: no claim, no mail now; the next tick tries again
+        logger.error(f"{actor}: could not claim the risk-team mail about saga [{error.saga_id}] (kvs {key}); "
+                     f"a later tick retries: {type(exc).__name__}: {exc}")
+        return False
+    if claimed is None:
         return False
     kinds = ", ".join(error.kinds)
     try:
@@ -126,14 +183,27 @@ def report_too_new_saga(
             "recovery) to the version that wrote these records. The recovery sweep then recovers the saga on its "
             "next tick, as long as the failed run is still within its lookback window (3 days by default); past "
             "that, recover it by hand (re-execute the run on the upgraded code). Until then the sweep's tick stays "
-            "red naming this saga. This mail is sent once per saga.",
+            "red naming this saga. `arb-orchestration sagas list` lists every such saga. This mail is sent once "
+            "per saga.",
         )
-    except Exception as exc:  # the ERROR line above still reports it; the next tick tries the mail again
-        logger.error(f"{actor}: could not mail the risk team about saga [{error.saga_id}]: "
+    except Exception as exc:  # not lost: give the claim back so a later tick mails again
+        logger.error(f"{actor}: could not mail the risk team about saga [{error.saga_id}]; a later tick retries: "
                      f"{type(exc).__name__}: {exc}")
+        try:
+            store.delete(key, claimed)
+        except Exception as delete_exc:  # the claim goes stale and is taken over after the stale delay
+            logger.error(f"{actor}: could not release the mail claim {key} after the failed send (retried after "
+                         f"{TOO_NEW_MAIL_SENDING_STALE_SECONDS:g} s): {type(delete_exc).__name__}: {delete_exc}")
         return False
-    instance.run_storage.set_cursor_values({key: json.dumps({"run_id": run.run_id, "kinds": list(error.kinds),
-                                                             "mailed_at": time.time()})})
+    sent = json.dumps({"state": "sent", "run_id": run.run_id, "kinds": list(error.kinds), "by": actor,
+                       "mailed_at": time.time()})
+    try:
+        if not store.replace(key, claimed, sent):
+            logger.warning(f"{actor}: mailed about saga [{error.saga_id}], but the claim {key} was taken over "
+                           "meanwhile (the send outlived the stale delay): the risk team may get it twice")
+    except Exception as exc:  # mailed; the claim stays "sending" and may be taken over (a second mail) later
+        logger.error(f"{actor}: mailed about saga [{error.saga_id}] but could not mark {key} sent: "
+                     f"{type(exc).__name__}: {exc}")
     return True
 
 
