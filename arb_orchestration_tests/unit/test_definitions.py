@@ -32,6 +32,8 @@ EXPECTED_ASSETS: list[str] = [
     "hedge_targets",
     # rebalance
     "rebalance_plan",
+    # ops_control
+    "sagas_needing_attention",
 ]
 
 EXPECTED_ASSET_CHECKS: list[tuple[str, str]] = [
@@ -40,6 +42,8 @@ EXPECTED_ASSET_CHECKS: list[tuple[str, str]] = [
     *[(f"venues/{venue}/{kind}", "observation_fresh") for venue in VENUES for kind in ("balances", "positions")],
     ("funding_rates", "observation_fresh"),
     ("hedge_targets", "hedge_drift_within_tolerance"),
+    # ops_control
+    ("sagas_needing_attention", "no_saga_waits_for_a_person"),
 ]
 
 EXPECTED_JOBS: list[str] = [
@@ -68,6 +72,8 @@ EXPECTED_SENSORS: list[str] = [
     # hedging
     "funding_rate_hedge_recovery_sensor",
     "funding_rate_hedge_recovery_sweep_sensor",
+    # ops_control
+    "sagas_needing_attention_sensor",
 ]
 
 EXPECTED_SCHEDULES: list[str] = ["funding_rate_hedge_schedule"]
