@@ -145,3 +145,13 @@ def test_the_sensor_records_the_asset_and_check_only_when_the_list_changed(sqlit
     assert isinstance(after, SensorResult)
     [check] = [e for e in after.asset_events if isinstance(e, AssetCheckEvaluation)]
     assert check.passed is False and check.metadata["count"].value == 1  # the compensation-failed one is left
+
+
+def test_the_sensor_runs_by_default_in_the_code_location():
+    from dagster import DefaultSensorStatus
+
+    from arb_orchestration.definitions import defs
+
+    sensor = defs.get_repository_def().get_sensor_def(sagas_needing_attention_sensor.name)
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 300

@@ -5,7 +5,7 @@ records the count and a table of each saga that needs a person (id, name, state,
 to do about it. Its check `no_saga_waits_for_a_person` FAILS (ERROR) while any saga is escalated, has a failed
 compensation or a log too new for this code, and is not resolved; `sagas resolve` makes it pass again.
 
-`sagas_needing_attention_sensor` (every 60 s, RUNNING by default) keeps both current without a person and
+`sagas_needing_attention_sensor` (every 5 min, RUNNING by default) keeps both current without a person and
 without a run: it reads the saga log on each tick and records a runless materialization and check evaluation
 when the list changed (and at least every `heartbeat_seconds`, so "last materialized" stays recent). The
 recovery sweep is left untouched: it stays about recovering sagas, this sensor only reports.
@@ -53,7 +53,7 @@ GROUP_NAME = "ops_control"
 SAGAS_NEEDING_ATTENTION_KEY = AssetKey("sagas_needing_attention")
 NO_SAGA_WAITS_CHECK = "no_saga_waits_for_a_person"
 SENSOR_NAME = "sagas_needing_attention_sensor"
-SENSOR_INTERVAL_SECONDS = 60
+SENSOR_INTERVAL_SECONDS = 300  # like `sagas list`: ~6 s per 100 failed sagas read (docs/sagas-cli.md)
 HEARTBEAT_SECONDS = 3600.0
 WHY_WIDTH = 160  # characters of "why" in the UI table (`sagas show` has it whole)
 
