@@ -102,6 +102,11 @@ TOO_NEW_MAIL_KEY_PREFIX = "arb/saga/too_new_mailed/"
 # Longer than any send may take (the SMTP resource bounds its connect/send with timeouts and retries).
 TOO_NEW_MAIL_SENDING_STALE_SECONDS = 600.0
 
+# The sweep's look for too-new sagas past its lookback (`scan_too_new_past_lookback`, at the end).
+TOO_NEW_SCAN_INTERVAL_SECONDS = 24 * 3600.0
+TOO_NEW_SCAN_KEY_PREFIX = "arb/saga/too_new_scan_at/"
+TOO_NEW_SCAN_RUNS_PER_JOB = 500
+
 
 def too_new_mail_key(saga_id: str) -> str:
     return f"{TOO_NEW_MAIL_KEY_PREFIX}{saga_id}"
@@ -285,8 +290,12 @@ def build_saga_recovery_sensors(
     default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
     claim_ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS,
     reissue_after_seconds: float = REISSUE_AFTER_SECONDS,
+    too_new_scan_interval_seconds: float | None = TOO_NEW_SCAN_INTERVAL_SECONDS,
 ) -> list[SensorDefinition]:
     """The failure sensor `name` and the sweep (`..._sweep_sensor`) for `sagas`.
+
+    Every `too_new_scan_interval_seconds` (None: never) the sweep also looks past its lookback for sagas
+    whose log is too new for this code (`scan_too_new_past_lookback`): reported and mailed, not recovered.
 
     A run that run monitoring stopped for exceeding its maximum runtime is left to the sweep,
     which waits `stopping_grace_seconds` after that failure: its worker may still be shutting
@@ -366,6 +375,15 @@ def build_saga_recovery_sensors(
             claim_ttl_seconds=claim_ttl_seconds,
             reissue_after_seconds=reissue_after_seconds,
         )
+        try:  # after the recovery above: its relaunches are returned even if this fails
+            if too_new_scan_interval_seconds is not None and _scan_due(context.instance, sweep_name,
+                                                                        too_new_scan_interval_seconds):
+                lines += scan_too_new_past_lookback(context.instance, by_job, _resources(context),
+                                                    lookback_seconds=lookback_seconds, logger=context.log,
+                                                    actor=f"sensor {sweep_name}")
+        except Exception as exc:
+            context.log.error(f"the scan for too-new sagas past the lookback raised: {type(exc).__name__}: {exc}")
+            lines.append(f"scan for too-new sagas past the lookback: error {type(exc).__name__}")
         errors = [line for line in lines if ": error " in line]
         if requests:
             return SensorResult(run_requests=requests)
@@ -438,3 +456,78 @@ def sweep_failed_sagas(
             if outcome.action is not Action.NONE:
                 lines.append(f"{saga_id}: {outcome.action.value} ({outcome.reason})")
     return requests, lines
+
+
+# ---- too-new sagas older than the sweep's lookback ---------------------------------------------------------------
+#
+# The sweep recovers failed runs of the last `lookback_seconds` only. A saga whose log is too new and whose run
+# failed before that (the code location was down, or on the old version, for longer than the lookback) would be
+# neither mailed nor recovered. So once per interval (the first sweep tick after a deploy or an outage included:
+# the time of the last scan is kept in the kvs table, not in the sweep's cursor, which a red tick does not save)
+# the sweep also reads, past the lookback, the newest failed/canceled runs of each saga job, loads the log of each
+# saga not yet mailed about, and reports those that are too new exactly like the sweep does (ERROR line, one mail).
+# It recovers nothing: past the lookback recovery is by hand, after the upgrade (docs/sagas.md).
+# (TOO_NEW_SCAN_INTERVAL_SECONDS, TOO_NEW_SCAN_KEY_PREFIX, TOO_NEW_SCAN_RUNS_PER_JOB: above.)
+
+
+def _scan_due(instance: DagsterInstance, sweep_name: str, interval_seconds: float, now: float | None = None) -> bool:
+    """True (and the scan's time recorded, before it runs: a scan that fails waits for the next interval rather
+    than running every tick) if the last scan of this sweep is `interval_seconds` old, or there was none."""
+    now = time.time() if now is None else now
+    key = f"{TOO_NEW_SCAN_KEY_PREFIX}{sweep_name}"
+    raw = instance.run_storage.get_cursor_values({key}).get(key)
+    try:
+        last = float(raw) if raw else None
+    except ValueError:
+        last = None
+    if last is not None and 0 <= now - last < interval_seconds:
+        return False
+    instance.run_storage.set_cursor_values({key: repr(now)})
+    return True
+
+
+def scan_too_new_past_lookback(
+    instance: DagsterInstance,
+    sagas_by_job: Mapping[str, SagaDefinition],
+    resources: Mapping[str, Any],
+    *,
+    lookback_seconds: float,
+    logger: Any = None,
+    now: float | None = None,
+    actor: str = "recovery sweep",
+    runs_per_job: int = TOO_NEW_SCAN_RUNS_PER_JOB,
+) -> list[str]:
+    """Report (ERROR, one mail) the sagas whose failed/canceled run was last updated before the lookback and whose
+    log is too new for this code; a line `<saga>: error SagaLogTooNewError (...)` each. Recovers nothing."""
+    logger = logger or _log
+    now = time.time() if now is None else now
+    log = InstanceSagaLog(instance)
+    store = InstanceClaimStore(instance)
+    lines: list[str] = []
+    seen: set[str] = set()
+    for job_name, definition in sagas_by_job.items():
+        runs = instance.get_runs(
+            filters=RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+                               updated_before=datetime.fromtimestamp(now - lookback_seconds, tz=timezone.utc)),
+            limit=runs_per_job,
+        )
+        for run in runs:  # newest first
+            saga_id = saga_id_of(run, instance)
+            if saga_id in seen:
+                continue
+            seen.add(saga_id)
+            try:
+                if (_mail_state(store.read(too_new_mail_key(saga_id))) or {}).get("state") == "sent":
+                    continue  # reported already; `arb-orchestration sagas list` still lists it
+                log.load(saga_id)
+            except SagaLogTooNewError as exc:
+                report_too_new_saga(instance, definition, run, exc, resources, logger, actor=actor, store=store)
+                lines.append(f"{saga_id}: error SagaLogTooNewError (failed run {run.run_id} is older than the "
+                             f"sweep's lookback of {lookback_seconds:g} s: recover it by hand after the upgrade)")
+            except Exception as exc:  # one unreadable saga must not end the scan
+                logger.error(f"{actor}: could not read saga [{saga_id}] (run {run.run_id}) while looking for "
+                             f"too-new logs past the lookback: {type(exc).__name__}: {exc}")
+        if len(runs) >= runs_per_job:
+            logger.warning(f"{actor}: the scan past the lookback read only the newest {runs_per_job} failed runs "
+                           f"of {job_name}; older ones were not checked (`arb-orchestration sagas list --scan-runs`)")
+    return lines
