@@ -10,7 +10,8 @@ dagster.yaml) — these sensors take over:
   canceled saga runs of the last `lookback_seconds`, so a failure that
   happened while the first sensor was off (or whose tick errored) is not
   missed. It skips runs younger than `grace_seconds` to let the first
-  sensor and the hook act first.
+  sensor and the hook act first. Once a day it also looks further back, for sagas whose
+  log is too new for this code only (`scan_too_new_past_lookback`): reported, not recovered.
 
 Both call `recovery.recover_saga`, which compensates in place or returns a
 forward relaunch, and records what it did: running them again does nothing.
