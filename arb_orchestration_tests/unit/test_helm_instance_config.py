@@ -178,7 +178,7 @@ def test_instance_settings_are_what_the_values_say(instance):
     assert instance.run_retries_enabled
     assert instance.run_retries_max_retries == 0
     assert instance.run_retries_retry_on_asset_or_op_failure is False
-    assert instance.get_sensor_settings() == {"use_threads": True, "num_workers": 12}
+    assert instance.get_sensor_settings() == {"use_threads": True, "num_workers": 13}  # one thread per sensor (test_sensor_worker_threads)
     coordinator = instance.run_coordinator
     assert isinstance(coordinator, QueuedRunCoordinator)
     assert coordinator.dequeue_interval_seconds == 1
