@@ -1405,7 +1405,8 @@ class CcxtVenueClient(VenueClient):
         (fetch_open_orders, fetch_canceled_and_closed_orders) are not used: they drop rows older than `since` on
         the client and hide the page's length and cursor, so a full page could pass for the last one. Here a page
         shorter than `limit` ends a read; a full page without a cursor, or more pages than the bound, is
-        incomplete. The history lags order updates (Bybit says so); the hedge waits UNWIND_ABSENT_GRACE_SECONDS."""
+        incomplete. The history lags order updates (Bybit says so): `order_history_lag_seconds` tells the hedge
+        (ORDER_HISTORY_LAG_SECONDS), which takes an absence as proof only past that lag."""
         market = ex.market(symbol)
         query = {"category": "inverse" if market.get("inverse") else "linear", "symbol": market["id"], "limit": page}
         max_pages = ORDER_HISTORY_MAX_PAGES_BY_EXCHANGE.get("bybit", ORDER_HISTORY_MAX_PAGES)
