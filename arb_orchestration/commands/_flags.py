@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -65,6 +65,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
+
+
+def required_text(hint: str = "") -> Callable[[str], str]:
+    """An argparse type: the text stripped, refused when empty (`hint` finishes the message: what to write)."""
+    message = f"must not be empty: {hint}" if hint else "must not be empty"
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(message)
+        return text.strip()
+
+    return parse
 
 
 def non_negative_int(text: str) -> int:

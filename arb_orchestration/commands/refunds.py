@@ -68,12 +68,6 @@ def _transfer_id(text: str) -> int:
     return value
 
 
-def _reason(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty: say why the watch is closed by hand")
-    return text.strip()
-
-
 def main(argv: list[str]) -> int:
     parser = _flags.CommandParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True, metavar="{list,close}",
@@ -82,7 +76,7 @@ def main(argv: list[str]) -> int:
     listing.add_argument("--all", action="store_true", help="include closed watches (default: only open ones)")
     closing = sub.add_parser("close", help="close a watch by hand")
     closing.add_argument("transfer_id", type=_transfer_id, metavar="TRANSFER_ID", help="the Wise transfer id")
-    closing.add_argument("--reason", type=_reason, required=True, help="why it is closed by hand (recorded)")
+    closing.add_argument("--reason", type=_flags.required_text("say why the watch is closed by hand"), required=True, help="why it is closed by hand (recorded)")
     closing.add_argument("--by", default=None, help="who closes it (recorded; default: the login name)")
     try:
         args = parser.parse_args(argv)

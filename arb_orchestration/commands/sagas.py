@@ -224,16 +224,7 @@ def _resolve(reader: SagaReader, saga_or_run_id: str, *, reason: str, by: str, f
     return 0
 
 
-def _reason(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty: say what was done by hand (recorded)")
-    return text.strip()
-
-
-def _saga_id(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text.strip()
+_SAGA_ID = _flags.required_text()
 
 
 def main(argv: list[str]) -> int:
@@ -248,11 +239,11 @@ def main(argv: list[str]) -> int:
     listing.add_argument("--scan-runs", type=_flags.positive_int, default=DEFAULT_SCAN_RUNS,
                          help=f"read at most this many of the newest saga runs (default {DEFAULT_SCAN_RUNS})")
     showing = sub.add_parser("show", help="the saga's records, oldest first")
-    showing.add_argument("saga_id", type=_saga_id, metavar="SAGA_ID", help="the saga id (or a run id of the saga)")
+    showing.add_argument("saga_id", type=_SAGA_ID, metavar="SAGA_ID", help="the saga id (or a run id of the saga)")
     showing.add_argument("--json", action="store_true", help="JSON instead of text")
     resolving = sub.add_parser("resolve", help="record that an operator settled the saga by hand")
-    resolving.add_argument("saga_id", type=_saga_id, metavar="SAGA_ID", help="the saga id (or a run id of the saga)")
-    resolving.add_argument("--reason", type=_reason, required=True, help="what was done by hand (recorded)")
+    resolving.add_argument("saga_id", type=_SAGA_ID, metavar="SAGA_ID", help="the saga id (or a run id of the saga)")
+    resolving.add_argument("--reason", type=_flags.required_text("say what was done by hand (recorded)"), required=True, help="what was done by hand (recorded)")
     resolving.add_argument("--by", default=None, help="who resolves it (recorded; default: the login name)")
     resolving.add_argument("--force", action="store_true",
                            help="also resolve a saga that is not escalated/compensation-failed or has a run in "
