@@ -14,7 +14,6 @@ does not find the unwind by its orderLinkId. Covered:
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -25,6 +24,8 @@ from arb_orchestration.defs.hedging.legs import leg_client_order_id, unwind_clie
 from arb_orchestration.defs.hedging.steps import PLAN, UnwindOutcomeUnknown, unwind_hedge_orders
 from arb_orchestration_tests.unit.test_ccxt_order_history_bybit_hyperliquid import BYBIT_SYMBOL, OK, BybitVenue, bybit_row
 from arb_orchestration_tests.unit.test_ccxt_venue_conformance import _client, _market, _real
+from arb_orchestration_tests.unit.test_hedge_unwind_rerun_ccxt import Ctx as _Ctx
+from arb_orchestration_tests.unit.test_hedge_unwind_rerun_ccxt import Exchange as _Exchange
 
 KEY = "step-key-place-hedge-bybit"
 LEG = {"leg": 0, "venue": "bybit", "symbol": BYBIT_SYMBOL, "side": "sell", "amount": 0.667, "reduce_only": False}
@@ -33,30 +34,6 @@ LEG = {"leg": 0, "venue": "bybit", "symbol": BYBIT_SYMBOL, "side": "sell", "amou
 @pytest.fixture(autouse=True)
 def _no_grace(monkeypatch):
     monkeypatch.setattr(hedge_steps, "UNWIND_ABSENT_GRACE_SECONDS", 0.0)
-
-
-class Ctx:
-    """What `unwind_hedge_orders` reads of a CompensationContext, with `note` kept in memory."""
-
-    def __init__(self, notes: list[dict[str, Any]]):
-        self.idempotency_key = KEY
-        self.results = {PLAN: {"legs": [LEG]}}
-        self.progress: list[dict[str, Any]] = []
-        self.compensation_progress = list(notes)
-        self.notes: list[dict[str, Any]] = []
-        self.log = logging.getLogger("test.hedge_unwind_rerun_bybit")
-
-    def note(self, **fields: Any) -> None:
-        self.notes.append(fields)
-
-
-class Exchange:
-    def __init__(self, client):
-        self.client = client
-
-    def venue(self, name: str):
-        assert name == "bybit"
-        return self.client
 
 
 class Bybit(BybitVenue):
@@ -98,9 +75,9 @@ def _leg_row() -> dict[str, Any]:
 
 def test_bybit_an_unwind_the_history_shows_never_arrived_is_sent_once():
     client, wire, notes = _bybit([_leg_row()])
-    ctx = Ctx(notes)
+    ctx = _Ctx(notes, leg=LEG, key=KEY)
 
-    result = unwind_hedge_orders(ctx, Exchange(client))
+    result = unwind_hedge_orders(ctx, _Exchange(client, "bybit"))
 
     creates = wire.sent("POST", "/v5/order/create")
     assert len(creates) == 1 and creates[0][1]["orderLinkId"] == unwind_client_order_id(KEY, LEG)
@@ -113,9 +90,9 @@ def test_bybit_an_unwind_the_history_shows_never_arrived_is_sent_once():
 def test_bybit_an_unwind_found_in_the_history_is_reported_not_resent():
     ucid = unwind_client_order_id(KEY, LEG)
     client, wire, notes = _bybit([_leg_row(), bybit_row("12", ucid, "buy", "0.667", ago_s=50, reduce_only=True)])
-    ctx = Ctx(notes)
+    ctx = _Ctx(notes, leg=LEG, key=KEY)
 
-    result = unwind_hedge_orders(ctx, Exchange(client))
+    result = unwind_hedge_orders(ctx, _Exchange(client, "bybit"))
 
     assert wire.sent("POST", "/v5/order/create") == []
     assert [(n["unwind"], n["order_id"], n["status"], n["resolved"]) for n in ctx.notes] == [
@@ -126,10 +103,10 @@ def test_bybit_an_unwind_found_in_the_history_is_reported_not_resent():
 def test_bybit_an_unwind_is_not_resent_when_the_history_cannot_be_shown_whole():
     others = [bybit_row(str(100 + i), f"c{i:031d}", "buy", "0.001", ago_s=100 + i) for i in range(50)]
     client, wire, notes = _bybit(others + [_leg_row()], cursorless_full_page=True)
-    ctx = Ctx(notes)
+    ctx = _Ctx(notes, leg=LEG, key=KEY)
 
     with pytest.raises(UnwindOutcomeUnknown) as failed:
-        unwind_hedge_orders(ctx, Exchange(client))
+        unwind_hedge_orders(ctx, _Exchange(client, "bybit"))
 
     assert unwind_client_order_id(KEY, LEG) in str(failed.value)
     assert wire.sent("POST", "/v5/order/create") == [] and ctx.notes == []

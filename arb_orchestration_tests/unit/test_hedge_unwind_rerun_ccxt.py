@@ -37,9 +37,9 @@ def _no_grace(monkeypatch):
 class Ctx:
     """What `unwind_hedge_orders` reads of a CompensationContext, with `note` kept in memory."""
 
-    def __init__(self, notes: list[dict[str, Any]]):
-        self.idempotency_key = KEY
-        self.results = {PLAN: {"legs": [LEG]}}
+    def __init__(self, notes: list[dict[str, Any]], *, leg: dict[str, Any] = LEG, key: str = KEY):
+        self.idempotency_key = key
+        self.results = {PLAN: {"legs": [leg]}}
         self.progress: list[dict[str, Any]] = []
         self.compensation_progress = list(notes)
         self.notes: list[dict[str, Any]] = []
@@ -50,11 +50,14 @@ class Ctx:
 
 
 class Exchange:
-    def __init__(self, client):
+    """One venue's client, as `ExchangeResource.venue` hands it out (any other venue name is a test error)."""
+
+    def __init__(self, client, venue: str = "binanceusdm"):
         self.client = client
+        self.name = venue
 
     def venue(self, name: str):
-        assert name == "binanceusdm"
+        assert name == self.name
         return self.client
 
 
