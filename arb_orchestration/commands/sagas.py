@@ -82,15 +82,11 @@ def _list(reader: SagaReader, *, show_all: bool, as_json: bool, limit: int, scan
     recent_truncated = False
     if show_all:
         recent, recent_truncated = reader.recent_saga_ids(failed_only=False, scan_runs=scan_runs)
-        others = 0
-        for saga_id, tag in recent:
-            if saga_id in summaries:
-                continue
-            if others >= limit:
-                recent_truncated = True
-                break
-            summaries[saga_id] = reader.summary(saga_id, tag)
-            others += 1
+        others = [(saga_id, tag) for saga_id, tag in recent if saga_id not in summaries]
+        if len(others) > limit:
+            others, recent_truncated = others[:limit], True
+        for summary in reader.summaries(others):
+            summaries[summary.saga_id] = summary
     ordered = sorted(summaries.values(), key=lambda s: (not s.needs_person, -(s.since or 0.0)))
     notes = []
     if failed_truncated:

@@ -175,9 +175,9 @@ class SagaReader:
 
         return saga_id_for_run(run, self._get_run)
 
-    def recent_saga_ids(self, *, failed_only: bool, scan_runs: int) -> tuple[list[tuple[str, str]], bool]:
-        """(saga id, saga tag) of the sagas of the newest `scan_runs` saga runs, newest first; True if the scan
-        hit its bound (older runs were not read)."""
+    def recent_sagas(self, *, failed_only: bool, scan_runs: int) -> tuple[list[tuple[str, str, Any]], bool]:
+        """(saga id, saga tag, its newest run among those read) of the sagas of the newest `scan_runs` saga runs,
+        newest first; True if the scan hit its bound (older runs were not read)."""
         from dagster import DagsterRunStatus, RunsFilter
 
         from arb_orchestration.saga.keys import SAGA_TAG
@@ -187,29 +187,54 @@ class SagaReader:
             return [], False
         statuses = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED] if failed_only else []
         runs = self.instance.get_runs(filters=RunsFilter(tags={SAGA_TAG: names}, statuses=statuses), limit=scan_runs)
-        seen: dict[str, str] = {}
+        seen: dict[str, tuple[str, str, Any]] = {}
         for run in runs:  # newest first
             self._runs_by_id.setdefault(run.run_id, run)
-            seen.setdefault(self.saga_id_of(run), run.tags.get(SAGA_TAG, ""))
-        return list(seen.items()), len(runs) >= scan_runs
+            saga_id = self.saga_id_of(run)
+            seen.setdefault(saga_id, (saga_id, run.tags.get(SAGA_TAG, ""), run))
+        return list(seen.values()), len(runs) >= scan_runs
+
+    def recent_saga_ids(self, *, failed_only: bool, scan_runs: int) -> tuple[list[tuple[str, str]], bool]:
+        """(saga id, saga tag) of the sagas of the newest `scan_runs` saga runs, newest first; True if the scan
+        hit its bound (older runs were not read)."""
+        sagas, truncated = self.recent_sagas(failed_only=failed_only, scan_runs=scan_runs)
+        return [(saga_id, tag) for saga_id, tag, _run in sagas], truncated
 
     def resolve_id(self, saga_or_run_id: str) -> str:
         return self.log.resolve_saga_id(saga_or_run_id)
 
     def runs(self, saga_id: str, dagster_runs: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        if dagster_runs is None:
+            dagster_runs = self.log.runs_of_saga(saga_id)
+        rows = self._run_rows([run.run_id for run in dagster_runs])
+        return sorted(rows.values(), key=lambda r: r["created"])
+
+    def _run_rows(self, run_ids: Sequence[str], chunk: int = 500) -> dict[str, dict[str, Any]]:
+        """run id -> {run_id, status, created, in_progress}, read in one query per `chunk` runs."""
         from dagster import RunsFilter
         from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-        if dagster_runs is None:
-            dagster_runs = self.log.runs_of_saga(saga_id)
-        run_ids = [run.run_id for run in dagster_runs]
-        if not run_ids:
-            return []
-        records = self.instance.get_run_records(filters=RunsFilter(run_ids=run_ids))
-        out = [{"run_id": rec.dagster_run.run_id, "status": rec.dagster_run.status.value,
-                "created": rec.create_timestamp.timestamp(), "in_progress": rec.dagster_run.status in IN_PROGRESS_RUN_STATUSES}
-               for rec in records]
-        return sorted(out, key=lambda r: r["created"])
+        ids = list(dict.fromkeys(run_ids))
+        rows: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), chunk):
+            for rec in self.instance.get_run_records(filters=RunsFilter(run_ids=ids[start:start + chunk])):
+                run = rec.dagster_run
+                rows[run.run_id] = {"run_id": run.run_id, "status": run.status.value,
+                                    "created": rec.create_timestamp.timestamp(),
+                                    "in_progress": run.status in IN_PROGRESS_RUN_STATUSES}
+        return rows
+
+    def summaries(self, sagas: Sequence[tuple[str, str]]) -> list[SagaSummary]:
+        """`summary` for many sagas (saga id, saga tag), their runs read in a few queries for all of them; only
+        each saga's own log is read one by one."""
+        runs_by_saga = self.log.runs_of_sagas([saga_id for saga_id, _tag in sagas])
+        rows = self._run_rows([run.run_id for runs in runs_by_saga.values() for run in runs])
+        out = []
+        for saga_id, tag in sagas:
+            dagster_runs = runs_by_saga.get(saga_id, [])
+            runs = sorted((rows[run.run_id] for run in dagster_runs if run.run_id in rows), key=lambda r: r["created"])
+            out.append(summarize(saga_id, self.log.load_records(saga_id, runs=dagster_runs), runs, tag))
+        return out
 
     def records(self, saga_id: str) -> list[Any]:
         return self.log.load_records(saga_id)
@@ -235,10 +260,17 @@ def needing_attention(reader: SagaReader, *, scan_runs: int = DEFAULT_SCAN_RUNS)
     """The sagas of the newest `scan_runs` failed/canceled saga runs that need a person, newest first.
 
     The same sagas `arb-orchestration sagas list` (without --all) prints, in the same order."""
-    failed, truncated = reader.recent_saga_ids(failed_only=True, scan_runs=scan_runs)
-    summaries: list[SagaSummary] = []
-    for saga_id, tag in failed:
-        summary = reader.summary(saga_id, tag)
-        if summary.needs_person:
-            summaries.append(summary)
+    from arb_orchestration.saga.settled import QUIET_VERDICTS, load_indexes
+
+    failed, truncated = reader.recent_sagas(failed_only=True, scan_runs=scan_runs)
+    # The recovery sweep's index of settled sagas: one that needs nobody (rolled back, completed, resolved)
+    # and whose newest failed run is still the one the sweep saw is not read again (saga/settled.py).
+    indexes = load_indexes(reader.instance, {tag for _saga_id, tag, _run in failed if tag})
+    to_read = []
+    for saga_id, tag, run in failed:
+        index = indexes.get(tag)
+        if index is not None and index.verdict(saga_id, run.run_id, run.status.value) in QUIET_VERDICTS:
+            continue
+        to_read.append((saga_id, tag))
+    summaries = [s for s in reader.summaries(to_read) if s.needs_person]
     return AttentionList(sorted(summaries, key=lambda s: -(s.since or 0.0)), truncated, scan_runs)

@@ -20,7 +20,7 @@ import abc
 import dataclasses
 import threading
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from arb_orchestration.saga.keys import SAGA_ID_TAG, saga_id_for_run
 from arb_orchestration.saga.state import RecordKind, SagaRecord, SagaState
@@ -227,6 +227,42 @@ class InstanceSagaLog(SagaLog):
                 if run.run_id not in runs and saga_id_for_run(run, self.instance.get_run_by_id) == saga_id:
                     runs[run.run_id] = run
         return list(runs.values())
+
+
+    def runs_of_sagas(self, saga_ids: "Sequence[str]", *, chunk: int = 200) -> dict[str, list["DagsterRun"]]:
+        """`runs_of_saga` for many sagas in a few queries (not four per saga): saga id -> its runs."""
+        from dagster import RunsFilter
+        from dagster._core.storage.tags import ROOT_RUN_ID_TAG
+
+        ids = list(dict.fromkeys(saga_ids))
+        found: dict[str, dict[str, "DagsterRun"]] = {saga_id: {} for saga_id in ids}
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            for run in self.instance.get_runs(filters=RunsFilter(tags={SAGA_ID_TAG: part})):
+                found[run.tags[SAGA_ID_TAG]].setdefault(run.run_id, run)
+            # A saga id that is a run id: that run's group (its root and every re-execution of it).
+            named_runs = self.instance.get_runs(filters=RunsFilter(run_ids=part))
+            roots = sorted({run.root_run_id or run.run_id for run in named_runs})
+            if not roots:
+                continue
+            known: dict[str, "DagsterRun"] = {run.run_id: run for run in named_runs}
+            for run in self.instance.get_runs(filters=RunsFilter(run_ids=roots)):
+                known.setdefault(run.run_id, run)
+            members: dict[str, list["DagsterRun"]] = {}
+            for run in self.instance.get_runs(filters=RunsFilter(tags={ROOT_RUN_ID_TAG: roots})):
+                known.setdefault(run.run_id, run)
+                members.setdefault(run.tags[ROOT_RUN_ID_TAG], []).append(run)
+
+            def get_run(run_id: str) -> "DagsterRun | None":
+                return known.get(run_id) or self.instance.get_run_by_id(run_id)
+
+            for named in named_runs:
+                saga_id, root_id = named.run_id, named.root_run_id or named.run_id
+                group = ([known[root_id]] if root_id in known else []) + members.get(root_id, [])
+                for run in group:
+                    if run.run_id not in found[saga_id] and saga_id_for_run(run, get_run) == saga_id:
+                        found[saga_id][run.run_id] = run
+        return {saga_id: list(runs.values()) for saga_id, runs in found.items()}
 
 
 def _summary(record: SagaRecord) -> str:

@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from dagster import (
     DagsterEventType,
@@ -59,6 +59,7 @@ from arb_orchestration.saga.engine import SagaDefinition
 from arb_orchestration.saga.keys import RECOVERY_OF_TAG
 from arb_orchestration.saga.log import InstanceSagaLog
 from arb_orchestration.saga.recovery import Action, ClaimSpec, FailedRun, RecoveryOutcome, recover_saga
+from arb_orchestration.saga.settled import SETTLED_VERDICTS, SettledIndex
 from arb_orchestration.saga.state import SagaLogTooNewError
 
 _log = logging.getLogger("arb_orchestration.saga.recovery")
@@ -75,6 +76,9 @@ STOPPING_GRACE_SECONDS = 120.0
 # then the actor that recorded it (the other recovery sensor) may still be submitting it, and
 # the two sensors' run keys do not dedupe each other. Longer than a sensor tick may take.
 REISSUE_AFTER_SECONDS = 120.0
+# A sweep tick stops taking up further sagas after this long (the rest wait for the next tick): Dagster
+# gives a sensor evaluation 60 s, and a tick that runs past it saves nothing.
+SWEEP_TIME_BUDGET_SECONDS = 30.0
 
 
 def stopped_for_max_runtime(instance: DagsterInstance, run_id: str) -> float | None:
@@ -409,17 +413,27 @@ def sweep_failed_sagas(
     actor: str = "recovery sweep",
     claim_ttl_seconds: float = DEFAULT_CLAIM_TTL_SECONDS,
     reissue_after_seconds: float = REISSUE_AFTER_SECONDS,
+    time_budget_seconds: float | None = SWEEP_TIME_BUDGET_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[list[RunRequest], list[str]]:
     """One sweep over failed/canceled saga runs; returns relaunches to submit and a line per action.
 
     A run stopped for exceeding its maximum runtime waits `stopping_grace_seconds` after that
     failure (its worker may still be shutting down).
+
+    Sagas found settled are recorded in the saga's `SettledIndex` (instance key-value table) and not read
+    again while their newest failed run stays the same and none of their runs is in progress. Once
+    `time_budget_seconds` have passed (None: no budget) the sagas not reached yet are left to the next
+    tick (newest first, so the most recent failures are never the ones deferred), with a line saying how
+    many: a tick past Dagster's 60 s sensor timeout would save nothing and leave every saga undone.
     """
     logger = logger or _log
     now = time.time() if now is None else now
+    started = clock()
     requests: list[RunRequest] = []
     lines: list[str] = []
     seen_sagas: set[str] = set()
+    deferred = 0
     for job_name, definition in sagas_by_job.items():
         runs = instance.get_runs(
             filters=RunsFilter(
@@ -430,33 +444,72 @@ def sweep_failed_sagas(
             ),
             limit=500,
         )
-        for run in runs:  # newest first: one decision per saga per sweep
-            saga_id = saga_id_of(run, instance)
-            if saga_id in seen_sagas:
-                continue
-            seen_sagas.add(saga_id)
-            if run.status == DagsterRunStatus.FAILURE:
-                stopped_at = stopped_for_max_runtime(instance, run.run_id)
-                if stopped_at is not None and now - stopped_at < stopping_grace_seconds:
-                    lines.append(f"{saga_id}: waiting for run {run.run_id}, stopped for exceeding its maximum "
-                                 f"runtime, to shut down ({now - stopped_at:.0f} of {stopping_grace_seconds:g} s)")
+        index = SettledIndex.load(instance, definition.name)
+        # One query for the whole job: a saga with a run in progress is never skipped from the index.
+        active = {saga_id_of(r, instance) for r in instance.get_runs(
+            filters=RunsFilter(job_name=job_name, statuses=list(IN_PROGRESS_RUN_STATUSES)))}
+        listed: set[str] = set()
+        try:
+            for run in runs:  # newest first: one decision per saga per sweep
+                saga_id = saga_id_of(run, instance)
+                listed.add(saga_id)
+                if saga_id in seen_sagas:
                     continue
+                seen_sagas.add(saga_id)
+                if saga_id not in active and index.verdict(saga_id, run.run_id, run.status.value) is not None:
+                    continue  # settled when last read, and nothing has happened to it since
+                if time_budget_seconds is not None and clock() - started > time_budget_seconds:
+                    deferred += 1
+                    continue
+                index.forget(saga_id)
+                outcome = _sweep_one(instance, definition, run, saga_id, resources, logger, lines, now=now,
+                                     stopping_grace_seconds=stopping_grace_seconds, actor=actor,
+                                     claim_ttl_seconds=claim_ttl_seconds,
+                                     reissue_after_seconds=reissue_after_seconds)
+                if outcome is None:
+                    continue
+                if (outcome.action is Action.NONE and outcome.decision.verdict.value in SETTLED_VERDICTS
+                        and saga_id not in active):
+                    index.settle(saga_id, run.run_id, run.status.value, outcome.decision.verdict.value)
+                if outcome.action is Action.RELAUNCH:
+                    requests.append(_run_request(outcome))
+                if outcome.action is not Action.NONE:
+                    lines.append(f"{saga_id}: {outcome.action.value} ({outcome.reason})")
+        finally:
+            index.keep_only(listed)
             try:
-                outcome = recover_run(instance, definition, run, resources, logger, actor=actor,
-                                      claim_ttl_seconds=claim_ttl_seconds, reissue_after_seconds=reissue_after_seconds)
-            except SagaLogTooNewError as exc:  # waits for an upgrade: reported every tick, mailed once
-                report_too_new_saga(instance, definition, run, exc, resources, logger, actor=actor)
-                lines.append(f"{saga_id}: error SagaLogTooNewError")  # the ERROR line and the mail name the kinds
-                continue
-            except Exception as exc:  # reported; one bad saga must not block the others' recovery
-                logger.error(f"saga recovery of run {run.run_id} raised: {type(exc).__name__}: {exc}")
-                lines.append(f"{saga_id}: error {type(exc).__name__}")
-                continue
-            if outcome.action is Action.RELAUNCH:
-                requests.append(_run_request(outcome))
-            if outcome.action is not Action.NONE:
-                lines.append(f"{saga_id}: {outcome.action.value} ({outcome.reason})")
+                index.save(instance)
+            except Exception as exc:  # noqa: BLE001 - the index only saves work; the sagas were handled
+                logger.warning(f"{actor}: could not store the settled-saga index of {definition.name}: "
+                               f"{type(exc).__name__}: {exc}")
+    if deferred:
+        lines.append(f"time budget of {time_budget_seconds:g} s used up: {deferred} older failed saga run(s) "
+                     "left to the next tick")
     return requests, lines
+
+
+def _sweep_one(instance: DagsterInstance, definition: SagaDefinition, run: DagsterRun, saga_id: str,
+               resources: Mapping[str, Any], logger: Any, lines: list[str], *, now: float,
+               stopping_grace_seconds: float, actor: str, claim_ttl_seconds: float,
+               reissue_after_seconds: float) -> RecoveryOutcome | None:
+    """Recover one saga for the sweep; None when nothing was decided (a line says why, if anything)."""
+    if run.status == DagsterRunStatus.FAILURE:
+        stopped_at = stopped_for_max_runtime(instance, run.run_id)
+        if stopped_at is not None and now - stopped_at < stopping_grace_seconds:
+            lines.append(f"{saga_id}: waiting for run {run.run_id}, stopped for exceeding its maximum "
+                         f"runtime, to shut down ({now - stopped_at:.0f} of {stopping_grace_seconds:g} s)")
+            return None
+    try:
+        return recover_run(instance, definition, run, resources, logger, actor=actor,
+                           claim_ttl_seconds=claim_ttl_seconds, reissue_after_seconds=reissue_after_seconds)
+    except SagaLogTooNewError as exc:  # waits for an upgrade: reported every tick, mailed once
+        report_too_new_saga(instance, definition, run, exc, resources, logger, actor=actor)
+        lines.append(f"{saga_id}: error SagaLogTooNewError")  # the ERROR line and the mail name the kinds
+        return None
+    except Exception as exc:  # reported; one bad saga must not block the others' recovery
+        logger.error(f"saga recovery of run {run.run_id} raised: {type(exc).__name__}: {exc}")
+        lines.append(f"{saga_id}: error {type(exc).__name__}")
+        return None
 
 
 # ---- too-new sagas older than the sweep's lookback ---------------------------------------------------------------
