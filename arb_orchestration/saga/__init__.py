@@ -26,6 +26,8 @@ from arb_orchestration.saga.claim import (
 )
 from arb_orchestration.saga.engine import (
     CompensationContext,
+    CompensationDeferred,
+    CompensationDeferredError,
     CompensationFailedError,
     SagaBusyError,
     SagaClosedError,
@@ -84,6 +86,8 @@ __all__ = [
     "ClaimResult",
     "ClaimSpec",
     "CompensationContext",
+    "CompensationDeferred",
+    "CompensationDeferredError",
     "CompensationFailedError",
     "Decision",
     "FailedRun",

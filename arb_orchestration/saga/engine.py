@@ -80,6 +80,34 @@ class CompensationFailedError(SagaError):
         self.original = original
 
 
+class CompensationDeferred(Exception):
+    """Raised BY a compensation that cannot decide yet, and knows when it will be able to.
+
+    Example: a hedge unwind sent by an earlier attempt is not in Bybit's order history, but that history may lag
+    its orders by up to two minutes, so "not in it" proves nothing until then (defs/hedging/steps.py). The
+    compensation has done nothing a later attempt would do twice. `compensate` records no failure and sends no
+    mail for it; the recovery sweep tries again on a later tick. A compensation must defer only for a bounded
+    time (the lag): after `retry_after_seconds` it must decide, or fail.
+    """
+
+    def __init__(self, message: str, *, retry_after_seconds: float):
+        super().__init__(message)
+        self.retry_after_seconds = max(0.0, float(retry_after_seconds))
+
+
+class CompensationDeferredError(SagaError):
+    """`compensate` stopped at a step whose compensation deferred (`CompensationDeferred`): nothing was recorded as
+    failed and nobody was mailed; the steps not yet compensated wait for the recovery sweep."""
+
+    def __init__(self, saga_name: str, saga_id: str, step: str, retry_after_seconds: float, why: str):
+        super().__init__(f"saga {saga_name} [{saga_id}]: compensation of step {step!r} deferred for about "
+                         f"{retry_after_seconds:.0f} s: {why}")
+        self.saga_name = saga_name
+        self.saga_id = saga_id
+        self.step = step
+        self.retry_after_seconds = retry_after_seconds
+
+
 # --------------------------------------------------------------------------- definitions
 
 
@@ -489,7 +517,8 @@ def compensate(
     """Undo every pending step newest-first; returns the steps compensated now.
 
     Raises `CompensationFailedError` (chained from the compensation's error)
-    at the first failure, after recording and alerting it. `before_each(step)`
+    at the first failure, after recording and alerting it; `CompensationDeferredError` (nothing recorded,
+    nobody mailed) when a compensation raised `CompensationDeferred`. `before_each(step)`
     runs before each compensation (the claim's renewal: whatever it raises stops
     the compensation before that step is touched).
     """
@@ -522,6 +551,12 @@ def compensate(
             # A note found the claim gone (nothing written): another actor owns the saga now. Neither a
             # failure (it would count towards that actor's escalation) nor a mail: stop here.
             raise
+        except CompensationDeferred as exc:
+            # Not a failure: the compensation cannot tell yet and did nothing a later attempt repeats. No record
+            # (it would count towards escalation), no mail; the recovery sweep comes back to it.
+            deferred = CompensationDeferredError(saga.name, saga_id, step.name, exc.retry_after_seconds, str(exc))
+            logger.warning(f"{deferred}; the recovery sweep tries again on a later tick")
+            raise deferred from exc
         except Exception as exc:
             log.record_compensation_failed(saga_id, saga.name, step.name, key=key, error=exc)
             failure = CompensationFailedError(saga.name, saga_id, step.name, cause)

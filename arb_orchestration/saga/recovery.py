@@ -39,6 +39,7 @@ from arb_orchestration.saga.claim import (
 )
 from arb_orchestration.saga.engine import (
     Alert,
+    CompensationDeferredError,
     CompensationFailedError,
     SagaDefinition,
     compensate,
@@ -349,6 +350,8 @@ def _recover(
         try:
             done = compensate(saga, saga_id, log=log, resources=resources, config=config, alert=alert, logger=logger,
                               before_each=held.renew if held is not None else None)
+        except CompensationDeferredError as exc:  # cannot tell yet: a later sweep tick tries again
+            return RecoveryOutcome(saga_id, decision, Action.WAITING, str(exc))
         except CompensationFailedError as exc:
             failures = log.load(saga_id).step(exc.step).compensation_failures
             if failures >= saga.max_compensation_attempts:
@@ -453,8 +456,11 @@ def _on_step_failure(saga: SagaDefinition, saga_id: str, step: str, error: BaseE
     decision = decide(saga, state)
     err = describe(error) if error is not None else "unknown error"
     if decision.verdict is Verdict.COMPENSATE:
-        done = compensate(saga, saga_id, log=log, resources=resources, config=config, alert=alert,
-                          logger=logger, cause=error, before_each=held.renew if held is not None else None)
+        try:
+            done = compensate(saga, saga_id, log=log, resources=resources, config=config, alert=alert,
+                              logger=logger, cause=error, before_each=held.renew if held is not None else None)
+        except CompensationDeferredError as exc:  # logged by compensate; the sweep finishes it once the run failed
+            return RecoveryOutcome(saga_id, decision, Action.WAITING, str(exc))
         send_alert(alert, logger, f"[saga] {saga.name} rolled back [{saga_id}]",
                    f"Step {step} failed: {err}\nCompensated (newest first): {', '.join(done) or 'nothing'}.")
         return RecoveryOutcome(saga_id, decision, Action.COMPENSATED, "compensated", tuple(done))

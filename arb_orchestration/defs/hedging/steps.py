@@ -68,7 +68,7 @@ from arb_orchestration.domain.hedging import HedgeOrder, plan_hedges
 from arb_orchestration.domain.models import Order, Position
 from arb_orchestration.resources.errors import BusinessError, NotFoundError, TransientError
 from arb_orchestration.resources.venue import ExchangeResource, VenueClient
-from arb_orchestration.saga import CompensationContext, StepContext
+from arb_orchestration.saga import CompensationContext, CompensationDeferred, StepContext
 
 PLAN = "plan_hedge"
 PLACE = "place_hedge_orders"
@@ -330,7 +330,15 @@ def unwind_ledger(notes: Any) -> dict[str, dict[str, Any]]:
 
 def _find_unwind_order(venue: Any, ucid: str, leg_cid: str, symbol: str,
                        sent_at: float | None = None) -> tuple[Order | None, str, bool]:
-    """The unwind order an earlier attempt sent: (order or None, how it was looked for, absent for sure).
+    """`_look_for_unwind` without the wait: (order or None, how it was looked for, absent for sure)."""
+    found, how, absent, _wait = _look_for_unwind(venue, ucid, leg_cid, symbol, sent_at)
+    return found, how, absent
+
+
+def _look_for_unwind(venue: Any, ucid: str, leg_cid: str, symbol: str,
+                     sent_at: float | None = None) -> tuple[Order | None, str, bool, float | None]:
+    """The unwind order an earlier attempt sent: (order or None, how it was looked for, absent for sure, seconds
+    until a lagging history can tell: None unless that is the only reason it is not shown absent).
 
     Looked up by its client order id, then in the venue's order history if the client offers one
     (`fetch_orders(symbol)`: every order of the venue, the simulator's client). Absent *for sure* only when
@@ -346,27 +354,28 @@ def _find_unwind_order(venue: Any, ucid: str, leg_cid: str, symbol: str,
             time.sleep(min(wait, UNWIND_ABSENT_GRACE_SECONDS))
     found = venue.fetch_order_by_client_id(ucid, symbol)
     if found is not None:
-        return found, "by client order id", False
+        return found, "by client order id", False, None
     history = getattr(venue, "fetch_orders", None)
     if not callable(history):
-        return None, "by client order id (not found); this venue client has no order history", False
+        return None, "by client order id (not found); this venue client has no order history", False, None
     orders = list(history(symbol))
     found = next((o for o in orders if o.client_order_id == ucid), None)
     if found is not None:
-        return found, "in the order history", False
+        return found, "in the order history", False, None
     if any(o.client_order_id == leg_cid for o in orders):
         lag = float(getattr(venue, "order_history_lag_seconds", 0.0) or 0.0)
         if lag > 0 and (sent_at is None or time.time() - float(sent_at) < lag):
             # This venue's history can lag behind its orders (Bybit): too soon for "not in it" to mean "never
             # arrived". A later attempt (the recovery sweep's, a minute or more on) decides.
             ago = "at an unknown time" if sent_at is None else f"{time.time() - float(sent_at):.0f}s ago"
+            wait = None if sent_at is None else float(sent_at) + lag - time.time()
             return None, (f"by client order id and in the order history, which shows the leg's own earlier order "
                           f"but not this one; the unwind was sent {ago} and this venue's history may lag up to "
-                          f"{lag:g}s behind its orders, so that proves nothing yet"), False
+                          f"{lag:g}s behind its orders, so that proves nothing yet"), False, wait
         return None, ("by client order id and in the order history, which shows the leg's own earlier order but "
-                      "not this one"), True
+                      "not this one"), True, None
     return None, ("by client order id and in the order history (in neither, and the history does not reach "
-                  "back to the leg's own order)"), False
+                  "back to the leg's own order)"), False, None
 
 
 def _noted_fill(ctx: CompensationContext, leg: dict, cid: str) -> Order | None:
@@ -402,11 +411,14 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
     then in the order history): found, it is recorded; shown absent (`_find_unwind_order`: the history reaches
     back to the leg's own order and lacks the unwind), it is sent (`not_placed`, then `sending` again);
     otherwise it is not resent and the compensation fails naming it (`UnwindOutcomeUnknown`), after the other
-    legs were worked.
+    legs were worked. The one exception: when only the venue's lagging order history keeps it from telling (Bybit:
+    the history shows the leg's own order, and the unwind was sent less than `order_history_lag_seconds` ago), the
+    compensation defers (`CompensationDeferred`: no failure recorded, nobody mailed) and a later sweep tick decides.
     """
     plan = ctx.results.get(PLAN) or {}
     ledger = unwind_ledger(ctx.compensation_progress)
     unwound, kept, untouched, unknown = [], [], [], []
+    deferred: list[tuple[float, str]] = []  # (seconds until it can be told, what) for lagging order histories
     for leg in reversed(plan.get("legs", [])):
         ucid = unwind_client_order_id(ctx.idempotency_key, leg)
         earlier = ledger.get(ucid)
@@ -441,8 +453,8 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
         if earlier is not None and earlier["sending"] is not None and outcome is None:
             # Sent by an attempt that died before its outcome was recorded: resolve it, never resend it blindly.
             sent = earlier["sending"]
-            found, how, absent = _find_unwind_order(venue, ucid, leg_client_order_id(ctx.idempotency_key, leg),
-                                                    leg["symbol"], sent.get("sent_at"))
+            found, how, absent, wait = _look_for_unwind(venue, ucid, leg_client_order_id(ctx.idempotency_key, leg),
+                                                        leg["symbol"], sent.get("sent_at"))
             if found is not None:
                 ctx.note(unwind=UNWIND_FILLED, leg=leg["leg"], client_order_id=ucid, venue=leg["venue"],
                          symbol=leg["symbol"], side=found.side, order_id=found.id, filled=found.filled,
@@ -451,6 +463,10 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
                                 f"{found.filled:g} ({found.id}, {found.status}); not sent again")
                 unwound.append(_unwind_row(leg, ucid, found.id, found.side, found.filled, found.average,
                                            earlier_attempt=True, status=found.status))
+                continue
+            if not absent and wait is not None:
+                # Only the venue's lagging history keeps it from telling: a later attempt decides, nobody is mailed.
+                deferred.append((max(wait, 0.0), f"unwind of {describe_leg(leg)}: order {ucid} not found yet ({how})"))
                 continue
             if not absent:
                 message = (f"unwind of {describe_leg(leg)}: order {ucid} ({sent.get('side')} {sent.get('amount')} "
@@ -509,6 +525,13 @@ def unwind_hedge_orders(ctx: CompensationContext, exchange: ExchangeResource) ->
         raise UnwindOutcomeUnknown(
             f"{len(unknown)} unwind order(s) with an unknown outcome, not resent (the other legs were worked: "
             f"{len(unwound)} unwound, {len(kept)} kept, {len(untouched)} untouched): " + " | ".join(unknown)
+        )
+    if deferred:
+        raise CompensationDeferred(
+            f"{len(deferred)} unwind order(s) not in the venue's order history yet, which may lag its orders; looked "
+            f"at again once it can tell (the other legs were worked: {len(unwound)} unwound, {len(kept)} kept, "
+            f"{len(untouched)} untouched): " + " | ".join(what for _wait, what in deferred),
+            retry_after_seconds=max(wait for wait, _what in deferred),
         )
     return {"unwound": unwound, "kept": kept, "untouched": untouched}
 
