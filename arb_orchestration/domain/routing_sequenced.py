@@ -25,6 +25,7 @@ MAX_PAIRS = 4000
 def solve_sequenced(problem: Problem, asset: str, time_limit: float):
     from arb_orchestration.domain.routing_solver import (
         AssetResult,
+        _exact_amounts,
         _shortfall_reason,
         _flow_matrix,
         _touched_venues,
@@ -139,6 +140,14 @@ def solve_sequenced(problem: Problem, asset: str, time_limit: float):
     transfers = _transfers(inst, used, [x[X + j] for j in used])
     moves = [Move(t.from_venue, t.to_venue, t.amount, t.amount - t.fee) for t in transfers]
     order = order_moves(inst.balance, moves, inst.target)
+    if order is None:
+        # A sliver on a rail the solver counts as unused (see routing_solver._exact_amounts): the cheapest amounts
+        # on exactly these rails, if they can be ordered.
+        amounts = _exact_amounts(inst, used)
+        if amounts is not None:
+            transfers = _transfers(inst, used, list(amounts))
+            moves = [Move(t.from_venue, t.to_venue, t.amount, t.amount - t.fee) for t in transfers]
+            order = order_moves(inst.balance, moves, inst.target)
     if order is None:
         raise RoutingError(f"{asset}: the sequencing model's plan failed the funding check (numerical trouble)")
     ordered = [transfers[i] for i in order]

@@ -17,7 +17,7 @@ from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import coo_array
 
 from arb_orchestration.domain.routing import Plan, Problem, Rail, RoutingError, Transfer
-from arb_orchestration.domain.routing_order import Move, order_moves
+from arb_orchestration.domain.routing_order import Move, funding_tolerance, order_moves
 
 # HiGHS proves optimality to this relative gap (its default, 1e-4, is not "exact").
 MIP_REL_GAP = 1e-9
@@ -582,6 +582,55 @@ def _polish(inst: AssetInstance, used: list[int], fee: float) -> np.ndarray | No
     return result.x if result.status == 0 else None
 
 
+def _exact_amounts(inst: AssetInstance, used: list[int]) -> np.ndarray | None:
+    """The cheapest amounts on exactly the rails `used` (each between its minimum and its bound) that leave every
+    venue at or above its target; None if there are none.
+
+    Why: the MILP solver accepts a binary within its integrality tolerance of 0 (~1e-6) while `x <= M*y` lets that
+    rail carry `M*y` (~1e-4 with M in the thousands). Such a rail is not in `used` (`y > 0.5`), and the sliver
+    it carried is missing from the other rails' amounts: a venue ended 1.65e-4 short, or the plan could not be
+    ordered (`unit/test_routing_slivers.py`). Solved on the rails alone, the sliver goes where it must.
+    """
+    if not used:
+        return np.zeros(0)
+    rails = [inst.rails[j] for j in used]
+    rows = _touched_venues(inst)
+    index = {v: i for i, v in enumerate(rows)}
+    a = np.zeros((len(rows), len(used)))
+    rhs = np.array([inst.target[v] - inst.balance[v] for v in rows])
+    for c, r in enumerate(rails):
+        a[index[r.to_venue], c] += 1.0 - r.fee_rate
+        a[index[r.from_venue], c] -= 1.0
+        rhs[index[r.to_venue]] += r.fixed_fee
+    rates = np.array([r.fee_rate for r in rails])
+    scale = _objective_scale(max(fee_magnitude(inst), 1e-12))
+    bounds = [(inst.min_eff[j], inst.big_m[j]) for j in used]
+    # The fees first; among equal fees, the least moved (the 1e-9 weight is far below any rate that matters).
+    result = linprog(scale * (rates + 1e-9), A_ub=-a, b_ub=-rhs, bounds=bounds, method="highs")
+    return result.x if result.status == 0 else None
+
+
+def _shortfalls(inst: AssetInstance, transfers: Sequence[Transfer]) -> dict[str, float]:
+    """Venues the transfers leave below their targets by more than the funding tolerance: venue -> shortfall."""
+    held = dict(inst.balance)
+    for t in transfers:
+        held[t.from_venue] = held.get(t.from_venue, 0.0) - t.amount
+        held[t.to_venue] = held.get(t.to_venue, 0.0) + t.amount - t.fee
+    return {v: inst.target[v] - held.get(v, 0.0) for v in inst.target
+            if held.get(v, 0.0) < inst.target[v] - funding_tolerance(inst.target[v])}
+
+
+def _checked(inst: AssetInstance, result: AssetResult) -> AssetResult:
+    """A feasible result is returned only if executing it leaves no venue short (never a plan that misses a
+    target by more than the solver's tolerance)."""
+    if result.feasible:
+        short = _shortfalls(inst, result.transfers)
+        if short:
+            raise RoutingError(f"{inst.asset}: the plan would leave " + ", ".join(
+                f"{v} short by {gap:g}" for v, gap in sorted(short.items())) + " (numerical trouble in the solver)")
+    return result
+
+
 def _shortfall_reason(inst: AssetInstance, time_limit: float) -> str:
     """Why the targets cannot be met: the smallest total shortfall any plan leaves, and where."""
     needs = inst.needs
@@ -661,16 +710,23 @@ def solve_asset(problem: Problem, asset: str, time_limit: float) -> AssetResult:
     used = [j for j in range(k) if solution[k + j] > 0.5 and solution[j] > _EPS]
     fee = sum(inst.rails[j].fee(solution[j]) for j in used)
     amounts = _polish(inst, used, fee)
-    if amounts is None:  # numerical trouble in the LP: the MILP's own amounts are valid
-        amounts = solution[used]
+    if amounts is None:
+        # The MILP's amounts do not meet the targets on these rails alone (a sliver on a rail it counts as
+        # unused, see _exact_amounts), or the LP had numerical trouble: the cheapest amounts on the rails.
+        amounts = _exact_amounts(inst, used)
+    if amounts is None:  # the rails need the sliver's rail: take every rail that carries flow, and pay its fee
+        used = [j for j in range(k) if solution[j] > _EPS]
+        amounts = _exact_amounts(inst, used)
+    if amounts is None:
+        raise RoutingError(f"{asset}: the solver's plan does not meet the targets on its own rails (numerical trouble)")
     keep = [c for c, a in enumerate(amounts) if a > _EPS]
     transfers = _transfers(inst, [used[c] for c in keep], [amounts[c] for c in keep])
     ordered = _ordered(inst, transfers)
     if ordered is None:
         from arb_orchestration.domain.routing_sequenced import solve_sequenced
 
-        return solve_sequenced(problem, asset, time_limit)
-    return AssetResult(True, sum(t.fee for t in ordered), ordered)
+        return _checked(inst, solve_sequenced(problem, asset, time_limit))
+    return _checked(inst, AssetResult(True, sum(t.fee for t in ordered), ordered))
 
 
 def solve_problem(problem: Problem, *, time_limit: float = 60.0) -> Plan:
