@@ -1,0 +1,1427 @@
+//! Prototype exact branch-and-bound for the route planner's per-asset fixed-charge
+//! generalized min-cost flow MILP.  Stdlib only.
+//!
+//! Model (per asset), venues v, rails r = u -> w:
+//!   min sum f_r y_r + p_r x_r
+//!   lo_v <= sum_{r into v} ((1-p_r) x_r - f_r y_r) - sum_{r out of v} x_r <= hi_v
+//!   me_r y_r <= x_r <= M_r y_r,  y in {0,1}
+//! lo_v = t_v - b_v.  hi_v = max(lo_v + mu_v, 0): the least-moving optimum never leaves a
+//! venue above max(b_v, t_v + mu_v) (mu_v = largest credit of a rail into v at its minimum).
+//!
+//! Node relaxation (rows: one per venue, plus one cover row per deficit venue):
+//! an unfixed rail with node bound m has an amount column x in [0, m] (cost p + f/m per unit,
+//! credit 1 - p - f/m per unit, 1/m in its destination's cover row) and, if its destination has
+//! a deficit, a "fee" column l in [0, 1] (cost f, credit -f, 1 in the cover row): y = x/m + l.
+//! Every integral point maps to a point of this LP with the same cost (l = 1 - x/m), so the LP
+//! is a relaxation; the cover row (sum of y into a deficit venue >= the number of rails its
+//! deficit needs) is what the plain x/m relaxation lacks.  A rail fixed on pays f, shifts its
+//! destination row by f and takes x in [me, m]; fixed off: x = 0.
+//! Dense bounded dual simplex with an explicit basis inverse (rows <= 2 * venues), warm-started
+//! from the parent's basis.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::rc::Rc;
+use std::time::Instant;
+
+const FREE: u8 = 0;
+const ON: u8 = 1;
+const OFF: u8 = 2;
+
+struct Inst {
+    n: usize,
+    k: usize,
+    from: Vec<usize>,
+    to: Vec<usize>,
+    f: Vec<f64>,
+    p: Vec<f64>,
+    me: Vec<f64>,
+    mm: Vec<f64>,
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+    ins: Vec<Vec<usize>>,
+    outs: Vec<Vec<usize>>,
+    cover: Vec<i32>,     // per venue: index of its cover row (n + i) or -1
+    cover_rhs: Vec<f64>, // per cover row: rails needed
+    nrows: usize,
+}
+
+// ------------------------------------------------------------------ the LP
+
+struct Lp {
+    nr: usize,
+    nc: usize, // structural columns; slacks are nc..nc+nr (column -e_i, value = row activity)
+    c: Vec<f64>,
+    ent: Vec<Vec<(u32, f64)>>,
+    lb: Vec<f64>,
+    ub: Vec<f64>,
+    basis: Vec<usize>,
+    pos: Vec<i32>,
+    at_upper: Vec<bool>,
+    binv: Vec<f64>,
+    xb: Vec<f64>,
+    pi: Vec<f64>,
+    d: Vec<f64>,
+    rhs: Vec<f64>,
+    alpha: Vec<f64>,
+    w: Vec<f64>,
+    iters: u64,
+    fact_basis: Vec<usize>,
+    fact_cols: Vec<Vec<(u32, f64)>>,
+    fact_valid: bool,
+    since: usize,
+    pub refactors: u64,
+}
+
+enum LpStatus {
+    Optimal,
+    Infeasible,
+    Failed,
+}
+
+impl Lp {
+    fn new(nr: usize, nc: usize) -> Lp {
+        let t = nr + nc;
+        let mut lp = Lp {
+            nr,
+            nc,
+            c: vec![0.0; t],
+            ent: vec![Vec::new(); t],
+            lb: vec![0.0; t],
+            ub: vec![0.0; t],
+            basis: (nc..t).collect(),
+            pos: vec![-1; t],
+            at_upper: vec![false; t],
+            binv: vec![0.0; nr * nr],
+            xb: vec![0.0; nr],
+            pi: vec![0.0; nr],
+            d: vec![0.0; t],
+            rhs: vec![0.0; nr],
+            alpha: vec![0.0; t],
+            w: vec![0.0; nr],
+            iters: 0,
+            fact_basis: Vec::new(),
+            fact_cols: Vec::new(),
+            fact_valid: false,
+            since: 0,
+            refactors: 0,
+        };
+        for i in 0..nr {
+            lp.pos[nc + i] = i as i32;
+            lp.ent[nc + i] = vec![(i as u32, -1.0)];
+        }
+        lp
+    }
+
+    /// Grow to nr rows (new rows' slacks basic); keeps the current basis otherwise.
+    fn resize_rows(&mut self, nr: usize) {
+        if nr == self.nr {
+            return;
+        }
+        let t = self.nc + nr;
+        let old = self.nr;
+        self.c.resize(t, 0.0);
+        self.ent.resize(t, Vec::new());
+        self.lb.resize(t, 0.0);
+        self.ub.resize(t, 0.0);
+        self.pos.resize(t, -1);
+        self.at_upper.resize(t, false);
+        self.d.resize(t, 0.0);
+        self.alpha.resize(t, 0.0);
+        for i in old..nr {
+            self.ent[self.nc + i] = vec![(i as u32, -1.0)];
+            self.basis.push(self.nc + i);
+            self.pos[self.nc + i] = i as i32;
+        }
+        self.nr = nr;
+        self.fact_valid = false;
+        self.binv = vec![0.0; nr * nr];
+        self.xb = vec![0.0; nr];
+        self.pi = vec![0.0; nr];
+        self.rhs = vec![0.0; nr];
+        self.w = vec![0.0; nr];
+    }
+
+    fn slack_basis(&mut self) {
+        let b: Vec<usize> = (self.nc..self.nc + self.nr).collect();
+        self.set_basis(&b);
+    }
+
+    fn set_basis(&mut self, b: &[usize]) {
+        for j in 0..self.nc + self.nr {
+            self.pos[j] = -1;
+        }
+        self.basis.clear();
+        for (i, &j) in b.iter().enumerate() {
+            self.basis.push(j);
+            self.pos[j] = i as i32;
+        }
+        // rows added since this basis was stored: their slacks are basic
+        for i in b.len()..self.nr {
+            let j = self.nc + i;
+            self.pos[j] = self.basis.len() as i32;
+            self.basis.push(j);
+        }
+    }
+
+    /// Replace basis columns that make the basis singular by slacks of rows left without a pivot.
+    fn repair(&mut self) {
+        let n = self.nr;
+        let mut a = vec![0.0; n * n];
+        for (c, &j) in self.basis.iter().enumerate() {
+            for &(r, v) in &self.ent[j] {
+                a[r as usize * n + c] += v;
+            }
+        }
+        let mut used = vec![false; n];
+        let mut dependent = Vec::new();
+        for c in 0..n {
+            let mut best = usize::MAX;
+            let mut bv = 1e-9;
+            for r in 0..n {
+                if !used[r] && a[r * n + c].abs() > bv {
+                    bv = a[r * n + c].abs();
+                    best = r;
+                }
+            }
+            if best == usize::MAX {
+                dependent.push(c);
+                continue;
+            }
+            used[best] = true;
+            let piv = a[best * n + c];
+            for r in 0..n {
+                if r != best {
+                    let fct = a[r * n + c] / piv;
+                    if fct != 0.0 {
+                        for t in c..n {
+                            a[r * n + t] -= fct * a[best * n + t];
+                        }
+                    }
+                }
+            }
+        }
+        let free_rows: Vec<usize> = (0..n).filter(|&r| !used[r]).collect();
+        for (c, r) in dependent.into_iter().zip(free_rows) {
+            let old = self.basis[c];
+            self.pos[old] = -1;
+            self.at_upper[old] = false;
+            let slack = self.nc + r;
+            if self.pos[slack] >= 0 {
+                continue; // cannot happen: a basic slack's row is always pivoted
+            }
+            self.basis[c] = slack;
+            self.pos[slack] = c as i32;
+        }
+    }
+
+    /// Make binv the inverse of the current basis: reuse it (Sherman-Morrison for a few changed
+    /// columns) when the basis is the one last factored/updated, else refactor (repairing if singular).
+    fn prepare(&mut self) -> bool {
+        let n = self.nr;
+        if self.fact_valid && self.fact_basis == self.basis && self.since < 40 {
+            let mut changed = Vec::new();
+            for i in 0..n {
+                let j = self.basis[i];
+                if self.ent[j] != self.fact_cols[i] {
+                    changed.push(i);
+                }
+            }
+            if changed.len() <= 4 {
+                let mut ok = true;
+                for &i in &changed {
+                    let j = self.basis[i];
+                    // u = a_new - a_old ; B' = B + u e_i^T
+                    let mut u = vec![0.0; n];
+                    for &(r, v) in &self.ent[j] {
+                        u[r as usize] += v;
+                    }
+                    for &(r, v) in &self.fact_cols[i] {
+                        u[r as usize] -= v;
+                    }
+                    let mut bu = vec![0.0; n];
+                    for r in 0..n {
+                        let row = &self.binv[r * n..(r + 1) * n];
+                        let mut acc = 0.0;
+                        for t in 0..n {
+                            acc += row[t] * u[t];
+                        }
+                        bu[r] = acc;
+                    }
+                    let den = 1.0 + bu[i];
+                    if den.abs() < 1e-8 {
+                        ok = false;
+                        break;
+                    }
+                    let rowi: Vec<f64> = self.binv[i * n..(i + 1) * n].to_vec();
+                    for r in 0..n {
+                        let fct = bu[r] / den;
+                        if fct != 0.0 {
+                            for t in 0..n {
+                                self.binv[r * n + t] -= fct * rowi[t];
+                            }
+                        }
+                    }
+                    self.fact_cols[i] = self.ent[j].clone();
+                    self.since += 1;
+                }
+                if ok {
+                    return true;
+                }
+            }
+        }
+        if !self.factor() {
+            self.repair();
+            if !self.factor() {
+                self.slack_basis();
+                if !self.factor() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn snapshot_after_pivots(&mut self) {
+        self.snapshot();
+    }
+
+    fn snapshot(&mut self) {
+        self.fact_basis = self.basis.clone();
+        self.fact_cols = self.basis.iter().map(|&j| self.ent[j].clone()).collect();
+        self.fact_valid = true;
+    }
+
+    fn factor(&mut self) -> bool {
+        self.refactors += 1;
+        self.since = 0;
+        let n = self.nr;
+        let mut a = vec![0.0; n * n];
+        for (c, &j) in self.basis.iter().enumerate() {
+            for &(r, v) in &self.ent[j] {
+                a[r as usize * n + c] += v;
+            }
+        }
+        let mut inv = vec![0.0; n * n];
+        for i in 0..n {
+            inv[i * n + i] = 1.0;
+        }
+        for c in 0..n {
+            let mut best = c;
+            let mut bv = a[c * n + c].abs();
+            for r in c + 1..n {
+                if a[r * n + c].abs() > bv {
+                    bv = a[r * n + c].abs();
+                    best = r;
+                }
+            }
+            if bv < 1e-11 {
+                return false;
+            }
+            if best != c {
+                for t in 0..n {
+                    a.swap(c * n + t, best * n + t);
+                    inv.swap(c * n + t, best * n + t);
+                }
+            }
+            let piv = a[c * n + c];
+            for t in 0..n {
+                a[c * n + t] /= piv;
+                inv[c * n + t] /= piv;
+            }
+            for r in 0..n {
+                if r != c {
+                    let fct = a[r * n + c];
+                    if fct != 0.0 {
+                        for t in 0..n {
+                            a[r * n + t] -= fct * a[c * n + t];
+                            inv[r * n + t] -= fct * inv[c * n + t];
+                        }
+                    }
+                }
+            }
+        }
+        self.binv = inv;
+        true
+    }
+
+    #[inline]
+    fn nb_value(&self, j: usize) -> f64 {
+        if self.at_upper[j] { self.ub[j] } else { self.lb[j] }
+    }
+
+    fn compute_primal(&mut self) {
+        let n = self.nr;
+        for v in self.rhs.iter_mut() {
+            *v = 0.0;
+        }
+        for j in 0..self.nc + self.nr {
+            if self.pos[j] >= 0 {
+                continue;
+            }
+            let x = self.nb_value(j);
+            if x == 0.0 {
+                continue;
+            }
+            for &(r, v) in &self.ent[j] {
+                self.rhs[r as usize] -= v * x;
+            }
+        }
+        for i in 0..n {
+            let row = &self.binv[i * n..(i + 1) * n];
+            let mut s = 0.0;
+            for t in 0..n {
+                s += row[t] * self.rhs[t];
+            }
+            self.xb[i] = s;
+        }
+    }
+
+    fn compute_dual(&mut self) {
+        let n = self.nr;
+        for t in 0..n {
+            self.pi[t] = 0.0;
+        }
+        for i in 0..n {
+            let cb = self.c[self.basis[i]];
+            if cb != 0.0 {
+                let row = &self.binv[i * n..(i + 1) * n];
+                for t in 0..n {
+                    self.pi[t] += cb * row[t];
+                }
+            }
+        }
+        for j in 0..self.nc + self.nr {
+            if self.pos[j] >= 0 {
+                self.d[j] = 0.0;
+                continue;
+            }
+            let mut s = self.c[j];
+            for &(r, v) in &self.ent[j] {
+                s -= self.pi[r as usize] * v;
+            }
+            self.d[j] = s;
+        }
+    }
+
+    fn fix_dual(&mut self) {
+        for j in 0..self.nc + self.nr {
+            if self.pos[j] >= 0 || self.lb[j] == self.ub[j] {
+                continue;
+            }
+            let dj = self.d[j];
+            if dj < -1e-9 && !self.at_upper[j] {
+                self.at_upper[j] = true;
+            } else if dj > 1e-9 && self.at_upper[j] {
+                self.at_upper[j] = false;
+            }
+        }
+    }
+
+    fn objective(&self) -> f64 {
+        let mut z = 0.0;
+        for j in 0..self.nc {
+            if self.c[j] != 0.0 {
+                z += self.c[j] * self.value(j);
+            }
+        }
+        z
+    }
+
+    #[inline]
+    fn value(&self, j: usize) -> f64 {
+        if self.pos[j] >= 0 { self.xb[self.pos[j] as usize] } else { self.nb_value(j) }
+    }
+
+    #[inline]
+    fn is_cand(&self, j: usize, a: f64, below: bool) -> bool {
+        let atol = 1e-9;
+        if below {
+            (!self.at_upper[j] && a < -atol) || (self.at_upper[j] && a > atol)
+        } else {
+            (!self.at_upper[j] && a > atol) || (self.at_upper[j] && a < -atol)
+        }
+    }
+
+    fn solve(&mut self, max_iter: u64) -> LpStatus {
+        let n = self.nr;
+        let nt = self.nc + self.nr;
+        if !self.prepare() {
+            return LpStatus::Failed;
+        }
+        let mov: Vec<u32> = (0..nt).filter(|&j| self.lb[j] < self.ub[j]).map(|j| j as u32).collect();
+        let mut it = 0u64;
+        let mut restarts = 0;
+        let mut need_full = true;
+        let mut fresh;
+        loop {
+            it += 1;
+            self.iters += 1;
+            if it > max_iter {
+                if std::env::var("BNB_DEBUG").is_ok() { eprintln!("lp fail: iteration limit nr={}", n); }
+                return LpStatus::Failed;
+            }
+            if self.since >= 40 {
+                need_full = true;
+                if !self.factor() {
+                    if std::env::var("BNB_DEBUG").is_ok() { eprintln!("refactor singular nr={}", n); }
+                    restarts += 1;
+                    if restarts > 3 {
+                        return LpStatus::Failed;
+                    }
+                    self.repair();
+                    if !self.factor() {
+                        self.slack_basis();
+                        if !self.factor() {
+                            return LpStatus::Failed;
+                        }
+                    }
+                }
+            }
+            fresh = false;
+            if need_full {
+                self.compute_dual();
+                self.fix_dual();
+                self.compute_primal();
+                need_full = false;
+                fresh = true;
+            }
+            let mut r = usize::MAX;
+            let mut worst = 0.0;
+            let mut below = false;
+            let bland = it > 5000;
+            for i in 0..n {
+                let j = self.basis[i];
+                let x = self.xb[i];
+                let (l, u) = (self.lb[j], self.ub[j]);
+                if x < l - 1e-9 * (1.0 + l.abs()) {
+                    let v = if bland { 1.0 / (1.0 + j as f64) } else { (l - x) / (1.0 + l.abs()) };
+                    if v > worst {
+                        worst = v;
+                        r = i;
+                        below = true;
+                    }
+                } else if x > u + 1e-9 * (1.0 + u.abs()) {
+                    let v = if bland { 1.0 / (1.0 + j as f64) } else { (x - u) / (1.0 + u.abs()) };
+                    if v > worst {
+                        worst = v;
+                        r = i;
+                        below = false;
+                    }
+                }
+            }
+            if r == usize::MAX {
+                if !fresh {
+                    need_full = true; // confirm on freshly computed values
+                    continue;
+                }
+                self.snapshot_after_pivots();
+                return LpStatus::Optimal;
+            }
+            let rho: Vec<f64> = self.binv[r * n..(r + 1) * n].to_vec();
+            let dtol = 1e-11;
+            let mut tmax = f64::INFINITY;
+            for &j in &mov {
+                let j = j as usize;
+                if self.pos[j] >= 0 {
+                    self.alpha[j] = 0.0;
+                    continue;
+                }
+                let mut a = 0.0;
+                for &(row, v) in &self.ent[j] {
+                    a += rho[row as usize] * v;
+                }
+                self.alpha[j] = a;
+                if self.is_cand(j, a, below) {
+                    let t = (self.d[j].abs() + dtol) / a.abs();
+                    if t < tmax {
+                        tmax = t;
+                    }
+                }
+            }
+            if tmax == f64::INFINITY {
+                if !fresh {
+                    need_full = true;
+                    continue;
+                }
+                self.snapshot_after_pivots();
+                return LpStatus::Infeasible;
+            }
+            let mut q = usize::MAX;
+            let mut best = 0.0;
+            for &j in &mov {
+                let j = j as usize;
+                let a = self.alpha[j];
+                if a == 0.0 || self.pos[j] >= 0 {
+                    continue;
+                }
+                if self.is_cand(j, a, below) && self.d[j].abs() / a.abs() <= tmax {
+                    if bland {
+                        if q == usize::MAX && a.abs() > 1e-7 {
+                            q = j;
+                        }
+                    } else if a.abs() > best {
+                        best = a.abs();
+                        q = j;
+                    }
+                }
+            }
+            if q == usize::MAX {
+                return LpStatus::Failed;
+            }
+            for i in 0..n {
+                let mut s = 0.0;
+                for &(row, v) in &self.ent[q] {
+                    s += self.binv[i * n + row as usize] * v;
+                }
+                self.w[i] = s;
+            }
+            let wr = self.w[r];
+            if wr.abs() < 1e-12 {
+                if std::env::var("BNB_DEBUG").is_ok() { eprintln!("lp fail: tiny pivot {} nr={}", wr, n); }
+                return LpStatus::Failed;
+            }
+            let leaving = self.basis[r];
+            // primal update: q moves by t, the leaving variable lands on its violated bound
+            let bound = if below { self.lb[leaving] } else { self.ub[leaving] };
+            let t = (self.xb[r] - bound) / wr;
+            let xq = self.nb_value(q) + t;
+            for i in 0..n {
+                self.xb[i] -= self.w[i] * t;
+            }
+            self.xb[r] = xq;
+            // dual update
+            let theta = self.d[q] / self.alpha[q];
+            for &j in &mov {
+                let j = j as usize;
+                if self.pos[j] < 0 {
+                    self.d[j] -= theta * self.alpha[j];
+                }
+            }
+            self.d[leaving] = -theta;
+            self.d[q] = 0.0;
+            for t in 0..n {
+                self.binv[r * n + t] /= wr;
+            }
+            for i in 0..n {
+                if i != r {
+                    let fct = self.w[i];
+                    if fct != 0.0 {
+                        for t in 0..n {
+                            self.binv[i * n + t] -= fct * self.binv[r * n + t];
+                        }
+                    }
+                }
+            }
+            self.pos[leaving] = -1;
+            self.at_upper[leaving] = !below;
+            self.basis[r] = q;
+            self.pos[q] = r as i32;
+            self.since += 1;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ branch and bound
+
+struct Delta {
+    parent: Option<Rc<Delta>>,
+    fixes: Vec<(u32, u8)>,
+    caps: Vec<(u32, f64)>,
+}
+
+struct Node {
+    lb: f64,
+    delta: Rc<Delta>,
+    basis: Vec<u32>,
+}
+
+impl PartialEq for Node {
+    fn eq(&self, o: &Self) -> bool {
+        self.lb == o.lb
+    }
+}
+impl Eq for Node {}
+impl PartialOrd for Node {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Node {
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.lb.partial_cmp(&self.lb).unwrap_or(Ordering::Equal)
+    }
+}
+
+struct Solver<'a> {
+    inst: &'a Inst,
+    lp: Lp,
+    st: Vec<u8>,
+    m: Vec<f64>,
+    cap: Vec<f64>,
+    hi: Vec<f64>,
+    cuts: Vec<(u8, u32)>,
+    has_cut: Vec<bool>,
+    ub_val: f64,
+    best_x: Vec<f64>,
+    best_y: Vec<u8>,
+    gap: f64,
+    nodes: u64,
+    lp_fail: bool,
+    heur_found: u64,
+    opts: u32,
+    sep_rounds: usize,
+    max_pool: usize,
+}
+
+enum NodeOut {
+    Pruned,
+    Branch { lb: f64, rail: usize, on_first: bool, extra: Vec<(u32, u8)>, caps: Vec<(u32, f64)> },
+}
+
+impl<'a> Solver<'a> {
+    fn prune_level(&self) -> f64 {
+        if self.ub_val == f64::INFINITY {
+            f64::INFINITY
+        } else {
+            self.ub_val - self.gap * self.ub_val.abs()
+        }
+    }
+
+    fn node_bounds(&mut self) -> bool {
+        let inst = self.inst;
+        let k = inst.k;
+        let ubv = self.ub_val;
+        for r in 0..k {
+            if self.st[r] == OFF {
+                self.m[r] = 0.0;
+                continue;
+            }
+            let mut m = inst.mm[r].min(self.cap[r]);
+            if ubv < f64::INFINITY {
+                let room = ubv * (1.0 + 1e-9) - inst.f[r];
+                if room < 0.0 {
+                    m = -1.0;
+                } else if inst.p[r] > 0.0 {
+                    m = m.min(room / inst.p[r]);
+                }
+            }
+            self.m[r] = m;
+        }
+        for v in 0..inst.n {
+            self.hi[v] = inst.hi[v];
+        }
+        if self.opts & 64 != 0 {
+            let mut mu = vec![0.0f64; inst.n];
+            for r in 0..k {
+                if self.st[r] != OFF && self.m[r] >= inst.me[r] {
+                    let c = (1.0 - inst.p[r]) * inst.me[r] - inst.f[r];
+                    if c > mu[inst.to[r]] {
+                        mu[inst.to[r]] = c;
+                    }
+                }
+            }
+            for v in 0..inst.n {
+                self.hi[v] = inst.hi[v].min((inst.lo[v] + mu[v] * (1.0 + 1e-12) + 1e-12).max(0.0));
+            }
+        }
+        if self.opts & 1 != 0 {
+            let mut maxin = vec![0.0; inst.n];
+            let mut maxout = vec![0.0; inst.n];
+            for _pass in 0..2 {
+                for v in 0..inst.n {
+                    maxin[v] = 0.0;
+                    maxout[v] = 0.0;
+                }
+                for r in 0..k {
+                    let m = self.m[r];
+                    if self.st[r] == OFF || m < inst.me[r] {
+                        continue;
+                    }
+                    maxin[inst.to[r]] += ((1.0 - inst.p[r]) * m - inst.f[r]).max(0.0);
+                    maxout[inst.from[r]] += m;
+                }
+                for r in 0..k {
+                    if self.st[r] == OFF || self.m[r] < inst.me[r] {
+                        continue;
+                    }
+                    let (u, w) = (inst.from[r], inst.to[r]);
+                    let a = maxin[u] - inst.lo[u];
+                    let b = (self.hi[w] + maxout[w] + inst.f[r]) / (1.0 - inst.p[r]);
+                    let m = self.m[r].min(a).min(b);
+                    self.m[r] = m * (1.0 + 1e-12) + 1e-12;
+                }
+            }
+        }
+        for r in 0..k {
+            if self.st[r] == OFF {
+                continue;
+            }
+            let me = inst.me[r];
+            let mut m = self.m[r];
+            if m < me {
+                if m >= me - 1e-9 * (1.0 + me) {
+                    m = me;
+                } else {
+                    if self.st[r] == ON {
+                        return false;
+                    }
+                    m = 0.0;
+                }
+            }
+            if self.st[r] == FREE && m > 0.0 && (1.0 - inst.p[r]) * m - inst.f[r] <= 1e-12 * (1.0 + m) {
+                m = 0.0;
+            }
+            self.m[r] = m;
+        }
+        true
+    }
+
+    /// Load the node LP. Columns: x_r = r, fee column of r = k + r. Returns the objective constant.
+    /// Coefficients of y_r in terms of the LP columns: (coef on x_r, coef on fee column, constant).
+    #[inline]
+    fn y_terms(&self, r: usize) -> (f64, f64, f64) {
+        match self.st[r] {
+            ON => (0.0, 0.0, 1.0),
+            OFF => (0.0, 0.0, 0.0),
+            _ => {
+                if self.m[r] > 0.0 { (1.0 / self.m[r], 1.0, 0.0) } else { (0.0, 0.0, 0.0) }
+            }
+        }
+    }
+
+    fn load_lp(&mut self) -> f64 {
+        let inst = self.inst;
+        let (k, n) = (inst.k, inst.n);
+        let covers = self.opts & 256 != 0;
+        let fee_cols = covers || !self.cuts.is_empty();
+        let mut cst = 0.0;
+        let nr = inst.nrows + self.cuts.len();
+        self.lp.resize_rows(nr);
+        let mut shift = vec![0.0; nr];
+        for r in 0..k {
+            let m = self.m[r];
+            let (f, p) = (inst.f[r], inst.p[r]);
+            let (u, w) = (inst.from[r] as u32, inst.to[r] as u32);
+            let cv = inst.cover[inst.to[r]];
+            let lp = &mut self.lp;
+            lp.lb[k + r] = 0.0;
+            lp.ub[k + r] = 0.0;
+            lp.c[k + r] = f;
+            lp.ent[k + r].clear();
+            lp.ent[k + r].push((w, -f));
+            lp.ent[r].clear();
+            if self.st[r] == ON {
+                lp.c[r] = p;
+                lp.ent[r].push((u, -1.0));
+                lp.ent[r].push((w, 1.0 - p));
+                lp.lb[r] = inst.me[r];
+                lp.ub[r] = m;
+                cst += f;
+                shift[w as usize] += f;
+                if covers && cv >= 0 {
+                    shift[cv as usize] -= 1.0;
+                }
+            } else if self.st[r] == OFF || m <= 0.0 {
+                lp.c[r] = p;
+                lp.ent[r].push((u, -1.0));
+                lp.ent[r].push((w, 1.0 - p));
+                lp.lb[r] = 0.0;
+                lp.ub[r] = 0.0;
+            } else {
+                lp.c[r] = p + f / m;
+                lp.ent[r].push((u, -1.0));
+                lp.ent[r].push((w, 1.0 - p - f / m));
+                lp.lb[r] = 0.0;
+                lp.ub[r] = m;
+                if fee_cols {
+                    lp.ub[k + r] = 1.0;
+                }
+                if covers && cv >= 0 {
+                    lp.ent[r].push((cv as u32, 1.0 / m));
+                    lp.ent[k + r].push((cv as u32, 1.0));
+                }
+            }
+        }
+        // cut rows (all "<= 0" before constants): S(r): x_r - s_u y_r - I_u ; D(r): credit_r - hi_w y_r - O_w
+        let base = inst.nrows;
+        for (ci, &(kind, r)) in self.cuts.iter().enumerate() {
+            let row = (base + ci) as u32;
+            let r = r as usize;
+            let (u, w) = (inst.from[r], inst.to[r]);
+            let (ax, al, ac) = self.y_terms(r);
+            let mut rhs = 0.0;
+            if kind == 0 {
+                let s_u = (-inst.lo[u]).max(0.0);
+                // x_r - s_u y_r
+                if self.st[r] != OFF {
+                    self.lp.ent[r].push((row, 1.0 - s_u * ax));
+                    if al != 0.0 {
+                        self.lp.ent[k + r].push((row, -s_u * al));
+                    }
+                    rhs += s_u * ac;
+                }
+                // - I_u = - sum_{r' into u} ((1-p') x' - f' y')
+                for &r2 in &inst.ins[u] {
+                    if self.st[r2] == OFF || self.m[r2] <= 0.0 && self.st[r2] != ON {
+                        continue;
+                    }
+                    let (bx, bl, bc) = self.y_terms(r2);
+                    let (f2, p2) = (inst.f[r2], inst.p[r2]);
+                    self.lp.ent[r2].push((row, -(1.0 - p2) + f2 * bx));
+                    if bl != 0.0 {
+                        self.lp.ent[k + r2].push((row, f2 * bl));
+                    }
+                    rhs -= f2 * bc;
+                }
+            } else {
+                let hw = self.hi[w];
+                let (f, p) = (inst.f[r], inst.p[r]);
+                if self.st[r] != OFF {
+                    // (1-p) x_r - (f + hw) y_r
+                    self.lp.ent[r].push((row, (1.0 - p) - (f + hw) * ax));
+                    if al != 0.0 {
+                        self.lp.ent[k + r].push((row, -(f + hw) * al));
+                    }
+                    rhs += (f + hw) * ac;
+                }
+                for &r2 in &inst.outs[w] {
+                    if self.st[r2] == OFF {
+                        continue;
+                    }
+                    self.lp.ent[r2].push((row, -1.0));
+                }
+            }
+            // slack bounds: activity <= rhs; lower bound = smallest possible activity (finite: all columns boxed)
+            let sc = 2 * k + base + ci;
+            self.lp.c[sc] = 0.0;
+            self.lp.ub[sc] = rhs;
+            self.lp.lb[sc] = f64::NEG_INFINITY; // filled below
+        }
+        let lp = &mut self.lp;
+        let sc = 2 * k;
+        for v in 0..n {
+            lp.c[sc + v] = 0.0;
+            lp.lb[sc + v] = inst.lo[v] + shift[v];
+            lp.ub[sc + v] = self.hi[v] + shift[v];
+        }
+        for i in n..base {
+            lp.c[sc + i] = 0.0;
+            lp.lb[sc + i] = if covers { inst.cover_rhs[i - n] + shift[i] } else { 0.0 };
+            lp.ub[sc + i] = (k as f64) * 2.0 + 2.0;
+        }
+        if !self.cuts.is_empty() {
+            let mut minact = vec![0.0; self.cuts.len()];
+            for j in 0..2 * k {
+                for &(row, v) in &lp.ent[j] {
+                    let row = row as usize;
+                    if row >= base {
+                        minact[row - base] += (v * lp.lb[j]).min(v * lp.ub[j]);
+                    }
+                }
+            }
+            for ci in 0..self.cuts.len() {
+                let j = sc + base + ci;
+                lp.lb[j] = minact[ci].min(lp.ub[j]) - 1.0;
+            }
+        }
+        cst
+    }
+
+    /// Add violated source/destination bound cuts for rails carrying flow. Returns how many were added.
+    fn separate(&mut self, max_pool: usize) -> usize {
+        let inst = self.inst;
+        let k = inst.k;
+        let n = inst.n;
+        let mut inflow = vec![0.0; n];
+        let mut outflow = vec![0.0; n];
+        let mut y = vec![0.0; k];
+        for r in 0..k {
+            if self.st[r] == OFF {
+                continue;
+            }
+            let x = self.lp.value(r);
+            let (ax, al, ac) = self.y_terms(r);
+            y[r] = ax * x + al * self.lp.value(k + r) + ac;
+            inflow[inst.to[r]] += (1.0 - inst.p[r]) * x - inst.f[r] * y[r];
+            outflow[inst.from[r]] += x;
+        }
+        let mut cands: Vec<(f64, u8, u32)> = Vec::new();
+        for r in 0..k {
+            if self.st[r] != FREE || self.m[r] <= 0.0 {
+                continue;
+            }
+            let x = self.lp.value(r);
+            if x <= 1e-9 {
+                continue;
+            }
+            let (u, w) = (inst.from[r], inst.to[r]);
+            let s_u = (-inst.lo[u]).max(0.0);
+            let tol = 1e-7 * (1.0 + x);
+            let v0 = x - s_u * y[r] - inflow[u];
+            if v0 > tol && !self.has_cut[r * 2] {
+                cands.push((v0 / (1.0 + x), 0, r as u32));
+            }
+            let credit = (1.0 - inst.p[r]) * x - inst.f[r] * y[r];
+            let v1 = credit - self.hi[w] * y[r] - outflow[w];
+            if v1 > tol && !self.has_cut[r * 2 + 1] {
+                cands.push((v1 / (1.0 + x), 1, r as u32));
+            }
+        }
+        cands.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap());
+        let mut added = 0;
+        for (_, kind, r) in cands {
+            if self.cuts.len() >= max_pool {
+                break;
+            }
+            self.has_cut[r as usize * 2 + kind as usize] = true;
+            self.cuts.push((kind, r));
+            added += 1;
+        }
+        added
+    }
+
+    /// y of rail r in the current LP solution (x/m + fee column).
+    fn y_of(&self, r: usize) -> f64 {
+        let k = self.inst.k;
+        let m = self.m[r];
+        let x = self.lp.value(r);
+        (if m > 0.0 { x / m } else { 0.0 }) + self.lp.value(k + r)
+    }
+
+    fn record(&mut self) {
+        let inst = self.inst;
+        let k = inst.k;
+        let mut z = 0.0;
+        let mut xs = vec![0.0; k];
+        let mut ys = vec![0u8; k];
+        for r in 0..k {
+            let x = self.lp.value(r);
+            let on = match self.st[r] {
+                ON => true,
+                OFF => false,
+                _ => self.m[r] > 0.0 && self.y_of(r) >= 0.5,
+            };
+            if on {
+                ys[r] = 1;
+                xs[r] = x;
+                z += inst.f[r] + inst.p[r] * x;
+            }
+        }
+        if z < self.prune_level() {
+            self.ub_val = z;
+            self.best_x = xs;
+            self.best_y = ys;
+        }
+    }
+
+    fn support_heuristic(&mut self) {
+        let k = self.inst.k;
+        let saved_st = self.st.clone();
+        let saved_m = self.m.clone();
+        let saved_basis = self.lp.basis.clone();
+        let saved_up = self.lp.at_upper.clone();
+        let mut any_free = false;
+        for r in 0..k {
+            let x = self.lp.value(r);
+            if self.st[r] == FREE {
+                any_free = true;
+                self.st[r] = if x > 1e-9 * (1.0 + self.m[r]) { ON } else { OFF };
+            }
+        }
+        if any_free && self.node_bounds() {
+            let _ = self.load_lp();
+            if let LpStatus::Optimal = self.lp.solve(10_000) {
+                let before = self.ub_val;
+                self.record();
+                if self.ub_val < before {
+                    self.heur_found += 1;
+                }
+            }
+        }
+        self.st = saved_st;
+        self.m = saved_m;
+        self.lp.set_basis(&saved_basis);
+        self.lp.at_upper = saved_up;
+    }
+
+    /// Core heuristic: the same B&B on the root LP's support, the incumbent's rails and the 30
+    /// rails cheapest to switch on (by reduced cost); any plan it finds is a plan of the full model.
+    fn core_heuristic(&mut self) {
+        let inst = self.inst;
+        let k = inst.k;
+        self.lp.compute_dual();
+        let mut inc = vec![false; k];
+        for r in 0..k {
+            if self.st[r] == OFF {
+                continue;
+            }
+            if self.lp.value(r) > 1e-9 || self.lp.value(k + r) > 1e-9 || self.best_y[r] == 1 || self.st[r] == ON {
+                inc[r] = true;
+            }
+        }
+        let mut rest: Vec<(f64, usize)> = (0..k)
+            .filter(|&r| !inc[r] && self.st[r] == FREE && self.m[r] > 0.0)
+            .map(|r| (self.lp.d[r].max(0.0) * inst.me[r] + inst.f[r] + inst.p[r] * inst.me[r], r))
+            .collect();
+        rest.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        for &(_, r) in rest.iter().take(30) {
+            inc[r] = true;
+        }
+        let keep: Vec<usize> = (0..k).filter(|&r| inc[r]).collect();
+        if keep.len() >= k {
+            return;
+        }
+        let sub = build(
+            inst.n,
+            keep.len(),
+            keep.iter().map(|&r| inst.from[r]).collect(),
+            keep.iter().map(|&r| inst.to[r]).collect(),
+            keep.iter().map(|&r| inst.f[r]).collect(),
+            keep.iter().map(|&r| inst.p[r]).collect(),
+            keep.iter().map(|&r| inst.me[r]).collect(),
+            keep.iter().map(|&r| inst.mm[r]).collect(),
+            inst.lo.clone(),
+            inst.hi.clone(),
+            self.opts,
+        );
+        let (x, y, info) = solve(&sub, self.ub_val, self.gap, 0.5, 50_000, self.opts & !(8192 | 16 | 8));
+        if info[1] < self.ub_val && y.iter().any(|&v| v == 1) {
+            let mut bx = vec![0.0; k];
+            let mut by = vec![0u8; k];
+            for (i, &r) in keep.iter().enumerate() {
+                bx[r] = x[i];
+                by[r] = y[i];
+            }
+            self.ub_val = info[1];
+            self.best_x = bx;
+            self.best_y = by;
+            self.heur_found += 1;
+        }
+    }
+
+    fn apply(&mut self, delta: &Rc<Delta>) {
+        let k = self.inst.k;
+        for r in 0..k {
+            self.st[r] = FREE;
+            self.cap[r] = f64::INFINITY;
+        }
+        let mut cur: Option<&Rc<Delta>> = Some(delta);
+        while let Some(d) = cur {
+            for &(r, s) in &d.fixes {
+                self.st[r as usize] = s;
+            }
+            for &(r, c) in &d.caps {
+                let r = r as usize;
+                if c < self.cap[r] {
+                    self.cap[r] = c;
+                }
+            }
+            cur = d.parent.as_ref();
+        }
+    }
+
+    fn solve_node(&mut self, basis: &[u32]) -> Option<f64> {
+        if !self.node_bounds() {
+            return None;
+        }
+        let mut cst = self.load_lp();
+        let b: Vec<usize> = basis.iter().map(|&j| j as usize).collect();
+        self.lp.set_basis(&b);
+        let rounds = if self.opts & 1024 == 0 { 0 } else if self.nodes <= 1 { 50 } else { self.sep_rounds };
+        let mut round = 0;
+        loop {
+            match self.lp.solve(50_000) {
+                LpStatus::Optimal => {}
+                LpStatus::Infeasible => return None,
+                LpStatus::Failed => {
+                    self.lp_fail = true;
+                    return None;
+                }
+            }
+            if round >= rounds || self.lp.objective() + cst >= self.prune_level() {
+                break;
+            }
+            round += 1;
+            if self.separate(self.max_pool) == 0 {
+                break;
+            }
+            let keep: Vec<usize> = self.lp.basis.clone();
+            let up = self.lp.at_upper.clone();
+            cst = self.load_lp();
+            self.lp.set_basis(&keep);
+            for j in 0..up.len() {
+                self.lp.at_upper[j] = up[j];
+            }
+        }
+        Some(self.lp.objective() + cst)
+    }
+
+    fn process(&mut self, delta: &Rc<Delta>, basis: &[u32], heur: bool) -> NodeOut {
+        let inst = self.inst;
+        let k = inst.k;
+        self.nodes += 1;
+        self.apply(delta);
+        let z = match self.solve_node(basis) {
+            Some(z) => z,
+            None => return NodeOut::Pruned,
+        };
+        if z >= self.prune_level() {
+            return NodeOut::Pruned;
+        }
+        let mut z = z;
+        if heur {
+            let nb: Vec<u32> = self.lp.basis.iter().map(|&j| j as u32).collect();
+            self.support_heuristic();
+            if z >= self.prune_level() {
+                return NodeOut::Pruned;
+            }
+            z = match self.solve_node(&nb) {
+                Some(z) => z,
+                None => return NodeOut::Pruned,
+            };
+            if z >= self.prune_level() {
+                return NodeOut::Pruned;
+            }
+        }
+        if heur && self.nodes == 1 && self.opts & 8192 != 0 {
+            self.core_heuristic();
+            if z >= self.prune_level() {
+                return NodeOut::Pruned;
+            }
+        }
+        let mut frac = usize::MAX;
+        let mut best_score = -1.0;
+        let mut on_first = true;
+        for r in 0..k {
+            if self.st[r] != FREE || self.m[r] <= 0.0 {
+                continue;
+            }
+            let x = self.lp.value(r);
+            let y = self.y_of(r);
+            let m = self.m[r];
+            let fractional = y < 1.0 - 1e-9 && (x > 1e-9 || self.lp.value(k + r) > 1e-9);
+            let short = y >= 1.0 - 1e-9 && x < inst.me[r] * (1.0 - 1e-9) - 1e-12;
+            if fractional || short {
+                let yy = y.min(1.0);
+                let score = if short {
+                    inst.f[r] * 0.5
+                } else if self.opts & 32 != 0 {
+                    inst.f[r] * (1.0 - yy) + 1e-15
+                } else if self.opts & 2 != 0 {
+                    (inst.f[r] + inst.p[r] * x) * yy.min(1.0 - yy)
+                } else {
+                    inst.f[r] * yy.min(1.0 - yy) + 1e-15
+                };
+                let _ = m;
+                if score > best_score {
+                    best_score = score;
+                    frac = r;
+                    on_first = yy >= 0.5;
+                }
+            }
+        }
+        if frac == usize::MAX {
+            self.record();
+            return NodeOut::Pruned;
+        }
+        let mut extra = Vec::new();
+        let mut newcaps = Vec::new();
+        if self.ub_val < f64::INFINITY && self.opts & (4 | 128) != 0 {
+            self.lp.compute_dual();
+            let lim = self.prune_level();
+            for r in 0..k {
+                if self.st[r] != FREE || self.lp.pos[r] >= 0 || r == frac || self.m[r] <= 0.0 {
+                    continue;
+                }
+                if self.lp.pos[k + r] >= 0 || self.lp.value(k + r) > 0.0 {
+                    continue;
+                }
+                let d = self.lp.d[r];
+                if !self.lp.at_upper[r] && d > 0.0 {
+                    let t = (lim - z) / d * (1.0 + 1e-9) + 1e-12;
+                    if t < inst.me[r] && self.opts & 4 != 0 {
+                        extra.push((r as u32, OFF));
+                    } else if self.opts & 128 != 0 && t < 0.5 * self.m[r] {
+                        newcaps.push((r as u32, t));
+                    }
+                }
+            }
+        }
+        NodeOut::Branch { lb: z, rail: frac, on_first, extra, caps: newcaps }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn bnb_solve(
+    n: i32,
+    k: i32,
+    from: *const i32,
+    to: *const i32,
+    f: *const f64,
+    p: *const f64,
+    me: *const f64,
+    mm: *const f64,
+    lo: *const f64,
+    hi: *const f64,
+    init_ub: f64,
+    gap: f64,
+    time_limit: f64,
+    max_nodes: i64,
+    opts: i32,
+    out_x: *mut f64,
+    out_y: *mut u8,
+    out_info: *mut f64, // [status, objective, bound, nodes, lp_iters, heur_found]
+) -> i32 {
+    let r = std::panic::catch_unwind(|| unsafe {
+        let (n, k) = (n as usize, k as usize);
+        let sl = |p: *const f64, len: usize| std::slice::from_raw_parts(p, len).to_vec();
+        let from: Vec<usize> = std::slice::from_raw_parts(from, k).iter().map(|&v| v as usize).collect();
+        let to: Vec<usize> = std::slice::from_raw_parts(to, k).iter().map(|&v| v as usize).collect();
+        let inst = build(n, k, from, to, sl(f, k), sl(p, k), sl(me, k), sl(mm, k), sl(lo, n), sl(hi, n), opts as u32);
+        let res = solve(&inst, init_ub, gap, time_limit, max_nodes as u64, opts as u32);
+        let xs = std::slice::from_raw_parts_mut(out_x, res.0.len());
+        let ys = std::slice::from_raw_parts_mut(out_y, k);
+        xs.copy_from_slice(&res.0);
+        ys.copy_from_slice(&res.1);
+        let info = std::slice::from_raw_parts_mut(out_info, 6);
+        info.copy_from_slice(&res.2);
+        info[0] as i32
+    });
+    r.unwrap_or(-1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(n: usize, k: usize, from: Vec<usize>, to: Vec<usize>, f: Vec<f64>, p: Vec<f64>, me: Vec<f64>, mm: Vec<f64>,
+         lo: Vec<f64>, hi: Vec<f64>, opts: u32) -> Inst {
+    let mut cover = vec![-1i32; n];
+    let mut cover_rhs = Vec::new();
+    let mut nrows = n;
+    if opts & 256 != 0 {
+        for v in 0..n {
+            if lo[v] > 1e-9 {
+                // rails needed: fewest in-rails whose largest credits reach the deficit
+                let mut caps: Vec<f64> = (0..k).filter(|&r| to[r] == v).map(|r| ((1.0 - p[r]) * mm[r] - f[r]).max(0.0)).collect();
+                caps.sort_by(|a, b| b.partial_cmp(a).unwrap());
+                let mut need: f64 = 1.0;
+                if opts & 512 != 0 {
+                    let mut acc = 0.0;
+                    let mut cnt: f64 = 0.0;
+                    for c in &caps {
+                        acc += c;
+                        cnt += 1.0;
+                        if acc >= lo[v] * (1.0 - 1e-9) {
+                            break;
+                        }
+                    }
+                    need = cnt.max(1.0);
+                }
+                cover[v] = nrows as i32;
+                cover_rhs.push(need);
+                nrows += 1;
+            }
+        }
+    }
+    let mut ins = vec![Vec::new(); n];
+    let mut outs = vec![Vec::new(); n];
+    for r in 0..k {
+        ins[to[r]].push(r);
+        outs[from[r]].push(r);
+    }
+    Inst { n, k, from, to, f, p, me, mm, lo, hi, ins, outs, cover, cover_rhs, nrows }
+}
+
+fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, opts: u32) -> (Vec<f64>, Vec<u8>, [f64; 6]) {
+    let start = Instant::now();
+    let k = inst.k;
+    let mut s = Solver {
+        inst,
+        lp: Lp::new(inst.nrows, 2 * k),
+        st: vec![FREE; k],
+        m: vec![0.0; k],
+        cap: vec![f64::INFINITY; k],
+        hi: inst.hi.clone(),
+        cuts: Vec::new(),
+        has_cut: vec![false; 2 * k],
+        ub_val: init_ub,
+        best_x: vec![0.0; k],
+        best_y: vec![0; k],
+        gap,
+        nodes: 0,
+        lp_fail: false,
+        heur_found: 0,
+        opts,
+        sep_rounds: if opts & 2048 != 0 { 3 } else { 0 },
+        max_pool: if opts & 4096 != 0 { 2 * inst.n } else { 6 * inst.n },
+    };
+    let mut heap: BinaryHeap<Node> = BinaryHeap::new();
+    let slack: Vec<u32> = (2 * k..2 * k + inst.nrows).map(|j| j as u32).collect();
+    let root = Rc::new(Delta { parent: None, fixes: Vec::new(), caps: Vec::new() });
+    heap.push(Node { lb: f64::NEG_INFINITY, delta: root, basis: slack });
+    let mut status = 0.0;
+    let mut global_lb;
+    'outer: while let Some(node) = heap.pop() {
+        if node.lb >= s.prune_level() {
+            continue;
+        }
+        let mut delta = node.delta;
+        let mut basis = node.basis;
+        let mut lb = node.lb;
+        loop {
+            if s.nodes >= max_nodes || start.elapsed().as_secs_f64() > time_limit {
+                status = 2.0;
+                heap.push(Node { lb, delta, basis });
+                break 'outer;
+            }
+            let heur = s.nodes == 0 || (s.opts & 8 != 0 && s.nodes % 100 == 0);
+            let out = s.process(&delta, &basis, heur && s.opts & 16 == 0);
+            if s.opts & 16 != 0 {
+                let mut xs = vec![0.0; 3 * k];
+                for r in 0..k {
+                    xs[r] = s.lp.value(r);
+                    xs[k + r] = s.m[r];
+                    xs[2 * k + r] = s.lp.value(k + r);
+                }
+                let info = [4.0, s.lp.objective(), 0.0, 1.0, s.lp.iters as f64, 0.0];
+                return (xs, vec![0; k], info);
+            }
+            match out {
+                NodeOut::Pruned => break,
+                NodeOut::Branch { lb: z, rail, on_first, extra, caps } => {
+                    let nb: Vec<u32> = s.lp.basis.iter().map(|&j| j as u32).collect();
+                    let first = if on_first { ON } else { OFF };
+                    let second = if on_first { OFF } else { ON };
+                    let shared = if extra.is_empty() && caps.is_empty() {
+                        delta.clone()
+                    } else {
+                        Rc::new(Delta { parent: Some(delta.clone()), fixes: extra, caps })
+                    };
+                    let a = Rc::new(Delta { parent: Some(shared.clone()), fixes: vec![(rail as u32, first)], caps: Vec::new() });
+                    let b = Rc::new(Delta { parent: Some(shared), fixes: vec![(rail as u32, second)], caps: Vec::new() });
+                    heap.push(Node { lb: z, delta: b, basis: nb.clone() });
+                    delta = a;
+                    basis = nb;
+                    lb = z;
+                }
+            }
+        }
+    }
+    if status == 0.0 {
+        if s.ub_val == f64::INFINITY {
+            status = 1.0;
+        }
+        global_lb = s.ub_val;
+    } else {
+        let m = heap.iter().map(|nd| nd.lb).fold(f64::INFINITY, f64::min);
+        global_lb = m.min(s.ub_val);
+    }
+    if s.lp_fail {
+        status = 3.0;
+    }
+    // an incumbent passed in (init_ub) without a plan found here: report "limit" rather than a plan we do not hold
+    if status == 0.0 && s.best_y.iter().all(|&y| y == 0) && init_ub < f64::INFINITY && s.ub_val == init_ub {
+        status = 2.0;
+    }
+    let info = [status, s.ub_val, global_lb, s.nodes as f64, s.lp.iters as f64, s.heur_found as f64];
+    (s.best_x, s.best_y, info)
+}
