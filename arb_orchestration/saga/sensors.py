@@ -26,6 +26,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
@@ -111,6 +112,38 @@ TOO_NEW_MAIL_SENDING_STALE_SECONDS = 600.0
 TOO_NEW_SCAN_INTERVAL_SECONDS = 24 * 3600.0
 TOO_NEW_SCAN_KEY_PREFIX = "arb/saga/too_new_scan_at/"
 TOO_NEW_SCAN_RUNS_PER_JOB = 500
+# A scan round stops once the tick is this old (after the sweep's own 30 s budget) and resumes on the next tick,
+# skipping the sagas it checked (kvs `TOO_NEW_SCAN_PROGRESS_KEY_PREFIX<sweep name>`): 500 runs whose event logs
+# are read for the first time in the process cost ~25-50 s on SQLite, and a tick past Dagster's 60 s timeout
+# would lose the sweep's relaunch requests of that tick with it.
+TOO_NEW_SCAN_TICK_DEADLINE_SECONDS = 45.0
+TOO_NEW_SCAN_PROGRESS_KEY_PREFIX = "arb/saga/too_new_scan_progress/"
+
+
+@dataclass
+class ScanProgress:
+    """One round of `scan_too_new_past_lookback` across ticks: the sagas checked so far, and whether it ended."""
+
+    checked: set[str] = field(default_factory=set)
+    finished: bool = True
+
+    @classmethod
+    def load(cls, instance: DagsterInstance, sweep_name: str) -> "ScanProgress | None":
+        """The round in progress, or None (an unreadable record starts the round afresh: it only saves work)."""
+        key = f"{TOO_NEW_SCAN_PROGRESS_KEY_PREFIX}{sweep_name}"
+        raw = instance.run_storage.get_cursor_values({key}).get(key)
+        if not raw:
+            return None
+        try:
+            checked = json.loads(raw).get("checked", [])
+        except (ValueError, AttributeError):
+            checked = []
+        return cls({str(c) for c in checked if isinstance(c, str)}, finished=False)
+
+    def save(self, instance: DagsterInstance, sweep_name: str) -> None:
+        key = f"{TOO_NEW_SCAN_PROGRESS_KEY_PREFIX}{sweep_name}"
+        value = "" if self.finished else json.dumps({"checked": sorted(self.checked)}, separators=(",", ":"))
+        instance.run_storage.set_cursor_values({key: value})
 
 
 def too_new_mail_key(saga_id: str) -> str:
@@ -368,6 +401,7 @@ def build_saga_recovery_sensors(
         "runs so none is missed while the failure sensor was off.",
     )
     def sweep(context: SensorEvaluationContext, **_direct_invocation_resources: Any):
+        tick_started = time.monotonic()
         requests, lines = sweep_failed_sagas(
             context.instance,
             by_job,
@@ -381,11 +415,16 @@ def build_saga_recovery_sensors(
             reissue_after_seconds=reissue_after_seconds,
         )
         try:  # after the recovery above: its relaunches are returned even if this fails
-            if too_new_scan_interval_seconds is not None and _scan_due(context.instance, sweep_name,
-                                                                        too_new_scan_interval_seconds):
+            progress = ScanProgress.load(context.instance, sweep_name)  # a round that ran out of time last tick
+            if progress is None and too_new_scan_interval_seconds is not None and _scan_due(
+                    context.instance, sweep_name, too_new_scan_interval_seconds):
+                progress = ScanProgress()
+            if progress is not None:
                 lines += scan_too_new_past_lookback(context.instance, by_job, _resources(context),
                                                     lookback_seconds=lookback_seconds, logger=context.log,
-                                                    actor=f"sensor {sweep_name}")
+                                                    actor=f"sensor {sweep_name}", progress=progress,
+                                                    deadline=tick_started + TOO_NEW_SCAN_TICK_DEADLINE_SECONDS)
+                progress.save(context.instance, sweep_name)
         except Exception as exc:
             context.log.error(f"the scan for too-new sagas past the lookback raised: {type(exc).__name__}: {exc}")
             lines.append(f"scan for too-new sagas past the lookback: error {type(exc).__name__}")
@@ -550,15 +589,24 @@ def scan_too_new_past_lookback(
     now: float | None = None,
     actor: str = "recovery sweep",
     runs_per_job: int = TOO_NEW_SCAN_RUNS_PER_JOB,
+    progress: ScanProgress | None = None,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[str]:
     """Report (ERROR, one mail) the sagas whose failed/canceled run was last updated before the lookback and whose
-    log is too new for this code; a line `<saga>: error SagaLogTooNewError (...)` each. Recovers nothing."""
+    log is too new for this code; a line `<saga>: error SagaLogTooNewError (...)` each. Recovers nothing.
+
+    With `progress`, the sagas in `progress.checked` are skipped and each saga checked is added; past `deadline`
+    (on `clock`) the scan stops with `progress.finished` False and a line saying so (the sweep resumes it)."""
     logger = logger or _log
     now = time.time() if now is None else now
     log = InstanceSagaLog(instance)
     store = InstanceClaimStore(instance)
     lines: list[str] = []
-    seen: set[str] = set()
+    seen: set[str] = set(progress.checked) if progress is not None else set()
+    first = len(seen)
+    if progress is not None:
+        progress.finished = True
     for job_name, definition in sagas_by_job.items():
         runs = instance.get_runs(
             filters=RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
@@ -569,7 +617,15 @@ def scan_too_new_past_lookback(
             saga_id = saga_id_of(run, instance)
             if saga_id in seen:
                 continue
+            if deadline is not None and len(seen) > first and clock() > deadline:  # at least one saga a call
+                if progress is not None:
+                    progress.finished = False
+                lines.append(f"scan for too-new sagas past the lookback: stopped at its time limit after "
+                             f"{len(seen)} saga(s); it goes on next tick")
+                return lines
             seen.add(saga_id)
+            if progress is not None:
+                progress.checked.add(saga_id)
             try:
                 if (_mail_state(store.read(too_new_mail_key(saga_id))) or {}).get("state") == "sent":
                     continue  # reported already; `arb-orchestration sagas list` still lists it
