@@ -256,3 +256,79 @@ def test_an_escalated_saga_that_the_sweep_indexes_as_completed_is_still_listed_a
         m.setattr(settled, "load_indexes", lambda instance, names: {})
         assert [s.saga_id for s in needing_attention(SagaReader(instance)).sagas] == [saga_id]
     assert [s.saga_id for s in needing_attention(SagaReader(instance)).sagas] == [saga_id]
+
+
+# ---------------------------------------------------------------------------------------------- CompensationDeferred
+
+
+class _Defers:
+    """A compensation that cannot tell `times` times (CompensationDeferred), then undoes."""
+
+    def __init__(self, times: int) -> None:
+        self.left, self.calls, self.undone = times, 0, 0
+
+    def undo(self, ctx, venue):
+        from arb_orchestration.saga import CompensationDeferred
+
+        self.calls += 1
+        if self.left > 0:
+            self.left -= 1
+            raise CompensationDeferred("order history lags", retry_after_seconds=30)
+        self.undone += 1
+        return {"undone": ctx.step}
+
+
+_DEFERS = _Defers(0)
+_DEFER_SAGA = None
+
+
+def _defer_saga():
+    global _DEFER_SAGA
+    if _DEFER_SAGA is None:
+        from arb_orchestration.saga import SagaStep, build_saga
+
+        _DEFER_SAGA = build_saga(
+            "review_defer_saga",
+            [SagaStep("open", lambda ctx, venue: {}, lambda ctx, venue: _DEFERS.undo(ctx, venue)),
+             SagaStep("pivot", lambda ctx, venue: {}, pivot=True), SagaStep("close", lambda ctx, venue: {})],
+            retry_policy=None, max_compensation_attempts=2)
+    return _DEFER_SAGA
+
+
+def test_a_compensation_that_defers_more_often_than_the_escalation_limit_is_neither_escalated_nor_indexed(
+        sqlite_home):
+    """Holds: deferrals record nothing and mail nobody (no step towards escalation: 4 deferrals with
+    max_compensation_attempts=2), the sweep reports `waiting` and never indexes the saga as settled; once the
+    compensation can tell, the saga is rolled back with one mail and then indexed."""
+    global _DEFERS
+    from arb_orchestration.saga import keys
+
+    saga = _defer_saga()
+    _DEFERS = _Defers(4)
+    instance, mail = sqlite_home, Mailbox()
+    run = instance.create_run_for_job(saga.job, status=DagsterRunStatus.STARTED, tags=dict(saga.job.tags))
+    log = InstanceSagaLog(instance, run)
+    key = keys.idempotency_key(saga.definition.name, run.run_id, "open")
+    log.record_started(run.run_id, saga.definition.name, "open", key=key)
+    log.record_done(run.run_id, saga.definition.name, "open", key=key, result={})
+    instance.report_run_failed(run, "run worker exited unexpectedly (SIGKILL)")
+
+    def sweep() -> list[str]:
+        requests, lines = sweep_failed_sagas(instance, {saga.job.name: saga.definition}, {"venue": None, "smtp": mail},
+                                             lookback_seconds=3600, grace_seconds=0,
+                                             logger=logging.getLogger("review-defer"))
+        assert requests == []
+        return lines
+
+    for _ in range(4):
+        lines = sweep()
+        assert len(lines) == 1 and lines[0].startswith(f"{run.run_id}: waiting ("), lines
+        assert SettledIndex.load(instance, saga.definition.name).entries == {}
+    state = InstanceSagaLog(instance).load(run.run_id)
+    assert state.step("open").compensation_failures == 0 and not state.escalated and mail.sent == []
+    lines = sweep()
+    assert lines[0].startswith(f"{run.run_id}: compensated"), lines
+    assert _DEFERS.undone == 1 and len(mail.sent) == 1 and "rolled back" in mail.sent[0]
+    sweep()
+    assert SettledIndex.load(instance, saga.definition.name).entries[run.run_id]["verdict"] == "compensated"
+    assert sweep() == [] and _DEFERS.calls == 5
