@@ -174,11 +174,22 @@ def test_runs_of_sagas_matches_runs_of_saga_for_relaunch_and_untagged_reexecutio
 # ---------------------------------------------------------------------------------------------- route planner
 
 
-def _through_a_hub(scale: float) -> tuple[dict, dict, list[dict]]:
+# (scale, fee rate A->B, fee rate B->C, fixed fee A->B / scale, fixed fee B->C / scale, need at C / scale): three
+# of 20 random instances at 1e6..1e11 that plan_routes planned before f0346aa and refuses since.
+HUB_INSTANCES = [
+    (1e9, 0.0024511190051336607, 6.245432552786201e-05, 1.7864520827795328e-05, 0.00014646174039934602,
+     1.1626025673141478),
+    (1e9, 0.001822313988855781, 0.0023014728874438863, 0.0006958328667684434, 0.00026633056045725955,
+     1.2621916403957802),
+    (1e10, 0.0016203286712651575, 0.0023593331563275858, 0.0003311374519627303, 0.0005998551847634835,
+     1.2654833814168425),
+]
+
+
+def _through_a_hub(scale: float, f1: float, f2: float, c1: float, c2: float,
+                   need: float) -> tuple[dict, dict, list[dict]]:
     """A -> B -> C is far cheaper than A -> C; B is a hub that holds nothing and needs nothing (target 0).
-    Amounts ~1.17e9 (a token with a small unit price: PEPE, SHIB balances are in the billions)."""
-    f1, f2 = 0.0024511190051336607, 6.245432552786201e-05
-    c1, c2, need = 1.7864520827795328e-05, 0.00014646174039934602, 1.1626025673141478
+    At scale 1e9 about 1.2e9 units move (a token with a small unit price: PEPE, SHIB balances are in the billions)."""
     balances = {"A": {"PEPE": 3 * scale}, "B": {"PEPE": 0.0}, "C": {"PEPE": 0.0}}
     targets = {"A": {"PEPE": 0.0}, "B": {"PEPE": 0.0}, "C": {"PEPE": need * scale}}
     rails = [
@@ -191,29 +202,31 @@ def _through_a_hub(scale: float) -> tuple[dict, dict, list[dict]]:
 
 def test_the_hub_instance_is_planned_at_a_smaller_scale():
     """Holds (control for the xfail below): the same instance at 1e6 is planned through the hub, every target met."""
-    balances, targets, rails = _through_a_hub(1e6)
-    plan = plan_routes(balances, targets, rails)
-    assert plan.feasible and [t.rail for t in plan.transfers] == ["ab", "bc"]
+    for _scale, *fees in HUB_INSTANCES:
+        balances, targets, rails = _through_a_hub(1e6, *fees)
+        plan = plan_routes(balances, targets, rails)
+        assert plan.feasible and [t.rail for t in plan.transfers] == ["ab", "bc"]
 
 
 @pytest.mark.xfail(strict=True, raises=RoutingError, reason=(
     "f0346aa: solve_asset's new _checked/_shortfalls judge each venue's final balance with "
     "funding_tolerance(target) = 1e-7 absolute for a target of 0, below the float resolution (ulp ~2.4e-7) of the "
-    "1.17e9 units flowing through hub B; the hub ends at -2.4e-7 from rounding and plan_routes raises "
-    "'the plan would leave B short by 2.38419e-07 (numerical trouble in the solver)'. Before f0346aa the same "
-    "instance returned this plan (ab 1165696778.345, bc 1162821652.297). order_moves measures a sender's "
+    "~1.2e9 units flowing through hub B; the hub ends at -2.4e-7 from rounding and plan_routes raises "
+    "'the plan would leave B short by 2.38419e-07 (numerical trouble in the solver)' (1.9e-6 at 1e10). Before "
+    "f0346aa the first instance returned ab 1165696778.345, bc 1162821652.297. order_moves measures a sender's "
     "shortfall relative to the transfer amount; _shortfalls should too (or relative to the flow through the venue)."))
 def test_a_plan_through_a_zero_target_hub_with_billions_of_units_is_returned():
-    balances, targets, rails = _through_a_hub(1e9)
-    plan = plan_routes(balances, targets, rails)
-    assert plan.feasible
-    held = {v: balances[v]["PEPE"] for v in balances}
-    for t in plan.transfers:
-        held[t.from_venue] -= t.amount
-        held[t.to_venue] += t.amount - t.fee
-    # Every venue meets its target to the float resolution of what moved through it.
-    moved = max(t.amount for t in plan.transfers)
-    assert all(held[v] >= targets[v]["PEPE"] - funding_tolerance(moved) for v in held)
+    for instance in HUB_INSTANCES:
+        balances, targets, rails = _through_a_hub(*instance)
+        plan = plan_routes(balances, targets, rails)
+        assert plan.feasible
+        held = {v: balances[v]["PEPE"] for v in balances}
+        for t in plan.transfers:
+            held[t.from_venue] -= t.amount
+            held[t.to_venue] += t.amount - t.fee
+        # Every venue meets its target to the float resolution of what moved through it.
+        moved = max(t.amount for t in plan.transfers)
+        assert all(held[v] >= targets[v]["PEPE"] - funding_tolerance(moved) for v in held)
 
 
 # ---------------------------------------------------------------------------------------------- needing_attention
