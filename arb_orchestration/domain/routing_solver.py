@@ -611,13 +611,20 @@ def _exact_amounts(inst: AssetInstance, used: list[int]) -> np.ndarray | None:
 
 
 def _shortfalls(inst: AssetInstance, transfers: Sequence[Transfer]) -> dict[str, float]:
-    """Venues the transfers leave below their targets by more than the funding tolerance: venue -> shortfall."""
+    """Venues the transfers leave below their targets by more than the funding tolerance: venue -> shortfall.
+
+    The tolerance is relative to the largest amount summed at the venue (its balance, target, everything in and
+    everything out), as `order_moves` is to each transfer: a hub with a target of 0 that passes 1.2e9 units
+    ends at -2.4e-7 from float rounding alone (unit/test_review_2026_11_28.py)."""
     held = dict(inst.balance)
+    scale = {v: max(abs(inst.balance.get(v, 0.0)), abs(inst.target.get(v, 0.0))) for v in inst.target}
     for t in transfers:
         held[t.from_venue] = held.get(t.from_venue, 0.0) - t.amount
         held[t.to_venue] = held.get(t.to_venue, 0.0) + t.amount - t.fee
+        for venue in (t.from_venue, t.to_venue):
+            scale[venue] = max(scale.get(venue, 0.0), abs(t.amount))
     return {v: inst.target[v] - held.get(v, 0.0) for v in inst.target
-            if held.get(v, 0.0) < inst.target[v] - funding_tolerance(inst.target[v])}
+            if held.get(v, 0.0) < inst.target[v] - funding_tolerance(scale[v])}
 
 
 def _checked(inst: AssetInstance, result: AssetResult) -> AssetResult:

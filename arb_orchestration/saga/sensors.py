@@ -463,7 +463,8 @@ def sweep_failed_sagas(
     Sagas found settled are recorded in the saga's `SettledIndex` (instance key-value table) and not read
     again while their newest failed run stays the same and none of their runs is in progress. Once
     `time_budget_seconds` have passed (None: no budget) the sagas not reached yet are left to the next
-    tick (newest first, so the most recent failures are never the ones deferred), with a line saying how
+    tick (newest first across all the sweep's jobs, so the most recent failures are never the ones deferred),
+    with a line saying how
     many: a tick past Dagster's 60 s sensor timeout would save nothing and leave every saga undone.
     """
     logger = logger or _log
@@ -473,8 +474,14 @@ def sweep_failed_sagas(
     lines: list[str] = []
     seen_sagas: set[str] = set()
     deferred = 0
+    # Every job's failed runs in one list, newest first across jobs (a sweep may serve several sagas: the budget
+    # must never hold back the newest failure of one behind older ones of another).
+    found: list[tuple[float, str, DagsterRun]] = []
+    indexes: dict[str, SettledIndex] = {}
+    active: dict[str, set[str]] = {}
+    listed: dict[str, set[str]] = {}
     for job_name, definition in sagas_by_job.items():
-        runs = instance.get_runs(
+        for record in instance.get_run_records(
             filters=RunsFilter(
                 job_name=job_name,
                 statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
@@ -482,44 +489,47 @@ def sweep_failed_sagas(
                 updated_before=datetime.fromtimestamp(now - grace_seconds, tz=timezone.utc),
             ),
             limit=500,
-        )
-        index = SettledIndex.load(instance, definition.name)
-        # One query for the whole job: a saga with a run in progress is never skipped from the index.
-        active = {saga_id_of(r, instance) for r in instance.get_runs(
+        ):
+            found.append((record.create_timestamp.timestamp(), job_name, record.dagster_run))
+        indexes[job_name] = SettledIndex.load(instance, definition.name)
+        # One query per job: a saga with a run in progress is never skipped from the index.
+        active[job_name] = {saga_id_of(r, instance) for r in instance.get_runs(
             filters=RunsFilter(job_name=job_name, statuses=list(IN_PROGRESS_RUN_STATUSES)))}
-        listed: set[str] = set()
-        try:
-            for run in runs:  # newest first: one decision per saga per sweep
-                saga_id = saga_id_of(run, instance)
-                listed.add(saga_id)
-                if saga_id in seen_sagas:
-                    continue
-                seen_sagas.add(saga_id)
-                if saga_id not in active and index.verdict(saga_id, run.run_id, run.status.value) is not None:
-                    continue  # settled when last read, and nothing has happened to it since
-                if time_budget_seconds is not None and clock() - started > time_budget_seconds:
-                    deferred += 1
-                    continue
-                index.forget(saga_id)
-                outcome = _sweep_one(instance, definition, run, saga_id, resources, logger, lines, now=now,
-                                     stopping_grace_seconds=stopping_grace_seconds, actor=actor,
-                                     claim_ttl_seconds=claim_ttl_seconds,
-                                     reissue_after_seconds=reissue_after_seconds)
-                if outcome is None:
-                    continue
-                if (outcome.action is Action.NONE and outcome.decision.verdict.value in SETTLED_VERDICTS
-                        and saga_id not in active):
-                    index.settle(saga_id, run.run_id, run.status.value, outcome.decision.verdict.value)
-                if outcome.action is Action.RELAUNCH:
-                    requests.append(_run_request(outcome))
-                if outcome.action is not Action.NONE:
-                    lines.append(f"{saga_id}: {outcome.action.value} ({outcome.reason})")
-        finally:
-            index.keep_only(listed)
+        listed[job_name] = set()
+    found.sort(key=lambda entry: entry[0], reverse=True)
+    try:
+        for _created, job_name, run in found:  # newest first: one decision per saga per sweep
+            definition, index = sagas_by_job[job_name], indexes[job_name]
+            saga_id = saga_id_of(run, instance)
+            listed[job_name].add(saga_id)
+            if saga_id in seen_sagas:
+                continue
+            seen_sagas.add(saga_id)
+            if saga_id not in active[job_name] and index.verdict(saga_id, run.run_id, run.status.value) is not None:
+                continue  # settled when last read, and nothing has happened to it since
+            if time_budget_seconds is not None and clock() - started > time_budget_seconds:
+                deferred += 1
+                continue
+            index.forget(saga_id)
+            outcome = _sweep_one(instance, definition, run, saga_id, resources, logger, lines, now=now,
+                                 stopping_grace_seconds=stopping_grace_seconds, actor=actor,
+                                 claim_ttl_seconds=claim_ttl_seconds, reissue_after_seconds=reissue_after_seconds)
+            if outcome is None:
+                continue
+            if (outcome.action is Action.NONE and outcome.decision.verdict.value in SETTLED_VERDICTS
+                    and saga_id not in active[job_name]):
+                index.settle(saga_id, run.run_id, run.status.value, outcome.decision.verdict.value)
+            if outcome.action is Action.RELAUNCH:
+                requests.append(_run_request(outcome))
+            if outcome.action is not Action.NONE:
+                lines.append(f"{saga_id}: {outcome.action.value} ({outcome.reason})")
+    finally:
+        for job_name, index in indexes.items():
+            index.keep_only(listed[job_name])
             try:
                 index.save(instance)
             except Exception as exc:  # noqa: BLE001 - the index only saves work; the sagas were handled
-                logger.warning(f"{actor}: could not store the settled-saga index of {definition.name}: "
+                logger.warning(f"{actor}: could not store the settled-saga index of {index.saga_name}: "
                                f"{type(exc).__name__}: {exc}")
     if deferred:
         lines.append(f"time budget of {time_budget_seconds:g} s used up: {deferred} older failed saga run(s) "

@@ -30,8 +30,10 @@ from typing import Any, Iterable, Mapping
 KEY_PREFIX = "arb/saga_settled/"
 # Verdicts (recovery.Verdict values) after which recovery has nothing left to do for the run.
 SETTLED_VERDICTS = frozenset({"completed", "not_started", "compensated", "escalated", "resolved"})
-# Of those, the ones after which nobody needs to look (`escalated` waits for a person).
-QUIET_VERDICTS = SETTLED_VERDICTS - {"escalated"}
+# Of those, the ones `needing_attention` may skip without reading the saga: `escalated` waits for a person, and
+# `completed` ("every step is done" in recovery.decide, which looks before "escalated") is what the operator's view
+# calls escalated when the saga was escalated and a re-execution did the rest but its run still failed.
+QUIET_VERDICTS = SETTLED_VERDICTS - {"escalated", "completed"}
 
 _log = logging.getLogger("arb_orchestration.saga.settled")
 

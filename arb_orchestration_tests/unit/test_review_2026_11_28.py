@@ -1,10 +1,13 @@
 """Review of the four commits of 2026-11-28 on `main` (settled-saga index and sweep budget; CompensationDeferred;
 the route planner's exact amounts and `_checked`; the resumable too-new scan).
 
-Tests that hold pin what was checked and found right. The one `xfail(strict=True)` test shows a real defect
-(see its reason and the review report): `solve_asset`'s new `_checked` judges a venue's final balance with an
-absolute tolerance of 1e-7 when its target is 0, below the float resolution of the amounts that flow through it,
-so `plan_routes` raises `RoutingError` on a feasible instance that the code before f0346aa planned correctly.
+Tests that hold pin what was checked and found right. Three tests showed real defects (strict xfails when the
+review committed them, passing since the fixes): `_checked` judged a venue's final balance with an absolute 1e-7
+for a target of 0, below the float resolution of billions of units flowing through it (now relative to the
+amounts summed there); `needing_attention` skipped a saga the sweep indexed as `completed` that the operator's
+view calls escalated (`completed` is no longer a quiet verdict); and a sweep shared by several sagas took its
+runs newest first per job, so its time budget could hold back the newest failure of a later job (now newest
+first across jobs).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG
 
-from arb_orchestration.domain.routing import RoutingError, plan_routes
+from arb_orchestration.domain.routing import plan_routes
 from arb_orchestration.domain.routing_order import funding_tolerance
 from arb_orchestration.saga import sensors as saga_sensors
 from arb_orchestration.saga.keys import SAGA_ID_TAG
@@ -208,13 +211,6 @@ def test_the_hub_instance_is_planned_at_a_smaller_scale():
         assert plan.feasible and [t.rail for t in plan.transfers] == ["ab", "bc"]
 
 
-@pytest.mark.xfail(strict=True, raises=RoutingError, reason=(
-    "f0346aa: solve_asset's new _checked/_shortfalls judge each venue's final balance with "
-    "funding_tolerance(target) = 1e-7 absolute for a target of 0, below the float resolution (ulp ~2.4e-7) of the "
-    "~1.2e9 units flowing through hub B; the hub ends at -2.4e-7 from rounding and plan_routes raises "
-    "'the plan would leave B short by 2.38419e-07 (numerical trouble in the solver)' (1.9e-6 at 1e10). Before "
-    "f0346aa the first instance returned ab 1165696778.345, bc 1162821652.297. order_moves measures a sender's "
-    "shortfall relative to the transfer amount; _shortfalls should too (or relative to the flow through the venue)."))
 def test_a_plan_through_a_zero_target_hub_with_billions_of_units_is_returned():
     for instance in HUB_INSTANCES:
         balances, targets, rails = _through_a_hub(*instance)
@@ -232,13 +228,6 @@ def test_a_plan_through_a_zero_target_hub_with_billions_of_units_is_returned():
 # ---------------------------------------------------------------------------------------------- needing_attention
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "eec3085: needing_attention skips a saga the sweep indexed with a quiet verdict without reading it, but the "
-    "sweep's verdict (recovery.decide: 'completed' when every step is done, before 'escalated') and the operator "
-    "view (attention.summarize: 'escalated' unless the newest run SUCCEEDED) disagree for an escalated saga whose "
-    "re-execution did every remaining step and then ended FAILURE. Before eec3085 `sagas list` / the attention "
-    "asset listed it as escalated (needs a person); now it is dropped, while `sagas list --all` still shows it as "
-    "escalated. Low severity (every step is done), but the commit claims the same output."))
 def test_an_escalated_saga_that_the_sweep_indexes_as_completed_is_still_listed_as_needing_a_person(
         sqlite_home, monkeypatch):
     from arb_orchestration.saga import keys, settled
@@ -350,12 +339,6 @@ def test_a_compensation_that_defers_more_often_than_the_escalation_limit_is_neit
 # ---------------------------------------------------------------------------------------------- time budget
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "eec3085: sweep_failed_sagas's docstring says the budget takes sagas 'newest first, so the most recent "
-    "failures are never the ones deferred', but the order is newest first per job, jobs in dict order, the budget "
-    "shared: in a sweep built for several sagas (build_saga_recovery_sensors([a, b]), a documented option) the "
-    "newest failure of the second job waits behind older failures of the first, and for as long as the first "
-    "job's unsettled sagas use up the budget every tick. The per-saga sweeps used in defs/ are not affected."))
 def test_in_a_shared_sweep_the_newest_failure_is_not_the_one_deferred(sqlite_home, recoveries):
     global _DEFERS
     saga = _defer_saga()
