@@ -25,8 +25,9 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 from arb_orchestration.resources.errors import BusinessError
 from arb_orchestration.saga.claim import (
@@ -93,6 +94,17 @@ class CompensationDeferred(Exception):
     def __init__(self, message: str, *, retry_after_seconds: float):
         super().__init__(message)
         self.retry_after_seconds = max(0.0, float(retry_after_seconds))
+
+
+# How long a compensation may keep deferring (`CompensationDeferred`) after its first deferral; past it, the next
+# deferral counts as a failure (recorded, mailed, towards escalation). The Bybit unwind defers for at most 120 s.
+MAX_COMPENSATION_DEFERRAL_SECONDS = 900.0
+# The engine's own compensation-progress note of a first deferral (filtered out of the compensation's context).
+DEFERRED_SINCE = "engine_deferred_since"
+
+
+class CompensationDeferralExpired(Exception):
+    """A compensation still deferred `MAX_COMPENSATION_DEFERRAL_SECONDS` after its first deferral: a failure."""
 
 
 class CompensationDeferredError(SagaError):
@@ -539,7 +551,7 @@ def compensate(
             progress=list(st.progress),
             results=results,
             log=logger,
-            compensation_progress=list(st.compensation_progress),
+            compensation_progress=[n for n in st.compensation_progress if DEFERRED_SINCE not in n],
             _log=log,
         )
         assert step.compensation is not None
@@ -552,28 +564,58 @@ def compensate(
             # failure (it would count towards that actor's escalation) nor a mail: stop here.
             raise
         except CompensationDeferred as exc:
-            # Not a failure: the compensation cannot tell yet and did nothing a later attempt repeats. No record
-            # (it would count towards escalation), no mail; the recovery sweep comes back to it.
-            deferred = CompensationDeferredError(saga.name, saga_id, step.name, exc.retry_after_seconds, str(exc))
-            logger.warning(f"{deferred}; the recovery sweep tries again on a later tick")
-            raise deferred from exc
+            # Not a failure: the compensation cannot tell yet and did nothing a later attempt repeats. No failure
+            # record (it would count towards escalation), no mail; the recovery sweep comes back to it. Bounded:
+            # the first deferral is noted, and one past MAX_COMPENSATION_DEFERRAL_SECONDS after it is a failure.
+            since = _deferred_since(st.compensation_progress)
+            now = time.time()
+            if since is None or now - since <= MAX_COMPENSATION_DEFERRAL_SECONDS:
+                if since is None:
+                    log.record_compensation_progress(saga_id, saga.name, step.name,
+                                                     {DEFERRED_SINCE: now, "why": describe(exc)})
+                deferred = CompensationDeferredError(saga.name, saga_id, step.name, exc.retry_after_seconds, str(exc))
+                logger.warning(f"{deferred}; the recovery sweep tries again on a later tick")
+                raise deferred from exc
+            expired = CompensationDeferralExpired(
+                f"still deferred {now - since:.0f} s after its first deferral (limit "
+                f"{MAX_COMPENSATION_DEFERRAL_SECONDS:g} s): {exc}")
+            expired.__cause__ = exc
+            _fail_compensation(saga, saga_id, step.name, key, expired, cause, done, state, log=log, alert=alert,
+                               logger=logger)
         except Exception as exc:
-            log.record_compensation_failed(saga_id, saga.name, step.name, key=key, error=exc)
-            failure = CompensationFailedError(saga.name, saga_id, step.name, cause)
-            logger.error(f"{failure}: {describe(exc)}")
-            send_alert(
-                alert,
-                logger,
-                f"[saga] COMPENSATION FAILED: {saga.name} step {step.name} [{saga_id}]",
-                _compensation_failure_body(saga, saga_id, step.name, exc, cause, done, state),
-            )
-            raise failure from exc
+            _fail_compensation(saga, saga_id, step.name, key, exc, cause, done, state, log=log, alert=alert,
+                               logger=logger)
         details = jsonable(raw if raw is not None else {})
         log.record_compensated(saga_id, saga.name, step.name, key=key,
                                details=details if isinstance(details, dict) else {"value": details})
         logger.info(f"saga {saga.name} [{saga_id}]: compensated step {step.name}")
         done.append(step.name)
     return done
+
+
+def _deferred_since(notes: Sequence[Mapping[str, Any]]) -> float | None:
+    """When the engine first noted a deferral of this compensation (its note), if it did."""
+    for note in notes or ():
+        value = note.get(DEFERRED_SINCE)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+def _fail_compensation(saga: SagaDefinition, saga_id: str, step: str, key: str, exc: BaseException,
+                       cause: BaseException | None, done: list[str], state: SagaState, *, log: SagaLog,
+                       alert: Alert | None, logger: Any) -> NoReturn:
+    """Record, log and mail a failed compensation, then raise `CompensationFailedError` from it."""
+    log.record_compensation_failed(saga_id, saga.name, step, key=key, error=exc)
+    failure = CompensationFailedError(saga.name, saga_id, step, cause)
+    logger.error(f"{failure}: {describe(exc)}")
+    send_alert(
+        alert,
+        logger,
+        f"[saga] COMPENSATION FAILED: {saga.name} step {step} [{saga_id}]",
+        _compensation_failure_body(saga, saga_id, step, exc, cause, done, state),
+    )
+    raise failure from exc
 
 
 def send_alert(alert: Alert | None, logger: Any, subject: str, body: str) -> bool:

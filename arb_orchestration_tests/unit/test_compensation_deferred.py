@@ -114,3 +114,57 @@ def test_the_sweep_waits_on_a_deferred_compensation_then_rolls_back_with_one_mai
     done = recover_saga(saga, "saga-1", failed, log=log, resources={"world": world}, alert=world.send)
     assert done.action is Action.COMPENSATED and done.compensated == ("b", "a")
     assert [subject for subject, _body in world.alerts] == ["[saga] test_saga rolled back [saga-1]"]
+
+
+def test_a_compensation_still_deferring_after_the_limit_fails_loudly(monkeypatch):
+    """Deferral is bounded by the engine, not only by the compensation's word: the first deferral is noted (a
+    durable record, hidden from the compensation's own notes); one past MAX_COMPENSATION_DEFERRAL_SECONDS after it
+    is recorded as a failed compensation and mailed like any other."""
+    from types import SimpleNamespace
+
+    from arb_orchestration.saga import engine
+
+    clock = [1_000.0]
+    monkeypatch.setattr(engine, "time", SimpleNamespace(time=lambda: clock[0]))
+    saga, log, world = _saga(), InMemorySagaLog(), World()
+    world.fail_action["b"] = BusinessError("rejected")
+    world.fail_compensation["b"] = [CompensationDeferred("history lags", retry_after_seconds=60) for _ in range(3)]
+    step, err = _run(saga, log, world)
+    assert _hook(saga, log, world, step, err).action is Action.WAITING
+    notes = log.load("saga-1").step("b").compensation_progress
+    assert [n[engine.DEFERRED_SINCE] for n in notes] == [1_000.0]
+
+    failed = FailedRun("run-1", "test_saga")
+    clock[0] = 1_000.0 + engine.MAX_COMPENSATION_DEFERRAL_SECONDS  # at the limit: still a deferral
+    assert recover_saga(saga, "saga-1", failed, log=log, resources={"world": world},
+                        alert=world.send).action is Action.WAITING
+    assert world.alerts == [] and len(log.load("saga-1").step("b").compensation_progress) == 1  # noted once
+
+    clock[0] += 1
+    outcome = recover_saga(saga, "saga-1", failed, log=log, resources={"world": world}, alert=world.send)
+    assert outcome.action is Action.COMPENSATION_FAILED
+    assert log.load("saga-1").step("b").compensation_failures == 1
+    assert "still deferred 901 s after its first deferral" in log.load("saga-1").step("b").last_compensation_error
+    assert [s for s, _ in world.alerts] == ["[saga] COMPENSATION FAILED: test_saga step b [saga-1]"]
+
+
+def test_the_engines_deferral_note_is_not_shown_to_the_compensation():
+    seen: list[list[dict]] = []
+    saga, log, world = _saga(), InMemorySagaLog(), World()
+    world.fail_action["b"] = BusinessError("rejected")
+    undo_b = saga.steps[1].compensation
+
+    def watching(ctx, world):
+        seen.append([dict(n) for n in ctx.compensation_progress])
+        return undo_b(ctx, world)
+
+    import dataclasses
+
+    saga = dataclasses.replace(saga, steps=(saga.steps[0], dataclasses.replace(saga.steps[1], compensation=watching),
+                                            *saga.steps[2:]))
+    _deferring_once(world, "b")
+    step, err = _run(saga, log, world)
+    _hook(saga, log, world, step, err)
+    recover_saga(saga, "saga-1", FailedRun("run-1", "test_saga"), log=log, resources={"world": world},
+                 alert=world.send)
+    assert seen == [[], []]  # the deferral note exists in the log, but not in the compensation's notes
