@@ -556,14 +556,9 @@ def _solve_with_start(highs, inst: AssetInstance, model, time_limit: float) -> t
     return "optimal", final.x
 
 
-def _polish(inst: AssetInstance, used: list[int], fee: float) -> np.ndarray | None:
-    """Among plans on the same rails and no higher fee, the one that moves the least.
-
-    The MILP is indifferent to sending more than needed on a rail without a
-    proportional fee; this LP removes that slack (and zero-fee circulations).
-    """
-    if not used:
-        return np.zeros(0)
+def _venue_rows(inst: AssetInstance, used: list[int]) -> tuple[list[Rail], np.ndarray, np.ndarray]:
+    """The rails `used` and the venue rows over their amounts: `a @ x >= rhs` says every venue ends at or above
+    its target (fixed fees moved to the right-hand side: every rail in `used` is paid)."""
     rails = [inst.rails[j] for j in used]
     rows = _touched_venues(inst)
     index = {v: i for i, v in enumerate(rows)}
@@ -573,6 +568,18 @@ def _polish(inst: AssetInstance, used: list[int], fee: float) -> np.ndarray | No
         a[index[r.to_venue], c] += 1.0 - r.fee_rate
         a[index[r.from_venue], c] -= 1.0
         rhs[index[r.to_venue]] += r.fixed_fee
+    return rails, a, rhs
+
+
+def _polish(inst: AssetInstance, used: list[int], fee: float) -> np.ndarray | None:
+    """Among plans on the same rails and no higher fee, the one that moves the least.
+
+    The MILP is indifferent to sending more than needed on a rail without a
+    proportional fee; this LP removes that slack (and zero-fee circulations).
+    """
+    if not used:
+        return np.zeros(0)
+    rails, a, rhs = _venue_rows(inst, used)
     fixed = sum(r.fixed_fee for r in rails)
     rates = np.array([r.fee_rate for r in rails])
     a_ub = np.vstack([-a, rates[None, :]])
@@ -593,15 +600,7 @@ def _exact_amounts(inst: AssetInstance, used: list[int]) -> np.ndarray | None:
     """
     if not used:
         return np.zeros(0)
-    rails = [inst.rails[j] for j in used]
-    rows = _touched_venues(inst)
-    index = {v: i for i, v in enumerate(rows)}
-    a = np.zeros((len(rows), len(used)))
-    rhs = np.array([inst.target[v] - inst.balance[v] for v in rows])
-    for c, r in enumerate(rails):
-        a[index[r.to_venue], c] += 1.0 - r.fee_rate
-        a[index[r.from_venue], c] -= 1.0
-        rhs[index[r.to_venue]] += r.fixed_fee
+    rails, a, rhs = _venue_rows(inst, used)
     rates = np.array([r.fee_rate for r in rails])
     scale = _objective_scale(max(fee_magnitude(inst), 1e-12))
     bounds = [(inst.min_eff[j], inst.big_m[j]) for j in used]

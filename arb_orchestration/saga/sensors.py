@@ -464,8 +464,8 @@ def sweep_failed_sagas(
     again while their newest failed run stays the same and none of their runs is in progress. Once
     `time_budget_seconds` have passed (None: no budget) the sagas not reached yet are left to the next
     tick (newest first across all the sweep's jobs, so the most recent failures are never the ones deferred),
-    with a line saying how
-    many: a tick past Dagster's 60 s sensor timeout would save nothing and leave every saga undone.
+    with a line saying how many: a tick past Dagster's 60 s sensor timeout would save nothing and leave every
+    saga undone.
     """
     logger = logger or _log
     now = time.time() if now is None else now
