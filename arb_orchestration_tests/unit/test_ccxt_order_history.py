@@ -31,12 +31,17 @@ from arb_orchestration_tests.unit.test_ccxt_withdraw_wallet import SYMBOL, Venue
 
 LEG_CID = "a" * 32
 UNWIND_CID = "b" * 32
-NOW_MS = int(time.time() * 1000)
+
+
+def _now_ms() -> int:
+    """The time a row is built (not the module's import time: a slow suite imports this minutes before it runs the
+    test, and rows placed relative to an old 'now' fall out of the test's own `since` window)."""
+    return int(time.time() * 1000)
 
 
 def _binance_row(order_id: int, cid: str, side: str, qty: str, status: str = "FILLED", ago_s: float = 60.0,
                  reduce_only: bool = False) -> dict[str, Any]:
-    ts = NOW_MS - int(ago_s * 1000)
+    ts = _now_ms() - int(ago_s * 1000)
     return {"orderId": order_id, "symbol": "BTCUSDT", "status": status, "clientOrderId": cid, "price": "0",
             "avgPrice": "60000", "origQty": qty, "executedQty": qty if status == "FILLED" else "0",
             "cumQuote": "0", "timeInForce": "GTC", "type": "MARKET", "reduceOnly": reduce_only, "closePosition": False,
@@ -59,7 +64,7 @@ def _binance(rows: list[dict[str, Any]]) -> tuple[CcxtVenueClient, Venue]:
 
 
 def _okx_row(ord_id: str, cid: str, side: str, contracts: str, state: str, ago_s: float = 60.0) -> dict[str, Any]:
-    ts = str(NOW_MS - int(ago_s * 1000))
+    ts = str(_now_ms() - int(ago_s * 1000))
     filled = contracts if state == "filled" else "0"
     return {"instType": "SWAP", "instId": "BTC-USDT-SWAP", "ordId": ord_id, "clOrdId": cid, "px": "", "sz": contracts,
             "ordType": "market", "side": side, "posSide": "net", "tdMode": "cross", "accFillSz": filled,

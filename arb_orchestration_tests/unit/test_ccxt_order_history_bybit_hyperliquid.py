@@ -31,6 +31,12 @@ from arb_orchestration_tests.unit.test_ccxt_venue_conformance import _client, _m
 LEG_CID = "a" * 32
 UNWIND_CID = "b" * 32
 NOW_MS = int(time.time() * 1000)
+
+
+def _now_ms() -> int:
+    """The time a row is built (not the module's import time: a slow suite imports this minutes before it runs the
+    test, and rows placed relative to an old 'now' fall out of the test's own `since` window)."""
+    return int(time.time() * 1000)
 OK = {"retCode": 0, "retMsg": "OK", "retExtInfo": {}, "time": NOW_MS}
 BYBIT_SYMBOL = "BTC/USDT:USDT"
 HL_SYMBOL = "BTC/USDC:USDC"
@@ -46,7 +52,7 @@ def _no_grace(monkeypatch):
 
 def bybit_row(order_id: str, cid: str, side: str, qty: str, status: str = "Filled", ago_s: float = 60.0,
               reduce_only: bool = False) -> dict[str, Any]:
-    ts = str(NOW_MS - int(ago_s * 1000))
+    ts = str(_now_ms() - int(ago_s * 1000))
     filled = qty if status == "Filled" else "0"
     return {"symbol": "BTCUSDT", "orderType": "Market", "orderLinkId": cid, "orderId": order_id, "cancelType": "UNKNOWN",
             "avgPrice": "60000" if filled != "0" else "", "stopOrderType": "", "orderStatus": status,
@@ -208,7 +214,7 @@ def test_bybit_the_unwind_rerun_reports_the_unwind_found_in_the_history_with_its
 
 def hl_state(oid: int, cid: str | None, side: str, size: str, status: str = "filled", ago_s: float = 60.0,
              coin: str = "BTC", reduce_only: bool = False, status_after_s: float = 0.0) -> dict[str, Any]:
-    ts = NOW_MS - int(ago_s * 1000)
+    ts = _now_ms() - int(ago_s * 1000)
     return {"order": {"coin": coin, "side": "B" if side == "buy" else "A", "limitPx": "60000", "oid": oid,
                       "sz": "0.0" if status == "filled" else size, "origSz": size, "timestamp": ts, "cloid": cid,
                       "reduceOnly": reduce_only, "orderType": "Market", "tif": "FrontendMarket", "isTrigger": False,
@@ -237,7 +243,7 @@ def hl_client(venue):
 
 
 def test_hyperliquid_a_history_below_the_cap_is_whole_and_maps_cloids_back_to_the_saga_keys():
-    resting = {"coin": "BTC", "side": "B", "limitPx": "50000", "sz": "0.01", "oid": 9, "timestamp": NOW_MS - 5000,
+    resting = {"coin": "BTC", "side": "B", "limitPx": "50000", "sz": "0.01", "oid": 9, "timestamp": _now_ms() - 5000,
                "origSz": "0.01", "cloid": "0x" + "c" * 32, "reduceOnly": False, "orderType": "Limit"}
     client, wire = hl_client(HyperliquidVenue(
         [hl_state(1, "0x" + LEG_CID, "sell", "0.667", ago_s=600),
