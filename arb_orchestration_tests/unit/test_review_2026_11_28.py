@@ -27,23 +27,10 @@ from arb_orchestration.saga.sensors import sweep_failed_sagas
 from arb_orchestration.saga.settled import SettledIndex
 from arb_orchestration_tests.unit.test_saga_claim import Mailbox
 from arb_orchestration_tests.unit.test_saga_health_asset import sqlite_home  # noqa: F401 - a fixture
+from arb_orchestration_tests.unit.test_saga_settled_index import recoveries  # noqa: F401 - a fixture
 from arb_orchestration_tests.unit.test_sagas_cli import CLI_SAGA, SAGA, Venue, cli, make_saga
 
 # ---------------------------------------------------------------------------------------------- settled-saga index
-
-
-@pytest.fixture
-def recoveries(monkeypatch) -> list[str]:
-    """The saga ids the sweep took through recovery (claim + log), in order."""
-    seen: list[str] = []
-    real = saga_sensors.recover_run
-
-    def counting(instance, definition, run, *args, **kwargs):
-        seen.append(saga_sensors.saga_id_of(run, instance))
-        return real(instance, definition, run, *args, **kwargs)
-
-    monkeypatch.setattr(saga_sensors, "recover_run", counting)
-    return seen
 
 
 def _sweep(instance: DagsterInstance, venue: Venue) -> tuple[list, list[str]]:
