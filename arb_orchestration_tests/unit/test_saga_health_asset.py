@@ -8,7 +8,6 @@ sensor records the same runlessly, only when the list changed.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 from dagster import (
@@ -33,17 +32,8 @@ from arb_orchestration.defs.ops_control.saga_health import (
 )
 from arb_orchestration_tests.unit.test_saga_claim import Mailbox
 from arb_orchestration_tests.unit.test_sagas_cli import DB_PASSWORD, SAGA, TOKEN, Venue, cli, make_saga, sweep
-
-
-@pytest.fixture
-def sqlite_home(tmp_path: Path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("WISE_API_TOKEN", TOKEN)  # the redactor blanks it (the venue's error carries it)
-    with DagsterInstance.get() as instance:
-        yield instance
+# A SQLite instance at DAGSTER_HOME with WISE_API_TOKEN set (the redactor blanks it: the venue's error carries it).
+from arb_orchestration_tests.unit.test_sagas_cli import sqlite_home  # noqa: F401 - a fixture
 
 
 def _four_sagas(instance: DagsterInstance, capsys) -> dict[str, str]:
