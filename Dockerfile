@@ -19,6 +19,11 @@ FROM ${PYTHON_IMAGE} AS build
 # pip compiles every installed module to bytecode here, so the read-only runtime never has to.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
+# A C compiler for the package's one extension (the funding sensor's chunk scanner,
+# arb_orchestration/domain/_fastfunding.c). Build stage only: the runtime stage has no compiler.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
@@ -37,8 +42,11 @@ RUN mkdir arb_orchestration \
 # Code layer: the real package, without touching the dependencies.
 COPY README.md ./
 COPY arb_orchestration ./arb_orchestration
+# The extension is optional in pyproject.toml (a build without a compiler still installs); the
+# image must have it, so its absence fails the build here.
 RUN pip install --no-deps . \
-    && DAGSTER_DEPLOYMENT=local python -c "import arb_orchestration.definitions"
+    && DAGSTER_DEPLOYMENT=local python -c "import arb_orchestration.definitions" \
+    && python -c "from arb_orchestration.domain.events import FAST_CHUNK_SCAN; assert FAST_CHUNK_SCAN, 'not built'"
 
 # ---------------------------------------------------------------------------------------------
 # runtime: the virtualenv, tini as PID 1, a non-root user; no compilers, no source tree, no pip

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test install kafka-jars bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml arb_orchestration/domain/_fastfunding.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

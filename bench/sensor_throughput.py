@@ -31,6 +31,12 @@ run, repeated `--trials` times:
   seen so far, one C-level map per chunk)
   and nothing else: no dedupe, no cursor, no Dagster. No sensor that parks every
   malformed message can beat it;
+- `scan-only@N` (not a baseline, the sensor's ceiling since round 11):
+  `raw-batch@N+sensor-client` plus the sensor's first try on each chunk, the C
+  chunk scanner (`FundingChunkScan`: validates every value and picks each
+  market's newest; `FundingScreen` for a chunk it declines), nothing else;
+- `sensor-python-path` (`--no-python-path` skips it): the same sensor with its
+  C chunk scanner switched off, i.e. the sensor before round 11, in the same run;
 - `sensor`: the real sensor — built by `build_event_sensors` exactly as
   `arb_orchestration/defs/events` builds it (real jobs, `domain_run_config`,
   settings from the environment: 50,000 messages per tick by default), only on
@@ -268,15 +274,23 @@ def read_raw_batch(kafka, topic: str, partitions: list[int], expected: int, *, b
     return Pass(f"raw-batch@{batch}" + ("+sensor-client" if sensor_client else ""), read, seconds)
 
 
-def read_validate_only(kafka, topic: str, partitions: list[int], expected: int, *, batch: int) -> Pass:
-    """The ceiling: consume like `raw-batch@N+sensor-client` and validate every value, nothing more."""
+def read_validate_only(kafka, topic: str, partitions: list[int], expected: int, *, batch: int,
+                       scan: bool = False) -> Pass:
+    """Consume like `raw-batch@N+sensor-client` and validate every value, nothing more.
+
+    `scan=False` (`validate-only@N`): with `FundingScreen`, the sensor's Python path.
+    `scan=True` (`scan-only@N`): with `FundingChunkScan` (C), the sensor's first try for a chunk,
+    and `FundingScreen` for a chunk it declines.
+    """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from arb_orchestration.defs.events.kafka_source import _CONSUMER_OVERRIDES
-    from arb_orchestration.domain.events import FundingScreen
+    from arb_orchestration.domain.events import FundingChunkScan, FundingScreen
 
     consumer = Consumer({**kafka.consumer_config(), **_CONSUMER_OVERRIDES})
     screen = FundingScreen()  # the sensor's validator (it learns the venues and symbols on the first chunk)
+    scanner = FundingChunkScan() if scan else None
+    declined = 0
     try:
         started = time.perf_counter()
         consumer.list_topics(topic, timeout=10)
@@ -290,15 +304,24 @@ def read_validate_only(kafka, topic: str, partitions: list[int], expected: int, 
             for msg in messages:
                 if msg.error() is not None:
                     raise RuntimeError(f"validate-only reader: {msg.error()}")
-            rows = screen([msg.value() for msg in messages])
-            valid += len(rows) - rows.count(None)
+            values = [msg.value() for msg in messages]
+            if scanner is not None and values and scanner(values, fresher_than=0.0) is not None:
+                valid += len(values)
+            else:
+                declined += scanner is not None and bool(values)
+                rows = screen(values)
+                valid += len(rows) - rows.count(None)
             read += len(messages)
         seconds = time.perf_counter() - started
     finally:
         consumer.close()
+    name = f"{'scan' if scan else 'validate'}-only@{batch}"
     if valid != read:
-        raise RuntimeError(f"validate-only reader: {read - valid} of {read} values did not validate")
-    return Pass(f"validate-only@{batch}", read, seconds)
+        raise RuntimeError(f"{name} reader: {read - valid} of {read} values did not validate")
+    if declined:
+        log_line = f"{name}: the C scanner declined {declined} chunk(s) (read in time order per partition?)"
+        print(log_line, file=sys.stderr)
+    return Pass(name, read, seconds)
 
 
 def build_funding_sensor(topic_prefix: str, **setting_changes: Any):
@@ -325,6 +348,20 @@ def build_funding_sensor(topic_prefix: str, **setting_changes: Any):
     )
     [sensor] = [s for s in sensors if s.name == FUNDING_DEVIATION_SENSOR]
     return sensor, settings
+
+
+def python_path_sensor(topic_prefix: str):
+    """The same sensor with its C chunk scanner switched off: every chunk takes the Python path.
+
+    What the sensor was before the scanner (bench/README.md round 11), measured in the same run.
+    """
+    sensor, _settings = build_funding_sensor(topic_prefix)
+    evaluators = [cell.cell_contents for cell in sensor._raw_fn.__closure__ or ()
+                  if hasattr(cell.cell_contents, "scan")]
+    if len(evaluators) != 1:
+        raise RuntimeError("cannot find the funding sensor's evaluator to switch its C scanner off")
+    evaluators[0].scan = lambda values, **_kwargs: None
+    return sensor
 
 
 def cursor_position(cursor: str | None, topic: str) -> int:
@@ -438,7 +475,7 @@ def _resources(bootstrap: str) -> dict[str, Any]:
 
 def measure(*, events: int = 200_000, trials: int = 1, partitions: int = 3, trace_events: int = 20_000,
             also_max_messages: tuple[int, ...] = (), raw_batches: tuple[int, ...] = (500, 100, 1000),
-            bootstrap: str | None = None, log=print) -> dict[str, Any]:
+            bootstrap: str | None = None, python_path: bool = True, log=print) -> dict[str, Any]:
     """Produce `events`, then time raw / raw-batch / raw+json / sensor reads `trials` times each; returns every pass.
 
     `also_max_messages`: extra sensor passes with that many messages per tick (`sensor@N`).
@@ -461,6 +498,8 @@ def measure(*, events: int = 200_000, trials: int = 1, partitions: int = 3, trac
         prefix = f"bench-{uuid.uuid4().hex[:8]}-"
         sensor, settings = build_funding_sensor(prefix)
         sensors = {"sensor": sensor}
+        if python_path:
+            sensors["sensor-python-path"] = python_path_sensor(prefix)
         for n in also_max_messages:
             sensors[f"sensor@{n}"] = build_funding_sensor(prefix, max_messages=n)[0]
         topic = prefix + "funding-rate-events"
@@ -474,7 +513,8 @@ def measure(*, events: int = 200_000, trials: int = 1, partitions: int = 3, trac
         batch_readers = {f"raw-batch@{n}{suffix}": (n, bool(suffix)) for n in raw_batches
                          for suffix in ("", "+sensor-client")}
         ceiling = f"validate-only@{raw_batches[0]}" if raw_batches else None
-        names = ["raw", *batch_readers, "raw+json", *([ceiling] if ceiling else []), *sensors]
+        scan_only = f"scan-only@{raw_batches[0]}" if raw_batches else None
+        names = ["raw", *batch_readers, "raw+json", *([ceiling, scan_only] if ceiling else []), *sensors]
         with instance_for_test(temp_dir=tmp) as instance:
             # Warm-up: imports, first connection, the broker's page cache (all read the same bytes).
             read_raw(kafka, topic, parts, events, decode=False)
@@ -485,8 +525,9 @@ def measure(*, events: int = 200_000, trials: int = 1, partitions: int = 3, trac
                         drop_warm_clients()  # every pass starts without a cached consumer
                         result = run_sensor(sensors[name], resources, instance, topic, events)
                         result.name = name
-                    elif name == ceiling:
-                        result = read_validate_only(kafka, topic, parts, events, batch=raw_batches[0])
+                    elif name in (ceiling, scan_only):
+                        result = read_validate_only(kafka, topic, parts, events, batch=raw_batches[0],
+                                                    scan=name == scan_only)
                     elif name in batch_readers:
                         size, tuned = batch_readers[name]
                         result = read_raw_batch(kafka, topic, parts, events, batch=size, sensor_client=tuned)
@@ -547,13 +588,23 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"  {name:<27} {rate:>9,.0f} {row['ratio_vs_raw']:>9.3f} {row['ratio_vs_poll']:>6.3f} "
               f"{row['ratio_vs_raw_json']:>9.3f} {row['ticks']:>6} {row['run_requests']:>9}")
     ceiling = next((name for name in s["rate"] if name.startswith("validate-only")), None)
+    scan_only = next((name for name in s["rate"] if name.startswith("scan-only")), None)
     if ceiling:
-        print(f"  ceiling: {ceiling} = {s['rate'][ceiling] / s['rate'][best]:.3f} of the best raw "
-              f"(consume + validate every message, nothing else)")
+        print(f"  {ceiling} = {s['rate'][ceiling] / s['rate'][best]:.3f} of the best raw "
+              f"(consume + validate every message with the Python path's screen, nothing else)")
+    if scan_only:
+        print(f"  {scan_only} = {s['rate'][scan_only] / s['rate'][best]:.3f} of the best raw "
+              f"(consume + the C chunk scanner, nothing else: the sensor's ceiling)")
     per_message = {name: 1e6 / rate for name, rate in s["rate"].items()}
     print(f"  per message: best raw {per_message[best]:.2f} us"
           + (f", validate-only {per_message[ceiling]:.2f} us" if ceiling else "")
-          + f", sensor {per_message['sensor']:.2f} us")
+          + (f", scan-only {per_message[scan_only]:.2f} us" if scan_only else "")
+          + f", sensor {per_message['sensor']:.2f} us"
+          + (f", sensor-python-path {per_message['sensor-python-path']:.2f} us"
+             if "sensor-python-path" in per_message else ""))
+    if "sensor-python-path" in s["sensors"]:
+        print(f"  the C chunk scanner: sensor / sensor-python-path = "
+              f"{s['rate']['sensor'] / s['rate']['sensor-python-path']:.2f}x (same run, same topic)")
     verdict = "meets" if s["ratio_vs_raw"] >= GOAL_RATIO else "is BELOW"
     print(f"  ratio sensor/best raw ({best}) = {s['ratio_vs_raw']:.3f}: {verdict} the {GOAL_RATIO} goal "
           f"(sensor/raw poll = {s['sensors']['sensor']['ratio_vs_poll']:.3f})")
@@ -580,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-batch", default="500,100,1000",
                         help="comma-separated num_messages values for raw consume() readers (raw-batch@N)")
     parser.add_argument("--bootstrap", default=None, help="use this running broker instead of starting one")
+    parser.add_argument("--no-python-path", action="store_true",
+                        help="skip the sensor-python-path passes (the sensor with its C chunk scanner off)")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # the child of memory_probe()
     args = parser.parse_args(argv)
     if args.memory_probe:
@@ -595,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("dagster").setLevel(logging.WARNING)
     result = measure(events=args.events, trials=args.trials, partitions=args.partitions,
                      trace_events=args.trace_events, also_max_messages=also, raw_batches=raw_batches,
-                     bootstrap=args.bootstrap)
+                     bootstrap=args.bootstrap, python_path=not args.no_python_path)
     print_summary(result)
     return 0
 

@@ -604,6 +604,89 @@ class FundingScreen:
             ).decode
 
 
+try:  # built from _fastfunding.c by `pip install` (optional there: without a C compiler it is absent)
+    from arb_orchestration.domain import _fastfunding
+except ImportError:  # pragma: no cover - the test suite fails when it was not built
+    _fastfunding = None
+
+FAST_CHUNK_SCAN = _fastfunding is not None
+# What the C scanner checks a model field against; `_fastfunding_constants_hold` ties these to the model.
+_C_SCANNED_FIELDS = {
+    "schema_version": "the token 1",
+    "event_id": "a string of 1..128 characters",
+    "ts": "a number of epoch seconds in the plausible range",
+    "venue": "a string of 1..64 characters",
+    "symbol": "a string of 1..64 characters",
+    "rate": "a finite number",
+    "interval_hours": "a finite number > 0",
+    "signature": "absent or null",
+}
+
+
+def _fastfunding_constants_hold() -> bool:
+    """The C scanner's hard-coded limits are the model's (checked at import: a model change fails loudly)."""
+    fields = FundingRateEvent.model_fields
+    if set(fields) != set(_C_SCANNED_FIELDS) or SCHEMA_VERSION != 1:
+        return False
+
+    def lengths(name: str) -> tuple[Any, Any]:
+        found = {type(m).__name__: m for m in fields[name].metadata}
+        return getattr(found.get("MinLen"), "min_length", None), getattr(found.get("MaxLen"), "max_length", None)
+
+    return lengths("event_id") == (1, 128) and lengths("venue") == (1, 64) and lengths("symbol") == (1, 64)
+
+
+if not _fastfunding_constants_hold():
+    raise TypeError(
+        "FundingRateEvent changed: update arb_orchestration/domain/_fastfunding.c (its field checks) and "
+        "_C_SCANNED_FIELDS before the funding sensor may use it"
+    )
+
+
+class FundingChunkScan:
+    """Each market's newest rate in a chunk of plain funding-rate values, in one C pass; or None.
+
+    The funding sensor's common chunk (every value a plain, fresh, unsigned rate,
+    read in time order) without a Python step per message: what `FundingScreen`
+    followed by `NewestPerMarket.offer_fresh_rows` does for such a chunk, with the
+    same outcome (the tests hold it to that, value by value and chunk by chunk).
+    The C side (`_fastfunding.c`) is a conservative recognizer: it takes a value
+    only in a plain flat-JSON shape it fully checks against the model's fields,
+    and answers None for the whole chunk as soon as one value is anything else
+    (an escape, a nested value, a field out of range, a rate older than
+    `fresher_than`, times out of read order, a market beyond `max_markets`...).
+    None is never a verdict: the caller then takes the Python path, which
+    decides and words every reason.
+
+    A result is a list of `((venue, symbol), index, ts)`: per market of the
+    chunk, its last value's index and `ts` (epoch seconds), in the order the
+    markets first appear. Holds the markets it has seen (at most `max_markets`),
+    so their names are built once.
+    """
+
+    def __init__(self, max_markets: int = 4096):
+        self.max_markets = max_markets
+        self._slots: dict[bytes, int] = {}
+        self._markets: list[tuple[str, str]] = []
+
+    def __call__(
+        self, values: list[Any], *, fresher_than: float, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    ) -> list[tuple[tuple[str, str], int, float]] | None:
+        if _fastfunding is None or not values or type(values) is not list:
+            return None
+        return _fastfunding.newest_in_chunk(
+            values, float(fresher_than), _screen_limit(max_bytes), float(_MIN_EPOCH_S), float(_MAX_EPOCH_S),
+            self._slots, self._markets, self.max_markets,
+        )
+
+
+def recognize_funding_value(value: bytes) -> tuple[str, str, float] | None:
+    """For the tests: (venue, symbol, ts) when the C scanner takes this one value, else None."""
+    if _fastfunding is None:
+        raise RuntimeError("the _fastfunding extension is not built")
+    return _fastfunding.recognize_one(value, float(_MIN_EPOCH_S), float(_MAX_EPOCH_S))
+
+
 def validate_payload(topic: str, payload: Mapping[str, Any]) -> Event:
     """`parse_event` for an object built in code (e.g. by the `publish` command)."""
     try:

@@ -521,6 +521,29 @@ class NewestPerMarket:
         self.offered = base + len(epochs)
         return True
 
+    def offer_scanned(self, winners: list[tuple[Any, int, float]], items: list[Any]) -> bool:
+        """Offer a chunk that `domain.events.FundingChunkScan` took whole (`items`: the chunk's messages).
+
+        `winners`: per market of the chunk, `(market, index of its newest rate, its ts)` in the
+        order the markets first appear. The same outcome as `offer_fresh_rows` on that chunk's
+        rows (which the scan took only in read order and later than the admission limit); False,
+        and nothing offered, when the chunk holds a market beyond `max_markets`.
+        """
+        held_by_market = self._held
+        cap = self.max_markets
+        if cap is not None and len(held_by_market) + len(winners) > cap:
+            if len(held_by_market) + sum(1 for key, _, _ in winners if key not in held_by_market) > cap:
+                return False
+        base = self.offered
+        for key, index, epoch_seconds in winners:
+            held = held_by_market.get(key)
+            if held is None:
+                held_by_market[key] = [epoch_seconds, None, items[index], base + index]
+            elif _is_newer_or_tie(epoch_seconds, None, held):
+                held[0], held[1], held[2], held[3] = epoch_seconds, None, items[index], base + index
+        self.offered = base + len(items)
+        return True
+
     @property
     def superseded(self) -> int:
         """Rates offered but not kept (a newer one for the same market was, or came later)."""

@@ -197,6 +197,24 @@ def test_the_stub_package_matches_pyproject(dockerfile):
     assert (model.REPO_ROOT / "README.md").is_file(), "COPY README.md needs it"
 
 
+def test_the_build_stage_compiles_the_extension_and_the_image_requires_it(dockerfile):
+    # pyproject.toml builds the C chunk scanner optionally; the image must not ship without it.
+    project = tomllib.loads((model.REPO_ROOT / "pyproject.toml").read_text())
+    [extension] = project["tool"]["setuptools"]["ext-modules"]
+    assert extension["name"] == "arb_orchestration.domain._fastfunding"
+    assert all((model.REPO_ROOT / source).is_file() and not ignored(source) for source in extension["sources"])
+    _, stages = dockerfile
+    build = next(stage for stage in stages if stage.name == "build")
+    runs = [i.value for i in build.of("RUN")]
+    compiler = next(n for n, run in enumerate(runs) if "apt-get install" in run and " gcc" in run)
+    install_code = next(n for n, run in enumerate(runs) if "pip install --no-deps ." in run)
+    assert compiler < install_code and "libc6-dev" in runs[compiler]
+    assert "assert FAST_CHUNK_SCAN" in runs[install_code]
+    final = stages[-1]
+    assert not any(" gcc" in i.value for i in final.of("RUN")), "no compiler in the runtime image"
+    assert ignored("arb_orchestration/domain/_fastfunding.cpython-311-x86_64-linux-gnu.so")
+
+
 def test_runtime_matches_the_chart_and_the_code_location(final_stage):
     env = _env(final_stage)
     values = model.merged_values("prod")

@@ -79,6 +79,7 @@ from arb_orchestration.domain.events import (
     Event,
     EventRejected,
     FundingRateEvent,
+    FundingChunkScan,
     FundingScreen,
     MarketShockEvent,
     dlq_topic,
@@ -197,7 +198,9 @@ class _EventSensor:
         self.deviation = FundingDeviation(
             threshold_bps=settings.funding_deviation_bps, trigger_without_baseline=settings.hedge_without_baseline
         )
-        # Funding: the bulk validator, specialised to the venues and symbols this sensor has seen.
+        # Funding: the common chunk in one C pass (None: the chunk takes the Python path), and the
+        # bulk validator, specialised to the venues and symbols this sensor has seen.
+        self.scan = FundingChunkScan()
         self.screen = FundingScreen()
 
     # ------------------------------------------------------------------ evaluation
@@ -456,7 +459,11 @@ class _EventSensor:
     def _take_funding(self, context, tick: _Tick, batch: list[Any], signing_key: str | None, read: Any) -> int:
         """Funding: park what is bad, keep the newest admitted rate per market; returns messages handled.
 
-        Most messages are valid, unsigned, fresh rates: `FundingScreen` (the
+        Most messages are valid, unsigned, fresh rates, read in time order:
+        `FundingChunkScan` (C, `domain/_fastfunding.c`) takes such a chunk whole in
+        one pass and names each market's newest rate (`offer_scanned`); it
+        declines a chunk with anything else in it, which then goes on as follows.
+        `FundingScreen` (the
         sensor's `screen_funding_rates` that knows the venues and symbols seen)
         validates a whole chunk of them (msgspec, against the model's own fields)
         without building events. A chunk that is all such rates, all inside the
@@ -473,11 +480,15 @@ class _EventSensor:
         """
         # A comprehension, not `map(methodcaller('value'))`: 3.11 calls the method directly (0.04 vs 0.12 us).
         values = [msg.value() for msg in batch]
-        rows = self.screen(values, max_bytes=self.settings.max_event_bytes)
         admit = AdmissionCheck(signing_key, tick.cursor.seen, now=utc_now(), policy=self.policy)
         newest = tick.newest
         assert newest is not None
-        # Rows later than the admission age limit are admitted as they are (AdmissionCheck's shortcut).
+        # Rates later than the admission age limit are admitted as they are (AdmissionCheck's shortcut).
+        max_bytes = self.settings.max_event_bytes
+        winners = self.scan(values, fresher_than=admit.fresh_after_epoch, max_bytes=max_bytes)
+        if winners is not None and newest.offer_scanned(winners, batch):
+            return len(batch)
+        rows = self.screen(values, max_bytes=max_bytes)
         if newest.offer_fresh_rows(rows, batch, fresher_than=admit.fresh_after_epoch):
             return len(batch)
         read.check_errors(batch)

@@ -1,0 +1,456 @@
+/*
+ * _fastfunding: the funding sensor's common chunk, read in one C pass.
+ *
+ * `newest_in_chunk(values, ...)` answers, for a chunk of Kafka values, "each market's newest rate
+ * and where it was read", or None. It is an accelerator of a path that exists in Python
+ * (`FundingScreen` + `NewestPerMarket.offer_fresh_rows`) and may only ever take a chunk that path
+ * would take, with the same outcome. So it is a *conservative recognizer*: it takes a value only
+ * in a plain shape it fully understands, and answers None for the whole chunk as soon as one value
+ * is anything else. None is never an error: the caller then goes the Python way, which accepts,
+ * refuses and words the reasons exactly as before.
+ *
+ * A value is taken only when all of this holds (anything else -> None for the chunk):
+ *   - it is `bytes`, 1..limit long, and starts with '{' and ends with its matching '}';
+ *   - a flat JSON object: keys and string values are printable ASCII without escapes (no '\\');
+ *     values are strings, numbers (the JSON grammar, at most 32 characters, finite as a double),
+ *     or `null`; no `true`/`false`, arrays or nested objects; JSON whitespace between tokens;
+ *   - `schema_version` is the token `1` (`schema_version` argument), `event_id` a string of 1..128
+ *     characters, `ts` a number within [min_epoch, max_epoch], `venue` and `symbol` strings of
+ *     1..64 characters, `rate` a number, `interval_hours` a number > 0, `signature` absent or null;
+ *     each of these at most once; any other key once or more, with a value of the kinds above
+ *     (ignored, as the model ignores unknown fields);
+ * and for the chunk: every `ts` is later than `fresher_than` and the `ts` never decrease in read
+ * order (the Python path's "time order" case: per market, the last read is the newest).
+ *
+ * Numbers are converted with PyOS_string_to_double (correctly rounded, locale-independent), so a
+ * `ts` is the same double msgspec and Python's json make of the same token.
+ *
+ * The markets: `slots` (dict: b"venue\0symbol" -> int) and `markets` (list of (venue, symbol)
+ * tuples, indexed by slot) are the caller's, kept across calls; a market not in them is added,
+ * unless there are already `max_known` (then None). The answer is a list of
+ * (market tuple, index in the chunk, ts) for each market of the chunk, in the order the markets
+ * first appear in the chunk.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+#define MAX_NUMBER_CHARS 32
+#define MAX_NAME 64
+#define MAX_EVENT_ID 128
+
+enum { F_SCHEMA = 1, F_EVENT_ID = 2, F_TS = 4, F_VENUE = 8, F_SYMBOL = 16, F_RATE = 32, F_INTERVAL = 64,
+       F_SIGNATURE = 128 };
+#define F_REQUIRED (F_SCHEMA | F_EVENT_ID | F_TS | F_VENUE | F_SYMBOL | F_RATE | F_INTERVAL)
+
+typedef struct {
+    const char *venue;
+    Py_ssize_t venue_len;
+    const char *symbol;
+    Py_ssize_t symbol_len;
+    double ts;
+} Row;
+
+static inline int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+static inline const char *skip_ws(const char *p, const char *end) {
+    while (p < end && is_ws(*p)) p++;
+    return p;
+}
+
+/* A string token at p (p points at the opening quote). Printable ASCII, no escapes.
+ * Returns the position after the closing quote, or NULL. */
+static inline const char *scan_string(const char *p, const char *end, const char **start, Py_ssize_t *len) {
+    const char *s = p + 1;
+    const char *q = memchr(s, '"', (size_t)(end - s));
+    if (q == NULL) return NULL;
+    /* Every character printable ASCII and no backslash (an escape: the Python path decides).
+     * Branch-free over the span, so the compiler can vectorise it. */
+    unsigned bad = 0;
+    for (const char *c = s; c < q; c++) {
+        unsigned char u = (unsigned char)*c;
+        bad |= (unsigned)(u < 0x20) | (unsigned)(u > 0x7e) | (unsigned)(u == '\\');
+    }
+    if (bad) return NULL;
+    *start = s;
+    *len = q - s;
+    return q + 1;
+}
+
+/* A number token at p in the JSON grammar, at most MAX_NUMBER_CHARS. Returns the position after
+ * it, or NULL. Sets *finite_nonzero (see below), *negative, *is_one; converts it to *out only when
+ * `convert` (a `ts`) or when its exponent is too large for the shortcut, and then also checks it is
+ * finite (NULL if not).
+ *
+ * The shortcut: with at most 32 digits and an explicit exponent of magnitude <= 270, a number is
+ * below 1e302 (finite as a double) and, unless every digit is 0, at least 1e-302 in magnitude
+ * (not rounded to 0: the smallest normal double is ~2.2e-308). */
+static inline const char *scan_number(const char *p, const char *end, int convert, double *out,
+                                      int *finite_nonzero, int *negative, int *is_one) {
+    const char *s = p;
+    int nonzero = 0;
+    *negative = 0;
+    if (p < end && *p == '-') {
+        *negative = 1;
+        p++;
+    }
+    if (p >= end) return NULL;
+    /* The mantissa's digits as an integer (while it fits 2^53) and the decimal point's shift. */
+    unsigned long long mantissa = 0;
+    int digits = 0, shift = 0, exact = 1;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9') {
+            nonzero |= *p != '0';
+            if (digits < 19) mantissa = mantissa * 10 + (unsigned)(*p - '0');
+            else exact = 0;
+            digits++;
+            p++;
+        }
+    } else {
+        return NULL;
+    }
+    if (p < end && *p == '.') {
+        p++;
+        if (p >= end || !(*p >= '0' && *p <= '9')) return NULL;
+        while (p < end && *p >= '0' && *p <= '9') {
+            nonzero |= *p != '0';
+            if (digits < 19) {
+                mantissa = mantissa * 10 + (unsigned)(*p - '0');
+                shift--;
+            } else {
+                exact = 0;
+            }
+            digits++;
+            p++;
+        }
+    }
+    int exponent = 0, has_exponent = 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        has_exponent = 1;
+        p++;
+        int exp_negative = 0;
+        if (p < end && (*p == '+' || *p == '-')) {
+            exp_negative = *p == '-';
+            p++;
+        }
+        if (p >= end || !(*p >= '0' && *p <= '9')) return NULL;
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (exponent < 100000) exponent = exponent * 10 + (*p - '0');
+            p++;
+        }
+        if (exp_negative) exponent = -exponent;
+    }
+    Py_ssize_t n = p - s;
+    if (n > MAX_NUMBER_CHARS) return NULL;
+    *is_one = (n == 1 && *s == '1');
+    int shortcut = !has_exponent || (exponent >= -270 && exponent <= 270);
+    *finite_nonzero = nonzero;
+    if (!convert && shortcut) return p;
+    /* Clinger's fast path: an integer mantissa below 2^53 times/over an exact power of ten is one
+     * correctly rounded IEEE operation, i.e. the same double as any correct decimal conversion. */
+    static const double powers[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                                    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    int e10 = shift + exponent;
+    if (exact && mantissa <= (1ULL << 53) && e10 >= -22 && e10 <= 22) {
+        double value = (double)mantissa;
+        value = e10 < 0 ? value / powers[-e10] : value * powers[e10];
+        *out = *negative ? -value : value;
+        return p;
+    }
+    char buf[MAX_NUMBER_CHARS + 1];
+    memcpy(buf, s, (size_t)n);
+    buf[n] = '\0';
+    char *stop = NULL;
+    double value = PyOS_string_to_double(buf, &stop, NULL);
+    if (value == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (stop != buf + n || !isfinite(value)) return NULL;
+    *finite_nonzero = value != 0.0;
+    *out = value;
+    return p;
+}
+
+static inline int key_is(const char *k, Py_ssize_t n, const char *name, Py_ssize_t name_len) {
+    return n == name_len && memcmp(k, name, (size_t)n) == 0;
+}
+#define KEY_IS(k, n, lit) key_is((k), (n), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+/* Recognize one value; 1 = taken (row filled), 0 = not. */
+static int recognize(const char *p, Py_ssize_t size, double min_epoch, double max_epoch, Row *row) {
+    const char *end = p + size;
+    if (size < 2 || *p != '{' || end[-1] != '}') return 0;
+    p++;
+    unsigned seen = 0;
+    p = skip_ws(p, end);
+    if (p < end && *p == '}') return 0; /* {} lacks the required fields */
+    for (;;) {
+        const char *key;
+        Py_ssize_t key_len;
+        if (p >= end || *p != '"') return 0;
+        p = scan_string(p, end, &key, &key_len);
+        if (p == NULL) return 0;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':') return 0;
+        p = skip_ws(p + 1, end);
+        if (p >= end) return 0;
+
+        unsigned field = 0;
+        if (KEY_IS(key, key_len, "schema_version")) field = F_SCHEMA;
+        else if (KEY_IS(key, key_len, "event_id")) field = F_EVENT_ID;
+        else if (KEY_IS(key, key_len, "ts")) field = F_TS;
+        else if (KEY_IS(key, key_len, "venue")) field = F_VENUE;
+        else if (KEY_IS(key, key_len, "symbol")) field = F_SYMBOL;
+        else if (KEY_IS(key, key_len, "rate")) field = F_RATE;
+        else if (KEY_IS(key, key_len, "interval_hours")) field = F_INTERVAL;
+        else if (KEY_IS(key, key_len, "signature")) field = F_SIGNATURE;
+        if (field) {
+            if (seen & field) return 0; /* a repeated field: the Python path decides */
+            seen |= field;
+        }
+
+        char c = *p;
+        if (c == '"') {
+            const char *s;
+            Py_ssize_t n;
+            p = scan_string(p, end, &s, &n);
+            if (p == NULL) return 0;
+            switch (field) {
+            case 0: break;
+            case F_EVENT_ID:
+                if (n < 1 || n > MAX_EVENT_ID) return 0;
+                break;
+            case F_VENUE:
+                if (n < 1 || n > MAX_NAME) return 0;
+                row->venue = s;
+                row->venue_len = n;
+                break;
+            case F_SYMBOL:
+                if (n < 1 || n > MAX_NAME) return 0;
+                row->symbol = s;
+                row->symbol_len = n;
+                break;
+            default: return 0; /* a string where a number (or null) belongs, or a signature */
+            }
+        } else if (c == 'n') {
+            if (end - p < 4 || memcmp(p, "null", 4) != 0) return 0;
+            p += 4;
+            if (field != 0 && field != F_SIGNATURE) return 0;
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            double value = 0.0;
+            int is_one, finite_nonzero, negative;
+            p = scan_number(p, end, field == F_TS, &value, &finite_nonzero, &negative, &is_one);
+            if (p == NULL) return 0;
+            switch (field) {
+            case 0:
+            case F_RATE: break;
+            case F_SCHEMA:
+                if (!is_one) return 0;
+                break;
+            case F_TS:
+                if (!(value >= min_epoch && value <= max_epoch)) return 0;
+                row->ts = value;
+                break;
+            case F_INTERVAL:
+                if (negative || !finite_nonzero) return 0;
+                break;
+            default: return 0;
+            }
+        } else {
+            return 0; /* true/false, arrays, objects, anything else */
+        }
+
+        p = skip_ws(p, end);
+        if (p >= end) return 0;
+        if (*p == ',') {
+            p = skip_ws(p + 1, end);
+            continue;
+        }
+        if (*p == '}' && p == end - 1) break;
+        return 0;
+    }
+    return (seen & F_REQUIRED) == F_REQUIRED;
+}
+
+#define CACHE_SIZE 64
+
+typedef struct {
+    const char *venue; /* into a value of the chunk (alive for the call), NULL when empty */
+    Py_ssize_t venue_len;
+    const char *symbol;
+    Py_ssize_t symbol_len;
+    Py_ssize_t slot;
+} CacheEntry;
+
+/* The slot of row's market in `slots`/`markets`, added when new: >= 0; -1 when it would be one
+ * more than `max_known` (decline); -2 on an error (set). */
+static Py_ssize_t slot_of(const Row *row, PyObject *slots, PyObject *markets, Py_ssize_t max_known, char *keybuf) {
+    memcpy(keybuf, row->venue, (size_t)row->venue_len);
+    keybuf[row->venue_len] = '\0';
+    memcpy(keybuf + row->venue_len + 1, row->symbol, (size_t)row->symbol_len);
+    PyObject *key = PyBytes_FromStringAndSize(keybuf, row->venue_len + 1 + row->symbol_len);
+    if (key == NULL) return -2;
+    Py_ssize_t slot;
+    PyObject *slot_obj = PyDict_GetItemWithError(slots, key); /* borrowed */
+    if (slot_obj != NULL) {
+        slot = PyLong_AsSsize_t(slot_obj);
+        if (slot == -1 && PyErr_Occurred()) {
+            slot = -2;
+        } else if (slot < 0 || slot >= PyList_GET_SIZE(markets)) {
+            PyErr_SetString(PyExc_ValueError, "newest_in_chunk: a slot outside markets");
+            slot = -2;
+        }
+    } else if (PyErr_Occurred()) {
+        slot = -2;
+    } else {
+        slot = PyList_GET_SIZE(markets);
+        if (slot >= max_known) {
+            slot = -1;
+        } else {
+            PyObject *market = Py_BuildValue("(s#s#)", row->venue, row->venue_len, row->symbol, row->symbol_len);
+            PyObject *slot_new = market ? PyLong_FromSsize_t(slot) : NULL;
+            if (market == NULL || slot_new == NULL || PyList_Append(markets, market) < 0
+                || PyDict_SetItem(slots, key, slot_new) < 0)
+                slot = -2;
+            Py_XDECREF(market);
+            Py_XDECREF(slot_new);
+        }
+    }
+    Py_DECREF(key);
+    return slot;
+}
+
+static PyObject *newest_in_chunk(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *values, *slots, *markets;
+    double fresher_than, min_epoch, max_epoch;
+    Py_ssize_t limit, max_known;
+    if (!PyArg_ParseTuple(args, "O!dnddO!O!n", &PyList_Type, &values, &fresher_than, &limit, &min_epoch,
+                          &max_epoch, &PyDict_Type, &slots, &PyList_Type, &markets, &max_known))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(values);
+    Py_ssize_t known = PyList_GET_SIZE(markets);
+    if (PyDict_GET_SIZE(slots) != known) {
+        PyErr_SetString(PyExc_ValueError, "newest_in_chunk: slots and markets disagree");
+        return NULL;
+    }
+    if (max_known < known) max_known = known;
+    /* Per slot: the last index read in this chunk (-1: not in it), and the markets in first-seen order. */
+    Py_ssize_t *last = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(max_known + 1));
+    double *last_ts = PyMem_Malloc(sizeof(double) * (size_t)(max_known + 1));
+    Py_ssize_t *order = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(max_known + 1));
+    if (last == NULL || last_ts == NULL || order == NULL) {
+        PyMem_Free(last);
+        PyMem_Free(last_ts);
+        PyMem_Free(order);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t s = 0; s <= max_known; s++) last[s] = -1;
+    Py_ssize_t in_chunk = 0;
+    PyObject *result = NULL;
+    double previous = -INFINITY;
+    char keybuf[2 * MAX_NAME + 1];
+    CacheEntry cache[CACHE_SIZE];
+    memset(cache, 0, sizeof(cache));
+
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (!PyBytes_CheckExact(value)) goto decline;
+        Py_ssize_t size = PyBytes_GET_SIZE(value);
+        if (size < 1 || size > limit) goto decline;
+        Row row;
+        if (!recognize(PyBytes_AS_STRING(value), size, min_epoch, max_epoch, &row)) goto decline;
+        if (!(row.ts > fresher_than) || row.ts < previous) goto decline;
+        previous = row.ts;
+
+        /* The market's slot: this call's small cache first (a chunk holds a handful of markets),
+         * then the caller's `slots` dict, then a new slot. */
+        unsigned long long hash = 1469598103934665603ULL;
+        for (Py_ssize_t b = 0; b < row.venue_len; b++) hash = (hash ^ (unsigned char)row.venue[b]) * 1099511628211ULL;
+        hash = (hash ^ 0xffu) * 1099511628211ULL;
+        for (Py_ssize_t b = 0; b < row.symbol_len; b++) hash = (hash ^ (unsigned char)row.symbol[b]) * 1099511628211ULL;
+        CacheEntry *entry = &cache[(hash ^ (hash >> 29)) & (CACHE_SIZE - 1)];
+        Py_ssize_t slot;
+        if (entry->venue != NULL && entry->venue_len == row.venue_len && entry->symbol_len == row.symbol_len
+            && memcmp(entry->venue, row.venue, (size_t)row.venue_len) == 0
+            && memcmp(entry->symbol, row.symbol, (size_t)row.symbol_len) == 0) {
+            slot = entry->slot;
+        } else {
+            slot = slot_of(&row, slots, markets, max_known, keybuf);
+            if (slot == -2) goto error;
+            if (slot == -1) goto decline;
+            entry->venue = row.venue;
+            entry->venue_len = row.venue_len;
+            entry->symbol = row.symbol;
+            entry->symbol_len = row.symbol_len;
+            entry->slot = slot;
+        }
+        if (last[slot] < 0) order[in_chunk++] = slot;
+        last[slot] = i;
+        last_ts[slot] = row.ts;
+    }
+
+    result = PyList_New(in_chunk);
+    if (result == NULL) goto error;
+    for (Py_ssize_t k = 0; k < in_chunk; k++) {
+        Py_ssize_t slot = order[k];
+        PyObject *item = Py_BuildValue("(Ond)", PyList_GET_ITEM(markets, slot), last[slot], last_ts[slot]);
+        if (item == NULL) {
+            Py_CLEAR(result);
+            goto error;
+        }
+        PyList_SET_ITEM(result, k, item);
+    }
+    PyMem_Free(last);
+    PyMem_Free(last_ts);
+    PyMem_Free(order);
+    return result;
+
+decline:
+    PyMem_Free(last);
+    PyMem_Free(last_ts);
+    PyMem_Free(order);
+    Py_RETURN_NONE;
+
+error:
+    PyMem_Free(last);
+    PyMem_Free(last_ts);
+    PyMem_Free(order);
+    return NULL;
+}
+
+static PyObject *recognize_one(PyObject *Py_UNUSED(module), PyObject *args) {
+    /* For the tests: (venue, symbol, ts) when one value is taken, else None. */
+    Py_buffer view;
+    double min_epoch, max_epoch;
+    if (!PyArg_ParseTuple(args, "y*dd", &view, &min_epoch, &max_epoch)) return NULL;
+    Row row;
+    int taken = view.len >= 1 && recognize(view.buf, view.len, min_epoch, max_epoch, &row);
+    PyObject *out;
+    if (taken)
+        out = Py_BuildValue("(s#s#d)", row.venue, row.venue_len, row.symbol, row.symbol_len, row.ts);
+    else
+        out = Py_NewRef(Py_None);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"newest_in_chunk", newest_in_chunk, METH_VARARGS,
+     "newest_in_chunk(values, fresher_than, limit, min_epoch, max_epoch, slots, markets, max_known)\n"
+     "Each market's newest rate in a chunk of plain funding-rate values, or None (see the source)."},
+    {"recognize_one", recognize_one, METH_VARARGS,
+     "recognize_one(value, min_epoch, max_epoch) -> (venue, symbol, ts) or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_fastfunding",
+    "The funding sensor's common chunk in one C pass (a conservative recognizer; see the source).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastfunding(void) { return PyModule_Create(&module_def); }
