@@ -19,8 +19,10 @@
  *     1..64 characters, `rate` a number, `interval_hours` a number > 0, `signature` absent or null;
  *     each of these at most once; any other key once or more, with a value of the kinds above
  *     (ignored, as the model ignores unknown fields);
- * and for the chunk: every `ts` is later than `fresher_than` and the `ts` never decrease in read
- * order (the Python path's "time order" case: per market, the last read is the newest).
+ * and for the chunk: every `ts` is later than `fresher_than`. Per market, the newest rate wins and
+ * a tie (equal times) goes to the later read, as in `NewestPerMarket`; a rate read after one of the
+ * same market that is newer by no more than SURELY_APART_S (their datetimes may be a tie, decided
+ * only by the Python path's exact comparison) declines the chunk.
  *
  * Numbers are converted with PyOS_string_to_double (correctly rounded, locale-independent), so a
  * `ts` is the same double msgspec and Python's json make of the same token.
@@ -39,6 +41,9 @@
 #define MAX_NUMBER_CHARS 32
 #define MAX_NAME 64
 #define MAX_EVENT_ID 128
+/* Two times further apart than this are ordered the same as doubles and as the events' datetimes
+ * (`triggers._SURELY_APART_S`, passed in and checked by the tests). */
+#define SURELY_APART_S 5e-6
 
 enum { F_SCHEMA = 1, F_EVENT_ID = 2, F_TS = 4, F_VENUE = 8, F_SYMBOL = 16, F_RATE = 32, F_INTERVAL = 64,
        F_SIGNATURE = 128 };
@@ -351,7 +356,6 @@ static PyObject *newest_in_chunk(PyObject *Py_UNUSED(module), PyObject *args) {
     for (Py_ssize_t s = 0; s <= max_known; s++) last[s] = -1;
     Py_ssize_t in_chunk = 0;
     PyObject *result = NULL;
-    double previous = -INFINITY;
     char keybuf[2 * MAX_NAME + 1];
     CacheEntry cache[CACHE_SIZE];
     memset(cache, 0, sizeof(cache));
@@ -363,8 +367,7 @@ static PyObject *newest_in_chunk(PyObject *Py_UNUSED(module), PyObject *args) {
         if (size < 1 || size > limit) goto decline;
         Row row;
         if (!recognize(PyBytes_AS_STRING(value), size, min_epoch, max_epoch, &row)) goto decline;
-        if (!(row.ts > fresher_than) || row.ts < previous) goto decline;
-        previous = row.ts;
+        if (!(row.ts > fresher_than)) goto decline;
 
         /* The market's slot: this call's small cache first (a chunk holds a handful of markets),
          * then the caller's `slots` dict, then a new slot. */
@@ -388,7 +391,17 @@ static PyObject *newest_in_chunk(PyObject *Py_UNUSED(module), PyObject *args) {
             entry->symbol_len = row.symbol_len;
             entry->slot = slot;
         }
-        if (last[slot] < 0) order[in_chunk++] = slot;
+        if (last[slot] < 0) {
+            order[in_chunk++] = slot;
+        } else if (row.ts < last_ts[slot]) {
+            /* Out of read order for this market. Clearly older: the held rate stays. Within
+             * SURELY_APART_S the events' datetimes (microseconds) may be a tie, which the later
+             * read would win: only the Python path compares those exactly. */
+            if (last_ts[slot] - row.ts <= SURELY_APART_S) goto decline;
+            continue;
+        }
+        /* Later or equal as a double: later or equal as a datetime too (fromtimestamp rounds
+         * monotonically), and a tie goes to the later read, this one. */
         last[slot] = i;
         last_ts[slot] = row.ts;
     }
@@ -453,4 +466,12 @@ static struct PyModuleDef module_def = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__fastfunding(void) { return PyModule_Create(&module_def); }
+PyMODINIT_FUNC PyInit__fastfunding(void) {
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) return NULL;
+    if (PyModule_AddObject(module, "SURELY_APART_S", PyFloat_FromDouble(SURELY_APART_S)) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

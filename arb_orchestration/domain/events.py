@@ -646,15 +646,16 @@ if not _fastfunding_constants_hold():
 class FundingChunkScan:
     """Each market's newest rate in a chunk of plain funding-rate values, in one C pass; or None.
 
-    The funding sensor's common chunk (every value a plain, fresh, unsigned rate,
-    read in time order) without a Python step per message: what `FundingScreen`
+    The funding sensor's common chunk (every value a plain, fresh, unsigned rate)
+    without a Python step per message: what `FundingScreen`
     followed by `NewestPerMarket.offer_fresh_rows` does for such a chunk, with the
     same outcome (the tests hold it to that, value by value and chunk by chunk).
     The C side (`_fastfunding.c`) is a conservative recognizer: it takes a value
     only in a plain flat-JSON shape it fully checks against the model's fields,
     and answers None for the whole chunk as soon as one value is anything else
     (an escape, a nested value, a field out of range, a rate older than
-    `fresher_than`, times out of read order, a market beyond `max_markets`...).
+    `fresher_than`, a market beyond `max_markets`, two rates of one market read
+    out of time order within a few microseconds...).
     None is never a verdict: the caller then takes the Python path, which
     decides and words every reason.
 

@@ -188,8 +188,10 @@ def _chunks(draw):
     ts = TS + draw(st.integers(0, 100))
     chunk = []
     for i in range(size):
-        step = draw(st.sampled_from([0, 0.001, 0.5, 1, 1, 2, -1, 0.000001]))
-        ts = round(ts + step, 6)
+        # Sub-microsecond steps too: two different doubles whose datetimes are the same microsecond.
+        step = draw(st.sampled_from([0, 0.001, 0.5, 1, 1, 2, -1, -0.5, 0.000001, -0.000001, -0.000004, -0.00001,
+                                     0.0000003, -0.0000003]))
+        ts = round(ts + step, 7)
         venue, symbol = draw(st.sampled_from(_MARKETS))
         chunk.append(ev.encode_event(funding(event_id=f"e{i}", ts=ts, venue=venue, symbol=symbol,
                                              mark_price=draw(st.sampled_from([1.5, 70000, 0])))))
@@ -244,7 +246,13 @@ def test_the_scanner_declines_whole_chunks_it_cannot_take():
     scan = FundingChunkScan()
     assert [(m, i) for m, i, _ in scan(plain, fresher_than=0.0)] == [(("hyperliquid", "ETH/USDT:USDT"), 3)]
     assert scan(plain, fresher_than=TS + 0.5) is None            # one is not later than the admission limit
-    assert scan(list(reversed(plain)), fresher_than=0.0) is None  # out of time order: the Python path sorts
+    # Out of read order: the newest still wins (index 3, read first here).
+    assert [(m, i) for m, i, _ in scan(list(reversed(plain)), fresher_than=0.0)] == [
+        (("hyperliquid", "ETH/USDT:USDT"), 0)]
+    # One market read out of time order within a few microseconds: only the Python path decides such near ties.
+    near = [_with(event_id="a", ts=TS + 0.000003), _with(event_id="b", ts=TS)]
+    assert scan(near, fresher_than=0.0) is None
+    assert scan([near[1], near[0]], fresher_than=0.0) is not None
     assert scan(plain + [None], fresher_than=0.0) is None
     assert scan(plain + [bytearray(plain[0])], fresher_than=0.0) is None
     assert scan(plain + [plain[0].decode()], fresher_than=0.0) is None
@@ -274,6 +282,9 @@ def test_a_chunk_beyond_the_tick_bound_is_refused_as_the_python_path_refuses_it(
 
 
 def test_the_scanner_keeps_its_field_checks_in_step_with_the_model():
+    from arb_orchestration.domain import _fastfunding, triggers
+
     assert ev._fastfunding_constants_hold()
+    assert _fastfunding.SURELY_APART_S == triggers._SURELY_APART_S
     with pytest.raises(EventRejected):
         parse_event("funding-rate-events", _with(interval_hours=0))
