@@ -97,3 +97,35 @@ def test_sensor_throughput_judges_against_the_fastest_plain_reader_never_the_cei
     assert summary["best_raw"] == "raw-batch@1000+sensor-client"
     assert summary["ratio_vs_raw"] == pytest.approx(0.125)
     assert summary["sensors"]["sensor"]["ratio_vs_poll"] == pytest.approx(0.5)
+
+
+def test_sensor_throughput_python_path_sensor_is_the_sensor_with_its_scanner_off(capsys):
+    from arb_orchestration.domain.events import encode_event
+
+    bench = _load("sensor_throughput")
+
+    def scanner_of(sensor):
+        [evaluator] = [c.cell_contents for c in sensor._raw_fn.__closure__ if hasattr(c.cell_contents, "scan")]
+        return evaluator.scan
+
+    chunk = [encode_event({"schema_version": 1, "event_id": f"e{i}", "ts": 1772366400 + i, "venue": "okx",
+                           "symbol": "BTC/USDT:USDT", "rate": 1e-5, "interval_hours": 8}) for i in range(3)]
+    shipped, _settings = bench.build_funding_sensor("bench-smoke-")
+    assert scanner_of(shipped)(chunk, fresher_than=0.0) is not None
+    assert scanner_of(bench.python_path_sensor("bench-smoke-"))(chunk, fresher_than=0.0) is None
+    # Neither the scan-only ceiling nor the python-path sensor is a plain baseline; the table names both.
+    passes = [
+        bench.Pass("raw", 100, 1.0), bench.Pass("raw-batch@500", 100, 0.5), bench.Pass("raw+json", 100, 2.0),
+        bench.Pass("validate-only@500", 100, 0.8), bench.Pass("scan-only@500", 100, 0.1),
+        bench.Pass("sensor", 100, 0.8, ticks=1, run_requests=1, extra={"cursor_bytes": 10}),
+        bench.Pass("sensor-python-path", 100, 1.6, ticks=1, run_requests=1, extra={"cursor_bytes": 10}),
+    ]
+    summary = bench.summarize(passes)
+    assert summary["best_raw"] == "raw-batch@500" and summary["ratio_vs_raw"] == pytest.approx(0.625)
+    assert summary["sensors"]["sensor-python-path"]["ratio_vs_raw"] == pytest.approx(0.3125)
+    memory = {"events": 100, "ticks": 1, "maxrss_before_kb": 1, "maxrss_after_kb": 1, "rss_before_kb": 1,
+              "rss_after_kb": 1, "tracemalloc_peak": 1, "traced_events": 100, "traced_ticks": 1}
+    bench.print_summary({"events": 100, "partitions": 1, "max_messages": 50, "summary": summary, "memory": memory})
+    out = capsys.readouterr().out
+    assert "scan-only@500 = 5.000 of the best raw" in out
+    assert "sensor / sensor-python-path = 2.00x" in out
