@@ -20,6 +20,8 @@ ESCALATED = "escalated"
 COMPENSATION_FAILED = "compensation_failed"
 TOO_NEW = "too_new"
 NEEDS_PERSON = (ESCALATED, COMPENSATION_FAILED, TOO_NEW)
+# A compensation began and has not finished (deferred, or its run died inside it): the sweep carries it on.
+COMPENSATING = "compensating"
 WHY_WIDTH = 100  # characters of "why" on a `list` line (--json has it whole)
 DEFAULT_SCAN_RUNS = 500  # newest saga runs read to find sagas (failed/canceled ones without --all)
 
@@ -90,6 +92,22 @@ def _one_line(text: str, width: int = WHY_WIDTH) -> str:
     return flat if len(flat) <= width else flat[: width - 1].rstrip() + "…"
 
 
+def _unfinished_why(step: Any) -> str:
+    """Why a step's compensation counts as unfinished: its deferral (when, why) or its last progress note."""
+    from arb_orchestration.saga.engine import DEFERRED_SINCE, MAX_COMPENSATION_DEFERRAL_SECONDS
+
+    deferral = next((n for n in step.compensation_progress if DEFERRED_SINCE in n), None)
+    if deferral is not None:
+        try:
+            at = datetime.fromtimestamp(float(deferral[DEFERRED_SINCE]), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        except (TypeError, ValueError, OverflowError, OSError):
+            at = "?"
+        return (f"compensation of {step.name} deferred since {at} UTC ({deferral.get('why', '?')}): the recovery "
+                f"sweep tries again; still deferred {MAX_COMPENSATION_DEFERRAL_SECONDS:g} s after that, it fails")
+    return (f"compensation of {step.name} began and has not finished (last note: "
+            f"{_one_line(step.compensation_progress[-1], 80)}): the recovery sweep carries it on")
+
+
 def _last(records: Sequence[Any], kind: Any) -> Any:
     return next((r for r in reversed(records) if r.kind == kind), None)
 
@@ -143,6 +161,11 @@ def summarize(saga_id: str, records: Sequence[Any], runs: Sequence[Mapping[str, 
                    rec.run_id)
     if running:
         return out("running", newest_ts, f"run in progress: {in_progress}")
+    unfinished = [s for s in state.steps.values() if s.compensation_progress and not s.compensated]
+    if unfinished:
+        # A compensation noted progress (or its deferral) and recorded no `step_compensated` since: it has not
+        # finished, whatever the runs say. Recovery carries it on (decide -> COMPENSATE); not rolled back yet.
+        return out(COMPENSATING, newest_ts, "; ".join(_unfinished_why(s) for s in unfinished))
     if state.compensation_began:
         done = [s.name for s in state.steps.values() if s.compensated]
         return out("rolled_back", newest_ts, f"compensated: {', '.join(done) or 'nothing needed undoing'}")
