@@ -291,8 +291,26 @@ typedef struct {
     Py_ssize_t slot;
 } CacheEntry;
 
+/* A slot found in `slots`: >= 0, or -2 (error set) when it is not an index of `markets` or of this
+ * call's arrays (`max_known` + 1 long). */
+static Py_ssize_t checked_slot(PyObject *slot_obj, PyObject *markets, Py_ssize_t max_known) {
+    Py_ssize_t slot = PyLong_AsSsize_t(slot_obj);
+    if (slot == -1 && PyErr_Occurred()) return -2;
+    if (slot < 0 || slot >= PyList_GET_SIZE(markets) || slot > max_known) {
+        PyErr_SetString(PyExc_ValueError, "newest_in_chunk: a slot outside markets");
+        return -2;
+    }
+    return slot;
+}
+
 /* The slot of row's market in `slots`/`markets`, added when new: >= 0; -1 when it would be one
- * more than `max_known` (decline); -2 on an error (set). */
+ * more than `max_known` (decline); -2 on an error (set).
+ *
+ * Building the market's tuple may run the garbage collector and so Python code (finalizers, gc
+ * callbacks), during which another thread or a nested call may add markets to the same
+ * `slots`/`markets`. So the tuple is built first; the key is then looked up again and the new
+ * slot taken from the list's size only right before it is appended and recorded, with no
+ * allocation in between that could run Python code (an int and a list/dict resize do not). */
 static Py_ssize_t slot_of(const Row *row, PyObject *slots, PyObject *markets, Py_ssize_t max_known, char *keybuf) {
     memcpy(keybuf, row->venue, (size_t)row->venue_len);
     keybuf[row->venue_len] = '\0';
@@ -300,31 +318,58 @@ static Py_ssize_t slot_of(const Row *row, PyObject *slots, PyObject *markets, Py
     PyObject *key = PyBytes_FromStringAndSize(keybuf, row->venue_len + 1 + row->symbol_len);
     if (key == NULL) return -2;
     Py_ssize_t slot;
-    PyObject *slot_obj = PyDict_GetItemWithError(slots, key); /* borrowed */
+    PyObject *market = NULL;
+    PyObject *slot_obj = PyDict_GetItemWithError(slots, key); /* borrowed, used at once */
     if (slot_obj != NULL) {
-        slot = PyLong_AsSsize_t(slot_obj);
-        if (slot == -1 && PyErr_Occurred()) {
-            slot = -2;
-        } else if (slot < 0 || slot >= PyList_GET_SIZE(markets)) {
-            PyErr_SetString(PyExc_ValueError, "newest_in_chunk: a slot outside markets");
-            slot = -2;
-        }
-    } else if (PyErr_Occurred()) {
-        slot = -2;
-    } else {
-        slot = PyList_GET_SIZE(markets);
-        if (slot >= max_known) {
-            slot = -1;
-        } else {
-            PyObject *market = Py_BuildValue("(s#s#)", row->venue, row->venue_len, row->symbol, row->symbol_len);
-            PyObject *slot_new = market ? PyLong_FromSsize_t(slot) : NULL;
-            if (market == NULL || slot_new == NULL || PyList_Append(markets, market) < 0
-                || PyDict_SetItem(slots, key, slot_new) < 0)
-                slot = -2;
-            Py_XDECREF(market);
-            Py_XDECREF(slot_new);
-        }
+        slot = checked_slot(slot_obj, markets, max_known);
+        goto done;
     }
+    if (PyErr_Occurred()) {
+        slot = -2;
+        goto done;
+    }
+    if (PyList_GET_SIZE(markets) >= max_known) {
+        slot = -1;
+        goto done;
+    }
+    market = Py_BuildValue("(s#s#)", row->venue, row->venue_len, row->symbol, row->symbol_len);
+    if (market == NULL) {
+        slot = -2;
+        goto done;
+    }
+    /* From here to the end: nothing that can run Python code. */
+    slot_obj = PyDict_GetItemWithError(slots, key);
+    if (slot_obj != NULL) { /* added meanwhile */
+        slot = checked_slot(slot_obj, markets, max_known);
+        goto done;
+    }
+    if (PyErr_Occurred()) {
+        slot = -2;
+        goto done;
+    }
+    slot = PyList_GET_SIZE(markets);
+    if (slot >= max_known) {
+        slot = -1;
+        goto done;
+    }
+    PyObject *slot_new = PyLong_FromSsize_t(slot);
+    if (slot_new == NULL) {
+        slot = -2;
+        goto done;
+    }
+    if (PyList_Append(markets, market) < 0) {
+        slot = -2;
+    } else if (PyDict_SetItem(slots, key, slot_new) < 0) {
+        /* Keep `slots` and `markets` in step: take the market back out. */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        (void)PyList_SetSlice(markets, slot, slot + 1, NULL);
+        PyErr_Restore(type, value, traceback);
+        slot = -2;
+    }
+    Py_DECREF(slot_new);
+done:
+    Py_XDECREF(market);
     Py_DECREF(key);
     return slot;
 }
@@ -410,7 +455,15 @@ static PyObject *newest_in_chunk(PyObject *Py_UNUSED(module), PyObject *args) {
     if (result == NULL) goto error;
     for (Py_ssize_t k = 0; k < in_chunk; k++) {
         Py_ssize_t slot = order[k];
-        PyObject *item = Py_BuildValue("(Ond)", PyList_GET_ITEM(markets, slot), last[slot], last_ts[slot]);
+        /* A strong reference before building the item (which may run Python code). */
+        PyObject *market = slot < PyList_GET_SIZE(markets) ? PyList_GET_ITEM(markets, slot) : NULL;
+        if (market == NULL) {
+            PyErr_SetString(PyExc_ValueError, "newest_in_chunk: markets changed during the call");
+            Py_CLEAR(result);
+            goto error;
+        }
+        Py_INCREF(market);
+        PyObject *item = Py_BuildValue("(Nnd)", market, last[slot], last_ts[slot]);
         if (item == NULL) {
             Py_CLEAR(result);
             goto error;

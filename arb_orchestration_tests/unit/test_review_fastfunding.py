@@ -1,0 +1,74 @@
+"""Review of the funding sensor's C chunk scanner (`domain/_fastfunding.c`): defects found, held by tests.
+
+Each test here failed on the scanner as first committed (10e6b57) and names what it guards.
+"""
+
+from __future__ import annotations
+
+import gc
+
+from arb_orchestration.domain import events as ev
+from arb_orchestration.domain.events import FundingChunkScan
+from arb_orchestration_tests.unit.test_events import funding
+
+TS = 1772366400
+
+
+def _value(venue: str, ts: float = TS) -> bytes:
+    return ev.encode_event(funding(venue=venue, ts=ts))
+
+
+def _consistent(scan: FundingChunkScan) -> bool:
+    """The scanner's market memory: `slots[b"venue\\0symbol"]` is the index of that market in `markets`."""
+    if len(scan._slots) != len(scan._markets):
+        return False
+    return all(scan._markets[slot] == tuple(key.decode().split("\0")) for key, slot in scan._slots.items())
+
+
+def test_a_market_added_while_the_scanner_is_inside_a_call_does_not_take_its_slot():
+    # Adding a market allocates a tuple, which may run the garbage collector, and with it Python code
+    # (finalizers, gc callbacks): another thread's tick, or this one, may scan with the same memory
+    # meanwhile. The scanner read its new slot number before that allocation, so the market added
+    # meanwhile got the same slot: the value of venue "a" was reported as venue "b" (a hedge decided
+    # on the wrong market's rate), and `slots` kept pointing "a" at "b".
+    from arb_orchestration.domain import _fastfunding
+
+    outcomes = []
+    old_threshold = gc.get_threshold()
+    try:
+        for junk_count in range(4):
+            scan = FundingChunkScan()
+            inner: list = []
+            armed: list = []
+
+            def callback(phase, _info, scan=scan, inner=inner, armed=armed):
+                if phase == "start" and armed and not inner:
+                    inner.append(scan([_value("b", TS + 1)], fresher_than=0.0))
+
+            args = ([_value("a")], 0.0, ev._screen_limit(ev.DEFAULT_MAX_EVENT_BYTES), float(ev._MIN_EPOCH_S),
+                    float(ev._MAX_EPOCH_S), scan._slots, scan._markets, scan.max_markets)
+            gc.callbacks.append(callback)
+            try:
+                gc.collect()
+                gc.set_threshold(1)
+                # Each allocation moves the young generation's count 0 -> 1 -> (collect) 0 ..., so over
+                # the trials a collection runs at the scanner's first allocation in one of them.
+                junk = []
+                for _ in range(junk_count):
+                    junk.append([])
+                armed.append(True)
+                outer = _fastfunding.newest_in_chunk(*args)
+            finally:
+                gc.set_threshold(*old_threshold)
+                gc.callbacks.remove(callback)
+            del junk
+            outcomes.append((junk_count, outer, inner, list(scan._markets), dict(scan._slots)))
+            assert outer is not None
+            assert [market for market, _, _ in outer] == [("a", "ETH/USDT:USDT")], outcomes[-1]
+            if inner and inner[0] is not None:
+                assert [market for market, _, _ in inner[0]] == [("b", "ETH/USDT:USDT")], outcomes[-1]
+            assert _consistent(scan), outcomes[-1]
+    finally:
+        gc.set_threshold(*old_threshold)
+    # The test is only worth something if a collection did run inside one of the calls.
+    assert any(inner for _, _, inner, _, _ in outcomes), outcomes
