@@ -504,33 +504,20 @@ class NewestPerMarket:
 
     def _offer_winners(self, winners: dict[Any, int], epochs: list[float], items: list[Any]) -> bool:
         """Offer each market's newest rate of a chunk (`winners`: market -> its index); False at the bound."""
-        held_by_market = self._held
-        cap = self.max_markets
-        # Every market of the chunk is a key of `winners` (a handful), so the bound is checked on it.
-        if cap is not None and len(held_by_market) + len(winners) > cap:
-            if len(held_by_market) + sum(1 for key in winners if key not in held_by_market) > cap:
-                return False
-        base = self.offered
-        for key, index in winners.items():
-            held = held_by_market.get(key)
-            epoch_seconds = epochs[index]
-            if held is None:
-                held_by_market[key] = [epoch_seconds, None, items[index], base + index]
-            elif _is_newer_or_tie(epoch_seconds, None, held):
-                held[0], held[1], held[2], held[3] = epoch_seconds, None, items[index], base + index
-        self.offered = base + len(epochs)
-        return True
+        return self.offer_scanned([(key, index, epochs[index]) for key, index in winners.items()], items)
 
     def offer_scanned(self, winners: list[tuple[Any, int, float]], items: list[Any]) -> bool:
-        """Offer a chunk that `domain.events.FundingChunkScan` took whole (`items`: the chunk's messages).
+        """Offer each market's newest rate of a chunk (`items`: the chunk's messages) in one go.
 
-        `winners`: per market of the chunk, `(market, index of its newest rate, its ts)` in the
-        order the markets first appear. The same outcome as `offer_fresh_rows` on that chunk's
-        rows (which the scan took only in read order and later than the admission limit); False,
-        and nothing offered, when the chunk holds a market beyond `max_markets`.
+        `winners`: per market of the chunk, `(market, index of its newest rate, its ts)`, as
+        `domain.events.FundingChunkScan` answers for a chunk it took whole (every rate later than
+        the admission limit) and `offer_fresh_rows` finds for one it takes. Only the winners are
+        compared with what is held; every rate of the chunk counts as offered. False, and nothing
+        offered, when the chunk holds a market beyond `max_markets`.
         """
         held_by_market = self._held
         cap = self.max_markets
+        # Every market of the chunk is a winner (a handful), so the bound is checked on them.
         if cap is not None and len(held_by_market) + len(winners) > cap:
             if len(held_by_market) + sum(1 for key, _, _ in winners if key not in held_by_market) > cap:
                 return False

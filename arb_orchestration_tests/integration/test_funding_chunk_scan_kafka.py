@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -82,6 +83,14 @@ def _rates(count: int, start: float) -> list[dict]:
     return rates
 
 
+def _both_sensors_read(setup: Setup, values: list) -> tuple[Any, Any, dict[str, int]]:
+    """Publish `values`, then one tick of the shipped sensor and one of the scanner-off sensor from the start."""
+    setup.publish(setup.topics.funding, *values)
+    shipped, python_path = setup.funding_sensor, _python_path_sensor(setup)
+    counts = _counting_scan(shipped)
+    return setup.tick(shipped, None), setup.tick(python_path, None), counts
+
+
 def _outcome(result) -> tuple:
     cursor = json.loads(result.cursor)
     hedged = {market: (entry.get("rate"), entry.get("event_id")) for market, entry in cursor.get("hedged", {}).items()}
@@ -92,12 +101,7 @@ def _outcome(result) -> tuple:
 
 def test_clean_rates_are_scanned_in_c_with_the_python_paths_outcome(setup):
     topic = setup.topics.funding
-    setup.publish(topic, *_rates(3000, time.time() - 20))
-    shipped, python_path = setup.funding_sensor, _python_path_sensor(setup)
-    counts = _counting_scan(shipped)
-
-    fast = setup.tick(shipped, None)
-    slow = setup.tick(python_path, None)
+    fast, slow, counts = _both_sensors_read(setup, _rates(3000, time.time() - 20))
 
     assert _outcome(fast) == _outcome(slow)
     assert offsets(fast) == {f"{topic}/0": 3000}
@@ -112,12 +116,7 @@ def test_bad_messages_among_rates_are_parked_either_way(setup):
     rates[100] = b"{not json"
     rates[150] = json.dumps({**json.loads(rates[150]), "interval_hours": 0}).encode()
     rates[200] = json.dumps({**json.loads(rates[200]), "note": {"nested": True}}).encode()  # valid: nested extra
-    setup.publish(topic, *rates)
-    shipped, python_path = setup.funding_sensor, _python_path_sensor(setup)
-    counts = _counting_scan(shipped)
-
-    fast = setup.tick(shipped, None)
-    slow = setup.tick(python_path, None)
+    fast, slow, counts = _both_sensors_read(setup, rates)
 
     assert _outcome(fast) == _outcome(slow)
     assert offsets(fast) == {f"{topic}/0": 2000}
