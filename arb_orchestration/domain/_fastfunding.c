@@ -291,27 +291,29 @@ typedef struct {
     Py_ssize_t slot;
 } CacheEntry;
 
-/* A slot found in `slots`: >= 0, or -2 (error set) when it is not an index of `markets` or of this
- * call's arrays (`max_known` + 1 long). */
-static Py_ssize_t checked_slot(PyObject *slot_obj, PyObject *markets, Py_ssize_t max_known) {
+/* A slot found in `slots`: >= 0; -2 (error set) when it is not an index of `markets`; -1 (decline)
+ * when it is beyond this call's arrays (`span` long: a market added by another caller during this
+ * call). */
+static Py_ssize_t checked_slot(PyObject *slot_obj, PyObject *markets, Py_ssize_t span) {
     Py_ssize_t slot = PyLong_AsSsize_t(slot_obj);
     if (slot == -1 && PyErr_Occurred()) return -2;
-    if (slot < 0 || slot >= PyList_GET_SIZE(markets) || slot > max_known) {
+    if (slot < 0 || slot >= PyList_GET_SIZE(markets)) {
         PyErr_SetString(PyExc_ValueError, "newest_in_chunk: a slot outside markets");
         return -2;
     }
-    return slot;
+    return slot >= span ? -1 : slot;
 }
 
 /* The slot of row's market in `slots`/`markets`, added when new: >= 0; -1 when it would be one
- * more than `max_known` (decline); -2 on an error (set).
+ * more than `max_known`, or is beyond this call's arrays (`span` long) (decline); -2 on an error (set).
  *
  * Building the market's tuple may run the garbage collector and so Python code (finalizers, gc
  * callbacks), during which another thread or a nested call may add markets to the same
  * `slots`/`markets`. So the tuple is built first; the key is then looked up again and the new
  * slot taken from the list's size only right before it is appended and recorded, with no
  * allocation in between that could run Python code (an int and a list/dict resize do not). */
-static Py_ssize_t slot_of(const Row *row, PyObject *slots, PyObject *markets, Py_ssize_t max_known, char *keybuf) {
+static Py_ssize_t slot_of(const Row *row, PyObject *slots, PyObject *markets, Py_ssize_t max_known, Py_ssize_t span,
+                          char *keybuf) {
     memcpy(keybuf, row->venue, (size_t)row->venue_len);
     keybuf[row->venue_len] = '\0';
     memcpy(keybuf + row->venue_len + 1, row->symbol, (size_t)row->symbol_len);
@@ -321,14 +323,14 @@ static Py_ssize_t slot_of(const Row *row, PyObject *slots, PyObject *markets, Py
     PyObject *market = NULL;
     PyObject *slot_obj = PyDict_GetItemWithError(slots, key); /* borrowed, used at once */
     if (slot_obj != NULL) {
-        slot = checked_slot(slot_obj, markets, max_known);
+        slot = checked_slot(slot_obj, markets, span);
         goto done;
     }
     if (PyErr_Occurred()) {
         slot = -2;
         goto done;
     }
-    if (PyList_GET_SIZE(markets) >= max_known) {
+    if (PyList_GET_SIZE(markets) >= max_known || PyList_GET_SIZE(markets) >= span) {
         slot = -1;
         goto done;
     }
@@ -340,7 +342,7 @@ static Py_ssize_t slot_of(const Row *row, PyObject *slots, PyObject *markets, Py
     /* From here to the end: nothing that can run Python code. */
     slot_obj = PyDict_GetItemWithError(slots, key);
     if (slot_obj != NULL) { /* added meanwhile */
-        slot = checked_slot(slot_obj, markets, max_known);
+        slot = checked_slot(slot_obj, markets, span);
         goto done;
     }
     if (PyErr_Occurred()) {
@@ -348,7 +350,7 @@ static Py_ssize_t slot_of(const Row *row, PyObject *slots, PyObject *markets, Py
         goto done;
     }
     slot = PyList_GET_SIZE(markets);
-    if (slot >= max_known) {
+    if (slot >= max_known || slot >= span) {
         slot = -1;
         goto done;
     }
@@ -388,17 +390,22 @@ static PyObject *newest_in_chunk(PyObject *Py_UNUSED(module), PyObject *args) {
         return NULL;
     }
     if (max_known < known) max_known = known;
-    /* Per slot: the last index read in this chunk (-1: not in it), and the markets in first-seen order. */
-    Py_ssize_t *last = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(max_known + 1));
-    double *last_ts = PyMem_Malloc(sizeof(double) * (size_t)(max_known + 1));
-    Py_ssize_t *order = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(max_known + 1));
+    /* Per slot: the last index read in this chunk (-1: not in it), and the markets in first-seen order.
+     * A call adds at most `count` markets, so `known + count` slots (not `max_known`, which may be
+     * anything up to PY_SSIZE_T_MAX) bound the arrays; both are list sizes, so the sum cannot overflow. */
+    Py_ssize_t span = known + count;
+    if (span > max_known) span = max_known;
+    if (span < known) span = known;
+    Py_ssize_t *last = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(span + 1));
+    double *last_ts = PyMem_Malloc(sizeof(double) * (size_t)(span + 1));
+    Py_ssize_t *order = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(span + 1));
     if (last == NULL || last_ts == NULL || order == NULL) {
         PyMem_Free(last);
         PyMem_Free(last_ts);
         PyMem_Free(order);
         return PyErr_NoMemory();
     }
-    for (Py_ssize_t s = 0; s <= max_known; s++) last[s] = -1;
+    for (Py_ssize_t s = 0; s < span; s++) last[s] = -1;
     Py_ssize_t in_chunk = 0;
     PyObject *result = NULL;
     char keybuf[2 * MAX_NAME + 1];
@@ -427,7 +434,7 @@ static PyObject *newest_in_chunk(PyObject *Py_UNUSED(module), PyObject *args) {
             && memcmp(entry->symbol, row.symbol, (size_t)row.symbol_len) == 0) {
             slot = entry->slot;
         } else {
-            slot = slot_of(&row, slots, markets, max_known, keybuf);
+            slot = slot_of(&row, slots, markets, max_known, span, keybuf);
             if (slot == -2) goto error;
             if (slot == -1) goto decline;
             entry->venue = row.venue;
