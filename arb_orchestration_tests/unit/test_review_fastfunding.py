@@ -94,3 +94,44 @@ def test_a_large_markets_bound_neither_crashes_nor_allocates_for_it():
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     expected = str([(("a", "ETH/USDT:USDT"), 2, float(TS + 2)), (("b", "ETH/USDT:USDT"), 1, float(TS + 1))])
     assert done.stdout.splitlines() == [expected] * 3
+
+
+# ------------------------------------------------------------------ chunks, against the rule itself
+#
+# test_funding_chunk_scan compares `offer_scanned` with `offer_fresh_rows`, which since 84a662c goes
+# through `offer_scanned` itself; this holds one scanner, kept across chunks as the sensor keeps it,
+# to the rule as `NewestPerMarket.offer` states it for parsed events (exact datetimes, rate by rate).
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from arb_orchestration.domain.events import parse_event  # noqa: E402
+from arb_orchestration.domain.triggers import NewestPerMarket  # noqa: E402
+from arb_orchestration_tests.unit.test_funding_chunk_scan import _chunks  # noqa: E402
+
+
+def _held(newest: NewestPerMarket):
+    return sorted((key, held[2], held[3]) for key, held in newest._held.items()), newest.offered, newest.newest()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_chunks(), min_size=1, max_size=4), st.sampled_from([None, 2, 3, 10]))
+def test_chunks_the_scanner_takes_end_as_rate_by_rate_offers_of_the_parsed_events(chunks, max_markets):
+    scan = FundingChunkScan()
+    scanned, reference = NewestPerMarket(max_markets=max_markets), NewestPerMarket(max_markets=max_markets)
+    for chunk in chunks:
+        winners = scan(chunk, fresher_than=0.0)
+        if winners is None:
+            continue  # the Python path's; keep both sides as they are
+        trial = NewestPerMarket(max_markets=max_markets)
+        trial._held = {key: list(held) for key, held in reference._held.items()}
+        trial.offered = reference.offered
+        fits = all(trial.offer(parse_event("funding-rate-events", value), value) for value in chunk)
+        before = _held(scanned)
+        taken = scanned.offer_scanned(winners, chunk)
+        assert taken is fits
+        if taken:
+            reference = trial
+            assert _held(scanned) == _held(reference)
+        else:
+            assert _held(scanned) == before
