@@ -38,6 +38,14 @@
 #include <math.h>
 #include <string.h>
 
+#include <float.h>
+
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+#define FAST_PATH_ROUNDS_ONCE 1
+#else
+#define FAST_PATH_ROUNDS_ONCE 0
+#endif
+
 #define MAX_NUMBER_CHARS 32
 #define MAX_NAME 64
 #define MAX_EVENT_ID 128
@@ -159,7 +167,9 @@ static inline const char *scan_number(const char *p, const char *end, int conver
     static const double powers[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
                                     1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
     int e10 = shift + exponent;
-    if (exact && mantissa <= (1ULL << 53) && e10 >= -22 && e10 <= 22) {
+    /* Only where a double operation is one IEEE double rounding (not x87's extended precision,
+     * which would round twice): elsewhere PyOS_string_to_double converts every number. */
+    if (FAST_PATH_ROUNDS_ONCE && exact && mantissa <= (1ULL << 53) && e10 >= -22 && e10 <= 22) {
         double value = (double)mantissa;
         value = e10 < 0 ? value / powers[-e10] : value * powers[e10];
         *out = *negative ? -value : value;
