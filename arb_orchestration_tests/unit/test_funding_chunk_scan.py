@@ -31,6 +31,19 @@ def test_the_extension_is_built():
     assert ev.FAST_CHUNK_SCAN, "arb_orchestration.domain._fastfunding was not built (is a C compiler installed?)"
 
 
+def test_the_built_extension_is_not_older_than_its_source():
+    # An editable install builds the .so in place; after a pull that changed the .c, only `make`
+    # (or `pip install -e .`) rebuilds it, and tests would silently run the old C.
+    from pathlib import Path
+
+    from arb_orchestration.domain import _fastfunding
+
+    built, source = Path(_fastfunding.__file__), Path(ev.__file__).with_name("_fastfunding.c")
+    if built.parent == source.parent:  # in place (editable); an installed wheel was built from its own copy
+        assert built.stat().st_mtime >= source.stat().st_mtime, (
+            f"{built.name} is older than _fastfunding.c: rebuild with `make install` or `pip install -e .`")
+
+
 def _taken_by_python(data) -> tuple[str, str, float] | None:
     """What the Python path makes of one value: (venue, symbol, ts) of a plain rate, else None."""
     row = ev.screen_funding_rates([data])[0]

@@ -459,7 +459,7 @@ class _EventSensor:
     def _take_funding(self, context, tick: _Tick, batch: list[Any], signing_key: str | None, read: Any) -> int:
         """Funding: park what is bad, keep the newest admitted rate per market; returns messages handled.
 
-        Most messages are valid, unsigned, fresh rates, read in time order:
+        Most messages are valid, unsigned, fresh rates:
         `FundingChunkScan` (C, `domain/_fastfunding.c`) takes such a chunk whole in
         one pass and names each market's newest rate (`offer_scanned`); it
         declines a chunk with anything else in it, which then goes on as follows.
