@@ -219,13 +219,29 @@ def blocking_sagas(states: Iterable[SagaState], *, since: float) -> list[SagaInF
     return sorted(out, key=lambda s: (s.last_activity, s.saga_id))
 
 
+# Runs read per query. Every page is read: a saga behind the first page (many quick "nothing to move" runs
+# since) must still block the next plan (`legs_in_flight`) and count towards the per-day limit.
+_RUNS_PAGE = 1000
+
+
+def _runs_of_job(instance: "DagsterInstance", *, job_name: str, updated_after: datetime) -> Iterable[Any]:
+    """Every run of `job_name` updated after `updated_after`, newest first, page by page."""
+    cursor = None
+    while True:
+        page = instance.get_runs(filters=RunsFilter(job_name=job_name, updated_after=updated_after), cursor=cursor,
+                                 limit=_RUNS_PAGE)
+        yield from page
+        if len(page) < _RUNS_PAGE:
+            return
+        cursor = page[-1].run_id
+
+
 def _rebalance_states(instance: "DagsterInstance", *, updated_after: datetime, exclude_saga: str | None,
                       job_name: str) -> list[SagaState]:
-    runs = instance.get_runs(filters=RunsFilter(job_name=job_name, updated_after=updated_after), limit=1000)
     log = InstanceSagaLog(instance)
     seen: set[str] = set()
     out: list[SagaState] = []
-    for run in runs:
+    for run in _runs_of_job(instance, job_name=job_name, updated_after=updated_after):
         saga_id = saga_id_for_run(run, instance.get_run_by_id)
         if saga_id in seen or saga_id == exclude_saga:
             continue
