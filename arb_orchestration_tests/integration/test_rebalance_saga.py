@@ -194,6 +194,7 @@ def test_deficits_are_covered_by_a_withdrawal_and_a_wise_payout_and_verified(sho
     run = instance.get_run_by_id(result.run_id)
     # The max runtime leaves room for a Wise leg parked for a person (1 h + the default 4 h wait).
     assert run.tags["arb/saga"] == "auto_rebalance" and run.tags["dagster/max_runtime"] == str(3600 + 4 * 3600)
+    assert run.tags["arb/rebalance_moves"] == "2"  # later plans read this saga's log (its legs count)
     # The UI: per-step metadata (ids, amounts) and the markdown summary of the executed plan.
     assert _engine_metadata(instance, result.run_id, "commit_transfers", "withdrawal_ids").value == [_withdrawals(world)[0].id]
     summary = _engine_metadata(instance, result.run_id, "verify_balances", "summary").value
@@ -217,6 +218,7 @@ def test_a_balanced_world_moves_nothing(world, instance):
     assert state.step("plan_rebalance").result["transfers"] == []
     assert state.step("verify_balances").result["skipped"] == "nothing to move"
     assert _books(world) == books
+    assert instance.get_run_by_id(result.run_id).tags["arb/rebalance_moves"] == "0"  # later plans skip its log
 
 
 def test_dry_run_with_a_trigger_plans_reports_and_moves_nothing(short, instance):
@@ -230,6 +232,7 @@ def test_dry_run_with_a_trigger_plans_reports_and_moves_nothing(short, instance)
     plan = InstanceSagaLog(instance).load(result.run_id).step("plan_rebalance").result
     assert plan["dry_run"] and len(plan["transfers"]) == 2 and plan["trigger"]["event_id"] == "evt-1"
     assert _books(world) == books
+    assert instance.get_run_by_id(result.run_id).tags["arb/rebalance_moves"] == "0"  # a dry run moves nothing
 
 
 # ----------------------------------------------------------------------------- refusals before anything moves

@@ -196,6 +196,9 @@ class FakeJournal:
     def report(self, step, message, metadata):
         self.reports.append((step, message, metadata))
 
+    def tag_run(self, tags):
+        self.tags = {**getattr(self, "tags", {}), **tags}
+
 
 class FakeMail:
     def __init__(self):

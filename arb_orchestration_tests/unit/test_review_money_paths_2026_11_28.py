@@ -108,3 +108,66 @@ def test_the_pages_follow_a_real_instance_cursor_newest_first(monkeypatch):
         since = datetime.now(timezone.utc) - timedelta(hours=1)
         got = [r.run_id for r in journal._runs_of_job(instance, job_name=JOB, updated_after=since)]
     assert got == list(reversed(ids))
+
+
+# --------------------------------------------------------------------------- reading every page, cheaply
+#
+# Reading every run (above) made the journal read the log of every rebalance saga of the window; most of them
+# planned nothing. The plan step tags its run with how many transfers it moves; sagas whose runs all say "0"
+# are not read (their plan is empty or dry: no legs in flight, no usage).
+
+
+def _tagged(run_id: str, moves: str | None) -> DagsterRun:
+    tags = {} if moves is None else {journal.PLANNED_MOVES_TAG: moves}
+    return DagsterRun(job_name=JOB, run_id=run_id, status=DagsterRunStatus.SUCCESS, tags=tags)
+
+
+def test_sagas_whose_plan_moved_nothing_are_not_read_and_the_answer_is_the_same(many_runs, log, monkeypatch):
+    untagged = journal.sagas_with_legs_in_flight(many_runs, lookback_seconds=DEFAULT_IN_FLIGHT_LOOKBACK_SECONDS)
+    usage = journal.usage_today(many_runs)
+    # The 1,000 newer runs planned nothing: tag them as the plan step now does; saga-1 (legs in flight) untagged.
+    many_runs.runs = [_tagged(r.run_id, "0") if r.run_id != "saga-1" else r for r in many_runs.runs]
+    read: list[str] = []
+    real_load = log.load
+    monkeypatch.setattr(log, "load", lambda saga_id: read.append(saga_id) or real_load(saga_id))
+
+    assert journal.sagas_with_legs_in_flight(many_runs, lookback_seconds=DEFAULT_IN_FLIGHT_LOOKBACK_SECONDS) == untagged
+    assert journal.usage_today(many_runs) == usage
+    assert read == ["saga-1", "saga-1"], "only the saga that may have moved money is read (once per question)"
+
+
+def test_a_saga_with_any_run_not_saying_zero_is_read(monkeypatch):
+    from arb_orchestration.saga.keys import SAGA_ID_TAG
+
+    runs = [_tagged("r1", "0"), _tagged("r2", "3"), _tagged("r3", None), _tagged("r4", "0")]
+    # r4 re-executes r1's saga without running the plan step again: no tag -> read.
+    runs.append(DagsterRun(job_name=JOB, run_id="r5", status=DagsterRunStatus.SUCCESS, tags={SAGA_ID_TAG: "r4"}))
+    read: list[str] = []
+
+    class Log:
+        def __init__(self, _instance):
+            pass
+
+        def load(self, saga_id):
+            read.append(saga_id)
+            return InMemorySagaLog("x").load(saga_id)
+
+    monkeypatch.setattr(journal, "InstanceSagaLog", Log)
+    journal.rebalances_today(PagedRuns(runs))
+    assert sorted(read) == ["r2", "r3", "r4"]
+
+
+def test_the_plan_step_tags_its_run_with_the_moves_it_planned():
+    from arb_orchestration_tests.unit import test_rebalance_steps as steps_tests
+
+    def plan(config):
+        world = {"exchange": steps_tests.FakeExchange(), "smtp": steps_tests.FakeMail(),
+                 "rebalance_journal": steps_tests.FakeJournal()}
+        world["wise"] = steps_tests.FakeWise(world["exchange"])
+        log = steps_tests._run(world, config=config, steps=["plan_rebalance"])
+        return world["rebalance_journal"].tags, log.load("saga-1").step("plan_rebalance").result
+
+    tags, result = plan(steps_tests._config())
+    assert len(result["transfers"]) == 2 and tags == {journal.PLANNED_MOVES_TAG: "2"}
+    tags, result = plan(steps_tests._config(dry_run=True))
+    assert len(result["transfers"]) == 2 and tags == {journal.PLANNED_MOVES_TAG: "0"}  # a dry run moves nothing

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger("arb_orchestration.defs.rebalance")
 
 PLAN_STEP = "plan_rebalance"
+# Set by the plan step on its run, before the plan is recorded: how many transfers it moves ("0": none, or a
+# dry run). Lets the journal skip the logs of sagas that moved nothing (`_rebalance_states`).
+PLANNED_MOVES_TAG = "arb/rebalance_moves"
 PREPARE_STEP = "prepare_transfers"
 COMMIT_STEP = "commit_transfers"
 AWAIT_STEP = "await_arrival"
@@ -238,16 +241,21 @@ def _runs_of_job(instance: "DagsterInstance", *, job_name: str, updated_after: d
 
 def _rebalance_states(instance: "DagsterInstance", *, updated_after: datetime, exclude_saga: str | None,
                       job_name: str) -> list[SagaState]:
+    """The saga state of every rebalance saga with a run in the window, except those that provably moved nothing.
+
+    Reading a saga's log costs a query per run (on SQLite a database file per run), and most rebalance sagas plan
+    nothing to move: a saga every run of which in the window carries `PLANNED_MOVES_TAG` "0" has an empty (or dry)
+    plan, i.e. no legs in flight and no usage, so its log is not read. A run without the tag (older code, a
+    re-execution that did not run the plan step, a plan step that died first) is read.
+    """
     log = InstanceSagaLog(instance)
-    seen: set[str] = set()
-    out: list[SagaState] = []
+    runs_by_saga: dict[str, list[Any]] = {}
     for run in _runs_of_job(instance, job_name=job_name, updated_after=updated_after):
         saga_id = saga_id_for_run(run, instance.get_run_by_id)
-        if saga_id in seen or saga_id == exclude_saga:
-            continue
-        seen.add(saga_id)
-        out.append(log.load(saga_id))
-    return out
+        if saga_id != exclude_saga:
+            runs_by_saga.setdefault(saga_id, []).append(run)
+    return [log.load(saga_id) for saga_id, runs in runs_by_saga.items()
+            if not all(run.tags.get(PLANNED_MOVES_TAG) == "0" for run in runs)]
 
 
 def sagas_with_legs_in_flight(

@@ -44,7 +44,7 @@ from typing import Any, Mapping
 from dagster import Failure, MetadataValue
 
 from arb_orchestration.defs.rebalance.funding import fund_wise_legs, funding_may_need_human, journal_webhook_board
-from arb_orchestration.defs.rebalance.journal import ACKNOWLEDGED_IN_FLIGHT, SagaInFlight
+from arb_orchestration.defs.rebalance.journal import ACKNOWLEDGED_IN_FLIGHT, PLANNED_MOVES_TAG, SagaInFlight
 from arb_orchestration.defs.rebalance.planning import Proposal, check_config, propose, withdraws_idempotently
 from arb_orchestration.defs.rebalance.report import (
     legs_markdown,
@@ -198,6 +198,8 @@ def plan_rebalance(ctx, exchange, wise, rebalance_journal) -> dict[str, Any]:
             "allow_legs_in_flight: planning although earlier sagas have legs in flight (acknowledged): "
             + "; ".join(s.describe() for s in in_flight)
         )
+    # Before the plan is recorded (when this returns): a tag saying "0" lets later plans skip this saga's log.
+    rebalance_journal.tag_run({PLANNED_MOVES_TAG: str(0 if cfg.dry_run else len(result["transfers"]))})
     return result
 
 
