@@ -109,6 +109,8 @@ def main(argv: list[str]) -> int:
             except LookupError as exc:
                 print(f"{PROG} close: TRANSFER_ID {args.transfer_id}: {exc.args[0]}; nothing changed", file=sys.stderr)
                 return 2
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`), not the instance: cli.main exits 141 quietly
         except Exception as exc:  # noqa: BLE001 - the instance's database failed
             print(f"{PROG}: the Dagster instance failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1

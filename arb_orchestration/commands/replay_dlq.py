@@ -203,6 +203,8 @@ def main(argv: list[str]) -> int:
                 hint = ""
         print(f"arb-orchestration replay-dlq: {exc}{hint}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`), not the broker: cli.main exits 141 quietly
     except Exception as exc:
         print(f"arb-orchestration replay-dlq: {exc}", file=sys.stderr)
         return 1

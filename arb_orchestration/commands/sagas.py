@@ -273,6 +273,8 @@ def main(argv: list[str]) -> int:
                 return _show(reader, args.saga_id, as_json=args.json, redactor=redactor)
             return _resolve(reader, args.saga_id, reason=args.reason, by=args.by or getpass.getuser(),
                             force=args.force, redactor=redactor)
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`), not the instance: cli.main exits 141 quietly
         except Exception as exc:  # noqa: BLE001 - the instance's database failed
             print(redactor.redact(f"{PROG}: the Dagster instance failed: {type(exc).__name__}: {exc}"),
                   file=sys.stderr)
