@@ -28,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from dagster import (
     DagsterEventType,
@@ -439,6 +439,30 @@ def build_saga_recovery_sensors(
     return [failure_sensor, sweep]
 
 
+# Failed runs read per query. Every page of the lookback is read: settled sagas count towards a page too, so a
+# saga behind one page of newer failures (e.g. rebalances refused every few seconds by a guardrail) would
+# otherwise never be retried or escalated again.
+SWEEP_RUNS_PAGE = 500
+
+
+def _failed_run_records(instance: DagsterInstance, job_name: str, *, now: float, lookback_seconds: float,
+                        grace_seconds: float) -> Iterator[Any]:
+    """Every failed/canceled run record of `job_name` in the sweep's window, newest first, page by page."""
+    filters = RunsFilter(
+        job_name=job_name,
+        statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+        updated_after=datetime.fromtimestamp(now - lookback_seconds, tz=timezone.utc),
+        updated_before=datetime.fromtimestamp(now - grace_seconds, tz=timezone.utc),
+    )
+    cursor = None
+    while True:
+        page = instance.get_run_records(filters=filters, limit=SWEEP_RUNS_PAGE, cursor=cursor)
+        yield from page
+        if len(page) < SWEEP_RUNS_PAGE:
+            return
+        cursor = page[-1].dagster_run.run_id
+
+
 def sweep_failed_sagas(
     instance: DagsterInstance,
     sagas_by_job: Mapping[str, SagaDefinition],
@@ -481,15 +505,8 @@ def sweep_failed_sagas(
     active: dict[str, set[str]] = {}
     listed: dict[str, set[str]] = {}
     for job_name, definition in sagas_by_job.items():
-        for record in instance.get_run_records(
-            filters=RunsFilter(
-                job_name=job_name,
-                statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
-                updated_after=datetime.fromtimestamp(now - lookback_seconds, tz=timezone.utc),
-                updated_before=datetime.fromtimestamp(now - grace_seconds, tz=timezone.utc),
-            ),
-            limit=500,
-        ):
+        for record in _failed_run_records(instance, job_name, now=now, lookback_seconds=lookback_seconds,
+                                          grace_seconds=grace_seconds):
             found.append((record.create_timestamp.timestamp(), job_name, record.dagster_run))
         indexes[job_name] = SettledIndex.load(instance, definition.name)
         # One query per job: a saga with a run in progress is never skipped from the index.
