@@ -129,8 +129,8 @@ SETTINGS: dict[str, Setting] = {
     for s in [
         Setting("DAGSTER_DEPLOYMENT", "Which resources to wire: `local` (simulators) or `prod`.", "local", False),
         Setting("EXCHANGE_BACKEND", "`sim` (the exchange simulator) or `ccxt` (real venues).", "sim", False),
-        Setting("EXCHANGE_SIM_URL", "Base URL of the exchange simulator.", "http://127.0.0.1:8701"),
-        Setting("EXCHANGE_SIM_API_KEY", "API key the simulator expects (secret).", None, True, True),
+        Setting("EXCHANGE_SIM_URL", "Base URL of the exchange simulator (in prod: required with EXCHANGE_BACKEND=sim, unused with ccxt).", "http://127.0.0.1:8701"),
+        Setting("EXCHANGE_SIM_API_KEY", "API key the simulator expects (secret; in prod: required with EXCHANGE_BACKEND=sim, unused with ccxt).", None, True, True),
         Setting("EXCHANGE_VENUES", "Comma-separated venue names.", "binance,okx,bybit,kraken,hyperliquid"),
         # EXCHANGE_BACKEND=ccxt (resources/ccxt_venue.py; docs/real-venues.md). <VENUE> is the venue name upper-cased.
         Setting("CCXT_VENUES", "JSON object, venue name -> {exchange_id, sandbox, demo_trading, symbols, withdraw_allowlist, fiat_deposit_addresses, fiat_deposit_references, default_funding_interval_hours, options, read_only, rate_limit_ms, api_base_url, api_urls, withdrawal_fee_mode, withdraw_from_account, sweep_deposits_to_trading} (docs/real-venues.md); a missing venue uses its default ccxt class.", "{}", False),
