@@ -22,6 +22,8 @@ import pytest
 from arb_orchestration import cli
 from arb_orchestration.commands import replay_dlq
 from arb_orchestration.domain.events import dlq_envelope
+from arb_orchestration_tests.unit.test_ux_topics import ExistingTopicsKafka
+from arb_orchestration_tests.unit.test_event_sensor_reading import FakeMessage
 
 SIGPIPE_EXIT = 141
 
@@ -79,23 +81,7 @@ def test_refunds_list_into_a_closed_pipe_is_not_reported_as_a_failed_instance(sq
     assert code == SIGPIPE_EXIT
 
 
-class _Admin:
-    def list_topics(self, timeout=None):
-        return {}
-
-    def poll(self, timeout=None):
-        return 0
-
-
-class _Kafka:
-    bootstrap_servers = "fake:9092"
-
-    def client_config(self):
-        return {"bootstrap.servers": self.bootstrap_servers}
-
-    def admin(self, **overrides):
-        return _Admin()
-
+class _Kafka(ExistingTopicsKafka):
     def partitions_for(self, topic, timeout=10.0):
         return [0]
 
@@ -103,26 +89,12 @@ class _Kafka:
         raise AssertionError("a dry run produces nothing")
 
 
-class _Message:
-    def __init__(self, value: bytes, partition: int, offset: int):
-        self._value, self._partition, self._offset = value, partition, offset
-
-    def value(self):
-        return self._value
-
-    def partition(self):
-        return self._partition
-
-    def offset(self):
-        return self._offset
-
-
 def test_replay_dlq_dry_run_into_a_closed_pipe_is_not_reported_as_a_broker_failure(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("ARB_EVENT_TOPIC_PREFIX", raising=False)
     monkeypatch.setattr(replay_dlq.KafkaResource, "from_env", classmethod(lambda cls, **kw: _Kafka()))
     envelope = dlq_envelope(value=b"{not json", reason="not JSON", topic="market-events", partition=2,
                             offset=7, timestamp_ms=None)
-    parked = [_Message(json.dumps(envelope).encode(), 0, n) for n in range(3)]
+    parked = [FakeMessage("market-events.dlq", 0, n, json.dumps(envelope).encode()) for n in range(3)]
     monkeypatch.setattr(replay_dlq, "read_messages", lambda kafka, topic, wanted: iter(parked))
     code = run_into_closed_pipe(["replay-dlq", "market-events.dlq", "--all", "--dry-run"], tmp_path, monkeypatch)
     err = capsys.readouterr().err
