@@ -442,7 +442,7 @@ class _EventSensor:
                     f"{record.source}: event {event.event_id}: {route.reason}: left to the rebalance "
                     f"already waiting to start ({waiting})"))
                 return False
-        run_key = self._stop_loss_run_key(context, event) if route.action is Action.STOP_LOSS else None
+        run_key = self._stop_loss_run_key(context, event, record) if route.action is Action.STOP_LOSS else None
         tick.run_requests.append(self._request(route.action, event, record, route.reason, run_key=run_key))
         tick.tally.acted += 1
         if route.action is Action.REBALANCE:
@@ -630,14 +630,20 @@ class _EventSensor:
 
     # ------------------------------------------------------------------ outputs
 
-    def _stop_loss_run_key(self, context, event: Event) -> str:
-        """The event id, unless a run of another job of this sensor already holds it as its run key.
+    def _stop_loss_run_key(self, context, event: Event, record: Record) -> str:
+        """The event id, unless a run of this sensor already holds it for another message.
 
-        Dagster skips a request whose run key any run of the same sensor has, whatever
-        its job: a warning that started a rebalance under id X would silently swallow a
-        stop-loss for a critical event reusing X (a producer reusing an incident id; an
-        unsigned event needs no key to write). Then the stop-loss gets `X:<job>`, the same
-        on every re-read, so it still runs once. One lookup, on stop-loss requests only.
+        Dagster skips a request whose run key any run of the same sensor has, whatever its
+        job. That is what keeps a re-read message (same topic/partition/offset: a cursor not
+        saved) to one run, and it must not swallow a stop-loss for another message:
+        - a warning that started a rebalance under id X, then a critical event reusing X (a
+          producer reusing an incident id; an unsigned event needs no key to write): the
+          stop-loss gets `X:<job>`;
+        - an earlier stop-loss under X, then a new signed critical event with a fresh timestamp
+          reusing X past the replay window (replays are refused before this: stale or seen):
+          it gets `X@<topic/partition/offset>`.
+        Both are the same on every re-read of that message, so each message still runs once;
+        both are logged at ERROR. One lookup, on stop-loss requests only.
         """
         instance = sensor_instance(context)
         if instance is None:
@@ -647,7 +653,18 @@ class _EventSensor:
         taken = instance.get_runs(
             filters=RunsFilter(tags={"dagster/run_key": event.event_id, "dagster/sensor_name": self.spec.name}), limit=5
         )
-        others = sorted({run.job_name for run in taken if run.job_name != job_name})
+        stop_losses = [run for run in taken if run.job_name == job_name]
+        if any(run.tags.get(SOURCE_TAG) == record.source for run in stop_losses):
+            return event.event_id  # this very message, read again: its run holds the key (Dagster skips it)
+        if stop_losses:
+            run_key = f"{event.event_id}@{record.source}"
+            context.log.error(
+                f"critical event {event.event_id} at {record.source}: a stop-loss run of this sensor already has run "
+                f"key {event.event_id!r} for another message ({stop_losses[0].tags.get(SOURCE_TAG, '?')}); this new "
+                f"signed event reuses the id, so the stop-loss is requested as {run_key!r}"
+            )
+            return run_key
+        others = sorted({run.job_name for run in taken})
         if not others:
             return event.event_id
         run_key = f"{event.event_id}:{job_name}"
