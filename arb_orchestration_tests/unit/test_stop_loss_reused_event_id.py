@@ -47,3 +47,16 @@ def test_a_new_critical_event_reusing_a_stop_loss_id_gets_its_own_run(market_wit
     assert [r.run_key for r in evaluate(cursor).run_requests] == [again.run_key]
     # Re-read of the first message: its own key, which its run holds (Dagster skips it: one run per message).
     assert [r.run_key for r in evaluate().run_requests][:1] == [incident]
+
+
+def test_the_same_critical_event_produced_twice_keeps_one_run(market_with_instance):
+    evaluate, logs, existing, started = market_with_instance
+    signed = sign_event(_shock("critical", event_id=f"incident-{uuid.uuid4().hex[:8]}"), KEY)
+    logs[0].append(encode_event(signed))
+    first = evaluate()
+    [stop] = first.run_requests
+    started(stop)
+
+    logs[0].append(encode_event(signed))  # a producer retry: the same event at the next offset
+    [duplicate] = evaluate(_forget_seen_ids(first.cursor)).run_requests
+    assert duplicate.run_key == stop.run_key and existing(duplicate.run_key), "Dagster must skip it: one run per event"

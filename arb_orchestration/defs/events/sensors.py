@@ -31,6 +31,7 @@ Bad input never makes a tick raise.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -120,6 +121,8 @@ FUNDING_DEVIATION_SENSOR = "funding_deviation_sensor"
 # Tags every sensor run carries, and the per-job ones the instance's limits key on
 # (arb_orchestration/sim/dagster_local.yaml: one hedge, one rebalancing saga at a time).
 TRIGGER_TAG, EVENT_ID_TAG, SOURCE_TAG = "arb/trigger", "arb/event_id", "arb/source"
+# A fingerprint of the event (`_event_digest`): tells a producer's duplicate from a new event reusing the id.
+EVENT_DIGEST_TAG = "arb/event_digest"
 # (JOB_TAG, SAGA_TAG, PRIORITY_TAG and the lane values come from defs/k8s.py, like the jobs' own tags.)
 
 # What handling one funding message the screen did not take tells the chunk loop.
@@ -174,6 +177,12 @@ class _Spec:
     logical_topic: str
     long_poll_seconds: float
     stop_on_critical: bool
+
+
+def _event_digest(event: Event) -> str:
+    """A fingerprint of the event as validated (signature left out): equal for the same event produced twice."""
+    payload = event.model_dump(mode="json", exclude={"signature"})
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
 class _EventSensor:
@@ -641,7 +650,8 @@ class _EventSensor:
           stop-loss gets `X:<job>`;
         - an earlier stop-loss under X, then a new signed critical event with a fresh timestamp
           reusing X past the replay window (replays are refused before this: stale or seen):
-          it gets `X@<topic/partition/offset>`.
+          it gets `X@<topic/partition/offset>`. The same event produced twice (equal digests,
+          `arb/event_digest`, at another offset) keeps X: one run per event.
         Both are the same on every re-read of that message, so each message still runs once;
         both are logged at ERROR. One lookup, on stop-loss requests only.
         """
@@ -656,6 +666,9 @@ class _EventSensor:
         stop_losses = [run for run in taken if run.job_name == job_name]
         if any(run.tags.get(SOURCE_TAG) == record.source for run in stop_losses):
             return event.event_id  # this very message, read again: its run holds the key (Dagster skips it)
+        digest = _event_digest(event)
+        if any(run.tags.get(EVENT_DIGEST_TAG) == digest for run in stop_losses):
+            return event.event_id  # the same event produced twice (a producer retry): one run per event
         if stop_losses:
             run_key = f"{event.event_id}@{record.source}"
             context.log.error(
@@ -690,6 +703,7 @@ class _EventSensor:
         tags = {TRIGGER_TAG: "event", EVENT_ID_TAG: event.event_id, SOURCE_TAG: record.source}
         if action is Action.STOP_LOSS:
             tags[PRIORITY_TAG] = str(self.settings.stop_loss_priority)
+            tags[EVENT_DIGEST_TAG] = _event_digest(event)  # read by `_stop_loss_run_key`
         elif action is Action.REBALANCE:
             tags[SAGA_TAG] = REBALANCE_SAGA_LANE
         elif action is Action.HEDGE:
