@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -155,6 +156,25 @@ class Platform:
             pass
 
 
+def _reap_code_servers(registry, timeout: float = 60.0) -> None:
+    """Wait for the module's code servers to exit before their DAGSTER_HOME is deleted; kill what will not.
+
+    Leaving the workspace only asks them to shut down once their runs are done; their cleanup thread then
+    opens the instance to check those runs, and dies if the directory is gone, leaving the server running
+    for good (seen: two `dagster api grpc` processes alive 40 min after the suite).
+    """
+    if registry is None:
+        return
+    deadline = time.monotonic() + timeout
+    for server in list(getattr(registry, "_all_processes", [])):
+        process = server.server_process
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def platform():
     from dagster import DagsterInstance
@@ -170,6 +190,7 @@ def platform():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(home))
         p = Platform(home, watch)
+        servers = None
         try:
             p.start_worker()
             p.instance = DagsterInstance.get()
@@ -177,8 +198,10 @@ def platform():
                                   location_name="launcher_test")
             with WorkspaceProcessContext(p.instance, target) as process_context:
                 p.process_context = process_context
+                servers = process_context._grpc_server_registry  # the code servers this module started
                 yield p
         finally:
+            _reap_code_servers(servers)
             stop_worker(p.worker)
             if p.instance is not None:
                 p.instance.dispose()
