@@ -20,7 +20,7 @@ import abc
 import dataclasses
 import threading
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from arb_orchestration.saga.keys import SAGA_ID_TAG, saga_id_for_run
 from arb_orchestration.saga.state import RecordKind, SagaRecord, SagaState
@@ -30,6 +30,25 @@ if TYPE_CHECKING:  # dagster is imported lazily so the pure engine stays importa
 
 RECORD_METADATA_KEY = "arb/saga_record"
 
+
+
+_Row = TypeVar("_Row")
+
+
+def every_page(fetch: Callable[[str | None], Sequence[_Row]], page_size: int,
+               cursor_of: Callable[[_Row], str]) -> Iterator[_Row]:
+    """Every row of a cursor-paged Dagster query (`fetch(cursor)`, `page_size` rows a call), page by page.
+
+    For run queries whose answer must be whole (a recovery sweep, a guardrail): a query with only a `limit`
+    silently drops what lies past it. Stops at the first short page.
+    """
+    cursor = None
+    while True:
+        page = fetch(cursor)
+        yield from page
+        if len(page) < page_size:
+            return
+        cursor = cursor_of(page[-1])
 
 class SagaLog(abc.ABC):
     """Append-only log of saga facts. Writers are bound to the run doing the work."""

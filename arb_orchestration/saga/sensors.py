@@ -58,7 +58,7 @@ from arb_orchestration.saga.claim import (
 )
 from arb_orchestration.saga.engine import SagaDefinition
 from arb_orchestration.saga.keys import RECOVERY_OF_TAG
-from arb_orchestration.saga.log import InstanceSagaLog
+from arb_orchestration.saga.log import InstanceSagaLog, every_page
 from arb_orchestration.saga.recovery import Action, ClaimSpec, FailedRun, RecoveryOutcome, recover_saga
 from arb_orchestration.saga.settled import SETTLED_VERDICTS, SettledIndex
 from arb_orchestration.saga.state import SagaLogTooNewError
@@ -454,13 +454,9 @@ def _failed_run_records(instance: DagsterInstance, job_name: str, *, now: float,
         updated_after=datetime.fromtimestamp(now - lookback_seconds, tz=timezone.utc),
         updated_before=datetime.fromtimestamp(now - grace_seconds, tz=timezone.utc),
     )
-    cursor = None
-    while True:
-        page = instance.get_run_records(filters=filters, limit=SWEEP_RUNS_PAGE, cursor=cursor)
-        yield from page
-        if len(page) < SWEEP_RUNS_PAGE:
-            return
-        cursor = page[-1].dagster_run.run_id
+    size = SWEEP_RUNS_PAGE
+    return every_page(lambda cursor: instance.get_run_records(filters=filters, limit=size, cursor=cursor), size,
+                      lambda record: record.dagster_run.run_id)
 
 
 def sweep_failed_sagas(

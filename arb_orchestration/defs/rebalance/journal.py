@@ -35,6 +35,7 @@ from arb_orchestration.defs.k8s import MAX_RUNTIME_TAG, REBALANCE_JOB
 from arb_orchestration.domain.rebalance import PastRebalance, daily_usage
 from arb_orchestration.resources.wise_webhooks import InstanceWebhookBoard
 from arb_orchestration.saga import InstanceSagaLog, RecordKind, SagaState, saga_id_for_run
+from arb_orchestration.saga.log import every_page
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -229,14 +230,9 @@ _RUNS_PAGE = 1000
 
 def _runs_of_job(instance: "DagsterInstance", *, job_name: str, updated_after: datetime) -> Iterable[Any]:
     """Every run of `job_name` updated after `updated_after`, newest first, page by page."""
-    cursor = None
-    while True:
-        page = instance.get_runs(filters=RunsFilter(job_name=job_name, updated_after=updated_after), cursor=cursor,
-                                 limit=_RUNS_PAGE)
-        yield from page
-        if len(page) < _RUNS_PAGE:
-            return
-        cursor = page[-1].run_id
+    filters, size = RunsFilter(job_name=job_name, updated_after=updated_after), _RUNS_PAGE
+    return every_page(lambda cursor: instance.get_runs(filters=filters, cursor=cursor, limit=size), size,
+                      lambda run: run.run_id)
 
 
 def _rebalance_states(instance: "DagsterInstance", *, updated_after: datetime, exclude_saga: str | None,
