@@ -610,36 +610,27 @@ except ImportError:  # pragma: no cover - the test suite fails when it was not b
     _fastfunding = None
 
 FAST_CHUNK_SCAN = _fastfunding is not None
-# What the C scanner checks a model field against; `_fastfunding_constants_hold` ties these to the model.
-_C_SCANNED_FIELDS = {
-    "schema_version": "the token 1",
-    "event_id": "a string of 1..128 characters",
-    "ts": "a number of epoch seconds in the plausible range",
-    "venue": "a string of 1..64 characters",
-    "symbol": "a string of 1..64 characters",
-    "rate": "a finite number",
-    "interval_hours": "a finite number > 0",
-    "signature": "absent or null",
-}
+# The fields the C scanner checks (schema_version the token 1; event_id 1..128 and venue/symbol 1..64 characters;
+# ts in the plausible epoch range; rate finite; interval_hours > 0; signature absent or null), with the string
+# lengths it hard-codes; `_fastfunding_constants_hold` ties them to the model.
+_C_SCANNED_FIELDS = frozenset({"schema_version", "event_id", "ts", "venue", "symbol", "rate", "interval_hours",
+                               "signature"})
+_C_SCANNED_LENGTHS = {"event_id": (1, 128), "venue": (1, 64), "symbol": (1, 64)}
 
 
 def _fastfunding_constants_hold() -> bool:
     """The C scanner's hard-coded limits are the model's (checked at import: a model change fails loudly)."""
     fields = FundingRateEvent.model_fields
-    if set(fields) != set(_C_SCANNED_FIELDS) or SCHEMA_VERSION != 1:
+    if set(fields) != _C_SCANNED_FIELDS or SCHEMA_VERSION != 1:
         return False
-
-    def lengths(name: str) -> tuple[Any, Any]:
-        found = {type(m).__name__: m for m in fields[name].metadata}
-        return getattr(found.get("MinLen"), "min_length", None), getattr(found.get("MaxLen"), "max_length", None)
-
-    return lengths("event_id") == (1, 128) and lengths("venue") == (1, 64) and lengths("symbol") == (1, 64)
+    return all(_row_constraints(name, fields[name].metadata) == {"min_length": low, "max_length": high}
+               for name, (low, high) in _C_SCANNED_LENGTHS.items())
 
 
 if not _fastfunding_constants_hold():
     raise TypeError(
         "FundingRateEvent changed: update arb_orchestration/domain/_fastfunding.c (its field checks) and "
-        "_C_SCANNED_FIELDS before the funding sensor may use it"
+        "_C_SCANNED_FIELDS / _C_SCANNED_LENGTHS before the funding sensor may use it"
     )
 
 
