@@ -83,6 +83,7 @@ from arb_orchestration.domain.events import (
     FundingChunkScan,
     FundingScreen,
     MarketShockEvent,
+    canonical_payload,
     dlq_topic,
     encode_dlq_envelope,
     iter_events,
@@ -181,8 +182,7 @@ class _Spec:
 
 def _event_digest(event: Event) -> str:
     """A fingerprint of the event as validated (signature left out): equal for the same event produced twice."""
-    payload = event.model_dump(mode="json", exclude={"signature"})
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+    return hashlib.sha256(canonical_payload(event.model_dump(mode="json"))).hexdigest()[:32]
 
 
 class _EventSensor:
