@@ -19,10 +19,12 @@ FROM ${PYTHON_IMAGE} AS build
 # pip compiles every installed module to bytecode here, so the read-only runtime never has to.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-# A C compiler for the package's one extension (the funding sensor's chunk scanner,
-# arb_orchestration/domain/_fastfunding.c). Build stage only: the runtime stage has no compiler.
+# The package's two native parts, build stage only (the runtime stage has no compiler):
+# a C compiler for the funding sensor's chunk scanner (arb_orchestration/domain/_fastfunding.c), and
+# Debian's cargo/rustc (1.63 in bookworm; the crate uses the standard library only and is checked to build
+# with it) for the route planner's branch-and-bound (arb_orchestration/domain/routing_bnb_rust/).
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev cargo \
     && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -42,11 +44,12 @@ RUN mkdir arb_orchestration \
 # Code layer: the real package, without touching the dependencies.
 COPY README.md ./
 COPY arb_orchestration ./arb_orchestration
-# The extension is optional in pyproject.toml (a build without a compiler still installs); the
-# image must have it, so its absence fails the build here.
+# Both native parts are optional in pyproject.toml (an install without a compiler or cargo still works,
+# slower); the image must have them, so their absence fails the build here.
 RUN pip install --no-deps . \
     && DAGSTER_DEPLOYMENT=local python -c "import arb_orchestration.definitions" \
-    && python -c "from arb_orchestration.domain.events import FAST_CHUNK_SCAN; assert FAST_CHUNK_SCAN, 'not built'"
+    && python -c "from arb_orchestration.domain.events import FAST_CHUNK_SCAN; assert FAST_CHUNK_SCAN, 'not built'" \
+    && python -c "from arb_orchestration.domain.routing_bnb import library; assert library(), 'not built'"
 
 # ---------------------------------------------------------------------------------------------
 # runtime: the virtualenv, tini as PID 1, a non-root user; no compilers, no source tree, no pip

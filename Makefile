@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test install kafka-jars bench clean
 
-$(STAMP): pyproject.toml arb_orchestration/domain/_fastfunding.c
+$(STAMP): pyproject.toml arb_orchestration/domain/_fastfunding.c $(wildcard arb_orchestration/domain/routing_bnb_rust/src/*.rs) arb_orchestration/domain/routing_bnb_rust/Cargo.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import coo_array
 
+from arb_orchestration.domain import routing_bnb
 from arb_orchestration.domain.routing import Plan, Problem, Rail, RoutingError, Transfer
 from arb_orchestration.domain.routing_order import Move, funding_tolerance, order_moves
 
@@ -331,6 +332,41 @@ def _milp_model(inst: AssetInstance):
     cost = np.r_[[r.fee_rate for r in inst.rails], [r.fixed_fee for r in inst.rails], np.zeros(n_cols - 2 * k)]
     integrality = np.r_[np.zeros(k), np.ones(k), np.zeros(n_cols - 2 * k)]
     return cost, integrality, Bounds(np.zeros(n_cols), upper), constraints
+
+
+# Set to False to prove every optimum with HiGHS alone (tests compare the two; the planner never needs it).
+COMPILED_FIRST = True
+
+
+def _solve_exactly(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None]:
+    """Min-fee plan ignoring order, proven optimal: ("optimal", x_and_y) or ("infeasible", None).
+
+    The compiled branch-and-bound (`routing_bnb`) first, within its budget; only its proven optimum is taken,
+    and only after its amounts pass the model's rows here. Anything else (infeasible included: HiGHS then
+    proves it, and `_shortfall_reason` explains it) goes to HiGHS (`_solve_milp`), unchanged.
+    """
+    if COMPILED_FIRST:
+        outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=min(routing_bnb.BUDGET_SECONDS, time_limit))
+        if outcome.solution is not None and _meets_model(inst, outcome.solution):
+            return "optimal", outcome.solution
+    return _solve_milp(inst, time_limit)
+
+
+def _meets_model(inst: AssetInstance, solution: np.ndarray, tol: float = 1e-7) -> bool:
+    """Does `solution` (amounts, then 0/1 flags) respect every rail's bounds and leave every venue at or above its
+    target? The same relative tolerance as the HiGHS path's check of its MIP start (`_satisfies`)."""
+    k = len(inst.rails)
+    x, y = solution[:k], solution[k:]
+    a = routing_bnb.model_arrays(inst)
+    if not (np.all((y == 0) | (y == 1)) and np.all(x[y == 0] == 0)):
+        return False
+    if np.any((y == 1) & ((x < a["me"] * (1 - tol) - tol) | (x > a["mm"] * (1 + tol) + tol))):
+        return False
+    n = len(inst.venues)
+    inflow = np.bincount(a["to"], weights=(1 - a["p"]) * x - a["f"] * y, minlength=n)
+    outflow = np.bincount(a["from"], weights=x, minlength=n)
+    moved = np.bincount(a["to"], weights=x, minlength=n) + outflow
+    return bool(np.all(inflow - outflow >= a["lo"] - tol * (1 + np.abs(a["lo"]) + moved)))
 
 
 def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None]:
@@ -708,7 +744,7 @@ def solve_asset(problem: Problem, asset: str, time_limit: float) -> AssetResult:
         return AssetResult(True, 0.0, [])
     if not inst.rails:
         return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
-    status, solution = _solve_milp(inst, time_limit)
+    status, solution = _solve_exactly(inst, time_limit)
     if status == "infeasible":
         return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
     assert solution is not None

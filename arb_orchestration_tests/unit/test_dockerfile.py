@@ -302,3 +302,28 @@ def test_every_package_file_reaches_the_build_context():
         relative = path.relative_to(model.REPO_ROOT).as_posix()
         if "__pycache__" not in relative:
             assert not ignored(relative), relative
+
+
+def test_the_build_stage_builds_the_planners_branch_and_bound_and_the_image_requires_it(dockerfile):
+    # pyproject.toml builds the Rust library optionally (setuptools-rust); the image must not ship without it,
+    # or every rebalance plan takes HiGHS's seconds instead of milliseconds.
+    project = tomllib.loads((model.REPO_ROOT / "pyproject.toml").read_text())
+    assert any(req.startswith("setuptools-rust") for req in project["build-system"]["requires"])
+    [library] = project["tool"]["setuptools-rust"]["ext-modules"]
+    assert library["target"] == "arb_orchestration.domain._routing_bnb" and library["binding"] == "NoBinding"
+    assert library["debug"] is False  # an editable install would otherwise build the unoptimised profile
+    manifest = library["path"]
+    assert (model.REPO_ROOT / manifest).is_file() and not ignored(manifest)
+    assert not ignored("arb_orchestration/domain/routing_bnb_rust/src/lib.rs")
+    crate = tomllib.loads((model.REPO_ROOT / manifest).read_text())
+    assert crate.get("dependencies", {}) == {}, "no crates: the build runs with --offline"
+    _, stages = dockerfile
+    build = next(stage for stage in stages if stage.name == "build")
+    runs = [i.value for i in build.of("RUN")]
+    toolchain = next(n for n, run in enumerate(runs) if "apt-get install" in run and " cargo" in run)
+    install_code = next(n for n, run in enumerate(runs) if "pip install --no-deps ." in run)
+    assert toolchain < install_code
+    assert "routing_bnb import library; assert library()" in runs[install_code]
+    assert not any(" cargo" in i.value for i in stages[-1].of("RUN")), "no toolchain in the runtime image"
+    assert ignored("arb_orchestration/domain/_routing_bnb.cpython-311-x86_64-linux-gnu.so")
+    assert ignored("arb_orchestration/domain/routing_bnb_rust/target/release/librouting_bnb.so")

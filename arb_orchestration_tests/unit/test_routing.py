@@ -13,6 +13,31 @@ from arb_orchestration.domain.routing import (
     plan_routes,
 )
 from arb_orchestration.domain.routing_order import Move, order_moves
+from arb_orchestration_tests.unit.routing_solvers import SOLVERS, solving_with
+
+# Tests of HiGHS's own path (its options, the MIP start from a core, the scipy fallback) run with HiGHS alone;
+# every other test here states what the planner answers and runs once per exact solver.
+HIGHS_PATH_TESTS = {
+    "test_highs_extra_options_reach_the_solver_with_this_scipy",
+    "test_direct_highs_path_is_in_use_with_this_scipy",
+    "test_core_missing_the_optimal_rails_still_gives_the_optimum",
+    "test_core_that_cannot_cover_the_deficit_falls_back_to_a_plain_solve",
+    "test_without_the_highs_object_the_scipy_path_gives_the_same_plan",
+    "test_eth_sized_fees_are_optimal_beyond_highs_absolute_tolerance",
+    "test_a_highs_that_refuses_an_option_falls_back_to_the_scipy_path",
+}
+
+
+def pytest_generate_tests(metafunc):
+    if "exact_solver" in metafunc.fixturenames:
+        highs_only = metafunc.function.__name__ in HIGHS_PATH_TESTS
+        metafunc.parametrize("exact_solver", ["highs"] if highs_only else list(SOLVERS), indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def exact_solver(request):
+    with solving_with(request.param):
+        yield request.param
 
 
 def rail(rid, src, dst, fixed=1.0, rate=0.0, lo=0.0, hi=None, asset="USDT", eta=60):

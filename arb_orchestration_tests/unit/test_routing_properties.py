@@ -20,6 +20,7 @@ from scipy.optimize import linprog
 
 from arb_orchestration.domain.routing import parse_problem, plan_routes
 from arb_orchestration.domain.routing_sequenced import solve_sequenced
+from arb_orchestration_tests.unit.routing_solvers import SOLVERS, solving_with
 
 VENUES = ("A", "B", "C")
 ASSET = "USDT"
@@ -114,11 +115,13 @@ def _simulate(balances, targets, plan, rails_by_id, tol=1e-6):
         assert held[v] >= targets[v] - tol, f"{v} ends below target"
 
 
+@pytest.mark.parametrize("exact_solver", SOLVERS)
 @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
-def test_planner_matches_brute_force(instance):
+def test_planner_matches_brute_force(exact_solver, instance):
     balances, targets, rails = instance
-    plan = plan_routes(*_tables(balances, targets), rails)
+    with solving_with(exact_solver):
+        plan = plan_routes(*_tables(balances, targets), rails)
     best = brute_force(balances, targets, rails)
     assert plan.feasible == (best is not None), plan.reason
     if best is None:

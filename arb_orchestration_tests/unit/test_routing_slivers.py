@@ -23,6 +23,7 @@ import pytest
 
 from arb_orchestration.domain.routing import plan_routes
 from arb_orchestration.domain.routing_order import funding_tolerance
+from arb_orchestration_tests.unit.routing_solvers import solver  # noqa: F401 - a fixture: each test once per exact solver
 
 DATA = Path(__file__).parent / "data"
 
@@ -48,7 +49,7 @@ def _execute(instance: dict, plan) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("name", ["routing_sliver_short.json", "routing_sequencing_sliver.json"])
-def test_the_plan_meets_every_target_within_the_funding_tolerance(name):
+def test_the_plan_meets_every_target_within_the_funding_tolerance(name, solver):
     instance = _load(name)
     plan = plan_routes(instance["balances"], instance["targets"], instance["rails"])
     assert plan.feasible, plan.reason
@@ -58,7 +59,7 @@ def test_the_plan_meets_every_target_within_the_funding_tolerance(name):
     assert plan.total_fee == pytest.approx(sum(t.fee for t in plan.transfers), abs=1e-12)
 
 
-def test_the_reported_fee_is_not_below_the_models_optimum():
+def test_the_reported_fee_is_not_below_the_models_optimum(solver):
     instance = _load("routing_sliver_short.json")
     plan = plan_routes(instance["balances"], instance["targets"], instance["rails"])
     # 2.1338363: the exact optimum of this instance (a compiled branch-and-bound and an independent LP on its

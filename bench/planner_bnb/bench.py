@@ -6,6 +6,9 @@ sys.path.insert(0, os.path.dirname(HERE)); sys.path.insert(0, HERE)  # bench/ (r
 from route_planner import make_instance
 from arb_orchestration.domain.routing import parse_problem
 from arb_orchestration.domain.routing_solver import solve_asset, _solve_milp, asset_instance
+from arb_orchestration.domain import routing_solver
+
+routing_solver.COMPILED_FIRST = False  # the reference: the planner with HiGHS alone
 import bnb
 from bnb import solve_asset_bnb, check_feasible
 import numpy as np

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from arb_orchestration.domain import routing_bnb
 from arb_orchestration.domain.routing_solver import MIP_REL_GAP, asset_instance
 
-_LIB = ctypes.CDLL(os.environ.get("BNB_LIB") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "target/release/libplanner_bnb.so"))
+# The library the planner ships (built by `pip install -e .`); BNB_LIB points at another build (an experiment).
+_LIB = routing_bnb.load(os.environ["BNB_LIB"]) if os.environ.get("BNB_LIB") else routing_bnb.library()
+if _LIB is None:
+    raise SystemExit("the compiled branch-and-bound is not built: `make install` (needs cargo)")
 _D = ctypes.POINTER(ctypes.c_double)
 _I = ctypes.POINTER(ctypes.c_int32)
-_LIB.bnb_solve.restype = ctypes.c_int32
-_LIB.bnb_solve.argtypes = [ctypes.c_int32, ctypes.c_int32, _I, _I, _D, _D, _D, _D, _D, _D,
-                           ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int64, ctypes.c_int32,
-                           _D, ctypes.POINTER(ctypes.c_uint8), _D]
 
 DEFAULT_OPTS = 1 | 4 | 8 | 256 | 8192  # = 8461, the measured config; 1 node big-M tightening, 2 fee-weighted branching score, 4 reduced-cost fixing, 8 periodic support heuristic, 32 underpaid-fee branching, 64 node-local mu, 128 reduced-cost caps, 256 cover rows, 512 knapsack cover rhs
 
@@ -37,23 +37,8 @@ class BnbResult:
 
 
 def arrays(inst):
-    venues = list(inst.venues)
-    index = {v: i for i, v in enumerate(venues)}
-    rails = inst.rails
-    k = len(rails)
-    frm = np.array([index[r.from_venue] for r in rails], dtype=np.int32)
-    to = np.array([index[r.to_venue] for r in rails], dtype=np.int32)
-    f = np.array([r.fixed_fee for r in rails], dtype=float)
-    p = np.array([r.fee_rate for r in rails], dtype=float)
-    me = np.array(inst.min_eff, dtype=float)
-    mm = np.array(inst.big_m, dtype=float)
-    lo = np.array([inst.target[v] - inst.balance[v] for v in venues], dtype=float)
-    mu = np.zeros(len(venues))
-    if k:
-        np.maximum.at(mu, to, (1 - p) * me - f)
-    # least-moving optimum: no venue ends above max(balance, target + mu)
-    hi = np.maximum(lo + mu, 0.0)
-    return venues, frm, to, f, p, me, mm, lo, hi
+    a = routing_bnb.model_arrays(inst)
+    return list(inst.venues), a["from"], a["to"], a["f"], a["p"], a["me"], a["mm"], a["lo"], a["hi"]
 
 
 def solve_asset_bnb(problem, asset, *, time_limit=60.0, max_nodes=10**7, opts=DEFAULT_OPTS, init_ub=float("inf")):

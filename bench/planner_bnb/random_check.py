@@ -4,6 +4,9 @@ import os
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from arb_orchestration.domain.routing import parse_problem
 from arb_orchestration.domain.routing_solver import solve_asset, asset_instance, _solve_milp
+from arb_orchestration.domain import routing_solver
+
+routing_solver.COMPILED_FIRST = False  # the reference: the planner with HiGHS alone
 from bnb import solve_asset_bnb, check_feasible
 
 def instance(rng):

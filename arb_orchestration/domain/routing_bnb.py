@@ -1,0 +1,137 @@
+"""The route planner's compiled exact branch-and-bound: the first try on every asset, HiGHS behind it.
+
+The library is Rust, standard library only (`routing_bnb_rust/src/lib.rs`), built by `pip install`
+(setuptools-rust, `pyproject.toml`) into `_routing_bnb.<ext suffix>` beside this file and loaded with ctypes.
+It solves exactly the planner's per-asset model (`AssetInstance`: the pruned rails, their big-M bounds and
+minimums) by best-first branch-and-bound with its own small dual simplex per node, to the planner's relative
+gap (`MIP_REL_GAP`). Only a proven optimum is taken from it; on anything else (infeasible, the node or time
+budget spent, an LP that failed numerically, a panic, no library) the planner solves the asset with HiGHS as
+before, so the worst case is the budget plus the old time. docs/route-planner.md "The compiled branch-and-bound"
+says why it is exact and what it measured.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import math
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+# Branch-and-bound options (a bit mask the library reads): 1 node big-M tightening, 4 reduced-cost fixing,
+# 8 the periodic "fix the rails that carry flow" heuristic, 256 a cover row per deficit venue, 8192 a small
+# sub-B&B on the root's most promising rails. The combination measured fastest on the bench's instances
+# (bench/planner_bnb/README.md).
+OPTIONS = 1 | 4 | 8 | 256 | 8192
+# Per asset: the compiled solver gets this long (and this many nodes) before the asset goes to HiGHS. At 10
+# venues a proof takes 2-50 ms; where it does not come within the budget, HiGHS usually needs seconds anyway.
+BUDGET_SECONDS = 0.3
+MAX_NODES = 200_000
+# Amounts are scaled by a power of two (exact in binary floating point) so that the largest deficit or
+# surplus is about this size: the library's tolerances are absolute, tuned for amounts of that order.
+AMOUNT_MAGNITUDE = 1024.0
+
+_STATUS = {0: "optimal", 1: "infeasible", 2: "limit", 3: "lp_failure"}
+_D = ctypes.POINTER(ctypes.c_double)
+_I = ctypes.POINTER(ctypes.c_int32)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # optimal | infeasible | limit | lp_failure | error
+    solution: np.ndarray | None  # the planner's layout: amounts of every rail, then the 0/1 "used" flags
+    nodes: int
+    seconds: float
+
+
+def library_path() -> Path | None:
+    """The built library beside this module, if any."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"_routing_bnb{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    """The loaded library, or None when it was not built (the planner then uses HiGHS alone)."""
+    path = library_path()
+    return None if path is None else load(path)
+
+
+def load(path: str | Path) -> ctypes.CDLL:
+    """Load a build of the library (the shipped one through `library()`; bench/planner_bnb loads experiments)."""
+    lib = ctypes.CDLL(str(path))
+    lib.bnb_solve.restype = ctypes.c_int32
+    lib.bnb_solve.argtypes = [ctypes.c_int32, ctypes.c_int32, _I, _I, _D, _D, _D, _D, _D, _D,
+                              ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int64, ctypes.c_int32,
+                              _D, ctypes.POINTER(ctypes.c_uint8), _D]
+    return lib
+
+
+def amount_scale(lo: np.ndarray) -> float:
+    """A power of two bringing the largest |deficit or surplus| to about AMOUNT_MAGNITUDE."""
+    largest = float(np.max(np.abs(lo))) if lo.size else 0.0
+    if not math.isfinite(largest) or largest <= 0.0:
+        return 1.0
+    return math.ldexp(1.0, round(math.log2(AMOUNT_MAGNITUDE / largest)))
+
+
+def model_arrays(inst) -> dict[str, np.ndarray]:
+    """The per-asset model as the library reads it (unscaled).
+
+    `lo[v]` = target - balance (the least net inflow venue v needs); `hi[v]` = max(lo + mu, 0) with `mu` the
+    largest credit any rail into v delivers at its minimum: some optimum leaves no venue higher (if one ended
+    more than mu above its target, the last rail into it could be trimmed or dropped at no extra cost and less
+    moved; a venue that only sends ends no higher than it started). The HiGHS model states the same argument as
+    its destination-bound rows.
+    """
+    venues = list(inst.venues)
+    index = {v: i for i, v in enumerate(venues)}
+    rails = inst.rails
+    frm = np.array([index[r.from_venue] for r in rails], dtype=np.int32)
+    to = np.array([index[r.to_venue] for r in rails], dtype=np.int32)
+    f = np.array([r.fixed_fee for r in rails], dtype=float)
+    p = np.array([r.fee_rate for r in rails], dtype=float)
+    me = np.array(inst.min_eff, dtype=float)
+    mm = np.array(inst.big_m, dtype=float)
+    lo = np.array([inst.target[v] - inst.balance[v] for v in venues], dtype=float)
+    mu = np.zeros(len(venues))
+    if len(rails):
+        np.maximum.at(mu, to, (1 - p) * me - f)
+    hi = np.maximum(lo + mu, 0.0)
+    return {"from": frm, "to": to, "f": f, "p": p, "me": me, "mm": mm, "lo": lo, "hi": hi}
+
+
+def solve(inst, *, gap: float, time_limit: float = BUDGET_SECONDS, max_nodes: int = MAX_NODES,
+          options: int = OPTIONS) -> Outcome:
+    """Solve one asset's model; `Outcome.solution` is set only for a proven optimum."""
+    lib = library()
+    started = time.perf_counter()
+    if lib is None:
+        return Outcome("error", None, 0, 0.0)
+    a = model_arrays(inst)
+    n, k = len(inst.venues), len(inst.rails)
+    scale = amount_scale(a["lo"])
+    f, me, mm, lo, hi = (np.ascontiguousarray(a[key] * scale) for key in ("f", "me", "mm", "lo", "hi"))
+    frm, to, p = (np.ascontiguousarray(a[key]) for key in ("from", "to", "p"))
+    x = np.zeros(k)
+    y = np.zeros(k, dtype=np.uint8)
+    info = np.zeros(6)
+    dp = lambda arr: arr.ctypes.data_as(_D)  # noqa: E731
+    ip = lambda arr: arr.ctypes.data_as(_I)  # noqa: E731
+    code = lib.bnb_solve(n, k, ip(frm), ip(to), dp(f), dp(p), dp(me), dp(mm), dp(lo), dp(hi), math.inf, gap,
+                         float(time_limit), int(max_nodes), int(options), dp(x), y.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                         dp(info))
+    seconds = time.perf_counter() - started
+    status = _STATUS.get(int(code), "error")
+    if status != "optimal":
+        return Outcome(status, None, int(info[3]), seconds)
+    used = y.astype(float)
+    return Outcome(status, np.r_[np.where(used > 0, x / scale, 0.0), used], int(info[3]), seconds)
