@@ -6,12 +6,15 @@ and asset (10 venues = 1,080 rails), seeded. Both solvers prove optimality
 with big-M = max_amount or the asset's total holdings, no pruning, no cuts.
 
     .venv/bin/python bench/route_planner.py [--sizes 10,20,30] [--seeds 3] [--generic-limit 20] [--compare-plain]
+                                            [--compare-highs]
 
 Prints one row per (size, seed) and a summary with ratios measured in this run.
 `--compare-plain` also times the previous solver path on the same instance
 (direct-HiGHS path and objective scaling switched off: one scipy `milp` call
 per asset, no MIP start) and checks that both give the same fee per asset
 (1e-7 relative, or 1e-6 absolute: what the previous path guaranteed).
+`--compare-highs` does the same with the planner on HiGHS alone (no compiled branch-and-bound first).
+The `compiled` column counts the assets the compiled branch-and-bound proved within its budget.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
-from arb_orchestration.domain import routing_solver
+from arb_orchestration.domain import routing_bnb, routing_solver
 from arb_orchestration.commands._native_stdout import native_stdout_to_stderr
 from arb_orchestration.domain.routing import RoutingError, naive_plan, parse_problem, plan_routes
 from arb_orchestration.domain.routing_solver import MIP_REL_GAP
@@ -159,33 +162,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-generic", action="store_true")
     parser.add_argument("--family", default="spec", choices=["spec", "stress"], help="instance family (see make_instance)")
     parser.add_argument("--compare-plain", action="store_true", help="also time the previous solver path (no direct HiGHS, no objective scaling)")
+    parser.add_argument("--compare-highs", action="store_true", help="also time the planner with HiGHS alone (no compiled branch-and-bound)")
     args = parser.parse_args(argv)
     goals = {10: 0.1, 20: 0.5, 30: 2.0}
     print(f"{'venues':>6} {'seed':>4} {'rails':>6} {'planner':>9} {'generic':>9} {'speed-up':>8} "
-          f"{'opt fee':>10} {'naive fee':>10} {'saved':>6} {'moves':>5} {'relays':>6}")
+          f"{'opt fee':>10} {'naive fee':>10} {'saved':>6} {'moves':>5} {'relays':>6} {'compiled':>8}")
     summary: dict[int, list[tuple[float, float | None]]] = {}
-    plain_summary: dict[int, list[float]] = {}
+    reference_summary: dict[tuple[str, int], list[float]] = {}
+    proven = _count_compiled_proofs()
     for size in (int(s) for s in args.sizes.split(",")):
         for seed in range(args.seeds):
             instance = make_instance(size, seed, family=args.family)
             args_ = (instance["balances"], instance["targets"], instance["rails"])
             repeat = 3 if size <= 10 else 1
+            proven.clear()
             try:
                 ours, plan = _timed(lambda: plan_routes(*args_, time_limit=args.planner_limit), repeat)
             except RoutingError as exc:
                 print(f"{size:>6} {seed:>4} planner gave up: {exc}", flush=True)
                 summary.setdefault(size, []).append((float("inf"), None))
                 continue
-            if args.compare_plain:
-                plain_s, plain = _timed(lambda: _plain_plan(args_, args.planner_limit), repeat)
-                for asset in set(plan.fee_by_asset) | set(plain.fee_by_asset):
-                    a, b = plan.fee_by_asset.get(asset, 0.0), plain.fee_by_asset.get(asset, 0.0)
+            compiled = f"{sum(proven.values()) // repeat}/{len(proven)}"
+            references = [("previous path", _plain_plan)] if args.compare_plain else []
+            references += [("HiGHS alone", _highs_plan)] if args.compare_highs else []
+            for name, solve in references:
+                ref_s, ref = _timed(lambda: solve(args_, args.planner_limit), repeat)
+                for asset in set(plan.fee_by_asset) | set(ref.fee_by_asset):
+                    a, b = plan.fee_by_asset.get(asset, 0.0), ref.fee_by_asset.get(asset, 0.0)
                     if abs(a - b) > max(1e-7 * max(abs(a), abs(b)), 1e-6):
-                        print(f"MISMATCH {asset}: planner {a!r} != plain {b!r}", file=sys.stderr)
+                        print(f"MISMATCH {asset}: planner {a!r} != {name} {b!r}", file=sys.stderr)
                         return 1
-                print(f"{size:>6} {seed:>4} previous path {plain_s:8.3f}s, planner {ours:8.3f}s: {plain_s / ours:5.2f}x, "
+                print(f"{size:>6} {seed:>4} {name} {ref_s:8.3f}s, planner {ours:8.3f}s: {ref_s / ours:5.2f}x, "
                       f"same fee per asset", flush=True)
-                plain_summary.setdefault(size, []).append(plain_s / ours)
+                reference_summary.setdefault((name, size), []).append(ref_s / ours)
             naive = naive_plan(*args_)
             if args.no_generic:
                 generic_s, status, generic_fee = None, "skipped", None
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             naive_fee = naive.total_fee if naive.feasible else float("nan")
             saved = 1 - plan.total_fee / naive_fee if naive.feasible and naive_fee else float("nan")
             print(f"{size:>6} {seed:>4} {len(instance['rails']):>6} {ours:8.3f}s {generic_txt:>9} {speed:>8} "
-                  f"{plan.total_fee:10.4f} {naive_fee:10.4f} {saved:6.1%} {len(plan.transfers):>5} {relays:>6}", flush=True)
+                  f"{plan.total_fee:10.4f} {naive_fee:10.4f} {saved:6.1%} {len(plan.transfers):>5} {relays:>6} {compiled:>8}", flush=True)
             summary.setdefault(size, []).append((ours, generic_s if status == "optimal" else None))
     print()
     for size, rows in summary.items():
@@ -215,20 +224,49 @@ def main(argv: list[str] | None = None) -> int:
             ratios = ["-"]
         print(f"{size} venues: planner worst {worst:.3f}s, median {statistics.median(t for t, _ in rows):.3f}s{verdict}; "
               f"speed-up vs generic MILP per seed: {', '.join(ratios)}")
-        if size in plain_summary:
-            print(f"{size} venues: speed-up vs the previous solver path per seed: {', '.join('%.2fx' % r for r in plain_summary[size])}")
+        for (name, ref_size), ratios in reference_summary.items():
+            if ref_size == size:
+                print(f"{size} venues: speed-up vs {name} per seed: {', '.join('%.2fx' % r for r in ratios)}")
+    print("(compiled: assets the compiled branch-and-bound proved within its budget / assets with a deficit; "
+          "HiGHS proved the rest)")
     return 0
 
 
-def _plain_plan(args_, time_limit: float):
-    """The previous solver path: `run_milp` alone (same model, no MIP start, objective not scaled)."""
-    saved = routing_solver._highs_module, routing_solver._objective_scale
-    routing_solver._highs_module = lambda: None
-    routing_solver._objective_scale = lambda value: 1.0
+def _count_compiled_proofs() -> dict[str, int]:
+    """Per asset of the last plan: how often the compiled branch-and-bound proved it (the rest went to HiGHS)."""
+    counts: dict[str, int] = {}
+    real = routing_bnb.solve
+
+    def counting(inst, **kwargs):
+        outcome = real(inst, **kwargs)
+        counts[inst.asset] = counts.get(inst.asset, 0) + (outcome.status == "optimal")
+        return outcome
+
+    routing_bnb.solve = counting
+    return counts
+
+
+def _highs_plan(args_, time_limit: float):
+    """The planner with HiGHS alone (what shipped before the compiled branch-and-bound)."""
+    saved = routing_solver.COMPILED_FIRST
+    routing_solver.COMPILED_FIRST = False
     try:
         return plan_routes(*args_, time_limit=time_limit)
     finally:
-        routing_solver._highs_module, routing_solver._objective_scale = saved
+        routing_solver.COMPILED_FIRST = saved
+
+
+def _plain_plan(args_, time_limit: float):
+    """The first solver path: `run_milp` alone (same model, no MIP start, objective not scaled, no compiled
+    branch-and-bound)."""
+    saved = routing_solver._highs_module, routing_solver._objective_scale, routing_solver.COMPILED_FIRST
+    routing_solver._highs_module = lambda: None
+    routing_solver._objective_scale = lambda value: 1.0
+    routing_solver.COMPILED_FIRST = False
+    try:
+        return plan_routes(*args_, time_limit=time_limit)
+    finally:
+        routing_solver._highs_module, routing_solver._objective_scale, routing_solver.COMPILED_FIRST = saved
 
 
 if __name__ == "__main__":

@@ -160,23 +160,26 @@ class Problem:
 # ---------------------------------------------------------------- validation
 
 _RAIL_FIELDS = ("id", "from", "to", "asset", "fixed_fee", "fee_rate", "min_amount", "max_amount", "eta_seconds")
+_RAIL_FIELD_SET = frozenset(_RAIL_FIELDS)
 
 
-def _number(value: Any, name: str, *, minimum: float = 0.0) -> float:
+def _number(value: Any, name: str, field: str = "", *, minimum: float = 0.0) -> float:
+    """`value` as a finite float >= minimum; the error names `name` + `field` (joined only on error: a plan
+    validates thousands of rails)."""
     # bool is an int subclass: `true` in JSON is not an amount.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RoutingInputError(name, f"must be a number, got {type(value).__name__}")
+    if value.__class__ is not float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise RoutingInputError(name + field, f"must be a number, got {type(value).__name__}")
     number = float(value)
     if not math.isfinite(number):
-        raise RoutingInputError(name, "must be finite")
+        raise RoutingInputError(name + field, "must be finite")
     if number < minimum:
-        raise RoutingInputError(name, f"must be >= {minimum:g}, got {number:g}")
+        raise RoutingInputError(name + field, f"must be >= {minimum:g}, got {number:g}")
     return number
 
 
-def _name(value: Any, name: str) -> str:
+def _name(value: Any, name: str, field: str = "") -> str:
     if not isinstance(value, str) or not value:
-        raise RoutingInputError(name, "must be a non-empty string")
+        raise RoutingInputError(name + field, "must be a non-empty string")
     return value
 
 
@@ -199,7 +202,7 @@ def _amount_table(table: Any, name: str, venues: Iterable[str] | None) -> dict[s
 
 
 def _rail(raw: Any, index: int, venues: set[str]) -> Rail:
-    where = f"rails[{index}]"
+    where = "rails[%d]" % index
     if isinstance(raw, Rail):
         raw = {
             "id": raw.id, "from": raw.from_venue, "to": raw.to_venue, "asset": raw.asset,
@@ -211,23 +214,23 @@ def _rail(raw: Any, index: int, venues: set[str]) -> Rail:
     for required in ("id", "from", "to", "asset", "fixed_fee", "fee_rate"):
         if required not in raw:
             raise RoutingInputError(f"{where}.{required}", "is missing")
-    unknown = sorted(set(raw) - set(_RAIL_FIELDS))
-    if unknown:
+    if not raw.keys() <= _RAIL_FIELD_SET:
+        unknown = sorted(set(raw) - _RAIL_FIELD_SET)
         raise RoutingInputError(f"{where}.{unknown[0]}", f"is not a rail field (expected {', '.join(_RAIL_FIELDS)})")
-    rail_id = _name(raw["id"], f"{where}.id")
-    source = _name(raw["from"], f"{where}.from")
-    dest = _name(raw["to"], f"{where}.to")
+    rail_id = _name(raw["id"], where, ".id")
+    source = _name(raw["from"], where, ".from")
+    dest = _name(raw["to"], where, ".to")
     for key, venue in (("from", source), ("to", dest)):
         if venue not in venues:
             raise RoutingInputError(f"{where}.{key}", f"is an unknown venue {venue!r} (not in balances)")
     if source == dest:
         raise RoutingInputError(f"{where}.to", "must differ from from")
-    fee_rate = _number(raw["fee_rate"], f"{where}.fee_rate")
+    fee_rate = _number(raw["fee_rate"], where, ".fee_rate")
     if fee_rate >= 1.0:
         raise RoutingInputError(f"{where}.fee_rate", f"must be between 0 and 1 (exclusive of 1), got {fee_rate:g}")
-    min_amount = _number(raw.get("min_amount", 0.0), f"{where}.min_amount")
+    min_amount = _number(raw.get("min_amount", 0.0), where, ".min_amount")
     max_raw = raw.get("max_amount")
-    max_amount = None if max_raw is None else _number(max_raw, f"{where}.max_amount")
+    max_amount = None if max_raw is None else _number(max_raw, where, ".max_amount")
     if max_amount is not None and max_amount < min_amount:
         raise RoutingInputError(f"{where}.max_amount", f"must be >= min_amount ({min_amount:g}), got {max_amount:g}")
     eta_raw = raw.get("eta_seconds")
@@ -235,12 +238,12 @@ def _rail(raw: Any, index: int, venues: set[str]) -> Rail:
         id=rail_id,
         from_venue=source,
         to_venue=dest,
-        asset=_name(raw["asset"], f"{where}.asset"),
-        fixed_fee=_number(raw["fixed_fee"], f"{where}.fixed_fee"),
+        asset=_name(raw["asset"], where, ".asset"),
+        fixed_fee=_number(raw["fixed_fee"], where, ".fixed_fee"),
         fee_rate=fee_rate,
         min_amount=min_amount,
         max_amount=max_amount,
-        eta_seconds=0.0 if eta_raw is None else _number(eta_raw, f"{where}.eta_seconds"),
+        eta_seconds=0.0 if eta_raw is None else _number(eta_raw, where, ".eta_seconds"),
     )
 
 
