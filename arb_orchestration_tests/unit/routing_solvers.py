@@ -7,6 +7,7 @@ HiGHS path would go untested: tests that state what the planner answers run once
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,3 +36,23 @@ def solving_with(name: str) -> Iterator[None]:
 def solver(request) -> Iterator[str]:
     with solving_with(request.param):
         yield request.param
+
+
+def random_small_instance(rng: random.Random) -> tuple[dict, dict, list[dict]]:
+    """4-7 venues, parallel rails, caps, minimums, zero and tiny fees: where exactness is easy to get wrong."""
+    venues = [f"v{i}" for i in range(rng.randint(4, 7))]
+    balances = {v: {"X": float(rng.choice([0, 0, 10, 50, 100, 200, 400]) + rng.choice([0, 0.5, 3.25]))} for v in venues}
+    targets = {v: {"X": float(rng.choice([0, 0, 20, 60, 100, 150, 300]))} for v in venues}
+    for v in rng.sample(venues, 2):
+        balances[v]["X"] += float(rng.choice([100, 300, 600]))
+    rails = []
+    for i in range(rng.randint(6, 24)):
+        src, dst = rng.sample(venues, 2)
+        low = float(rng.choice([0, 0, 1, 5, 30, 80]))
+        high = rng.choice([None, None, None, 25.0, 60.0, 150.0])
+        rails.append({"id": f"r{i}", "from": src, "to": dst, "asset": "X",
+                      "fixed_fee": float(rng.choice([0, 0, 0.5, 1, 3, 0.0001])),
+                      "fee_rate": float(rng.choice([0, 0, 0.001, 0.01, 0.1])),
+                      "min_amount": low, "max_amount": None if high is not None and high < low else high,
+                      "eta_seconds": 1})
+    return balances, targets, rails

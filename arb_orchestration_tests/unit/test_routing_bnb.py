@@ -14,7 +14,7 @@ import pytest
 from arb_orchestration.domain import routing_bnb, routing_solver
 from arb_orchestration.domain.routing import parse_problem, plan_routes
 from arb_orchestration.domain.routing_solver import MIP_REL_GAP, asset_instance
-from arb_orchestration_tests.unit.routing_solvers import solving_with
+from arb_orchestration_tests.unit.routing_solvers import random_small_instance, solving_with
 
 CRATE = Path(routing_bnb.__file__).with_name("routing_bnb_rust")
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "route_planner.py"
@@ -84,32 +84,12 @@ def test_a_ten_venue_bench_instance_is_proven_by_the_compiled_solver_with_highs_
     assert compiled.total_fee == pytest.approx(3.1515, abs=5e-5)  # the bench's documented optimum
 
 
-def _random_instance(rng: random.Random) -> tuple[dict, dict, list[dict]]:
-    """4-7 venues, parallel rails, caps, minimums, zero and tiny fees: where exactness is easy to get wrong."""
-    venues = [f"v{i}" for i in range(rng.randint(4, 7))]
-    balances = {v: {"X": float(rng.choice([0, 0, 10, 50, 100, 200, 400]) + rng.choice([0, 0.5, 3.25]))} for v in venues}
-    targets = {v: {"X": float(rng.choice([0, 0, 20, 60, 100, 150, 300]))} for v in venues}
-    for v in rng.sample(venues, 2):
-        balances[v]["X"] += float(rng.choice([100, 300, 600]))
-    rails = []
-    for i in range(rng.randint(6, 24)):
-        src, dst = rng.sample(venues, 2)
-        low = float(rng.choice([0, 0, 1, 5, 30, 80]))
-        high = rng.choice([None, None, None, 25.0, 60.0, 150.0])
-        rails.append({"id": f"r{i}", "from": src, "to": dst, "asset": "X",
-                      "fixed_fee": float(rng.choice([0, 0, 0.5, 1, 3, 0.0001])),
-                      "fee_rate": float(rng.choice([0, 0, 0.001, 0.01, 0.1])),
-                      "min_amount": low, "max_amount": None if high is not None and high < low else high,
-                      "eta_seconds": 1})
-    return balances, targets, rails
-
-
 def test_on_random_small_instances_both_solvers_agree(monkeypatch):
     rng = random.Random(20261128)
     proven = 0
     spy = _Spy(monkeypatch)
     for _ in range(150):
-        balances, targets, rails = _random_instance(rng)
+        balances, targets, rails = random_small_instance(rng)
         spy.outcomes.clear()
         with solving_with("compiled"):
             compiled = plan_routes(balances, targets, rails)

@@ -8,26 +8,11 @@ from arb_orchestration.domain import routing_solver
 
 routing_solver.COMPILED_FIRST = False  # the reference: the planner with HiGHS alone
 from bnb import solve_asset_bnb, check_feasible
+from arb_orchestration_tests.unit.routing_solvers import random_small_instance
 
 def instance(rng):
-    nv = rng.randint(4, 7)
-    V = [f"v{i}" for i in range(nv)]
-    bal = {v: {"X": float(rng.choice([0, 0, 10, 50, 100, 200, 400]) + rng.choice([0, 0.5, 3.25]))} for v in V}
-    tgt = {v: {"X": float(rng.choice([0, 0, 20, 60, 100, 150, 300]))} for v in V}
-    for v in rng.sample(V, 2):
-        bal[v]["X"] += float(rng.choice([100, 300, 600]))
-    rails = []
-    for i in range(rng.randint(6, 24)):
-        a, b = rng.sample(V, 2)
-        lo = float(rng.choice([0, 0, 1, 5, 30, 80]))
-        hi = rng.choice([None, None, None, 25.0, 60.0, 150.0])
-        if hi is not None and hi < lo:
-            hi = None
-        rails.append({"id": f"r{i}", "from": a, "to": b, "asset": "X",
-                      "fixed_fee": float(rng.choice([0, 0, 0.5, 1, 3, 0.0001])),
-                      "fee_rate": float(rng.choice([0, 0, 0.001, 0.01, 0.1])),
-                      "min_amount": lo, "max_amount": hi, "eta_seconds": 1})
-    return bal, tgt, rails
+    # the generator the tests use too (4-7 venues, parallel rails, caps, minimums, zero and tiny fees)
+    return random_small_instance(rng)
 
 def main(count, seed, opts):
     rng = random.Random(seed)
