@@ -349,6 +349,7 @@ def _solve_exactly(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndar
         outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=min(routing_bnb.BUDGET_SECONDS, time_limit))
         if outcome.solution is not None and _meets_model(inst, outcome.solution):
             return "optimal", outcome.solution
+        time_limit = max(time_limit - outcome.seconds, 0.01)  # the time limit is the asset's, not each solver's
     return _solve_milp(inst, time_limit)
 
 
