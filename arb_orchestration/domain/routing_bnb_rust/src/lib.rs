@@ -672,6 +672,8 @@ struct Solver<'a> {
     opts: u32,
     sep_rounds: usize,
     max_pool: usize,
+    cs: f64, // the LP's costs are the fees times this (cost_scale); bounds and incumbents stay in fee units
+    deadline: (Instant, f64), // the caller's start and time limit: the core heuristic's sub-search stays within it
 }
 
 enum NodeOut {
@@ -796,6 +798,7 @@ impl<'a> Solver<'a> {
         let covers = self.opts & 256 != 0;
         let fee_cols = covers || !self.cuts.is_empty();
         let mut cst = 0.0;
+        let cs = self.cs;
         let nr = inst.nrows + self.cuts.len();
         self.lp.resize_rows(nr);
         let mut shift = vec![0.0; nr];
@@ -807,12 +810,12 @@ impl<'a> Solver<'a> {
             let lp = &mut self.lp;
             lp.lb[k + r] = 0.0;
             lp.ub[k + r] = 0.0;
-            lp.c[k + r] = f;
+            lp.c[k + r] = f * cs;
             lp.ent[k + r].clear();
             lp.ent[k + r].push((w, -f));
             lp.ent[r].clear();
             if self.st[r] == ON {
-                lp.c[r] = p;
+                lp.c[r] = p * cs;
                 lp.ent[r].push((u, -1.0));
                 lp.ent[r].push((w, 1.0 - p));
                 lp.lb[r] = inst.me[r];
@@ -823,13 +826,13 @@ impl<'a> Solver<'a> {
                     shift[cv as usize] -= 1.0;
                 }
             } else if self.st[r] == OFF || m <= 0.0 {
-                lp.c[r] = p;
+                lp.c[r] = p * cs;
                 lp.ent[r].push((u, -1.0));
                 lp.ent[r].push((w, 1.0 - p));
                 lp.lb[r] = 0.0;
                 lp.ub[r] = 0.0;
             } else {
-                lp.c[r] = p + f / m;
+                lp.c[r] = (p + f / m) * cs;
                 lp.ent[r].push((u, -1.0));
                 lp.ent[r].push((w, 1.0 - p - f / m));
                 lp.lb[r] = 0.0;
@@ -1062,7 +1065,7 @@ impl<'a> Solver<'a> {
         }
         let mut rest: Vec<(f64, usize)> = (0..k)
             .filter(|&r| !inc[r] && self.st[r] == FREE && self.m[r] > 0.0)
-            .map(|r| (self.lp.d[r].max(0.0) * inst.me[r] + inst.f[r] + inst.p[r] * inst.me[r], r))
+            .map(|r| ((self.lp.d[r] / self.cs).max(0.0) * inst.me[r] + inst.f[r] + inst.p[r] * inst.me[r], r))
             .collect();
         rest.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
         for &(_, r) in rest.iter().take(30) {
@@ -1085,7 +1088,8 @@ impl<'a> Solver<'a> {
             inst.hi.clone(),
             self.opts,
         );
-        let (x, y, info) = solve(&sub, self.ub_val, self.gap, 0.5, 50_000, self.opts & !(8192 | 16 | 8));
+        let left = (self.deadline.1 - self.deadline.0.elapsed().as_secs_f64()).clamp(0.0, 0.5);
+        let (x, y, info) = solve(&sub, self.ub_val, self.gap, left, 50_000, self.opts & !(8192 | 16 | 8));
         if info[1] < self.ub_val && y.iter().any(|&v| v == 1) {
             let mut bx = vec![0.0; k];
             let mut by = vec![0u8; k];
@@ -1139,7 +1143,7 @@ impl<'a> Solver<'a> {
                     return None;
                 }
             }
-            if round >= rounds || self.lp.objective() + cst >= self.prune_level() {
+            if round >= rounds || self.lp.objective() / self.cs + cst >= self.prune_level() {
                 break;
             }
             round += 1;
@@ -1154,7 +1158,7 @@ impl<'a> Solver<'a> {
                 self.lp.at_upper[j] = up[j];
             }
         }
-        Some(self.lp.objective() + cst)
+        Some(self.lp.objective() / self.cs + cst)
     }
 
     fn process(&mut self, delta: &Rc<Delta>, basis: &[u32], heur: bool) -> NodeOut {
@@ -1237,7 +1241,7 @@ impl<'a> Solver<'a> {
                 if self.lp.pos[k + r] >= 0 || self.lp.value(k + r) > 0.0 {
                     continue;
                 }
-                let d = self.lp.d[r];
+                let d = self.lp.d[r] / self.cs;
                 if !self.lp.at_upper[r] && d > 0.0 {
                     let t = (lim - z) / d * (1.0 + 1e-9) + 1e-12;
                     if t < inst.me[r] && self.opts & 4 != 0 {
@@ -1278,7 +1282,12 @@ pub extern "C" fn bnb_solve(
         let sl = |p: *const f64, len: usize| std::slice::from_raw_parts(p, len).to_vec();
         let from: Vec<usize> = std::slice::from_raw_parts(from, k).iter().map(|&v| v as usize).collect();
         let to: Vec<usize> = std::slice::from_raw_parts(to, k).iter().map(|&v| v as usize).collect();
-        let inst = build(n, k, from, to, sl(f, k), sl(p, k), sl(me, k), sl(mm, k), sl(lo, n), sl(hi, n), opts as u32);
+        let (f, p, me, mm, lo, hi) = (sl(f, k), sl(p, k), sl(me, k), sl(mm, k), sl(lo, n), sl(hi, n));
+        // non-finite input (e.g. an overflowed total): status -2, no answer (NaN compares false and was "optimal")
+        if [&f, &p, &me, &lo, &hi].iter().any(|v| v.iter().any(|x| !x.is_finite())) || mm.iter().any(|x| x.is_nan()) {
+            return -2;
+        }
+        let inst = build(n, k, from, to, f, p, me, mm, lo, hi, opts as u32);
         let res = solve(&inst, init_ub, gap, time_limit, max_nodes as u64, opts as u32);
         let xs = std::slice::from_raw_parts_mut(out_x, res.0.len());
         let ys = std::slice::from_raw_parts_mut(out_y, k);
@@ -1331,6 +1340,28 @@ fn build(n: usize, k: usize, from: Vec<usize>, to: Vec<usize>, f: Vec<f64>, p: V
     Inst { n, k, from, to, f, p, me, mm, lo, hi, ins, outs, cover, cover_rhs, nrows }
 }
 
+/// A power of two (exact) for the LP's costs: the LP's dual tolerances are absolute (1e-9 on a reduced cost), and
+/// amounts come normalised (~1e3) but fees do not; a fee 1e-10 of its amount fell below them and a plan 40% dearer
+/// than the optimum was "proven". A first guess here (the cheapest rail into each deficit venue, about 2^10, never
+/// down); `solve` then sizes it by the root relaxation's value (`pow2_for`).
+fn cost_scale(inst: &Inst) -> f64 {
+    let mut fm = 0.0;
+    for v in 0..inst.n {
+        if inst.lo[v] > 1e-9 {
+            fm += inst.ins[v].iter().map(|&r| inst.f[r] + inst.p[r] * inst.lo[v]).fold(f64::INFINITY, f64::min);
+        }
+    }
+    if !(fm > 0.0 && fm.is_finite()) {
+        return 1.0;
+    }
+    pow2_for(fm)
+}
+
+/// The power of two (1 .. 2^40) bringing a fee of `z` to about 2^10 in the LP's costs.
+fn pow2_for(z: f64) -> f64 {
+    2f64.powi((1024.0 / z).log2().round().clamp(0.0, 40.0) as i32)
+}
+
 fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, opts: u32) -> (Vec<f64>, Vec<u8>, [f64; 6]) {
     let start = Instant::now();
     let k = inst.k;
@@ -1353,10 +1384,30 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
         opts,
         sep_rounds: if opts & 2048 != 0 { 3 } else { 0 },
         max_pool: if opts & 4096 != 0 { 2 * inst.n } else { 6 * inst.n },
+        cs: cost_scale(inst),
+        deadline: (start, time_limit),
     };
     let mut heap: BinaryHeap<Node> = BinaryHeap::new();
     let slack: Vec<u32> = (2 * k..2 * k + inst.nrows).map(|j| j as u32).collect();
     let root = Rc::new(Delta { parent: None, fixes: Vec::new(), caps: Vec::new() });
+    // Size the LP's costs by the root relaxation's value (a lower bound on every plan's fee), twice: a value from
+    // costs far below the tolerances is itself rough. Only the scale changes; bounds stay in fee units.
+    for _ in 0..2 {
+        s.apply(&root);
+        if !s.node_bounds() {
+            break;
+        }
+        let cst = s.load_lp();
+        s.lp.set_basis(&slack.iter().map(|&j| j as usize).collect::<Vec<_>>());
+        if !matches!(s.lp.solve(50_000), LpStatus::Optimal) {
+            break;
+        }
+        let z = s.lp.objective() / s.cs + cst;
+        if !(z > 0.0 && z.is_finite()) || pow2_for(z) == s.cs {
+            break;
+        }
+        s.cs = pow2_for(z);
+    }
     heap.push(Node { lb: f64::NEG_INFINITY, delta: root, basis: slack });
     let mut status = 0.0;
     let mut global_lb;
