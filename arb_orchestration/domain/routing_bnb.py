@@ -76,8 +76,11 @@ def load(path: str | Path) -> ctypes.CDLL:
 
 
 def amount_scale(lo: np.ndarray) -> float:
-    """A power of two bringing the largest |deficit or surplus| to about AMOUNT_MAGNITUDE."""
-    largest = float(np.max(np.abs(lo))) if lo.size else 0.0
+    """A power of two bringing the largest deficit (positive `lo`) to about AMOUNT_MAGNITUDE.
+
+    Sized by the deficits, not the surpluses: a whale's 1e12 surplus would otherwise push a hub's 0.5 deficit
+    below the library's absolute tolerances, and it would plan as if the hub needed nothing."""
+    largest = float(np.max(lo)) if lo.size else 0.0
     if not math.isfinite(largest) or largest <= 0.0:
         return 1.0
     return math.ldexp(1.0, round(math.log2(AMOUNT_MAGNITUDE / largest)))

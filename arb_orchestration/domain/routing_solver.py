@@ -338,8 +338,9 @@ def _milp_model(inst: AssetInstance):
 COMPILED_FIRST = True
 
 
-def _solve_exactly(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None]:
-    """Min-fee plan ignoring order, proven optimal: ("optimal", x_and_y) or ("infeasible", None).
+def _solve_exactly(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None, str]:
+    """Min-fee plan ignoring order, proven optimal: ("optimal", x_and_y, solver) or ("infeasible", None, "highs"),
+    `solver` being "compiled" or "highs".
 
     The compiled branch-and-bound (`routing_bnb`) first, within its budget; only its proven optimum is taken,
     and only after its amounts pass the model's rows here. Anything else (infeasible included: HiGHS then
@@ -348,9 +349,9 @@ def _solve_exactly(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndar
     if COMPILED_FIRST:
         outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=min(routing_bnb.BUDGET_SECONDS, time_limit))
         if outcome.solution is not None and _meets_model(inst, outcome.solution):
-            return "optimal", outcome.solution
+            return "optimal", outcome.solution, "compiled"
         time_limit = max(time_limit - outcome.seconds, 0.01)  # the time limit is the asset's, not each solver's
-    return _solve_milp(inst, time_limit)
+    return (*_solve_milp(inst, time_limit), "highs")
 
 
 def _meets_model(inst: AssetInstance, solution: np.ndarray, tol: float = 1e-7) -> bool:
@@ -619,11 +620,18 @@ def _polish(inst: AssetInstance, used: list[int], fee: float) -> np.ndarray | No
     rails, a, rhs = _venue_rows(inst, used)
     fixed = sum(r.fixed_fee for r in rails)
     rates = np.array([r.fee_rate for r in rails])
-    a_ub = np.vstack([-a, rates[None, :]])
-    b_ub = np.r_[-rhs, fee - fixed + 1e-9 * max(1.0, fee)]
+    # The fee row is scaled to coefficients of about 1 (HiGHS holds a row to ~1e-7 absolute: with rates of 1e-10
+    # the unscaled row let the plan cost a third more) and its slack is relative to the fee.
+    unit = float(rates.max()) if rates.size and rates.max() > 0 else 1.0
+    a_ub = np.vstack([-a, rates[None, :] / unit])
+    b_ub = np.r_[-rhs, (fee - fixed + 1e-10 * abs(fee)) / unit]
     bounds = [(inst.min_eff[j], inst.big_m[j]) for j in used]
     result = linprog(np.ones(len(used)), A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
-    return result.x if result.status == 0 else None
+    if result.status != 0:
+        return None
+    if fixed + float(rates @ result.x) > fee * (1 + 1e-9) + 1e-15:  # never a polish that costs more than proven
+        return None
+    return result.x
 
 
 def _exact_amounts(inst: AssetInstance, used: list[int]) -> np.ndarray | None:
@@ -739,16 +747,9 @@ def _ordered(inst: AssetInstance, transfers: list[Transfer]) -> list[Transfer] |
     return None if order is None else [transfers[i] for i in order]
 
 
-def solve_asset(problem: Problem, asset: str, time_limit: float) -> AssetResult:
-    inst = asset_instance(problem, asset)
-    if not inst.needs:
-        return AssetResult(True, 0.0, [])
-    if not inst.rails:
-        return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
-    status, solution = _solve_exactly(inst, time_limit)
-    if status == "infeasible":
-        return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
-    assert solution is not None
+def _plan_from(inst: AssetInstance, solution: np.ndarray) -> list[Transfer] | str:
+    """The transfers of a proven order-free optimum, polished and in executable order; or why there are none:
+    "no_amounts" (the chosen rails admit no amounts meeting the targets) or "unorderable"."""
     k = len(inst.rails)
     used = [j for j in range(k) if solution[k + j] > 0.5 and solution[j] > _EPS]
     fee = sum(inst.rails[j].fee(solution[j]) for j in used)
@@ -761,15 +762,39 @@ def solve_asset(problem: Problem, asset: str, time_limit: float) -> AssetResult:
         used = [j for j in range(k) if solution[j] > _EPS]
         amounts = _exact_amounts(inst, used)
     if amounts is None:
-        raise RoutingError(f"{asset}: the solver's plan does not meet the targets on its own rails (numerical trouble)")
+        return "no_amounts"
     keep = [c for c, a in enumerate(amounts) if a > _EPS]
-    transfers = _transfers(inst, [used[c] for c in keep], [amounts[c] for c in keep])
-    ordered = _ordered(inst, transfers)
-    if ordered is None:
+    ordered = _ordered(inst, _transfers(inst, [used[c] for c in keep], [amounts[c] for c in keep]))
+    return "unorderable" if ordered is None else ordered
+
+
+def solve_asset(problem: Problem, asset: str, time_limit: float) -> AssetResult:
+    inst = asset_instance(problem, asset)
+    if not inst.needs:
+        return AssetResult(True, 0.0, [])
+    if not inst.rails:
+        return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
+    deadline = time.monotonic() + time_limit
+    status, solution, solver = _solve_exactly(inst, time_limit)
+    if status == "infeasible":
+        return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
+    assert solution is not None
+    plan = _plan_from(inst, solution)
+    if isinstance(plan, str) and solver == "compiled":
+        # The compiled optimum's rails admit no exact amounts (a deficit below its tolerances, e.g. 13 orders of
+        # magnitude under the largest) or its ties chose rails that cannot be ordered (free rails held at their
+        # minimums in a cycle): HiGHS's optimum is as cheap and may not share the trouble.
+        status, solution = _solve_milp(inst, max(deadline - time.monotonic(), 0.01))
+        if status == "infeasible":
+            return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
+        plan = _plan_from(inst, solution)
+    if plan == "no_amounts":
+        raise RoutingError(f"{asset}: the solver's plan does not meet the targets on its own rails (numerical trouble)")
+    if plan == "unorderable":
         from arb_orchestration.domain.routing_sequenced import solve_sequenced
 
-        return _checked(inst, solve_sequenced(problem, asset, time_limit))
-    return _checked(inst, AssetResult(True, sum(t.fee for t in ordered), ordered))
+        return _checked(inst, solve_sequenced(problem, asset, max(deadline - time.monotonic(), 0.01)))
+    return _checked(inst, AssetResult(True, sum(t.fee for t in plan), plan))
 
 
 def solve_problem(problem: Problem, *, time_limit: float = 60.0) -> Plan:

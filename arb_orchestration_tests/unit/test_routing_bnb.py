@@ -61,11 +61,13 @@ def test_the_built_library_is_not_older_than_its_source():
 
 def test_amount_scale_is_an_exact_power_of_two():
     for largest in (3e-9, 0.004, 1.0, 1000.0, 123456.7, 2.4e9):
-        scale = routing_bnb.amount_scale(np.array([-largest, 0.5 * largest]))
+        # sized by the largest deficit (positive lo), whatever the surpluses (negative lo)
+        scale = routing_bnb.amount_scale(np.array([-1e6 * largest, largest, 0.5 * largest]))
         mantissa, _ = np.frexp(scale)
         assert mantissa == 0.5  # a power of two: scaling and unscaling lose no bit
         assert routing_bnb.AMOUNT_MAGNITUDE / 2 <= largest * scale <= routing_bnb.AMOUNT_MAGNITUDE * 2
     assert routing_bnb.amount_scale(np.zeros(3)) == 1.0
+    assert routing_bnb.amount_scale(np.array([-5.0, 0.0])) == 1.0
 
 
 def test_a_ten_venue_bench_instance_is_proven_by_the_compiled_solver_with_highs_fees(monkeypatch):
