@@ -458,13 +458,11 @@ impl Lp {
             it += 1;
             self.iters += 1;
             if it > max_iter {
-                if std::env::var("BNB_DEBUG").is_ok() { eprintln!("lp fail: iteration limit nr={}", n); }
                 return LpStatus::Failed;
             }
             if self.since >= 40 {
                 need_full = true;
                 if !self.factor() {
-                    if std::env::var("BNB_DEBUG").is_ok() { eprintln!("refactor singular nr={}", n); }
                     restarts += 1;
                     if restarts > 3 {
                         return LpStatus::Failed;
@@ -578,7 +576,6 @@ impl Lp {
             }
             let wr = self.w[r];
             if wr.abs() < 1e-12 {
-                if std::env::var("BNB_DEBUG").is_ok() { eprintln!("lp fail: tiny pivot {} nr={}", wr, n); }
                 return LpStatus::Failed;
             }
             let leaving = self.basis[r];
@@ -1410,7 +1407,7 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
     }
     heap.push(Node { lb: f64::NEG_INFINITY, delta: root, basis: slack });
     let mut status = 0.0;
-    let mut global_lb;
+    let global_lb;
     'outer: while let Some(node) = heap.pop() {
         if node.lb >= s.prune_level() {
             continue;
