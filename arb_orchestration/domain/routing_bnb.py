@@ -24,9 +24,11 @@ import numpy as np
 
 # Branch-and-bound options (a bit mask the library reads): 1 node big-M tightening, 4 reduced-cost fixing,
 # 8 the periodic "fix the rails that carry flow" heuristic, 256 a cover row per deficit venue, 8192 a small
-# sub-B&B on the root's most promising rails. The combination measured fastest on the bench's instances
-# (bench/planner_bnb/README.md).
-OPTIONS = 1 | 4 | 8 | 256 | 8192
+# sub-B&B on the root's most promising rails, 16384 that heuristic every 10 nodes instead of 100, 32768 a
+# RINS-like sub-search every 100 nodes (the node's LP support + the incumbent's rails), 65536 reliability
+# branching (the best 8 candidates probed both ways with 25 dual simplex iterations until each has 4 probes).
+# The combination measured fastest on the bench's instances (docs/route-planner.md, tenth session).
+OPTIONS = 1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536
 # Per asset: the compiled solver gets this long (and this many nodes) before the asset goes to HiGHS. At 10
 # venues a proof takes 2-50 ms; where it does not come within the budget, HiGHS usually needs seconds anyway.
 BUDGET_SECONDS = 0.3

@@ -71,6 +71,7 @@ struct Lp {
     fact_valid: bool,
     since: usize,
     pub refactors: u64,
+    hit_limit: bool,
 }
 
 enum LpStatus {
@@ -105,6 +106,7 @@ impl Lp {
             fact_valid: false,
             since: 0,
             refactors: 0,
+            hit_limit: false,
         };
         for i in 0..nr {
             lp.pos[nc + i] = i as i32;
@@ -446,6 +448,7 @@ impl Lp {
     fn solve(&mut self, max_iter: u64) -> LpStatus {
         let n = self.nr;
         let nt = self.nc + self.nr;
+        self.hit_limit = false;
         if !self.prepare() {
             return LpStatus::Failed;
         }
@@ -458,6 +461,7 @@ impl Lp {
             it += 1;
             self.iters += 1;
             if it > max_iter {
+                self.hit_limit = true;
                 return LpStatus::Failed;
             }
             if self.since >= 40 {
@@ -669,13 +673,16 @@ struct Solver<'a> {
     opts: u32,
     sep_rounds: usize,
     max_pool: usize,
+    pc_sum: Vec<f64>, // strong-branching gains per unit of fractionality, per rail and direction (off, on)
+    pc_cnt: Vec<u32>,
+    node_cst: f64, // the objective constant of the node LP last loaded by solve_node
     cs: f64, // the LP's costs are the fees times this (cost_scale); bounds and incumbents stay in fee units
     deadline: (Instant, f64), // the caller's start and time limit: the core heuristic's sub-search stays within it
 }
 
 enum NodeOut {
     Pruned,
-    Branch { lb: f64, rail: usize, on_first: bool, extra: Vec<(u32, u8)>, caps: Vec<(u32, f64)> },
+    Branch { lb: f64, rail: usize, on_first: bool, extra: Vec<(u32, u8)>, caps: Vec<(u32, f64)>, lb_on: f64, lb_off: f64 },
 }
 
 impl<'a> Solver<'a> {
@@ -1048,6 +1055,14 @@ impl<'a> Solver<'a> {
     /// Core heuristic: the same B&B on the root LP's support, the incumbent's rails and the 30
     /// rails cheapest to switch on (by reduced cost); any plan it finds is a plan of the full model.
     fn core_heuristic(&mut self) {
+        self.core_search(30, 0.5, 50_000);
+    }
+
+    /// The core heuristic's search on the current LP's support, the incumbent's rails and the `extra` rails
+    /// cheapest to switch on, within `seconds` (and the caller's deadline) and `nodes`. At a node (RINS-like,
+    /// opts 32768) the sub-model is still the full model restricted to those rails, not the node's subproblem:
+    /// any plan it finds is a plan of the full model, and it only ever lowers the incumbent.
+    fn core_search(&mut self, extra: usize, seconds: f64, nodes: u64) {
         let inst = self.inst;
         let k = inst.k;
         self.lp.compute_dual();
@@ -1065,7 +1080,7 @@ impl<'a> Solver<'a> {
             .map(|r| ((self.lp.d[r] / self.cs).max(0.0) * inst.me[r] + inst.f[r] + inst.p[r] * inst.me[r], r))
             .collect();
         rest.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
-        for &(_, r) in rest.iter().take(30) {
+        for &(_, r) in rest.iter().take(extra) {
             inc[r] = true;
         }
         let keep: Vec<usize> = (0..k).filter(|&r| inc[r]).collect();
@@ -1085,8 +1100,8 @@ impl<'a> Solver<'a> {
             inst.hi.clone(),
             self.opts,
         );
-        let left = (self.deadline.1 - self.deadline.0.elapsed().as_secs_f64()).clamp(0.0, 0.5);
-        let (x, y, info) = solve(&sub, self.ub_val, self.gap, left, 50_000, self.opts & !(8192 | 16 | 8));
+        let left = (self.deadline.1 - self.deadline.0.elapsed().as_secs_f64()).clamp(0.0, seconds);
+        let (x, y, info) = solve(&sub, self.ub_val, self.gap, left, nodes, self.opts & !(8192 | 16 | 8 | 32768));
         if info[1] < self.ub_val && y.iter().any(|&v| v == 1) {
             let mut bx = vec![0.0; k];
             let mut by = vec![0u8; k];
@@ -1155,7 +1170,73 @@ impl<'a> Solver<'a> {
                 self.lp.at_upper[j] = up[j];
             }
         }
+        self.node_cst = cst;
         Some(self.lp.objective() / self.cs + cst)
+    }
+
+    /// Strong-branching probe without reloading the LP: only rail r's two columns (and, fixed on, its
+    /// destination's row bounds) change; every other rail keeps this node's bound m, which is no tighter than
+    /// the child's own node_bounds, so the probe's LP is a relaxation of the child's LP. Returns the LP value
+    /// (infinity if infeasible) and whether it was solved to optimality. Needs the node LP loaded (no cut rows).
+    fn probe(&mut self, r: usize, on: bool, node_basis: &[usize], node_up: &[bool], iters: u64) -> (f64, bool) {
+        let inst = self.inst;
+        let k = inst.k;
+        let (u, w) = (inst.from[r], inst.to[r]);
+        let (f, p, m) = (inst.f[r], inst.p[r], self.m[r]);
+        if on && m < inst.me[r] {
+            return (f64::INFINITY, true);
+        }
+        let sc = 2 * k;
+        let cv = if self.opts & 256 != 0 { inst.cover[w] } else { -1 };
+        let lp = &mut self.lp;
+        let sx = (lp.ent[r].clone(), lp.c[r], lp.lb[r], lp.ub[r]);
+        let sl = (lp.lb[k + r], lp.ub[k + r]);
+        let sw = (lp.lb[sc + w], lp.ub[sc + w]);
+        let scv = if cv >= 0 { lp.lb[sc + cv as usize] } else { 0.0 };
+        let mut cst = self.node_cst;
+        if on {
+            lp.ent[r].clear();
+            lp.ent[r].push((u as u32, -1.0));
+            lp.ent[r].push((w as u32, 1.0 - p));
+            lp.c[r] = p * self.cs;
+            lp.lb[r] = inst.me[r];
+            lp.ub[r] = m;
+            lp.lb[k + r] = 0.0;
+            lp.ub[k + r] = 0.0;
+            lp.lb[sc + w] += f;
+            lp.ub[sc + w] += f;
+            if cv >= 0 {
+                lp.lb[sc + cv as usize] -= 1.0;
+            }
+            cst += f;
+        } else {
+            lp.lb[r] = 0.0;
+            lp.ub[r] = 0.0;
+            lp.lb[k + r] = 0.0;
+            lp.ub[k + r] = 0.0;
+        }
+        lp.set_basis(node_basis);
+        lp.at_upper.copy_from_slice(node_up);
+        let out = match lp.solve(iters) {
+            LpStatus::Optimal => (lp.objective() / self.cs + cst, true),
+            LpStatus::Infeasible => (f64::INFINITY, true),
+            LpStatus::Failed => {
+                // stopped early: the dual simplex's objective so far scores, it never prunes
+                if lp.hit_limit { (lp.objective() / self.cs + cst, false) } else { (f64::NEG_INFINITY, false) }
+            }
+        };
+        lp.ent[r] = sx.0;
+        lp.c[r] = sx.1;
+        lp.lb[r] = sx.2;
+        lp.ub[r] = sx.3;
+        lp.lb[k + r] = sl.0;
+        lp.ub[k + r] = sl.1;
+        lp.lb[sc + w] = sw.0;
+        lp.ub[sc + w] = sw.1;
+        if cv >= 0 {
+            lp.lb[sc + cv as usize] = scv;
+        }
+        out
     }
 
     fn process(&mut self, delta: &Rc<Delta>, basis: &[u32], heur: bool) -> NodeOut {
@@ -1191,9 +1272,17 @@ impl<'a> Solver<'a> {
                 return NodeOut::Pruned;
             }
         }
+        if self.opts & 32768 != 0 && self.nodes % 100 == 0 && self.ub_val < f64::INFINITY {
+            // RINS-like: the core search again, on this node's LP support and the incumbent's rails
+            self.core_search(10, 0.05, 2000);
+            if z >= self.prune_level() {
+                return NodeOut::Pruned;
+            }
+        }
         let mut frac = usize::MAX;
         let mut best_score = -1.0;
         let mut on_first = true;
+        let mut cands: Vec<(f64, usize)> = Vec::new();
         for r in 0..k {
             if self.st[r] != FREE || self.m[r] <= 0.0 {
                 continue;
@@ -1215,6 +1304,7 @@ impl<'a> Solver<'a> {
                     inst.f[r] * yy.min(1.0 - yy) + 1e-15
                 };
                 let _ = m;
+                cands.push((score, r));
                 if score > best_score {
                     best_score = score;
                     frac = r;
@@ -1249,7 +1339,88 @@ impl<'a> Solver<'a> {
                 }
             }
         }
-        NodeOut::Branch { lb: z, rail: frac, on_first, extra, caps: newcaps }
+        let (mut lb_on, mut lb_off) = (z, z);
+        // strong branching parameters: candidates probed per node, dual simplex iterations per probe, probes per
+        // rail and direction after which its pseudo-cost stands in for a probe
+        let (sb_cands, sb_iters, sb_rel) = (8usize, 25u64, 4u32);
+        if self.opts & 65536 != 0 && self.cuts.is_empty() && cands.len() > 1 {
+            // Reliability branching: the best candidates by the usual score are probed both ways (`probe`: a short
+            // dual simplex from this node's basis) until a rail has sb_rel probes per direction, then scored by its
+            // pseudo-costs; a weighted sum of the two gains picks the rail. A direction whose probe LP is solved to
+            // optimality and cannot beat the incumbent (or is infeasible) is fixed the other way for this subtree
+            // (the probe is a relaxation of that child). Solved probe values are the children's lower bounds.
+            cands.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal));
+            let node_basis = self.lp.basis.clone();
+            let node_up = self.lp.at_upper.clone();
+            let lim = self.prune_level();
+            let mut best = (-1.0, usize::MAX, z, z);
+            let yv: Vec<f64> = cands.iter().take(sb_cands).map(|&(_, r)| self.y_of(r).min(1.0)).collect();
+            let mut best_y = 0.0;
+            for (ci, &(_, r)) in cands.iter().take(sb_cands).enumerate() {
+                let mut zz = [z; 2];
+                let mut exact = [false; 2];
+                let fr = [yv[ci].max(1e-6), (1.0 - yv[ci]).max(1e-6)];
+                let reliable = self.pc_cnt[2 * r] >= sb_rel && self.pc_cnt[2 * r + 1] >= sb_rel;
+                for d in 0..2 {
+                    if reliable {
+                        // pseudo-cost estimate from this rail's earlier probes: scores only
+                        zz[d] = z + self.pc_sum[2 * r + d] / self.pc_cnt[2 * r + d] as f64 * fr[d];
+                        continue;
+                    }
+                    let (val, ex) = self.probe(r, d == 1, &node_basis, &node_up, sb_iters);
+                    zz[d] = val.max(z);
+                    exact[d] = ex;
+                    if val.is_finite() {
+                        self.pc_sum[2 * r + d] += (val - z).max(0.0) / fr[d];
+                        self.pc_cnt[2 * r + d] += 1;
+                    }
+                }
+                let dead0 = exact[0] && zz[0] >= lim;
+                let dead1 = exact[1] && zz[1] >= lim;
+                if dead0 && dead1 {
+                    self.lp.set_basis(&node_basis);
+                    self.lp.at_upper.copy_from_slice(&node_up);
+                    return NodeOut::Pruned;
+                }
+                if dead0 || dead1 {
+                    extra.push((r as u32, if dead0 { ON } else { OFF }));
+                    continue;
+                }
+                // weighted sum of the two gains (1/6 on the larger): the product rule tied at ~0 on near-tie instances
+                // (the stress family, fixed fees deciding) and grew those trees 4-30x; the usual score breaks ties
+                let (g0, g1) = ((zz[0] - z).max(0.0), (zz[1] - z).max(0.0));
+                let score = (5.0 * g0.min(g1) + g0.max(g1)) / 6.0 + 1e-6 * cands[ci].0;
+                if score > best.0 {
+                    best = (score, r, if exact[1] { zz[1] } else { z }, if exact[0] { zz[0] } else { z });
+                    best_y = yv[ci];
+                }
+            }
+            self.lp.set_basis(&node_basis);
+            self.lp.at_upper.copy_from_slice(&node_up);
+            if best.1 != usize::MAX {
+                frac = best.1;
+                lb_on = best.2;
+                lb_off = best.3;
+                on_first = best_y >= 0.5;
+            } else if extra.iter().any(|&(e, _)| e as usize == frac) {
+                // every probed candidate was fixed: branch on the first unfixed candidate, if any
+                match cands.iter().find(|&&(_, r)| !extra.iter().any(|&(e, _)| e as usize == r)) {
+                    Some(&(_, r)) => {
+                        frac = r;
+                        on_first = false; // (the LP holds the last probe's values now)
+                    }
+                    None => {
+                        // re-solve this node with the fixes: one child carries them all, the other is empty
+                        let (r, dir) = extra.pop().unwrap();
+                        let r = r as usize;
+                        return NodeOut::Branch { lb: z, rail: r, on_first: dir == ON, extra, caps: newcaps,
+                                                 lb_on: if dir == ON { z } else { f64::INFINITY },
+                                                 lb_off: if dir == OFF { z } else { f64::INFINITY } };
+                    }
+                }
+            }
+        }
+        NodeOut::Branch { lb: z, rail: frac, on_first, extra, caps: newcaps, lb_on, lb_off }
     }
 }
 
@@ -1381,6 +1552,9 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
         opts,
         sep_rounds: if opts & 2048 != 0 { 3 } else { 0 },
         max_pool: if opts & 4096 != 0 { 2 * inst.n } else { 6 * inst.n },
+        pc_sum: vec![0.0; 2 * k],
+        pc_cnt: vec![0; 2 * k],
+        node_cst: 0.0,
         cs: cost_scale(inst),
         deadline: (start, time_limit),
     };
@@ -1421,7 +1595,8 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
                 heap.push(Node { lb, delta, basis });
                 break 'outer;
             }
-            let heur = s.nodes == 0 || (s.opts & 8 != 0 && s.nodes % 100 == 0);
+            let every = if s.opts & 16384 != 0 { 10 } else { 100 };
+            let heur = s.nodes == 0 || (s.opts & 8 != 0 && s.nodes % every == 0);
             let out = s.process(&delta, &basis, heur && s.opts & 16 == 0);
             if s.opts & 16 != 0 {
                 let mut xs = vec![0.0; 3 * k];
@@ -1435,7 +1610,7 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
             }
             match out {
                 NodeOut::Pruned => break,
-                NodeOut::Branch { lb: z, rail, on_first, extra, caps } => {
+                NodeOut::Branch { lb: z, rail, on_first, extra, caps, lb_on, lb_off } => {
                     let nb: Vec<u32> = s.lp.basis.iter().map(|&j| j as u32).collect();
                     let first = if on_first { ON } else { OFF };
                     let second = if on_first { OFF } else { ON };
@@ -1446,10 +1621,17 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
                     };
                     let a = Rc::new(Delta { parent: Some(shared.clone()), fixes: vec![(rail as u32, first)], caps: Vec::new() });
                     let b = Rc::new(Delta { parent: Some(shared), fixes: vec![(rail as u32, second)], caps: Vec::new() });
-                    heap.push(Node { lb: z, delta: b, basis: nb.clone() });
+                    // a child's lower bound: the parent's, or its own LP value when strong branching solved it
+                    let (lb_a, lb_b) = if on_first { (lb_on, lb_off) } else { (lb_off, lb_on) };
+                    if lb_b < s.prune_level() {
+                        heap.push(Node { lb: lb_b.max(z), delta: b, basis: nb.clone() });
+                    }
+                    if lb_a >= s.prune_level() {
+                        break;
+                    }
                     delta = a;
                     basis = nb;
-                    lb = z;
+                    lb = lb_a.max(z);
                 }
             }
         }
