@@ -347,7 +347,7 @@ def _solve_exactly(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndar
     proves it, and `_shortfall_reason` explains it) goes to HiGHS (`_solve_milp`), unchanged.
     """
     if COMPILED_FIRST:
-        outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=min(routing_bnb.BUDGET_SECONDS, time_limit))
+        outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=routing_bnb.BUDGET_SHARE * time_limit)
         if outcome.solution is not None and _meets_model(inst, outcome.solution):
             return "optimal", outcome.solution, "compiled"
         time_limit = max(time_limit - outcome.seconds, 0.01)  # the time limit is the asset's, not each solver's

@@ -125,7 +125,7 @@ def test_anything_but_a_proven_optimum_goes_to_highs(monkeypatch, status):
 def test_a_spent_budget_is_reported_as_a_limit_and_never_as_an_answer():
     instance = _bench_instance(10, 0)
     inst = asset_instance(parse_problem(instance["balances"], instance["targets"], instance["rails"]), "ETH")
-    outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, max_nodes=5)  # ETH seed 0 needs ~600 nodes
+    outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, max_nodes=5)  # ETH seed 0 needs ~120 nodes
     assert outcome.status == "limit" and outcome.solution is None
 
 
