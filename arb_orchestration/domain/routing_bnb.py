@@ -72,10 +72,13 @@ def library() -> ctypes.CDLL | None:
 def load(path: str | Path) -> ctypes.CDLL:
     """Load a build of the library (the shipped one through `library()`; bench/planner_bnb loads experiments)."""
     lib = ctypes.CDLL(str(path))
+    arguments = [ctypes.c_int32, ctypes.c_int32, _I, _I, _D, _D, _D, _D, _D, _D,
+                 ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int64, ctypes.c_int32,
+                 _D, ctypes.POINTER(ctypes.c_uint8), _D]
     lib.bnb_solve.restype = ctypes.c_int32
-    lib.bnb_solve.argtypes = [ctypes.c_int32, ctypes.c_int32, _I, _I, _D, _D, _D, _D, _D, _D,
-                              ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int64, ctypes.c_int32,
-                              _D, ctypes.POINTER(ctypes.c_uint8), _D]
+    lib.bnb_solve.argtypes = arguments
+    lib.bnb_solve_cancellable.restype = ctypes.c_int32
+    lib.bnb_solve_cancellable.argtypes = [*arguments, _I]
     return lib
 
 
@@ -117,8 +120,12 @@ def model_arrays(inst) -> dict[str, np.ndarray]:
 
 
 def solve(inst, *, gap: float, time_limit: float = 10.0, max_nodes: int = MAX_NODES,
-          options: int = OPTIONS) -> Outcome:
-    """Solve one asset's model; `Outcome.solution` is set only for a proven optimum."""
+          options: int = OPTIONS, cancel: ctypes.c_int32 | None = None) -> Outcome:
+    """Solve one asset's model; `Outcome.solution` is set only for a proven optimum.
+
+    `cancel`: set its value to non-zero from another thread to stop the search at its next node (status
+    "limit"); the library runs without the GIL, so a race against HiGHS in another thread is real parallelism.
+    """
     lib = library()
     started = time.perf_counter()
     if lib is None:
@@ -133,9 +140,12 @@ def solve(inst, *, gap: float, time_limit: float = 10.0, max_nodes: int = MAX_NO
     info = np.zeros(6)
     dp = lambda arr: arr.ctypes.data_as(_D)  # noqa: E731
     ip = lambda arr: arr.ctypes.data_as(_I)  # noqa: E731
-    code = lib.bnb_solve(n, k, ip(frm), ip(to), dp(f), dp(p), dp(me), dp(mm), dp(lo), dp(hi), math.inf, gap,
-                         float(time_limit), int(max_nodes), int(options), dp(x), y.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
-                         dp(info))
+    arguments = (n, k, ip(frm), ip(to), dp(f), dp(p), dp(me), dp(mm), dp(lo), dp(hi), math.inf, gap, float(time_limit),
+                 int(max_nodes), int(options), dp(x), y.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), dp(info))
+    if cancel is None:
+        code = lib.bnb_solve(*arguments)
+    else:
+        code = lib.bnb_solve_cancellable(*arguments, ctypes.byref(cancel))
     seconds = time.perf_counter() - started
     status = _STATUS.get(int(code), "error")
     if status != "optimal":

@@ -8,8 +8,10 @@ and next to each rule.
 
 from __future__ import annotations
 
+import ctypes
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -336,22 +338,50 @@ def _milp_model(inst: AssetInstance):
 
 # Set to False to prove every optimum with HiGHS alone (tests compare the two; the planner never needs it).
 COMPILED_FIRST = True
+# The compiled solver runs alone this long before HiGHS joins the race (most assets are proven well within it).
+HEAD_START_SECONDS = 0.5
 
 
 def _solve_exactly(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None, str]:
     """Min-fee plan ignoring order, proven optimal: ("optimal", x_and_y, solver) or ("infeasible", None, "highs"),
     `solver` being "compiled" or "highs".
 
-    The compiled branch-and-bound (`routing_bnb`) first, within its budget; only its proven optimum is taken,
-    and only after its amounts pass the model's rows here. Anything else (infeasible included: HiGHS then
-    proves it, and `_shortfall_reason` explains it) goes to HiGHS (`_solve_milp`), unchanged.
+    The compiled branch-and-bound (`routing_bnb`) starts in a thread (it runs without the GIL). If it has not
+    proven the asset within HEAD_START_SECONDS, HiGHS (`_solve_milp`) starts here and the two race: the first
+    proof wins and the other is stopped (the compiled solver through its cancel flag, HiGHS through its interrupt
+    callback). Only a compiled proof whose amounts pass the model's rows here (`_meets_model`) counts; anything
+    else from it (infeasible included: HiGHS then proves it, and `_shortfall_reason` explains it) leaves the asset
+    to HiGHS, unchanged. Neither solver ever returns a best guess.
     """
-    if COMPILED_FIRST:
-        outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=routing_bnb.BUDGET_SHARE * time_limit)
-        if outcome.solution is not None and _meets_model(inst, outcome.solution):
-            return "optimal", outcome.solution, "compiled"
-        time_limit = max(time_limit - outcome.seconds, 0.01)  # the time limit is the asset's, not each solver's
-    return (*_solve_milp(inst, time_limit), "highs")
+    if not COMPILED_FIRST or routing_bnb.library() is None:
+        return (*_solve_milp(inst, time_limit), "highs")
+    deadline = time.monotonic() + time_limit
+    cancel = ctypes.c_int32(0)
+    proofs: list[np.ndarray] = []  # the compiled proof, once it has passed the model check
+    done, proven = threading.Event(), threading.Event()
+
+    def compiled() -> None:
+        try:
+            outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=time_limit, cancel=cancel)
+            if outcome.solution is not None and _meets_model(inst, outcome.solution):
+                proofs.append(outcome.solution)
+                proven.set()
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=compiled, name=f"routing-bnb-{inst.asset}", daemon=True)
+    worker.start()
+    try:
+        done.wait(min(HEAD_START_SECONDS, time_limit))
+        if proven.is_set():
+            return "optimal", proofs[0], "compiled"
+        status, solution = _solve_milp(inst, max(deadline - time.monotonic(), 0.01), interrupt=proven.is_set)
+    finally:
+        cancel.value = 1  # HiGHS answered first (or raised): stop the compiled search at its next node
+        worker.join()
+    if status == "interrupted":  # HiGHS is interrupted only once the compiled solver has a checked proof
+        return "optimal", proofs[0], "compiled"
+    return status, solution, "highs"
 
 
 def _meets_model(inst: AssetInstance, solution: np.ndarray, tol: float = 1e-7) -> bool:
@@ -371,8 +401,10 @@ def _meets_model(inst: AssetInstance, solution: np.ndarray, tol: float = 1e-7) -
     return bool(np.all(inflow - outflow >= a["lo"] - tol * (1 + np.abs(a["lo"]) + moved)))
 
 
-def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None]:
-    """Min-fee plan ignoring order. Returns ("optimal", x_and_y) or ("infeasible", None).
+def _solve_milp(inst: AssetInstance, time_limit: float,
+                interrupt: Callable[[], bool] | None = None) -> tuple[str, np.ndarray | None]:
+    """Min-fee plan ignoring order. Returns ("optimal", x_and_y) or ("infeasible", None); ("interrupted", None)
+    when `interrupt()` said True (asked at HiGHS's interrupt points; the scipy fallback path cannot be).
 
     Through the HiGHS object scipy bundles (`_solve_with_start`) when this
     scipy has it: same model, same proof, plus a MIP start; else `run_milp`.
@@ -383,7 +415,7 @@ def _solve_milp(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray
     highs = _highs_module()
     if highs is not None:
         try:
-            status, x = _solve_with_start(highs, inst, model, time_limit)
+            status, x = _solve_with_start(highs, inst, model, time_limit, interrupt)
             return status, (None if x is None else x[: 2 * k])
         except _DirectHighsUnusable as exc:  # e.g. a HiGHS release renamed an option: slower, still exact
             direct_highs_unavailable = str(exc)
@@ -474,7 +506,8 @@ class _Run:
 
 
 def _highs_run(highs, a: _Arrays, *, integral: bool, time_limit: float, options: dict,
-               start: np.ndarray | None = None, cost_scale: float = 1.0) -> _Run:
+               start: np.ndarray | None = None, cost_scale: float = 1.0,
+               interrupt: Callable[[], bool] | None = None) -> _Run:
     lp = highs.HighsLp()
     lp.num_col_ = a.cost.size
     lp.num_row_ = a.row_lower.size
@@ -498,6 +531,18 @@ def _highs_run(highs, a: _Arrays, *, integral: bool, time_limit: float, options:
         if solver.setOptionValue(key, value) != highs.HighsStatus.kOk:
             raise _DirectHighsUnusable(f"HiGHS refused option {key}={value!r}")
     solver.passModel(lp)
+    if interrupt is not None:  # asked at HiGHS's interrupt points; True stops it ("interrupted")
+        def _callback(kind, message, data_out, data_in, user_data):
+            if data_in is not None and interrupt():
+                data_in.user_interrupt = True
+
+        try:
+            kinds = highs.cb.HighsCallbackType
+            solver.setCallback(_callback, None)
+            for kind in (kinds.kCallbackMipInterrupt, kinds.kCallbackSimplexInterrupt, kinds.kCallbackIpmInterrupt):
+                solver.startCallback(kind)
+        except AttributeError:  # a HiGHS without callbacks: it runs to its own end (the race is then only slower)
+            pass
     if start is not None:
         given = highs.HighsSolution()
         given.col_value = [float(v) for v in start]
@@ -507,6 +552,8 @@ def _highs_run(highs, a: _Arrays, *, integral: bool, time_limit: float, options:
     status = solver.getModelStatus()
     if status == highs.HighsModelStatus.kInfeasible:
         return _Run("infeasible", None, None)
+    if status == highs.HighsModelStatus.kInterrupt:
+        return _Run("interrupted", None, None)
     solution = solver.getSolution()
     if status != highs.HighsModelStatus.kOptimal or not solution.value_valid:
         return _Run(f"other: {solver.modelStatusToString(status)}", None, None)
@@ -566,12 +613,15 @@ def _satisfies(a: _Arrays, z: np.ndarray, tol: float = 1e-7) -> bool:
                 and np.all(z >= a.lower - tol) and np.all(z <= a.upper + tol * (1.0 + np.abs(a.upper))))
 
 
-def _solve_with_start(highs, inst: AssetInstance, model, time_limit: float) -> tuple[str, np.ndarray | None]:
+def _solve_with_start(highs, inst: AssetInstance, model, time_limit: float,
+                      interrupt: Callable[[], bool] | None = None) -> tuple[str, np.ndarray | None]:
     deadline = time.monotonic() + time_limit
     full = _arrays(model)
-    lp = _highs_run(highs, full, integral=False, time_limit=time_limit, options={})
+    lp = _highs_run(highs, full, integral=False, time_limit=time_limit, options={}, interrupt=interrupt)
     if lp.status == "infeasible":  # the LP relaxation is infeasible, so is the MILP
         return "infeasible", None
+    if lp.status == "interrupted":
+        return "interrupted", None
     start = None
     scale = 1.0
     if lp.status == "optimal":
@@ -579,16 +629,18 @@ def _solve_with_start(highs, inst: AssetInstance, model, time_limit: float) -> t
         keep = _core_rails(inst, lp)
         if len(keep) < len(inst.rails):
             core = _highs_run(highs, _arrays(_milp_model(_restricted(inst, keep))), integral=True,
-                              time_limit=deadline - time.monotonic(), options={})
+                              time_limit=deadline - time.monotonic(), options={}, interrupt=interrupt)
+            if core.status == "interrupted":
+                return "interrupted", None
             if core.status == "optimal":
                 candidate = _full_start(inst, keep, core.x)
                 if _satisfies(full, candidate):
                     start = candidate
     options = HIGHS_NO_HEURISTICS if start is not None else {}
     final = _highs_run(highs, full, integral=True, time_limit=deadline - time.monotonic(), options=options,
-                       start=start, cost_scale=scale)
-    if final.status == "infeasible":
-        return "infeasible", None
+                       start=start, cost_scale=scale, interrupt=interrupt)
+    if final.status in ("infeasible", "interrupted"):
+        return final.status, None
     if final.status != "optimal":
         raise RoutingError(f"{inst.asset}: solver did not prove an optimum ({final.status})")
     return "optimal", final.x

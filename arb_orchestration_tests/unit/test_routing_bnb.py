@@ -3,9 +3,12 @@ beyond what it proves (anything it does not settle goes to HiGHS)."""
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import random
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +117,8 @@ def test_anything_but_a_proven_optimum_goes_to_highs(monkeypatch, status):
         expected = plan_routes(*args)
     calls = []
     real_milp = routing_solver._solve_milp
-    monkeypatch.setattr(routing_solver, "_solve_milp", lambda inst, limit: calls.append(inst.asset) or real_milp(inst, limit))
+    monkeypatch.setattr(routing_solver, "_solve_milp",
+                        lambda inst, limit, **kw: calls.append(inst.asset) or real_milp(inst, limit, **kw))
     spy = _Spy(monkeypatch, replace=lambda inst, **kw: routing_bnb.Outcome(status, None, 7, 0.0))
     with solving_with("compiled"):
         plan = plan_routes(*args)
@@ -180,4 +184,47 @@ def test_without_the_library_the_planner_uses_highs_alone(monkeypatch):
     with solving_with("highs"):  # what an install without cargo runs
         routing_solver.COMPILED_FIRST = True
         plan = plan_routes(*args)
+    assert plan.fee_by_asset == pytest.approx(expected.fee_by_asset, rel=1e-8)
+
+
+def test_highs_stops_at_once_when_interrupted():
+    instance = _bench_instance(10, 0)
+    inst = asset_instance(parse_problem(instance["balances"], instance["targets"], instance["rails"]), "ETH")
+    assert routing_solver._solve_milp(inst, 60.0, interrupt=lambda: True) == ("interrupted", None)
+    status, solution = routing_solver._solve_milp(inst, 60.0, interrupt=lambda: False)
+    assert status == "optimal" and solution is not None
+
+
+def test_a_cancelled_compiled_search_stops_at_its_next_node():
+    instance = _bench_instance(20, 2)  # its USDT takes the compiled solver seconds (~23,000 nodes)
+    inst = asset_instance(parse_problem(instance["balances"], instance["targets"], instance["rails"]), "USDT")
+    cancel = ctypes.c_int32(0)
+    threading.Timer(0.2, lambda: setattr(cancel, "value", 1)).start()
+    started = time.thread_time()
+    outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, cancel=cancel)
+    assert outcome.status == "limit" and outcome.solution is None
+    assert time.thread_time() - started < 5.0  # this thread's CPU: stopped soon after the flag, not at 60 s
+
+
+def test_when_highs_races_a_compiled_proof_it_is_interrupted_and_the_proof_is_taken(monkeypatch):
+    instance = _bench_instance(10, 1)
+    args = (instance["balances"], instance["targets"], instance["rails"])
+    with solving_with("highs"):
+        expected = plan_routes(*args)
+    statuses = []
+    real_milp = routing_solver._solve_milp
+
+    def slow_start(inst, limit, **kwargs):  # HiGHS joins at once (no head start) and gives the compiled solver time
+        interrupt = kwargs["interrupt"]
+        deadline = time.monotonic() + 10
+        while not interrupt() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        statuses.append(real_milp(inst, limit, **kwargs)[0])
+        return (statuses[-1], None) if statuses[-1] == "interrupted" else real_milp(inst, limit)
+
+    monkeypatch.setattr(routing_solver, "HEAD_START_SECONDS", 0.0)
+    monkeypatch.setattr(routing_solver, "_solve_milp", slow_start)
+    with solving_with("compiled"):
+        plan = plan_routes(*args)
+    assert statuses == ["interrupted"] * 3
     assert plan.fee_by_asset == pytest.approx(expected.fee_by_asset, rel=1e-8)

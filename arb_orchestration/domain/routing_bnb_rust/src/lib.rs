@@ -1424,6 +1424,35 @@ impl<'a> Solver<'a> {
     }
 }
 
+thread_local! {
+    // The cancel flag of the bnb_solve_cancellable call running on this thread (null: none). Thread-local, so
+    // concurrent calls from several threads stay independent; the sub-searches run on the same thread and see it.
+    static CANCEL: std::cell::Cell<*const std::sync::atomic::AtomicI32> = std::cell::Cell::new(std::ptr::null());
+}
+
+fn cancelled() -> bool {
+    CANCEL.with(|c| {
+        let p = c.get();
+        // SAFETY: the pointer is set only for the duration of bnb_solve_cancellable, whose caller keeps it alive.
+        !p.is_null() && unsafe { (*p).load(std::sync::atomic::Ordering::Relaxed) } != 0
+    })
+}
+
+/// `bnb_solve`, stopped (status 2, "limit") at the next node once `*cancel` becomes non-zero: the planner races
+/// this solver against HiGHS and cancels the loser. `cancel` must stay valid until the call returns.
+#[no_mangle]
+pub extern "C" fn bnb_solve_cancellable(
+    n: i32, k: i32, from: *const i32, to: *const i32, f: *const f64, p: *const f64, me: *const f64, mm: *const f64,
+    lo: *const f64, hi: *const f64, init_ub: f64, gap: f64, time_limit: f64, max_nodes: i64, opts: i32,
+    out_x: *mut f64, out_y: *mut u8, out_info: *mut f64, cancel: *const i32,
+) -> i32 {
+    CANCEL.with(|c| c.set(cancel as *const std::sync::atomic::AtomicI32));
+    let status = bnb_solve(n, k, from, to, f, p, me, mm, lo, hi, init_ub, gap, time_limit, max_nodes, opts, out_x,
+                           out_y, out_info);
+    CANCEL.with(|c| c.set(std::ptr::null()));
+    status
+}
+
 #[no_mangle]
 pub extern "C" fn bnb_solve(
     n: i32,
@@ -1590,7 +1619,7 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
         let mut basis = node.basis;
         let mut lb = node.lb;
         loop {
-            if s.nodes >= max_nodes || start.elapsed().as_secs_f64() > time_limit {
+            if s.nodes >= max_nodes || start.elapsed().as_secs_f64() > time_limit || cancelled() {
                 status = 2.0;
                 heap.push(Node { lb, delta, basis });
                 break 'outer;
