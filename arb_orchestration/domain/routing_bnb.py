@@ -1,13 +1,13 @@
-"""The route planner's compiled exact branch-and-bound: the first try on every asset, HiGHS behind it.
+"""The route planner's compiled exact branch-and-bound: it races HiGHS on every asset, and the first proof wins.
 
 The library is Rust, standard library only (`routing_bnb_rust/src/lib.rs`), built by `pip install`
 (setuptools-rust, `pyproject.toml`) into `_routing_bnb.<ext suffix>` beside this file and loaded with ctypes.
 It solves exactly the planner's per-asset model (`AssetInstance`: the pruned rails, their big-M bounds and
 minimums) by best-first branch-and-bound with its own small dual simplex per node, to the planner's relative
-gap (`MIP_REL_GAP`). Only a proven optimum is taken from it; on anything else (infeasible, the node or time
-budget spent, an LP that failed numerically, a panic, no library) the planner solves the asset with HiGHS as
-before, so the worst case is the budget plus the old time. docs/route-planner.md "The compiled branch-and-bound"
-says why it is exact and what it measured.
+gap (`MIP_REL_GAP`). Only a proven optimum is taken from it; on anything else (infeasible, the time limit, an LP
+that failed numerically, a panic, no library) the asset's answer is HiGHS's, as before
+(`routing_solver._solve_exactly`). docs/route-planner.md "The compiled branch-and-bound" says why it is exact
+and what it measured.
 """
 
 from __future__ import annotations
@@ -29,12 +29,9 @@ import numpy as np
 # branching (the best 8 candidates probed both ways with 25 dual simplex iterations until each has 4 probes).
 # The combination measured fastest on the bench's instances (docs/route-planner.md, tenth session).
 OPTIONS = 1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536
-# Per asset: the compiled solver gets this share of the asset's time limit (plan_routes' `time_limit`, the
-# rebalance config's planner_time_limit_seconds) before the asset goes to HiGHS with what is left. Measured on
-# the bench (spec family): every asset at 10 and 20 venues proven in 2 ms-10 s, where HiGHS took 0.05-35 s;
-# at 30 venues (seed 0) 2.8-26 s per asset against HiGHS's 25 s for all three.
-BUDGET_SHARE = 0.5
-MAX_NODES = 10_000_000  # the time limit is what binds; this only bounds memory (~a few hundred bytes a node)
+# The planner races this solver against HiGHS within the asset's time limit (routing_solver._solve_exactly); the
+# time limit is what binds, this only bounds memory (a few hundred bytes a node).
+MAX_NODES = 10_000_000
 # Amounts are scaled by a power of two (exact in binary floating point) so that the largest deficit or
 # surplus is about this size: the library's tolerances are absolute, tuned for amounts of that order.
 AMOUNT_MAGNITUDE = 1024.0
@@ -119,7 +116,7 @@ def model_arrays(inst) -> dict[str, np.ndarray]:
     return {"from": frm, "to": to, "f": f, "p": p, "me": me, "mm": mm, "lo": lo, "hi": hi}
 
 
-def solve(inst, *, gap: float, time_limit: float = 10.0, max_nodes: int = MAX_NODES,
+def solve(inst, *, gap: float, time_limit: float = 10.0, max_nodes: int | None = None,
           options: int = OPTIONS, cancel: ctypes.c_int32 | None = None) -> Outcome:
     """Solve one asset's model; `Outcome.solution` is set only for a proven optimum.
 
@@ -141,7 +138,8 @@ def solve(inst, *, gap: float, time_limit: float = 10.0, max_nodes: int = MAX_NO
     dp = lambda arr: arr.ctypes.data_as(_D)  # noqa: E731
     ip = lambda arr: arr.ctypes.data_as(_I)  # noqa: E731
     arguments = (n, k, ip(frm), ip(to), dp(f), dp(p), dp(me), dp(mm), dp(lo), dp(hi), math.inf, gap, float(time_limit),
-                 int(max_nodes), int(options), dp(x), y.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), dp(info))
+                 int(MAX_NODES if max_nodes is None else max_nodes), int(options), dp(x),
+                 y.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), dp(info))
     if cancel is None:
         code = lib.bnb_solve(*arguments)
     else:

@@ -403,10 +403,10 @@ def test_a_node_or_time_limit_never_yields_a_wrong_optimum(hard_instances):
 
 
 def test_a_spent_budget_hands_the_asset_to_highs(monkeypatch):
-    # BUDGET_SHARE = 0: the compiled solver answers "limit" for every asset and the plan is HiGHS's.
+    # MAX_NODES = 0: the compiled solver answers "limit" for every asset and the plan is HiGHS's.
     problem = _bench(8, 0, "stress")
     reference = plan_with("highs", problem, None, None)
-    monkeypatch.setattr(routing_bnb, "BUDGET_SHARE", 0.0)
+    monkeypatch.setattr(routing_bnb, "MAX_NODES", 0)
     plan = plan_with("compiled", problem, None, None)
     assert plan.fee_by_asset == reference.fee_by_asset
 
