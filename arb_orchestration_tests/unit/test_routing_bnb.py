@@ -31,6 +31,14 @@ def _bench_instance(venues: int, seed: int) -> dict:
     return module.make_instance(venues, seed)
 
 
+def _with_highs_answer(seed: int) -> tuple[tuple, object]:
+    """A 10-venue bench instance's plan_routes arguments and the HiGHS-only planner's plan for it."""
+    instance = _bench_instance(10, seed)
+    args = (instance["balances"], instance["targets"], instance["rails"])
+    with solving_with("highs"):
+        return args, plan_routes(*args)
+
+
 class _Spy:
     """Wraps `routing_bnb.solve` and keeps what it answered per asset."""
 
@@ -111,10 +119,7 @@ def test_on_random_small_instances_both_solvers_agree(monkeypatch):
 
 @pytest.mark.parametrize("status", ["limit", "lp_failure", "infeasible", "error"])
 def test_anything_but_a_proven_optimum_goes_to_highs(monkeypatch, status):
-    instance = _bench_instance(10, 1)
-    args = (instance["balances"], instance["targets"], instance["rails"])
-    with solving_with("highs"):
-        expected = plan_routes(*args)
+    args, expected = _with_highs_answer(1)
     calls = []
     real_milp = routing_solver._solve_milp
     monkeypatch.setattr(routing_solver, "_solve_milp",
@@ -136,10 +141,7 @@ def test_a_spent_budget_is_reported_as_a_limit_and_never_as_an_answer():
 def test_a_claimed_optimum_that_breaks_the_model_is_not_taken(monkeypatch):
     # Defence in depth: the library's amounts are checked against the venue rows and rail bounds here; a
     # plan that would leave a venue short (a numerical failure it did not notice) is solved again by HiGHS.
-    instance = _bench_instance(10, 2)
-    args = (instance["balances"], instance["targets"], instance["rails"])
-    with solving_with("highs"):
-        expected = plan_routes(*args)
+    args, expected = _with_highs_answer(2)
     real = routing_bnb.solve
 
     def short_by_a_percent(inst, **kwargs):
@@ -207,10 +209,7 @@ def test_a_cancelled_compiled_search_stops_at_its_next_node():
 
 
 def test_when_highs_races_a_compiled_proof_it_is_interrupted_and_the_proof_is_taken(monkeypatch):
-    instance = _bench_instance(10, 1)
-    args = (instance["balances"], instance["targets"], instance["rails"])
-    with solving_with("highs"):
-        expected = plan_routes(*args)
+    args, expected = _with_highs_answer(1)
     statuses = []
     real_milp = routing_solver._solve_milp
 
