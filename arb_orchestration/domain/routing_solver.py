@@ -820,7 +820,75 @@ def _plan_from(inst: AssetInstance, solution: np.ndarray) -> list[Transfer] | st
     return "unorderable" if ordered is None else ordered
 
 
+# A venue whose spare exceeds what any optimal plan can take from it by this factor is planned as if it held
+# only that much (`_without_whales`).
+WHALE_RATIO = 100.0
+
+
+def _whale_terms(problem: Problem, asset: str) -> tuple[float, dict[str, float], dict[str, float]]:
+    """`lift` (the most all venues together can end above their balances in a least-moving optimum, fees aside:
+    the sum of max(0, target - balance + mu)), each venue's spare, and each venue's `mu` (the largest credit a
+    rail into it delivers at its minimum)."""
+    mu: dict[str, float] = {}
+    for r in problem.rails:
+        if r.asset == asset:
+            mu[r.to_venue] = max(mu.get(r.to_venue, 0.0), r.credit(_min_eff(r)))
+    lift = sum(max(0.0, problem.target(v, asset) - problem.balance(v, asset) + mu.get(v, 0.0)) for v in problem.venues)
+    spare = {v: problem.balance(v, asset) - problem.target(v, asset) for v in problem.venues}
+    return lift, spare, mu
+
+
+def _without_whales(problem: Problem, asset: str, give: float) -> Problem | None:
+    """`problem` with every "whale" (a venue whose spare exceeds `give` by WHALE_RATIO and by its `mu`) lowered to
+    hold `give` above its target; None when there is no such venue.
+
+    Why it is exact when `give` >= K = F + lift (F the optimal fee, `lift` from `_whale_terms`). Let Q be, among
+    the executable optimal plans, one that moves the least. (1) A venue that receives in Q ends at most `mu` above
+    its target: otherwise its last receipt could be trimmed, or dropped if at its minimum, which keeps every later
+    send funded (after its last receipt a venue only sends, so it holds at least its final balance), costs no
+    more and moves less. A venue that only sends ends no higher than it started. So every venue v ends at most
+    max(0, target - balance + mu) above its balance. (2) Every transfer loses its fee, so the balances change by
+    -F in total, and any venue gives away, net, at most K. (3) A venue whose spare exceeds K + mu therefore ends
+    more than mu above its target and, by (1), receives nothing in Q: it only sends, K at most in all. (4) With
+    its balance lowered to target + K (or more), Q is still executable, so the optimum is unchanged; and every
+    plan of the lowered problem is executable in the original one (a venue holding more never funds less).
+    `solve_asset` only trusts a lowered answer whose own fee proves `give` was large enough.
+    """
+    lift, spare, mu = _whale_terms(problem, asset)
+    whales = {v for v, s in spare.items() if s > WHALE_RATIO * give and s > give + mu.get(v, 0.0)}
+    if not whales:
+        return None
+    balances = {v: dict(per) for v, per in problem.balances.items()}
+    for v in whales:
+        balances[v][asset] = problem.target(v, asset) + give
+    return Problem(balances, problem.targets, problem.rails)
+
+
 def solve_asset(problem: Problem, asset: str, time_limit: float) -> AssetResult:
+    lift, spare, _ = _whale_terms(problem, asset)
+    if not any(s > WHALE_RATIO * lift for s in spare.values()):  # no whale can exist (K >= lift): the usual case
+        return _solve_lowered(problem, asset, time_limit)
+    # A whale: plan it as holding only what an optimal plan can take from it (`_without_whales`), so that no
+    # solver sees its size (their tolerances are absolute: a 1e12 whale made both prove dearer plans). The fee
+    # bound comes from the direct plan when there is one, else from a guess that the answer itself certifies:
+    # the lowered problem's plan is executable in the real one, so its fee F' bounds F, and if F' + lift <= give
+    # the lowering was exact; otherwise the next round uses F' + lift, which is a bound, or a larger guess.
+    deadline = time.monotonic() + time_limit
+    direct = _naive_asset(problem, asset)
+    margin = 1 + 1e-6
+    give = (sum(t.fee for t in direct) if not isinstance(direct, str) else lift) + lift
+    give = give * margin + 1e-9 * max(1.0, lift)
+    while True:
+        lowered = _without_whales(problem, asset, give)
+        if lowered is None:  # the bound grew past every whale: the problem as it is
+            return _solve_lowered(problem, asset, max(deadline - time.monotonic(), 0.01))
+        result = _solve_lowered(lowered, asset, max(deadline - time.monotonic(), 0.01))
+        if result.feasible and (result.fee + lift) * margin <= give:
+            return result
+        give = (result.fee + lift) * margin + 1e-9 * max(1.0, lift) if result.feasible else give * 1000.0
+
+
+def _solve_lowered(problem: Problem, asset: str, time_limit: float) -> AssetResult:
     inst = asset_instance(problem, asset)
     if not inst.needs:
         return AssetResult(True, 0.0, [])
@@ -878,34 +946,45 @@ def solve_naive(problem: Problem) -> Plan:
     transfers: list[Transfer] = []
     fees: dict[str, float] = {}
     for asset in problem.assets:
-        surplus = {v: problem.balance(v, asset) - problem.target(v, asset) for v in problem.venues}
-        needs = sorted(((-s, v) for v, s in surplus.items() if s < -_EPS), reverse=True)
-        used: set[str] = set()
-        for need, venue in needs:
-            remaining = need
-            while remaining > _EPS:
-                best: tuple[tuple[float, float], float, Rail] | None = None
-                for r in problem.rails:
-                    if r.asset != asset or r.to_venue != venue or r.id in used:
-                        continue
-                    room = surplus[r.from_venue]
-                    if r.max_amount is not None:
-                        room = min(room, r.max_amount)
-                    wanted = max((remaining + r.fixed_fee) / (1 - r.fee_rate), r.min_amount)
-                    amount = min(wanted, room)
-                    if amount < r.min_amount - _EPS or r.credit(amount) <= _EPS:
-                        continue
-                    delivered = min(r.credit(amount), remaining)
-                    # Covering the whole deficit beats any partial cover; then cheapest per unit delivered.
-                    key = (0.0 if delivered >= remaining - _EPS else 1.0, r.fee(amount) / delivered)
-                    if best is None or key < best[0]:
-                        best = (key, amount, r)
-                if best is None:
-                    return Plan(False, reason=f"{asset}: direct transfers cannot cover {venue} (still needs {remaining:g})")
-                _, amount, r = best
-                used.add(r.id)
-                surplus[r.from_venue] -= amount
-                remaining -= r.credit(amount)
-                transfers.append(Transfer(r.id, r.from_venue, r.to_venue, asset, amount, r.fee(amount)))
-                fees[asset] = fees.get(asset, 0.0) + r.fee(amount)
+        planned = _naive_asset(problem, asset)
+        if isinstance(planned, str):
+            return Plan(False, reason=planned)
+        transfers.extend(planned)
+        if planned:
+            fees[asset] = sum(t.fee for t in planned)
     return Plan(True, sum(fees.values()), tuple(transfers), fee_by_asset=fees)
+
+
+def _naive_asset(problem: Problem, asset: str) -> list[Transfer] | str:
+    """`solve_naive` for one asset: its transfers, or why direct transfers cannot do it."""
+    transfers: list[Transfer] = []
+    surplus = {v: problem.balance(v, asset) - problem.target(v, asset) for v in problem.venues}
+    needs = sorted(((-s, v) for v, s in surplus.items() if s < -_EPS), reverse=True)
+    used: set[str] = set()
+    for need, venue in needs:
+        remaining = need
+        while remaining > _EPS:
+            best: tuple[tuple[float, float], float, Rail] | None = None
+            for r in problem.rails:
+                if r.asset != asset or r.to_venue != venue or r.id in used:
+                    continue
+                room = surplus[r.from_venue]
+                if r.max_amount is not None:
+                    room = min(room, r.max_amount)
+                wanted = max((remaining + r.fixed_fee) / (1 - r.fee_rate), r.min_amount)
+                amount = min(wanted, room)
+                if amount < r.min_amount - _EPS or r.credit(amount) <= _EPS:
+                    continue
+                delivered = min(r.credit(amount), remaining)
+                # Covering the whole deficit beats any partial cover; then cheapest per unit delivered.
+                key = (0.0 if delivered >= remaining - _EPS else 1.0, r.fee(amount) / delivered)
+                if best is None or key < best[0]:
+                    best = (key, amount, r)
+            if best is None:
+                return f"{asset}: direct transfers cannot cover {venue} (still needs {remaining:g})"
+            _, amount, r = best
+            used.add(r.id)
+            surplus[r.from_venue] -= amount
+            remaining -= r.credit(amount)
+            transfers.append(Transfer(r.id, r.from_venue, r.to_venue, asset, amount, r.fee(amount)))
+    return transfers

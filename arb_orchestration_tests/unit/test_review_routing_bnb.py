@@ -153,10 +153,10 @@ def _whale_relay(whale):
     # compiled: said infeasible here (and, on other random whale instances, up to 1700x the optimum) until the
     # amounts were scaled by the largest deficit (c267117)
     "compiled",
-    pytest.param("highs", marks=pytest.mark.xfail(strict=True, reason=(
-        "pre-existing in the HiGHS path (the reference): with a 1e9 surplus its big-M bounds are ~1e9 and HiGHS "
-        "reports the asset infeasible (or, on other instances, a fee 2x the optimum, or 'Not Set'). Not fixed here: "
-        "with the amount_scale fix the compiled solver plans it and HiGHS is no longer asked"))),
+    # highs: with a 1e9 surplus its big-M bounds were ~1e9 and HiGHS reported the asset infeasible (or, on other
+    # instances, a fee 2x the optimum, or 'Not Set'), until the planner lowered whales to what they can give
+    # (routing_solver._without_whales, the lead)
+    "highs",
 ])
 def test_a_whales_size_does_not_change_the_plan(solver, whale):
     reference = plan_with(solver, *_whale_relay(1e4))
