@@ -110,9 +110,10 @@ def model_arrays(inst) -> dict[str, np.ndarray]:
     mm = np.array(inst.big_m, dtype=float)
     lo = np.array([inst.target[v] - inst.balance[v] for v in venues], dtype=float)
     mu = np.zeros(len(venues))
-    if len(rails):
-        np.maximum.at(mu, to, (1 - p) * me - f)
-    hi = np.maximum(lo + mu, 0.0)
+    with np.errstate(invalid="ignore"):  # non-finite input (an overflowed sum) gets here: the library refuses it
+        if len(rails):
+            np.maximum.at(mu, to, (1 - p) * me - f)
+        hi = np.maximum(lo + mu, 0.0)
     return {"from": frm, "to": to, "f": f, "p": p, "me": me, "mm": mm, "lo": lo, "hi": hi}
 
 
