@@ -2,6 +2,9 @@
 #   make dev    create .venv, install, start the local world + Dagster UI
 #   make test   create .venv, install, fetch the Apache Kafka jars, run every test
 PYTHON ?= python3
+# rustup puts cargo in ~/.cargo/bin, which a non-login shell may not have on its PATH (the install builds the
+# route planner's Rust library with it; without cargo it would silently skip it and the tests would fail)
+export PATH := $(PATH):$(HOME)/.cargo/bin
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
