@@ -32,8 +32,8 @@ OPTIONS = 1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536
 # The planner races this solver against HiGHS within the asset's time limit (routing_solver._solve_exactly); the
 # time limit is what binds, this only bounds memory (a few hundred bytes a node).
 MAX_NODES = 10_000_000
-# Amounts are scaled by a power of two (exact in binary floating point) so that the largest deficit or
-# surplus is about this size: the library's tolerances are absolute, tuned for amounts of that order.
+# Amounts are scaled by a power of two (exact in binary floating point) so that the largest deficit is about
+# this size (`amount_scale`): the library's tolerances are absolute, tuned for amounts of that order.
 AMOUNT_MAGNITUDE = 1024.0
 
 _STATUS = {0: "optimal", 1: "infeasible", 2: "limit", 3: "lp_failure"}
