@@ -29,6 +29,8 @@ import numpy as np
 # branching (the best 8 candidates probed both ways with 25 dual simplex iterations until each has 4 probes).
 # The combination measured fastest on the bench's instances (docs/route-planner.md, tenth session).
 OPTIONS = 1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536
+# Option bit: after the root, two threads search the tree, sharing the open nodes and the incumbent's value.
+TWO_THREADS = 131072
 # The planner races this solver against HiGHS within the asset's time limit (routing_solver._solve_exactly); the
 # time limit is what binds, this only bounds memory (a few hundred bytes a node).
 MAX_NODES = 10_000_000

@@ -21,7 +21,9 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 const FREE: u8 = 0;
@@ -48,6 +50,7 @@ struct Inst {
 
 // ------------------------------------------------------------------ the LP
 
+#[derive(Clone)]
 struct Lp {
     nr: usize,
     nc: usize, // structural columns; slacks are nc..nc+nr (column -e_i, value = row activity)
@@ -626,14 +629,14 @@ impl Lp {
 // ------------------------------------------------------------------ branch and bound
 
 struct Delta {
-    parent: Option<Rc<Delta>>,
+    parent: Option<Arc<Delta>>,
     fixes: Vec<(u32, u8)>,
     caps: Vec<(u32, f64)>,
 }
 
 struct Node {
     lb: f64,
-    delta: Rc<Delta>,
+    delta: Arc<Delta>,
     basis: Vec<u32>,
 }
 
@@ -654,6 +657,7 @@ impl Ord for Node {
     }
 }
 
+#[derive(Clone)]
 struct Solver<'a> {
     inst: &'a Inst,
     lp: Lp,
@@ -1101,7 +1105,7 @@ impl<'a> Solver<'a> {
             self.opts,
         );
         let left = (self.deadline.1 - self.deadline.0.elapsed().as_secs_f64()).clamp(0.0, seconds);
-        let (x, y, info) = solve(&sub, self.ub_val, self.gap, left, nodes, self.opts & !(8192 | 16 | 8 | 32768));
+        let (x, y, info) = solve(&sub, self.ub_val, self.gap, left, nodes, self.opts & !(8192 | 16 | 8 | 32768 | PARALLEL));
         if info[1] < self.ub_val && y.iter().any(|&v| v == 1) {
             let mut bx = vec![0.0; k];
             let mut by = vec![0u8; k];
@@ -1116,13 +1120,13 @@ impl<'a> Solver<'a> {
         }
     }
 
-    fn apply(&mut self, delta: &Rc<Delta>) {
+    fn apply(&mut self, delta: &Arc<Delta>) {
         let k = self.inst.k;
         for r in 0..k {
             self.st[r] = FREE;
             self.cap[r] = f64::INFINITY;
         }
-        let mut cur: Option<&Rc<Delta>> = Some(delta);
+        let mut cur: Option<&Arc<Delta>> = Some(delta);
         while let Some(d) = cur {
             for &(r, s) in &d.fixes {
                 self.st[r as usize] = s;
@@ -1239,7 +1243,7 @@ impl<'a> Solver<'a> {
         out
     }
 
-    fn process(&mut self, delta: &Rc<Delta>, basis: &[u32], heur: bool) -> NodeOut {
+    fn process(&mut self, delta: &Arc<Delta>, basis: &[u32], heur: bool) -> NodeOut {
         let inst = self.inst;
         let k = inst.k;
         self.nodes += 1;
@@ -1589,7 +1593,7 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
     };
     let mut heap: BinaryHeap<Node> = BinaryHeap::new();
     let slack: Vec<u32> = (2 * k..2 * k + inst.nrows).map(|j| j as u32).collect();
-    let root = Rc::new(Delta { parent: None, fixes: Vec::new(), caps: Vec::new() });
+    let root = Arc::new(Delta { parent: None, fixes: Vec::new(), caps: Vec::new() });
     // Size the LP's costs by the root relaxation's value (a lower bound on every plan's fee), twice: a value from
     // costs far below the tolerances is itself rough. Only the scale changes; bounds stay in fee units.
     for _ in 0..2 {
@@ -1607,6 +1611,9 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
             break;
         }
         s.cs = pow2_for(z);
+    }
+    if opts & PARALLEL != 0 && opts & 16 == 0 {
+        return solve_parallel(s, root, slack, init_ub, max_nodes);
     }
     heap.push(Node { lb: f64::NEG_INFINITY, delta: root, basis: slack });
     let mut status = 0.0;
@@ -1646,10 +1653,10 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
                     let shared = if extra.is_empty() && caps.is_empty() {
                         delta.clone()
                     } else {
-                        Rc::new(Delta { parent: Some(delta.clone()), fixes: extra, caps })
+                        Arc::new(Delta { parent: Some(delta.clone()), fixes: extra, caps })
                     };
-                    let a = Rc::new(Delta { parent: Some(shared.clone()), fixes: vec![(rail as u32, first)], caps: Vec::new() });
-                    let b = Rc::new(Delta { parent: Some(shared), fixes: vec![(rail as u32, second)], caps: Vec::new() });
+                    let a = Arc::new(Delta { parent: Some(shared.clone()), fixes: vec![(rail as u32, first)], caps: Vec::new() });
+                    let b = Arc::new(Delta { parent: Some(shared), fixes: vec![(rail as u32, second)], caps: Vec::new() });
                     // a child's lower bound: the parent's, or its own LP value when strong branching solved it
                     let (lb_a, lb_b) = if on_first { (lb_on, lb_off) } else { (lb_off, lb_on) };
                     if lb_b < s.prune_level() {
@@ -1683,4 +1690,217 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
     }
     let info = [status, s.ub_val, global_lb, s.nodes as f64, s.lp.iters as f64, s.heur_found as f64];
     (s.best_x, s.best_y, info)
+}
+
+/// Option bit: search the tree with two threads (`solve_parallel`).
+const PARALLEL: u32 = 131072;
+const THREADS: usize = 2;
+
+/// The open nodes and who is working, shared by the threads of `solve_parallel`.
+struct Pool {
+    heap: BinaryHeap<Node>,
+    busy: usize, // threads plunging from a node they took
+    done: bool,  // the search is over (proven, or a thread hit a limit)
+}
+
+struct Shared {
+    pool: Mutex<Pool>,
+    wake: Condvar,
+    halt: AtomicBool, // a limit was hit (time, nodes, cancel) or a thread panicked: every thread stops
+    ub: AtomicU64,    // the best incumbent's value so far, as f64 bits (only ever lowered)
+    nodes: AtomicU64,
+    cancel: usize, // the caller's cancel flag (a pointer; 0: none), installed in each thread's CANCEL
+}
+
+impl Shared {
+    fn ub(&self) -> f64 {
+        f64::from_bits(self.ub.load(AtomicOrdering::Acquire))
+    }
+
+    fn lower_ub(&self, z: f64) {
+        let mut cur = self.ub.load(AtomicOrdering::Acquire);
+        while z < f64::from_bits(cur) {
+            match self.ub.compare_exchange_weak(cur, z.to_bits(), AtomicOrdering::AcqRel, AtomicOrdering::Acquire) {
+                Ok(_) => break,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Stop every thread (a limit, or a panic in one of them) and wake the waiting ones.
+    fn stop(&self) {
+        self.halt.store(true, AtomicOrdering::Release);
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.done = true;
+        }
+        self.wake.notify_all();
+    }
+}
+
+/// Stops the search if its thread unwinds (a panic): the other thread must not wait for nodes forever.
+struct StopOnPanic<'s>(&'s Shared);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop();
+        }
+    }
+}
+
+/// The same best-first search as `solve`, by THREADS threads sharing the open nodes and the incumbent's value.
+/// The root is processed first on this thread (its heuristics and probes run once); each thread then works on a
+/// copy of that state with its own LP, takes the best open node, plunges, and puts the other child back in the
+/// shared heap. A thread that lowers the incumbent publishes its value; each thread prunes against the best
+/// published value before every node. Proven when the heap is empty and no thread is plunging. The plan returned
+/// is the one held by the thread that found the best value.
+fn solve_parallel(mut s: Solver, root: Arc<Delta>, slack: Vec<u32>, init_ub: f64, max_nodes: u64) -> (Vec<f64>, Vec<u8>, [f64; 6]) {
+    let (start, time_limit) = s.deadline;
+    let mut heap = BinaryHeap::new();
+    if let NodeOut::Branch { lb: z, rail, on_first: _, extra, caps, lb_on, lb_off } = s.process(&root, &slack, true) {
+        let nb: Vec<u32> = s.lp.basis.iter().map(|&j| j as u32).collect();
+        let shared = if extra.is_empty() && caps.is_empty() {
+            root.clone()
+        } else {
+            Arc::new(Delta { parent: Some(root.clone()), fixes: extra, caps })
+        };
+        for (state, lb) in [(ON, lb_on), (OFF, lb_off)] {
+            if lb < s.prune_level() {
+                let delta = Arc::new(Delta { parent: Some(shared.clone()), fixes: vec![(rail as u32, state)], caps: Vec::new() });
+                heap.push(Node { lb: lb.max(z), delta, basis: nb.clone() });
+            }
+        }
+    }
+    let shared = Shared {
+        pool: Mutex::new(Pool { heap, busy: 0, done: false }),
+        wake: Condvar::new(),
+        halt: AtomicBool::new(false),
+        ub: AtomicU64::new(s.ub_val.to_bits()),
+        nodes: AtomicU64::new(s.nodes),
+        cancel: CANCEL.with(|c| c.get() as usize),
+    };
+    let root_iters = s.lp.iters;
+    let root_heur = s.heur_found;
+    let forks: Vec<Solver> = (0..THREADS).map(|_| s.clone()).collect();
+    let results: Vec<(Solver, f64, bool)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = forks
+            .into_iter()
+            .map(|w| {
+                let sh = &shared;
+                scope.spawn(move || search_worker(w, sh, start, time_limit, max_nodes))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let pool = shared.pool.into_inner().unwrap_or_else(|e| e.into_inner());
+    let limit = results.iter().any(|r| r.2);
+    let lp_fail = s.lp_fail || results.iter().any(|r| r.0.lp_fail);
+    // the thread holding the best plan: its own incumbent (not a value it only heard of) is the lowest
+    let best = results.iter().min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal)).unwrap();
+    let ub = best.1;
+    let mut status = if limit { 2.0 } else if ub == f64::INFINITY { 1.0 } else { 0.0 };
+    let global_lb = if limit { pool.heap.iter().map(|nd| nd.lb).fold(f64::INFINITY, f64::min).min(ub) } else { ub };
+    if lp_fail {
+        status = 3.0;
+    }
+    if status == 0.0 && best.0.best_y.iter().all(|&y| y == 0) && init_ub < f64::INFINITY && ub == init_ub {
+        status = 2.0;
+    }
+    let iters = root_iters + results.iter().map(|r| r.0.lp.iters - root_iters).sum::<u64>();
+    let heur = root_heur + results.iter().map(|r| r.0.heur_found - root_heur).sum::<u64>();
+    let nodes = shared.nodes.load(AtomicOrdering::Acquire);
+    let info = [status, ub, global_lb, nodes as f64, iters as f64, heur as f64];
+    (best.0.best_x.clone(), best.0.best_y.clone(), info)
+}
+
+/// One thread of `solve_parallel`: returns its solver, the value of the plan it holds, and whether it hit a limit.
+fn search_worker<'a>(mut s: Solver<'a>, sh: &Shared, start: Instant, time_limit: f64, max_nodes: u64) -> (Solver<'a>, f64, bool) {
+    let _guard = StopOnPanic(sh);
+    CANCEL.with(|c| c.set(sh.cancel as *const std::sync::atomic::AtomicI32));
+    let mut own = s.ub_val; // the value of the plan in s.best_x / s.best_y
+    let mut hit_limit = false;
+    'outer: loop {
+        let node = {
+            let mut pool = sh.pool.lock().unwrap();
+            loop {
+                if pool.done {
+                    break 'outer;
+                }
+                s.ub_val = s.ub_val.min(sh.ub());
+                match pool.heap.pop() {
+                    Some(nd) if nd.lb >= s.prune_level() => continue,
+                    Some(nd) => {
+                        pool.busy += 1;
+                        break nd;
+                    }
+                    None if pool.busy == 0 => {
+                        pool.done = true;
+                        sh.wake.notify_all();
+                        break 'outer;
+                    }
+                    None => pool = sh.wake.wait(pool).unwrap(),
+                }
+            }
+        };
+        let (mut delta, mut basis, mut lb) = (node.delta, node.basis, node.lb);
+        loop {
+            s.ub_val = s.ub_val.min(sh.ub());
+            if sh.halt.load(AtomicOrdering::Acquire)
+                || sh.nodes.load(AtomicOrdering::Relaxed) >= max_nodes
+                || start.elapsed().as_secs_f64() > time_limit
+                || cancelled()
+            {
+                hit_limit = true;
+                let mut pool = sh.pool.lock().unwrap();
+                pool.heap.push(Node { lb, delta, basis });
+                pool.busy -= 1;
+                pool.done = true;
+                sh.halt.store(true, AtomicOrdering::Release);
+                sh.wake.notify_all();
+                break 'outer;
+            }
+            let every = if s.opts & 16384 != 0 { 10 } else { 100 };
+            let heur = s.opts & 8 != 0 && s.nodes % every == 0;
+            let before = s.ub_val;
+            let out = s.process(&delta, &basis, heur);
+            sh.nodes.fetch_add(1, AtomicOrdering::Relaxed);
+            if s.ub_val < before {
+                own = s.ub_val;
+                sh.lower_ub(own);
+            }
+            match out {
+                NodeOut::Pruned => break,
+                NodeOut::Branch { lb: z, rail, on_first, extra, caps, lb_on, lb_off } => {
+                    let nb: Vec<u32> = s.lp.basis.iter().map(|&j| j as u32).collect();
+                    let (first, second) = if on_first { (ON, OFF) } else { (OFF, ON) };
+                    let parent = if extra.is_empty() && caps.is_empty() {
+                        delta.clone()
+                    } else {
+                        Arc::new(Delta { parent: Some(delta.clone()), fixes: extra, caps })
+                    };
+                    let a = Arc::new(Delta { parent: Some(parent.clone()), fixes: vec![(rail as u32, first)], caps: Vec::new() });
+                    let b = Arc::new(Delta { parent: Some(parent), fixes: vec![(rail as u32, second)], caps: Vec::new() });
+                    let (lb_a, lb_b) = if on_first { (lb_on, lb_off) } else { (lb_off, lb_on) };
+                    if lb_b < s.prune_level() {
+                        let mut pool = sh.pool.lock().unwrap();
+                        pool.heap.push(Node { lb: lb_b.max(z), delta: b, basis: nb.clone() });
+                        sh.wake.notify_one();
+                    }
+                    if lb_a >= s.prune_level() {
+                        break;
+                    }
+                    delta = a;
+                    basis = nb;
+                    lb = lb_a.max(z);
+                }
+            }
+        }
+        let mut pool = sh.pool.lock().unwrap();
+        pool.busy -= 1;
+        if pool.busy == 0 && pool.heap.is_empty() {
+            pool.done = true;
+            sh.wake.notify_all();
+        }
+    }
+    (s, own, hit_limit)
 }

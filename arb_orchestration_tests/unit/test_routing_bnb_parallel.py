@@ -1,0 +1,84 @@
+"""The compiled branch-and-bound's two-thread search (`routing_bnb.TWO_THREADS`): the same proofs as one thread,
+and it stops on the caller's cancel flag, time limit and node limit like the one-thread search."""
+
+from __future__ import annotations
+
+import ctypes
+import random
+import threading
+import time
+
+import pytest
+
+from arb_orchestration.domain import routing_bnb
+from arb_orchestration.domain.routing import parse_problem
+from arb_orchestration.domain.routing_solver import MIP_REL_GAP, asset_instance
+from arb_orchestration_tests.unit.routing_solvers import random_small_instance
+from arb_orchestration_tests.unit.test_routing_bnb import _bench_instance
+
+ONE = routing_bnb.OPTIONS & ~routing_bnb.TWO_THREADS
+TWO = routing_bnb.OPTIONS | routing_bnb.TWO_THREADS
+
+pytestmark = pytest.mark.skipif(routing_bnb.library() is None, reason="the library is not built (test_routing_bnb fails)")
+
+
+def _fee(inst, outcome: routing_bnb.Outcome) -> float:
+    k = len(inst.rails)
+    return sum(inst.rails[j].fee(outcome.solution[j]) for j in range(k) if outcome.solution[k + j] > 0.5)
+
+
+def _asset(venues: int, seed: int, asset: str):
+    instance = _bench_instance(venues, seed)
+    return asset_instance(parse_problem(instance["balances"], instance["targets"], instance["rails"]), asset)
+
+
+def test_two_threads_prove_the_same_optimum_as_one_on_the_ten_venue_bench():
+    deepest = 0
+    for seed in range(3):
+        instance = _bench_instance(10, seed)
+        problem = parse_problem(instance["balances"], instance["targets"], instance["rails"])
+        for asset in problem.assets:
+            inst = asset_instance(problem, asset)
+            one = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=ONE)
+            two = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=TWO)
+            assert one.status == two.status == "optimal", (seed, asset)
+            assert _fee(inst, two) == pytest.approx(_fee(inst, one), rel=1e-9), (seed, asset)
+            deepest = max(deepest, two.nodes)
+    assert deepest > 50  # some tree was searched by both threads, not settled at the root
+
+
+def test_two_threads_agree_with_one_on_random_small_instances():
+    rng = random.Random(28112026)
+    searched = 0
+    for _ in range(120):
+        balances, targets, rails = random_small_instance(rng)
+        inst = asset_instance(parse_problem(balances, targets, rails), "X")
+        if not inst.rails or not inst.needs:
+            continue
+        one = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=30.0, options=ONE)
+        two = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=30.0, options=TWO)
+        assert one.status == two.status, (balances, targets, rails)
+        if one.status == "optimal":
+            assert _fee(inst, two) == pytest.approx(_fee(inst, one), rel=1e-9, abs=1e-12), (balances, targets, rails)
+        searched += two.nodes > 1
+    assert searched >= 5  # not all settled at the root
+
+
+def test_a_cancelled_two_thread_search_stops_at_once():
+    inst = _asset(20, 2, "USDT")  # seconds of search for either mode
+    cancel = ctypes.c_int32(0)
+    threading.Timer(0.3, lambda: setattr(cancel, "value", 1)).start()
+    started = time.monotonic()
+    outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=TWO, cancel=cancel)
+    assert outcome.status == "limit" and outcome.solution is None
+    assert time.monotonic() - started < 10.0  # both threads saw the flag (the caller's, read from worker threads)
+
+
+def test_a_two_thread_search_keeps_the_time_and_node_limits():
+    inst = _asset(20, 2, "USDT")
+    started = time.monotonic()
+    timed = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=0.5, options=TWO)
+    assert timed.status == "limit" and timed.solution is None
+    assert time.monotonic() - started < 10.0
+    counted = routing_bnb.solve(_asset(10, 0, "ETH"), gap=MIP_REL_GAP, max_nodes=5, options=TWO)
+    assert counted.status == "limit" and counted.solution is None and counted.nodes <= 5 + 2
