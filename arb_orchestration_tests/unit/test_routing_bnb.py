@@ -212,8 +212,15 @@ def test_when_highs_races_a_compiled_proof_it_is_interrupted_and_the_proof_is_ta
     args, expected = _with_highs_answer(1)
     statuses = []
     real_milp = routing_solver._solve_milp
+    real_solve = routing_bnb.solve
+    joined = {asset: threading.Event() for asset in expected.fee_by_asset}
+
+    def held(inst, **kwargs):  # the compiled search starts only once HiGHS has joined (some assets take 1-2 ms)
+        assert joined[inst.asset].wait(10)
+        return real_solve(inst, **kwargs)
 
     def slow_start(inst, limit, **kwargs):  # HiGHS joins at once (no head start) and gives the compiled solver time
+        joined[inst.asset].set()
         interrupt = kwargs["interrupt"]
         deadline = time.monotonic() + 10
         while not interrupt() and time.monotonic() < deadline:
@@ -223,6 +230,7 @@ def test_when_highs_races_a_compiled_proof_it_is_interrupted_and_the_proof_is_ta
 
     monkeypatch.setattr(routing_solver, "HEAD_START_SECONDS", 0.0)
     monkeypatch.setattr(routing_solver, "_solve_milp", slow_start)
+    monkeypatch.setattr(routing_bnb, "solve", held)
     with solving_with("compiled"):
         plan = plan_routes(*args)
     assert statuses == ["interrupted"] * 3

@@ -48,6 +48,68 @@ struct Inst {
     nrows: usize,
 }
 
+
+/// Sparse columns in one flat buffer, `stride` slots per column (grown by doubling when a column outgrows it: only
+/// cut rows add more than 3 entries). Reads index like `Vec<Vec<_>>` (`cols[j]` is the column's entries), so the
+/// arithmetic visits entries in the same order as before; no allocation per column, no pointer chasing.
+#[derive(Clone)]
+struct Cols {
+    stride: usize,
+    len: Vec<u32>,
+    data: Vec<(u32, f64)>,
+}
+
+impl Cols {
+    fn new(t: usize, stride: usize) -> Cols {
+        Cols { stride, len: vec![0; t], data: vec![(0, 0.0); t * stride] }
+    }
+    fn resize(&mut self, t: usize) {
+        self.len.resize(t, 0);
+        self.data.resize(t * self.stride, (0, 0.0));
+    }
+    #[inline]
+    fn clear(&mut self, j: usize) {
+        self.len[j] = 0;
+    }
+    #[inline]
+    fn push(&mut self, j: usize, e: (u32, f64)) {
+        let l = self.len[j] as usize;
+        if l == self.stride {
+            self.grow();
+        }
+        self.data[j * self.stride + l] = e;
+        self.len[j] = l as u32 + 1;
+    }
+    fn set(&mut self, j: usize, es: &[(u32, f64)]) {
+        while es.len() > self.stride {
+            self.grow();
+        }
+        let s = self.stride;
+        self.data[j * s..j * s + es.len()].copy_from_slice(es);
+        self.len[j] = es.len() as u32;
+    }
+    fn grow(&mut self) {
+        let (old, ns) = (self.stride, self.stride * 2);
+        let t = self.len.len();
+        let mut data = vec![(0u32, 0.0f64); t * ns];
+        for j in 0..t {
+            let l = self.len[j] as usize;
+            data[j * ns..j * ns + l].copy_from_slice(&self.data[j * old..j * old + l]);
+        }
+        self.data = data;
+        self.stride = ns;
+    }
+}
+
+impl std::ops::Index<usize> for Cols {
+    type Output = [(u32, f64)];
+    #[inline]
+    fn index(&self, j: usize) -> &[(u32, f64)] {
+        let s = j * self.stride;
+        &self.data[s..s + self.len[j] as usize]
+    }
+}
+
 // ------------------------------------------------------------------ the LP
 
 #[derive(Clone)]
@@ -55,7 +117,7 @@ struct Lp {
     nr: usize,
     nc: usize, // structural columns; slacks are nc..nc+nr (column -e_i, value = row activity)
     c: Vec<f64>,
-    ent: Vec<Vec<(u32, f64)>>,
+    ent: Cols,
     lb: Vec<f64>,
     ub: Vec<f64>,
     basis: Vec<usize>,
@@ -70,11 +132,28 @@ struct Lp {
     w: Vec<f64>,
     iters: u64,
     fact_basis: Vec<usize>,
-    fact_cols: Vec<Vec<(u32, f64)>>,
+    fact_cols: Cols,
     fact_valid: bool,
     since: usize,
     pub refactors: u64,
     hit_limit: bool,
+    rowwise: bool,         // price through the row-wise index (set by load_lp: no cut rows, fixed column patterns)
+    rows_built: bool,      // the row-wise index matches the columns' patterns
+    row_start: Vec<u32>,   // row-wise index: row i's entries are row_ent[row_start[i]..row_start[i + 1]]
+    row_ent: Vec<(u32, u32)>, // (column, index of the entry in ent.data), columns ascending within a row
+    mark: Vec<u32>,
+    stamp: u32,
+    rows_stride: usize,
+    ntouched: usize,
+    fc_ok: bool, // factor's cache: the basis, its columns and the inverse last computed from scratch
+    fc_basis: Vec<usize>,
+    fc_cols: Cols,
+    fc_binv: Vec<f64>,
+    touched: Vec<u32>,     // columns whose alpha may be nonzero (row-wise pricing keeps alpha zero elsewhere)
+    d_fresh: bool, // d holds the reduced costs of the current basis, c and columns (compute_dual would give the same)
+    buf_mov: Vec<u32>,
+    buf_cand: Vec<u32>,
+    buf_nz: Vec<u32>,
 }
 
 enum LpStatus {
@@ -90,7 +169,7 @@ impl Lp {
             nr,
             nc,
             c: vec![0.0; t],
-            ent: vec![Vec::new(); t],
+            ent: Cols::new(t, 3),
             lb: vec![0.0; t],
             ub: vec![0.0; t],
             basis: (nc..t).collect(),
@@ -105,15 +184,32 @@ impl Lp {
             w: vec![0.0; nr],
             iters: 0,
             fact_basis: Vec::new(),
-            fact_cols: Vec::new(),
+            fact_cols: Cols::new(0, 3),
             fact_valid: false,
             since: 0,
             refactors: 0,
             hit_limit: false,
+            rowwise: false,
+            rows_built: false,
+            row_start: Vec::new(),
+            row_ent: Vec::new(),
+            mark: Vec::new(),
+            stamp: 0,
+            rows_stride: 0,
+            touched: Vec::new(),
+            ntouched: 0,
+            fc_ok: false,
+            fc_basis: Vec::new(),
+            fc_cols: Cols::new(0, 3),
+            fc_binv: Vec::new(),
+            d_fresh: false,
+            buf_mov: Vec::new(),
+            buf_cand: Vec::new(),
+            buf_nz: Vec::new(),
         };
         for i in 0..nr {
             lp.pos[nc + i] = i as i32;
-            lp.ent[nc + i] = vec![(i as u32, -1.0)];
+            lp.ent.set(nc + i, &[(i as u32, -1.0)]);
         }
         lp
     }
@@ -126,7 +222,7 @@ impl Lp {
         let t = self.nc + nr;
         let old = self.nr;
         self.c.resize(t, 0.0);
-        self.ent.resize(t, Vec::new());
+        self.ent.resize(t);
         self.lb.resize(t, 0.0);
         self.ub.resize(t, 0.0);
         self.pos.resize(t, -1);
@@ -134,11 +230,13 @@ impl Lp {
         self.d.resize(t, 0.0);
         self.alpha.resize(t, 0.0);
         for i in old..nr {
-            self.ent[self.nc + i] = vec![(i as u32, -1.0)];
+            self.ent.set(self.nc + i, &[(i as u32, -1.0)]);
             self.basis.push(self.nc + i);
             self.pos[self.nc + i] = i as i32;
         }
         self.nr = nr;
+        self.rows_built = false;
+        self.d_fresh = false;
         self.fact_valid = false;
         self.binv = vec![0.0; nr * nr];
         self.xb = vec![0.0; nr];
@@ -153,7 +251,9 @@ impl Lp {
     }
 
     fn set_basis(&mut self, b: &[usize]) {
-        for j in 0..self.nc + self.nr {
+        self.d_fresh = false;
+        // pos[j] >= 0 exactly for the basis' columns (kept by every basis change), so resetting those suffices
+        for &j in &self.basis {
             self.pos[j] = -1;
         }
         self.basis.clear();
@@ -213,6 +313,7 @@ impl Lp {
             self.at_upper[old] = false;
             let slack = self.nc + r;
             if self.pos[slack] >= 0 {
+                self.pos[old] = c as i32; // (keeps pos consistent with the basis)
                 continue; // cannot happen: a basic slack's row is always pivoted
             }
             self.basis[c] = slack;
@@ -267,7 +368,7 @@ impl Lp {
                             }
                         }
                     }
-                    self.fact_cols[i] = self.ent[j].clone();
+                    self.fact_cols.set(i, &self.ent[j]);
                     self.since += 1;
                 }
                 if ok {
@@ -293,7 +394,13 @@ impl Lp {
 
     fn snapshot(&mut self) {
         self.fact_basis = self.basis.clone();
-        self.fact_cols = self.basis.iter().map(|&j| self.ent[j].clone()).collect();
+        let n = self.basis.len();
+        if self.fact_cols.len.len() != n || self.fact_cols.stride < self.ent.stride {
+            self.fact_cols = Cols::new(n, self.ent.stride);
+        }
+        for i in 0..n {
+            self.fact_cols.set(i, &self.ent[self.basis[i]]);
+        }
         self.fact_valid = true;
     }
 
@@ -301,6 +408,15 @@ impl Lp {
         self.refactors += 1;
         self.since = 0;
         let n = self.nr;
+        // the inverse is a function of the basis' columns: reuse the last one computed from scratch when the basis
+        // and its columns are the same (probes restore the node's basis again and again); identical bits
+        if self.fc_ok && self.fc_basis == self.basis && self.fc_binv.len() == n * n
+            && (0..n).all(|i| self.ent[self.basis[i]] == self.fc_cols[i])
+        {
+            self.binv.clear();
+            self.binv.extend_from_slice(&self.fc_binv);
+            return true;
+        }
         let mut a = vec![0.0; n * n];
         for (c, &j) in self.basis.iter().enumerate() {
             for &(r, v) in &self.ent[j] {
@@ -347,39 +463,23 @@ impl Lp {
             }
         }
         self.binv = inv;
+        self.fc_basis.clear();
+        self.fc_basis.extend_from_slice(&self.basis);
+        if self.fc_cols.len.len() != n || self.fc_cols.stride < self.ent.stride {
+            self.fc_cols = Cols::new(n, self.ent.stride);
+        }
+        for i in 0..n {
+            self.fc_cols.set(i, &self.ent[self.basis[i]]);
+        }
+        self.fc_binv.clear();
+        self.fc_binv.extend_from_slice(&self.binv);
+        self.fc_ok = true;
         true
     }
 
     #[inline]
     fn nb_value(&self, j: usize) -> f64 {
         if self.at_upper[j] { self.ub[j] } else { self.lb[j] }
-    }
-
-    fn compute_primal(&mut self) {
-        let n = self.nr;
-        for v in self.rhs.iter_mut() {
-            *v = 0.0;
-        }
-        for j in 0..self.nc + self.nr {
-            if self.pos[j] >= 0 {
-                continue;
-            }
-            let x = self.nb_value(j);
-            if x == 0.0 {
-                continue;
-            }
-            for &(r, v) in &self.ent[j] {
-                self.rhs[r as usize] -= v * x;
-            }
-        }
-        for i in 0..n {
-            let row = &self.binv[i * n..(i + 1) * n];
-            let mut s = 0.0;
-            for t in 0..n {
-                s += row[t] * self.rhs[t];
-            }
-            self.xb[i] = s;
-        }
     }
 
     fn compute_dual(&mut self) {
@@ -397,7 +497,9 @@ impl Lp {
             }
         }
         for j in 0..self.nc + self.nr {
-            if self.pos[j] >= 0 {
+            // basic and fixed columns: no reduced cost is read (the ratio test, fix_dual, reduced-cost fixing and the
+            // core heuristic look at movable nonbasic columns only)
+            if self.pos[j] >= 0 || self.lb[j] == self.ub[j] {
                 self.d[j] = 0.0;
                 continue;
             }
@@ -407,20 +509,62 @@ impl Lp {
             }
             self.d[j] = s;
         }
+        self.d_fresh = true;
     }
 
-    fn fix_dual(&mut self) {
-        for j in 0..self.nc + self.nr {
-            if self.pos[j] >= 0 || self.lb[j] == self.ub[j] {
-                continue;
-            }
-            let dj = self.d[j];
-            if dj < -1e-9 && !self.at_upper[j] {
-                self.at_upper[j] = true;
-            } else if dj > 1e-9 && self.at_upper[j] {
-                self.at_upper[j] = false;
+    /// compute_dual, fix_dual and compute_primal in one pass over the columns (same arithmetic, same order: a
+    /// column's bound flip depends on its own reduced cost only, and the primal right-hand side is accumulated in
+    /// column order as before).
+    fn refresh(&mut self) {
+        let n = self.nr;
+        for t in 0..n {
+            self.pi[t] = 0.0;
+            self.rhs[t] = 0.0;
+        }
+        for i in 0..n {
+            let cb = self.c[self.basis[i]];
+            if cb != 0.0 {
+                let row = &self.binv[i * n..(i + 1) * n];
+                for t in 0..n {
+                    self.pi[t] += cb * row[t];
+                }
             }
         }
+        for j in 0..self.nc + self.nr {
+            if self.pos[j] >= 0 {
+                self.d[j] = 0.0;
+                continue;
+            }
+            let x = if self.lb[j] == self.ub[j] {
+                self.d[j] = 0.0;
+                self.lb[j]
+            } else {
+                let mut s = self.c[j];
+                for &(r, v) in &self.ent[j] {
+                    s -= self.pi[r as usize] * v;
+                }
+                self.d[j] = s;
+                // fix_dual: a wrong-signed reduced cost moves the column to its other bound
+                let up = (s < -1e-9) | (self.at_upper[j] & !(s > 1e-9));
+                self.at_upper[j] = up;
+                if up { self.ub[j] } else { self.lb[j] }
+            };
+            if x == 0.0 {
+                continue;
+            }
+            for &(r, v) in &self.ent[j] {
+                self.rhs[r as usize] -= v * x;
+            }
+        }
+        for i in 0..n {
+            let row = &self.binv[i * n..(i + 1) * n];
+            let mut s = 0.0;
+            for t in 0..n {
+                s += row[t] * self.rhs[t];
+            }
+            self.xb[i] = s;
+        }
+        self.d_fresh = true;
     }
 
     fn objective(&self) -> f64 {
@@ -438,24 +582,72 @@ impl Lp {
         if self.pos[j] >= 0 { self.xb[self.pos[j] as usize] } else { self.nb_value(j) }
     }
 
-    #[inline]
-    fn is_cand(&self, j: usize, a: f64, below: bool) -> bool {
-        let atol = 1e-9;
-        if below {
-            (!self.at_upper[j] && a < -atol) || (self.at_upper[j] && a > atol)
-        } else {
-            (!self.at_upper[j] && a > atol) || (self.at_upper[j] && a < -atol)
+    /// The row-wise index of the columns' current patterns (CSR; columns ascending within each row).
+    fn build_rows(&mut self) {
+        let nt = self.nc + self.nr;
+        let st = self.ent.stride;
+        self.row_start.clear();
+        self.row_start.resize(self.nr + 1, 0);
+        for j in 0..nt {
+            for &(r, _) in &self.ent[j] {
+                self.row_start[r as usize + 1] += 1;
+            }
         }
+        for i in 0..self.nr {
+            self.row_start[i + 1] += self.row_start[i];
+        }
+        let mut fill: Vec<u32> = self.row_start[..self.nr].to_vec();
+        self.row_ent.clear();
+        self.row_ent.resize(self.row_start[self.nr] as usize, (0, 0));
+        for j in 0..nt {
+            let l = self.ent.len[j] as usize;
+            for s in 0..l {
+                let r = self.ent.data[j * st + s].0 as usize;
+                self.row_ent[fill[r] as usize] = (j as u32, (j * st + s) as u32);
+                fill[r] += 1;
+            }
+        }
+        self.mark.clear();
+        self.mark.resize(nt, 0);
+        self.stamp = 0;
+        self.touched.clear();
+        self.ntouched = 0;
+        for a in self.alpha.iter_mut() {
+            *a = 0.0;
+        }
+        self.rows_stride = st;
+        self.rows_built = true;
     }
 
     fn solve(&mut self, max_iter: u64) -> LpStatus {
+        // reused buffers (no allocation per call): movable columns, ratio-test candidates, nonzero pivot-row entries
+        let mut mov = std::mem::take(&mut self.buf_mov);
+        let mut cand = std::mem::take(&mut self.buf_cand);
+        let mut nz = std::mem::take(&mut self.buf_nz);
+        let st = self.solve_with(max_iter, &mut mov, &mut cand, &mut nz);
+        self.buf_mov = mov;
+        self.buf_cand = cand;
+        self.buf_nz = nz;
+        st
+    }
+
+    fn solve_with(&mut self, max_iter: u64, mov: &mut Vec<u32>, cand: &mut Vec<u32>, nz: &mut Vec<u32>) -> LpStatus {
         let n = self.nr;
         let nt = self.nc + self.nr;
         self.hit_limit = false;
+        self.d_fresh = false;
         if !self.prepare() {
             return LpStatus::Failed;
         }
-        let mov: Vec<u32> = (0..nt).filter(|&j| self.lb[j] < self.ub[j]).map(|j| j as u32).collect();
+        mov.clear();
+        let rowwise = self.rowwise;
+        if rowwise {
+            if !self.rows_built || self.rows_stride != self.ent.stride {
+                self.build_rows();
+            }
+        } else {
+            mov.extend((0..nt).filter(|&j| self.lb[j] < self.ub[j]).map(|j| j as u32));
+        }
         let mut it = 0u64;
         let mut restarts = 0;
         let mut need_full = true;
@@ -485,9 +677,7 @@ impl Lp {
             }
             fresh = false;
             if need_full {
-                self.compute_dual();
-                self.fix_dual();
-                self.compute_primal();
+                self.refresh();
                 need_full = false;
                 fresh = true;
             }
@@ -523,25 +713,96 @@ impl Lp {
                 self.snapshot_after_pivots();
                 return LpStatus::Optimal;
             }
-            let rho: Vec<f64> = self.binv[r * n..(r + 1) * n].to_vec();
+            let rho = &self.binv[r * n..(r + 1) * n];
             let dtol = 1e-11;
             let mut tmax = f64::INFINITY;
-            for &j in &mov {
-                let j = j as usize;
-                if self.pos[j] >= 0 {
-                    self.alpha[j] = 0.0;
+            // alpha_j for the movable nonbasic columns, and (without data-dependent branches) the lists of nonzero
+            // alphas (the dual update's columns) and of ratio-test candidates (in column order)
+            cand.clear();
+            nz.clear();
+            let (mut nnz, mut ncand) = (0usize, 0usize);
+            // candidate sign: below -> (!up && a < -atol) || (up && a > atol), above -> the mirror (is_cand)
+            let sgn = if below { -1.0 } else { 1.0 };
+            if rowwise {
+                // row-wise: only the rows where rho is nonzero (a third of them, typically). Each column's entries
+                // are added in ascending row order from 0.0, i.e. the same sum as column-wise up to the order of
+                // its first two terms (exact: a + b == b + a), skipping only exact-zero products.
+                for &j in self.touched[..self.ntouched].iter() {
+                    self.alpha[j as usize] = 0.0;
+                }
+                self.ntouched = 0;
+                self.stamp = self.stamp.wrapping_add(1);
+                if self.stamp == 0 {
+                    for v in self.mark.iter_mut() {
+                        *v = 0;
+                    }
+                    self.stamp = 1;
+                }
+                let stamp = self.stamp;
+                if self.touched.len() <= nt {
+                    self.touched.resize(nt + 1, 0); // +1: the branch-free write lands one past the last distinct column
+                }
+                let mut nt_ = 0usize;
+                for i in 0..n {
+                    let ri = rho[i];
+                    if ri == 0.0 {
+                        continue;
+                    }
+                    let (a0, a1) = (self.row_start[i] as usize, self.row_start[i + 1] as usize);
+                    for &(j, idx) in &self.row_ent[a0..a1] {
+                        let ju = j as usize;
+                        self.touched[nt_] = j;
+                        nt_ += (self.mark[ju] != stamp) as usize;
+                        self.mark[ju] = stamp;
+                        self.alpha[ju] += ri * self.ent.data[idx as usize].1;
+                    }
+                }
+                self.ntouched = nt_;
+                cand.resize(nt_, 0);
+                nz.resize(nt_, 0);
+                for &j in self.touched[..nt_].iter() {
+                    let ju = j as usize;
+                    // movable and nonbasic (the column-wise path's mov filter and basic skip), branch-free
+                    let ok = (self.pos[ju] < 0) & (self.lb[ju] < self.ub[ju]);
+                    let a = self.alpha[ju];
+                    nz[nnz] = j;
+                    nnz += (ok & (a != 0.0)) as usize;
+                    let s = if self.at_upper[ju] { -sgn * a } else { sgn * a };
+                    cand[ncand] = j;
+                    ncand += (ok & (s > 1e-9)) as usize;
+                }
+                nz.truncate(nnz);
+                cand.truncate(ncand);
+            }
+            if !rowwise {
+                cand.resize(mov.len(), 0);
+                nz.resize(mov.len(), 0);
+            }
+            for &j in mov.iter() {
+                let ju = j as usize;
+                if self.pos[ju] >= 0 {
                     continue;
                 }
                 let mut a = 0.0;
-                for &(row, v) in &self.ent[j] {
+                for &(row, v) in &self.ent[ju] {
                     a += rho[row as usize] * v;
                 }
-                self.alpha[j] = a;
-                if self.is_cand(j, a, below) {
-                    let t = (self.d[j].abs() + dtol) / a.abs();
-                    if t < tmax {
-                        tmax = t;
-                    }
+                self.alpha[ju] = a;
+                nz[nnz] = j;
+                nnz += (a != 0.0) as usize;
+                let s = if self.at_upper[ju] { -sgn * a } else { sgn * a };
+                cand[ncand] = j;
+                ncand += (s > 1e-9) as usize;
+            }
+            if !rowwise {
+                nz.truncate(nnz);
+                cand.truncate(ncand);
+            }
+            for &j in cand.iter() {
+                let j = j as usize;
+                let t = (self.d[j].abs() + dtol) / self.alpha[j].abs();
+                if t < tmax {
+                    tmax = t;
                 }
             }
             if tmax == f64::INFINITY {
@@ -554,18 +815,16 @@ impl Lp {
             }
             let mut q = usize::MAX;
             let mut best = 0.0;
-            for &j in &mov {
+            for &j in cand.iter() {
                 let j = j as usize;
                 let a = self.alpha[j];
-                if a == 0.0 || self.pos[j] >= 0 {
-                    continue;
-                }
-                if self.is_cand(j, a, below) && self.d[j].abs() / a.abs() <= tmax {
+                if self.d[j].abs() / a.abs() <= tmax {
+                    // the first such column in column order (cand may be unordered): the smallest index among ties
                     if bland {
-                        if q == usize::MAX && a.abs() > 1e-7 {
+                        if a.abs() > 1e-7 && (q == usize::MAX || j < q) {
                             q = j;
                         }
-                    } else if a.abs() > best {
+                    } else if a.abs() > best || (a.abs() == best && j < q) {
                         best = a.abs();
                         q = j;
                     }
@@ -596,11 +855,9 @@ impl Lp {
             self.xb[r] = xq;
             // dual update
             let theta = self.d[q] / self.alpha[q];
-            for &j in &mov {
+            for &j in nz.iter() {
                 let j = j as usize;
-                if self.pos[j] < 0 {
-                    self.d[j] -= theta * self.alpha[j];
-                }
+                self.d[j] -= theta * self.alpha[j];
             }
             self.d[leaving] = -theta;
             self.d[q] = 0.0;
@@ -622,6 +879,7 @@ impl Lp {
             self.basis[r] = q;
             self.pos[q] = r as i32;
             self.since += 1;
+            self.d_fresh = false;
         }
     }
 }
@@ -679,6 +937,8 @@ struct Solver<'a> {
     max_pool: usize,
     pc_sum: Vec<f64>, // strong-branching gains per unit of fractionality, per rail and direction (off, on)
     pc_cnt: Vec<u32>,
+    loaded: Vec<(u8, u64)>, // per rail: the (state, m bits) its LP columns were last written with (load_lp)
+    loaded_cs: f64,
     node_cst: f64, // the objective constant of the node LP last loaded by solve_node
     cs: f64, // the LP's costs are the fees times this (cost_scale); bounds and incumbents stay in fee units
     deadline: (Instant, f64), // the caller's start and time limit: the core heuristic's sub-search stays within it
@@ -743,13 +1003,38 @@ impl<'a> Solver<'a> {
                     maxin[v] = 0.0;
                     maxout[v] = 0.0;
                 }
+                // the same sums in the same order, with each venue's running sum kept in a register while
+                // consecutive rails share it (rails come sorted by source: no store-to-load chain per addition)
+                let (mut cu, mut au) = (usize::MAX, 0.0f64);
+                let (mut cw, mut aw) = (usize::MAX, 0.0f64);
                 for r in 0..k {
                     let m = self.m[r];
                     if self.st[r] == OFF || m < inst.me[r] {
                         continue;
                     }
-                    maxin[inst.to[r]] += ((1.0 - inst.p[r]) * m - inst.f[r]).max(0.0);
-                    maxout[inst.from[r]] += m;
+                    let (u, w) = (inst.from[r], inst.to[r]);
+                    if w != cw {
+                        if cw != usize::MAX {
+                            maxin[cw] = aw;
+                        }
+                        cw = w;
+                        aw = maxin[w];
+                    }
+                    aw += ((1.0 - inst.p[r]) * m - inst.f[r]).max(0.0);
+                    if u != cu {
+                        if cu != usize::MAX {
+                            maxout[cu] = au;
+                        }
+                        cu = u;
+                        au = maxout[u];
+                    }
+                    au += m;
+                }
+                if cw != usize::MAX {
+                    maxin[cw] = aw;
+                }
+                if cu != usize::MAX {
+                    maxout[cu] = au;
                 }
                 for r in 0..k {
                     if self.st[r] == OFF || self.m[r] < inst.me[r] {
@@ -809,23 +1094,46 @@ impl<'a> Solver<'a> {
         let cs = self.cs;
         let nr = inst.nrows + self.cuts.len();
         self.lp.resize_rows(nr);
+        self.lp.d_fresh = false;
         let mut shift = vec![0.0; nr];
+        // a rail's two columns are a function of its state and bound m (and the cost scale): rewrite only the rails
+        // whose (state, m) changed since the last load (no cut rows: those append entries and change the rows)
+        let reuse = self.cuts.is_empty() && self.loaded_cs.to_bits() == cs.to_bits() && self.loaded.len() == k;
+        if !reuse {
+            self.loaded.clear();
+            self.loaded.resize(k, (u8::MAX, 0));
+        }
         for r in 0..k {
             let m = self.m[r];
             let (f, p) = (inst.f[r], inst.p[r]);
             let (u, w) = (inst.from[r] as u32, inst.to[r] as u32);
             let cv = inst.cover[inst.to[r]];
+            let key = (self.st[r], m.to_bits());
+            if reuse && self.loaded[r] == key {
+                if self.st[r] == ON {
+                    cst += f;
+                    shift[w as usize] += f;
+                    if covers && cv >= 0 {
+                        shift[cv as usize] -= 1.0;
+                    }
+                }
+                continue;
+            }
+            self.loaded[r] = key;
             let lp = &mut self.lp;
             lp.lb[k + r] = 0.0;
             lp.ub[k + r] = 0.0;
             lp.c[k + r] = f * cs;
-            lp.ent[k + r].clear();
-            lp.ent[k + r].push((w, -f));
-            lp.ent[r].clear();
+            // every column keeps one pattern for the whole search (the row-wise pricing index relies on it): the
+            // amount column (u, w[, cover row]), the fee column (w[, cover row]); explicit zeros where a fixed rail
+            // has no entry (they add exact zeros to every sum)
+            let has_cv = covers && cv >= 0;
+            let (amt_w, amt_cv, fee_cv);
             if self.st[r] == ON {
                 lp.c[r] = p * cs;
-                lp.ent[r].push((u, -1.0));
-                lp.ent[r].push((w, 1.0 - p));
+                amt_w = 1.0 - p;
+                amt_cv = 0.0;
+                fee_cv = 0.0;
                 lp.lb[r] = inst.me[r];
                 lp.ub[r] = m;
                 cst += f;
@@ -835,24 +1143,35 @@ impl<'a> Solver<'a> {
                 }
             } else if self.st[r] == OFF || m <= 0.0 {
                 lp.c[r] = p * cs;
-                lp.ent[r].push((u, -1.0));
-                lp.ent[r].push((w, 1.0 - p));
+                amt_w = 1.0 - p;
+                amt_cv = 0.0;
+                fee_cv = 0.0;
                 lp.lb[r] = 0.0;
                 lp.ub[r] = 0.0;
             } else {
                 lp.c[r] = (p + f / m) * cs;
-                lp.ent[r].push((u, -1.0));
-                lp.ent[r].push((w, 1.0 - p - f / m));
+                amt_w = 1.0 - p - f / m;
+                amt_cv = 1.0 / m;
+                fee_cv = 1.0;
                 lp.lb[r] = 0.0;
                 lp.ub[r] = m;
                 if fee_cols {
                     lp.ub[k + r] = 1.0;
                 }
-                if covers && cv >= 0 {
-                    lp.ent[r].push((cv as u32, 1.0 / m));
-                    lp.ent[k + r].push((cv as u32, 1.0));
-                }
             }
+            if has_cv {
+                lp.ent.set(r, &[(u, -1.0), (w, amt_w), (cv as u32, amt_cv)]);
+                lp.ent.set(k + r, &[(w, -f), (cv as u32, fee_cv)]);
+            } else {
+                lp.ent.set(r, &[(u, -1.0), (w, amt_w)]);
+                lp.ent.set(k + r, &[(w, -f)]);
+            }
+        }
+        self.lp.rowwise = self.cuts.is_empty();
+        if self.cuts.is_empty() {
+            self.loaded_cs = cs;
+        } else {
+            self.loaded.clear();
         }
         // cut rows (all "<= 0" before constants): S(r): x_r - s_u y_r - I_u ; D(r): credit_r - hi_w y_r - O_w
         let base = inst.nrows;
@@ -866,9 +1185,9 @@ impl<'a> Solver<'a> {
                 let s_u = (-inst.lo[u]).max(0.0);
                 // x_r - s_u y_r
                 if self.st[r] != OFF {
-                    self.lp.ent[r].push((row, 1.0 - s_u * ax));
+                    self.lp.ent.push(r, (row, 1.0 - s_u * ax));
                     if al != 0.0 {
-                        self.lp.ent[k + r].push((row, -s_u * al));
+                        self.lp.ent.push(k + r, (row, -s_u * al));
                     }
                     rhs += s_u * ac;
                 }
@@ -879,9 +1198,9 @@ impl<'a> Solver<'a> {
                     }
                     let (bx, bl, bc) = self.y_terms(r2);
                     let (f2, p2) = (inst.f[r2], inst.p[r2]);
-                    self.lp.ent[r2].push((row, -(1.0 - p2) + f2 * bx));
+                    self.lp.ent.push(r2, (row, -(1.0 - p2) + f2 * bx));
                     if bl != 0.0 {
-                        self.lp.ent[k + r2].push((row, f2 * bl));
+                        self.lp.ent.push(k + r2, (row, f2 * bl));
                     }
                     rhs -= f2 * bc;
                 }
@@ -890,9 +1209,9 @@ impl<'a> Solver<'a> {
                 let (f, p) = (inst.f[r], inst.p[r]);
                 if self.st[r] != OFF {
                     // (1-p) x_r - (f + hw) y_r
-                    self.lp.ent[r].push((row, (1.0 - p) - (f + hw) * ax));
+                    self.lp.ent.push(r, (row, (1.0 - p) - (f + hw) * ax));
                     if al != 0.0 {
-                        self.lp.ent[k + r].push((row, -(f + hw) * al));
+                        self.lp.ent.push(k + r, (row, -(f + hw) * al));
                     }
                     rhs += (f + hw) * ac;
                 }
@@ -900,7 +1219,7 @@ impl<'a> Solver<'a> {
                     if self.st[r2] == OFF {
                         continue;
                     }
-                    self.lp.ent[r2].push((row, -1.0));
+                    self.lp.ent.push(r2, (row, -1.0));
                 }
             }
             // slack bounds: activity <= rhs; lower bound = smallest possible activity (finite: all columns boxed)
@@ -1069,7 +1388,9 @@ impl<'a> Solver<'a> {
     fn core_search(&mut self, extra: usize, seconds: f64, nodes: u64) {
         let inst = self.inst;
         let k = inst.k;
-        self.lp.compute_dual();
+        if !self.lp.d_fresh {
+            self.lp.compute_dual();
+        }
         let mut inc = vec![false; k];
         for r in 0..k {
             if self.st[r] == OFF {
@@ -1193,15 +1514,24 @@ impl<'a> Solver<'a> {
         let sc = 2 * k;
         let cv = if self.opts & 256 != 0 { inst.cover[w] } else { -1 };
         let lp = &mut self.lp;
-        let sx = (lp.ent[r].clone(), lp.c[r], lp.lb[r], lp.ub[r]);
+        let sx = (lp.ent[r].to_vec(), lp.c[r], lp.lb[r], lp.ub[r]);
         let sl = (lp.lb[k + r], lp.ub[k + r]);
         let sw = (lp.lb[sc + w], lp.ub[sc + w]);
         let scv = if cv >= 0 { lp.lb[sc + cv as usize] } else { 0.0 };
         let mut cst = self.node_cst;
         if on {
-            lp.ent[r].clear();
-            lp.ent[r].push((u as u32, -1.0));
-            lp.ent[r].push((w as u32, 1.0 - p));
+            if lp.rowwise && lp.ent[r].len() == 3 {
+                // same pattern (the cover row's entry an explicit zero), as load_lp writes a rail fixed on
+                let e2 = lp.ent[r][2].0;
+                lp.ent.set(r, &[(u as u32, -1.0), (w as u32, 1.0 - p), (e2, 0.0)]);
+            } else if lp.rowwise {
+                lp.ent.set(r, &[(u as u32, -1.0), (w as u32, 1.0 - p)]);
+            } else {
+                lp.ent.clear(r);
+                lp.ent.push(r, (u as u32, -1.0));
+                lp.ent.push(r, (w as u32, 1.0 - p));
+                lp.rows_built = false; // pattern changed (only with cut rows, where the row-wise index is unused)
+            }
             lp.c[r] = p * self.cs;
             lp.lb[r] = inst.me[r];
             lp.ub[r] = m;
@@ -1229,7 +1559,7 @@ impl<'a> Solver<'a> {
                 if lp.hit_limit { (lp.objective() / self.cs + cst, false) } else { (f64::NEG_INFINITY, false) }
             }
         };
-        lp.ent[r] = sx.0;
+        lp.ent.set(r, &sx.0);
         lp.c[r] = sx.1;
         lp.lb[r] = sx.2;
         lp.ub[r] = sx.3;
@@ -1240,6 +1570,7 @@ impl<'a> Solver<'a> {
         if cv >= 0 {
             lp.lb[sc + cv as usize] = scv;
         }
+        lp.d_fresh = false;
         out
     }
 
@@ -1323,7 +1654,9 @@ impl<'a> Solver<'a> {
         let mut extra = Vec::new();
         let mut newcaps = Vec::new();
         if self.ub_val < f64::INFINITY && self.opts & (4 | 128) != 0 {
-            self.lp.compute_dual();
+            if !self.lp.d_fresh {
+                self.lp.compute_dual(); // (the node's final solve computed these already, in the same way)
+            }
             let lim = self.prune_level();
             for r in 0..k {
                 if self.st[r] != FREE || self.lp.pos[r] >= 0 || r == frac || self.m[r] <= 0.0 {
@@ -1587,6 +1920,8 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
         max_pool: if opts & 4096 != 0 { 2 * inst.n } else { 6 * inst.n },
         pc_sum: vec![0.0; 2 * k],
         pc_cnt: vec![0; 2 * k],
+        loaded: Vec::new(),
+        loaded_cs: f64::NAN,
         node_cst: 0.0,
         cs: cost_scale(inst),
         deadline: (start, time_limit),
