@@ -27,10 +27,19 @@ import numpy as np
 # sub-B&B on the root's most promising rails, 16384 that heuristic every 10 nodes instead of 100, 32768 a
 # RINS-like sub-search every 100 nodes (the node's LP support + the incumbent's rails), 65536 reliability
 # branching (the best 8 candidates probed both ways with 25 dual simplex iterations until each has 4 probes).
-# The combination measured fastest on the bench's instances (docs/route-planner.md, tenth session).
-OPTIONS = 1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536
-# Option bit: after the root, two threads search the tree, sharing the open nodes and the incumbent's value.
+# 131072 (TWO_THREADS): after the root, two threads search the tree, sharing the open nodes and the incumbent's
+# value (1.3-2.2x on the trees of 20-30 venues on two idle cores; the proofs are the same, the plans among equal
+# fees may differ).
+# The combination measured fastest on the bench's instances (docs/route-planner.md, tenth and eleventh sessions).
 TWO_THREADS = 131072
+OPTIONS = 1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536 | TWO_THREADS
+# The root's venue-bound cuts (1024: the planner's source/destination bound rows, separated at the root; 524288 drop
+# the rows the LP leaves slack after each round; 1048576 run the root heuristics before the cuts; 2097152 the core
+# sub-search once more on the cut LP's support): trees 3-20x smaller, nodes dearer. They pay from about
+# CUTS_FROM_VENUES venues (30 venues: 1.4-1.5x faster; 20: about even; 10: up to 1.6x slower), so `options_for`
+# adds them from there.
+ROOT_CUTS = 1024 | 524288 | 1048576 | 2097152
+CUTS_FROM_VENUES = 20
 # The planner races this solver against HiGHS within the asset's time limit (routing_solver._solve_exactly); the
 # time limit is what binds, this only bounds memory (a few hundred bytes a node).
 MAX_NODES = 10_000_000
@@ -119,9 +128,17 @@ def model_arrays(inst) -> dict[str, np.ndarray]:
     return {"from": frm, "to": to, "f": f, "p": p, "me": me, "mm": mm, "lo": lo, "hi": hi}
 
 
+def options_for(inst) -> int:
+    """The options the planner solves `inst` with: OPTIONS, plus ROOT_CUTS from CUTS_FROM_VENUES venues."""
+    venues = {r.from_venue for r in inst.rails} | {r.to_venue for r in inst.rails}
+    return OPTIONS | (ROOT_CUTS if len(venues) >= CUTS_FROM_VENUES else 0)
+
+
 def solve(inst, *, gap: float, time_limit: float = 10.0, max_nodes: int | None = None,
-          options: int = OPTIONS, cancel: ctypes.c_int32 | None = None) -> Outcome:
+          options: int | None = None, cancel: ctypes.c_int32 | None = None) -> Outcome:
     """Solve one asset's model; `Outcome.solution` is set only for a proven optimum.
+
+    `options`: the library's option bits; None is `options_for(inst)`.
 
     `cancel`: set its value to non-zero from another thread to stop the search at its next node (status
     "limit"); the library runs without the GIL, so a race against HiGHS in another thread is real parallelism.
@@ -141,7 +158,7 @@ def solve(inst, *, gap: float, time_limit: float = 10.0, max_nodes: int | None =
     dp = lambda arr: arr.ctypes.data_as(_D)  # noqa: E731
     ip = lambda arr: arr.ctypes.data_as(_I)  # noqa: E731
     arguments = (n, k, ip(frm), ip(to), dp(f), dp(p), dp(me), dp(mm), dp(lo), dp(hi), math.inf, gap, float(time_limit),
-                 int(MAX_NODES if max_nodes is None else max_nodes), int(options), dp(x),
+                 int(MAX_NODES if max_nodes is None else max_nodes), int(options_for(inst) if options is None else options), dp(x),
                  y.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), dp(info))
     if cancel is None:
         code = lib.bnb_solve(*arguments)

@@ -412,7 +412,9 @@ def test_a_spent_budget_hands_the_asset_to_highs(monkeypatch):
 
 
 def test_concurrent_calls_from_threads_give_the_sequential_answers(hard_instances):
-    # No static mutable state in the library: 8 threads at once, each answer bit-identical to the sequential one.
+    # No static mutable state in the library: 8 threads at once, each answer bit-identical to the sequential one
+    # (with one search thread per call: the two-thread search may return another plan of the same fee).
+    one_thread = routing_bnb.OPTIONS & ~routing_bnb.TWO_THREADS
     rng = random.Random(7)
     insts = [inst for inst, _ in hard_instances]
     while len(insts) < 8:
@@ -421,7 +423,7 @@ def test_concurrent_calls_from_threads_give_the_sequential_answers(hard_instance
             insts.append(inst)
 
     def answer(inst):
-        outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=20.0, max_nodes=2000)
+        outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=20.0, max_nodes=2000, options=one_thread)
         return outcome.status, None if outcome.solution is None else outcome.solution.tobytes(), outcome.nodes
 
     sequential = [answer(inst) for inst in insts]
@@ -438,6 +440,27 @@ def test_concurrent_calls_from_threads_give_the_sequential_answers(hard_instance
     for t in threads:
         t.join()
     assert [results[i] for i in range(len(insts))] == sequential
+
+
+def test_concurrent_two_thread_searches_prove_the_sequential_fees(hard_instances):
+    # The shipped options (two search threads per call): 8 calls at once, 16 search threads, the same proofs.
+    insts = [inst for inst, _ in hard_instances] * 4
+    fees = [fee for _, fee in hard_instances] * 4
+    results: dict[int, routing_bnb.Outcome] = {}
+    start = threading.Barrier(len(insts))
+
+    def run(i):
+        start.wait()
+        results[i] = routing_bnb.solve(insts[i], gap=MIP_REL_GAP, time_limit=20.0)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(insts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, inst in enumerate(insts):
+        assert results[i].status == "optimal"
+        assert fee_of(inst, results[i].solution) == pytest.approx(fees[i], rel=1e-9)
 
 
 def test_random_small_instances_match_highs():

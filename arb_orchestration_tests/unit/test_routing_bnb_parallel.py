@@ -82,3 +82,36 @@ def test_a_two_thread_search_keeps_the_time_and_node_limits():
     assert time.monotonic() - started < 10.0
     counted = routing_bnb.solve(_asset(10, 0, "ETH"), gap=MIP_REL_GAP, max_nodes=5, options=TWO)
     assert counted.status == "limit" and counted.solution is None and counted.nodes <= 5 + 2
+
+
+# ---------------------------------------------------------------- the root's venue-bound cuts (from 20 venues)
+
+
+def test_the_planner_adds_the_root_cuts_from_twenty_venues():
+    assert routing_bnb.options_for(_asset(10, 0, "ETH")) == routing_bnb.OPTIONS
+    assert routing_bnb.options_for(_asset(20, 0, "ETH")) == routing_bnb.OPTIONS | routing_bnb.ROOT_CUTS
+
+
+@pytest.mark.parametrize("seed,asset", [(0, "ETH"), (2, "ETH"), (2, "USDC"), (1, "USDT")])
+def test_root_cuts_prove_the_same_optimum_on_twenty_venue_assets(seed, asset):
+    inst = _asset(20, seed, asset)
+    plain = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=ONE)
+    cut = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0)  # options_for: cuts and two threads
+    assert plain.status == cut.status == "optimal"
+    assert _fee(inst, cut) == pytest.approx(_fee(inst, plain), rel=1e-9)
+    assert cut.nodes < plain.nodes  # the cuts did their job (fewer nodes on each of these)
+
+
+@pytest.mark.parametrize("options", [ONE | routing_bnb.ROOT_CUTS, TWO | routing_bnb.ROOT_CUTS])
+def test_root_cuts_agree_with_the_plain_search_on_random_small_instances(options):
+    rng = random.Random(2811)
+    for _ in range(120):
+        balances, targets, rails = random_small_instance(rng)
+        inst = asset_instance(parse_problem(balances, targets, rails), "X")
+        if not inst.rails or not inst.needs:
+            continue
+        plain = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=30.0, options=ONE)
+        cut = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=30.0, options=options)
+        assert plain.status == cut.status, (balances, targets, rails)
+        if plain.status == "optimal":
+            assert _fee(inst, cut) == pytest.approx(_fee(inst, plain), rel=1e-9, abs=1e-12), (balances, targets, rails)

@@ -26,6 +26,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
+/// Option bits of the root's cutting loop (with 1024, the source/destination venue-bound cuts at the root):
+/// after each round drop the cut rows the LP leaves slack (a small pool: the node LP stays small; dropping rows
+/// only relaxes it) ...
+const PURGE_CUTS: u32 = 524288;
+/// ... run the root's heuristics (flow heuristic, core sub-search) on the LP without cut rows first, then the loop
+/// (their plans come from that LP's support; with the cut LP's support the optimum of some assets was found late) ...
+const DEFER_CUTS: u32 = 1048576;
+/// ... and the core sub-search once more on the cut LP's support (heuristic only: anything it finds is a plan).
+const CORE_AFTER_CUTS: u32 = 2097152;
+
 const FREE: u8 = 0;
 const ON: u8 = 1;
 const OFF: u8 = 2;
@@ -221,6 +231,11 @@ impl Lp {
         }
         let t = self.nc + nr;
         let old = self.nr;
+        if nr < old {
+            // rows dropped (the root's cut pool purged): the caller sets a basis of the smaller LP next; set_basis
+            // resets pos only for the current basis' columns, so forget the dropped rows' slacks here
+            self.basis.retain(|&j| j < t);
+        }
         self.c.resize(t, 0.0);
         self.ent.resize(t);
         self.lb.resize(t, 0.0);
@@ -925,6 +940,10 @@ struct Solver<'a> {
     hi: Vec<f64>,
     cuts: Vec<(u8, u32)>,
     has_cut: Vec<bool>,
+    // per rail: its (cut row, coefficient on x, coefficient on y) in the loaded LP's cut rows (free rails only);
+    // a probe fixing the rail on moves the y part into the row's bounds
+    cutcoef: Vec<Vec<(u32, f64, f64)>>,
+    defer_cuts: bool, // the root's cut loop waits until its heuristics have run (DEFER_CUTS)
     ub_val: f64,
     best_x: Vec<f64>,
     best_y: Vec<u8>,
@@ -1174,52 +1193,55 @@ impl<'a> Solver<'a> {
             self.loaded.clear();
         }
         // cut rows (all "<= 0" before constants): S(r): x_r - s_u y_r - I_u ; D(r): credit_r - hi_w y_r - O_w
+        // Validity (the planner's argument, docs/route-planner.md "The model"): S(r) holds for every plan (u ends at
+        // or above its target, so it sends at most its surplus s_u plus what it is credited, and nothing on r when
+        // y_r = 0); D(r) holds for the least-moving optimum, the same plan the venue rows' upper bounds hi keep
+        // (hi_w = t_w - b_w + mu_w, or 0: w never ends more than mu_w above target, so what r credits beyond hi_w
+        // leaves again). Both are global: the pool built at the root is loaded at every node, and the probes keep
+        // the rows (a relaxation of the child: see `probe`).
         let base = inst.nrows;
+        for r in 0..k {
+            self.cutcoef[r].clear();
+        }
         for (ci, &(kind, r)) in self.cuts.iter().enumerate() {
             let row = (base + ci) as u32;
             let r = r as usize;
             let (u, w) = (inst.from[r], inst.to[r]);
-            let (ax, al, ac) = self.y_terms(r);
-            let mut rhs = 0.0;
+            // every rail's columns carry its cut entries whatever its state (a fixed column's entries do not change
+            // the LP, they keep a parent's basis non-singular in the child): y_r = x_r/m + l_r for a free rail, a
+            // constant 1 for a rail fixed on (x_r keeps ex), 0 for a rail fixed off (its columns fixed at 0)
+            let mut terms: Vec<(usize, f64, f64)> = Vec::new();
             if kind == 0 {
                 let s_u = (-inst.lo[u]).max(0.0);
-                // x_r - s_u y_r
-                if self.st[r] != OFF {
-                    self.lp.ent.push(r, (row, 1.0 - s_u * ax));
-                    if al != 0.0 {
-                        self.lp.ent.push(k + r, (row, -s_u * al));
-                    }
-                    rhs += s_u * ac;
-                }
-                // - I_u = - sum_{r' into u} ((1-p') x' - f' y')
+                // x_r - s_u y_r - I_u,  I_u = sum_{r' into u} ((1-p') x' - f' y')
+                terms.push((r, 1.0, -s_u));
                 for &r2 in &inst.ins[u] {
-                    if self.st[r2] == OFF || self.m[r2] <= 0.0 && self.st[r2] != ON {
-                        continue;
-                    }
-                    let (bx, bl, bc) = self.y_terms(r2);
-                    let (f2, p2) = (inst.f[r2], inst.p[r2]);
-                    self.lp.ent.push(r2, (row, -(1.0 - p2) + f2 * bx));
-                    if bl != 0.0 {
-                        self.lp.ent.push(k + r2, (row, f2 * bl));
-                    }
-                    rhs -= f2 * bc;
+                    terms.push((r2, -(1.0 - inst.p[r2]), inst.f[r2]));
                 }
             } else {
+                // (1-p) x_r - (f + hw) y_r - O_w
                 let hw = self.hi[w];
-                let (f, p) = (inst.f[r], inst.p[r]);
-                if self.st[r] != OFF {
-                    // (1-p) x_r - (f + hw) y_r
-                    self.lp.ent.push(r, (row, (1.0 - p) - (f + hw) * ax));
-                    if al != 0.0 {
-                        self.lp.ent.push(k + r, (row, -(f + hw) * al));
-                    }
-                    rhs += (f + hw) * ac;
-                }
+                terms.push((r, 1.0 - inst.p[r], -(inst.f[r] + hw)));
                 for &r2 in &inst.outs[w] {
-                    if self.st[r2] == OFF {
-                        continue;
-                    }
-                    self.lp.ent.push(r2, (row, -1.0));
+                    terms.push((r2, -1.0, 0.0));
+                }
+            }
+            let mut rhs = 0.0;
+            for (r2, ex, ey) in terms {
+                let free = self.st[r2] == FREE && self.m[r2] > 0.0;
+                let ax = if free { 1.0 / self.m[r2] } else if self.st[r2] == ON { 0.0 } else { 1.0 / inst.mm[r2].max(1e-300) };
+                if self.st[r2] == ON {
+                    rhs -= ey;
+                }
+                if free {
+                    self.cutcoef[r2].push((row, ex, ey));
+                }
+                let cx = ex + ey * ax;
+                if cx != 0.0 {
+                    self.lp.ent.push(r2, (row, cx));
+                }
+                if ey != 0.0 {
+                    self.lp.ent.push(k + r2, (row, ey));
                 }
             }
             // slack bounds: activity <= rhs; lower bound = smallest possible activity (finite: all columns boxed)
@@ -1309,6 +1331,46 @@ impl<'a> Solver<'a> {
             added += 1;
         }
         added
+    }
+
+    /// Drop the cut rows the current LP solution leaves slack (their slack basic and below its bound): the basis
+    /// without their slacks stays a basis of the smaller LP. Returns that basis and the at-upper flags, remapped to
+    /// the new column indices; the LP must be reloaded (load_lp) before it is used. A dropped cut is not separated
+    /// again (has_cut stays set), so the loop cannot cycle. Dropping rows only relaxes the LP.
+    fn purge_cuts(&mut self) -> (Vec<usize>, Vec<bool>) {
+        let k = self.inst.k;
+        let base = self.inst.nrows;
+        let sc = 2 * k + base;
+        let nc = self.cuts.len();
+        let mut newidx = vec![usize::MAX; nc];
+        let mut kept = Vec::new();
+        for ci in 0..nc {
+            let j = sc + ci;
+            let (v, ub) = (self.lp.value(j), self.lp.ub[j]);
+            let slack = self.lp.pos[j] >= 0 && v < ub - 1e-7 * (1.0 + ub.abs());
+            if !slack {
+                newidx[ci] = kept.len();
+                kept.push(self.cuts[ci]);
+            }
+        }
+        let mut basis = Vec::with_capacity(self.lp.nr);
+        for &j in &self.lp.basis {
+            if j >= sc {
+                if newidx[j - sc] != usize::MAX {
+                    basis.push(sc + newidx[j - sc]);
+                }
+            } else {
+                basis.push(j);
+            }
+        }
+        let mut up = self.lp.at_upper[..sc].to_vec();
+        for ci in 0..nc {
+            if newidx[ci] != usize::MAX {
+                up.push(self.lp.at_upper[sc + ci]);
+            }
+        }
+        self.cuts = kept;
+        (basis, up)
     }
 
     /// y of rail r in the current LP solution (x/m + fee column).
@@ -1426,7 +1488,7 @@ impl<'a> Solver<'a> {
             self.opts,
         );
         let left = (self.deadline.1 - self.deadline.0.elapsed().as_secs_f64()).clamp(0.0, seconds);
-        let (x, y, info) = solve(&sub, self.ub_val, self.gap, left, nodes, self.opts & !(8192 | 16 | 8 | 32768 | PARALLEL));
+        let (x, y, info) = solve(&sub, self.ub_val, self.gap, left, nodes, self.opts & !(8192 | 16 | 8 | 32768 | PARALLEL | 1024 | 2048 | PURGE_CUTS));
         if info[1] < self.ub_val && y.iter().any(|&v| v == 1) {
             let mut bx = vec![0.0; k];
             let mut by = vec![0u8; k];
@@ -1469,7 +1531,7 @@ impl<'a> Solver<'a> {
         let mut cst = self.load_lp();
         let b: Vec<usize> = basis.iter().map(|&j| j as usize).collect();
         self.lp.set_basis(&b);
-        let rounds = if self.opts & 1024 == 0 { 0 } else if self.nodes <= 1 { 50 } else { self.sep_rounds };
+        let rounds = if self.opts & 1024 == 0 || self.defer_cuts { 0 } else if self.nodes <= 1 { 50 } else { self.sep_rounds };
         let mut round = 0;
         loop {
             match self.lp.solve(50_000) {
@@ -1484,14 +1546,34 @@ impl<'a> Solver<'a> {
                 break;
             }
             round += 1;
+            let purge = self.opts & PURGE_CUTS != 0 && self.nodes <= 1;
+            let (mut keep, mut up) = if purge { self.purge_cuts() } else { (self.lp.basis.clone(), self.lp.at_upper.clone()) };
             if self.separate(self.max_pool) == 0 {
+                if purge && keep.len() < self.lp.nr {
+                    // rows were dropped: reload the smaller LP and solve it again (its basis stays optimal)
+                    cst = self.load_lp();
+                    self.lp.set_basis(&keep);
+                    for j in 0..up.len().min(self.lp.at_upper.len()) {
+                        self.lp.at_upper[j] = up[j];
+                    }
+                    match self.lp.solve(50_000) {
+                        LpStatus::Optimal => {}
+                        LpStatus::Infeasible => return None,
+                        LpStatus::Failed => {
+                            self.lp_fail = true;
+                            return None;
+                        }
+                    }
+                }
                 break;
             }
-            let keep: Vec<usize> = self.lp.basis.clone();
-            let up = self.lp.at_upper.clone();
+            if !purge {
+                keep = self.lp.basis.clone();
+                up = self.lp.at_upper.clone();
+            }
             cst = self.load_lp();
             self.lp.set_basis(&keep);
-            for j in 0..up.len() {
+            for j in 0..up.len().min(self.lp.at_upper.len()) {
                 self.lp.at_upper[j] = up[j];
             }
         }
@@ -1502,7 +1584,11 @@ impl<'a> Solver<'a> {
     /// Strong-branching probe without reloading the LP: only rail r's two columns (and, fixed on, its
     /// destination's row bounds) change; every other rail keeps this node's bound m, which is no tighter than
     /// the child's own node_bounds, so the probe's LP is a relaxation of the child's LP. Returns the LP value
-    /// (infinity if infeasible) and whether it was solved to optimality. Needs the node LP loaded (no cut rows).
+    /// (infinity if infeasible) and whether it was solved to optimality. Needs the node LP loaded.
+    /// Cut rows (opts 1024) stay in: they hold for the kept optimum at every node; fixed off, r's columns are
+    /// fixed at 0 (the rows see x_r = y_r = 0, as in the child); fixed on, y_r is the constant 1 (its coefficient
+    /// moves into the row's bounds, as load_lp does for a rail fixed on) and x_r keeps its own coefficient; the
+    /// other rails' y = x/m + l with this node's m >= the child's, so every child plan is a point of this LP.
     fn probe(&mut self, r: usize, on: bool, node_basis: &[usize], node_up: &[bool], iters: u64) -> (f64, bool) {
         let inst = self.inst;
         let k = inst.k;
@@ -1519,6 +1605,7 @@ impl<'a> Solver<'a> {
         let sw = (lp.lb[sc + w], lp.ub[sc + w]);
         let scv = if cv >= 0 { lp.lb[sc + cv as usize] } else { 0.0 };
         let mut cst = self.node_cst;
+        let mut saved_cut_bounds: Vec<(usize, f64, f64)> = Vec::new();
         if on {
             if lp.rowwise && lp.ent[r].len() == 3 {
                 // same pattern (the cover row's entry an explicit zero), as load_lp writes a rail fixed on
@@ -1541,6 +1628,16 @@ impl<'a> Solver<'a> {
             lp.ub[sc + w] += f;
             if cv >= 0 {
                 lp.lb[sc + cv as usize] -= 1.0;
+            }
+            // cut rows: y_r = 1 is a constant now (its coefficient moves into the row's bounds), x_r keeps its
+            // own coefficient; every child point is a point of this LP (cut rows hold globally)
+            for &(row, ex, ey) in &self.cutcoef[r] {
+                saved_cut_bounds.push((sc + row as usize, lp.lb[sc + row as usize], lp.ub[sc + row as usize]));
+                if ex != 0.0 {
+                    lp.ent.push(r, (row, ex));
+                }
+                lp.lb[sc + row as usize] -= ey;
+                lp.ub[sc + row as usize] -= ey;
             }
             cst += f;
         } else {
@@ -1569,6 +1666,10 @@ impl<'a> Solver<'a> {
         lp.ub[sc + w] = sw.1;
         if cv >= 0 {
             lp.lb[sc + cv as usize] = scv;
+        }
+        for &(j, a, b) in &saved_cut_bounds {
+            lp.lb[j] = a;
+            lp.ub[j] = b;
         }
         lp.d_fresh = false;
         out
@@ -1605,6 +1706,24 @@ impl<'a> Solver<'a> {
             self.core_heuristic();
             if z >= self.prune_level() {
                 return NodeOut::Pruned;
+            }
+        }
+        if self.nodes == 1 && self.defer_cuts {
+            // the root's heuristics ran on the LP without cut rows (their support finds the plans); now the cut loop
+            self.defer_cuts = false;
+            let nb: Vec<u32> = self.lp.basis.iter().map(|&j| j as u32).collect();
+            z = match self.solve_node(&nb) {
+                Some(z) => z,
+                None => return NodeOut::Pruned,
+            };
+            if z >= self.prune_level() {
+                return NodeOut::Pruned;
+            }
+            if self.opts & CORE_AFTER_CUTS != 0 {
+                self.core_heuristic();
+                if z >= self.prune_level() {
+                    return NodeOut::Pruned;
+                }
             }
         }
         if self.opts & 32768 != 0 && self.nodes % 100 == 0 && self.ub_val < f64::INFINITY {
@@ -1680,7 +1799,7 @@ impl<'a> Solver<'a> {
         // strong branching parameters: candidates probed per node, dual simplex iterations per probe, probes per
         // rail and direction after which its pseudo-cost stands in for a probe
         let (sb_cands, sb_iters, sb_rel) = (8usize, 25u64, 4u32);
-        if self.opts & 65536 != 0 && self.cuts.is_empty() && cands.len() > 1 {
+        if self.opts & 65536 != 0 && cands.len() > 1 {
             // Reliability branching: the best candidates by the usual score are probed both ways (`probe`: a short
             // dual simplex from this node's basis) until a rail has sb_rel probes per direction, then scored by its
             // pseudo-costs; a weighted sum of the two gains picks the rail. A direction whose probe LP is solved to
@@ -1908,6 +2027,8 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
         hi: inst.hi.clone(),
         cuts: Vec::new(),
         has_cut: vec![false; 2 * k],
+        cutcoef: vec![Vec::new(); k],
+        defer_cuts: opts & DEFER_CUTS != 0 && opts & 1024 != 0,
         ub_val: init_ub,
         best_x: vec![0.0; k],
         best_y: vec![0; k],
@@ -2180,11 +2301,10 @@ fn search_worker<'a>(mut s: Solver<'a>, sh: &Shared, start: Instant, time_limit:
         let (mut delta, mut basis, mut lb) = (node.delta, node.basis, node.lb);
         loop {
             s.ub_val = s.ub_val.min(sh.ub());
-            if sh.halt.load(AtomicOrdering::Acquire)
-                || sh.nodes.load(AtomicOrdering::Relaxed) >= max_nodes
-                || start.elapsed().as_secs_f64() > time_limit
-                || cancelled()
-            {
+            // take a node out of the budget first: two threads never process more than `max_nodes` together
+            let over = sh.nodes.fetch_add(1, AtomicOrdering::AcqRel) >= max_nodes;
+            if over || sh.halt.load(AtomicOrdering::Acquire) || start.elapsed().as_secs_f64() > time_limit || cancelled() {
+                sh.nodes.fetch_sub(1, AtomicOrdering::AcqRel);
                 hit_limit = true;
                 let mut pool = sh.pool.lock().unwrap();
                 pool.heap.push(Node { lb, delta, basis });
@@ -2198,7 +2318,6 @@ fn search_worker<'a>(mut s: Solver<'a>, sh: &Shared, start: Instant, time_limit:
             let heur = s.opts & 8 != 0 && s.nodes % every == 0;
             let before = s.ub_val;
             let out = s.process(&delta, &basis, heur);
-            sh.nodes.fetch_add(1, AtomicOrdering::Relaxed);
             if s.ub_val < before {
                 own = s.ub_val;
                 sh.lower_ub(own);
