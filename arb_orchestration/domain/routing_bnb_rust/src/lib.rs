@@ -497,7 +497,8 @@ impl Lp {
         if self.at_upper[j] { self.ub[j] } else { self.lb[j] }
     }
 
-    fn compute_dual(&mut self) {
+    /// The simplex multipliers: pi = c_B^T B^-1.
+    fn compute_pi(&mut self) {
         let n = self.nr;
         for t in 0..n {
             self.pi[t] = 0.0;
@@ -511,6 +512,10 @@ impl Lp {
                 }
             }
         }
+    }
+
+    fn compute_dual(&mut self) {
+        self.compute_pi();
         for j in 0..self.nc + self.nr {
             // basic and fixed columns: no reduced cost is read (the ratio test, fix_dual, reduced-cost fixing and the
             // core heuristic look at movable nonbasic columns only)
@@ -533,18 +538,9 @@ impl Lp {
     fn refresh(&mut self) {
         let n = self.nr;
         for t in 0..n {
-            self.pi[t] = 0.0;
             self.rhs[t] = 0.0;
         }
-        for i in 0..n {
-            let cb = self.c[self.basis[i]];
-            if cb != 0.0 {
-                let row = &self.binv[i * n..(i + 1) * n];
-                for t in 0..n {
-                    self.pi[t] += cb * row[t];
-                }
-            }
-        }
+        self.compute_pi();
         for j in 0..self.nc + self.nr {
             if self.pos[j] >= 0 {
                 self.d[j] = 0.0;
