@@ -28,7 +28,11 @@ from arb_orchestration.domain.routing_solver import MIP_REL_GAP, _meets_model, _
 from arb_orchestration_tests.unit.routing_solvers import random_small_instance, solving_with
 
 NEW_BITS = 16384 | 32768 | 65536
-WITHOUT_NEW = routing_bnb.OPTIONS & ~NEW_BITS
+# One search thread throughout: with two (routing_bnb.TWO_THREADS, shipped since) which of several equal-bound
+# nodes is searched first varies between runs, and the whale defects below show in some runs and not in others
+# (a strict xfail cannot hold on that). The defects are the one-thread search's, documented as such.
+ONE_THREAD = routing_bnb.OPTIONS & ~routing_bnb.TWO_THREADS
+WITHOUT_NEW = ONE_THREAD & ~NEW_BITS
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "route_planner.py"
 
 
@@ -46,7 +50,7 @@ def fee_of(inst, solution) -> float:
     return sum(inst.rails[j].fee(solution[j]) for j in range(k) if solution[k + j] > 0.5)
 
 
-def proven(inst, options=routing_bnb.OPTIONS, time_limit=5.0):
+def proven(inst, options=ONE_THREAD, time_limit=5.0):
     """(status, fee or None) of the library on `inst`; an "optimal" must also pass the planner's model check."""
     outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=time_limit, options=options)
     if outcome.status != "optimal":
