@@ -35,7 +35,7 @@ TWO_THREADS = 131072
 OPTIONS = 1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536 | TWO_THREADS
 # The root's venue-bound cuts (1024: the planner's source/destination bound rows, separated at the root; 524288 drop
 # the rows the LP leaves slack after each round; 1048576 run the root heuristics before the cuts; 2097152 the core
-# sub-search once more on the cut LP's support): trees 3-20x smaller, nodes dearer. They pay from about
+# sub-search once more on the cut LP's support): trees 2-20x smaller, nodes dearer. They pay from about
 # CUTS_FROM_VENUES venues (30 venues: 1.4-1.5x faster; 20: about even; 10: up to 1.6x slower), so `options_for`
 # adds them from there.
 ROOT_CUTS = 1024 | 524288 | 1048576 | 2097152

@@ -2100,15 +2100,7 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
                 NodeOut::Pruned => break,
                 NodeOut::Branch { lb: z, rail, on_first, extra, caps, lb_on, lb_off } => {
                     let nb: Vec<u32> = s.lp.basis.iter().map(|&j| j as u32).collect();
-                    let first = if on_first { ON } else { OFF };
-                    let second = if on_first { OFF } else { ON };
-                    let shared = if extra.is_empty() && caps.is_empty() {
-                        delta.clone()
-                    } else {
-                        Arc::new(Delta { parent: Some(delta.clone()), fixes: extra, caps })
-                    };
-                    let a = Arc::new(Delta { parent: Some(shared.clone()), fixes: vec![(rail as u32, first)], caps: Vec::new() });
-                    let b = Arc::new(Delta { parent: Some(shared), fixes: vec![(rail as u32, second)], caps: Vec::new() });
+                    let (a, b) = children(&delta, rail, on_first, extra, caps);
                     // a child's lower bound: the parent's, or its own LP value when strong branching solved it
                     let (lb_a, lb_b) = if on_first { (lb_on, lb_off) } else { (lb_off, lb_on) };
                     if lb_b < s.prune_level() {
@@ -2142,6 +2134,18 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
     }
     let info = [status, s.ub_val, global_lb, s.nodes as f64, s.lp.iters as f64, s.heur_found as f64];
     (s.best_x, s.best_y, info)
+}
+
+/// The two children of a node branched on `rail`: the one to search first (`rail` fixed on if `on_first`, else off)
+/// and the other, both under the node's own extra fixes and bound caps (one shared delta).
+fn children(delta: &Arc<Delta>, rail: usize, on_first: bool, extra: Vec<(u32, u8)>, caps: Vec<(u32, f64)>) -> (Arc<Delta>, Arc<Delta>) {
+    let parent = if extra.is_empty() && caps.is_empty() {
+        delta.clone()
+    } else {
+        Arc::new(Delta { parent: Some(delta.clone()), fixes: extra, caps })
+    };
+    let child = |state: u8| Arc::new(Delta { parent: Some(parent.clone()), fixes: vec![(rail as u32, state)], caps: Vec::new() });
+    if on_first { (child(ON), child(OFF)) } else { (child(OFF), child(ON)) }
 }
 
 /// Option bit: search the tree with two threads (`solve_parallel`).
@@ -2211,14 +2215,9 @@ fn solve_parallel(mut s: Solver, root: Arc<Delta>, slack: Vec<u32>, init_ub: f64
     let mut heap = BinaryHeap::new();
     if let NodeOut::Branch { lb: z, rail, on_first: _, extra, caps, lb_on, lb_off } = s.process(&root, &slack, true) {
         let nb: Vec<u32> = s.lp.basis.iter().map(|&j| j as u32).collect();
-        let shared = if extra.is_empty() && caps.is_empty() {
-            root.clone()
-        } else {
-            Arc::new(Delta { parent: Some(root.clone()), fixes: extra, caps })
-        };
-        for (state, lb) in [(ON, lb_on), (OFF, lb_off)] {
+        let (on, off) = children(&root, rail, true, extra, caps);
+        for (delta, lb) in [(on, lb_on), (off, lb_off)] {
             if lb < s.prune_level() {
-                let delta = Arc::new(Delta { parent: Some(shared.clone()), fixes: vec![(rail as u32, state)], caps: Vec::new() });
                 heap.push(Node { lb: lb.max(z), delta, basis: nb.clone() });
             }
         }
@@ -2322,14 +2321,7 @@ fn search_worker<'a>(mut s: Solver<'a>, sh: &Shared, start: Instant, time_limit:
                 NodeOut::Pruned => break,
                 NodeOut::Branch { lb: z, rail, on_first, extra, caps, lb_on, lb_off } => {
                     let nb: Vec<u32> = s.lp.basis.iter().map(|&j| j as u32).collect();
-                    let (first, second) = if on_first { (ON, OFF) } else { (OFF, ON) };
-                    let parent = if extra.is_empty() && caps.is_empty() {
-                        delta.clone()
-                    } else {
-                        Arc::new(Delta { parent: Some(delta.clone()), fixes: extra, caps })
-                    };
-                    let a = Arc::new(Delta { parent: Some(parent.clone()), fixes: vec![(rail as u32, first)], caps: Vec::new() });
-                    let b = Arc::new(Delta { parent: Some(parent), fixes: vec![(rail as u32, second)], caps: Vec::new() });
+                    let (a, b) = children(&delta, rail, on_first, extra, caps);
                     let (lb_a, lb_b) = if on_first { (lb_on, lb_off) } else { (lb_off, lb_on) };
                     if lb_b < s.prune_level() {
                         let mut pool = sh.pool.lock().unwrap();
