@@ -2069,7 +2069,6 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
     }
     heap.push(Node { lb: f64::NEG_INFINITY, delta: root, basis: slack });
     let mut status = 0.0;
-    let global_lb;
     'outer: while let Some(node) = heap.pop() {
         if node.lb >= s.prune_level() {
             continue;
@@ -2116,24 +2115,27 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
             }
         }
     }
-    if status == 0.0 {
-        if s.ub_val == f64::INFINITY {
-            status = 1.0;
-        }
-        global_lb = s.ub_val;
-    } else {
-        let m = heap.iter().map(|nd| nd.lb).fold(f64::INFINITY, f64::min);
-        global_lb = m.min(s.ub_val);
-    }
-    if s.lp_fail {
-        status = 3.0;
-    }
-    // an incumbent passed in (init_ub) without a plan found here: report "limit" rather than a plan we do not hold
-    if status == 0.0 && s.best_y.iter().all(|&y| y == 0) && init_ub < f64::INFINITY && s.ub_val == init_ub {
-        status = 2.0;
-    }
+    let (status, global_lb) = finish(status == 2.0, s.ub_val, &heap, s.lp_fail, &s.best_y, init_ub);
     let info = [status, s.ub_val, global_lb, s.nodes as f64, s.lp.iters as f64, s.heur_found as f64];
     (s.best_x, s.best_y, info)
+}
+
+/// The search's status and bound once it stopped: 0 proven (bound = the incumbent), 1 infeasible, 2 a limit (bound =
+/// the lowest open node, or the incumbent), 3 an LP failed (nothing it claims is trusted). An incumbent passed in
+/// (`init_ub`) without a plan found here is a limit: we do not hold that plan.
+fn finish(limit: bool, ub: f64, open: &BinaryHeap<Node>, lp_fail: bool, best_y: &[u8], init_ub: f64) -> (f64, f64) {
+    let (mut status, global_lb) = if limit {
+        (2.0, open.iter().map(|nd| nd.lb).fold(f64::INFINITY, f64::min).min(ub))
+    } else {
+        (if ub == f64::INFINITY { 1.0 } else { 0.0 }, ub)
+    };
+    if lp_fail {
+        status = 3.0;
+    }
+    if status == 0.0 && best_y.iter().all(|&y| y == 0) && init_ub < f64::INFINITY && ub == init_ub {
+        status = 2.0;
+    }
+    (status, global_lb)
 }
 
 /// The two children of a node branched on `rail`: the one to search first (`rail` fixed on if `on_first`, else off)
@@ -2245,18 +2247,11 @@ fn solve_parallel(mut s: Solver, root: Arc<Delta>, slack: Vec<u32>, init_ub: f64
     });
     let pool = shared.pool.into_inner().unwrap_or_else(|e| e.into_inner());
     let limit = results.iter().any(|r| r.2);
-    let lp_fail = s.lp_fail || results.iter().any(|r| r.0.lp_fail);
+    let lp_fail = results.iter().any(|r| r.0.lp_fail); // each thread's solver started as a copy of the root's
     // the thread holding the best plan: its own incumbent (not a value it only heard of) is the lowest
     let best = results.iter().min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal)).unwrap();
     let ub = best.1;
-    let mut status = if limit { 2.0 } else if ub == f64::INFINITY { 1.0 } else { 0.0 };
-    let global_lb = if limit { pool.heap.iter().map(|nd| nd.lb).fold(f64::INFINITY, f64::min).min(ub) } else { ub };
-    if lp_fail {
-        status = 3.0;
-    }
-    if status == 0.0 && best.0.best_y.iter().all(|&y| y == 0) && init_ub < f64::INFINITY && ub == init_ub {
-        status = 2.0;
-    }
+    let (status, global_lb) = finish(limit, ub, &pool.heap, lp_fail, &best.0.best_y, init_ub);
     let iters = root_iters + results.iter().map(|r| r.0.lp.iters - root_iters).sum::<u64>();
     let heur = root_heur + results.iter().map(|r| r.0.heur_found - root_heur).sum::<u64>();
     let nodes = shared.nodes.load(AtomicOrdering::Acquire);
