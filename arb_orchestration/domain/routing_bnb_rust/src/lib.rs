@@ -35,6 +35,10 @@ const PURGE_CUTS: u32 = 524288;
 const DEFER_CUTS: u32 = 1048576;
 /// ... and the core sub-search once more on the cut LP's support (heuristic only: anything it finds is a plan).
 const CORE_AFTER_CUTS: u32 = 2097152;
+/// Reduced-cost fixing that counts a rail's fee column as well as its amount column (`fix_by_reduced_cost`) ...
+const RC_FEE: u32 = 16777216;
+/// ... and caps a rail's amount by the same bound.
+const RC_CAPS: u32 = 33554432;
 
 const FREE: u8 = 0;
 const ON: u8 = 1;
@@ -1671,6 +1675,51 @@ impl<'a> Solver<'a> {
         out
     }
 
+    /// Reduced-cost fixing for this node's subtree (RC_FEE; the node LP solved to optimality, `z` its value, its
+    /// reduced costs fresh). Every plan of the subtree is a point of the node LP (a rail it uses: x = its amount in
+    /// [me, m], fee column l = 1 - x/m; a rail it does not use: both 0), and every point of the LP costs at least z
+    /// plus each nonbasic column's reduced cost times its distance from the bound it sits at (the basis is dual
+    /// feasible). So a plan sending x on a rail r whose two columns sit at 0 costs at least
+    /// z + dx x + dl (1 - x/m) (dx, dl: their reduced costs, 0 for a basic column), linear in x. If even its
+    /// minimum over [me, m] leaves no room below the prune level, no plan of the subtree that uses r beats the
+    /// incumbent: r is fixed off. Otherwise, if the bound grows with x (RC_CAPS), such a plan sends at most the
+    /// x where it reaches the prune level: r's amount is capped there. (The older rule, opts 4 alone, is the
+    /// dl = 0 case: it left out the fee column, where this LP puts most of a rail's fixed fee.)
+    fn fix_by_reduced_cost(&self, z: f64, frac: usize, extra: &mut Vec<(u32, u8)>, newcaps: &mut Vec<(u32, f64)>) {
+        let inst = self.inst;
+        let k = inst.k;
+        let room = (self.prune_level() - z) * (1.0 + 1e-9) + 1e-12;
+        let lp = &self.lp;
+        for r in 0..k {
+            if self.st[r] != FREE || r == frac || self.m[r] <= 0.0 {
+                continue;
+            }
+            let (jx, jl) = (r, k + r);
+            if lp.pos[jx] >= 0 || lp.at_upper[jx] || lp.value(jx) > 0.0 {
+                continue; // the amount column is basic or away from 0: r carries flow at this node
+            }
+            let dx = (lp.d[jx] / self.cs).max(0.0);
+            let dl = if lp.pos[jl] >= 0 || lp.lb[jl] == lp.ub[jl] {
+                0.0
+            } else if lp.at_upper[jl] || lp.value(jl) > 0.0 {
+                continue;
+            } else {
+                (lp.d[jl] / self.cs).max(0.0)
+            };
+            let (me, m) = (inst.me[r], self.m[r]);
+            let least = (dx * me + dl * (1.0 - me / m).max(0.0)).min(dx * m);
+            if least > room {
+                extra.push((r as u32, OFF));
+            } else if self.opts & RC_CAPS != 0 && dx * m > dl {
+                let t = (room - dl) / (dx - dl / m);
+                // only caps that change the LP noticeably (a cap is a node on the delta chain of the whole subtree)
+                if t < 0.9 * m && t >= me {
+                    newcaps.push((r as u32, t * (1.0 + 1e-9) + 1e-12));
+                }
+            }
+        }
+    }
+
     fn process(&mut self, delta: &Arc<Delta>, basis: &[u32], heur: bool) -> NodeOut {
         let inst = self.inst;
         let k = inst.k;
@@ -1768,7 +1817,12 @@ impl<'a> Solver<'a> {
         }
         let mut extra = Vec::new();
         let mut newcaps = Vec::new();
-        if self.ub_val < f64::INFINITY && self.opts & (4 | 128) != 0 {
+        if self.ub_val < f64::INFINITY && self.opts & 4 != 0 && self.opts & RC_FEE != 0 {
+            if !self.lp.d_fresh {
+                self.lp.compute_dual(); // (the node's final solve computed these already, in the same way)
+            }
+            self.fix_by_reduced_cost(z, frac, &mut extra, &mut newcaps);
+        } else if self.ub_val < f64::INFINITY && self.opts & (4 | 128) != 0 {
             if !self.lp.d_fresh {
                 self.lp.compute_dual(); // (the node's final solve computed these already, in the same way)
             }
