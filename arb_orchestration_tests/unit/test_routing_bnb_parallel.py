@@ -47,8 +47,9 @@ def test_two_threads_prove_the_same_optimum_as_one_on_the_ten_venue_bench():
     assert deepest > 50  # some tree was searched by both threads, not settled at the root
 
 
-def _agrees_with_one_thread_on_random_small_instances(seed: int, options: int) -> int:
-    """120 random 4-7-venue instances: `options` proves what one plain thread proves. How many needed a tree."""
+def _agrees_on_random_small_instances(seed: int, options: int, reference: int = ONE) -> int:
+    """120 random 4-7-venue instances: `options` proves what `reference` (one plain thread) proves. How many needed a
+    tree."""
     rng = random.Random(seed)
     searched = 0
     for _ in range(120):
@@ -56,7 +57,7 @@ def _agrees_with_one_thread_on_random_small_instances(seed: int, options: int) -
         inst = asset_instance(parse_problem(balances, targets, rails), "X")
         if not inst.rails or not inst.needs:
             continue
-        one = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=30.0, options=ONE)
+        one = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=30.0, options=reference)
         other = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=30.0, options=options)
         assert one.status == other.status, (balances, targets, rails)
         if one.status == "optimal":
@@ -66,7 +67,7 @@ def _agrees_with_one_thread_on_random_small_instances(seed: int, options: int) -
 
 
 def test_two_threads_agree_with_one_on_random_small_instances():
-    assert _agrees_with_one_thread_on_random_small_instances(28112026, TWO) >= 5  # not all settled at the root
+    assert _agrees_on_random_small_instances(28112026, TWO) >= 5  # not all settled at the root
 
 
 def test_a_cancelled_two_thread_search_stops_at_once():
@@ -109,4 +110,4 @@ def test_root_cuts_prove_the_same_optimum_on_twenty_venue_assets(seed, asset):
 
 @pytest.mark.parametrize("options", [ONE | routing_bnb.ROOT_CUTS, TWO | routing_bnb.ROOT_CUTS])
 def test_root_cuts_agree_with_the_plain_search_on_random_small_instances(options):
-    assert _agrees_with_one_thread_on_random_small_instances(2811, options) >= 1
+    assert _agrees_on_random_small_instances(2811, options) >= 1
