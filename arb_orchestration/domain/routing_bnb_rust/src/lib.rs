@@ -1835,30 +1835,29 @@ impl<'a> Solver<'a> {
         }
         let mut extra = Vec::new();
         let mut newcaps = Vec::new();
-        if self.ub_val < f64::INFINITY && self.opts & 4 != 0 && self.opts & RC_FEE != 0 {
+        if self.ub_val < f64::INFINITY && self.opts & (4 | 128) != 0 {
             if !self.lp.d_fresh {
                 self.lp.compute_dual(); // (the node's final solve computed these already, in the same way)
             }
-            self.fix_by_reduced_cost(z, frac, &mut extra, &mut newcaps);
-        } else if self.ub_val < f64::INFINITY && self.opts & (4 | 128) != 0 {
-            if !self.lp.d_fresh {
-                self.lp.compute_dual(); // (the node's final solve computed these already, in the same way)
-            }
-            let lim = self.prune_level();
-            for r in 0..k {
-                if self.st[r] != FREE || self.lp.pos[r] >= 0 || r == frac || self.m[r] <= 0.0 {
-                    continue;
-                }
-                if self.lp.pos[k + r] >= 0 || self.lp.value(k + r) > 0.0 {
-                    continue;
-                }
-                let d = self.lp.d[r] / self.cs;
-                if !self.lp.at_upper[r] && d > 0.0 {
-                    let t = (lim - z) / d * (1.0 + 1e-9) + 1e-12;
-                    if t < inst.me[r] && self.opts & 4 != 0 {
-                        extra.push((r as u32, OFF));
-                    } else if self.opts & 128 != 0 && t < 0.5 * self.m[r] {
-                        newcaps.push((r as u32, t));
+            if self.opts & 4 != 0 && self.opts & RC_FEE != 0 {
+                self.fix_by_reduced_cost(z, frac, &mut extra, &mut newcaps);
+            } else {
+                let lim = self.prune_level();
+                for r in 0..k {
+                    if self.st[r] != FREE || self.lp.pos[r] >= 0 || r == frac || self.m[r] <= 0.0 {
+                        continue;
+                    }
+                    if self.lp.pos[k + r] >= 0 || self.lp.value(k + r) > 0.0 {
+                        continue;
+                    }
+                    let d = self.lp.d[r] / self.cs;
+                    if !self.lp.at_upper[r] && d > 0.0 {
+                        let t = (lim - z) / d * (1.0 + 1e-9) + 1e-12;
+                        if t < inst.me[r] && self.opts & 4 != 0 {
+                            extra.push((r as u32, OFF));
+                        } else if self.opts & 128 != 0 && t < 0.5 * self.m[r] {
+                            newcaps.push((r as u32, t));
+                        }
                     }
                 }
             }
