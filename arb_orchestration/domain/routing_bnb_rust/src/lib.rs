@@ -1529,9 +1529,10 @@ impl<'a> Solver<'a> {
 
     /// The node LP's dual simplex; if it fails numerically (a basis still singular after its repairs), once more from
     /// the slack basis (always regular; every reduced cost priced afresh). Seen on 30:2 USDT with two search threads,
-    /// about one run in ten (one in thirty before the amount caps): each time the node's LP was infeasible, which the
-    /// retry proved; before, the whole search ended as an LP failure and the asset went to HiGHS. A failure on the
-    /// retry too stays an LP failure (the caller marks the search's answer as not to be trusted).
+    /// about one run in ten (once in thirty runs with neither reduced-cost rule): each time the node's LP was
+    /// infeasible, which the retry proved; before, the whole search ended as an LP failure and the asset went to
+    /// HiGHS. A failure on the retry too stays an LP failure (the caller marks the search's answer as not to be
+    /// trusted).
     fn solve_node_lp(&mut self) -> LpStatus {
         match self.lp.solve(50_000) {
             LpStatus::Failed if !self.lp.hit_limit => {
