@@ -34,7 +34,7 @@ def test_same_optimum_with_far_fewer_nodes_on_twenty_venue_assets():
         assert _fee(inst, fixed) == pytest.approx(_fee(inst, plain), rel=1e-9), (seed, asset)
         plain_nodes += plain.nodes
         fixed_nodes += fixed.nodes
-    # measured: 1,736 -> 211 nodes (RC_FEE alone: 682); a fixing rule that never fired would leave them equal
+    # measured: 1,750 -> 220 nodes (RC_FEE alone: 664); a fixing rule that never fired would leave them equal
     assert fixed_nodes * 3 < plain_nodes, (plain_nodes, fixed_nodes)
 
 
