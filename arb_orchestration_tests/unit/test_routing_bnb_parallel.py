@@ -44,7 +44,9 @@ def test_two_threads_prove_the_same_optimum_as_one_on_the_ten_venue_bench():
             assert one.status == two.status == "optimal", (seed, asset)
             assert _fee(inst, two) == pytest.approx(_fee(inst, one), rel=1e-9), (seed, asset)
             deepest = max(deepest, two.nodes)
-    assert deepest > 50  # some tree was searched by both threads, not settled at the root
+    # some tree was searched by both threads, not settled at the root (with reduced-cost fixing the deepest of these
+    # trees has 50-73 nodes with two threads, 61 with one; it was > 100 before)
+    assert deepest > 20
 
 
 def _agrees_on_random_small_instances(seed: int, options: int, reference: int = ONE) -> int:
