@@ -72,6 +72,17 @@ class Rail:
     def fee(self, amount: float) -> float:
         return self.fixed_fee + self.fee_rate * amount
 
+    @classmethod
+    def _trusted(cls, rail_id: str, from_venue: str, to_venue: str, asset: str, fixed_fee: float, fee_rate: float,
+                 min_amount: float, max_amount: float | None, eta_seconds: float) -> "Rail":
+        """A rail from field values `_rail` has already validated and converted, without the frozen dataclass's
+        nine `object.__setattr__` calls (~4 us a rail; a 20-venue plan parses 4,560). Still frozen, equal and hashed
+        like any other."""
+        rail = object.__new__(cls)
+        rail.__dict__.update(id=rail_id, from_venue=from_venue, to_venue=to_venue, asset=asset, fixed_fee=fixed_fee,
+                             fee_rate=fee_rate, min_amount=min_amount, max_amount=max_amount, eta_seconds=eta_seconds)
+        return rail
+
     def credit(self, amount: float) -> float:
         return amount * (1.0 - self.fee_rate) - self.fixed_fee
 
@@ -201,7 +212,32 @@ def _amount_table(table: Any, name: str, venues: Iterable[str] | None) -> dict[s
     return out
 
 
+def _plain(value: Any) -> bool:
+    """A finite int or float >= 0 that is not a bool: what `_number` accepts with its default minimum."""
+    return (value.__class__ is float or value.__class__ is int) and 0.0 <= value < math.inf
+
+
 def _rail(raw: Any, index: int, venues: set[str]) -> Rail:
+    """One rail from its raw form; the error names the field (`_rail_checked`).
+
+    The common case first: a plain dict whose fields all pass `_rail_checked`'s checks, tested without building
+    any message (a 20-venue plan has 4,560 rails: this halves the planner's Python time there). Anything else,
+    valid or not, goes through `_rail_checked`, which gives the same rail or the error.
+    """
+    if raw.__class__ is dict and raw.keys() <= _RAIL_FIELD_SET:
+        get = raw.get
+        rail_id, source, dest, asset = get("id"), get("from"), get("to"), get("asset")
+        fixed, rate, low, high, eta = get("fixed_fee"), get("fee_rate"), get("min_amount", 0.0), get("max_amount"), get("eta_seconds")
+        if (rail_id.__class__ is str and rail_id and source.__class__ is str and source in venues
+                and dest.__class__ is str and dest in venues and source != dest and asset.__class__ is str and asset
+                and _plain(fixed) and _plain(rate) and rate < 1.0 and _plain(low)
+                and (high is None or (_plain(high) and high >= low)) and (eta is None or _plain(eta))):
+            return Rail._trusted(rail_id, source, dest, asset, float(fixed), float(rate), float(low),
+                                 None if high is None else float(high), 0.0 if eta is None else float(eta))
+    return _rail_checked(raw, index, venues)
+
+
+def _rail_checked(raw: Any, index: int, venues: set[str]) -> Rail:
     where = "rails[%d]" % index
     if isinstance(raw, Rail):
         raw = {

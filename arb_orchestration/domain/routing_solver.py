@@ -184,19 +184,16 @@ def _prune_dominated(rails: list[Rail], surplus: float) -> tuple[list[Rail], dic
         if len(members) < 2:
             continue
         room = surplus * len(members)
-        for i in members:
-            r = rails[i]
-            for j in members:
-                d = rails[j]
-                if i == j or j in dropped or not (d.max_amount is None or d.max_amount >= room):
+        keys = [(rails[i].fixed_fee, rails[i].fee_rate, rails[i].min_amount, rails[i].eta_seconds) for i in members]
+        roomy = [rails[j].max_amount is None or rails[j].max_amount >= room for j in members]
+        for a, i in enumerate(members):
+            ki = keys[a]
+            for b, j in enumerate(members):
+                if a == b or j in dropped or not roomy[b]:
                     continue
-                no_worse = (
-                    d.fixed_fee <= r.fixed_fee and d.fee_rate <= r.fee_rate
-                    and d.min_amount <= r.min_amount and d.eta_seconds <= r.eta_seconds
-                )
-                # Identical rails: keep the first, so two copies never drop each other.
-                same = (d.fixed_fee, d.fee_rate, d.min_amount, d.eta_seconds) == (r.fixed_fee, r.fee_rate, r.min_amount, r.eta_seconds)
-                if no_worse and (not same or j < i):
+                kj = keys[b]
+                # no worse on all four; identical rails: keep the first, so two copies never drop each other
+                if kj[0] <= ki[0] and kj[1] <= ki[1] and kj[2] <= ki[2] and kj[3] <= ki[3] and (kj != ki or j < i):
                     dropped.add(i)
                     break
         kept_here = [j for j in members if j not in dropped]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from arb_orchestration.domain.routing import (
@@ -252,6 +254,12 @@ def test_ordering_finds_the_one_order_that_works_around_a_cycle():
     (lambda i: i["balances"]["A"].update(USDT=float("nan")), "balances.A.USDT", "finite"),
     (lambda i: i["targets"].update(Z={"USDT": 1}), "targets.Z", "unknown venue"),
     (lambda i: i.update(rails={"id": "x"}), "rails", "list"),
+    # past the parser's fast path for plain dicts (routing._rail) to the checks that name the field
+    (lambda i: i["rails"][0].update(fee_rate=float("nan")), "rails[0].fee_rate", "finite"),
+    (lambda i: i["rails"][0].update(max_amount=float("inf")), "rails[0].max_amount", "finite"),
+    (lambda i: i["rails"][0].update(fixed_fee=True), "rails[0].fixed_fee", "must be a number"),
+    (lambda i: i["rails"][0].update(eta_seconds=-1), "rails[0].eta_seconds", ">= 0"),
+    (lambda i: i["rails"][0].update({"from": 5}), "rails[0].from", "non-empty string"),
 ])
 def test_bad_input_names_the_offending_field(mutate, field, words):
     instance = {"balances": {"A": {"USDT": 10.0}, "B": {}}, "targets": {"B": {"USDT": 1.0}},
@@ -261,6 +269,32 @@ def test_bad_input_names_the_offending_field(mutate, field, words):
         parse_problem(instance["balances"], instance["targets"], instance["rails"])
     assert caught.value.field == field
     assert str(caught.value).startswith(field) and words in str(caught.value)
+
+
+def test_the_parsers_fast_path_builds_the_same_rails_as_the_checked_one():
+    from collections import OrderedDict
+
+    from arb_orchestration.domain.routing import _rail_checked
+
+    raws = [
+        rail("ab", "A", "B"),
+        {"id": "ints", "from": "A", "to": "B", "asset": "USDT", "fixed_fee": 1, "fee_rate": 0, "min_amount": 2,
+         "max_amount": 3, "eta_seconds": 60},
+        {"id": "bare", "from": "B", "to": "A", "asset": "USDT", "fixed_fee": -0.0, "fee_rate": 0.5},
+        {"id": "nones", "from": "A", "to": "B", "asset": "ETH", "fixed_fee": 0.0, "fee_rate": 0.0, "max_amount": None,
+         "eta_seconds": None},
+        OrderedDict(id="mapping", to="A", asset="USDT", fixed_fee=2.0, fee_rate=0.25, **{"from": "B"}),  # not a dict
+        Rail("object", "A", "B", "USDT", 1.0, 0.001, 0.5, 9.0, 30.0),
+    ]
+    parsed = parse_problem({"A": {"USDT": 10.0}, "B": {}}, {}, raws).rails
+    checked = tuple(_rail_checked(raw, i, {"A", "B"}) for i, raw in enumerate(raws))
+    assert parsed == checked and hash(parsed) == hash(checked)
+    for fast, slow in zip(parsed, checked):
+        assert vars(fast) == vars(slow)
+        assert [type(v) for v in vars(fast).values()] == [type(v) for v in vars(slow).values()]
+    assert parsed[1].fixed_fee.__class__ is float and parsed[2].eta_seconds == 0.0 and parsed[3].max_amount is None
+    with pytest.raises(dataclasses.FrozenInstanceError):  # still frozen
+        parsed[0].fee_rate = 0.5
 
 
 def test_highs_extra_options_reach_the_solver_with_this_scipy():
