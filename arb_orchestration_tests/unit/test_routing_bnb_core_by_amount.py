@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 
 from arb_orchestration.domain import routing_bnb
-from arb_orchestration.domain.routing_solver import MIP_REL_GAP
-from arb_orchestration_tests.unit.test_routing_bnb_parallel import _agrees_on_random_small_instances, _asset, _fee
+from arb_orchestration_tests.unit.test_routing_bnb_parallel import _agrees_on_random_small_instances, _nodes_without_and_with
 
 ONE = routing_bnb.OPTIONS & ~routing_bnb.TWO_THREADS  # one search thread: node counts are repeatable
 WITHOUT = ONE & ~routing_bnb.CORE_BY_AMOUNT
@@ -24,16 +23,7 @@ def test_the_planner_uses_it():
 
 
 def test_same_optimum_with_fewer_nodes_on_twenty_venue_assets():
-    without_nodes = with_nodes = 0
-    for seed, asset in [(0, "USDC"), (3, "USDC")]:
-        inst = _asset(20, seed, asset)
-        cuts = routing_bnb.options_for(inst) & routing_bnb.ROOT_CUTS  # what the planner adds at 20 venues
-        without = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=WITHOUT | cuts)
-        found = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=ONE | cuts)
-        assert without.status == found.status == "optimal", (seed, asset)
-        assert _fee(inst, found) == pytest.approx(_fee(inst, without), rel=1e-9), (seed, asset)
-        without_nodes += without.nodes
-        with_nodes += found.nodes
+    without_nodes, with_nodes = _nodes_without_and_with([(0, "USDC"), (3, "USDC")], WITHOUT, ONE)
     # measured: 3,287 -> 2,602 nodes (the optimum found at the root on both, at node ~830 / ~600 without)
     assert with_nodes * 1.15 < without_nodes, (without_nodes, with_nodes)
 

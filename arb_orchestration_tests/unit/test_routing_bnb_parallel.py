@@ -32,6 +32,20 @@ def _asset(venues: int, seed: int, asset: str):
     return asset_instance(parse_problem(instance["balances"], instance["targets"], instance["rails"]), asset)
 
 
+def _nodes_without_and_with(cases, without: int, with_: int) -> tuple[int, int]:
+    """Solve each (seed, asset) of the 20-venue bench with `without` and with `with_` (each plus the root cuts the
+    planner adds there): both proven, the same fee; the total nodes of each."""
+    totals = [0, 0]
+    for seed, asset in cases:
+        inst = _asset(20, seed, asset)
+        cuts = routing_bnb.options_for(inst) & routing_bnb.ROOT_CUTS  # what the planner adds at 20 venues
+        outcomes = [routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=o | cuts) for o in (without, with_)]
+        assert [o.status for o in outcomes] == ["optimal", "optimal"], (seed, asset)
+        assert _fee(inst, outcomes[1]) == pytest.approx(_fee(inst, outcomes[0]), rel=1e-9), (seed, asset)
+        totals = [t + o.nodes for t, o in zip(totals, outcomes)]
+    return totals[0], totals[1]
+
+
 def test_two_threads_prove_the_same_optimum_as_one_on_the_ten_venue_bench():
     deepest = 0
     for seed in range(3):

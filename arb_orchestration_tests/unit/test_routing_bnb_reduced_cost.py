@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 
 from arb_orchestration.domain import routing_bnb
-from arb_orchestration.domain.routing_solver import MIP_REL_GAP
-from arb_orchestration_tests.unit.test_routing_bnb_parallel import _agrees_on_random_small_instances, _asset, _fee
+from arb_orchestration_tests.unit.test_routing_bnb_parallel import _agrees_on_random_small_instances, _nodes_without_and_with
 
 RC = routing_bnb.RC_FEE | routing_bnb.RC_CAPS
 ONE = routing_bnb.OPTIONS & ~routing_bnb.TWO_THREADS  # one search thread: node counts are repeatable
@@ -24,16 +23,7 @@ def test_the_planner_uses_both():
 
 
 def test_same_optimum_with_far_fewer_nodes_on_twenty_venue_assets():
-    plain_nodes = fixed_nodes = 0
-    for seed, asset in [(0, "ETH"), (1, "ETH"), (1, "USDC"), (2, "USDC")]:
-        inst = _asset(20, seed, asset)
-        cuts = routing_bnb.options_for(inst) & routing_bnb.ROOT_CUTS  # what the planner adds at 20 venues
-        plain = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=PLAIN | cuts)
-        fixed = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=ONE | cuts)
-        assert plain.status == fixed.status == "optimal", (seed, asset)
-        assert _fee(inst, fixed) == pytest.approx(_fee(inst, plain), rel=1e-9), (seed, asset)
-        plain_nodes += plain.nodes
-        fixed_nodes += fixed.nodes
+    plain_nodes, fixed_nodes = _nodes_without_and_with([(0, "ETH"), (1, "ETH"), (1, "USDC"), (2, "USDC")], PLAIN, ONE)
     # measured: 1,750 -> 220 nodes (RC_FEE alone: 664); a fixing rule that never fired would leave them equal
     assert fixed_nodes * 3 < plain_nodes, (plain_nodes, fixed_nodes)
 
