@@ -1479,14 +1479,9 @@ impl<'a> Solver<'a> {
                 inc[r] = true;
             }
         }
-        let (mut deficit, mut short) = (0.0, 0usize);
-        for v in 0..inst.n {
-            if inst.lo[v] > 0.0 {
-                deficit += inst.lo[v];
-                short += 1;
-            }
-        }
-        let amount = if short > 0 { deficit / short as f64 } else { 0.0 };
+        // the mean deficit (by_amount only)
+        let short = if by_amount { inst.lo.iter().filter(|&&l| l > 0.0).count() } else { 0 };
+        let amount = if short > 0 { inst.lo.iter().filter(|&&l| l > 0.0).sum::<f64>() / short as f64 } else { 0.0 };
         let mut rest: Vec<(f64, usize)> = (0..k)
             .filter(|&r| !inc[r] && self.st[r] == FREE && self.m[r] > 0.0)
             .map(|r| {
