@@ -21,6 +21,7 @@ ordering in `routing_order.py`.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,7 +181,10 @@ def _number(value: Any, name: str, field: str = "", *, minimum: float = 0.0) -> 
     # bool is an int subclass: `true` in JSON is not an amount.
     if value.__class__ is not float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise RoutingInputError(name + field, f"must be a number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float (JSON allows any number of digits)
+        raise RoutingInputError(name + field, "must be finite (too large for a float)") from None
     if not math.isfinite(number):
         raise RoutingInputError(name + field, "must be finite")
     if number < minimum:
@@ -213,8 +217,9 @@ def _amount_table(table: Any, name: str, venues: Iterable[str] | None) -> dict[s
 
 
 def _plain(value: Any) -> bool:
-    """A finite int or float >= 0 that is not a bool: what `_number` accepts with its default minimum."""
-    return (value.__class__ is float or value.__class__ is int) and 0.0 <= value < math.inf
+    """A finite int or float >= 0 that is not a bool: what `_number` accepts with its default minimum (an int too
+    large for a float is not: `_number` names it)."""
+    return (value.__class__ is float or value.__class__ is int) and 0.0 <= value <= sys.float_info.max
 
 
 def _rail(raw: Any, index: int, venues: set[str]) -> Rail:

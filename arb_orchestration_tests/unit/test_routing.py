@@ -260,6 +260,9 @@ def test_ordering_finds_the_one_order_that_works_around_a_cycle():
     (lambda i: i["rails"][0].update(fixed_fee=True), "rails[0].fixed_fee", "must be a number"),
     (lambda i: i["rails"][0].update(eta_seconds=-1), "rails[0].eta_seconds", ">= 0"),
     (lambda i: i["rails"][0].update({"from": 5}), "rails[0].from", "non-empty string"),
+    # an integer no float holds (JSON allows any number of digits): named, not an OverflowError
+    (lambda i: i["rails"][0].update(fixed_fee=10**400), "rails[0].fixed_fee", "finite"),
+    (lambda i: i["balances"]["A"].update(USDT=10**400), "balances.A.USDT", "finite"),
 ])
 def test_bad_input_names_the_offending_field(mutate, field, words):
     instance = {"balances": {"A": {"USDT": 10.0}, "B": {}}, "targets": {"B": {"USDT": 1.0}},
