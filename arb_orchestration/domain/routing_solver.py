@@ -341,46 +341,105 @@ COMPILED_FIRST = True
 HEAD_START_SECONDS = 5.0
 
 
-def _solve_exactly(inst: AssetInstance, time_limit: float) -> tuple[str, np.ndarray | None, str]:
+class _CompiledSearch:
+    """The compiled branch-and-bound on one asset's model, in a thread of its own (it runs without the GIL).
+
+    `proven` is set once it has a proof whose amounts pass the model's rows here (`_meets_model`), `done` once it
+    has stopped for any reason; `stop()` cancels it at its next node and waits for the thread. It never calls
+    HiGHS: the planner's HiGHS calls all stay on the thread that plans (`_solve_exactly`, polishing), so searches
+    of several assets may run at once (`_Prestarted`) while no two HiGHS instances ever do.
+    """
+
+    def __init__(self, inst: AssetInstance, time_limit: float):
+        self.inst = inst
+        self.started = time.monotonic()
+        self.proofs: list[np.ndarray] = []
+        self.done, self.proven = threading.Event(), threading.Event()
+        self._cancel = ctypes.c_int32(0)
+        self._thread = threading.Thread(target=self._run, args=(time_limit,), name=f"routing-bnb-{inst.asset}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, time_limit: float) -> None:
+        try:
+            outcome = routing_bnb.solve(self.inst, gap=MIP_REL_GAP, time_limit=time_limit, cancel=self._cancel)
+            if outcome.solution is not None and _meets_model(self.inst, outcome.solution):
+                self.proofs.append(outcome.solution)
+                self.proven.set()
+        finally:
+            self.done.set()
+
+    def stop(self) -> None:
+        self._cancel.value = 1
+        self._thread.join()
+
+
+def _solve_exactly(inst: AssetInstance, time_limit: float,
+                   search: _CompiledSearch | None = None) -> tuple[str, np.ndarray | None, str]:
     """Min-fee plan ignoring order, proven optimal: ("optimal", x_and_y, solver) or ("infeasible", None, "highs"),
     `solver` being "compiled" or "highs".
 
-    The compiled branch-and-bound (`routing_bnb`) starts in a thread (it runs without the GIL). If it has not
-    proven the asset within HEAD_START_SECONDS, HiGHS (`_solve_milp`) starts here and the two race: the first
-    proof wins and the other is stopped (the compiled solver through its cancel flag, HiGHS through its interrupt
-    callback). Only a compiled proof whose amounts pass the model's rows here (`_meets_model`) counts; anything
-    else from it (infeasible included: HiGHS then proves it, and `_shortfall_reason` explains it) leaves the asset
-    to HiGHS, unchanged. Neither solver ever returns a best guess.
+    The compiled branch-and-bound (`routing_bnb`, `_CompiledSearch`; `search` when `_Prestarted` started it
+    already) runs in a thread. If it has not proven the asset within HEAD_START_SECONDS of its start, HiGHS
+    (`_solve_milp`) starts here and the two race: the first proof wins and the other is stopped (the compiled
+    solver through its cancel flag, HiGHS through its interrupt callback). Only a compiled proof whose amounts pass
+    the model's rows counts; anything else from it (infeasible included: HiGHS then proves it, and
+    `_shortfall_reason` explains it) leaves the asset to HiGHS, unchanged. Neither solver ever returns a best guess.
     """
     if not COMPILED_FIRST or routing_bnb.library() is None:
+        if search is not None:
+            search.stop()
         return (*_solve_milp(inst, time_limit), "highs")
     deadline = time.monotonic() + time_limit
-    cancel = ctypes.c_int32(0)
-    proofs: list[np.ndarray] = []  # the compiled proof, once it has passed the model check
-    done, proven = threading.Event(), threading.Event()
-
-    def compiled() -> None:
-        try:
-            outcome = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=time_limit, cancel=cancel)
-            if outcome.solution is not None and _meets_model(inst, outcome.solution):
-                proofs.append(outcome.solution)
-                proven.set()
-        finally:
-            done.set()
-
-    worker = threading.Thread(target=compiled, name=f"routing-bnb-{inst.asset}", daemon=True)
-    worker.start()
+    if search is None:
+        search = _CompiledSearch(inst, time_limit)
     try:
-        done.wait(min(HEAD_START_SECONDS, time_limit))
-        if proven.is_set():
-            return "optimal", proofs[0], "compiled"
-        status, solution = _solve_milp(inst, max(deadline - time.monotonic(), 0.01), interrupt=proven.is_set)
+        search.done.wait(max(min(HEAD_START_SECONDS, time_limit) - (time.monotonic() - search.started), 0.0))
+        if search.proven.is_set():
+            return "optimal", search.proofs[0], "compiled"
+        status, solution = _solve_milp(inst, max(deadline - time.monotonic(), 0.01), interrupt=search.proven.is_set)
     finally:
-        cancel.value = 1  # HiGHS answered first (or raised): stop the compiled search at its next node
-        worker.join()
+        search.stop()  # HiGHS answered first (or raised): stop the compiled search at its next node
     if status == "interrupted":  # HiGHS is interrupted only once the compiled solver has a checked proof
-        return "optimal", proofs[0], "compiled"
+        return "optimal", search.proofs[0], "compiled"
     return status, solution, "highs"
+
+
+# How many assets' compiled searches `solve_problem` keeps running at once: the one being planned and the next ones,
+# started early so that their searches use the cores the current asset leaves idle (its root phase runs on one
+# thread; its Python side holds the GIL). Each search uses two threads. 1 plans strictly one asset after another.
+PRESTART_ASSETS = 3
+
+
+class _Prestarted:
+    """Compiled searches started ahead of the asset loop in `solve_problem` (the usual case only: an asset whose
+    balances need no whale lowering, see `solve_asset`). `take(asset)` hands an asset's instance and running search
+    to the planner, who then owns it; `close()` stops whatever was never taken (an error in an earlier asset)."""
+
+    def __init__(self, problem: Problem, time_limit: float):
+        self._problem, self._time_limit = problem, time_limit
+        self._queue = list(problem.assets)
+        self._running: dict[str, tuple[AssetInstance, _CompiledSearch | None] | None] = {}
+
+    def fill(self, window: int) -> None:
+        """Start searches for the next assets until `window` of the queue's head are started."""
+        while self._queue and len(self._running) < window:
+            asset = self._queue.pop(0)
+            if _may_hold_a_whale(self._problem, asset):
+                self._running[asset] = None  # the whale path builds its own instances
+                continue
+            inst = asset_instance(self._problem, asset)
+            usable = COMPILED_FIRST and inst.needs and inst.rails and routing_bnb.library() is not None
+            self._running[asset] = (inst, _CompiledSearch(inst, self._time_limit) if usable else None)
+
+    def take(self, asset: str) -> tuple[AssetInstance, _CompiledSearch | None] | None:
+        return self._running.pop(asset, None)
+
+    def close(self) -> None:
+        for entry in self._running.values():
+            if entry is not None and entry[1] is not None:
+                entry[1].stop()
+        self._running.clear()
 
 
 def _meets_model(inst: AssetInstance, solution: np.ndarray, tol: float = 1e-7) -> bool:
@@ -863,10 +922,20 @@ def _without_whales(problem: Problem, asset: str, give: float) -> Problem | None
     return Problem(balances, problem.targets, problem.rails)
 
 
-def solve_asset(problem: Problem, asset: str, time_limit: float) -> AssetResult:
+def _may_hold_a_whale(problem: Problem, asset: str) -> bool:
+    """Does some venue hold more than WHALE_RATIO times what any optimal plan can take from it (`_whale_terms`)?"""
     lift, spare, _ = _whale_terms(problem, asset)
-    if not any(s > WHALE_RATIO * lift for s in spare.values()):  # no whale can exist (K >= lift): the usual case
+    return any(s > WHALE_RATIO * lift for s in spare.values())
+
+
+def solve_asset(problem: Problem, asset: str, time_limit: float,
+                started: tuple[AssetInstance, _CompiledSearch | None] | None = None) -> AssetResult:
+    """One asset's plan; `started`: its instance and compiled search, already running (`_Prestarted`)."""
+    if started is not None:  # (only ever started for the usual case below)
+        return _solve_lowered(problem, asset, time_limit, started)
+    if not _may_hold_a_whale(problem, asset):  # no whale can exist (K >= lift): the usual case
         return _solve_lowered(problem, asset, time_limit)
+    lift, _, _ = _whale_terms(problem, asset)
     # A whale: plan it as holding only what an optimal plan can take from it (`_without_whales`), so that no
     # solver sees its size (their tolerances are absolute: a 1e12 whale made both prove dearer plans). The fee
     # bound comes from the direct plan when there is one, else from a guess that the answer itself certifies:
@@ -887,14 +956,15 @@ def solve_asset(problem: Problem, asset: str, time_limit: float) -> AssetResult:
         give = (result.fee + lift) * margin + 1e-9 * max(1.0, lift) if result.feasible else give * 1000.0
 
 
-def _solve_lowered(problem: Problem, asset: str, time_limit: float) -> AssetResult:
-    inst = asset_instance(problem, asset)
+def _solve_lowered(problem: Problem, asset: str, time_limit: float,
+                   started: tuple[AssetInstance, _CompiledSearch | None] | None = None) -> AssetResult:
+    inst, search = started if started is not None else (asset_instance(problem, asset), None)
     if not inst.needs:
         return AssetResult(True, 0.0, [])
     if not inst.rails:
         return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
     deadline = time.monotonic() + time_limit
-    status, solution, solver = _solve_exactly(inst, time_limit)
+    status, solution, solver = _solve_exactly(inst, time_limit, search)
     if status == "infeasible":
         return AssetResult(False, reason=_shortfall_reason(inst, time_limit))
     assert solution is not None
@@ -917,17 +987,25 @@ def _solve_lowered(problem: Problem, asset: str, time_limit: float) -> AssetResu
 
 
 def solve_problem(problem: Problem, *, time_limit: float = 60.0) -> Plan:
+    """Every asset's plan, one asset after another; the compiled searches of the next assets run meanwhile
+    (`PRESTART_ASSETS`). `time_limit` holds per asset as before: for its compiled search from the search's start,
+    for the rest (HiGHS, polishing) from when the asset's turn comes."""
     transfers: list[Transfer] = []
     fees: dict[str, float] = {}
     reasons: list[str] = []
-    for asset in problem.assets:
-        result = solve_asset(problem, asset, time_limit)
-        if not result.feasible:
-            reasons.append(result.reason or f"{asset}: infeasible")
-            continue
-        if result.transfers:
-            transfers.extend(result.transfers)
-            fees[asset] = result.fee
+    prestarted = _Prestarted(problem, time_limit)
+    try:
+        for asset in problem.assets:
+            prestarted.fill(max(PRESTART_ASSETS, 1))
+            result = solve_asset(problem, asset, time_limit, prestarted.take(asset))
+            if not result.feasible:
+                reasons.append(result.reason or f"{asset}: infeasible")
+                continue
+            if result.transfers:
+                transfers.extend(result.transfers)
+                fees[asset] = result.fee
+    finally:
+        prestarted.close()
     if reasons:
         return Plan(False, reason="; ".join(reasons))
     return Plan(True, sum(fees.values()), tuple(transfers), optimal=True, fee_by_asset=fees)
