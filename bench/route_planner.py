@@ -6,7 +6,7 @@ and asset (10 venues = 1,080 rails), seeded. Both solvers prove optimality
 with big-M = max_amount or the asset's total holdings, no pruning, no cuts.
 
     .venv/bin/python bench/route_planner.py [--sizes 10,20,30] [--seeds 3] [--generic-limit 20] [--compare-plain]
-                                            [--compare-highs]
+                                            [--compare-highs] [--compare-sequential]
 
 Prints one row per (size, seed) and a summary with ratios measured in this run.
 `--compare-plain` also times the previous solver path on the same instance
@@ -14,6 +14,8 @@ Prints one row per (size, seed) and a summary with ratios measured in this run.
 per asset, no MIP start) and checks that both give the same fee per asset
 (1e-7 relative, or 1e-6 absolute: what the previous path guaranteed).
 `--compare-highs` does the same with the planner on HiGHS alone (no compiled branch-and-bound first).
+`--compare-sequential` does the same with the planner starting no asset's search early (`PRESTART_ASSETS` 1:
+one asset after another, as before the fourteenth session).
 The `compiled` column counts the assets whose answer is the compiled branch-and-bound's proof (it races HiGHS).
 """
 
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", default="spec", choices=["spec", "stress"], help="instance family (see make_instance)")
     parser.add_argument("--compare-plain", action="store_true", help="also time the previous solver path (no direct HiGHS, no objective scaling)")
     parser.add_argument("--compare-highs", action="store_true", help="also time the planner with HiGHS alone (no compiled branch-and-bound)")
+    parser.add_argument("--compare-sequential", action="store_true",
+                        help="also time the planner planning one asset after another (no search started early)")
     args = parser.parse_args(argv)
     goals = {10: 0.1, 20: 0.5, 30: 2.0}
     print(f"{'venues':>6} {'seed':>4} {'rails':>6} {'planner':>9} {'generic':>9} {'speed-up':>8} "
@@ -185,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             compiled = f"{sum(proven.values()) // repeat}/{len(proven)}"
             references = [("previous path", _plain_plan)] if args.compare_plain else []
             references += [("HiGHS alone", _highs_plan)] if args.compare_highs else []
+            references += [("one asset after another", _sequential_plan)] if args.compare_sequential else []
             for name, solve in references:
                 ref_s, ref = _timed(lambda: solve(args_, args.planner_limit), repeat)
                 for asset in set(plan.fee_by_asset) | set(ref.fee_by_asset):
@@ -254,6 +259,16 @@ def _highs_plan(args_, time_limit: float):
         return plan_routes(*args_, time_limit=time_limit)
     finally:
         routing_solver.COMPILED_FIRST = saved
+
+
+def _sequential_plan(args_, time_limit: float):
+    """The planner with no asset's compiled search started early (one asset after another)."""
+    saved = routing_solver.PRESTART_ASSETS
+    routing_solver.PRESTART_ASSETS = 1
+    try:
+        return plan_routes(*args_, time_limit=time_limit)
+    finally:
+        routing_solver.PRESTART_ASSETS = saved
 
 
 def _plain_plan(args_, time_limit: float):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -129,3 +130,20 @@ def test_sensor_throughput_python_path_sensor_is_the_sensor_with_its_scanner_off
     out = capsys.readouterr().out
     assert "scan-only@500 = 5.000 of the best raw" in out
     assert "sensor / sensor-python-path = 2.00x" in out
+
+
+def test_route_planner_bench_compares_against_its_baselines_in_the_same_run(monkeypatch, capsys):
+    from arb_orchestration.domain import routing_bnb, routing_solver
+
+    bench = _load("route_planner")
+    monkeypatch.setattr(routing_bnb, "solve", routing_bnb.solve)  # the bench wraps it to count proofs: undone after
+    code = bench.main(["--sizes", "5", "--seeds", "2", "--no-generic", "--compare-highs", "--compare-sequential"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [re.match(r"\s+5\s+(\d) (.+?)\s+[0-9.]+s, planner\s+[0-9.]+s: +[0-9.]+x, same fee per asset$", line)
+            for line in out.splitlines() if line.endswith("same fee per asset")]
+    assert sorted(row.groups() for row in rows) == [
+        (seed, name) for seed in ("0", "1") for name in ("HiGHS alone", "one asset after another")]
+    for name in ("HiGHS alone", "one asset after another"):
+        assert f"5 venues: speed-up vs {name} per seed:" in out
+    assert routing_solver.PRESTART_ASSETS == 3 and routing_solver.COMPILED_FIRST  # the baselines restore them
