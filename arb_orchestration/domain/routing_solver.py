@@ -425,7 +425,7 @@ class _Prestarted:
         """Start searches for the next assets until `window` of the queue's head are started."""
         while self._queue and len(self._running) < window:
             asset = self._queue.pop(0)
-            if _may_hold_a_whale(self._problem, asset):
+            if _whale_lift(self._problem, asset) is not None:
                 self._running[asset] = None  # the whale path builds its own instances
                 continue
             inst = asset_instance(self._problem, asset)
@@ -922,10 +922,11 @@ def _without_whales(problem: Problem, asset: str, give: float) -> Problem | None
     return Problem(balances, problem.targets, problem.rails)
 
 
-def _may_hold_a_whale(problem: Problem, asset: str) -> bool:
-    """Does some venue hold more than WHALE_RATIO times what any optimal plan can take from it (`_whale_terms`)?"""
+def _whale_lift(problem: Problem, asset: str) -> float | None:
+    """`lift` (`_whale_terms`) when some venue holds more than WHALE_RATIO times what any optimal plan can take from
+    it, else None (no whale can exist: the usual case)."""
     lift, spare, _ = _whale_terms(problem, asset)
-    return any(s > WHALE_RATIO * lift for s in spare.values())
+    return lift if any(s > WHALE_RATIO * lift for s in spare.values()) else None
 
 
 def solve_asset(problem: Problem, asset: str, time_limit: float,
@@ -933,9 +934,9 @@ def solve_asset(problem: Problem, asset: str, time_limit: float,
     """One asset's plan; `started`: its instance and compiled search, already running (`_Prestarted`)."""
     if started is not None:  # (only ever started for the usual case below)
         return _solve_lowered(problem, asset, time_limit, started)
-    if not _may_hold_a_whale(problem, asset):  # no whale can exist (K >= lift): the usual case
+    lift = _whale_lift(problem, asset)
+    if lift is None:  # no whale can exist (K >= lift): the usual case
         return _solve_lowered(problem, asset, time_limit)
-    lift, _, _ = _whale_terms(problem, asset)
     # A whale: plan it as holding only what an optimal plan can take from it (`_without_whales`), so that no
     # solver sees its size (their tolerances are absolute: a 1e12 whale made both prove dearer plans). The fee
     # bound comes from the direct plan when there is one, else from a guess that the answer itself certifies:
