@@ -4,6 +4,9 @@ when planning an asset raises."""
 
 from __future__ import annotations
 
+import _thread
+import os
+import sys
 import threading
 import time
 
@@ -75,15 +78,25 @@ def test_the_next_assets_search_runs_while_the_first_asset_is_planned(monkeypatc
     assert_executable(case["balances"], case["targets"], case["rails"], plan)
 
 
-def test_every_highs_call_stays_on_the_planning_thread_while_searches_run(monkeypatch):
-    """HiGHS joins every asset at once (no head start) while the other assets' compiled searches run: each HiGHS
-    entry point the planner has is still called only from the thread that plans."""
-    threads: list[str] = []
+def test_no_two_highs_calls_run_at_once_while_searches_run(monkeypatch):
+    """HiGHS joins every asset at once (no head start) while the other assets' compiled searches run: every HiGHS
+    entry point the planner has runs alone (never two at once), on the planning thread or, for the race itself, on
+    the race's own thread while the planning thread waits for it."""
+    calls: list[str] = []
+    active, most = [0], [0]
+    lock = threading.Lock()
 
     def spy(name, real):
         def call(*args, **kwargs):
-            threads.append(threading.current_thread().name)
-            return real(*args, **kwargs)
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            calls.append(threading.current_thread().name)
+            try:
+                return real(*args, **kwargs)
+            finally:
+                with lock:
+                    active[0] -= 1
         monkeypatch.setattr(routing_solver, name, call)
 
     for name in ("_highs_run", "linprog", "milp", "run_milp"):
@@ -101,9 +114,78 @@ def test_every_highs_call_stays_on_the_planning_thread_while_searches_run(monkey
     with solving_with("compiled"):
         plan = plan_routes(case["balances"], case["targets"], case["rails"])
     assert plan.feasible
-    assert len(threads) >= 3  # a HiGHS race per asset at least
-    assert set(threads) == {threading.current_thread().name}
+    assert most[0] == 1
+    planner = threading.current_thread().name
+    races = set(calls) - {planner}
+    assert races and races <= {f"routing-highs-{asset}" for asset in plan.fee_by_asset}  # each race its own thread
+    assert planner in calls  # the polishing LPs
     assert _searches_alive() == []
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are a Linux feature")
+def test_highs_races_at_a_lower_priority_and_the_planner_keeps_its_own(monkeypatch):
+    seen: list[int] = []
+    real = routing_solver._solve_milp
+
+    def spy(inst, limit, **kwargs):
+        seen.append(_nice())
+        return real(inst, limit, **kwargs)
+
+    real_solve = routing_bnb.solve
+
+    def slow_solve(inst, **kwargs):  # no search is done before its asset's turn: HiGHS joins every asset
+        time.sleep(0.05)
+        return real_solve(inst, **kwargs)
+
+    monkeypatch.setattr(routing_bnb, "solve", slow_solve)
+    monkeypatch.setattr(routing_solver, "_solve_milp", spy)
+    monkeypatch.setattr(routing_solver, "HEAD_START_SECONDS", 0.0)
+    monkeypatch.setattr(routing_solver, "PRESTART_ASSETS", 1)
+    before = _nice()
+    case = _bench_instance(10, 2)
+    with solving_with("compiled"):
+        plan = plan_routes(case["balances"], case["targets"], case["rails"])
+    assert plan.feasible and len(seen) == 3
+    assert seen == [min(before + routing_solver.HIGHS_RACE_NICE, 19)] * 3
+    assert _nice() == before and routing_solver.race_priority_unavailable is None
+    monkeypatch.setattr(routing_solver, "HIGHS_RACE_NICE", 0)  # off: HiGHS on the planning thread, as before
+    seen.clear()
+    with solving_with("compiled"):
+        plan_routes(case["balances"], case["targets"], case["rails"])
+    assert seen == [before] * 3
+
+
+def test_an_interrupted_planner_stops_the_highs_race_before_it_goes_on(monkeypatch):
+    """A run being stopped interrupts the planning thread while it waits for the race: HiGHS is told to stop (its
+    interrupt callback says so) and waited for, then the interruption goes on."""
+    told_to_stop = threading.Event()
+
+    def highs(inst, limit, *, interrupt):
+        deadline = time.monotonic() + 10
+        while not interrupt() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if interrupt():
+            told_to_stop.set()
+        return "interrupted", None
+
+    class NeverProven:
+        proven = threading.Event()
+
+    class Inst:
+        asset = "X"
+
+    monkeypatch.setattr(routing_solver, "_solve_milp", highs)
+    threading.Timer(0.2, _thread.interrupt_main).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        routing_solver._highs_in_race(Inst(), 5.0, NeverProven())
+    assert told_to_stop.is_set() and time.monotonic() - started < 5
+    time.sleep(0.05)  # (the race thread returns right after it said it stopped)
+    assert not [t for t in threading.enumerate() if t.name.startswith("routing-highs-") and t.is_alive()]
 
 
 def test_an_error_while_planning_an_asset_stops_the_searches_started_for_the_others(monkeypatch):
