@@ -349,8 +349,8 @@ class _CompiledSearch:
 
     `proven` is set once it has a proof whose amounts pass the model's rows here (`_meets_model`), `done` once it
     has stopped for any reason; `stop()` cancels it at its next node and waits for the thread. It never calls
-    HiGHS: the planner's HiGHS calls all stay on the thread that plans (`_solve_exactly`, polishing), so searches
-    of several assets may run at once (`_Prestarted`) while no two HiGHS instances ever do.
+    HiGHS: the planner's HiGHS calls are made by the thread that plans, or while it waits (`_highs_in_race`), so
+    searches of several assets may run at once (`_Prestarted`) while no two HiGHS instances ever do.
     """
 
     def __init__(self, inst: AssetInstance, time_limit: float):

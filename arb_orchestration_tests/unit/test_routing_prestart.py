@@ -1,6 +1,6 @@
 """`solve_problem` starts the next assets' compiled searches while it plans the current one (`PRESTART_ASSETS`):
-the same plans as one asset after another, every HiGHS call still on the planning thread, and nothing left running
-when planning an asset raises."""
+the same plans as one asset after another, never two HiGHS runs at once, nothing left running when planning an
+asset raises. HiGHS races at a lower priority (`HIGHS_RACE_NICE`), and an interrupted planner stops the race."""
 
 from __future__ import annotations
 
