@@ -384,7 +384,7 @@ def _solve_exactly(inst: AssetInstance, time_limit: float,
 
     The compiled branch-and-bound (`routing_bnb`, `_CompiledSearch`; `search` when `_Prestarted` started it
     already) runs in a thread. If it has not proven the asset within HEAD_START_SECONDS of its start, HiGHS
-    (`_solve_milp`) starts here and the two race: the first proof wins and the other is stopped (the compiled
+    (`_solve_milp`, at a lower priority: `_highs_in_race`) starts here and the two race: the first proof wins and the other is stopped (the compiled
     solver through its cancel flag, HiGHS through its interrupt callback). Only a compiled proof whose amounts pass
     the model's rows counts; anything else from it (infeasible included: HiGHS then proves it, and
     `_shortfall_reason` explains it) leaves the asset to HiGHS, unchanged. Neither solver ever returns a best guess.
