@@ -251,37 +251,33 @@ def _count_compiled_proofs() -> dict[str, int]:
     return counts
 
 
-def _highs_plan(args_, time_limit: float):
-    """The planner with HiGHS alone (what shipped before the compiled branch-and-bound)."""
-    saved = routing_solver.COMPILED_FIRST
-    routing_solver.COMPILED_FIRST = False
+def _planned_with(args_, time_limit: float, **settings):
+    """`plan_routes` with some of `routing_solver`'s module settings replaced for this one plan (restored after)."""
+    saved = {name: getattr(routing_solver, name) for name in settings}
+    for name, value in settings.items():
+        setattr(routing_solver, name, value)
     try:
         return plan_routes(*args_, time_limit=time_limit)
     finally:
-        routing_solver.COMPILED_FIRST = saved
+        for name, value in saved.items():
+            setattr(routing_solver, name, value)
+
+
+def _highs_plan(args_, time_limit: float):
+    """The planner with HiGHS alone (what shipped before the compiled branch-and-bound)."""
+    return _planned_with(args_, time_limit, COMPILED_FIRST=False)
 
 
 def _sequential_plan(args_, time_limit: float):
     """The planner with no asset's compiled search started early (one asset after another)."""
-    saved = routing_solver.PRESTART_ASSETS
-    routing_solver.PRESTART_ASSETS = 1
-    try:
-        return plan_routes(*args_, time_limit=time_limit)
-    finally:
-        routing_solver.PRESTART_ASSETS = saved
+    return _planned_with(args_, time_limit, PRESTART_ASSETS=1)
 
 
 def _plain_plan(args_, time_limit: float):
     """The first solver path: `run_milp` alone (same model, no MIP start, objective not scaled, no compiled
     branch-and-bound)."""
-    saved = routing_solver._highs_module, routing_solver._objective_scale, routing_solver.COMPILED_FIRST
-    routing_solver._highs_module = lambda: None
-    routing_solver._objective_scale = lambda value: 1.0
-    routing_solver.COMPILED_FIRST = False
-    try:
-        return plan_routes(*args_, time_limit=time_limit)
-    finally:
-        routing_solver._highs_module, routing_solver._objective_scale, routing_solver.COMPILED_FIRST = saved
+    return _planned_with(args_, time_limit, _highs_module=lambda: None, _objective_scale=lambda value: 1.0,
+                         COMPILED_FIRST=False)
 
 
 if __name__ == "__main__":
