@@ -50,7 +50,11 @@ OPTIONS = 1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536 | TWO_THREADS | RC_FEE 
 # sub-search once more on the cut LP's support): trees 2-20x smaller, nodes dearer. They pay from about
 # CUTS_FROM_VENUES venues (30 venues: 1.4-1.5x faster; 20: about even; 10: up to 1.6x slower), so `options_for`
 # adds them from there.
-ROOT_CUTS = 1024 | 524288 | 1048576 | 2097152
+# 262144 (CORE_OVERLAP): with two search threads, that last core sub-search is not run at the root but by the first
+# search thread while the other starts on the tree (the second core sat idle through it: 40-100 ms of a 0.1-0.2 s
+# root; fifteenth session: 0.93x the solve time over the 20- and 30-venue bench assets).
+CORE_OVERLAP = 262144
+ROOT_CUTS = 1024 | 524288 | 1048576 | 2097152 | CORE_OVERLAP
 CUTS_FROM_VENUES = 20
 # The planner races this solver against HiGHS within the asset's time limit (routing_solver._solve_exactly); the
 # time limit is what binds, this only bounds memory (a few hundred bytes a node).

@@ -127,3 +127,60 @@ def test_root_cuts_prove_the_same_optimum_on_twenty_venue_assets(seed, asset):
 @pytest.mark.parametrize("options", [ONE | routing_bnb.ROOT_CUTS, TWO | routing_bnb.ROOT_CUTS])
 def test_root_cuts_agree_with_the_plain_search_on_random_small_instances(options):
     assert _agrees_on_random_small_instances(2811, options) >= 1
+
+
+# ---------------------------------------------------------------- the root's last core sub-search on a search thread
+
+
+def _overlap_runs() -> int:
+    lib = routing_bnb.library()
+    lib.bnb_core_overlap_runs.restype = ctypes.c_uint64
+    return int(lib.bnb_core_overlap_runs())
+
+
+def test_the_core_sub_search_after_the_root_cuts_runs_on_a_search_thread_with_the_same_proof():
+    """CORE_OVERLAP (in ROOT_CUTS): with two threads, the root leaves its core sub-searches after the cuts to the first
+    search thread. 20:3 USDC is an asset where that sub-search improved the root's plan (fifteenth session); its tree
+    takes ~1,000 nodes, so both sub-searches (the two rankings) run before the other thread finishes."""
+    inst = _asset(20, 3, "USDC")
+    planner = routing_bnb.options_for(inst)
+    assert planner & routing_bnb.CORE_OVERLAP and planner & routing_bnb.TWO_THREADS
+    before = _overlap_runs()
+    overlapped = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0)
+    assert _overlap_runs() - before == 2
+    before = _overlap_runs()
+    at_root = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=planner & ~routing_bnb.CORE_OVERLAP)
+    one = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=planner & ~routing_bnb.TWO_THREADS)
+    assert _overlap_runs() == before  # the root ran them itself: without the bit, and with one thread
+    assert overlapped.status == at_root.status == one.status == "optimal"
+    assert _fee(inst, overlapped) == pytest.approx(_fee(inst, at_root), rel=1e-9)
+    assert _fee(inst, overlapped) == pytest.approx(_fee(inst, one), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_overlapping_the_root_core_sub_search_keeps_the_proofs_on_twenty_venue_assets(seed):
+    # every asset of two 20-venue bench instances (20:0 USDC and 20:2 USDT are the slow ones), with and without it
+    instance = _bench_instance(20, seed)
+    problem = parse_problem(instance["balances"], instance["targets"], instance["rails"])
+    for asset in problem.assets:
+        inst = asset_instance(problem, asset)
+        with_ = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0)
+        without = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0,
+                                    options=routing_bnb.options_for(inst) & ~routing_bnb.CORE_OVERLAP)
+        assert with_.status == without.status == "optimal", asset
+        assert _fee(inst, with_) == pytest.approx(_fee(inst, without), rel=1e-9), asset
+
+
+def test_a_two_thread_search_with_the_overlap_keeps_the_time_limit_and_cancel_flag():
+    # the thread running the root's core sub-searches sees a limit too (they stop at their next node)
+    inst = _asset(20, 2, "USDT")
+    options = routing_bnb.options_for(inst)
+    assert options & routing_bnb.CORE_OVERLAP
+    started = time.monotonic()
+    timed = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=0.15, options=options)
+    assert timed.status == "limit" and timed.solution is None
+    cancel = ctypes.c_int32(0)
+    threading.Timer(0.15, lambda: setattr(cancel, "value", 1)).start()
+    cancelled = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=options, cancel=cancel)
+    assert cancelled.status == "limit" and cancelled.solution is None
+    assert time.monotonic() - started < 10.0

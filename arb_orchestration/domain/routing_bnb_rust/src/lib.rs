@@ -35,6 +35,10 @@ const PURGE_CUTS: u32 = 524288;
 const DEFER_CUTS: u32 = 1048576;
 /// ... and the core sub-search once more on the cut LP's support (heuristic only: anything it finds is a plan).
 const CORE_AFTER_CUTS: u32 = 2097152;
+/// Option bit: with two search threads (PARALLEL), the root does not run the core sub-searches after its cuts
+/// (CORE_AFTER_CUTS) itself: it records what they rank by (`CoreSnap`), and the first search thread runs them while
+/// the other starts on the tree (they took 40-100 ms of a 0.1-0.2 s root at 20-30 venues, the second core idle).
+const CORE_OVERLAP: u32 = 262144;
 /// Reduced-cost fixing that counts a rail's fee column as well as its amount column (`fix_by_reduced_cost`) ...
 const RC_FEE: u32 = 16777216;
 /// ... and caps a rail's amount by the same bound.
@@ -971,6 +975,21 @@ struct Solver<'a> {
     node_cst: f64, // the objective constant of the node LP last loaded by solve_node
     cs: f64, // the LP's costs are the fees times this (cost_scale); bounds and incumbents stay in fee units
     deadline: (Instant, f64), // the caller's start and time limit: the core heuristic's sub-search stays within it
+    // CORE_OVERLAP: the root's core sub-searches after its cuts are not run at the root but recorded here (what
+    // they rank by); the first search thread runs them while the other starts on the tree (`search_worker`)
+    core_defer: bool,
+    core_snap: Option<CoreSnap>,
+}
+
+/// What the root's core sub-searches take from the LP they rank by: its support (rails carrying flow or a fee
+/// column, and rails fixed on) and, for the free rails outside it, the order in which each ranking adds them. The
+/// incumbent's rails are added when a sub-search starts (`core_keep`), so a recorded sub-search gets the same rails as
+/// one run at the root with the same incumbent.
+#[derive(Clone)]
+struct CoreSnap {
+    support: Vec<bool>,
+    by_fee: Vec<u32>,
+    by_amount: Vec<u32>,
 }
 
 enum NodeOut {
@@ -1452,10 +1471,40 @@ impl<'a> Solver<'a> {
     /// incumbent's rails and the ROOT_CORE_BY_AMOUNT_EXTRA rails cheapest to send a typical amount on. Any plan either
     /// finds is a plan of the full model.
     fn core_heuristic(&mut self) {
+        if self.core_defer && !self.defer_cuts {
+            // (the second call at the root: after its cuts)
+            self.core_snap = Some(self.core_snap(self.opts & CORE_BY_AMOUNT != 0));
+            return;
+        }
         self.core_search(ROOT_CORE_EXTRA, 0.5, 50_000, false);
         if self.opts & CORE_BY_AMOUNT != 0 {
             self.core_search(ROOT_CORE_BY_AMOUNT_EXTRA, 0.5, 50_000, true);
         }
+    }
+
+    /// The root's core sub-searches recorded by `core_heuristic` (CORE_OVERLAP), in the order the root would have
+    /// run them, each pruning against the best value known when it starts (`ub`: the other thread's too). Stops
+    /// before a sub-search once `stop` says so. Returns the value of the plan found here, if one was.
+    fn run_core_snap(&mut self, snap: &CoreSnap, ub: impl Fn() -> f64, stop: impl Fn() -> bool) -> Option<f64> {
+        let mut found = None;
+        for by_amount in [false, true] {
+            if by_amount && self.opts & CORE_BY_AMOUNT == 0 {
+                continue;
+            }
+            if stop() {
+                break;
+            }
+            self.ub_val = self.ub_val.min(ub());
+            let extra = if by_amount { ROOT_CORE_BY_AMOUNT_EXTRA } else { ROOT_CORE_EXTRA };
+            let keep = self.core_keep(snap, extra, by_amount);
+            let had = self.heur_found;
+            CORE_OVERLAP_RUNS.fetch_add(1, AtomicOrdering::Relaxed);
+            self.core_run(&keep, 0.5, 50_000);
+            if self.heur_found > had {
+                found = Some(self.ub_val);
+            }
+        }
+        found
     }
 
     /// The core heuristic's search on the current LP's support, the incumbent's rails and the `extra` rails
@@ -1465,25 +1514,51 @@ impl<'a> Solver<'a> {
     /// `by_amount`: rank the extra rails by the reduced-cost bound on sending the mean deficit (at most m) on them,
     /// dx x + dl (1 - x/m), instead of by the cost of switching them on at their minimum.
     fn core_search(&mut self, extra: usize, seconds: f64, nodes: u64, by_amount: bool) {
+        let snap = self.core_snap_one(by_amount);
+        let keep = self.core_keep(&snap, extra, by_amount);
+        self.core_run(&keep, seconds, nodes);
+    }
+
+    fn core_snap(&mut self, both: bool) -> CoreSnap {
+        let mut snap = self.core_snap_one(false);
+        if both {
+            snap.by_amount = self.core_rank(&snap.support, true);
+        }
+        snap
+    }
+
+    fn core_snap_one(&mut self, by_amount: bool) -> CoreSnap {
         let inst = self.inst;
         let k = inst.k;
         if !self.lp.d_fresh {
             self.lp.compute_dual();
         }
-        let mut inc = vec![false; k];
+        let mut support = vec![false; k];
         for r in 0..k {
             if self.st[r] == OFF {
                 continue;
             }
-            if self.lp.value(r) > 1e-9 || self.lp.value(k + r) > 1e-9 || self.best_y[r] == 1 || self.st[r] == ON {
-                inc[r] = true;
+            if self.lp.value(r) > 1e-9 || self.lp.value(k + r) > 1e-9 || self.st[r] == ON {
+                support[r] = true;
             }
         }
+        let ranked = self.core_rank(&support, by_amount);
+        if by_amount {
+            CoreSnap { support, by_fee: Vec::new(), by_amount: ranked }
+        } else {
+            CoreSnap { support, by_fee: ranked, by_amount: Vec::new() }
+        }
+    }
+
+    /// The free rails outside `support`, best first by the chosen ranking (a stable sort: ties in rail order).
+    fn core_rank(&self, support: &[bool], by_amount: bool) -> Vec<u32> {
+        let inst = self.inst;
+        let k = inst.k;
         // the mean deficit (by_amount only)
         let short = if by_amount { inst.lo.iter().filter(|&&l| l > 0.0).count() } else { 0 };
         let amount = if short > 0 { inst.lo.iter().filter(|&&l| l > 0.0).sum::<f64>() / short as f64 } else { 0.0 };
         let mut rest: Vec<(f64, usize)> = (0..k)
-            .filter(|&r| !inc[r] && self.st[r] == FREE && self.m[r] > 0.0)
+            .filter(|&r| !support[r] && self.st[r] == FREE && self.m[r] > 0.0)
             .map(|r| {
                 let dx = (self.lp.d[r] / self.cs).max(0.0);
                 if by_amount {
@@ -1497,10 +1572,37 @@ impl<'a> Solver<'a> {
             })
             .collect();
         rest.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
-        for &(_, r) in rest.iter().take(extra) {
-            inc[r] = true;
+        rest.into_iter().map(|(_, r)| r as u32).collect()
+    }
+
+    /// The sub-model's rails: the snapshot's support, the incumbent's rails and the first `extra` ranked rails
+    /// that are neither.
+    fn core_keep(&self, snap: &CoreSnap, extra: usize, by_amount: bool) -> Vec<usize> {
+        let k = self.inst.k;
+        let mut inc = snap.support.clone();
+        for r in 0..k {
+            if self.best_y[r] == 1 && self.st[r] != OFF {
+                inc[r] = true;
+            }
         }
-        let keep: Vec<usize> = (0..k).filter(|&r| inc[r]).collect();
+        let ranked = if by_amount { &snap.by_amount } else { &snap.by_fee };
+        let mut added = 0;
+        for &r in ranked {
+            if added == extra {
+                break;
+            }
+            let r = r as usize;
+            if !inc[r] {
+                inc[r] = true;
+                added += 1;
+            }
+        }
+        (0..k).filter(|&r| inc[r]).collect()
+    }
+
+    fn core_run(&mut self, keep: &[usize], seconds: f64, nodes: u64) {
+        let inst = self.inst;
+        let k = inst.k;
         if keep.len() >= k {
             return;
         }
@@ -1986,7 +2088,25 @@ fn cancelled() -> bool {
         let p = c.get();
         // SAFETY: the pointer is set only for the duration of bnb_solve_cancellable, whose caller keeps it alive.
         !p.is_null() && unsafe { (*p).load(std::sync::atomic::Ordering::Relaxed) } != 0
+    }) || SUB_STOP.with(|c| {
+        let p = c.get();
+        // SAFETY: set only while a search thread runs the deferred core sub-searches; the flag outlives the thread.
+        !p.is_null() && unsafe { (*p).load(std::sync::atomic::Ordering::Acquire) }
     })
+}
+
+/// How many of the root's core sub-searches a search thread has run (CORE_OVERLAP), process-wide: the tests read it.
+static CORE_OVERLAP_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[no_mangle]
+pub extern "C" fn bnb_core_overlap_runs() -> u64 {
+    CORE_OVERLAP_RUNS.load(AtomicOrdering::Relaxed)
+}
+
+thread_local! {
+    // A search thread running the root's deferred core sub-searches: the search's `finished` flag, so a sub-search
+    // stops once the other thread has finished the tree (null otherwise).
+    static SUB_STOP: std::cell::Cell<*const AtomicBool> = std::cell::Cell::new(std::ptr::null());
 }
 
 /// `bnb_solve`, stopped (status 2, "limit") at the next node once `*cancel` becomes non-zero: the planner races
@@ -2141,6 +2261,8 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
         node_cst: 0.0,
         cs: cost_scale(inst),
         deadline: (start, time_limit),
+        core_defer: false,
+        core_snap: None,
     };
     let mut heap: BinaryHeap<Node> = BinaryHeap::new();
     let slack: Vec<u32> = (2 * k..2 * k + inst.nrows).map(|j| j as u32).collect();
@@ -2164,6 +2286,7 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
         s.cs = pow2_for(z);
     }
     if opts & PARALLEL != 0 && opts & 16 == 0 {
+        s.core_defer = opts & CORE_OVERLAP != 0 && opts & CORE_AFTER_CUTS != 0;
         return solve_parallel(s, root, slack, init_ub, max_nodes);
     }
     heap.push(Node { lb: f64::NEG_INFINITY, delta: root, basis: slack });
@@ -2267,6 +2390,7 @@ struct Shared {
     ub: AtomicU64,    // the best incumbent's value so far, as f64 bits (only ever lowered)
     nodes: AtomicU64,
     cancel: usize, // the caller's cancel flag (a pointer; 0: none), installed in each thread's CANCEL
+    finished: AtomicBool, // set with pool.done: stops a deferred core sub-search still running (SUB_STOP)
 }
 
 impl Shared {
@@ -2287,6 +2411,7 @@ impl Shared {
     /// Stop every thread (a limit, or a panic in one of them) and wake the waiting ones.
     fn stop(&self) {
         self.halt.store(true, AtomicOrdering::Release);
+        self.finished.store(true, AtomicOrdering::Release);
         if let Ok(mut pool) = self.pool.lock() {
             pool.done = true;
         }
@@ -2330,16 +2455,20 @@ fn solve_parallel(mut s: Solver, root: Arc<Delta>, slack: Vec<u32>, init_ub: f64
         ub: AtomicU64::new(s.ub_val.to_bits()),
         nodes: AtomicU64::new(s.nodes),
         cancel: CANCEL.with(|c| c.get() as usize),
+        finished: AtomicBool::new(false),
     };
     let root_iters = s.lp.iters;
     let root_heur = s.heur_found;
-    let forks: Vec<Solver> = (0..THREADS).map(|_| s.clone()).collect();
+    // the recorded core sub-searches (CORE_OVERLAP) go to the first thread only
+    let snap = s.core_snap.take();
+    s.core_defer = false;
+    let forks: Vec<(Solver, Option<CoreSnap>)> = (0..THREADS).map(|i| (s.clone(), if i == 0 { snap.clone() } else { None })).collect();
     let results: Vec<(Solver, f64, bool)> = std::thread::scope(|scope| {
         let handles: Vec<_> = forks
             .into_iter()
-            .map(|w| {
+            .map(|(w, snap)| {
                 let sh = &shared;
-                scope.spawn(move || search_worker(w, sh, start, time_limit, max_nodes))
+                scope.spawn(move || search_worker(w, snap, sh, start, time_limit, max_nodes))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
@@ -2359,10 +2488,21 @@ fn solve_parallel(mut s: Solver, root: Arc<Delta>, slack: Vec<u32>, init_ub: f64
 }
 
 /// One thread of `solve_parallel`: returns its solver, the value of the plan it holds, and whether it hit a limit.
-fn search_worker<'a>(mut s: Solver<'a>, sh: &Shared, start: Instant, time_limit: f64, max_nodes: u64) -> (Solver<'a>, f64, bool) {
+fn search_worker<'a>(mut s: Solver<'a>, snap: Option<CoreSnap>, sh: &Shared, start: Instant, time_limit: f64, max_nodes: u64) -> (Solver<'a>, f64, bool) {
     let _guard = StopOnPanic(sh);
     CANCEL.with(|c| c.set(sh.cancel as *const std::sync::atomic::AtomicI32));
     let mut own = s.ub_val; // the value of the plan in s.best_x / s.best_y
+    if let Some(snap) = snap {
+        // the root's recorded core sub-searches first, while the other thread starts on the tree; a sub-search stops
+        // at its next node once that thread has finished the tree (SUB_STOP) or the search is stopped
+        SUB_STOP.with(|c| c.set(&sh.finished as *const AtomicBool));
+        let stop = || sh.halt.load(AtomicOrdering::Acquire) || start.elapsed().as_secs_f64() > time_limit || cancelled();
+        if let Some(v) = s.run_core_snap(&snap, || sh.ub(), stop) {
+            own = v;
+            sh.lower_ub(own);
+        }
+        SUB_STOP.with(|c| c.set(std::ptr::null()));
+    }
     let mut hit_limit = false;
     'outer: loop {
         let node = {
@@ -2380,6 +2520,7 @@ fn search_worker<'a>(mut s: Solver<'a>, sh: &Shared, start: Instant, time_limit:
                     }
                     None if pool.busy == 0 => {
                         pool.done = true;
+            sh.finished.store(true, AtomicOrdering::Release);
                         sh.wake.notify_all();
                         break 'outer;
                     }
@@ -2399,6 +2540,7 @@ fn search_worker<'a>(mut s: Solver<'a>, sh: &Shared, start: Instant, time_limit:
                 pool.heap.push(Node { lb, delta, basis });
                 pool.busy -= 1;
                 pool.done = true;
+            sh.finished.store(true, AtomicOrdering::Release);
                 sh.halt.store(true, AtomicOrdering::Release);
                 sh.wake.notify_all();
                 break 'outer;
@@ -2435,6 +2577,7 @@ fn search_worker<'a>(mut s: Solver<'a>, sh: &Shared, start: Instant, time_limit:
         pool.busy -= 1;
         if pool.busy == 0 && pool.heap.is_empty() {
             pool.done = true;
+            sh.finished.store(true, AtomicOrdering::Release);
             sh.wake.notify_all();
         }
     }
