@@ -6,7 +6,7 @@ and asset (10 venues = 1,080 rails), seeded. Both solvers prove optimality
 with big-M = max_amount or the asset's total holdings, no pruning, no cuts.
 
     .venv/bin/python bench/route_planner.py [--sizes 10,20,30] [--seeds 3] [--generic-limit 20] [--compare-plain]
-                                            [--compare-highs] [--compare-sequential]
+                                            [--compare-highs] [--compare-sequential] [--compare-overlap]
 
 Prints one row per (size, seed) and a summary with ratios measured in this run.
 `--compare-plain` also times the previous solver path on the same instance
@@ -16,6 +16,8 @@ per asset, no MIP start) and checks that both give the same fee per asset
 `--compare-highs` does the same with the planner on HiGHS alone (no compiled branch-and-bound first).
 `--compare-sequential` does the same with the planner starting no asset's search early (`PRESTART_ASSETS` 1:
 one asset after another, as before the fourteenth session).
+`--compare-overlap` does the same with the root's core sub-searches after its cuts run at the root again (the library's
+`CORE_OVERLAP` off: before the fifteenth session they ran there while the second core sat idle).
 The `compiled` column counts the assets whose answer is the compiled branch-and-bound's proof (it races HiGHS).
 """
 
@@ -167,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-highs", action="store_true", help="also time the planner with HiGHS alone (no compiled branch-and-bound)")
     parser.add_argument("--compare-sequential", action="store_true",
                         help="also time the planner planning one asset after another (no search started early)")
+    parser.add_argument("--compare-overlap", action="store_true",
+                        help="also time the planner with the root's last core sub-searches at the root (CORE_OVERLAP off)")
     args = parser.parse_args(argv)
     goals = {10: 0.1, 20: 0.5, 30: 2.0}
     print(f"{'venues':>6} {'seed':>4} {'rails':>6} {'planner':>9} {'generic':>9} {'speed-up':>8} "
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             references = [("previous path", _plain_plan)] if args.compare_plain else []
             references += [("HiGHS alone", _highs_plan)] if args.compare_highs else []
             references += [("one asset after another", _sequential_plan)] if args.compare_sequential else []
+            references += [("core sub-search at the root", _overlap_off_plan)] if args.compare_overlap else []
             for name, solve in references:
                 ref_s, ref = _timed(lambda: solve(args_, args.planner_limit), repeat)
                 for asset in set(plan.fee_by_asset) | set(ref.fee_by_asset):
@@ -251,16 +256,17 @@ def _count_compiled_proofs() -> dict[str, int]:
     return counts
 
 
-def _planned_with(args_, time_limit: float, **settings):
-    """`plan_routes` with some of `routing_solver`'s module settings replaced for this one plan (restored after)."""
-    saved = {name: getattr(routing_solver, name) for name in settings}
+def _planned_with(args_, time_limit: float, module=routing_solver, **settings):
+    """`plan_routes` with some of `module`'s settings (`routing_solver`'s unless said) replaced for this one plan
+    (restored after)."""
+    saved = {name: getattr(module, name) for name in settings}
     for name, value in settings.items():
-        setattr(routing_solver, name, value)
+        setattr(module, name, value)
     try:
         return plan_routes(*args_, time_limit=time_limit)
     finally:
         for name, value in saved.items():
-            setattr(routing_solver, name, value)
+            setattr(module, name, value)
 
 
 def _highs_plan(args_, time_limit: float):
@@ -271,6 +277,11 @@ def _highs_plan(args_, time_limit: float):
 def _sequential_plan(args_, time_limit: float):
     """The planner with no asset's compiled search started early (one asset after another)."""
     return _planned_with(args_, time_limit, PRESTART_ASSETS=1)
+
+
+def _overlap_off_plan(args_, time_limit: float):
+    """The planner with the root's core sub-searches after its cuts run at the root (no `CORE_OVERLAP`)."""
+    return _planned_with(args_, time_limit, module=routing_bnb, ROOT_CUTS=routing_bnb.ROOT_CUTS & ~routing_bnb.CORE_OVERLAP)
 
 
 def _plain_plan(args_, time_limit: float):

@@ -137,13 +137,16 @@ def test_route_planner_bench_compares_against_its_baselines_in_the_same_run(monk
 
     bench = _load("route_planner")
     monkeypatch.setattr(routing_bnb, "solve", routing_bnb.solve)  # the bench wraps it to count proofs: undone after
-    code = bench.main(["--sizes", "5", "--seeds", "2", "--no-generic", "--compare-highs", "--compare-sequential"])
+    code = bench.main(["--sizes", "5", "--seeds", "2", "--no-generic", "--compare-highs", "--compare-sequential",
+                       "--compare-overlap"])
     out = capsys.readouterr().out
     assert code == 0
     rows = [re.match(r"\s+5\s+(\d) (.+?)\s+[0-9.]+s, planner\s+[0-9.]+s: +[0-9.]+x, same fee per asset$", line)
             for line in out.splitlines() if line.endswith("same fee per asset")]
     assert sorted(row.groups() for row in rows) == [
-        (seed, name) for seed in ("0", "1") for name in ("HiGHS alone", "one asset after another")]
-    for name in ("HiGHS alone", "one asset after another"):
+        (seed, name) for seed in ("0", "1")
+        for name in ("HiGHS alone", "core sub-search at the root", "one asset after another")]
+    for name in ("HiGHS alone", "one asset after another", "core sub-search at the root"):
         assert f"5 venues: speed-up vs {name} per seed:" in out
     assert routing_solver.PRESTART_ASSETS == 3 and routing_solver.COMPILED_FIRST  # the baselines restore them
+    assert routing_bnb.ROOT_CUTS & routing_bnb.CORE_OVERLAP
