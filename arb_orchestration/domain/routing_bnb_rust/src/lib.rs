@@ -1555,8 +1555,12 @@ impl<'a> Solver<'a> {
         let inst = self.inst;
         let k = inst.k;
         // the mean deficit (by_amount only)
-        let short = if by_amount { inst.lo.iter().filter(|&&l| l > 0.0).count() } else { 0 };
-        let amount = if short > 0 { inst.lo.iter().filter(|&&l| l > 0.0).sum::<f64>() / short as f64 } else { 0.0 };
+        let (short, total) = if by_amount {
+            inst.lo.iter().filter(|&&l| l > 0.0).fold((0usize, 0.0f64), |(c, t), &l| (c + 1, t + l))
+        } else {
+            (0, 0.0)
+        };
+        let amount = if short > 0 { total / short as f64 } else { 0.0 };
         let mut rest: Vec<(f64, usize)> = (0..k)
             .filter(|&r| !support[r] && self.st[r] == FREE && self.m[r] > 0.0)
             .map(|r| {
