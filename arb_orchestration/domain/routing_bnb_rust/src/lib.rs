@@ -2524,7 +2524,7 @@ fn search_worker<'a>(mut s: Solver<'a>, snap: Option<CoreSnap>, sh: &Shared, sta
                     }
                     None if pool.busy == 0 => {
                         pool.done = true;
-            sh.finished.store(true, AtomicOrdering::Release);
+                        sh.finished.store(true, AtomicOrdering::Release);
                         sh.wake.notify_all();
                         break 'outer;
                     }
@@ -2544,7 +2544,7 @@ fn search_worker<'a>(mut s: Solver<'a>, snap: Option<CoreSnap>, sh: &Shared, sta
                 pool.heap.push(Node { lb, delta, basis });
                 pool.busy -= 1;
                 pool.done = true;
-            sh.finished.store(true, AtomicOrdering::Release);
+                sh.finished.store(true, AtomicOrdering::Release);
                 sh.halt.store(true, AtomicOrdering::Release);
                 sh.wake.notify_all();
                 break 'outer;
