@@ -8,7 +8,9 @@ with big-M = max_amount or the asset's total holdings, no pruning, no cuts.
     .venv/bin/python bench/route_planner.py [--sizes 10,20,30] [--seeds 3] [--generic-limit 20] [--compare-plain]
                                             [--compare-highs] [--compare-sequential] [--compare-overlap]
 
-Prints one row per (size, seed) and a summary with ratios measured in this run.
+Prints one row per (size, seed) and a summary with ratios measured in this run. Times are medians of 3 runs up to
+20 venues (HiGHS alone and the previous path: one run from 20 venues), 1 run above; the planner and its baselines
+run interleaved (a, b, b, a, a, b), so a slow spell of the machine hits them alike.
 `--compare-plain` also times the previous solver path on the same instance
 (direct-HiGHS path and objective scaling switched off: one scipy `milp` call
 per asset, no MIP start) and checks that both give the same fee per asset
@@ -146,15 +148,31 @@ def generic_milp(instance: dict, time_limit: float) -> tuple[str, float | None]:
     return ("timeout" if result.status == 1 else f"status {result.status}"), None
 
 
-def _timed(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        # HiGHS's stray debug prints (commands/_native_stdout.py) go to stderr, not into the table.
-        with native_stdout_to_stderr():
-            start = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+class _GaveUp(Exception):
+    def __init__(self, name: str, error: RoutingError):
+        super().__init__(f"{name}: {error}")
+        self.name = name
+
+
+def _interleaved(runs) -> dict[str, tuple[float, object]]:
+    """Time each (name, fn, repeat) `repeat` times, round-robin and in reverse order every other round (a, b, b, a,
+    a, b, ...: a slow spell of the machine, or whatever the first run of an instance pays, hits every variant alike),
+    and return each one's median time and last result. A `RoutingError` comes back as `_GaveUp` naming the run."""
+    times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    out: dict[str, object] = {}
+    for round_ in range(max(repeat for _, _, repeat in runs)):
+        for name, fn, repeat in (runs if round_ % 2 == 0 else runs[::-1]):
+            if round_ >= repeat:
+                continue
+            # HiGHS's stray debug prints (commands/_native_stdout.py) go to stderr, not into the table.
+            with native_stdout_to_stderr():
+                start = time.perf_counter()
+                try:
+                    out[name] = fn()
+                except RoutingError as exc:
+                    raise _GaveUp(name, exc) from exc
+                times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), out[name]) for name, _, _ in runs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,21 +200,30 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             instance = make_instance(size, seed, family=args.family)
             args_ = (instance["balances"], instance["targets"], instance["rails"])
-            repeat = 3 if size <= 10 else 1
-            proven.clear()
-            try:
-                ours, plan = _timed(lambda: plan_routes(*args_, time_limit=args.planner_limit), repeat)
-            except RoutingError as exc:
-                print(f"{size:>6} {seed:>4} planner gave up: {exc}", flush=True)
-                summary.setdefault(size, []).append((float("inf"), None))
-                continue
-            compiled = f"{sum(proven.values()) // repeat}/{len(proven)}"
+            # medians of 3 up to 20 venues (a single 20-venue run moves by 0.1-0.2 s on this kind of machine), the
+            # planner and its baselines interleaved run by run so that a slow spell hits them alike
+            repeat = 3 if size <= 20 else 1
             references = [("previous path", _plain_plan)] if args.compare_plain else []
             references += [("HiGHS alone", _highs_plan)] if args.compare_highs else []
             references += [("one asset after another", _sequential_plan)] if args.compare_sequential else []
             references += [("core sub-search at the root", _overlap_off_plan)] if args.compare_overlap else []
-            for name, solve in references:
-                ref_s, ref = _timed(lambda: solve(args_, args.planner_limit), repeat)
+            # HiGHS alone takes 4-40 s at 20 venues: once is enough to compare against the planner's median
+            runs = [("planner", lambda: proven.counting(lambda: plan_routes(*args_, time_limit=args.planner_limit)), repeat)]
+            runs += [(name, (lambda solve=solve: solve(args_, args.planner_limit)),
+                      1 if name in ("HiGHS alone", "previous path") and size > 10 else repeat) for name, solve in references]
+            proven.clear()
+            try:
+                timed = _interleaved(runs)
+            except _GaveUp as exc:
+                if exc.name != "planner":
+                    raise  # a baseline that gives up ends the bench, as before
+                print(f"{size:>6} {seed:>4} planner gave up: {exc.__cause__}", flush=True)
+                summary.setdefault(size, []).append((float("inf"), None))
+                continue
+            ours, plan = timed["planner"]
+            compiled = f"{sum(proven.values()) // repeat}/{len(proven)}"
+            for name, _ in references:
+                ref_s, ref = timed[name]
                 for asset in set(plan.fee_by_asset) | set(ref.fee_by_asset):
                     a, b = plan.fee_by_asset.get(asset, 0.0), ref.fee_by_asset.get(asset, 0.0)
                     if abs(a - b) > max(1e-7 * max(abs(a), abs(b)), 1e-6):
@@ -242,14 +269,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _count_compiled_proofs() -> dict[str, int]:
-    """Per asset of the last plan: how often the compiled branch-and-bound proved it (HiGHS won the rest)."""
-    counts: dict[str, int] = {}
+class _ProofCounts(dict):
+    """Per asset: how often the compiled branch-and-bound proved it during the planner's own runs (`counting`; the
+    baselines' runs are not counted), HiGHS won the rest."""
+
+    def __init__(self):
+        super().__init__()
+        self.active = False
+
+    def counting(self, fn):
+        self.active = True
+        try:
+            return fn()
+        finally:
+            self.active = False
+
+
+def _count_compiled_proofs() -> _ProofCounts:
+    counts = _ProofCounts()
     real = routing_bnb.solve
 
     def counting(inst, **kwargs):
         outcome = real(inst, **kwargs)
-        counts[inst.asset] = counts.get(inst.asset, 0) + (outcome.status == "optimal")
+        if counts.active:
+            counts[inst.asset] = counts.get(inst.asset, 0) + (outcome.status == "optimal")
         return outcome
 
     routing_bnb.solve = counting

@@ -150,3 +150,6 @@ def test_route_planner_bench_compares_against_its_baselines_in_the_same_run(monk
         assert f"5 venues: speed-up vs {name} per seed:" in out
     assert routing_solver.PRESTART_ASSETS == 3 and routing_solver.COMPILED_FIRST  # the baselines restore them
     assert routing_bnb.ROOT_CUTS & routing_bnb.CORE_OVERLAP
+    # the compiled column counts the planner's own proofs per run (the interleaved baselines' calls are not counted)
+    compiled = [line.split()[-1] for line in out.splitlines() if re.match(r"\s+5\s+\d\s+\d+\s", line)]
+    assert len(compiled) == 2 and all(c.split("/")[0] == c.split("/")[1] != "0" for c in compiled), compiled
