@@ -1473,7 +1473,7 @@ impl<'a> Solver<'a> {
     fn core_heuristic(&mut self) {
         if self.core_defer && !self.defer_cuts {
             // (the second call at the root: after its cuts)
-            self.core_snap = Some(self.core_snap(self.opts & CORE_BY_AMOUNT != 0));
+            self.core_snap = Some(self.core_snap(true, self.opts & CORE_BY_AMOUNT != 0));
             return;
         }
         self.core_search(ROOT_CORE_EXTRA, 0.5, 50_000, false);
@@ -1514,20 +1514,13 @@ impl<'a> Solver<'a> {
     /// `by_amount`: rank the extra rails by the reduced-cost bound on sending the mean deficit (at most m) on them,
     /// dx x + dl (1 - x/m), instead of by the cost of switching them on at their minimum.
     fn core_search(&mut self, extra: usize, seconds: f64, nodes: u64, by_amount: bool) {
-        let snap = self.core_snap_one(by_amount);
+        let snap = self.core_snap(!by_amount, by_amount);
         let keep = self.core_keep(&snap, extra, by_amount);
         self.core_run(&keep, seconds, nodes);
     }
 
-    fn core_snap(&mut self, both: bool) -> CoreSnap {
-        let mut snap = self.core_snap_one(false);
-        if both {
-            snap.by_amount = self.core_rank(&snap.support, true);
-        }
-        snap
-    }
-
-    fn core_snap_one(&mut self, by_amount: bool) -> CoreSnap {
+    /// The current LP's support and the rankings asked for (the other one left empty).
+    fn core_snap(&mut self, by_fee: bool, by_amount: bool) -> CoreSnap {
         let inst = self.inst;
         let k = inst.k;
         if !self.lp.d_fresh {
@@ -1542,12 +1535,9 @@ impl<'a> Solver<'a> {
                 support[r] = true;
             }
         }
-        let ranked = self.core_rank(&support, by_amount);
-        if by_amount {
-            CoreSnap { support, by_fee: Vec::new(), by_amount: ranked }
-        } else {
-            CoreSnap { support, by_fee: ranked, by_amount: Vec::new() }
-        }
+        let by_fee = if by_fee { self.core_rank(&support, false) } else { Vec::new() };
+        let by_amount = if by_amount { self.core_rank(&support, true) } else { Vec::new() };
+        CoreSnap { support, by_fee, by_amount }
     }
 
     /// The free rails outside `support`, best first by the chosen ranking (a stable sort: ties in rail order).
