@@ -978,7 +978,7 @@ struct Solver<'a> {
     // CORE_OVERLAP: the root's core sub-searches after its cuts are not run at the root but recorded here (what
     // they rank by); the first search thread runs them while the other starts on the tree (`search_worker`)
     core_defer: bool,
-    core_snap: Option<CoreSnap>,
+    deferred_core: Option<CoreSnap>,
 }
 
 /// What the root's core sub-searches take from the LP they rank by: its support (rails carrying flow or a fee
@@ -1473,7 +1473,7 @@ impl<'a> Solver<'a> {
     fn core_heuristic(&mut self) {
         if self.core_defer && !self.defer_cuts {
             // (the second call at the root: after its cuts)
-            self.core_snap = Some(self.core_snap(true, self.opts & CORE_BY_AMOUNT != 0));
+            self.deferred_core = Some(self.core_snap(true, self.opts & CORE_BY_AMOUNT != 0));
             return;
         }
         self.core_search(ROOT_CORE_EXTRA, 0.5, 50_000, false);
@@ -2256,7 +2256,7 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
         cs: cost_scale(inst),
         deadline: (start, time_limit),
         core_defer: false,
-        core_snap: None,
+        deferred_core: None,
     };
     let mut heap: BinaryHeap<Node> = BinaryHeap::new();
     let slack: Vec<u32> = (2 * k..2 * k + inst.nrows).map(|j| j as u32).collect();
@@ -2454,7 +2454,7 @@ fn solve_parallel(mut s: Solver, root: Arc<Delta>, slack: Vec<u32>, init_ub: f64
     let root_iters = s.lp.iters;
     let root_heur = s.heur_found;
     // the recorded core sub-searches (CORE_OVERLAP) go to the first thread only
-    let snap = s.core_snap.take();
+    let snap = s.deferred_core.take();
     s.core_defer = false;
     let forks: Vec<(Solver, Option<CoreSnap>)> = (0..THREADS).map(|i| (s.clone(), if i == 0 { snap.clone() } else { None })).collect();
     let results: Vec<(Solver, f64, bool)> = std::thread::scope(|scope| {
