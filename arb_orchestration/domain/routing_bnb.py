@@ -56,6 +56,9 @@ OPTIONS = 1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536 | TWO_THREADS | RC_FEE 
 CORE_OVERLAP = 262144
 ROOT_CUTS = 1024 | 524288 | 1048576 | 2097152 | CORE_OVERLAP
 CUTS_FROM_VENUES = 20
+# A diagnostic, never in the planner's options: the library checks every basis inverse it updates instead of
+# refactoring against its basis and counts checks and failures process-wide (`bnb_inverse_checks`); the tests use it.
+CHECK_INVERSE = 67108864
 # The planner races this solver against HiGHS within the asset's time limit (routing_solver._solve_exactly); the
 # time limit is what binds, this only bounds memory (a few hundred bytes a node).
 MAX_NODES = 10_000_000

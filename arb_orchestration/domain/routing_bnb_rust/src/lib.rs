@@ -165,6 +165,7 @@ struct Lp {
     since: usize,
     pub refactors: u64,
     hit_limit: bool,
+    check_inverse: bool, // CHECK_INVERSE
     rowwise: bool,         // price through the row-wise index (set by load_lp: no cut rows, fixed column patterns)
     rows_built: bool,      // the row-wise index matches the columns' patterns
     row_start: Vec<u32>,   // row-wise index: row i's entries are row_ent[row_start[i]..row_start[i + 1]]
@@ -217,6 +218,7 @@ impl Lp {
             since: 0,
             refactors: 0,
             hit_limit: false,
+            check_inverse: false,
             rowwise: false,
             rows_built: false,
             row_start: Vec::new(),
@@ -405,6 +407,9 @@ impl Lp {
                     self.since += 1;
                 }
                 if ok {
+                    if self.check_inverse {
+                        self.count_inverse_check();
+                    }
                     return true;
                 }
             }
@@ -419,6 +424,26 @@ impl Lp {
             }
         }
         true
+    }
+
+    /// CHECK_INVERSE: is binv the inverse of the current basis (max |binv·B - I| <= 1e-6)? Counted process-wide.
+    fn count_inverse_check(&self) {
+        let n = self.nr;
+        let mut worst = 0.0f64;
+        for c in 0..n {
+            let j = self.basis[c];
+            for r in 0..n {
+                let mut s = 0.0;
+                for &(row, v) in &self.ent[j] {
+                    s += self.binv[r * n + row as usize] * v;
+                }
+                worst = worst.max((s - if r == c { 1.0 } else { 0.0 }).abs());
+            }
+        }
+        INVERSE_CHECKS.fetch_add(1, AtomicOrdering::Relaxed);
+        if !(worst <= 1e-6) {
+            INVERSE_CHECK_FAILURES.fetch_add(1, AtomicOrdering::Relaxed);
+        }
     }
 
     fn snapshot_after_pivots(&mut self) {
@@ -654,6 +679,14 @@ impl Lp {
         let mut cand = std::mem::take(&mut self.buf_cand);
         let mut nz = std::mem::take(&mut self.buf_nz);
         let st = self.solve_with(max_iter, &mut mov, &mut cand, &mut nz);
+        if !matches!(st, LpStatus::Optimal | LpStatus::Infeasible) {
+            // Stopped mid-way (an iteration limit: a strong-branching probe; or a failure): binv is the inverse of the
+            // basis the pivots reached, not of the last snapshot (`fact_basis`, `fact_cols`), and the caller puts an
+            // earlier basis back. Without this, `prepare` took binv for the snapshot's inverse when that basis came
+            // back and updated it by Sherman-Morrison: the next LP ran on a wrong inverse (seen after probes stopped
+            // at their 25 iterations, errors up to 2e4 in binv·B - I; `CHECK_INVERSE`). Refactor instead.
+            self.fact_valid = false;
+        }
         self.buf_mov = mov;
         self.buf_cand = cand;
         self.buf_nz = nz;
@@ -2092,6 +2125,23 @@ fn cancelled() -> bool {
 /// How many of the root's core sub-searches a search thread has run (CORE_OVERLAP), process-wide: the tests read it.
 static CORE_OVERLAP_RUNS: AtomicU64 = AtomicU64::new(0);
 
+/// Option bit (a diagnostic for the tests, off in the planner): every basis inverse the LP updates instead of
+/// refactoring (`prepare`'s Sherman-Morrison path) is checked against its basis; `bnb_inverse_checks` counts the
+/// checks and the failures, process-wide.
+const CHECK_INVERSE: u32 = 67108864;
+static INVERSE_CHECKS: AtomicU64 = AtomicU64::new(0);
+static INVERSE_CHECK_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// (checks, failures) of CHECK_INVERSE so far in this process.
+#[no_mangle]
+pub extern "C" fn bnb_inverse_checks(checks: *mut u64, failures: *mut u64) {
+    // SAFETY: the caller passes two valid u64 slots (the tests' ctypes call).
+    unsafe {
+        *checks = INVERSE_CHECKS.load(AtomicOrdering::Relaxed);
+        *failures = INVERSE_CHECK_FAILURES.load(AtomicOrdering::Relaxed);
+    }
+}
+
 #[no_mangle]
 pub extern "C" fn bnb_core_overlap_runs() -> u64 {
     CORE_OVERLAP_RUNS.load(AtomicOrdering::Relaxed)
@@ -2258,6 +2308,7 @@ fn solve(inst: &Inst, init_ub: f64, gap: f64, time_limit: f64, max_nodes: u64, o
         core_defer: false,
         deferred_core: None,
     };
+    s.lp.check_inverse = opts & CHECK_INVERSE != 0;
     let mut heap: BinaryHeap<Node> = BinaryHeap::new();
     let slack: Vec<u32> = (2 * k..2 * k + inst.nrows).map(|j| j as u32).collect();
     let root = Arc::new(Delta { parent: None, fixes: Vec::new(), caps: Vec::new() });
