@@ -44,7 +44,13 @@ TWO_THREADS = 131072
 RC_FEE = 16777216
 RC_CAPS = 33554432
 CORE_BY_AMOUNT = 1073741824
-OPTIONS = 1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536 | TWO_THREADS | RC_FEE | RC_CAPS | CORE_BY_AMOUNT
+# When the branching rail was chosen by its pseudo-costs and they predict a child cannot beat the incumbent, that
+# child is probed (up to 50 dual simplex iterations, stopping once its bound reaches the prune level) and, if the probe
+# proves it, not created. 35-45 % fewer nodes on the 20-30-venue bench assets, `plan_routes` 5-16 % faster there, 10
+# venues unchanged (sixteenth session).
+VERIFY_DEAD = 4194304
+OPTIONS = (1 | 4 | 8 | 256 | 8192 | 16384 | 32768 | 65536 | TWO_THREADS | RC_FEE | RC_CAPS | CORE_BY_AMOUNT
+           | VERIFY_DEAD)
 # The root's venue-bound cuts (1024: the planner's source/destination bound rows, separated at the root; 524288 drop
 # the rows the LP leaves slack after each round; 1048576 run the root heuristics before the cuts; 2097152 the core
 # sub-search once more on the cut LP's support): trees 2-20x smaller, nodes dearer. They pay from about
