@@ -42,7 +42,8 @@ const CORE_OVERLAP: u32 = 262144;
 /// Option bit: when the branching rail was chosen by its pseudo-costs and they predict that a child cannot beat the
 /// incumbent, probe that child (at most VERIFY_DEAD_ITERS dual simplex iterations, stopping once its bound reaches the
 /// prune level); a child so proven is not created. Sixteenth session: 35-45 % fewer nodes on the 20-30-venue bench
-/// assets, `plan_routes` 5-16 % faster there, 10 venues unchanged.
+/// assets, `plan_routes` up to 16 % faster there (20:2 0.83 -> 0.76 s, 30:2 2.10 -> 1.76 s; 20:4 and 30:0 the
+/// same), 10 venues unchanged.
 const VERIFY_DEAD: u32 = 4194304;
 const VERIFY_DEAD_ITERS: u64 = 50;
 /// Reduced-cost fixing that counts a rail's fee column as well as its amount column (`fix_by_reduced_cost`) ...
