@@ -16,19 +16,19 @@ from arb_orchestration_tests.unit.test_routing_bnb_parallel import (
     _nodes_without_and_with,
 )
 
-ONE = routing_bnb.OPTIONS & ~routing_bnb.TWO_THREADS  # one search thread: node counts are repeatable
-WITHOUT = ONE & ~routing_bnb.VERIFY_DEAD
-
 pytestmark = pytest.mark.skipif(routing_bnb.library() is None, reason="the library is not built (test_routing_bnb fails)")
 
 
-def test_the_planner_uses_it():
+def _one_thread(with_it: bool) -> int:
+    """The planner's options with one search thread (node counts are repeatable), with or without the bit."""
+    options = routing_bnb.OPTIONS & ~routing_bnb.TWO_THREADS
+    return options if with_it else options & ~routing_bnb.VERIFY_DEAD
+
+
+def test_the_planner_proves_the_same_optimum_with_fewer_nodes():
     assert routing_bnb.OPTIONS & routing_bnb.VERIFY_DEAD
-
-
-def test_same_optimum_with_fewer_nodes_on_twenty_venue_assets():
     # the two slow 20-venue assets: measured 3,075 -> 2,049 (20:2 USDT) and 1,367 -> 887 (20:0 USDC) nodes
-    without_nodes, with_nodes = _nodes_without_and_with([(2, "USDT"), (0, "USDC")], WITHOUT, ONE)
+    without_nodes, with_nodes = _nodes_without_and_with([(2, "USDT"), (0, "USDC")], _one_thread(False), _one_thread(True))
     assert with_nodes * 1.25 < without_nodes, (without_nodes, with_nodes)
 
 
@@ -39,6 +39,7 @@ def test_two_threads_prove_the_same_optimum_with_and_without_it(seed):
     _nodes_without_and_with(cases, routing_bnb.OPTIONS & ~routing_bnb.VERIFY_DEAD, routing_bnb.OPTIONS)
 
 
-@pytest.mark.parametrize("options", [ONE, ONE | routing_bnb.ROOT_CUTS])
-def test_same_feasibility_and_fee_as_without_it_on_random_small_instances(options):
-    assert _agrees_on_random_small_instances(1611 + options % 7, options, reference=options & ~routing_bnb.VERIFY_DEAD) >= 1
+@pytest.mark.parametrize("cuts", [0, routing_bnb.ROOT_CUTS])
+def test_same_feasibility_and_fee_as_without_it_on_random_small_instances(cuts):
+    with_it = _one_thread(True) | cuts
+    assert _agrees_on_random_small_instances(1611 + cuts % 7, with_it, reference=with_it & ~routing_bnb.VERIFY_DEAD) >= 1
