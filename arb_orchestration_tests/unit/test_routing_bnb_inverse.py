@@ -45,9 +45,10 @@ def test_every_reused_basis_inverse_is_the_inverse_of_its_basis(venues, seed, as
         assert after[1] - failures == 0
     else:
         # Two threads: about one solve of 20:2 USDT in six still reuses an inverse with a relative residual of 2e-3 to
-        # 5e-3 (with or without VERIFY_DEAD), never with one thread; a stale inverse's is 1 (the check's measure is
-        # relative, `count_inverse_check`). Not found yet (docs/route-planner.md, "Sixteenth session"); held to what
-        # it is, so a stale inverse still fails here.
+        # 5e-3 (with or without VERIFY_DEAD), never with one thread on this asset; a stale inverse's is 1 (the check's
+        # measure is relative, `count_inverse_check`). Traced (on 30:0 ETH, one thread) to dual simplex pivots into a
+        # near-singular basis (pivot element 8e14), not to a stale inverse: docs/route-planner.md, "Sixteenth
+        # session". Held to what it is, so a stale inverse still fails here.
         assert after[2] < 0.05, after
     # the diagnostic changes nothing else: the planner's own options prove the same fee
     plain = routing_bnb.solve(inst, gap=MIP_REL_GAP, time_limit=60.0, options=planner)
