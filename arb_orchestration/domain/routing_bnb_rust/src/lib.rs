@@ -1862,8 +1862,8 @@ impl<'a> Solver<'a> {
         let status = lp.solve(iters);
         lp.cutoff = f64::INFINITY;
         let out = match status {
-            LpStatus::Cutoff => (lp.objective() / self.cs + cst, true),
-            LpStatus::Optimal => (lp.objective() / self.cs + cst, true),
+            // (stopped at the cutoff: its objective is a bound on the probe LP, as the optimum is)
+            LpStatus::Cutoff | LpStatus::Optimal => (lp.objective() / self.cs + cst, true),
             LpStatus::Infeasible => (f64::INFINITY, true),
             LpStatus::Failed => {
                 // stopped early: the dual simplex's objective so far scores, it never prunes
